@@ -1,0 +1,1 @@
+"""Conversations as virtual actors on Ray: behaviour (the grain) apart from hosting (the silo)."""

@@ -1,0 +1,235 @@
+"""One activation of a conversation: the grain. Plain Python; a host holds thousands of them.
+
+While it holds the conversation's lease, an activation runs exactly one worker task that takes
+mailbox entries strictly in order and runs each turn to a terminal status. Guarantees:
+
+- **One at a time, in order.** The worker never starts entry N+1 before entry N's terminal status
+  is recorded (which also removes N from the mailbox).
+- **Every run ends once.** Success, model failure, cancellation or an unexpected error all end in
+  one atomic write of the terminal items + status + mailbox ack (``RunStore.finish``). A run left
+  ``running`` by a previous owner that died is ended as failed (``owner_lost``) before anything
+  else happens, so the next message always works.
+- **A stale activation cannot write.** Every write carries this activation's epoch; on
+  ``FencedError`` the activation stops at once without touching anything.
+- **Cancel is out of band.** ``cancel(run_id)`` cancels the running turn's task directly; it does
+  not queue behind the mailbox or wait for the next chunk, and closing the task closes the
+  provider's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from actors.directory import Lease
+from actors.mailbox import Mailbox, MailboxEntry
+from runtime import bus, keys, wire
+from runtime.agents import AgentStore, ConversationStore
+from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure
+from runtime.history import HistoryStore
+from runtime.loop import AdapterFactory, Emit, run_turn
+from runtime.runs import Fence, RunStore
+from runtime.schemas.messages import StreamItem
+from runtime.schemas.turns import TurnRequest
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every activation of a host shares: built once per host process."""
+
+    redis: aioredis.Redis
+    settings: Settings
+    mailbox: Mailbox
+    runs: RunStore
+    history: HistoryStore
+    agents: AgentStore
+    conversations: ConversationStore
+    adapters: AdapterFactory
+
+
+class Activation:
+    def __init__(self, lease: Lease, services: Services) -> None:
+        self.lease = lease
+        self.conversation_id = lease.conversation_id
+        self._s = services
+        self._fence = Fence(lease.conversation_id, lease.epoch)
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._turn: asyncio.Task[None] | None = None
+        self._current_run: str | None = None
+        self._cancel_requested: set[str] = set()
+        self.last_active = time.monotonic()
+        self.fenced = False
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    @property
+    def current_run(self) -> str | None:
+        return self._current_run
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel ``run_id`` if it is the turn running now; True if it was."""
+        if self._current_run == run_id and self._turn is not None and not self._turn.done():
+            self._cancel_requested.add(run_id)
+            self._turn.cancel()
+            return True
+        return False
+
+    async def run(self) -> None:
+        """The worker: process the mailbox until idle for ``idle_passivate_s`` (then return)."""
+        idle_s = self._s.settings.idle_passivate_s
+        while True:
+            entry = await self._s.mailbox.head(self.conversation_id)
+            if entry is None:
+                if self._wake.is_set():
+                    self._wake.clear()
+                    continue  # re-check: a poke may have raced with the empty read
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
+                except TimeoutError:
+                    return
+                continue
+            self.last_active = time.monotonic()
+            try:
+                await self._process(entry)
+            except FencedError:
+                log.warning("activation fenced out", extra={"conversation_id": self.conversation_id})
+                self.fenced = True
+                return
+            self.last_active = time.monotonic()
+
+    async def _process(self, entry: MailboxEntry) -> None:
+        turn = TurnRequest.model_validate_json(entry.payload)
+        status = await self._s.runs.start(self._fence, turn.run_id)
+        if status == "started":
+            await self._execute(turn, entry)
+        elif status == "running":
+            await self._end(turn.run_id, entry, failure=OwnerLostError("the previous owner stopped mid-run"))
+        elif status == "":
+            await self._end(turn.run_id, entry, failure=InternalRunError("run record missing"), skip_missing=True)
+        # any terminal status: the run was finished elsewhere (e.g. cancelled while queued)
+        # and its entry already removed in the same step; nothing to do.
+
+    async def _execute(self, turn: TurnRequest, entry: MailboxEntry) -> None:
+        conv_id = self.conversation_id
+        stream_key = keys.run_stream(conv_id, turn.run_id)
+        writer = bus.ChunkWriter(
+            self._s.redis,
+            stream_key=stream_key,
+            epoch_key=keys.epoch(conv_id),
+            epoch=self._fence.epoch,
+            next_seq=await bus.last_seq(self._s.redis, stream_key) + 1,
+            maxlen=self._s.settings.stream_maxlen,
+            ttl_s=self._s.settings.stream_ttl_s,
+        )
+
+        async def emit(item: StreamItem) -> None:
+            item.run_id = turn.run_id
+            item.seq_id = writer.reserve()
+            await writer.write("data", wire.encode(item))
+
+        self._current_run = turn.run_id
+        self._turn = asyncio.create_task(self._turn_body(turn, entry, writer, emit))
+        try:
+            await asyncio.shield(self._turn)
+        except asyncio.CancelledError:
+            # The host is stopping (not a user cancel, which only cancels the inner task):
+            # stop the turn too; the next owner ends the run as owner_lost.
+            self._turn.cancel()
+            raise
+        finally:
+            self._current_run = None
+            self._turn = None
+            self._cancel_requested.discard(turn.run_id)
+
+    async def _turn_body(self, turn: TurnRequest, entry: MailboxEntry, writer: bus.ChunkWriter, emit: Emit) -> None:
+        s = self._s
+        try:
+            agent = await s.agents.get(turn.agent_id)
+            conversation = await s.conversations.get(turn.conversation_id)
+            history = await s.history.list(turn.conversation_id, limit=1000)
+            outcome = await run_turn(
+                turn, agent=agent, conversation=conversation, history=history, adapters=s.adapters, emit=emit
+            )
+            await writer.flush()
+            await s.history.append(self._fence, outcome.new_messages)
+            first = writer.reserve()
+            await s.runs.finish(
+                turn.run_id,
+                conversation_id=self.conversation_id,
+                status=wire.status_for(outcome.stop_reason),
+                stop_reason=outcome.stop_reason,
+                fence=self._fence,
+                items=wire.success_items(turn.run_id, first, outcome.stop_reason, outcome.usage),
+                mailbox_entry=entry.entry_id,
+                extra=_timings(turn, outcome.ttft_ns),
+            )
+        except asyncio.CancelledError:
+            if turn.run_id not in self._cancel_requested:
+                raise
+            await self._end(turn.run_id, entry, writer=writer, cancelled=True, turn=turn)
+        except FencedError:
+            raise
+        except RunFailure as failure:
+            await self._end(turn.run_id, entry, writer=writer, failure=failure, turn=turn)
+        except Exception as exc:  # a bug must still end the run, visibly
+            log.exception("turn failed unexpectedly", extra={"run_id": turn.run_id})
+            await self._end(turn.run_id, entry, writer=writer, failure=InternalRunError(repr(exc)), turn=turn)
+
+    async def _end(
+        self,
+        run_id: str,
+        entry: MailboxEntry,
+        *,
+        failure: RunFailure | None = None,
+        cancelled: bool = False,
+        writer: bus.ChunkWriter | None = None,
+        turn: TurnRequest | None = None,
+        skip_missing: bool = False,
+    ) -> None:
+        """Write the terminal sequence for a run that did not succeed."""
+        stream_key = keys.run_stream(self.conversation_id, run_id)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.flush()
+            first = writer.reserve()
+        else:
+            first = await bus.last_seq(self._s.redis, stream_key) + 1
+        if cancelled:
+            items, status, stop, error = wire.cancel_items(run_id, first), "cancelled", "cancelled", None
+        else:
+            assert failure is not None
+            items = wire.failure_items(run_id, first, failure)
+            status, stop = "failed", failure.stop_reason
+            error = wire.error_message(run_id, failure).model_dump(exclude_none=True)
+        done = await self._s.runs.finish(
+            run_id,
+            conversation_id=self.conversation_id,
+            status=status,  # type: ignore[arg-type]
+            stop_reason=stop,
+            fence=self._fence,
+            items=items,
+            mailbox_entry=entry.entry_id,
+            error=error,
+            extra=_timings(turn, None) if turn else None,
+        )
+        if not done and skip_missing:
+            await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
+
+
+def _timings(turn: TurnRequest | None, ttft_ns: int | None) -> dict[str, int]:
+    if turn is None:
+        return {}
+    timings = {"total_duration_ns": time.time_ns() - turn.accepted_at_ns}
+    if ttft_ns is not None:
+        timings["ttft_ns"] = ttft_ns
+    return timings

@@ -1,0 +1,111 @@
+"""The conversation directory: who owns a conversation, and the fencing epoch that proves it.
+
+Guarantees:
+
+- **Single owner.** A conversation's lease key holds the id of at most one activation. It is
+  taken atomically (one script) and expires unless its owner renews it, so a dead owner frees
+  the conversation after at most ``lease_ttl_ms``.
+- **Fencing.** Every acquisition bumps the conversation's epoch. The owner stamps every write with
+  the epoch it got (run stream items, run status, history, mailbox acks); the scripts that write
+  refuse a stale epoch. A paused or partitioned ex-owner therefore cannot write after a new owner
+  took over, even if it does not know it lost the lease yet.
+- **Fast takeover after a crash.** Owner ids are ``<host name>/<incarnation>``. When Ray restarts
+  a host under the same name, the new incarnation may take over the leases of earlier
+  incarnations at once instead of waiting for them to expire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from runtime import keys
+
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, redis.call('GET', KEYS[2]) or '0'}
+end
+if cur and (ARGV[3] == '' or string.sub(cur, 1, string.len(ARGV[3])) ~= ARGV[3]) then
+  return {0, cur}
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, tostring(epoch)}
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    conversation_id: str
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Acquisition failed: someone else owns the conversation."""
+
+    owner: str
+
+
+def owner_id(host_name: str, incarnation: str) -> str:
+    return f"{host_name}/{incarnation}"
+
+
+def host_of(owner: str) -> str:
+    return owner.split("/", 1)[0]
+
+
+class Directory:
+    def __init__(self, redis: aioredis.Redis, *, lease_ttl_ms: int) -> None:
+        self._redis = redis
+        self._ttl_ms = lease_ttl_ms
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def acquire(self, conversation_id: str, owner: str, *, host_name: str) -> Lease | Held:
+        """Take the conversation for ``owner`` (or keep it, if already ours)."""
+        reply = await self._acquire(
+            keys=[keys.lease(conversation_id), keys.epoch(conversation_id)],
+            args=[owner, self._ttl_ms, f"{host_name}/"],
+        )
+        ok, value = int(reply[0]), reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if ok:
+            return Lease(conversation_id, owner, int(value))
+        return Held(value)
+
+    async def renew(self, leases: list[Lease]) -> list[Lease]:
+        """Extend many leases in one round trip; returns those that were lost."""
+        if not leases:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._renew(keys=[keys.lease(lease.conversation_id)], args=[lease.owner, self._ttl_ms], client=pipe)
+            replies = await pipe.execute()
+        return [lease for lease, ok in zip(leases, replies, strict=True) if not int(ok)]
+
+    async def release(self, lease: Lease) -> None:
+        await self._release(keys=[keys.lease(lease.conversation_id)], args=[lease.owner])
+
+    async def owner(self, conversation_id: str) -> str | None:
+        value = await self._redis.get(keys.lease(conversation_id))
+        return value.decode() if value else None

@@ -1,0 +1,245 @@
+"""A conversation host: one Ray actor process holding many conversation activations (the silo).
+
+``HostCore`` is plain Python (testable without Ray); ``ConversationHost`` is the thin Ray shell.
+
+Guarantees:
+
+- **Activation on demand.** ``deliver(conversation_id)`` activates the conversation here if it
+  can take the lease, or answers with the current owner so the caller can go there.
+- **Leases kept alive in bulk.** One loop renews every lease this host holds in one round trip
+  per period; an activation whose lease was lost is stopped at once.
+- **Passivation.** An activation idle for ``idle_passivate_s`` ends, releases its lease and
+  frees its memory; the next message re-activates it here or anywhere.
+- **Recovery after a crash.** The conversations a host owns are recorded in Redis under its name.
+  When Ray restarts a dead host (same name, new incarnation), it takes those conversations over
+  at once (bumping their epochs, which fences out anything the old process might still write)
+  and ends their interrupted runs as ``owner_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import ray
+
+from actors.conversation import Activation, Services
+from actors.directory import Directory, Held, Lease, owner_id
+from actors.mailbox import Mailbox
+from runtime import keys
+from runtime.agents import AgentStore, ConversationStore
+from runtime.history import HistoryStore
+from runtime.logs import configure_logging
+from runtime.providers.base import adapter_for
+from runtime.redis_client import connect
+from runtime.runs import RunStore
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PERIOD_S = 2.0
+
+
+class HostCore:
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.owner = owner_id(name, self.incarnation)
+        self._settings = settings
+        self._activations: dict[str, Activation] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._activating: dict[str, asyncio.Future[str]] = {}
+        self._services: Services | None = None
+        self._directory: Directory | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._started = asyncio.Lock()
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        async with self._started:
+            if self._services is not None:
+                return
+            s = self._settings
+            redis = connect(s)
+            self._services = Services(
+                redis=redis,
+                settings=s,
+                mailbox=Mailbox(redis),
+                runs=RunStore(redis, ttl_s=s.stream_ttl_s, maxlen=s.stream_maxlen),
+                history=HistoryStore(redis),
+                agents=AgentStore(redis),
+                conversations=ConversationStore(redis),
+                adapters=lambda handle: adapter_for(handle, s),
+            )
+            self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
+            self._background = [
+                asyncio.create_task(self._renew_loop(), name="lease-renewal"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            ]
+            await self._recover()
+
+    async def stop(self) -> None:
+        for task in [*self._background, *self._workers.values()]:
+            task.cancel()
+        for task in [*self._background, *self._workers.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._services is not None:
+            redis = self._services.redis
+            with contextlib.suppress(Exception):
+                await redis.hdel(keys.hosts(), self.name)
+            await redis.aclose()
+
+    # -- messages from the API -------------------------------------------------------------
+
+    async def deliver(self, conversation_id: str) -> str:
+        """Make sure the conversation is active here and looks at its mailbox.
+
+        Returns ``"ok"``, or ``"owner:<owner id>"`` when another activation holds it.
+        """
+        await self.start()
+        activation = self._activations.get(conversation_id)
+        if activation is not None:
+            activation.poke()
+            return "ok"
+        pending = self._activating.get(conversation_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._activating[conversation_id] = future
+        try:
+            result = await self._activate(conversation_id)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiting callers get it, nobody else logs it
+            raise
+        finally:
+            del self._activating[conversation_id]
+
+    async def cancel(self, conversation_id: str, run_id: str) -> bool:
+        activation = self._activations.get(conversation_id)
+        return activation.cancel(run_id) if activation is not None else False
+
+    async def stats(self) -> dict[str, Any]:
+        await self.start()
+        return {
+            "name": self.name,
+            "incarnation": self.incarnation,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname(),
+            "activations": len(self._activations),
+            "running": sum(1 for a in self._activations.values() if a.current_run),
+        }
+
+    # -- activation lifecycle ---------------------------------------------------------------
+
+    async def _activate(self, conversation_id: str) -> str:
+        assert self._directory is not None and self._services is not None
+        got = await self._directory.acquire(conversation_id, self.owner, host_name=self.name)
+        if isinstance(got, Held):
+            return f"owner:{got.owner}"
+        await self._services.redis.sadd(keys.host_conversations(self.name), conversation_id)
+        self._start_worker(got)
+        return "ok"
+
+    def _start_worker(self, lease: Lease) -> None:
+        assert self._services is not None
+        activation = Activation(lease, self._services)
+        self._activations[lease.conversation_id] = activation
+        task = asyncio.create_task(self._work(activation), name=f"conv:{lease.conversation_id}")
+        self._workers[lease.conversation_id] = task
+
+    async def _work(self, activation: Activation) -> None:
+        try:
+            await activation.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("activation crashed", extra={"conversation_id": activation.conversation_id})
+        finally:
+            await self._deactivate(activation)
+
+    async def _deactivate(self, activation: Activation) -> None:
+        conv = activation.conversation_id
+        if self._activations.get(conv) is activation:
+            del self._activations[conv]
+            self._workers.pop(conv, None)
+        assert self._directory is not None and self._services is not None
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._release(activation.lease))
+
+    async def _release(self, lease: Lease) -> None:
+        assert self._directory is not None and self._services is not None
+        await self._directory.release(lease)
+        await self._services.redis.srem(keys.host_conversations(self.name), lease.conversation_id)
+        # A message accepted while we were letting go must not wait for the next sender.
+        if await self._services.mailbox.depth(lease.conversation_id):
+            await self.deliver(lease.conversation_id)
+
+    async def _recover(self) -> None:
+        """Take over what earlier incarnations of this host owned (see the module docstring)."""
+        assert self._services is not None
+        members = await self._services.redis.smembers(keys.host_conversations(self.name))
+        for raw in members:
+            conv = raw.decode()
+            try:
+                await self.deliver(conv)
+            except Exception:
+                log.exception("recovery failed", extra={"conversation_id": conv})
+
+    # -- background loops -------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        period_s = self._settings.lease_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                assert self._directory is not None
+                lost = await self._directory.renew([a.lease for a in self._activations.values()])
+                for lease in lost:
+                    task = self._workers.get(lease.conversation_id)
+                    if task is not None:
+                        log.warning("lease lost", extra={"conversation_id": lease.conversation_id})
+                        task.cancel()
+            except Exception:
+                log.exception("lease renewal failed")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                assert self._services is not None
+                beat = {"incarnation": self.incarnation, "ts": time.time(), "activations": len(self._activations)}
+                await self._services.redis.hset(keys.hosts(), self.name, json.dumps(beat))
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_PERIOD_S)
+
+
+@ray.remote
+class ConversationHost:
+    """Ray shell around ``HostCore``; see ``actors.supervisor`` for how hosts are created."""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        configure_logging(settings)
+        self._core = HostCore(name, settings)
+
+    async def ready(self) -> dict[str, Any]:
+        return await self._core.stats()
+
+    async def deliver(self, conversation_id: str) -> str:
+        return await self._core.deliver(conversation_id)
+
+    async def cancel(self, conversation_id: str, run_id: str) -> bool:
+        return await self._core.cancel(conversation_id, run_id)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._core.stats()

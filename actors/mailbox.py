@@ -1,0 +1,103 @@
+"""A conversation's durable mailbox: a Redis stream of accepted messages, in acceptance order.
+
+Guarantees:
+
+- **Accepted means durable.** The API answers 200/202 only after ``accept`` returned, i.e. after
+  the entry is in Redis (append-only file on). If the owner dies before processing it, the next
+  owner finds it there.
+- **Order without locks.** Redis assigns entry ids in the order it executes the appends; the owner
+  processes entries strictly in id order, one at a time.
+- **Busy policy decided atomically.** ``accept`` with ``reject`` checks for unfinished entries and
+  appends in one script, so two racing senders cannot both get in.
+- **Only unfinished entries stay.** An entry is deleted in the same fenced script that records its
+  run's terminal status (see ``runtime.runs``), so the stream length is the queue depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from runtime import keys
+from runtime.errors import ConversationBusyError
+
+# Accepting a turn is one atomic step: busy check, run record, the run stream's first item and
+# the mailbox entry are all written, or none is.
+# KEYS: mailbox, run hash, run stream. ARGV: on_busy, run id, turn payload, stream ttl_s,
+#       run ttl_s, first item payload, then the run hash's field/value pairs.
+_ACCEPT = """
+if ARGV[1] == 'reject' then
+  local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #head > 0 then
+    local fields = head[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'r' then return {0, fields[i + 1]} end
+    end
+    return {0, ''}
+  end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[2], 'p', ARGV[3])
+local fields = {'mailbox_entry', id}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('XADD', KEYS[3], '0-1', 'k', 'data', 'p', ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return {1, id}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxEntry:
+    entry_id: str
+    run_id: str
+    payload: bytes
+
+
+class Mailbox:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._accept = redis.register_script(_ACCEPT)
+
+    async def accept(
+        self,
+        conversation_id: str,
+        run_id: str,
+        payload: bytes,
+        *,
+        on_busy: str,
+        run_fields: dict[str, str | int],
+        first_item: bytes,
+        stream_ttl_s: int,
+        run_ttl_s: int,
+    ) -> str:
+        """Create the run and append its turn; returns the entry id. Raises ConversationBusyError
+        for ``reject`` when the conversation has unfinished turns (then nothing is written)."""
+        flat: list[str | int] = []
+        for name, value in run_fields.items():
+            flat.extend((name, value))
+        ok, value = await self._accept(
+            keys=[keys.mailbox(conversation_id), keys.run(conversation_id, run_id), keys.run_stream(conversation_id, run_id)],
+            args=[on_busy, run_id, payload, stream_ttl_s, run_ttl_s, first_item, *flat],
+        )
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if not int(ok):
+            raise ConversationBusyError(conversation_id, text or None)
+        return text
+
+    async def head(self, conversation_id: str) -> MailboxEntry | None:
+        """The oldest unfinished entry (the one to run now), if any."""
+        entries = await self._redis.xrange(keys.mailbox(conversation_id), count=1)
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return MailboxEntry(entry_id.decode(), fields[b"r"].decode(), fields[b"p"])
+
+    async def depth(self, conversation_id: str) -> int:
+        return int(await self._redis.xlen(keys.mailbox(conversation_id)))
+
+    async def run_ids(self, conversation_id: str) -> list[str]:
+        """Run ids of every unfinished entry, oldest first."""
+        entries = await self._redis.xrange(keys.mailbox(conversation_id))
+        return [fields[b"r"].decode() for _, fields in entries]

@@ -1,0 +1,100 @@
+"""How an API replica reaches a conversation's activation: the directory first, placement second.
+
+``deliver`` only tells a host to look at the conversation's mailbox; the message itself is
+already durable in Redis. So a host that is down (Ray is restarting it) never loses a message:
+when it comes back it takes over its conversations and processes their mailboxes. Delivery
+therefore succeeds as soon as one live host has either activated the conversation or named a
+current owner, and fails (``UnavailableError``) only when no host answers at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from actors import placement
+from actors.directory import Directory, host_of
+from actors.supervisor import host_names
+from runtime.errors import UnavailableError
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS = 4
+CALL_TIMEOUT_S = 10.0
+_UNREACHABLE = (ActorDiedError, ActorUnavailableError, RayActorError, TimeoutError)
+
+
+class ConversationRouter:
+    def __init__(self, settings: Settings, directory: Directory) -> None:
+        self._settings = settings
+        self._directory = directory
+        self._handles: dict[str, ActorHandle] = {}
+
+    def _handle(self, name: str) -> ActorHandle:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = ray.get_actor(name, namespace=self._settings.ray_namespace)
+            self._handles[name] = handle
+        return handle
+
+    async def _call(self, name: str, method: str, *args: object) -> object:
+        ref = getattr(self._handle(name), method).remote(*args)
+        return await asyncio.wait_for(ref, CALL_TIMEOUT_S)
+
+    async def deliver(self, conversation_id: str) -> str:
+        """Wake the conversation's owner (activating it if needed); returns the host that answered."""
+        owner = await self._directory.owner(conversation_id)
+        queue = [host_of(owner)] if owner else []
+        queue += [h for h in placement.ranked(conversation_id, host_names(self._settings)) if h not in queue]
+        tried: set[str] = set()
+        for _ in range(MAX_HOPS + len(queue)):
+            if not queue:
+                break
+            name = queue.pop(0)
+            if name in tried:
+                continue
+            tried.add(name)
+            try:
+                reply = str(await self._call(name, "deliver", conversation_id))
+            except _UNREACHABLE as exc:
+                log.warning("host unreachable", extra={"host": name, "error": type(exc).__name__})
+                self._handles.pop(name, None)
+                continue
+            except ValueError:  # ray.get_actor: no such actor (yet)
+                continue
+            if reply == "ok":
+                return name
+            owner_host = host_of(reply.removeprefix("owner:"))
+            if owner_host in tried:
+                return owner_host  # owned by a host that is restarting: it recovers the mailbox itself
+            queue.insert(0, owner_host)
+        raise UnavailableError(f"no conversation host could take conversation {conversation_id}")
+
+    async def cancel(self, conversation_id: str, run_id: str) -> bool:
+        """Cancel a running turn at its owner; False if no owner is running it."""
+        owner = await self._directory.owner(conversation_id)
+        if owner is None:
+            return False
+        try:
+            return bool(await self._call(host_of(owner), "cancel", conversation_id, run_id))
+        except (*_UNREACHABLE, ValueError):
+            return False
+
+    async def hosts_alive(self, timeout_s: float = 2.0) -> int:
+        """How many hosts answer a trivial call within ``timeout_s`` (for health checks)."""
+
+        async def one(name: str) -> bool:
+            try:
+                await asyncio.wait_for(self._handle(name).ready.remote(), timeout_s)
+                return True
+            except (*_UNREACHABLE, ValueError):
+                self._handles.pop(name, None)
+                return False
+
+        results = await asyncio.gather(*(one(n) for n in host_names(self._settings)))
+        return sum(results)

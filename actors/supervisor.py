@@ -1,0 +1,58 @@
+"""Creating the conversation hosts and finding them again.
+
+Hosts are named, detached Ray actors (``convoy-host-<i>``) so that any API replica — in this
+process or another — reaches the same ones by name, and so they outlive an API replica that
+stops. Ray restarts a host whose process dies (``max_restarts=-1``) under the same name; its
+recovery is described in ``actors.host``. They are spread over the cluster's nodes and reserve
+no CPU: a host is I/O bound and holds thousands of conversations.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from actors.host import ConversationHost
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HOST_PREFIX = "convoy-host-"
+READY_TIMEOUT_S = 60.0
+
+
+def host_names(settings: Settings) -> list[str]:
+    return [f"{HOST_PREFIX}{i}" for i in range(settings.hosts)]
+
+
+def ensure_hosts(settings: Settings) -> list[dict[str, Any]]:
+    """Create missing hosts (idempotent across replicas) and wait until each answers."""
+    handles = [
+        ConversationHost.options(  # type: ignore[attr-defined]
+            name=name,
+            namespace=settings.ray_namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=settings.host_max_concurrency,
+            num_cpus=0,
+            scheduling_strategy="SPREAD",
+        ).remote(name, settings)
+        for name in host_names(settings)
+    ]
+    stats = ray.get([h.ready.remote() for h in handles], timeout=READY_TIMEOUT_S)
+    log.info("conversation hosts ready", extra={"hosts": len(stats)})
+    return list(stats)
+
+
+def kill_hosts(settings: Settings) -> None:
+    """Stop every host for good (used when this process owns the local Ray)."""
+    for name in host_names(settings):
+        try:
+            handle = ray.get_actor(name, namespace=settings.ray_namespace)
+        except ValueError:
+            continue
+        ray.kill(handle, no_restart=True)

@@ -1,0 +1,68 @@
+"""The FastAPI application: routes, the error table, metrics, and the per-process state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from actors import ray_boot
+from api import errors
+from api.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from api.routes import agents, conversations, health, runs
+from api.state import AppState
+from runtime.settings import Settings
+
+
+class MetricsMiddleware:
+    """Counts responses by route template and times them to the first byte (pure ASGI, so
+    streaming responses pass through untouched)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                template = getattr(route, "path", "unmatched")
+                method = scope["method"]
+                HTTP_REQUESTS.labels(method, template, str(message["status"])).inc()
+                HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ray_boot.connect(settings, start_local=False)
+        state = AppState.build(settings)
+        await state.start()
+        app.state.convoy = state
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="Convoy",
+        version=version("convoy"),
+        description="Streaming LLM agent conversations on virtual actors. Speaks the Letta API.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (health, agents, conversations, runs):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,121 @@
+"""The ``convoy`` command: the composition root that starts everything.
+
+``convoy serve`` on a laptop: embedded Redis (unless ``CONVOY_REDIS_URL``), a local Ray (unless
+``RAY_ADDRESS``), the conversation hosts, and the API on 127.0.0.1:8283. Ctrl-C (or SIGTERM) stops
+the API, then Ray, then Redis, in that order, and leaves no process behind.
+
+``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
+Ray); it starts nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from runtime.embedded_redis import EmbeddedRedis, recorded_url
+from runtime.errors import ConvoyError
+from runtime.logs import configure_logging
+from runtime.settings import Settings
+
+log = logging.getLogger("convoy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convoy", description="Streaming LLM agent conversations on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("serve", "start Redis (embedded unless CONVOY_REDIS_URL), Ray (local unless RAY_ADDRESS), hosts and the API"),
+        ("api", "start one more API replica against a running Convoy"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+        cmd.add_argument("--port", type=int, default=None, help="port to listen on (default 8283)")
+    return parser
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def serve(settings: Settings) -> int:
+    from actors import ray_boot, supervisor
+    from api.app import create_app
+
+    embedded: EmbeddedRedis | None = None
+    started_ray = not settings.ray_address
+    try:
+        if settings.redis_url is None:
+            embedded = EmbeddedRedis(settings.home_dir)
+            url = embedded.start()
+            settings = settings.model_copy(update={"redis_url": url})
+            _say(f"redis   embedded at {url} (data in {embedded.dir}, append-only)")
+        else:
+            _say(f"redis   {settings.redis_url}")
+        gcs = ray_boot.connect(settings, start_local=True)
+        _say(f"ray     {'local instance' if started_ray else 'cluster'} at {gcs}")
+        hosts = supervisor.ensure_hosts(settings)
+        _say(f"hosts   {len(hosts)} conversation host(s) ready")
+        _say(f"model   default {settings.resolved_default_model()}")
+        _say(f"api     listening on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
+        _run_api(settings, create_app)
+        return 0
+    finally:
+        if started_ray:
+            ray_boot.disconnect()
+        if embedded is not None:
+            embedded.stop()
+        _say("convoy  stopped")
+
+
+def api_only(settings: Settings) -> int:
+    from api.app import create_app
+
+    if settings.redis_url is None:
+        url = recorded_url(settings.home_dir)
+        if url is None:
+            raise ConvoyError("no Redis: set CONVOY_REDIS_URL, or start `convoy serve` with the same CONVOY_HOME first")
+        settings = settings.model_copy(update={"redis_url": url})
+    _say(f"api     replica listening on http://{settings.host}:{settings.port}")
+    _run_api(settings, create_app)
+    return 0
+
+
+def _run_api(settings: Settings, create_app: object) -> None:
+    config = uvicorn.Config(
+        create_app(settings),  # type: ignore[operator]
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the signal after its graceful shutdown; that is the normal way out.
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    configure_logging(settings)
+    try:
+        if args.command == "serve":
+            return serve(settings)
+        return api_only(settings)
+    except ConvoyError as exc:
+        print(f"convoy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""Prometheus metrics of an API process (served at ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS_ACCEPTED = Counter("convoy_runs_accepted_total", "Turns accepted into a conversation's mailbox.", ["mode"])
+RUNS_REJECTED = Counter("convoy_runs_rejected_total", "Sends refused because the conversation was busy.")
+SSE_STREAMS = Gauge("convoy_sse_streams_active", "SSE responses currently open.")
+SSE_ITEMS = Counter("convoy_sse_items_total", "Stream items written to SSE clients.")
+HTTP_REQUESTS = Counter("convoy_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "convoy_http_request_seconds",
+    "Time to the response's first byte.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

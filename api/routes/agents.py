@@ -1,0 +1,45 @@
+"""``/v1/agents``: create, list and read agents (Letta's ``AgentState`` shape)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from api.state import AppState, get_state
+from api.validation import AgentId, AgentIdQuery, Limit
+from runtime.providers.base import validate_handle
+from runtime.schemas.requests import CreateAgentRequest
+
+router = APIRouter(prefix="/v1/agents", tags=["agents"])
+State = Annotated[AppState, Depends(get_state)]
+
+
+@router.post("", summary="Create an agent")
+@router.post("/", include_in_schema=False)
+async def create_agent(body: CreateAgentRequest, state: State) -> dict[str, Any]:
+    model = validate_handle(body.model) if body.model else state.settings.resolved_default_model()
+    record = await state.agents.create(
+        name=body.name,
+        model=model,
+        system=body.system or "",
+        description=body.description,
+        tags=body.tags or [],
+        metadata=body.metadata,
+    )
+    return record.state()
+
+
+@router.get("", summary="List agents")
+@router.get("/", include_in_schema=False)
+async def list_agents(
+    state: State,
+    limit: Limit = 50,
+    after: AgentIdQuery | None = None,
+) -> list[dict[str, Any]]:
+    return [record.state() for record in await state.agents.list(limit=limit, after=after)]
+
+
+@router.get("/{agent_id}", summary="Get an agent")
+async def get_agent(agent_id: AgentId, state: State) -> dict[str, Any]:
+    return (await state.agents.get(agent_id)).state()

@@ -1,0 +1,43 @@
+"""``/v1/health`` (200 only when Redis and Ray both answer) and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.state import AppState, get_state
+
+router = APIRouter(tags=["health"])
+State = Annotated[AppState, Depends(get_state)]
+REDIS_TIMEOUT_S = 2.0
+
+
+async def _redis_ok(state: AppState) -> bool:
+    try:
+        return bool(await asyncio.wait_for(state.redis.ping(), REDIS_TIMEOUT_S))
+    except Exception:
+        return False
+
+
+@router.get("/v1/health", summary="Health: Redis and Ray reachable")
+@router.get("/v1/health/", include_in_schema=False)
+async def health(state: State) -> JSONResponse:
+    redis_ok, hosts = await asyncio.gather(_redis_ok(state), state.router.hosts_alive())
+    ok = redis_ok and hosts > 0
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "version": version("convoy"),
+        "redis": "ok" if redis_ok else "unreachable",
+        "ray": {"hosts_alive": hosts, "hosts_expected": state.settings.hosts},
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,69 @@
+"""Everything a request handler needs, built once per API process by the app's lifespan."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from fastapi import Request
+
+from actors.directory import Directory
+from actors.mailbox import Mailbox
+from actors.router import ConversationRouter
+from runtime import keys
+from runtime.agents import AgentStore, ConversationStore
+from runtime.bus import TailerPool
+from runtime.history import HistoryStore
+from runtime.redis_client import connect
+from runtime.runs import RunStore
+from runtime.settings import Settings
+
+TAILERS_PER_PROCESS = 2
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    redis: aioredis.Redis
+    agents: AgentStore
+    conversations: ConversationStore
+    runs: RunStore
+    history: HistoryStore
+    mailbox: Mailbox
+    directory: Directory
+    router: ConversationRouter
+    tailers: TailerPool
+
+    @classmethod
+    def build(cls, settings: Settings) -> AppState:
+        redis = connect(settings)
+        directory = Directory(redis, lease_ttl_ms=settings.lease_ttl_ms)
+        return cls(
+            settings=settings,
+            redis=redis,
+            agents=AgentStore(redis),
+            conversations=ConversationStore(redis),
+            runs=RunStore(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen),
+            history=HistoryStore(redis),
+            mailbox=Mailbox(redis),
+            directory=directory,
+            router=ConversationRouter(settings, directory),
+            tailers=TailerPool(
+                redis,
+                block_ms=settings.read_block_ms,
+                wake_key_prefix=keys.tailer_wake(uuid.uuid4().hex),
+                size=TAILERS_PER_PROCESS,
+            ),
+        )
+
+    async def start(self) -> None:
+        await self.tailers.start()
+
+    async def stop(self) -> None:
+        await self.tailers.stop()
+        await self.redis.aclose()
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.convoy  # type: ignore[no-any-return]

@@ -1,0 +1,79 @@
+"""Accepting a message: run + mailbox entry in one atomic step, then a wake-up for the owner.
+
+The API never runs the model. It makes the turn durable, tells the conversation's owner (through
+the router) to look at its mailbox, and returns the run for the caller to stream or await.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from api.state import AppState
+from runtime import keys, wire
+from runtime.errors import UnavailableError
+from runtime.ids import new_id
+from runtime.providers.base import validate_handle
+from runtime.runs import UNFINISHED_RUN_TTL_S
+from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.messages import Ping, utcnow
+from runtime.schemas.requests import SendMessageRequest
+from runtime.schemas.runs import RequestConfig, RunView
+from runtime.schemas.turns import TurnRequest
+
+log = logging.getLogger(__name__)
+
+
+async def accept_turn(
+    state: AppState, agent: AgentRecord, conversation: ConversationRecord, body: SendMessageRequest
+) -> RunView:
+    if body.override_model:
+        validate_handle(body.override_model)
+    run_id = new_id("run")
+    view = RunView(
+        id=run_id,
+        agent_id=agent.id,
+        conversation_id=conversation.id,
+        status="created",
+        background=body.background,
+        created_at=utcnow(),
+        metadata={"run_type": "streaming" if body.streaming else "blocking"},
+        request_config=RequestConfig(
+            use_assistant_message=body.use_assistant_message,
+            include_return_message_types=body.include_return_message_types,
+        ),
+    )
+    turn = TurnRequest(
+        run_id=run_id,
+        agent_id=agent.id,
+        conversation_id=conversation.id,
+        messages=body.input_messages(),
+        stream_tokens=body.stream_tokens,
+        max_steps=body.max_steps,
+        use_assistant_message=body.use_assistant_message,
+        include_return_message_types=body.include_return_message_types,
+        override_model=body.override_model,
+        accepted_at_ns=time.time_ns(),
+    )
+    first = wire.encode(Ping(id=f"ping-{run_id[4:]}", run_id=run_id, seq_id=1))
+    await state.runs.index(view)
+    await state.mailbox.accept(
+        conversation.id,
+        run_id,
+        turn.model_dump_json().encode(),
+        on_busy=body.on_busy,
+        run_fields=state.runs.initial_fields(view),
+        first_item=first,
+        stream_ttl_s=state.settings.stream_ttl_s,
+        run_ttl_s=UNFINISHED_RUN_TTL_S,
+    )
+    try:
+        await state.router.deliver(conversation.id)
+    except UnavailableError:
+        # Accepted and durable: the conversation will be picked up when a host is back.
+        log.warning("accepted a turn while no host answered", extra={"run_id": run_id})
+    return view
+
+
+def stream_key(view: RunView) -> str:
+    return keys.run_stream(view.conversation_id, view.id)

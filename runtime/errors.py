@@ -1,0 +1,149 @@
+"""Convoy's one error tree.
+
+::
+
+    ConvoyError
+    ├── NotFoundError                 an agent, conversation or run the caller cannot see
+    ├── InvalidRequestError           well-formed but unacceptable input
+    ├── ConflictError
+    │   ├── ConversationBusyError     on_busy=reject while a run is active (carries retry_after_s)
+    │   └── PendingApprovalError      a user message while a tool approval is pending
+    ├── StreamGoneError               a resume cursor older than what Redis still holds
+    ├── UnavailableError              Redis or Ray cannot be reached
+    ├── EmbeddedRedisError            the embedded Redis could not start
+    ├── FencedError                   a stale owner tried to write (never reaches a client)
+    └── RunFailure                    why a run ended badly; becomes an SSE error item
+        ├── LLMError                  the model provider failed (error_type llm_*)
+        │   ├── LLMTimeoutError, LLMRateLimitError, LLMAuthenticationError,
+        │   ├── LLMUnavailableError, LLMContextWindowError, LLMBadRequestError,
+        │   └── LLMEmptyResponseError
+        ├── OwnerLostError            the process running the run died (error_type owner_lost)
+        └── InternalRunError          a bug or an unexpected failure (error_type internal_error)
+
+Only ``api/errors.py`` turns these into HTTP statuses. A ``RunFailure`` raised after an SSE
+stream started never changes the status: it ends the stream with ``stop_reason``, an
+``event: error`` item carrying ``error_type`` and ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+
+class ConvoyError(Exception):
+    """Base of every error Convoy raises on purpose."""
+
+    code = "convoy_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundError(ConvoyError):
+    code = "not_found"
+
+
+class InvalidRequestError(ConvoyError):
+    code = "invalid_request"
+
+
+class ConflictError(ConvoyError):
+    code = "conflict"
+
+
+class ConversationBusyError(ConflictError):
+    code = "CONVERSATION_BUSY"
+
+    def __init__(self, conversation_id: str, active_run_id: str | None, retry_after_s: int = 1) -> None:
+        super().__init__(
+            f"conversation {conversation_id} is processing run {active_run_id}; retry later, "
+            "or send with on_busy='queue' to wait in line or 'interrupt' to cancel the active run"
+        )
+        self.conversation_id = conversation_id
+        self.active_run_id = active_run_id
+        self.retry_after_s = retry_after_s
+
+
+class PendingApprovalError(ConflictError):
+    code = "PENDING_APPROVAL"
+
+
+class StreamGoneError(ConvoyError):
+    code = "stream_gone"
+
+
+class UnavailableError(ConvoyError):
+    code = "unavailable"
+
+
+class EmbeddedRedisError(ConvoyError):
+    code = "embedded_redis"
+
+
+class FencedError(ConvoyError):
+    """A write carried an ownership epoch that is no longer current."""
+
+    code = "fenced"
+
+
+class RunFailure(ConvoyError):
+    """A reason for a run to end in ``failed``; ``error_type`` and ``stop_reason`` go on the wire."""
+
+    error_type = "internal_error"
+    stop_reason = "error"
+    public_message = "An unexpected error ended the run."
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.public_message)
+        self.detail = detail
+
+
+class InternalRunError(RunFailure):
+    pass
+
+
+class OwnerLostError(RunFailure):
+    error_type = "owner_lost"
+    public_message = "The process running this conversation stopped before the run finished."
+
+
+class LLMError(RunFailure):
+    error_type = "llm_error"
+    stop_reason = "llm_api_error"
+    public_message = "The model provider request failed."
+
+
+class LLMTimeoutError(LLMError):
+    error_type = "llm_timeout"
+    public_message = "The model provider did not answer in time. Please try again."
+
+
+class LLMRateLimitError(LLMError):
+    error_type = "llm_rate_limit"
+    public_message = "The model provider's rate limit was exceeded. Wait before retrying."
+
+
+class LLMAuthenticationError(LLMError):
+    error_type = "llm_authentication"
+    public_message = "The model provider rejected the credentials."
+
+
+class LLMUnavailableError(LLMError):
+    error_type = "llm_unavailable"
+    public_message = "The model provider is overloaded or unavailable. Please try again."
+
+
+class LLMContextWindowError(LLMError):
+    error_type = "llm_context_window_exceeded"
+    stop_reason = "context_window_overflow_in_system_prompt"
+    public_message = "The request does not fit the model's context window."
+
+
+class LLMBadRequestError(LLMError):
+    error_type = "llm_bad_request"
+    public_message = "The model provider rejected the request."
+
+
+class LLMEmptyResponseError(LLMError):
+    error_type = "llm_empty_response"
+    stop_reason = "invalid_llm_response"
+    public_message = "The model returned an empty response."

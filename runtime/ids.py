@@ -1,0 +1,37 @@
+"""Identifiers in Letta's shape: ``<kind>-<uuid4>``.
+
+Ids are not secrets (tenants are isolated by ownership checks, not by unguessable ids), but
+they are validated at the edge so a malformed id is a clear 4xx, never a Redis key of
+arbitrary content.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Literal
+
+Kind = Literal["agent", "conv", "run", "message", "step"]
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_PATTERNS: dict[str, re.Pattern[str]] = {
+    kind: re.compile(rf"^{kind}-{_UUID}$") for kind in ("agent", "conv", "run", "message", "step")
+}
+
+
+def new_id(kind: Kind) -> str:
+    return f"{kind}-{uuid.uuid4()}"
+
+
+def is_valid(kind: Kind, value: str) -> bool:
+    return bool(_PATTERNS[kind].match(value))
+
+
+def segment_otid(message_id: str, index: int) -> str:
+    """A stable otid for segment ``index`` of one model response (reasoning, text, tool call...).
+
+    Deltas of one segment share it; the next segment gets the next index. Derived from the
+    message id so every replica computes the same value.
+    """
+    raw = uuid.UUID(message_id.split("-", 1)[1])
+    return str(uuid.UUID(int=(raw.int & ~0x7F) | (index & 0x7F)))

@@ -1,0 +1,118 @@
+"""Every Redis key Convoy uses is spelled here, and only here.
+
+Keys that one operation touches together share a hash tag (the part in braces), so a Redis
+Cluster puts them in one slot and multi-key scripts stay legal:
+
+- ``{conv:<id>}`` groups a conversation's record, mailbox, ownership lease and fencing epoch;
+- a run's record and chunk stream live under its conversation's tag too, so the owner's fenced
+  scripts can check the epoch and write the run in one step; ``runref`` maps a run id to it.
+
+Lifetimes (nothing lives forever by accident):
+
+- agents, conversations, history: owned by their record; deleted with it.
+- run records and run streams: expire ``stream_ttl_s`` after the run ends.
+- leases: expire on their own (``lease_ttl_ms``) unless their owner renews them.
+- idempotency entries: expire with the run they point to.
+- the mailbox: entries are trimmed once processed.
+"""
+
+from __future__ import annotations
+
+PREFIX = "convoy"
+
+
+def agent(agent_id: str) -> str:
+    return f"{PREFIX}:{{agent:{agent_id}}}"
+
+
+def agents_index() -> str:
+    """Sorted set of agent ids by creation time (ms)."""
+    return f"{PREFIX}:agents"
+
+
+def agent_conversations(agent_id: str) -> str:
+    """Sorted set of an agent's conversation ids by creation time (ms)."""
+    return f"{PREFIX}:{{agent:{agent_id}}}:conversations"
+
+
+def conversation(conversation_id: str) -> str:
+    return f"{PREFIX}:{{conv:{conversation_id}}}"
+
+
+def conversations_index() -> str:
+    return f"{PREFIX}:conversations"
+
+
+def mailbox(conversation_id: str) -> str:
+    """Redis stream: accepted messages of one conversation, in acceptance order."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:mailbox"
+
+
+def mailbox_cursor(conversation_id: str) -> str:
+    """Stream id of the last mailbox entry whose run reached a terminal state."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:cursor"
+
+
+def lease(conversation_id: str) -> str:
+    """Which activation owns the conversation; expires unless renewed."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:lease"
+
+
+def epoch(conversation_id: str) -> str:
+    """Fencing counter: bumped by every new owner; writes carrying an older epoch are refused."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:epoch"
+
+
+def history(conversation_id: str) -> str:
+    """Redis stream: the conversation's persisted messages (user, assistant, tools...)."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:history"
+
+
+def idempotency(conversation_id: str, key: str) -> str:
+    """Maps a client's otid / Idempotency-Key to the run it started."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:idem:{key}"
+
+
+def run(conversation_id: str, run_id: str) -> str:
+    """Hash: a run's record. Lives in its conversation's slot so owner scripts can fence it."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:run:{run_id}"
+
+
+def run_stream(conversation_id: str, run_id: str) -> str:
+    """Redis stream of a run's SSE items; entry id ``0-<seq>`` is the item's seq id."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:run:{run_id}:stream"
+
+
+def runs_index() -> str:
+    """Sorted set of run ids by creation time (ms)."""
+    return f"{PREFIX}:runs"
+
+
+def hosts() -> str:
+    """Hash of live conversation hosts: name -> JSON heartbeat."""
+    return f"{PREFIX}:hosts"
+
+
+def pending_conversations() -> str:
+    """Sorted set of conversations with unprocessed mail, by first acceptance time (ms)."""
+    return f"{PREFIX}:pending"
+
+
+def tailer_wake(process_id: str) -> str:
+    """Private stream a process's tailers use to interrupt their own blocking reads."""
+    return f"{PREFIX}:tailer:{process_id}"
+
+
+def run_ref(run_id: str) -> str:
+    """Which conversation a run belongs to (runs live in their conversation's hash slot)."""
+    return f"{PREFIX}:runref:{run_id}"
+
+
+def conversation_runs(conversation_id: str) -> str:
+    """Sorted set of a conversation's run ids by creation time (ms)."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:runs"
+
+
+def host_conversations(host_name: str) -> str:
+    """Set of conversations a host (any incarnation of it) holds leases for; used for takeover."""
+    return f"{PREFIX}:host:{host_name}:conversations"

@@ -1,0 +1,58 @@
+"""Structured logging: ``key=value`` text for people, or one JSON object per line for machines.
+
+Every process (API, host actors, CLI) calls ``configure_logging`` once. Context goes in
+``extra={...}``; it is printed with the message, never interpolated into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from runtime.settings import Settings
+
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName", "_ray_timestamp_ns"}
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_context(record),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ctx = _context(record)
+        if ctx:
+            line += " " + " ".join(f"{k}={v}" for k, v in ctx.items())
+        return line
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_convoy", False):
+            root.removeHandler(existing)
+    handler._convoy = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())

@@ -1,0 +1,38 @@
+"""The offline ``echo`` model: streams the last user message back, word by word.
+
+It runs through exactly the same event path as a real provider (normalized events -> wire
+items -> chunk bus), so a laptop with no key and no network exercises all of Convoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from runtime.providers.events import Finish, LLMEvent, LLMRequest, TextDelta, Usage
+
+_WORD = re.compile(r"\S+\s*")
+
+
+def _tokens(text: str) -> list[str]:
+    """Words with their trailing whitespace, plus leading whitespace as its own piece."""
+    pieces = _WORD.findall(text)
+    lead = text[: len(text) - len(text.lstrip())]
+    return ([lead] if lead else []) + pieces
+
+
+class EchoAdapter:
+    def __init__(self, delay_ms: float) -> None:
+        self._delay_s = delay_ms / 1000
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        words = _tokens(last_user)
+        for i, word in enumerate(words):
+            if i and self._delay_s:
+                await asyncio.sleep(self._delay_s)
+            yield TextDelta(word)
+        prompt_tokens = len(request.system.split()) + sum(len(m.content.split()) for m in request.messages)
+        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words))
+        yield Finish("end_turn")

@@ -1,0 +1,36 @@
+"""How Convoy connects to Redis: one factory, so every process gets the same, safe options.
+
+redis-py's socket timeout must stay above any ``XREAD BLOCK`` we issue (the block is
+bounded by ``Settings.read_block_ms`` and loops); hiredis parses replies when installed.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from runtime.settings import Settings
+
+CONNECT_TIMEOUT_S = 3.0
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+def connect(settings: Settings, url: str | None = None, *, max_connections: int | None = None) -> aioredis.Redis:
+    """A pooled asyncio client for ``url`` (default: the configured Redis)."""
+    target = url or settings.redis_url
+    if not target:
+        raise ValueError("no Redis URL: set CONVOY_REDIS_URL or start the embedded Redis first")
+    if settings.read_block_ms / 1000 >= settings.redis_socket_timeout_s:
+        raise ValueError("CONVOY_READ_BLOCK_MS must be shorter than CONVOY_REDIS_SOCKET_TIMEOUT_S")
+    return aioredis.Redis.from_url(
+        target,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        max_connections=max_connections or settings.redis_max_connections,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError],
+        decode_responses=False,
+    )

@@ -1,0 +1,203 @@
+"""Runs: one turn of a conversation, from acceptance to a terminal status.
+
+A run is a Redis hash next to its conversation (same hash slot). Status only moves forward::
+
+    created -> running -> completed | failed | cancelled
+    created -> cancelled                      (cancelled while queued)
+
+Every transition is a compare-and-set in one script, so a late writer can never move a run back
+out of a terminal status. Transitions made by the conversation's owner are also fenced by its
+epoch (see ``actors.directory``), and the terminal transition deletes the run's mailbox entry in
+the same script: "finished" and "no longer queued" can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from runtime import keys
+from runtime.errors import FencedError, NotFoundError
+from runtime.schemas.runs import RunStatus, RunView
+
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+# Runs that never reach a terminal status (a bug) still expire eventually.
+UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
+
+_START = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status ~= 'created' then return status or '' end
+redis.call('HSET', KEYS[2], 'status', 'running', 'started_at_ms', ARGV[2])
+return 'started'
+"""
+
+# The terminal transition: final stream items, terminal status and mailbox ack in one atomic step.
+# KEYS: epoch, run, mailbox, stream.
+# ARGV: epoch ('' = unfenced), expected status ('' = any unfinished), mailbox entry id, ttl_s, maxlen,
+#       number of field/value arguments, the field/value pairs, then (seq, kind, payload) triples.
+_FINISH = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+local status = redis.call('HGET', KEYS[2], 'status')
+if not status then return '' end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then return status end
+if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
+local nfields = tonumber(ARGV[6])
+for i = 7 + nfields, #ARGV, 3 do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
+end
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+local fields = {}
+for i = 7, 6 + nfields do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], unpack(fields))
+if ARGV[3] ~= '' then redis.call('XDEL', KEYS[3], ARGV[3]) end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 'ok'
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """An owner's proof of ownership, carried by every write it makes."""
+
+    conversation_id: str
+    epoch: int
+
+
+class RunStore:
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, maxlen: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._maxlen = maxlen
+        self._start = redis.register_script(_START)
+        self._finish = redis.register_script(_FINISH)
+
+    def initial_fields(self, view: RunView) -> dict[str, str | int]:
+        """The run hash of a newly accepted run (written by the mailbox's accept step)."""
+        doc = view.model_dump(mode="json", exclude={"status", "stop_reason", "completed_at", "metadata"})
+        return {
+            "doc": json.dumps(doc),
+            "status": view.status,
+            "created_at_ms": now_ms(),
+            "metadata": json.dumps(view.metadata or {}),
+        }
+
+    async def index(self, view: RunView) -> None:
+        """Make a run findable by id and in listings (before it is accepted: a run that is then
+        rejected leaves only an index entry pointing at nothing, which readers skip)."""
+        at = now_ms()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S)
+            pipe.zadd(keys.runs_index(), {view.id: at})
+            pipe.zadd(keys.conversation_runs(view.conversation_id), {view.id: at})
+            await pipe.execute()
+
+    async def conversation_of(self, run_id: str) -> str:
+        conv = await self._redis.get(keys.run_ref(run_id))
+        if conv is None:
+            raise NotFoundError(f"run {run_id} not found")
+        return conv.decode()
+
+    async def get(self, run_id: str, conversation_id: str | None = None) -> RunView:
+        conversation_id = conversation_id or await self.conversation_of(run_id)
+        raw = await self._redis.hgetall(keys.run(conversation_id, run_id))
+        if not raw:
+            raise NotFoundError(f"run {run_id} not found")
+        return _view(raw)
+
+    async def raw(self, conversation_id: str, run_id: str) -> dict[str, str]:
+        raw = await self._redis.hgetall(keys.run(conversation_id, run_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def start(self, fence: Fence, run_id: str) -> str:
+        """created -> running. Returns ``"started"`` if this call started it, else the status it
+        already had (``running`` means a previous owner started it and never finished)."""
+        reply = await self._fenced(
+            self._start,
+            keys=[keys.epoch(fence.conversation_id), keys.run(fence.conversation_id, run_id)],
+            args=[fence.epoch, now_ms()],
+        )
+        return reply
+
+    async def finish(
+        self,
+        run_id: str,
+        *,
+        conversation_id: str,
+        status: RunStatus,
+        stop_reason: str,
+        fence: Fence | None,
+        items: list[tuple[int, str, bytes]],
+        mailbox_entry: str = "",
+        expect: RunStatus | None = None,
+        error: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a run: append its final ``items`` (seq, kind, payload), set its terminal status and
+        drop its mailbox entry, all at once. False if the run was already terminal, unknown, or
+        not in status ``expect``."""
+        assert status in TERMINAL
+        fields: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "completed_at_ms": now_ms()}
+        if error is not None:
+            fields["error"] = json.dumps(error)
+        fields.update(extra or {})
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat.extend((name, value))
+        args: list[Any] = [fence.epoch if fence else "", expect or "", mailbox_entry, self._ttl_s, self._maxlen, len(flat), *flat]
+        for seq, kind, payload in items:
+            args.extend((seq, kind, payload))
+        reply = await self._fenced(
+            self._finish,
+            keys=[
+                keys.epoch(conversation_id),
+                keys.run(conversation_id, run_id),
+                keys.mailbox(conversation_id),
+                keys.run_stream(conversation_id, run_id),
+            ],
+            args=args,
+        )
+        if reply == "ok":
+            await self._redis.expire(keys.run_ref(run_id), self._ttl_s)
+            return True
+        return False
+
+    async def record(self, conversation_id: str, run_id: str, **fields: Any) -> None:
+        """Non-status facts (timings, usage) the owner learns while running."""
+        await self._redis.hset(keys.run(conversation_id, run_id), mapping={k: str(v) for k, v in fields.items()})
+
+    async def _fenced(self, script: Any, *, keys: list[str], args: list[Any]) -> str:
+        try:
+            reply = await script(keys=keys, args=args)
+        except ResponseError as exc:
+            if "FENCED" in str(exc) or "equal or smaller" in str(exc):
+                raise FencedError(f"write refused for a stale owner ({keys[1]})") from exc
+            raise
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _view(raw: dict[bytes, bytes]) -> RunView:
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    doc = json.loads(fields["doc"])
+    doc["status"] = fields["status"]
+    doc["stop_reason"] = fields.get("stop_reason") or None
+    metadata = json.loads(fields.get("metadata") or "{}")
+    if "error" in fields:
+        metadata["error"] = json.loads(fields["error"])
+    doc["metadata"] = metadata
+    if fields.get("completed_at_ms"):
+        doc["completed_at"] = int(fields["completed_at_ms"]) / 1000
+    for name in ("ttft_ns", "total_duration_ns"):
+        if fields.get(name):
+            doc[name] = int(fields[name])
+    return RunView.model_validate(doc)

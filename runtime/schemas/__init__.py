@@ -1,0 +1,1 @@
+"""pydantic models for every boundary: HTTP bodies, Redis payloads, Ray messages."""

@@ -1,0 +1,68 @@
+"""Agents and conversations: what Convoy stores, and the Letta-shaped views it returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.providers.base import split_handle
+
+DEFAULT_CONTEXT_WINDOW = 128_000
+AGENT_TYPE = "letta_v1_agent"
+
+
+class AgentRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str
+    model: str
+    system: str = ""
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    def state(self) -> dict[str, Any]:
+        """The agent as Letta's ``AgentState`` (every field the SDK requires is present)."""
+        provider, model_name = split_handle(self.model)
+        return {
+            "id": self.id,
+            "name": self.name,
+            "agent_type": AGENT_TYPE,
+            "system": self.system,
+            "description": self.description,
+            "model": self.model,
+            "llm_config": {
+                "model": model_name,
+                "handle": self.model,
+                "model_endpoint_type": provider,
+                "provider_name": provider,
+                "context_window": DEFAULT_CONTEXT_WINDOW,
+            },
+            "memory": {"blocks": [], "file_blocks": [], "prompt_template": ""},
+            "blocks": [],
+            "sources": [],
+            "tags": self.tags,
+            "tools": [],
+            "metadata": self.metadata,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+class ConversationRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    agent_id: str
+    summary: str | None = None
+    model: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    def view(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,93 @@
+"""Letta's message and stream item types, as Convoy sends and stores them.
+
+Every item that goes on a run's stream carries ``seq_id`` (its position in the run, from 1) and
+``run_id``, including ``ping``, ``stop_reason`` and ``usage_statistics``, so a client can resume
+after any item it saw, not only after message items.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StreamItem(BaseModel):
+    """Fields every stream item may carry."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str | None = None
+    seq_id: int | None = None
+
+
+class LettaMessage(StreamItem):
+    id: str
+    date: datetime = Field(default_factory=utcnow)
+    otid: str | None = None
+    step_id: str | None = None
+    name: str | None = None
+    sender_id: str | None = None
+    is_err: bool | None = None
+
+
+class UserMessage(LettaMessage):
+    message_type: Literal["user_message"] = "user_message"
+    content: str | list[dict[str, Any]]
+
+
+class SystemMessage(LettaMessage):
+    message_type: Literal["system_message"] = "system_message"
+    content: str
+
+
+class AssistantMessage(LettaMessage):
+    message_type: Literal["assistant_message"] = "assistant_message"
+    content: str | list[dict[str, Any]]
+
+
+class ReasoningMessage(LettaMessage):
+    message_type: Literal["reasoning_message"] = "reasoning_message"
+    reasoning: str
+    source: Literal["reasoner_model", "non_reasoner_model"] = "reasoner_model"
+    signature: str | None = None
+
+
+class Ping(LettaMessage):
+    message_type: Literal["ping"] = "ping"
+
+
+class StopReasonItem(StreamItem):
+    message_type: Literal["stop_reason"] = "stop_reason"
+    stop_reason: str
+
+
+class UsageStatistics(StreamItem):
+    message_type: Literal["usage_statistics"] = "usage_statistics"
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    step_count: int = 0
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    run_ids: list[str] | None = None
+
+
+class ErrorMessage(StreamItem):
+    message_type: Literal["error_message"] = "error_message"
+    run_id: str
+    error_type: str
+    message: str
+    detail: str | None = None
+
+
+HistoryMessage = Annotated[
+    UserMessage | SystemMessage | AssistantMessage | ReasoningMessage,
+    Field(discriminator="message_type"),
+]

@@ -1,0 +1,67 @@
+"""The run as the Letta API shows it (``GET /v1/runs/{id}``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
+
+StopReason = Literal[
+    "end_turn",
+    "error",
+    "llm_api_error",
+    "invalid_llm_response",
+    "invalid_tool_call",
+    "max_steps",
+    "max_tokens_exceeded",
+    "no_tool_call",
+    "tool_rule",
+    "cancelled",
+    "insufficient_credits",
+    "requires_approval",
+    "context_window_overflow_in_system_prompt",
+]
+
+# One table, used everywhere: which run status a stop reason ends in.
+STATUS_FOR_STOP_REASON: dict[str, RunStatus] = {
+    "end_turn": "completed",
+    "max_steps": "completed",
+    "max_tokens_exceeded": "completed",
+    "tool_rule": "completed",
+    "requires_approval": "completed",
+    "cancelled": "cancelled",
+    "error": "failed",
+    "llm_api_error": "failed",
+    "invalid_llm_response": "failed",
+    "invalid_tool_call": "failed",
+    "no_tool_call": "failed",
+    "insufficient_credits": "failed",
+    "context_window_overflow_in_system_prompt": "failed",
+}
+
+
+class RequestConfig(BaseModel):
+    use_assistant_message: bool = True
+    include_return_message_types: list[str] | None = None
+    assistant_message_tool_name: str | None = None
+    assistant_message_tool_kwarg: str | None = None
+
+
+class RunView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    agent_id: str
+    conversation_id: str
+    status: RunStatus = "created"
+    background: bool = False
+    created_at: datetime
+    completed_at: datetime | None = None
+    stop_reason: StopReason | None = None
+    metadata: dict[str, Any] | None = None
+    request_config: RequestConfig | None = None
+    ttft_ns: int | None = None
+    total_duration_ns: int | None = None

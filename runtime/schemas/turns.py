@@ -1,0 +1,22 @@
+"""What the API puts in a conversation's mailbox: one accepted turn, self-contained."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from runtime.schemas.requests import MessageCreate
+
+
+class TurnRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    run_id: str
+    agent_id: str
+    conversation_id: str
+    messages: list[MessageCreate]
+    stream_tokens: bool = True
+    max_steps: int = 50
+    use_assistant_message: bool = True
+    include_return_message_types: list[str] | None = None
+    override_model: str | None = None
+    accepted_at_ns: int

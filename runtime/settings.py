@@ -1,0 +1,77 @@
+"""Convoy's settings: one typed object, read from the environment once and passed in.
+
+Nothing else in Convoy reads ``os.environ``. Every field has a unit in its name where it
+has one. Environment variables use the ``CONVOY_`` prefix (``CONVOY_REDIS_URL``,
+``CONVOY_HOME``, ...); provider keys keep the names their SDKs already use
+(``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``) so an existing shell setup just works.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ECHO_MODEL_HANDLE = "echo/echo"
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one Convoy process (API replica, host actor or CLI)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVOY_", extra="ignore", frozen=True)
+
+    home: Path = Field(default=Path("~/.convoy"), description="Data directory of the embedded Redis.")
+    redis_url: str | None = Field(
+        default=None, description="External Redis; when unset `convoy serve` starts an embedded one."
+    )
+    redis_socket_timeout_s: float = Field(default=10.0, gt=0)
+    redis_max_connections: int = Field(default=256, ge=8)
+
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RAY_ADDRESS", "CONVOY_RAY_ADDRESS"),
+        description="Existing Ray cluster; when unset a local instance is started.",
+    )
+    ray_namespace: str = "convoy"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8283, ge=0, le=65535)
+
+    # Conversation hosting (see actors/): hosts are Ray actors that each hold many conversations.
+    hosts: int = Field(default=2, ge=1, description="Conversation host actors to keep running.")
+    host_max_concurrency: int = Field(default=10_000, ge=16)
+    lease_ttl_ms: int = Field(default=10_000, ge=1_000, description="Ownership lease of a conversation.")
+    idle_passivate_s: float = Field(default=300.0, gt=0, description="Idle time before an activation is freed.")
+
+    # The chunk bus (Redis streams, one per run).
+    stream_ttl_s: int = Field(default=6 * 3600, ge=60, description="How long a finished run's stream stays resumable.")
+    stream_maxlen: int = Field(default=100_000, ge=100, description="Cap on items kept per run stream.")
+    read_block_ms: int = Field(default=1_000, ge=10, description="XREAD BLOCK; must stay under the socket timeout.")
+    ping_interval_s: float = Field(default=15.0, gt=0, description="Keepalive ping after this much silence.")
+    stream_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="A reader gives up on a silent run whose owner is gone after this long."
+    )
+
+    # Agents and models.
+    default_model: str | None = Field(default=None, description="Model handle for agents that name none.")
+    echo_delay_ms: float = Field(default=20.0, ge=0, description="Pause between words of the offline echo model.")
+    openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    anthropic_api_key: str | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
+
+    log_level: str = "INFO"
+    log_json: bool = Field(default=False, description="One JSON object per log line instead of key=value text.")
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    def resolved_default_model(self) -> str:
+        """The model used when an agent names none: a configured provider, else offline echo."""
+        if self.default_model:
+            return self.default_model
+        if self.openai_api_key:
+            return "openai/gpt-4o-mini"
+        if self.anthropic_api_key:
+            return "anthropic/claude-sonnet-4-5"
+        return ECHO_MODEL_HANDLE

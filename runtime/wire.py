@@ -1,0 +1,60 @@
+"""Encoding stream items, and the one terminal sequence every run stream ends with.
+
+A stream ends exactly one of these ways, and nothing follows ``[DONE]``:
+
+- success or cancel: ``stop_reason``, ``usage_statistics``, ``[DONE]``
+- failure:           ``stop_reason``, ``event: error`` (``error_message``), ``[DONE]``
+"""
+
+from __future__ import annotations
+
+from runtime.errors import RunFailure
+from runtime.schemas.messages import ErrorMessage, StopReasonItem, StreamItem, UsageStatistics
+from runtime.schemas.runs import STATUS_FOR_STOP_REASON, RunStatus
+
+Item = tuple[int, str, bytes]
+DONE_PAYLOAD = b"[DONE]"
+
+
+def encode(item: StreamItem) -> bytes:
+    return item.model_dump_json(exclude_none=True).encode()
+
+
+def _stamp(item: StreamItem, run_id: str, seq: int) -> StreamItem:
+    item.run_id = run_id
+    item.seq_id = seq
+    return item
+
+
+def success_items(run_id: str, first_seq: int, stop_reason: str, usage: UsageStatistics) -> list[Item]:
+    return [
+        (first_seq, "data", encode(_stamp(StopReasonItem(stop_reason=stop_reason), run_id, first_seq))),
+        (first_seq + 1, "data", encode(_stamp(usage, run_id, first_seq + 1))),
+        (first_seq + 2, "done", DONE_PAYLOAD),
+    ]
+
+
+def error_message(run_id: str, failure: RunFailure, seq: int | None = None) -> ErrorMessage:
+    return ErrorMessage(
+        run_id=run_id,
+        error_type=failure.error_type,
+        message=failure.public_message,
+        detail=failure.detail or None,
+        seq_id=seq,
+    )
+
+
+def failure_items(run_id: str, first_seq: int, failure: RunFailure) -> list[Item]:
+    return [
+        (first_seq, "data", encode(_stamp(StopReasonItem(stop_reason=failure.stop_reason), run_id, first_seq))),
+        (first_seq + 1, "error", encode(error_message(run_id, failure, first_seq + 1))),
+        (first_seq + 2, "done", DONE_PAYLOAD),
+    ]
+
+
+def cancel_items(run_id: str, first_seq: int, usage: UsageStatistics | None = None) -> list[Item]:
+    return success_items(run_id, first_seq, "cancelled", usage or UsageStatistics(run_ids=[run_id]))
+
+
+def status_for(stop_reason: str) -> RunStatus:
+    return STATUS_FOR_STOP_REASON.get(stop_reason, "failed")

@@ -1,0 +1,151 @@
+"""Shared fixtures: real infrastructure only.
+
+- ``redis_url``: a real embedded Redis (the same Valkey binary ``convoy serve`` uses), one per session.
+- ``convoy``: a real ``convoy serve`` subprocess (embedded Redis, local Ray, hosts, uvicorn), one per
+  session, started exactly as a user would start it; its teardown checks that Ctrl-C leaves no
+  process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runtime.embedded_redis import EmbeddedRedis
+
+SERVE_START_TIMEOUT_S = 120.0
+SERVE_STOP_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until it returns a truthy value (returned) or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        time.sleep(interval_s)
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendant pids of ``pid`` (from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-home"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@dataclass
+class Convoy:
+    url: str
+    home: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def redis_url(self) -> str:
+        return (self.home / "redis" / "url").read_text().strip()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_convoy(home: Path, env_overrides: dict[str, str] | None = None) -> Convoy:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_") and k != "RAY_ADDRESS"}
+    env.update({"CONVOY_HOME": str(home), "CONVOY_ECHO_DELAY_MS": "2", "PYTHONUNBUFFERED": "1"})
+    env.update(env_overrides or {})
+    log_path = home / "serve.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "convoy"), "serve", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    convoy = Convoy(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"convoy serve exited early ({process.returncode}):\n{convoy.log()}")
+        try:
+            return httpx.get(f"{convoy.url}/v1/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, SERVE_START_TIMEOUT_S, interval_s=0.2, message="convoy serve to become healthy")
+    return convoy
+
+
+def stop_convoy(convoy: Convoy) -> set[int]:
+    """Ctrl-C the server; returns the pids it had started that are still alive afterwards."""
+    started = descendants(convoy.process.pid)
+    convoy.process.send_signal(signal.SIGINT)
+    try:
+        convoy.process.wait(timeout=SERVE_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        convoy.process.kill()
+        raise
+    try:
+        wait_until(lambda: not any(alive(p) for p in started), 30, interval_s=0.2, message="children to exit")
+    except AssertionError:
+        pass
+    return {p for p in started if alive(p)}
+
+
+@pytest.fixture(scope="session")
+def convoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
+    server = start_convoy(tmp_path_factory.mktemp("convoy-home"))
+    yield server
+    leftovers = stop_convoy(server)
+    assert server.process.returncode == 0, server.log()
+    assert not leftovers, f"processes left behind after Ctrl-C: {sorted(leftovers)}"
