@@ -38,7 +38,7 @@ from runtime.agents import AgentStore, ConversationStore
 from runtime.history import HistoryStore
 from runtime.logs import configure_logging
 from runtime.providers.base import adapter_for
-from runtime.redis_client import connect
+from runtime.redis_client import connect, reraise_if_cancelling
 from runtime.runs import RunStore
 from runtime.settings import Settings
 
@@ -211,6 +211,7 @@ class HostCore:
                         log.warning("lease lost", extra={"conversation_id": lease.conversation_id})
                         task.cancel()
             except Exception:
+                reraise_if_cancelling()
                 log.exception("lease renewal failed")
 
     async def _heartbeat_loop(self) -> None:
@@ -220,6 +221,7 @@ class HostCore:
                 beat = {"incarnation": self.incarnation, "ts": time.time(), "activations": len(self._activations)}
                 await self._services.redis.hset(keys.hosts(), self.name, json.dumps(beat))
             except Exception:
+                reraise_if_cancelling()
                 log.exception("heartbeat failed")
             await asyncio.sleep(HEARTBEAT_PERIOD_S)
 

@@ -32,6 +32,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.errors import FencedError
+from runtime.redis_client import reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -291,13 +292,16 @@ class StreamTailer:
         if reader is not None:
             with contextlib.suppress(Exception):
                 await reader.aclose()
+                await reader.connection_pool.disconnect()
 
     async def _run(self) -> None:
         backoff_s = 0.05
         while True:
             try:
                 if self._reader is None:
-                    self._reader = aioredis.Redis(connection_pool=self._redis.connection_pool, single_connection_client=True)
+                    # A private connection: a blocked read must never hold one of the shared pool's.
+                    pool = aioredis.ConnectionPool(**self._redis.connection_pool.connection_kwargs)
+                    self._reader = aioredis.Redis(connection_pool=pool, single_connection_client=True)
                 self._wake.clear()
                 cursors = self._cursors()
                 if not cursors:
@@ -310,11 +314,13 @@ class StreamTailer:
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                reraise_if_cancelling()
                 log.warning("stream tailer lost Redis, reconnecting", extra={"error": str(exc)})
                 await self._close_reader()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
             except Exception:  # the loop must never die: log and go on
+                reraise_if_cancelling()
                 log.exception("stream tailer step failed")
                 await self._close_reader()
                 await asyncio.sleep(backoff_s)

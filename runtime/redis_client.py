@@ -6,6 +6,8 @@ bounded by ``Settings.read_block_ms`` and loops); hiredis parses replies when in
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -34,3 +36,11 @@ def connect(settings: Settings, url: str | None = None, *, max_connections: int 
         retry_on_error=[RedisConnectionError],
         decode_responses=False,
     )
+
+
+def reraise_if_cancelling() -> None:
+    """Call in an ``except`` of a retrying loop: redis-py may turn a cancellation that lands
+    mid-command into a ConnectionError, and a loop must not swallow its own cancellation that way."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -34,5 +34,5 @@ class EchoAdapter:
                 await asyncio.sleep(self._delay_s)
             yield TextDelta(word)
         prompt_tokens = len(request.system.split()) + sum(len(m.content.split()) for m in request.messages)
-        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words))
+        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=len(last_user.split()))
         yield Finish("end_turn")

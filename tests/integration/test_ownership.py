@@ -1,0 +1,113 @@
+"""Directory leases, fencing epochs, the mailbox and run transitions on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from actors.directory import Directory, Held, Lease, owner_id
+from actors.mailbox import Mailbox
+from runtime import keys
+from runtime.errors import ConversationBusyError, FencedError
+from runtime.ids import new_id
+from runtime.runs import Fence, RunStore
+from runtime.schemas.messages import utcnow
+from runtime.schemas.runs import RunView
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_only_one_of_many_racing_owners_gets_the_lease(redis: aioredis.Redis) -> None:
+    directory = Directory(redis, lease_ttl_ms=5000)
+    conv = new_id("conv")
+    results = await asyncio.gather(
+        *(directory.acquire(conv, owner_id(f"host-{i}", "a"), host_name=f"host-{i}") for i in range(20))
+    )
+    winners = [r for r in results if isinstance(r, Lease)]
+    assert len(winners) == 1
+    assert all(isinstance(r, Held) and r.owner == winners[0].owner for r in results if r is not winners[0])
+    assert await directory.owner(conv) == winners[0].owner
+
+
+async def test_each_new_owner_gets_a_higher_epoch(redis: aioredis.Redis) -> None:
+    directory = Directory(redis, lease_ttl_ms=5000)
+    conv = new_id("conv")
+    first = await directory.acquire(conv, owner_id("h0", "one"), host_name="h0")
+    assert isinstance(first, Lease)
+    # Another host must wait; a restarted incarnation of the same host may take over at once.
+    assert isinstance(await directory.acquire(conv, owner_id("h1", "x"), host_name="h1"), Held)
+    second = await directory.acquire(conv, owner_id("h0", "two"), host_name="h0")
+    assert isinstance(second, Lease) and second.epoch == first.epoch + 1
+    assert await directory.renew([first, second]) == [first], "the old incarnation lost its lease"
+    await directory.release(first)  # a stale release must not free the new owner's lease
+    assert await directory.owner(conv) == second.owner
+    await directory.release(second)
+    assert await directory.owner(conv) is None
+
+
+async def test_a_lease_expires_when_not_renewed(redis: aioredis.Redis) -> None:
+    directory = Directory(redis, lease_ttl_ms=1000)
+    conv = new_id("conv")
+    assert isinstance(await directory.acquire(conv, owner_id("h0", "a"), host_name="h0"), Lease)
+    deadline = asyncio.get_running_loop().time() + 5
+    while await directory.owner(conv) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "lease never expired"
+        await asyncio.sleep(0.05)
+    assert isinstance(await directory.acquire(conv, owner_id("h1", "b"), host_name="h1"), Lease)
+
+
+async def _accept(mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "queue") -> str:
+    run_id = new_id("run")
+    view = RunView(id=run_id, agent_id="agent-x", conversation_id=conv, created_at=utcnow())
+    await runs.index(view)
+    await mailbox.accept(
+        conv, run_id, b"{}", on_busy=on_busy, run_fields=runs.initial_fields(view), first_item=b"{}", stream_ttl_s=60, run_ttl_s=60
+    )
+    return run_id
+
+
+async def test_mailbox_keeps_acceptance_order_and_rejects_when_busy(redis: aioredis.Redis) -> None:
+    mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
+    conv = new_id("conv")
+    accepted = [await _accept(mailbox, runs, conv) for _ in range(5)]
+    assert await mailbox.run_ids(conv) == accepted
+    with pytest.raises(ConversationBusyError) as busy:
+        await _accept(mailbox, runs, conv, on_busy="reject")
+    assert busy.value.active_run_id == accepted[0]
+    assert await mailbox.depth(conv) == 5, "a rejected send writes nothing to the mailbox"
+
+
+async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redis: aioredis.Redis) -> None:
+    mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    run_id = await _accept(mailbox, runs, conv)
+    entry = await mailbox.head(conv)
+    assert entry is not None and entry.run_id == run_id
+
+    with pytest.raises(FencedError):
+        await runs.start(Fence(conv, 2), run_id)
+    assert await runs.start(Fence(conv, 3), run_id) == "started"
+    assert await runs.start(Fence(conv, 3), run_id) == "running"
+
+    done = await runs.finish(
+        run_id, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3),
+        items=[(2, "done", b"[DONE]")], mailbox_entry=entry.entry_id,
+    )
+    assert done
+    assert await mailbox.head(conv) is None, "finishing a run removes its mailbox entry"
+    again = await runs.finish(
+        run_id, conversation_id=conv, status="failed", stop_reason="error", fence=None, items=[(3, "done", b"[DONE]")]
+    )
+    assert not again
+    view = await runs.get(run_id)
+    assert view.status == "completed" and view.stop_reason == "end_turn"

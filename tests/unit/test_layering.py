@@ -1,0 +1,43 @@
+"""The dependency direction api -> actors -> runtime holds (and runtime imports neither)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY_LITERAL = re.compile(r"[\"']convoy:[^\s\"']")
+FORBIDDEN = {"runtime": {"actors", "api"}, "actors": {"api"}}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_dependencies_point_one_way() -> None:
+    violations = []
+    for package, banned in FORBIDDEN.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad = _imports(path) & banned
+            if bad:
+                violations.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not violations, "\n".join(violations)
+
+
+def test_only_keys_module_spells_redis_keys() -> None:
+    offenders = []
+    for package in ("runtime", "actors", "api"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name == "keys.py":
+                continue
+            if KEY_LITERAL.search(path.read_text()):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, offenders
