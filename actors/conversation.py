@@ -60,7 +60,7 @@ class Activation:
         self.lease = lease
         self.conversation_id = lease.conversation_id
         self._s = services
-        self._fence = Fence(lease.conversation_id, lease.epoch)
+        self._fence = Fence(lease.conversation_id, lease.epoch, lease.owner)
         self._wake = asyncio.Event()
         self._wake.set()
         self._turn: asyncio.Task[None] | None = None
@@ -77,12 +77,14 @@ class Activation:
         return self._current_run
 
     def cancel(self, run_id: str) -> bool:
-        """Cancel ``run_id`` if it is the turn running now; True if it was."""
-        if self._current_run == run_id and self._turn is not None and not self._turn.done():
-            self._cancel_requested.add(run_id)
+        """Cancel ``run_id`` if it is the turn this activation is starting or running; True if so."""
+        if self._current_run != run_id:
+            log.info("cancel: not running here", extra={"run_id": run_id, "current": self._current_run})
+            return False
+        self._cancel_requested.add(run_id)
+        if self._turn is not None and not self._turn.done():
             self._turn.cancel()
-            return True
-        return False
+        return True
 
     async def run(self) -> None:
         """The worker: process the mailbox until idle for ``idle_passivate_s`` (then return)."""
@@ -109,15 +111,25 @@ class Activation:
 
     async def _process(self, entry: MailboxEntry) -> None:
         turn = TurnRequest.model_validate_json(entry.payload)
-        status = await self._s.runs.start(self._fence, turn.run_id)
-        if status == "started":
-            await self._execute(turn, entry)
+        self._current_run = turn.run_id  # from here on an out-of-band cancel can reach it
+        try:
+            status = await self._s.runs.start(self._fence, turn.run_id)
+            if status == "started":
+                await self._execute(turn, entry)
+                return
+        finally:
+            self._current_run = None
+            self._cancel_requested.discard(turn.run_id)
+        if status == "cancel_requested":
+            await self._end(turn.run_id, entry, cancelled=True, turn=turn, expect="created")
         elif status == "running":
             await self._end(turn.run_id, entry, failure=OwnerLostError("the previous owner stopped mid-run"))
         elif status == "":
             await self._end(turn.run_id, entry, failure=InternalRunError("run record missing"), skip_missing=True)
-        # any terminal status: the run was finished elsewhere (e.g. cancelled while queued)
-        # and its entry already removed in the same step; nothing to do.
+        else:
+            # Finished elsewhere (e.g. cancelled while queued), which removes the entry in the same
+            # step; removing it again is harmless and guarantees the worker can never spin on it.
+            await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
 
     async def _execute(self, turn: TurnRequest, entry: MailboxEntry) -> None:
         conv_id = self.conversation_id
@@ -137,7 +149,6 @@ class Activation:
             item.seq_id = writer.reserve()
             await writer.write("data", wire.encode(item))
 
-        self._current_run = turn.run_id
         self._turn = asyncio.create_task(self._turn_body(turn, entry, writer, emit))
         try:
             await asyncio.shield(self._turn)
@@ -147,13 +158,13 @@ class Activation:
             self._turn.cancel()
             raise
         finally:
-            self._current_run = None
             self._turn = None
-            self._cancel_requested.discard(turn.run_id)
 
     async def _turn_body(self, turn: TurnRequest, entry: MailboxEntry, writer: bus.ChunkWriter, emit: Emit) -> None:
         s = self._s
         try:
+            if turn.run_id in self._cancel_requested:
+                raise asyncio.CancelledError  # cancelled while it was being started
             agent = await s.agents.get(turn.agent_id)
             conversation = await s.conversations.get(turn.conversation_id)
             history = await s.history.list(turn.conversation_id, limit=1000)
@@ -195,6 +206,7 @@ class Activation:
         writer: bus.ChunkWriter | None = None,
         turn: TurnRequest | None = None,
         skip_missing: bool = False,
+        expect: str | None = None,
     ) -> None:
         """Write the terminal sequence for a run that did not succeed."""
         stream_key = keys.run_stream(self.conversation_id, run_id)
@@ -220,6 +232,7 @@ class Activation:
             items=items,
             mailbox_entry=entry.entry_id,
             error=error,
+            expect=expect,  # type: ignore[arg-type]
             extra=_timings(turn, None) if turn else None,
         )
         if not done and skip_missing:

@@ -9,8 +9,9 @@ Guarantees:
   the epoch it got (run stream items, run status, history, mailbox acks); the scripts that write
   refuse a stale epoch. A paused or partitioned ex-owner therefore cannot write after a new owner
   took over, even if it does not know it lost the lease yet.
-- **Fast takeover after a crash.** Owner ids are ``<host name>/<incarnation>``. When Ray restarts
-  a host under the same name, the new incarnation may take over the leases of earlier
+- **Fast takeover after a crash.** Owner ids are ``<host name>/<incarnation>/<activation>``: one per
+  activation, so even two successive activations in one process never share a lease. When Ray
+  restarts a host under the same name, the new incarnation may take over the leases of earlier
   incarnations at once instead of waiting for them to expire.
 """
 
@@ -28,8 +29,10 @@ if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, redis.call('GET', KEYS[2]) or '0'}
 end
-if cur and (ARGV[3] == '' or string.sub(cur, 1, string.len(ARGV[3])) ~= ARGV[3]) then
-  return {0, cur}
+if cur then
+  local same_host = string.sub(cur, 1, string.len(ARGV[3])) == ARGV[3]
+  local same_process = string.sub(cur, 1, string.len(ARGV[4])) == ARGV[4]
+  if not same_host or same_process then return {0, cur} end
 end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -66,8 +69,8 @@ class Held:
     owner: str
 
 
-def owner_id(host_name: str, incarnation: str) -> str:
-    return f"{host_name}/{incarnation}"
+def owner_id(host_name: str, incarnation: str, activation: int = 0) -> str:
+    return f"{host_name}/{incarnation}/{activation}"
 
 
 def host_of(owner: str) -> str:
@@ -82,11 +85,12 @@ class Directory:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
-    async def acquire(self, conversation_id: str, owner: str, *, host_name: str) -> Lease | Held:
+    async def acquire(self, conversation_id: str, owner: str) -> Lease | Held:
         """Take the conversation for ``owner`` (or keep it, if already ours)."""
+        host, incarnation, _ = owner.split("/", 2)
         reply = await self._acquire(
             keys=[keys.lease(conversation_id), keys.epoch(conversation_id)],
-            args=[owner, self._ttl_ms, f"{host_name}/"],
+            args=[owner, self._ttl_ms, f"{host}/", f"{host}/{incarnation}/"],
         )
         ok, value = int(reply[0]), reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         if ok:

@@ -47,11 +47,22 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD_S = 2.0
 
 
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        for line in open("/proc/self/status"):  # noqa: SIM115 - tiny procfs read
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class HostCore:
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
         self.incarnation = uuid.uuid4().hex[:12]
-        self.owner = owner_id(name, self.incarnation)
+        self._activation_seq = 0
         self._settings = settings
         self._activations: dict[str, Activation] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -82,8 +93,8 @@ class HostCore:
             self._background = [
                 asyncio.create_task(self._renew_loop(), name="lease-renewal"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._recover(), name="recovery"),
             ]
-            await self._recover()
 
     async def stop(self) -> None:
         for task in [*self._background, *self._workers.values()]:
@@ -105,6 +116,9 @@ class HostCore:
         Returns ``"ok"``, or ``"owner:<owner id>"`` when another activation holds it.
         """
         await self.start()
+        return await self._deliver(conversation_id)
+
+    async def _deliver(self, conversation_id: str) -> str:
         activation = self._activations.get(conversation_id)
         if activation is not None:
             activation.poke()
@@ -127,7 +141,13 @@ class HostCore:
 
     async def cancel(self, conversation_id: str, run_id: str) -> bool:
         activation = self._activations.get(conversation_id)
-        return activation.cancel(run_id) if activation is not None else False
+        if activation is None:
+            log.info("cancel: conversation not active here", extra={"run_id": run_id, "host": self.name})
+            return False
+        return activation.cancel(run_id)
+
+    def owns(self, conversation_id: str) -> bool:
+        return conversation_id in self._activations
 
     async def stats(self) -> dict[str, Any]:
         await self.start()
@@ -138,13 +158,15 @@ class HostCore:
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname(),
             "activations": len(self._activations),
             "running": sum(1 for a in self._activations.values() if a.current_run),
+            "rss_bytes": _rss_bytes(),
         }
 
     # -- activation lifecycle ---------------------------------------------------------------
 
     async def _activate(self, conversation_id: str) -> str:
         assert self._directory is not None and self._services is not None
-        got = await self._directory.acquire(conversation_id, self.owner, host_name=self.name)
+        self._activation_seq += 1
+        got = await self._directory.acquire(conversation_id, owner_id(self.name, self.incarnation, self._activation_seq))
         if isinstance(got, Held):
             return f"owner:{got.owner}"
         await self._services.redis.sadd(keys.host_conversations(self.name), conversation_id)
@@ -179,11 +201,11 @@ class HostCore:
 
     async def _release(self, lease: Lease) -> None:
         assert self._directory is not None and self._services is not None
-        await self._directory.release(lease)
         await self._services.redis.srem(keys.host_conversations(self.name), lease.conversation_id)
+        await self._directory.release(lease)
         # A message accepted while we were letting go must not wait for the next sender.
         if await self._services.mailbox.depth(lease.conversation_id):
-            await self.deliver(lease.conversation_id)
+            await self._deliver(lease.conversation_id)
 
     async def _recover(self) -> None:
         """Take over what earlier incarnations of this host owned (see the module docstring)."""
@@ -192,7 +214,7 @@ class HostCore:
         for raw in members:
             conv = raw.decode()
             try:
-                await self.deliver(conv)
+                await self._deliver(conv)
             except Exception:
                 log.exception("recovery failed", extra={"conversation_id": conv})
 
@@ -218,7 +240,12 @@ class HostCore:
         while True:
             try:
                 assert self._services is not None
-                beat = {"incarnation": self.incarnation, "ts": time.time(), "activations": len(self._activations)}
+                beat = {
+                    "incarnation": self.incarnation,
+                    "pid": os.getpid(),
+                    "ts": time.time(),
+                    "activations": len(self._activations),
+                }
                 await self._services.redis.hset(keys.hosts(), self.name, json.dumps(beat))
             except Exception:
                 reraise_if_cancelling()

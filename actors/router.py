@@ -20,11 +20,13 @@ from actors import placement
 from actors.directory import Directory, host_of
 from actors.supervisor import host_names
 from runtime.errors import UnavailableError
+from runtime.redis_client import reraise_if_cancelling
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 4
+WATCH_PERIOD_S = 1.0
 CALL_TIMEOUT_S = 10.0
 _UNREACHABLE = (ActorDiedError, ActorUnavailableError, RayActorError, TimeoutError)
 
@@ -79,11 +81,16 @@ class ConversationRouter:
         """Cancel a running turn at its owner; False if no owner is running it."""
         owner = await self._directory.owner(conversation_id)
         if owner is None:
+            log.info("cancel: conversation has no owner", extra={"run_id": run_id})
             return False
         try:
-            return bool(await self._call(host_of(owner), "cancel", conversation_id, run_id))
-        except (*_UNREACHABLE, ValueError):
+            reached = bool(await self._call(host_of(owner), "cancel", conversation_id, run_id))
+        except (*_UNREACHABLE, ValueError) as exc:
+            log.warning("cancel: owner unreachable", extra={"run_id": run_id, "owner": owner, "error": repr(exc)})
             return False
+        if not reached:
+            log.info("cancel: owner is not running it", extra={"run_id": run_id, "owner": owner})
+        return reached
 
     async def hosts_alive(self, timeout_s: float = 2.0) -> int:
         """How many hosts answer a trivial call within ``timeout_s`` (for health checks)."""
@@ -98,3 +105,14 @@ class ConversationRouter:
 
         results = await asyncio.gather(*(one(n) for n in host_names(self._settings)))
         return sum(results)
+
+    async def watch(self, period_s: float = WATCH_PERIOD_S) -> None:
+        """Keep every host awake: a host Ray restarted after a crash recovers its conversations
+        when it is first called, so this loop makes that happen within ``period_s``."""
+        while True:
+            try:
+                await self.hosts_alive()
+            except Exception:
+                reraise_if_cancelling()
+                log.exception("host watch failed")
+            await asyncio.sleep(period_s)

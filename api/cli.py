@@ -6,6 +6,10 @@ the API, then Ray, then Redis, in that order, and leaves no process behind.
 
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
 Ray); it starts nothing else.
+
+``convoy bench actors`` starts the same things as ``serve`` minus HTTP, in a temporary home, and
+prints what a conversation costs as a virtual actor next to one Ray actor per conversation (see
+``api.bench.actors``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,27 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
         cmd.add_argument("--port", type=int, default=None, help="port to listen on (default 8283)")
+    _bench_parser(sub)
     return parser
+
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    text = "measure and print figures (nothing is asserted)"
+    bench = sub.add_parser("bench", help=text, description=text).add_subparsers(dest="bench", required=True)
+    text = "cold/warm activation, turn dispatch, memory and capacity of conversations, against a Ray actor each"
+    cmd = bench.add_parser("actors", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--cold", int, 2000, "conversations activated one at a time for the latency figures"),
+        ("--conversations", int, 10_000, "capacity target: conversations active at once"),
+        ("--budget-gib", float, 8.0, "stop adding activations once the hosts' summed RSS reaches this"),
+        ("--turns", int, 200, "turns timed on cold and on active conversations, each"),
+        ("--baseline", int, 20, "plain Ray actors created for the baseline"),
+        ("--step", int, 1000, "activations added per capacity step"),
+        ("--concurrency", int, 32, "deliver calls in flight during capacity steps"),
+        ("--hold-s", float, 12.0, "keep everything active this long at the end (longer than the lease TTL)"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    cmd.add_argument("--hosts", type=int, default=None, help="conversation hosts (default: CONVOY_HOSTS, else 2)")
 
 
 def _say(text: str) -> None:
@@ -101,14 +125,33 @@ def _run_api(settings: Settings, create_app: object) -> None:
         pass
 
 
+def bench(settings: Settings, args: argparse.Namespace) -> int:
+    from api.bench.actors import BenchOptions, run
+
+    options = BenchOptions(
+        cold=args.cold,
+        conversations=args.conversations,
+        budget_bytes=int(args.budget_gib * 1024**3),
+        turns=args.turns,
+        baseline=args.baseline,
+        step=args.step,
+        concurrency=args.concurrency,
+        hold_s=args.hold_s,
+        hosts=args.hosts,
+    )
+    return run(settings, options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings)
     try:
         if args.command == "serve":
             return serve(settings)
+        if args.command == "bench":
+            return bench(settings, args)
         return api_only(settings)
     except ConvoyError as exc:
         print(f"convoy: {exc}", file=sys.stderr)

@@ -63,6 +63,8 @@ def _convoy_error(_: Request, exc: Exception) -> JSONResponse:
         body["conversation_id"] = exc.conversation_id
         body["run_id"] = exc.active_run_id
         headers["Retry-After"] = str(exc.retry_after_s)
+        # The caller asked to be told, not to wait: stop SDKs from silently re-sending.
+        headers["x-should-retry"] = "false"
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from fastapi import Request
@@ -34,6 +36,7 @@ class AppState:
     directory: Directory
     router: ConversationRouter
     tailers: TailerPool
+    _watch: asyncio.Task[None] = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -59,8 +62,12 @@ class AppState:
 
     async def start(self) -> None:
         await self.tailers.start()
+        self._watch = asyncio.create_task(self.router.watch(), name="host-watch")
 
     async def stop(self) -> None:
+        self._watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watch
         await self.tailers.stop()
         await self.redis.aclose()
 

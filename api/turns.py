@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from api.cancel import cancel_ahead_of
 from api.state import AppState
 from runtime import keys, wire
 from runtime.errors import UnavailableError
@@ -61,12 +62,14 @@ async def accept_turn(
         conversation.id,
         run_id,
         turn.model_dump_json().encode(),
-        on_busy=body.on_busy,
+        on_busy="reject" if body.on_busy == "reject" else "queue",
         run_fields=state.runs.initial_fields(view),
         first_item=first,
         stream_ttl_s=state.settings.stream_ttl_s,
         run_ttl_s=UNFINISHED_RUN_TTL_S,
     )
+    if body.on_busy == "interrupt":
+        await cancel_ahead_of(state, conversation.id, run_id)
     try:
         await state.router.deliver(conversation.id)
     except UnavailableError:

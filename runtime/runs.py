@@ -34,7 +34,8 @@ _START = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'created' then return status or '' end
-redis.call('HSET', KEYS[2], 'status', 'running', 'started_at_ms', ARGV[2])
+if redis.call('HGET', KEYS[2], 'cancel_requested') then return 'cancel_requested' end
+redis.call('HSET', KEYS[2], 'status', 'running', 'started_at_ms', ARGV[2], 'owner', ARGV[3])
 return 'started'
 """
 
@@ -72,6 +73,7 @@ class Fence:
 
     conversation_id: str
     epoch: int
+    owner: str = ""
 
 
 class RunStore:
@@ -120,12 +122,13 @@ class RunStore:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def start(self, fence: Fence, run_id: str) -> str:
-        """created -> running. Returns ``"started"`` if this call started it, else the status it
-        already had (``running`` means a previous owner started it and never finished)."""
+        """created -> running. Returns ``"started"`` if this call started it, ``"cancel_requested"``
+        if a cancel arrived first (the run stays ``created``; the caller ends it as cancelled), else
+        the status it already had (``running`` means a previous owner started it and never finished)."""
         reply = await self._fenced(
             self._start,
             keys=[keys.epoch(fence.conversation_id), keys.run(fence.conversation_id, run_id)],
-            args=[fence.epoch, now_ms()],
+            args=[fence.epoch, now_ms(), fence.owner],
         )
         return reply
 
@@ -172,9 +175,9 @@ class RunStore:
             return True
         return False
 
-    async def record(self, conversation_id: str, run_id: str, **fields: Any) -> None:
-        """Non-status facts (timings, usage) the owner learns while running."""
-        await self._redis.hset(keys.run(conversation_id, run_id), mapping={k: str(v) for k, v in fields.items()})
+    async def request_cancel(self, conversation_id: str, run_id: str) -> None:
+        """Mark a run as to be cancelled; an owner about to start it will not (see ``start``)."""
+        await self._redis.hset(keys.run(conversation_id, run_id), "cancel_requested", now_ms())
 
     async def _fenced(self, script: Any, *, keys: list[str], args: list[Any]) -> str:
         try:
@@ -197,6 +200,9 @@ def _view(raw: dict[bytes, bytes]) -> RunView:
     doc["metadata"] = metadata
     if fields.get("completed_at_ms"):
         doc["completed_at"] = int(fields["completed_at_ms"]) / 1000
+    if fields.get("started_at_ms"):
+        doc["started_at"] = int(fields["started_at_ms"]) / 1000
+    doc["owner"] = fields.get("owner") or None
     for name in ("ttft_ns", "total_duration_ns"):
         if fields.get(name):
             doc[name] = int(fields[name])

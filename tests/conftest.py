@@ -101,7 +101,9 @@ class Convoy:
 def start_convoy(home: Path, env_overrides: dict[str, str] | None = None) -> Convoy:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_") and k != "RAY_ADDRESS"}
-    env.update({"CONVOY_HOME": str(home), "CONVOY_ECHO_DELAY_MS": "2", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {"CONVOY_HOME": str(home), "CONVOY_ECHO_DELAY_MS": "2", "CONVOY_IDLE_PASSIVATE_S": "2", "PYTHONUNBUFFERED": "1"}
+    )
     env.update(env_overrides or {})
     log_path = home / "serve.log"
     home.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
+from api.cancel import cancel_conversation
 from api.state import AppState, get_state
 from api.validation import AgentId, AgentIdQuery, Limit
 from runtime.providers.base import validate_handle
@@ -43,3 +44,12 @@ async def list_agents(
 @router.get("/{agent_id}", summary="Get an agent")
 async def get_agent(agent_id: AgentId, state: State) -> dict[str, Any]:
     return (await state.agents.get(agent_id)).state()
+
+
+@router.post("/{agent_id}/messages/cancel", summary="Cancel the running and queued runs of all the agent's conversations")
+async def cancel_agent_runs(agent_id: AgentId, state: State) -> dict[str, Any]:
+    await state.agents.get(agent_id)
+    runs: dict[str, str] = {}
+    for conversation in await state.conversations.list(agent_id=agent_id, limit=1000):
+        runs.update(await cancel_conversation(state, conversation.id))
+    return {"agent_id": agent_id, "runs": runs}

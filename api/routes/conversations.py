@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse, Response
 
+from api.cancel import cancel_conversation
 from api.responses import collect_response
 from api.sse import run_events, sse_response
 from api.state import AppState, get_state
@@ -59,3 +60,9 @@ async def send_message(conversation_id: ConversationId, body: SendMessageRequest
     if body.streaming:
         return sse_response(run_events(state, conversation.id, run.id, after=0, include_pings=body.include_pings))
     return JSONResponse(await collect_response(state, run))
+
+
+@router.post("/{conversation_id}/cancel", summary="Cancel the conversation's running and queued runs")
+async def cancel(conversation_id: ConversationId, state: State) -> dict[str, Any]:
+    await state.conversations.get(conversation_id)
+    return {"conversation_id": conversation_id, "runs": await cancel_conversation(state, conversation_id)}

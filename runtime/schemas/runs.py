@@ -65,3 +65,7 @@ class RunView(BaseModel):
     request_config: RequestConfig | None = None
     ttft_ns: int | None = None
     total_duration_ns: int | None = None
+    # Convoy extensions (ignored by Letta clients): when the owner started the run, and which
+    # activation (``<host>/<incarnation>``) ran it.
+    started_at: datetime | None = None
+    owner: str | None = None

@@ -30,7 +30,7 @@ async def test_only_one_of_many_racing_owners_gets_the_lease(redis: aioredis.Red
     directory = Directory(redis, lease_ttl_ms=5000)
     conv = new_id("conv")
     results = await asyncio.gather(
-        *(directory.acquire(conv, owner_id(f"host-{i}", "a"), host_name=f"host-{i}") for i in range(20))
+        *(directory.acquire(conv, owner_id(f"host-{i}", "a")) for i in range(20))
     )
     winners = [r for r in results if isinstance(r, Lease)]
     assert len(winners) == 1
@@ -41,11 +41,13 @@ async def test_only_one_of_many_racing_owners_gets_the_lease(redis: aioredis.Red
 async def test_each_new_owner_gets_a_higher_epoch(redis: aioredis.Redis) -> None:
     directory = Directory(redis, lease_ttl_ms=5000)
     conv = new_id("conv")
-    first = await directory.acquire(conv, owner_id("h0", "one"), host_name="h0")
+    first = await directory.acquire(conv, owner_id("h0", "one", 1))
     assert isinstance(first, Lease)
-    # Another host must wait; a restarted incarnation of the same host may take over at once.
-    assert isinstance(await directory.acquire(conv, owner_id("h1", "x"), host_name="h1"), Held)
-    second = await directory.acquire(conv, owner_id("h0", "two"), host_name="h0")
+    # Another host must wait, and so must another activation in the same process; a restarted
+    # incarnation of the same host may take over at once.
+    assert isinstance(await directory.acquire(conv, owner_id("h1", "x", 1)), Held)
+    assert isinstance(await directory.acquire(conv, owner_id("h0", "one", 2)), Held)
+    second = await directory.acquire(conv, owner_id("h0", "two", 1))
     assert isinstance(second, Lease) and second.epoch == first.epoch + 1
     assert await directory.renew([first, second]) == [first], "the old incarnation lost its lease"
     await directory.release(first)  # a stale release must not free the new owner's lease
@@ -57,12 +59,12 @@ async def test_each_new_owner_gets_a_higher_epoch(redis: aioredis.Redis) -> None
 async def test_a_lease_expires_when_not_renewed(redis: aioredis.Redis) -> None:
     directory = Directory(redis, lease_ttl_ms=1000)
     conv = new_id("conv")
-    assert isinstance(await directory.acquire(conv, owner_id("h0", "a"), host_name="h0"), Lease)
+    assert isinstance(await directory.acquire(conv, owner_id("h0", "a")), Lease)
     deadline = asyncio.get_running_loop().time() + 5
     while await directory.owner(conv) is not None:
         assert asyncio.get_running_loop().time() < deadline, "lease never expired"
         await asyncio.sleep(0.05)
-    assert isinstance(await directory.acquire(conv, owner_id("h1", "b"), host_name="h1"), Lease)
+    assert isinstance(await directory.acquire(conv, owner_id("h1", "b")), Lease)
 
 
 async def _accept(mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "queue") -> str:

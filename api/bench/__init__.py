@@ -1,0 +1,55 @@
+"""Benchmarks behind ``convoy bench ...``: they measure and print figures, and assert nothing.
+
+Each benchmark is one module (``api.bench.actors``: what a conversation costs as a virtual actor).
+This package holds what they share: nearest-rank percentiles, a progress printer (stderr, so the
+figures on stdout stay clean enough to paste), and memory readings of the current process.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (``pct`` in 0..100) of ``values``; NaN when there are none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def process_memory() -> dict[str, int]:
+    """``rss_bytes`` and ``pss_bytes`` of this process (Linux ``smaps_rollup``; zeros elsewhere).
+
+    RSS counts every shared page (Python, Ray's libraries) in full in each process; PSS divides a
+    shared page among the processes mapping it, so PSS is the fairer cost of one more process.
+    """
+    found = {"rss_bytes": 0, "pss_bytes": 0}
+    try:
+        with open("/proc/self/smaps_rollup") as rollup:
+            for line in rollup:
+                name, _, rest = line.partition(":")
+                if name in ("Rss", "Pss"):
+                    found[f"{name.lower()}_bytes"] = int(rest.split()[0]) * KIB
+    except OSError:
+        pass
+    return found
+
+
+class Progress:
+    """Progress lines on stderr, stamped with the seconds since the benchmark started."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._t0 = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{self._name} {time.monotonic() - self._t0:6.1f}s] {text}", file=sys.stderr, flush=True)

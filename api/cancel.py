@@ -1,0 +1,81 @@
+"""Cancelling runs, out of band: never through the mailbox, never waiting for the next chunk.
+
+- A queued run (``created``) is ended here, in one atomic step with its cancel items and the
+  removal of its mailbox entry; if its owner started it in the meantime that step fails and we
+  fall through to the running case.
+- A running run is cancelled at its owner (a direct Ray call to the host), which cancels the
+  turn's task at once and so closes the provider's stream.
+- Either way the run is first marked ``cancel_requested``, so an owner that is about to start it
+  ends it as cancelled instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from api.state import AppState
+from runtime import bus, keys, wire
+
+TERMINAL = ("completed", "failed", "cancelled")
+WAIT_TERMINAL_S = 10.0
+
+
+async def cancel_run(state: AppState, conversation_id: str, run_id: str) -> str:
+    """Cancel one run; returns its status afterwards (``cancelled``, or another terminal status
+    if it finished first, or ``running`` if the owner could not be reached yet)."""
+    raw = await state.runs.raw(conversation_id, run_id)
+    status = raw.get("status", "")
+    if status in TERMINAL or not status:
+        return status
+    await state.runs.request_cancel(conversation_id, run_id)
+    if status == "created":
+        first = await bus.last_seq(state.redis, keys.run_stream(conversation_id, run_id)) + 1
+        ended = await state.runs.finish(
+            run_id,
+            conversation_id=conversation_id,
+            status="cancelled",
+            stop_reason="cancelled",
+            fence=None,
+            expect="created",
+            items=wire.cancel_items(run_id, first),
+            mailbox_entry=raw.get("mailbox_entry", ""),
+        )
+        if ended:
+            return "cancelled"
+    await state.router.cancel(conversation_id, run_id)
+    return await wait_terminal(state, conversation_id, run_id)
+
+
+async def wait_terminal(state: AppState, conversation_id: str, run_id: str, timeout_s: float = WAIT_TERMINAL_S) -> str:
+    """The run's status once terminal, or its current status after ``timeout_s``."""
+    stream_key = keys.run_stream(conversation_id, run_id)
+    sub = state.tailers.subscribe(stream_key, max(0, await bus.last_seq(state.redis, stream_key) - 1))
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while True:
+            status = (await state.runs.raw(conversation_id, run_id)).get("status", "")
+            remaining = deadline - asyncio.get_running_loop().time()
+            if status in TERMINAL or remaining <= 0:
+                return status
+            batch = await sub.get(timeout_s=min(remaining, 1.0))
+            if batch and any(item.terminal for item in batch):
+                return (await state.runs.raw(conversation_id, run_id)).get("status", "")
+    finally:
+        sub.close()
+
+
+async def cancel_conversation(state: AppState, conversation_id: str) -> dict[str, str]:
+    """Cancel every unfinished run of a conversation (running and queued); run id -> status."""
+    run_ids = await state.mailbox.run_ids(conversation_id)
+    statuses = await asyncio.gather(*(cancel_run(state, conversation_id, r) for r in run_ids))
+    return dict(zip(run_ids, statuses, strict=True))
+
+
+async def cancel_ahead_of(state: AppState, conversation_id: str, run_id: str) -> None:
+    """For ``on_busy=interrupt``: cancel everything accepted before ``run_id``."""
+    ahead = []
+    for other in await state.mailbox.run_ids(conversation_id):
+        if other == run_id:
+            break
+        ahead.append(other)
+    await asyncio.gather(*(cancel_run(state, conversation_id, r) for r in ahead))
