@@ -40,6 +40,9 @@ from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# How many past messages a turn shows the model (context-window policy comes with the agent loop).
+HISTORY_WINDOW = 1000
+
 
 @dataclass(frozen=True)
 class Services:
@@ -167,7 +170,7 @@ class Activation:
                 raise asyncio.CancelledError  # cancelled while it was being started
             agent = await s.agents.get(turn.agent_id)
             conversation = await s.conversations.get(turn.conversation_id)
-            history = await s.history.list(turn.conversation_id, limit=1000)
+            history = await s.history.recent(turn.conversation_id, limit=HISTORY_WINDOW)
             outcome = await run_turn(
                 turn, agent=agent, conversation=conversation, history=history, adapters=s.adapters, emit=emit
             )

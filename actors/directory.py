@@ -39,13 +39,20 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, tostring(epoch)}
 """
 
+# Renews many leases in one call. KEYS: lease keys. ARGV: ttl_ms, then one owner per key.
+# Returns the 1-based positions of the leases that are no longer held by their owner.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+local lost = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  else
+    lost[#lost + 1] = i
+  end
 end
-return 0
+return lost
 """
+RENEW_CHUNK = 500
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -98,14 +105,19 @@ class Directory:
         return Held(value)
 
     async def renew(self, leases: list[Lease]) -> list[Lease]:
-        """Extend many leases in one round trip; returns those that were lost."""
-        if not leases:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                await self._renew(keys=[keys.lease(lease.conversation_id)], args=[lease.owner, self._ttl_ms], client=pipe)
-            replies = await pipe.execute()
-        return [lease for lease, ok in zip(leases, replies, strict=True) if not int(ok)]
+        """Extend many leases, ``RENEW_CHUNK`` per script call (yielding to the event loop between
+        chunks, so a host with thousands of leases never stalls its conversations); returns the
+        leases that were lost. One script spans several keys, so this needs a single Redis (not
+        Redis Cluster)."""
+        lost: list[Lease] = []
+        for start in range(0, len(leases), RENEW_CHUNK):
+            chunk = leases[start : start + RENEW_CHUNK]
+            positions = await self._renew(
+                keys=[keys.lease(lease.conversation_id) for lease in chunk],
+                args=[self._ttl_ms, *(lease.owner for lease in chunk)],
+            )
+            lost.extend(chunk[int(i) - 1] for i in positions)
+        return lost
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[keys.lease(lease.conversation_id)], args=[lease.owner])

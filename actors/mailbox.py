@@ -9,6 +9,9 @@ Guarantees:
   processes entries strictly in id order, one at a time.
 - **Busy policy decided atomically.** ``accept`` with ``reject`` checks for unfinished entries and
   appends in one script, so two racing senders cannot both get in.
+- **Idempotent.** A send carrying an idempotency key (the client's ``otid`` or an
+  ``Idempotency-Key`` header) that was already accepted returns the earlier run, in the same
+  atomic step, so a retried POST joins the existing turn instead of starting a second one.
 - **Only unfinished entries stay.** An entry is deleted in the same fenced script that records its
   run's terminal status (see ``runtime.runs``), so the stream length is the queue depth.
 """
@@ -22,11 +25,17 @@ import redis.asyncio as aioredis
 from runtime import keys
 from runtime.errors import ConversationBusyError
 
-# Accepting a turn is one atomic step: busy check, run record, the run stream's first item and
-# the mailbox entry are all written, or none is.
-# KEYS: mailbox, run hash, run stream. ARGV: on_busy, run id, turn payload, stream ttl_s,
-#       run ttl_s, first item payload, then the run hash's field/value pairs.
+# Accepting a turn is one atomic step: idempotency check, busy check, run record, the run
+# stream's first item and the mailbox entry are all written, or none is.
+# KEYS: mailbox, run hash, run stream, idempotency key ('' slot-mate placeholder when unused).
+# ARGV: on_busy, run id, turn payload, stream ttl_s, run ttl_s, first item payload,
+#       use idempotency ('1'/'0'), then the run hash's field/value pairs.
+# Returns {1, entry id} accepted, {0, active run id} busy, {2, existing run id} duplicate.
 _ACCEPT = """
+if ARGV[7] == '1' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {2, existing} end
+end
 if ARGV[1] == 'reject' then
   local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
   if #head > 0 then
@@ -39,13 +48,26 @@ if ARGV[1] == 'reject' then
 end
 local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[2], 'p', ARGV[3])
 local fields = {'mailbox_entry', id}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('XADD', KEYS[3], '0-1', 'k', 'data', 'p', ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
+if ARGV[7] == '1' then redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[4]) end
 return {1, id}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The run a send belongs to; ``entry_id`` is None when it joined an earlier run (same key)."""
+
+    run_id: str
+    entry_id: str | None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.entry_id is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +93,30 @@ class Mailbox:
         first_item: bytes,
         stream_ttl_s: int,
         run_ttl_s: int,
-    ) -> str:
-        """Create the run and append its turn; returns the entry id. Raises ConversationBusyError
-        for ``reject`` when the conversation has unfinished turns (then nothing is written)."""
+        idempotency_key: str | None = None,
+    ) -> Accepted:
+        """Create the run and append its turn. Raises ConversationBusyError for ``reject`` when the
+        conversation has unfinished turns; returns the earlier run instead when ``idempotency_key``
+        was already used (a retried send). In both cases nothing is written."""
         flat: list[str | int] = []
         for name, value in run_fields.items():
             flat.extend((name, value))
-        ok, value = await self._accept(
-            keys=[keys.mailbox(conversation_id), keys.run(conversation_id, run_id), keys.run_stream(conversation_id, run_id)],
-            args=[on_busy, run_id, payload, stream_ttl_s, run_ttl_s, first_item, *flat],
+        idem_key = keys.idempotency(conversation_id, idempotency_key) if idempotency_key else keys.mailbox(conversation_id)
+        code, value = await self._accept(
+            keys=[
+                keys.mailbox(conversation_id),
+                keys.run(conversation_id, run_id),
+                keys.run_stream(conversation_id, run_id),
+                idem_key,
+            ],
+            args=[on_busy, run_id, payload, stream_ttl_s, run_ttl_s, first_item, "1" if idempotency_key else "0", *flat],
         )
         text = value.decode() if isinstance(value, bytes) else str(value)
-        if not int(ok):
+        if int(code) == 0:
             raise ConversationBusyError(conversation_id, text or None)
-        return text
+        if int(code) == 2:
+            return Accepted(run_id=text, entry_id=None)
+        return Accepted(run_id=run_id, entry_id=text)
 
     async def head(self, conversation_id: str) -> MailboxEntry | None:
         """The oldest unfinished entry (the one to run now), if any."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 RUNS_ACCEPTED = Counter("convoy_runs_accepted_total", "Turns accepted into a conversation's mailbox.", ["mode"])
-RUNS_REJECTED = Counter("convoy_runs_rejected_total", "Sends refused because the conversation was busy.")
+RUNS_DEDUPLICATED = Counter("convoy_runs_deduplicated_total", "Retried sends joined to the run they already started.")
 SSE_STREAMS = Gauge("convoy_sse_streams_active", "SSE responses currently open.")
 SSE_ITEMS = Counter("convoy_sse_items_total", "Stream items written to SSE clients.")
+SSE_DISCONNECTS = Counter("convoy_sse_disconnects_total", "SSE clients gone before the end of their run.", ["mode"])
 HTTP_REQUESTS = Counter("convoy_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
     "convoy_http_request_seconds",

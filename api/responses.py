@@ -34,9 +34,10 @@ async def collect_response(state: AppState, run: RunView) -> dict[str, Any]:
     stop_reason: dict[str, Any] = {"message_type": "stop_reason", "stop_reason": "error"}
     usage: dict[str, Any] = {"message_type": "usage_statistics"}
     error: dict[str, Any] | None = None
-    async for item in run_items(state, run.conversation_id, run.id, after=0):
-        if item is None:
+    async for pair in run_items(state, run.conversation_id, run.id, after=0):
+        if pair is None:
             continue
+        item, _ = pair
         if item.terminal:
             break
         doc = json.loads(item.payload)

@@ -10,8 +10,9 @@ import logging
 import time
 
 from api.cancel import cancel_ahead_of
+from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
 from api.state import AppState
-from runtime import keys, wire
+from runtime import wire
 from runtime.errors import UnavailableError
 from runtime.ids import new_id
 from runtime.providers.base import validate_handle
@@ -25,9 +26,24 @@ from runtime.schemas.turns import TurnRequest
 log = logging.getLogger(__name__)
 
 
+def idempotency_key(body: SendMessageRequest, header: str | None) -> str | None:
+    """A retried send is recognised by the client's ``Idempotency-Key`` header, else by the
+    ``otid`` of its first input message (Letta SDKs reuse otids when they retry)."""
+    if header:
+        return f"key:{header}"
+    otid = body.input_messages()[0].otid
+    return f"otid:{otid}" if otid else None
+
+
 async def accept_turn(
-    state: AppState, agent: AgentRecord, conversation: ConversationRecord, body: SendMessageRequest
+    state: AppState,
+    agent: AgentRecord,
+    conversation: ConversationRecord,
+    body: SendMessageRequest,
+    *,
+    idempotency_header: str | None = None,
 ) -> RunView:
+    """Accept a turn; returns its run (an earlier run when this send is a retry of it)."""
     if body.override_model:
         validate_handle(body.override_model)
     run_id = new_id("run")
@@ -58,7 +74,7 @@ async def accept_turn(
     )
     first = wire.encode(Ping(id=f"ping-{run_id[4:]}", run_id=run_id, seq_id=1))
     await state.runs.index(view)
-    await state.mailbox.accept(
+    accepted = await state.mailbox.accept(
         conversation.id,
         run_id,
         turn.model_dump_json().encode(),
@@ -67,7 +83,12 @@ async def accept_turn(
         first_item=first,
         stream_ttl_s=state.settings.stream_ttl_s,
         run_ttl_s=UNFINISHED_RUN_TTL_S,
+        idempotency_key=idempotency_key(body, idempotency_header),
     )
+    if accepted.duplicate:
+        RUNS_DEDUPLICATED.inc()
+        return await state.runs.get(accepted.run_id, conversation.id)
+    RUNS_ACCEPTED.labels("stream" if body.streaming else "blocking").inc()
     if body.on_busy == "interrupt":
         await cancel_ahead_of(state, conversation.id, run_id)
     try:
@@ -76,7 +97,3 @@ async def accept_turn(
         # Accepted and durable: the conversation will be picked up when a host is back.
         log.warning("accepted a turn while no host answered", extra={"run_id": run_id})
     return view
-
-
-def stream_key(view: RunView) -> str:
-    return keys.run_stream(view.conversation_id, view.id)

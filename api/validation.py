@@ -11,6 +11,7 @@ _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 AGENT_ID = rf"^agent-{_UUID}$"
 CONVERSATION_ID = rf"^conv-{_UUID}$"
 RUN_ID = rf"^run-{_UUID}$"
+MESSAGE_ID = rf"^message-{_UUID}$"
 
 AgentId = Annotated[str, Path(pattern=AGENT_ID, description="agent-<uuid4>")]
 ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID, description="conv-<uuid4>")]
@@ -18,4 +19,5 @@ RunId = Annotated[str, Path(pattern=RUN_ID, description="run-<uuid4>")]
 AgentIdQuery = Annotated[str, Query(pattern=AGENT_ID, description="agent-<uuid4>")]
 ConversationIdQuery = Annotated[str, Query(pattern=CONVERSATION_ID, description="conv-<uuid4>")]
 RunIdQuery = Annotated[str, Query(pattern=RUN_ID, description="run-<uuid4>")]
+MessageIdQuery = Annotated[str, Query(pattern=MESSAGE_ID, description="message-<uuid4>")]
 Limit = Annotated[int, Query(ge=1, le=1000)]

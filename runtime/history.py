@@ -14,16 +14,18 @@ from pydantic import TypeAdapter
 from redis.exceptions import ResponseError
 
 from runtime import keys
-from runtime.errors import FencedError
+from runtime.errors import FencedError, NotFoundError
 from runtime.runs import Fence
 from runtime.schemas.messages import HistoryMessage
 
+# KEYS: epoch, history stream, message id -> entry id index. ARGV: epoch, then (message id, json) pairs.
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
-for i = 2, #ARGV do
-  redis.call('XADD', KEYS[2], '*', 'm', ARGV[i])
+for i = 2, #ARGV, 2 do
+  local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[i + 1])
+  redis.call('HSET', KEYS[3], ARGV[i], id)
 end
-return #ARGV - 1
+return (#ARGV - 1) / 2
 """
 
 _MESSAGE: TypeAdapter[HistoryMessage] = TypeAdapter(HistoryMessage)
@@ -38,22 +40,53 @@ class HistoryStore:
     async def append(self, fence: Fence, messages: Sequence[HistoryMessage]) -> None:
         if not messages:
             return
-        payloads = [m.model_dump_json(exclude={"seq_id"}) for m in messages]
+        args: list[object] = [fence.epoch]
+        for message in messages:
+            args.extend((message.id, message.model_dump_json(exclude={"seq_id"})))
         try:
             await self._append(
-                keys=[keys.epoch(fence.conversation_id), keys.history(fence.conversation_id)],
-                args=[fence.epoch, *payloads],
+                keys=[
+                    keys.epoch(fence.conversation_id),
+                    keys.history(fence.conversation_id),
+                    keys.history_index(fence.conversation_id),
+                ],
+                args=args,
             )
         except ResponseError as exc:
             if "FENCED" in str(exc):
                 raise FencedError("history append refused for a stale owner") from exc
             raise
 
-    async def list(self, conversation_id: str, *, limit: int = 100, order: str = "asc") -> list[HistoryMessage]:
+    async def recent(self, conversation_id: str, *, limit: int) -> list[HistoryMessage]:
+        """The last ``limit`` messages, oldest first (what a model is shown)."""
+        entries = await self._redis.xrevrange(keys.history(conversation_id), count=limit)
+        return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in reversed(entries)]
+
+    async def page(
+        self,
+        conversation_id: str,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        before: str | None = None,
+        order: str = "asc",
+    ) -> list[HistoryMessage]:
+        """One page of messages in ``order``, strictly after / before the given message ids."""
         limit = max(1, min(limit, MAX_PAGE))
+        lo, hi = "-", "+"
+        for cursor, is_after in ((after, True), (before, False)):
+            if cursor is None:
+                continue
+            entry = await self._redis.hget(keys.history_index(conversation_id), cursor)
+            if entry is None:
+                raise NotFoundError(f"message {cursor} not found in conversation {conversation_id}")
+            if is_after:
+                lo = "(" + entry.decode()
+            else:
+                hi = "(" + entry.decode()
         key = keys.history(conversation_id)
         if order == "desc":
-            entries = await self._redis.xrevrange(key, count=limit)
+            entries = await self._redis.xrevrange(key, max=hi, min=lo, count=limit)
         else:
-            entries = await self._redis.xrange(key, count=limit)
+            entries = await self._redis.xrange(key, min=lo, max=hi, count=limit)
         return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries]

@@ -68,6 +68,11 @@ def history(conversation_id: str) -> str:
     return f"{PREFIX}:{{conv:{conversation_id}}}:history"
 
 
+def history_index(conversation_id: str) -> str:
+    """Hash: message id -> its history entry id (for paging by message id)."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:history:index"
+
+
 def idempotency(conversation_id: str, key: str) -> str:
     """Maps a client's otid / Idempotency-Key to the run it started."""
     return f"{PREFIX}:{{conv:{conversation_id}}}:idem:{key}"
@@ -106,6 +111,11 @@ def tailer_wake(process_id: str) -> str:
 def run_ref(run_id: str) -> str:
     """Which conversation a run belongs to (runs live in their conversation's hash slot)."""
     return f"{PREFIX}:runref:{run_id}"
+
+
+def agent_runs(agent_id: str) -> str:
+    """Sorted set of an agent's run ids by creation time (ms)."""
+    return f"{PREFIX}:{{agent:{agent_id}}}:runs"
 
 
 def conversation_runs(conversation_id: str) -> str:

@@ -17,6 +17,7 @@ from runtime.settings import Settings
 
 CONNECT_TIMEOUT_S = 3.0
 HEALTH_CHECK_INTERVAL_S = 30
+POOL_WAIT_S = 5.0
 
 
 def connect(settings: Settings, url: str | None = None, *, max_connections: int | None = None) -> aioredis.Redis:
@@ -26,16 +27,20 @@ def connect(settings: Settings, url: str | None = None, *, max_connections: int 
         raise ValueError("no Redis URL: set CONVOY_REDIS_URL or start the embedded Redis first")
     if settings.read_block_ms / 1000 >= settings.redis_socket_timeout_s:
         raise ValueError("CONVOY_READ_BLOCK_MS must be shorter than CONVOY_REDIS_SOCKET_TIMEOUT_S")
-    return aioredis.Redis.from_url(
+    # A blocking pool: a burst of more concurrent commands than connections waits for one to
+    # free up (bounded by POOL_WAIT_S) instead of failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
         target,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=settings.redis_socket_timeout_s,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         max_connections=max_connections or settings.redis_max_connections,
+        timeout=POOL_WAIT_S,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError],
         decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def reraise_if_cancelling() -> None:

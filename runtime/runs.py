@@ -23,12 +23,13 @@ from redis.exceptions import ResponseError
 
 from runtime import keys
 from runtime.errors import FencedError, NotFoundError
-from runtime.schemas.runs import RunStatus, RunView
+from runtime.schemas.runs import RunQuery, RunStatus, RunView
 
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 # Runs that never reach a terminal status (a bug) still expire eventually.
 UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
+LIST_SCAN_MAX = 10_000
 
 _START = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
@@ -102,7 +103,48 @@ class RunStore:
             pipe.set(keys.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S)
             pipe.zadd(keys.runs_index(), {view.id: at})
             pipe.zadd(keys.conversation_runs(view.conversation_id), {view.id: at})
+            pipe.zadd(keys.agent_runs(view.agent_id), {view.id: at})
             await pipe.execute()
+
+    async def latest(self, conversation_id: str) -> str | None:
+        """The conversation's most recently accepted run."""
+        ids = await self._redis.zrevrange(keys.conversation_runs(conversation_id), 0, 0)
+        return ids[0].decode() if ids else None
+
+    async def list(self, query: RunQuery) -> list[RunView]:
+        """Runs matching ``query``, newest first unless ascending; scans at most ``LIST_SCAN_MAX``
+        candidates of the narrowest index (conversation, agent, or all runs)."""
+        if query.conversation_id:
+            index = keys.conversation_runs(query.conversation_id)
+        elif query.agent_id:
+            index = keys.agent_runs(query.agent_id)
+        else:
+            index = keys.runs_index()
+        ids = [i.decode() for i in await self._redis.zrange(index, 0, LIST_SCAN_MAX - 1, desc=not query.ascending)]
+        if query.after is not None:
+            ids = ids[ids.index(query.after) + 1 :] if query.after in ids else []
+        if query.before is not None:
+            ids = ids[: ids.index(query.before)] if query.before in ids else []
+        found: list[RunView] = []
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in chunk:
+                    pipe.get(keys.run_ref(run_id))
+                convs = await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                live = [(r, c.decode()) for r, c in zip(chunk, convs, strict=True) if c is not None]
+                for run_id, conv in live:
+                    pipe.hgetall(keys.run(conv, run_id))
+                raws = await pipe.execute()
+            for raw in raws:
+                if raw:
+                    view = _view(raw)
+                    if query.matches(view):
+                        found.append(view)
+                        if len(found) >= query.limit:
+                            return found
+        return found
 
     async def conversation_of(self, run_id: str) -> str:
         conv = await self._redis.get(keys.run_ref(run_id))

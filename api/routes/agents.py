@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Body, Depends
 
-from api.cancel import cancel_conversation
+from api.cancel import cancel_conversation, cancel_run
 from api.state import AppState, get_state
 from api.validation import AgentId, AgentIdQuery, Limit
 from runtime.providers.base import validate_handle
-from runtime.schemas.requests import CreateAgentRequest
+from runtime.errors import NotFoundError
+from runtime.schemas.requests import CancelRunsRequest, CreateAgentRequest
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 State = Annotated[AppState, Depends(get_state)]
@@ -46,10 +47,20 @@ async def get_agent(agent_id: AgentId, state: State) -> dict[str, Any]:
     return (await state.agents.get(agent_id)).state()
 
 
-@router.post("/{agent_id}/messages/cancel", summary="Cancel the running and queued runs of all the agent's conversations")
-async def cancel_agent_runs(agent_id: AgentId, state: State) -> dict[str, Any]:
+@router.post("/{agent_id}/messages/cancel", summary="Cancel the agent's running and queued runs")
+async def cancel_agent_runs(
+    agent_id: AgentId, state: State, body: Annotated[CancelRunsRequest | None, Body()] = None
+) -> dict[str, Any]:
+    """All unfinished runs of all the agent's conversations, or only ``run_ids`` when given."""
     await state.agents.get(agent_id)
     runs: dict[str, str] = {}
+    if body is not None and body.run_ids:
+        for run_id in body.run_ids:
+            conversation_id = await state.runs.conversation_of(run_id)
+            if (await state.runs.get(run_id, conversation_id)).agent_id != agent_id:
+                raise NotFoundError(f"run {run_id} not found for agent {agent_id}")
+            runs[run_id] = await cancel_run(state, conversation_id, run_id)
+        return {"agent_id": agent_id, "runs": runs}
     for conversation in await state.conversations.list(agent_id=agent_id, limit=1000):
         runs.update(await cancel_conversation(state, conversation.id))
     return {"agent_id": agent_id, "runs": runs}

@@ -1,19 +1,21 @@
-"""``/v1/conversations``: create and read conversations, and send messages to them."""
+"""``/v1/conversations``: create and read conversations, send messages, resume, cancel, history."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Header, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.cancel import cancel_conversation
+from api.cancel import cancel_conversation, cancel_run
 from api.responses import collect_response
-from api.sse import run_events, sse_response
+from api.sse import check_cursor, run_events, sse_response
 from api.state import AppState, get_state
 from api.turns import accept_turn
-from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit
-from runtime.schemas.requests import CreateConversationRequest, SendMessageRequest
+from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
+from runtime import keys
+from runtime.errors import NotFoundError
+from runtime.schemas.requests import CreateConversationRequest, ResumeRequest, SendMessageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 State = Annotated[AppState, Depends(get_state)]
@@ -53,13 +55,69 @@ async def get_conversation(conversation_id: ConversationId, state: State) -> dic
     summary="Send a message; streams Server-Sent Events unless streaming is false",
     response_model=None,
 )
-async def send_message(conversation_id: ConversationId, body: SendMessageRequest, state: State) -> Response:
+async def send_message(
+    conversation_id: ConversationId,
+    body: SendMessageRequest,
+    state: State,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> Response:
     conversation = await state.conversations.get(conversation_id)
     agent = await state.agents.get(conversation.agent_id)
-    run = await accept_turn(state, agent, conversation, body)
+    run = await accept_turn(state, agent, conversation, body, idempotency_header=idempotency_key)
     if body.streaming:
-        return sse_response(run_events(state, conversation.id, run.id, after=0, include_pings=body.include_pings))
+
+        async def abandon() -> object:
+            return await cancel_run(state, conversation.id, run.id)
+
+        return sse_response(
+            run_events(
+                state,
+                conversation.id,
+                run.id,
+                after=0,
+                include_pings=body.include_pings,
+                on_abandon=None if body.background else abandon,
+            )
+        )
     return JSONResponse(await collect_response(state, run))
+
+
+@router.get("/{conversation_id}/messages", summary="List the conversation's messages")
+async def list_messages(
+    conversation_id: ConversationId,
+    state: State,
+    limit: Limit = 100,
+    after: MessageIdQuery | None = None,
+    before: MessageIdQuery | None = None,
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+) -> list[dict[str, Any]]:
+    await state.conversations.get(conversation_id)
+    messages = await state.history.page(conversation_id, limit=limit, after=after, before=before, order=order)
+    return [m.model_dump(mode="json", exclude_none=True) for m in messages]
+
+
+@router.post("/{conversation_id}/stream", summary="Resume a run's stream (by run_id, otid, or the latest run)")
+async def resume(
+    conversation_id: ConversationId, state: State, body: Annotated[ResumeRequest | None, Body()] = None
+) -> Response:
+    body = body or ResumeRequest()
+    await state.conversations.get(conversation_id)
+    run_id = body.run_id
+    if run_id is None and body.otid is not None:
+        found = await state.redis.get(keys.idempotency(conversation_id, f"otid:{body.otid}"))
+        if found is None:
+            raise NotFoundError(f"no run of conversation {conversation_id} was started by otid {body.otid}")
+        run_id = found.decode()
+    if run_id is None:
+        run_id = await state.runs.latest(conversation_id)
+        if run_id is None:
+            raise NotFoundError(f"conversation {conversation_id} has no run to resume")
+    elif await state.runs.conversation_of(run_id) != conversation_id:
+        raise NotFoundError(f"run {run_id} not found in conversation {conversation_id}")
+    await check_cursor(state, conversation_id, run_id, body.starting_after)
+    return sse_response(
+        run_events(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
+    )
 
 
 @router.post("/{conversation_id}/cancel", summary="Cancel the conversation's running and queued runs")

@@ -1,22 +1,86 @@
-"""``/v1/runs``: read and cancel runs."""
+"""``/v1/runs``: read, list, resume and cancel runs."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi.responses import Response
 
 from api.cancel import cancel_run
+from api.sse import check_cursor, run_events, sse_response
 from api.state import AppState, get_state
-from api.validation import RunId
+from api.validation import AgentIdQuery, ConversationIdQuery, Limit, RunId, RunIdQuery
+from runtime.errors import InvalidRequestError
+from runtime.schemas.requests import MAX_SEQ, ResumeRequest
+from runtime.schemas.runs import RunQuery, RunStatus, StopReason
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 State = Annotated[AppState, Depends(get_state)]
 
 
+@router.get("", summary="List runs")
+@router.get("/", include_in_schema=False)
+async def list_runs(
+    state: State,
+    agent_id: AgentIdQuery | None = None,
+    conversation_id: ConversationIdQuery | None = None,
+    statuses: Annotated[list[RunStatus] | None, Query()] = None,
+    active: bool | None = None,
+    background: bool | None = None,
+    stop_reason: StopReason | None = None,
+    limit: Limit = 50,
+    after: RunIdQuery | None = None,
+    before: RunIdQuery | None = None,
+    order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
+    ascending: bool | None = None,
+) -> list[dict[str, Any]]:
+    query = RunQuery(
+        agent_id=agent_id,
+        conversation_id=conversation_id,
+        statuses=statuses,
+        active=active,
+        background=background,
+        stop_reason=stop_reason,
+        limit=limit,
+        after=after,
+        before=before,
+        ascending=order == "asc" if order is not None else bool(ascending),
+    )
+    return [run.model_dump(mode="json") for run in await state.runs.list(query)]
+
+
 @router.get("/{run_id}", summary="Get a run")
 async def get_run(run_id: RunId, state: State) -> dict[str, Any]:
     return (await state.runs.get(run_id)).model_dump(mode="json")
+
+
+@router.post("/{run_id}/stream", summary="Resume a run's stream after starting_after")
+async def resume(run_id: RunId, state: State, body: Annotated[ResumeRequest | None, Body()] = None) -> Response:
+    body = body or ResumeRequest()
+    conversation_id = await state.runs.conversation_of(run_id)
+    await check_cursor(state, conversation_id, run_id, body.starting_after)
+    return sse_response(
+        run_events(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
+    )
+
+
+@router.get("/{run_id}/stream", summary="Resume a run's stream (EventSource: honours Last-Event-ID)")
+async def resume_get(
+    run_id: RunId,
+    state: State,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    starting_after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    include_pings: bool = True,
+) -> Response:
+    after = starting_after
+    if last_event_id:
+        if not last_event_id.isdigit() or int(last_event_id) > MAX_SEQ:
+            raise InvalidRequestError(f"Last-Event-ID must be a seq_id (a non-negative integer), got {last_event_id!r}")
+        after = int(last_event_id)
+    conversation_id = await state.runs.conversation_of(run_id)
+    await check_cursor(state, conversation_id, run_id, after)
+    return sse_response(run_events(state, conversation_id, run_id, after=after, include_pings=include_pings))
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run (running or queued)")

@@ -94,3 +94,26 @@ class CreateConversationRequest(BaseModel):
 
     summary: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+
+
+MAX_SEQ = 2**53  # larger cursors are nonsense, and are refused as such
+
+
+class ResumeRequest(BaseModel):
+    """Body of ``POST /v1/runs/{id}/stream`` and ``POST /v1/conversations/{id}/stream``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    starting_after: int = Field(default=0, ge=0, le=MAX_SEQ, description="the last seq_id the client has")
+    include_pings: bool = True
+    run_id: str | None = Field(default=None, pattern=r"^run-[0-9a-f-]{36}$")
+    otid: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    agent_id: str | None = None
+    poll_interval: float | None = None  # accepted for Letta compatibility; Convoy pushes, it does not poll
+    batch_size: int | None = None  # idem
+
+
+class CancelRunsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    run_ids: Annotated[list[Annotated[str, Field(pattern=r"^run-[0-9a-f-]{36}$")]], Field(max_length=1000)] | None = None

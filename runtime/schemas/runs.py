@@ -69,3 +69,29 @@ class RunView(BaseModel):
     # activation (``<host>/<incarnation>``) ran it.
     started_at: datetime | None = None
     owner: str | None = None
+
+
+class RunQuery(BaseModel):
+    """Filters of ``GET /v1/runs`` (Letta's names)."""
+
+    agent_id: str | None = None
+    conversation_id: str | None = None
+    statuses: list[RunStatus] | None = None
+    active: bool | None = None
+    background: bool | None = None
+    stop_reason: StopReason | None = None
+    limit: int = 50
+    after: str | None = None
+    before: str | None = None
+    ascending: bool = False
+
+    def matches(self, run: RunView) -> bool:
+        if self.agent_id and run.agent_id != self.agent_id:
+            return False
+        if self.statuses and run.status not in self.statuses:
+            return False
+        if self.active is not None and (run.status in ("created", "running")) != self.active:
+            return False
+        if self.background is not None and run.background != self.background:
+            return False
+        return not (self.stop_reason and run.stop_reason != self.stop_reason)
