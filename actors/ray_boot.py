@@ -1,15 +1,24 @@
 """Joining or starting Ray.
 
 ``RAY_ADDRESS`` set: join that cluster. Unset: start a local instance owned by this process
-(``ray.shutdown()`` stops it). Ray 2.59+ turns token authentication on by default, and we keep it
-on: Ray's GCS listens on every interface even when asked for loopback, so the token is what keeps
-other machines out. Processes of the same user on this machine find the token Ray wrote under
-``~/.ray``; on a cluster it is distributed by the cluster launcher (see ``cluster.yaml``).
+(``ray.shutdown()`` stops it).
+
+Ray 2.59+ turns token authentication on by default, and Convoy keeps it on: Ray's GCS listens on
+every interface even when asked for loopback, so the token is what keeps other machines out. But
+Ray's default token file (``~/.ray/auth_token``) is shared by every Ray a user starts, so two
+local clusters (two Convoys, a benchmark beside a server) overwrite each other's token and lock
+out each other's later clients. So a Convoy that starts its own Ray gives it a fresh token in
+``<CONVOY_HOME>/ray/auth_token``, and ``convoy api`` with the same ``CONVOY_HOME`` uses that file
+to join. An explicit ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` always wins (on a cluster the
+launcher distributes it; see ``cluster.yaml``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+from pathlib import Path
 
 import ray
 
@@ -18,10 +27,40 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 
+TOKEN_BYTES = 32
+
+
+def token_path(settings: Settings) -> Path:
+    return settings.home_dir / "ray" / "auth_token"
+
+
+def _use_token(settings: Settings, *, fresh: bool) -> None:
+    """Point Ray (this process and every process it starts) at Convoy's token file."""
+    if settings.ray_auth_token_set or settings.ray_auth_token_path is not None:
+        return
+    path = token_path(settings)
+    if fresh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.write_text(secrets.token_hex(TOKEN_BYTES))
+    elif not path.exists():
+        return  # joining a cluster Convoy did not start: Ray's own defaults apply
+    # Ray is configured through its environment; these are inherited by Ray's own processes.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    # This process may already have loaded (and cached) a token: make Ray read it again.
+    from ray._raylet import AuthenticationTokenLoader, Config  # noqa: PLC0415 - Ray's own reset hook
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def connect(settings: Settings, *, start_local: bool) -> str:
     """Connect this process to Ray; returns the GCS address. Idempotent."""
     if ray.is_initialized():
         return str(ray.get_runtime_context().gcs_address)
+    local = not settings.ray_address and start_local
+    _use_token(settings, fresh=local)
     if settings.ray_address:
         ctx = ray.init(address=settings.ray_address, namespace=settings.ray_namespace, logging_level=logging.WARNING)
     elif start_local:

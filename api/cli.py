@@ -27,6 +27,7 @@ from runtime.logs import configure_logging
 from runtime.settings import Settings
 
 log = logging.getLogger("convoy")
+KEEP_ALIVE_S = 75
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +117,9 @@ def _run_api(settings: Settings, create_app: object) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
+        # Longer than common load balancers' idle timeout (60 s), so an idle keep-alive connection is
+        # closed by the balancer, never by us while it reuses it (which fails that request).
+        timeout_keep_alive=KEEP_ALIVE_S,
         access_log=False,
     )
     try:

@@ -307,9 +307,10 @@ class StreamTailer:
                 if not cursors:
                     await self._wake.wait()
                     continue
+                read_from = {key: int(cursor.split("-")[1]) for key, cursor in cursors.items()}
                 cursors[self._wake_key] = self._wake_cursor
                 reply = await self._reader.xread(cursors, count=XREAD_COUNT, block=self._block_ms)
-                self._dispatch(reply)
+                self._dispatch(reply, read_from)
                 backoff_s = 0.05
             except asyncio.CancelledError:
                 raise
@@ -325,15 +326,23 @@ class StreamTailer:
                 await self._close_reader()
                 await asyncio.sleep(backoff_s)
 
-    def _dispatch(self, reply: Iterable[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None) -> None:
+    def _dispatch(
+        self,
+        reply: Iterable[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
+        read_from: dict[str, int],
+    ) -> None:
+        """Hand each subscription the items right after its cursor. A subscription that joined
+        while this read was in flight, with a cursor before the position read from, gets nothing
+        now: the next read starts from its cursor, so it misses nothing."""
         for raw_key, entries in reply or ():
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if key == self._wake_key:
                 self._wake_cursor = entries[-1][0].decode()
                 continue
             items = [_item(eid, fields) for eid, fields in entries]
+            start = read_from.get(key, 0)
             for sub in list(self._subs.get(key, ())):
-                if sub.paused or sub.closed:
+                if sub.paused or sub.closed or sub.cursor < start:
                     continue
                 fresh = [it for it in items if it.seq > sub.cursor]
                 if not fresh:

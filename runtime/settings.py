@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ECHO_MODEL_HANDLE = "echo/echo"
@@ -19,7 +19,7 @@ ECHO_MODEL_HANDLE = "echo/echo"
 class Settings(BaseSettings):
     """Everything configurable about one Convoy process (API replica, host actor or CLI)."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVOY_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="CONVOY_", extra="ignore", frozen=True, populate_by_name=True)
 
     home: Path = Field(default=Path("~/.convoy"), description="Data directory of the embedded Redis.")
     redis_url: str | None = Field(
@@ -34,6 +34,16 @@ class Settings(BaseSettings):
         description="Existing Ray cluster; when unset a local instance is started.",
     )
     ray_namespace: str = "convoy"
+    ray_auth_token_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RAY_AUTH_TOKEN_PATH", "CONVOY_RAY_AUTH_TOKEN_PATH"),
+        description="Ray's token file; by default Convoy keeps its own under CONVOY_HOME/ray.",
+    )
+    ray_auth_token_set: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("RAY_AUTH_TOKEN"),
+        description="Whether RAY_AUTH_TOKEN is set (Ray reads the value itself; Convoy never copies it).",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8283, ge=0, le=65535)
@@ -65,6 +75,11 @@ class Settings(BaseSettings):
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()
+
+    @field_validator("ray_auth_token_set", mode="before")
+    @classmethod
+    def _present(cls, value: object) -> bool:
+        return bool(value)
 
     def resolved_default_model(self) -> str:
         """The model used when an agent names none: a configured provider, else offline echo."""

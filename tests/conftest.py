@@ -94,6 +94,13 @@ class Convoy:
     def redis_url(self) -> str:
         return (self.home / "redis" / "url").read_text().strip()
 
+    @property
+    def ray_address(self) -> str:
+        for line in self.log().splitlines():
+            if line.startswith("ray ") and " at " in line:
+                return line.rsplit(" at ", 1)[1].strip()
+        raise AssertionError("convoy serve did not print its Ray address")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -102,7 +109,14 @@ def start_convoy(home: Path, env_overrides: dict[str, str] | None = None) -> Con
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_") and k != "RAY_ADDRESS"}
     env.update(
-        {"CONVOY_HOME": str(home), "CONVOY_ECHO_DELAY_MS": "2", "CONVOY_IDLE_PASSIVATE_S": "2", "PYTHONUNBUFFERED": "1"}
+        {
+            "CONVOY_HOME": str(home),
+            "CONVOY_ECHO_DELAY_MS": "2",
+            "CONVOY_IDLE_PASSIVATE_S": "2",
+            "CONVOY_PING_INTERVAL_S": "1",
+            "CONVOY_STREAM_IDLE_TIMEOUT_S": "3",
+            "PYTHONUNBUFFERED": "1",
+        }
     )
     env.update(env_overrides or {})
     log_path = home / "serve.log"
@@ -151,3 +165,42 @@ def convoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
     leftovers = stop_convoy(server)
     assert server.process.returncode == 0, server.log()
     assert not leftovers, f"processes left behind after Ctrl-C: {sorted(leftovers)}"
+
+
+def start_api_replica(convoy: Convoy) -> Convoy:
+    """One more API process (``convoy api``) against a running ``convoy serve``."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+    env.update({"CONVOY_HOME": str(convoy.home), "RAY_ADDRESS": convoy.ray_address, "PYTHONUNBUFFERED": "1"})
+    log_path = convoy.home / f"api-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "convoy"), "api", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    replica = Convoy(url=f"http://127.0.0.1:{port}", home=convoy.home, process=process, log_path=log_path)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"convoy api exited early ({process.returncode}):\n{replica.log()}")
+        try:
+            return httpx.get(f"{replica.url}/v1/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, SERVE_START_TIMEOUT_S, interval_s=0.2, message="convoy api to become healthy")
+    return replica
+
+
+@pytest.fixture(scope="session")
+def replica(convoy: Convoy) -> Iterator[Convoy]:
+    server = start_api_replica(convoy)
+    yield server
+    server.process.send_signal(signal.SIGINT)
+    try:
+        server.process.wait(timeout=SERVE_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise

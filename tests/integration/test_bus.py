@@ -151,3 +151,23 @@ async def test_a_slow_reader_is_paused_not_dropped_and_others_keep_flowing(redis
     assert [i.seq for i in items] == list(range(1, total + 1)), "nothing lost, nothing doubled"
     slow.close()
     fast.close()
+
+
+async def test_a_late_reader_with_an_older_cursor_misses_nothing(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
+    """Regression: a subscription that joined while a read for a reader further ahead was in
+    flight used to receive that read's items and skip the ones before them."""
+    key = f"test:{uuid.uuid4()}"
+    writer = await _writer(redis, key)
+    ahead = tailer.subscribe(key, 0)
+    for i in range(5):
+        await writer.write("data", b"%d" % i)
+    await writer.flush()
+    await _collect(ahead, 5)  # the tailer now reads this stream from seq 5 onwards
+    late = tailer.subscribe(key, 0)
+    for i in range(5, 10):
+        await writer.write("data", b"%d" % i)
+    await writer.flush()
+    assert [i.seq for i in await _collect(late, 10)] == list(range(1, 11))
+    assert [i.seq for i in await _collect(ahead, 5)] == list(range(6, 11))
+    ahead.close()
+    late.close()
