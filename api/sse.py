@@ -158,9 +158,13 @@ async def run_events(
     after: int,
     include_pings: bool,
     on_abandon: Callable[[], Coroutine[Any, Any, object]] | None = None,
+    retry_ms: int | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of one run; ``on_abandon`` runs if the client leaves before the end."""
+    """The SSE body of one run; ``on_abandon`` runs if the client leaves before the end.
+    ``retry_ms`` tells an ``EventSource`` how soon to reconnect (sent inside the first event, never
+    on its own: a lone ``retry:`` would be an empty event to other clients)."""
     finished = False
+    retry = b"retry: %d\n" % retry_ms if retry_ms else b""
     SSE_STREAMS.inc()
     try:
         async for pair in run_items(state, conversation_id, run_id, after=after):
@@ -170,7 +174,8 @@ async def run_events(
                 continue
             item, stored = pair
             SSE_ITEMS.inc()
-            yield frame(item, with_id=stored)
+            yield retry + frame(item, with_id=stored)
+            retry = b""
             finished = item.terminal
         finished = True
     finally:

@@ -16,6 +16,7 @@ from runtime.schemas.requests import MAX_SEQ, ResumeRequest
 from runtime.schemas.runs import RunQuery, RunStatus, StopReason
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+EVENTSOURCE_RETRY_MS = 1000
 State = Annotated[AppState, Depends(get_state)]
 
 
@@ -80,7 +81,9 @@ async def resume_get(
         after = int(last_event_id)
     conversation_id = await state.runs.conversation_of(run_id)
     await check_cursor(state, conversation_id, run_id, after)
-    return sse_response(run_events(state, conversation_id, run_id, after=after, include_pings=include_pings))
+    return sse_response(
+        run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=EVENTSOURCE_RETRY_MS)
+    )
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run (running or queued)")

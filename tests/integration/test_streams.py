@@ -184,7 +184,7 @@ async def test_bad_cursors_are_clear_4xx(client: httpx.AsyncClient) -> None:
 
 async def _ownerless_run(client: httpx.AsyncClient, store: redis.Redis) -> tuple[str, str]:
     """A run whose producer is gone for good: running, one item, and no process owning it."""
-    _, run_id, _ = await finished_run(client)
+    run_id = f"run-{uuid.uuid4()}"
     conv = await new_conversation(client)
     store.hset(keys.run(conv, run_id), mapping={"status": "running"})
     store.hset(keys.run(conv, run_id), "doc", json.dumps({"id": run_id, "agent_id": "agent-x", "conversation_id": conv, "created_at": "2026-01-01T00:00:00Z"}))
