@@ -172,7 +172,13 @@ class Activation:
             conversation = await s.conversations.get(turn.conversation_id)
             history = await s.history.recent(turn.conversation_id, limit=HISTORY_WINDOW)
             outcome = await run_turn(
-                turn, agent=agent, conversation=conversation, history=history, adapters=s.adapters, emit=emit
+                turn,
+                agent=agent,
+                conversation=conversation,
+                history=history,
+                adapters=s.adapters,
+                emit=emit,
+                cancelled=lambda: turn.run_id in self._cancel_requested,
             )
             await writer.flush()
             await s.history.append(self._fence, outcome.new_messages)

@@ -10,6 +10,10 @@ Ray); it starts nothing else.
 ``convoy bench actors`` starts the same things as ``serve`` minus HTTP, in a temporary home, and
 prints what a conversation costs as a virtual actor next to one Ray actor per conversation (see
 ``api.bench.actors``).
+
+``convoy bench streams`` starts Redis, Ray, a producer actor and one API replica (``convoy api`` in
+a subprocess) in a temporary home, and prints the latency a chunk picks up on its way from the
+conversation's writer to an SSE client, next to a batched, polled bus (see ``api.bench.streams``).
 """
 
 from __future__ import annotations
@@ -61,6 +65,26 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     ):
         cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     cmd.add_argument("--hosts", type=int, default=None, help="conversation hosts (default: CONVOY_HOSTS, else 2)")
+    text = "per-chunk latency writer -> SSE client at steady rates and many streams, against a batched, polled bus"
+    cmd = bench.add_parser("streams", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--streams", int, 10, "concurrent streams in the per-rate scenarios"),
+        ("--rates", _rates, "20,200", "chunks/s per stream, one scenario each (comma-separated)"),
+        ("--many", int, 1000, "concurrent streams in the many-streams scenario (0: skip it)"),
+        ("--many-rate", float, 20.0, "chunks/s per stream in the many-streams scenario"),
+        ("--warmup-s", float, 3.0, "seconds streamed before measuring, per phase"),
+        ("--measure-s", float, 8.0, "seconds measured per phase"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    cmd.add_argument("--no-http", action="store_true", help="skip the HTTP SSE phases (no API replica)")
+    cmd.add_argument("--no-baseline", action="store_true", help="skip the batched/polled baseline phases")
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
 def _say(text: str) -> None:
@@ -130,6 +154,8 @@ def _run_api(settings: Settings, create_app: object) -> None:
 
 
 def bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.bench == "streams":
+        return bench_streams(settings, args)
     from api.bench.actors import BenchOptions, run
 
     options = BenchOptions(
@@ -142,6 +168,22 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         hold_s=args.hold_s,
         hosts=args.hosts,
+    )
+    return run(settings, options)
+
+
+def bench_streams(settings: Settings, args: argparse.Namespace) -> int:
+    from api.bench.streams import StreamsOptions, run
+
+    options = StreamsOptions(
+        streams=args.streams,
+        rates_hz=args.rates,
+        many=args.many,
+        many_rate_hz=args.many_rate,
+        warmup_s=args.warmup_s,
+        measure_s=args.measure_s,
+        http=not args.no_http,
+        baseline=not args.no_baseline,
     )
     return run(settings, options)
 

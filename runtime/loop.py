@@ -7,6 +7,7 @@ caller must persist. The conversation actor owns persistence, fencing and the te
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from runtime.schemas.messages import AssistantMessage, HistoryMessage, StreamIte
 from runtime.schemas.turns import TurnRequest
 
 Emit = Callable[[StreamItem], Awaitable[None]]
+Cancelled = Callable[[], bool]
 AdapterFactory = Callable[[str], tuple[ModelAdapter, str]]
 
 STOP_FOR_FINISH = {
@@ -77,8 +79,14 @@ async def run_turn(
     history: Sequence[HistoryMessage],
     adapters: AdapterFactory,
     emit: Emit,
+    cancelled: Cancelled = lambda: False,
 ) -> TurnOutcome:
-    """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream)."""
+    """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
+
+    A cancel normally arrives as a task cancellation. ``cancelled`` is checked as well before the
+    model is called and at every event, because a cancellation that lands inside a Redis command
+    can be absorbed by the client library's reconnect-and-retry and never reach this code.
+    """
     inputs = user_messages(turn)
     adapter, model_name = adapters(model_for(turn, conversation, agent))
     request = LLMRequest(model=model_name, system=agent.system, messages=to_chat([*history, *inputs]))
@@ -90,7 +98,11 @@ async def run_turn(
     finish = "end_turn"
     ttft_ns: int | None = None
 
+    if cancelled():
+        raise asyncio.CancelledError
     async for event in adapter.stream(request):
+        if cancelled():
+            raise asyncio.CancelledError
         if isinstance(event, TextDelta):
             if not event.text:
                 continue

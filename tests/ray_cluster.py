@@ -153,9 +153,9 @@ class RayNode:
         return killed_at
 
     def stop(self) -> set[int]:
-        """Stop this node the way Ray does on SIGTERM (drain, then stop its processes).
+        """SIGTERM to ``ray start``, which SIGTERMs every process of its node (as ``ray stop`` does).
 
-        Returns the pids of this node still alive afterwards (after which they are SIGKILLed)."""
+        Returns the pids of this node still alive after that (they are then SIGKILLed)."""
         self.members()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -1,8 +1,10 @@
 """Benchmarks behind ``convoy bench ...``: they measure and print figures, and assert nothing.
 
-Each benchmark is one module (``api.bench.actors``: what a conversation costs as a virtual actor).
-This package holds what they share: nearest-rank percentiles, a progress printer (stderr, so the
-figures on stdout stay clean enough to paste), and memory readings of the current process.
+Each benchmark is one module (``api.bench.actors``: what a conversation costs as a virtual actor;
+``api.bench.streams``: what a chunk's trip from writer to client costs). This package holds what
+they share: nearest-rank percentiles, a progress printer (stderr, so the figures on stdout stay
+clean enough to paste), a report that prints what was measured also when a run stops early, and
+memory readings of the current process.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+ERRORS_SHOWN = 5
+LABEL_WIDTH = 52
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -53,3 +58,27 @@ class Progress:
 
     def __call__(self, text: str) -> None:
         print(f"[{self._name} {time.monotonic() - self._t0:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Report:
+    """Figures in the order measured; printed at the end, also when the run stops early."""
+
+    lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, label: str, value: str) -> None:
+        self.lines.append(f"{label:<{LABEL_WIDTH}} {value}")
+
+    def note(self, text: str) -> None:
+        self.lines.append(text)
+
+    def section(self, title: str) -> None:
+        self.lines.append(f"\n{title}")
+
+    def print(self, *, complete: bool) -> None:
+        print("\n".join(self.lines), flush=True)
+        if self.errors:
+            print(f"\nerrors ({len(self.errors)}, first {ERRORS_SHOWN}):", *self.errors[:ERRORS_SHOWN], sep="\n  ")
+        if not complete:
+            print("\n(stopped early: the figures above are partial)", flush=True)

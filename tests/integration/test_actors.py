@@ -106,18 +106,19 @@ async def test_fifty_concurrent_sends_run_one_at_a_time_in_acceptance_order(
     replies = await asyncio.gather(*(client.post(f"/v1/conversations/{conv}/messages", json=b) for b in bodies))
     assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200]
     run_ids = [r.json()["messages"][0]["run_id"] for r in replies]
-    assert all(r.json()["messages"][0]["content"] == b["input"].rstrip() or True for r, b in zip(replies, bodies))
+    assert [r.json()["messages"][0]["content"] for r in replies] == [b["input"] for b in bodies]
 
     runs = [(await client.get(f"/v1/runs/{rid}")).json() for rid in run_ids]
     assert all(run["status"] == "completed" for run in runs)
     # Acceptance order is the order of the runs' mailbox entries (Redis stream ids).
     entry = {rid: store.hget(keys.run(conv, rid), "mailbox_entry") for rid in run_ids}
     accepted = sorted(run_ids, key=lambda rid: tuple(int(p) for p in entry[rid].split("-")))
-    started = sorted(runs, key=lambda run: (run["started_at"], accepted.index(run["id"])))
-    assert [run["id"] for run in started] == accepted, "runs start in acceptance order"
-    ms = {rid: store.hmget(keys.run(conv, rid), "started_at_ms", "completed_at_ms") for rid in run_ids}
+    ms = {rid: [int(v) for v in store.hmget(keys.run(conv, rid), "started_at_ms", "completed_at_ms")] for rid in run_ids}
     for earlier, later in zip(accepted, accepted[1:]):
-        assert int(ms[earlier][1]) <= int(ms[later][0]), f"{later} started before {earlier} ended"
+        assert ms[earlier][1] <= ms[later][0], f"{later} started before {earlier} ended"
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 200})).json()
+    users = [m["run_id"] for m in history if m["message_type"] == "user_message"]
+    assert users == accepted, "history is in acceptance order"
     assert len({run["owner"] for run in runs}) == 1, "one owner processed them all"
 
 
@@ -162,7 +163,10 @@ async def test_interrupt_cancels_the_active_run_then_runs(client: httpx.AsyncCli
     assert (await client.get(f"/v1/runs/{first_id}")).json()["status"] == "cancelled"
 
 
-async def test_cancel_a_running_run_ends_its_stream_at_once(client: httpx.AsyncClient) -> None:
+# Repeated: a cancel that lands while the turn is inside a Redis call used to be absorbed by the
+# Redis client's reconnect-and-retry, and the run completed (about 1 in 8).
+@pytest.mark.parametrize("attempt", range(4))
+async def test_cancel_a_running_run_ends_its_stream_at_once(client: httpx.AsyncClient, attempt: int) -> None:
     conv = await new_conversation(client)
     run_id, task = await first_item(client, conv, {"input": long_text("c")})
     await wait_running(client, run_id)
