@@ -37,6 +37,8 @@ def token_path(settings: Settings) -> Path:
 def _use_token(settings: Settings, *, fresh: bool) -> None:
     """Point Ray (this process and every process it starts) at Convoy's token file."""
     if settings.ray_auth_token_set or settings.ray_auth_token_path is not None:
+        # An explicit token: make sure Ray uses it (joining by address does not turn it on).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         return
     path = token_path(settings)
     if fresh:

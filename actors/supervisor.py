@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 HOST_PREFIX = "convoy-host-"
 READY_TIMEOUT_S = 60.0
+HOST_MEMORY_RESERVATION_BYTES = 64 * 1024 * 1024
 
 
 def host_names(settings: Settings) -> list[str]:
@@ -39,6 +40,9 @@ def ensure_hosts(settings: Settings) -> list[dict[str, Any]]:
             max_task_retries=0,
             max_concurrency=settings.host_max_concurrency,
             num_cpus=0,
+            # Ray places an actor that reserves nothing on a random node and ignores SPREAD; a
+            # small memory reservation (not a limit) makes SPREAD really spread the hosts.
+            memory=HOST_MEMORY_RESERVATION_BYTES,
             scheduling_strategy="SPREAD",
         ).remote(name, settings)
         for name in host_names(settings)

@@ -33,10 +33,10 @@ from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
 from runtime import bus, keys
 from runtime.bus import StreamItem
-from runtime.errors import InvalidRequestError, NotFoundError, RunFailure, StreamGoneError
+from runtime.errors import InvalidRequestError, NotFoundError, OwnerLostError, RunFailure, StreamGoneError
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
-from runtime.wire import encode, failure_items
+from runtime.wire import encode, error_message, failure_items
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +100,19 @@ async def run_items(
         if last and last[-1].terminal:
             return  # the client already has everything, [DONE] included
     sub = state.tailers.subscribe(keys.run_stream(conversation_id, run_id), after)
-    last_item_at = time.monotonic()
+    watch = _Liveness()
     try:
         while True:
             batch = await sub.get(timeout_s=settings.ping_interval_s)
             if batch is None:
                 yield None
-                silent_s = time.monotonic() - last_item_at
-                ending = await _stalled_ending(state, conversation_id, run_id, sub.cursor, silent_s)
+                ending = await _stalled_ending(state, conversation_id, run_id, sub.cursor, watch)
                 if ending is not None:
                     for item in ending:
                         yield item, False
                     return
                 continue
-            last_item_at = time.monotonic()
+            watch.progress()
             for item in batch:
                 yield item, True
                 if item.terminal:
@@ -122,28 +121,73 @@ async def run_items(
         sub.close()
 
 
+class _Liveness:
+    """What a reader knows about its run's producer: when it last saw an item, and since when it
+    has seen the run without an owner."""
+
+    def __init__(self) -> None:
+        self.last_item_at = time.monotonic()
+        self.ownerless_since: float | None = None
+
+    def progress(self) -> None:
+        self.last_item_at = time.monotonic()
+        self.ownerless_since = None
+
+
 async def _stalled_ending(
-    state: AppState, conversation_id: str, run_id: str, cursor: int, silent_s: float
+    state: AppState, conversation_id: str, run_id: str, cursor: int, watch: _Liveness
 ) -> list[StreamItem] | None:
     """A terminal sequence to send if the run can no longer produce one itself, else None.
 
     A run's terminal items are written in the same atomic step as its terminal status, so a stream
-    that still exists will deliver them unless nobody owns the run any more.
+    that still exists delivers them as long as someone owns the run. A run nobody owns is woken up
+    (its next owner ends it as ``owner_lost`` or runs it); the reader gives up only after the run
+    has stayed ownerless for ``2 * stream_idle_timeout_s`` in spite of that, i.e. no host at all
+    could take it.
     """
     if not await state.redis.exists(keys.run_stream(conversation_id, run_id)):
         return _synthetic(run_id, cursor, StreamLost())
+    now = time.monotonic()
     idle_s = state.settings.stream_idle_timeout_s
-    if silent_s > idle_s and await state.directory.owner(conversation_id) is None:
-        status = (await state.runs.raw(conversation_id, run_id)).get("status")
-        if status in ("created", "running"):
-            if silent_s > 2 * idle_s:
-                return _synthetic(run_id, cursor, StreamStalled(f"no item for {silent_s:.0f} s and no owner"))
-            # Nobody holds the conversation: wake it, so its next owner ends or runs this run.
-            try:
-                await state.router.deliver(conversation_id)
-            except Exception:  # still nobody: the next silence check tries again or gives up
-                log.warning("could not wake a stalled conversation", extra={"run_id": run_id})
+    if now - watch.last_item_at < idle_s:
+        return None
+    raw = await state.runs.raw(conversation_id, run_id)
+    status = raw.get("status")
+    if status not in ("created", "running"):
+        return None  # ended: its terminal items are already in the stream
+    entry = raw.get("mailbox_entry", "")
+    if not entry or not await state.redis.xrange(keys.mailbox(conversation_id), min=entry, max=entry):
+        # Unfinished, yet out of the mailbox: no owner will ever run or end it. End it here, in
+        # the same atomic step an owner would use, so every reader sees the same ending.
+        await _end_orphan(state, conversation_id, run_id, status)
+        return None
+    if await state.directory.owner(conversation_id) is not None:
+        watch.ownerless_since = None
+        return None
+    if watch.ownerless_since is None:
+        watch.ownerless_since = now
+    elif now - watch.ownerless_since > 2 * idle_s:
+        return _synthetic(run_id, cursor, StreamStalled(f"no owner for {now - watch.ownerless_since:.0f} s"))
+    try:
+        await state.router.deliver(conversation_id)
+    except Exception:  # still nobody: the next silence check tries again or gives up
+        log.warning("could not wake a stalled conversation", extra={"run_id": run_id})
     return None
+
+
+async def _end_orphan(state: AppState, conversation_id: str, run_id: str, status: str) -> None:
+    first = await bus.last_seq(state.redis, keys.run_stream(conversation_id, run_id)) + 1
+    failure = OwnerLostError("the run is no longer in its conversation's mailbox")
+    await state.runs.finish(
+        run_id,
+        conversation_id=conversation_id,
+        status="failed",
+        stop_reason=failure.stop_reason,
+        fence=None,
+        expect=status,  # type: ignore[arg-type]
+        items=failure_items(run_id, first, failure),
+        error=error_message(run_id, failure).model_dump(exclude_none=True),
+    )
 
 
 def _synthetic(run_id: str, cursor: int, failure: RunFailure) -> list[StreamItem]:

@@ -207,14 +207,16 @@ async def test_a_reader_whose_stream_vanishes_ends_with_an_error(client: httpx.A
     assert all(e.id == "1" for e in rest), "made-up items carry no id: the cursor stays at the last stored item"
 
 
-async def test_a_reader_of_a_run_nobody_produces_gives_up(client: httpx.AsyncClient, store: redis.Redis) -> None:
+async def test_a_run_left_outside_any_mailbox_is_ended_for_its_readers(client: httpx.AsyncClient, store: redis.Redis) -> None:
     conv, run_id = await _ownerless_run(client, store)
     started = time.monotonic()
     events = await asyncio.wait_for(read(client, "POST", f"/v1/runs/{run_id}/stream", json={"starting_after": 1}), 30)
     error = next(json.loads(d) for _, e, d in events if e == "error")
-    assert error["error_type"] == "stream_stalled"
-    assert events[-1][2] == "[DONE]"
-    assert time.monotonic() - started < 20  # 2 x CONVOY_STREAM_IDLE_TIMEOUT_S=3 plus a ping interval
+    assert error["error_type"] == "owner_lost"
+    assert [e[0] for e in events if e[0]] == ["2", "3", "4"], "the ending is stored: stop_reason, error, [DONE]"
+    assert time.monotonic() - started < 15  # CONVOY_STREAM_IDLE_TIMEOUT_S=3 plus a ping interval
+    run = (await client.get(f"/v1/runs/{run_id}")).json()
+    assert run["status"] == "failed" and run["stop_reason"] == "error"
 
 
 async def test_same_otid_joins_the_existing_run(client: httpx.AsyncClient) -> None:
