@@ -59,8 +59,9 @@ def _rss_bytes() -> int:
 
 
 class HostCore:
-    def __init__(self, name: str, settings: Settings) -> None:
+    def __init__(self, name: str, settings: Settings, *, exit_when_idle: bool = False) -> None:
         self.name = name
+        self._exit_when_idle = exit_when_idle
         self.incarnation = uuid.uuid4().hex[:12]
         self._activation_seq = 0
         self._settings = settings
@@ -206,6 +207,10 @@ class HostCore:
         # A message accepted while we were letting go must not wait for the next sender.
         if await self._services.mailbox.depth(lease.conversation_id):
             await self._deliver(lease.conversation_id)
+        elif self._exit_when_idle and not self._activations and not self._activating:
+            await self._services.redis.hdel(keys.hosts(), self.name)
+            # A dedicated host has nothing left to do: leave for good (no restart).
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def _recover(self) -> None:
         """Take over what earlier incarnations of this host owned (see the module docstring)."""
@@ -257,9 +262,9 @@ class HostCore:
 class ConversationHost:
     """Ray shell around ``HostCore``; see ``actors.supervisor`` for how hosts are created."""
 
-    def __init__(self, name: str, settings: Settings) -> None:
+    def __init__(self, name: str, settings: Settings, exit_when_idle: bool = False) -> None:
         configure_logging(settings)
-        self._core = HostCore(name, settings)
+        self._core = HostCore(name, settings, exit_when_idle=exit_when_idle)
 
     async def ready(self) -> dict[str, Any]:
         return await self._core.stats()

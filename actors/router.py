@@ -18,7 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors import placement
 from actors.directory import Directory, host_of
-from actors.supervisor import host_names
+from actors.supervisor import dedicated_host, dedicated_name, host_names
 from runtime.errors import UnavailableError
 from runtime.redis_client import reraise_if_cancelling
 from runtime.settings import Settings
@@ -50,6 +50,8 @@ class ConversationRouter:
 
     async def deliver(self, conversation_id: str) -> str:
         """Wake the conversation's owner (activating it if needed); returns the host that answered."""
+        if self._settings.placement == "dedicated":
+            return await self._deliver_dedicated(conversation_id)
         owner = await self._directory.owner(conversation_id)
         queue = [host_of(owner)] if owner else []
         queue += [h for h in placement.ranked(conversation_id, host_names(self._settings)) if h not in queue]
@@ -76,6 +78,18 @@ class ConversationRouter:
                 return owner_host  # owned by a host that is restarting: it recovers the mailbox itself
             queue.insert(0, owner_host)
         raise UnavailableError(f"no conversation host could take conversation {conversation_id}")
+
+    async def _deliver_dedicated(self, conversation_id: str) -> str:
+        name = dedicated_name(conversation_id)
+        for _ in range(MAX_HOPS):
+            handle = await asyncio.to_thread(dedicated_host, self._settings, conversation_id)
+            try:
+                await asyncio.wait_for(handle.deliver.remote(conversation_id), CALL_TIMEOUT_S)
+                self._handles[name] = handle
+                return name
+            except _UNREACHABLE:
+                continue  # it was just leaving (passivated): create it again
+        raise UnavailableError(f"the host of conversation {conversation_id} could not be started")
 
     async def cancel(self, conversation_id: str, run_id: str) -> bool:
         """Cancel a running turn at its owner; False if no owner is running it."""
@@ -105,6 +119,14 @@ class ConversationRouter:
 
         results = await asyncio.gather(*(one(n) for n in host_names(self._settings)))
         return sum(results)
+
+    async def ray_alive(self, timeout_s: float = 2.0) -> bool:
+        """Whether the Ray cluster answers (its GCS lists at least one live node)."""
+        try:
+            nodes = await asyncio.wait_for(asyncio.to_thread(ray.nodes), timeout_s)
+        except Exception:
+            return False
+        return any(node.get("Alive") for node in nodes)
 
     async def watch(self, period_s: float = WATCH_PERIOD_S) -> None:
         """Keep every host awake: a host Ray restarted after a crash recovers its conversations

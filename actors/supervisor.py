@@ -1,10 +1,17 @@
 """Creating the conversation hosts and finding them again.
 
-Hosts are named, detached Ray actors (``convoy-host-<i>``) so that any API replica — in this
-process or another — reaches the same ones by name, and so they outlive an API replica that
-stops. Ray restarts a host whose process dies (``max_restarts=-1``) under the same name; its
-recovery is described in ``actors.host``. They are spread over the cluster's nodes and reserve
-no CPU: a host is I/O bound and holds thousands of conversations.
+Hosts are named, detached Ray actors so that any API replica — in this process or another —
+reaches the same ones by name, and so they outlive an API replica that stops. Ray restarts a host
+whose process dies (``max_restarts=-1``) under the same name; its recovery is described in
+``actors.host``. They reserve no CPU: a host is I/O bound.
+
+Two placements (``CONVOY_PLACEMENT``):
+
+- ``shared`` (default): ``CONVOY_HOSTS`` hosts (``convoy-host-<i>``), spread over the cluster's
+  nodes, each holding thousands of conversations.
+- ``dedicated``: one host per conversation (``convoy-conv-<id>``), created on its first message and
+  gone when the conversation is passivated: process isolation, at the price of a Ray worker
+  process (tens of MiB, about a second to start) per active conversation.
 """
 
 from __future__ import annotations
@@ -24,27 +31,48 @@ READY_TIMEOUT_S = 60.0
 HOST_MEMORY_RESERVATION_BYTES = 64 * 1024 * 1024
 
 
+DEDICATED_PREFIX = "convoy-conv-"
+DEDICATED_MAX_CONCURRENCY = 64
+
+
 def host_names(settings: Settings) -> list[str]:
+    """The shared hosts (none in ``dedicated`` placement)."""
+    if settings.placement == "dedicated":
+        return []
     return [f"{HOST_PREFIX}{i}" for i in range(settings.hosts)]
+
+
+def dedicated_name(conversation_id: str) -> str:
+    return f"{DEDICATED_PREFIX}{conversation_id}"
+
+
+def dedicated_host(settings: Settings, conversation_id: str) -> Any:
+    """The conversation's own host actor, created if it does not exist (idempotent, race-free)."""
+    name = dedicated_name(conversation_id)
+    return _options(settings, name, max_concurrency=DEDICATED_MAX_CONCURRENCY).remote(name, settings, exit_when_idle=True)
+
+
+def _options(settings: Settings, name: str, *, max_concurrency: int) -> Any:
+    return ConversationHost.options(  # type: ignore[attr-defined]
+        name=name,
+        namespace=settings.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=max_concurrency,
+        num_cpus=0,
+        # Ray places an actor that reserves nothing on a random node and ignores SPREAD; a
+        # small memory reservation (not a limit) makes SPREAD really spread the hosts.
+        memory=HOST_MEMORY_RESERVATION_BYTES,
+        scheduling_strategy="SPREAD",
+    )
 
 
 def ensure_hosts(settings: Settings) -> list[dict[str, Any]]:
     """Create missing hosts (idempotent across replicas) and wait until each answers."""
     handles = [
-        ConversationHost.options(  # type: ignore[attr-defined]
-            name=name,
-            namespace=settings.ray_namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            max_concurrency=settings.host_max_concurrency,
-            num_cpus=0,
-            # Ray places an actor that reserves nothing on a random node and ignores SPREAD; a
-            # small memory reservation (not a limit) makes SPREAD really spread the hosts.
-            memory=HOST_MEMORY_RESERVATION_BYTES,
-            scheduling_strategy="SPREAD",
-        ).remote(name, settings)
+        _options(settings, name, max_concurrency=settings.host_max_concurrency).remote(name, settings)
         for name in host_names(settings)
     ]
     stats = ray.get([h.ready.remote() for h in handles], timeout=READY_TIMEOUT_S)

@@ -108,7 +108,10 @@ def serve(settings: Settings) -> int:
         gcs = ray_boot.connect(settings, start_local=True)
         _say(f"ray     {'local instance' if started_ray else 'cluster'} at {gcs}")
         hosts = supervisor.ensure_hosts(settings)
-        _say(f"hosts   {len(hosts)} conversation host(s) ready")
+        if settings.placement == "dedicated":
+            _say("hosts   dedicated placement: one Ray actor per active conversation")
+        else:
+            _say(f"hosts   {len(hosts)} conversation host(s) ready")
         _say(f"model   default {settings.resolved_default_model()}")
         _say(f"api     listening on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
         _run_api(settings, create_app)

@@ -9,6 +9,7 @@ has one. Environment variables use the ``CONVOY_`` prefix (``CONVOY_REDIS_URL``,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,7 +50,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8283, ge=0, le=65535)
 
     # Conversation hosting (see actors/): hosts are Ray actors that each hold many conversations.
-    hosts: int = Field(default=2, ge=1, description="Conversation host actors to keep running.")
+    placement: Literal["shared", "dedicated"] = Field(
+        default="shared",
+        description="shared: conversations share `hosts` host actors; dedicated: one Ray actor (process) each.",
+    )
+    hosts: int = Field(default=2, ge=1, description="Shared conversation host actors to keep running.")
     host_max_concurrency: int = Field(default=10_000, ge=16)
     lease_ttl_ms: int = Field(default=10_000, ge=1_000, description="Ownership lease of a conversation.")
     idle_passivate_s: float = Field(default=300.0, gt=0, description="Idle time before an activation is freed.")

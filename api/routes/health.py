@@ -28,12 +28,16 @@ async def _redis_ok(state: AppState) -> bool:
 @router.get("/v1/health/", include_in_schema=False)
 async def health(state: State) -> JSONResponse:
     redis_ok, hosts = await asyncio.gather(_redis_ok(state), state.router.hosts_alive())
-    ok = redis_ok and hosts > 0
+    if state.settings.placement == "dedicated":
+        ray_ok = await state.router.ray_alive()
+    else:
+        ray_ok = hosts > 0
+    ok = redis_ok and ray_ok
     body = {
         "status": "ok" if ok else "unavailable",
         "version": version("convoy"),
         "redis": "ok" if redis_ok else "unreachable",
-        "ray": {"hosts_alive": hosts, "hosts_expected": state.settings.hosts},
+        "ray": {"ok": ray_ok, "placement": state.settings.placement, "hosts_alive": hosts},
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
