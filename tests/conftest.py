@@ -14,12 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from runtime.embedded_redis import EmbeddedRedis
 
@@ -105,9 +106,38 @@ class Convoy:
         return self.log_path.read_text(errors="replace")
 
 
-def start_convoy(home: Path, env_overrides: dict[str, str] | None = None) -> Convoy:
+def _spawn(command: str, home: Path, env: dict[str, str], log_name: str) -> Convoy:
+    """Start ``convoy <command>`` on a free port and wait (bounded) until it answers healthy."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_") and k != "RAY_ADDRESS"}
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / log_name
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "convoy"), command, "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Convoy(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"convoy {command} exited early ({process.returncode}):\n{server.log()}")
+        try:
+            return httpx.get(f"{server.url}/v1/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, SERVE_START_TIMEOUT_S, interval_s=0.2, message=f"convoy {command} to become healthy")
+    return server
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "RAY_ADDRESS"))}
+
+
+def start_convoy(home: Path, env_overrides: dict[str, str] | None = None) -> Convoy:
+    env = _clean_env()
     env.update(
         {
             "CONVOY_HOME": str(home),
@@ -119,27 +149,7 @@ def start_convoy(home: Path, env_overrides: dict[str, str] | None = None) -> Con
         }
     )
     env.update(env_overrides or {})
-    log_path = home / "serve.log"
-    home.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "convoy"), "serve", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    convoy = Convoy(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path)
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"convoy serve exited early ({process.returncode}):\n{convoy.log()}")
-        try:
-            return httpx.get(f"{convoy.url}/v1/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(healthy, SERVE_START_TIMEOUT_S, interval_s=0.2, message="convoy serve to become healthy")
-    return convoy
+    return _spawn("serve", home, env, "serve.log")
 
 
 def stop_convoy(convoy: Convoy) -> set[int]:
@@ -169,38 +179,26 @@ def convoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
 
 def start_api_replica(convoy: Convoy) -> Convoy:
     """One more API process (``convoy api``) against a running ``convoy serve``."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+    env = _clean_env()
     env.update({"CONVOY_HOME": str(convoy.home), "RAY_ADDRESS": convoy.ray_address, "PYTHONUNBUFFERED": "1"})
-    log_path = convoy.home / f"api-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "convoy"), "api", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    replica = Convoy(url=f"http://127.0.0.1:{port}", home=convoy.home, process=process, log_path=log_path)
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"convoy api exited early ({process.returncode}):\n{replica.log()}")
-        try:
-            return httpx.get(f"{replica.url}/v1/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(healthy, SERVE_START_TIMEOUT_S, interval_s=0.2, message="convoy api to become healthy")
-    return replica
+    return _spawn("api", convoy.home, env, "api.log")
 
 
 @pytest.fixture(scope="session")
 def replica(convoy: Convoy) -> Iterator[Convoy]:
     server = start_api_replica(convoy)
     yield server
-    server.process.send_signal(signal.SIGINT)
-    try:
-        server.process.wait(timeout=SERVE_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        raise
+    assert not stop_convoy(server), "processes left behind by the replica"
+
+
+@pytest.fixture
+async def client(convoy: Convoy) -> AsyncIterator[httpx.AsyncClient]:
+    """An async HTTP client of the session's server."""
+    async with httpx.AsyncClient(base_url=convoy.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def store(convoy: Convoy) -> redis.Redis:
+    """The session server's Redis, for checking what was (or was not) written."""
+    return redis.Redis.from_url(convoy.redis_url, decode_responses=True)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,17 +21,6 @@ from tests.conftest import Convoy, wait_until
 LONG_WORDS = 1500  # the session server's echo model takes ~2 ms per word: a run of ~3 s
 
 
-@pytest.fixture
-async def client(convoy: Convoy) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=convoy.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture
-def store(convoy: Convoy) -> redis.Redis:
-    return redis.Redis.from_url(convoy.redis_url, decode_responses=True)
-
-
 async def new_conversation(client: httpx.AsyncClient) -> str:
     agent = (await client.post("/v1/agents", json={"name": "actors"})).json()
     return (await client.post("/v1/conversations", params={"agent_id": agent["id"]})).json()["id"]
@@ -42,45 +30,36 @@ def long_text(tag: str, words: int = LONG_WORDS) -> str:
     return " ".join(f"{tag}{i}" for i in range(words))
 
 
-async def stream(client: httpx.AsyncClient, conv: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Send and read the whole stream; items as JSON, with '[DONE]' and errors marked."""
+async def _items(
+    client: httpx.AsyncClient, conv: str, body: dict[str, Any], first_run: asyncio.Queue[str] | None = None
+) -> list[dict[str, Any]]:
+    """Send and read the whole stream; items as JSON, with '[DONE]' and errors marked. The run id
+    is put on ``first_run`` as soon as the first item arrives."""
     items: list[dict[str, Any]] = []
     async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=body) as source:
         source.response.raise_for_status()
         async for event in source.aiter_sse():
             if event.data == "[DONE]":
                 items.append({"message_type": "[DONE]"})
-            else:
-                doc = json.loads(event.data)
-                if event.event == "error":
-                    doc["sse_event"] = "error"
-                items.append(doc)
+                continue
+            doc = json.loads(event.data)
+            if event.event == "error":
+                doc["sse_event"] = "error"
+            if not items and first_run is not None:
+                first_run.put_nowait(doc["run_id"])
+            items.append(doc)
     return items
+
+
+async def stream(client: httpx.AsyncClient, conv: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    return await _items(client, conv, body)
 
 
 async def first_item(client: httpx.AsyncClient, conv: str, body: dict[str, Any]) -> tuple[str, asyncio.Task[list[dict[str, Any]]]]:
     """Start a streaming send in the background; returns its run id (from the first item) and the task."""
     seen: asyncio.Queue[str] = asyncio.Queue()
-
-    async def run() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=body) as source:
-            source.response.raise_for_status()
-            async for event in source.aiter_sse():
-                if event.data == "[DONE]":
-                    items.append({"message_type": "[DONE]"})
-                    continue
-                doc = json.loads(event.data)
-                if event.event == "error":
-                    doc["sse_event"] = "error"
-                if not items:
-                    seen.put_nowait(doc["run_id"])
-                items.append(doc)
-        return items
-
-    task = asyncio.create_task(run())
-    run_id = await asyncio.wait_for(seen.get(), 30)
-    return run_id, task
+    task = asyncio.create_task(_items(client, conv, body, seen))
+    return await asyncio.wait_for(seen.get(), 30), task
 
 
 async def wait_running(client: httpx.AsyncClient, run_id: str, timeout_s: float = 15) -> None:

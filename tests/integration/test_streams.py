@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,17 +18,6 @@ from tests.conftest import Convoy
 from tests.integration.test_actors import first_item, long_text, new_conversation, stop_of, text_of, wait_running
 
 Event = tuple[str | None, str | None, str]  # (id, event, data)
-
-
-@pytest.fixture
-async def client(convoy: Convoy) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=convoy.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture
-def store(convoy: Convoy) -> redis.Redis:
-    return redis.Redis.from_url(convoy.redis_url, decode_responses=True)
 
 
 async def read(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> list[Event]:
