@@ -26,9 +26,13 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 import ray
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
@@ -45,6 +49,8 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 2.0
+BELL_BATCH = 512
+BELL_RETRY_S = 0.2
 
 
 def _rss_bytes() -> int:
@@ -71,6 +77,7 @@ class HostCore:
         self._services: Services | None = None
         self._directory: Directory | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[object]] = set()
         self._started = asyncio.Lock()
         self.started_at = time.time()
 
@@ -95,6 +102,7 @@ class HostCore:
                 asyncio.create_task(self._renew_loop(), name="lease-renewal"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                 asyncio.create_task(self._recover(), name="recovery"),
+                asyncio.create_task(self._bell_loop(), name="doorbell"),
             ]
 
     async def stop(self) -> None:
@@ -209,6 +217,7 @@ class HostCore:
             await self._deliver(lease.conversation_id)
         elif self._exit_when_idle and not self._activations and not self._activating:
             await self._services.redis.hdel(keys.hosts(), self.name)
+            await self._services.redis.delete(keys.host_bell(self.name))
             # A dedicated host has nothing left to do: leave for good (no restart).
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
@@ -240,6 +249,47 @@ class HostCore:
             except Exception:
                 reraise_if_cancelling()
                 log.exception("lease renewal failed")
+
+    async def _bell_loop(self) -> None:
+        """Read this host's doorbell: each ring names a conversation with new mail. Rings from
+        before this incarnation started are skipped: recovery covers those conversations."""
+        assert self._services is not None
+        bell = keys.host_bell(self.name)
+        pool = aioredis.ConnectionPool(**self._services.redis.connection_pool.connection_kwargs)
+        reader = aioredis.Redis(connection_pool=pool, single_connection_client=True)
+        last = await self._services.redis.xrevrange(bell, count=1)
+        cursor = last[0][0].decode() if last else "0-0"
+        try:
+            while True:
+                try:
+                    reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    reraise_if_cancelling()
+                    await asyncio.sleep(BELL_RETRY_S)
+                    continue
+                for _, entries in reply or ():
+                    cursor = entries[-1][0].decode()
+                    for conv in {fields[b"c"].decode() for _, fields in entries}:
+                        activation = self._activations.get(conv)
+                        if activation is not None:
+                            activation.poke()
+                        else:
+                            self._spawn(self._deliver(conv), name=f"ring:{conv}")
+        finally:
+            await reader.aclose()
+            await pool.disconnect()
+
+    def _spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
+        """Run ``work`` in the background, keeping a reference and logging its failure."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[object]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background work failed", extra={"task": name, "error": repr(t.exception())})
+
+        task.add_done_callback(done)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -27,10 +27,10 @@ from runtime.errors import ConversationBusyError
 
 # Accepting a turn is one atomic step: idempotency check, busy check, run record, the run
 # stream's first item and the mailbox entry are all written, or none is.
-# KEYS: mailbox, run hash, run stream, idempotency key ('' slot-mate placeholder when unused).
+# KEYS: mailbox, run hash, run stream, idempotency key (a slot-mate placeholder when unused), lease.
 # ARGV: on_busy, run id, turn payload, stream ttl_s, run ttl_s, first item payload,
 #       use idempotency ('1'/'0'), then the run hash's field/value pairs.
-# Returns {1, entry id} accepted, {0, active run id} busy, {2, existing run id} duplicate.
+# Returns {1, entry id, current owner or ''} accepted, {0, active run id} busy, {2, existing run id} duplicate.
 _ACCEPT = """
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[4])
@@ -54,7 +54,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('XADD', KEYS[3], '0-1', 'k', 'data', 'p', ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 if ARGV[7] == '1' then redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[4]) end
-return {1, id}
+return {1, id, redis.call('GET', KEYS[5]) or ''}
 """
 
 
@@ -64,6 +64,7 @@ class Accepted:
 
     run_id: str
     entry_id: str | None
+    owner: str | None = None  # the activation holding the conversation when it was accepted
 
     @property
     def duplicate(self) -> bool:
@@ -102,12 +103,13 @@ class Mailbox:
         for name, value in run_fields.items():
             flat.extend((name, value))
         idem_key = keys.idempotency(conversation_id, idempotency_key) if idempotency_key else keys.mailbox(conversation_id)
-        code, value = await self._accept(
+        code, value, *rest = await self._accept(
             keys=[
                 keys.mailbox(conversation_id),
                 keys.run(conversation_id, run_id),
                 keys.run_stream(conversation_id, run_id),
                 idem_key,
+                keys.lease(conversation_id),
             ],
             args=[on_busy, run_id, payload, stream_ttl_s, run_ttl_s, first_item, "1" if idempotency_key else "0", *flat],
         )
@@ -116,7 +118,8 @@ class Mailbox:
             raise ConversationBusyError(conversation_id, text or None)
         if int(code) == 2:
             return Accepted(run_id=text, entry_id=None)
-        return Accepted(run_id=run_id, entry_id=text)
+        owner = rest[0].decode() if rest and rest[0] else None
+        return Accepted(run_id=run_id, entry_id=text, owner=owner)
 
     async def head(self, conversation_id: str) -> MailboxEntry | None:
         """The oldest unfinished entry (the one to run now), if any."""

@@ -13,12 +13,14 @@ import asyncio
 import logging
 
 import ray
+import redis.asyncio as aioredis
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors import placement
 from actors.directory import Directory, host_of
 from actors.supervisor import dedicated_host, dedicated_name, host_names
+from runtime import keys
 from runtime.errors import UnavailableError
 from runtime.redis_client import reraise_if_cancelling
 from runtime.settings import Settings
@@ -26,15 +28,17 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 4
+BELL_MAXLEN = 10_000
 WATCH_PERIOD_S = 1.0
 CALL_TIMEOUT_S = 10.0
 _UNREACHABLE = (ActorDiedError, ActorUnavailableError, RayActorError, TimeoutError)
 
 
 class ConversationRouter:
-    def __init__(self, settings: Settings, directory: Directory) -> None:
+    def __init__(self, settings: Settings, directory: Directory, redis: aioredis.Redis) -> None:
         self._settings = settings
         self._directory = directory
+        self._redis = redis
         self._handles: dict[str, ActorHandle] = {}
 
     def _handle(self, name: str) -> ActorHandle:
@@ -78,6 +82,12 @@ class ConversationRouter:
                 return owner_host  # owned by a host that is restarting: it recovers the mailbox itself
             queue.insert(0, owner_host)
         raise UnavailableError(f"no conversation host could take conversation {conversation_id}")
+
+    async def ring(self, owner: str, conversation_id: str) -> None:
+        """Wake a conversation that is already active: one append to its host's doorbell stream,
+        which the host reads with a blocking XREAD (no Ray call). If that host is gone, the
+        conversation is recovered like any other of its conversations (see ``actors.host``)."""
+        await self._redis.xadd(keys.host_bell(host_of(owner)), {"c": conversation_id}, maxlen=BELL_MAXLEN)
 
     async def _deliver_dedicated(self, conversation_id: str) -> str:
         name = dedicated_name(conversation_id)

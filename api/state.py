@@ -51,7 +51,7 @@ class AppState:
             history=HistoryStore(redis),
             mailbox=Mailbox(redis),
             directory=directory,
-            router=ConversationRouter(settings, directory),
+            router=ConversationRouter(settings, directory, redis),
             tailers=TailerPool(
                 redis,
                 block_ms=settings.read_block_ms,

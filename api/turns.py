@@ -91,6 +91,9 @@ async def accept_turn(
     RUNS_ACCEPTED.labels("stream" if body.streaming else "blocking").inc()
     if body.on_busy == "interrupt":
         await cancel_ahead_of(state, conversation.id, run_id)
+    if accepted.owner:
+        await state.router.ring(accepted.owner, conversation.id)
+        return view
     try:
         await state.router.deliver(conversation.id)
     except UnavailableError:

@@ -126,3 +126,9 @@ def conversation_runs(conversation_id: str) -> str:
 def host_conversations(host_name: str) -> str:
     """Set of conversations a host (any incarnation of it) holds leases for; used for takeover."""
     return f"{PREFIX}:host:{host_name}:conversations"
+
+
+def host_bell(host_name: str) -> str:
+    """Redis stream the API rings to wake a conversation already active on that host (no Ray call).
+    Owned by the host: capped, and deleted when a dedicated host leaves."""
+    return f"{PREFIX}:host:{host_name}:bell"

@@ -43,7 +43,8 @@ from actors import ray_boot, supervisor
 from actors.directory import Lease
 from api.bench import GIB, KIB, MIB, Progress, percentile, process_memory
 from api.state import AppState
-from api.turns import accept_turn, stream_key
+from api.turns import accept_turn
+from runtime import keys
 from runtime.embedded_redis import EmbeddedRedis
 from runtime.errors import ConvoyError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
@@ -338,7 +339,7 @@ async def _turn(state: AppState, agent: AgentRecord, conv: ConversationRecord) -
     t0 = time.perf_counter()
     view = await accept_turn(state, agent, conv, SendMessageRequest(input=TURN_TEXT))
     call_s = time.perf_counter() - t0
-    sub = state.tailers.subscribe(stream_key(view), after=1)  # seq 1 is the ping written on accept
+    sub = state.tailers.subscribe(keys.run_stream(view.conversation_id, view.id), after=1)  # seq 1 is the ping written on accept
     first_s: float | None = None
     try:
         while True:
