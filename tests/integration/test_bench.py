@@ -1,0 +1,31 @@
+"""The benchmark commands keep working (tiny runs; the figures themselves are not asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONVOY = str(Path(sys.executable).parent / "convoy")
+BENCH_TIMEOUT_S = 240
+
+
+def _run(args: list[str], tmp_path: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "RAY_ADDRESS"))}
+    env["CONVOY_HOME"] = str(tmp_path)
+    done = subprocess.run([CONVOY, "bench", *args], capture_output=True, text=True, env=env, timeout=BENCH_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_bench_actors_prints_its_figures(tmp_path: Path) -> None:
+    out = _run(
+        ["actors", "--cold", "20", "--conversations", "60", "--step", "30", "--turns", "5", "--baseline", "1", "--hold-s", "0"],
+        tmp_path,
+    )
+    for label in ("cold activation latency", "warm dispatch latency", "host RSS per conversation", "baseline / virtual actor"):
+        assert label in out, out
