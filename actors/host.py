@@ -105,18 +105,6 @@ class HostCore:
                 asyncio.create_task(self._bell_loop(), name="doorbell"),
             ]
 
-    async def stop(self) -> None:
-        for task in [*self._background, *self._workers.values()]:
-            task.cancel()
-        for task in [*self._background, *self._workers.values()]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._services is not None:
-            redis = self._services.redis
-            with contextlib.suppress(Exception):
-                await redis.hdel(keys.hosts(), self.name)
-            await redis.aclose()
-
     # -- messages from the API -------------------------------------------------------------
 
     async def deliver(self, conversation_id: str) -> str:
