@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import uvicorn
 
@@ -67,15 +67,16 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     cmd.add_argument("--hosts", type=int, default=None, help="conversation hosts (default: CONVOY_HOSTS, else 2)")
     text = "per-chunk latency writer -> SSE client at steady rates and many streams, against a batched, polled bus"
     cmd = bench.add_parser("streams", help=text, description=text)
-    for flag, kind, default, text in (
-        ("--streams", int, 10, "concurrent streams in the per-rate scenarios"),
+    flags: tuple[tuple[str, Callable[[str], object], object, str], ...] = (
+        ("--streams", int, 4, "concurrent streams in the per-rate scenarios"),
         ("--rates", _rates, "20,200", "chunks/s per stream, one scenario each (comma-separated)"),
         ("--many", int, 1000, "concurrent streams in the many-streams scenario (0: skip it)"),
-        ("--many-rate", float, 20.0, "chunks/s per stream in the many-streams scenario"),
+        ("--many-rate", float, 0.5, "chunks/s per stream in the many-streams scenario (2 cores: keep the total low)"),
         ("--warmup-s", float, 3.0, "seconds streamed before measuring, per phase"),
-        ("--measure-s", float, 8.0, "seconds measured per phase"),
-    ):
-        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+        ("--measure-s", float, 10.0, "seconds measured per phase"),
+    )
+    for flag, parse, value, about in flags:
+        cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
     cmd.add_argument("--no-http", action="store_true", help="skip the HTTP SSE phases (no API replica)")
     cmd.add_argument("--no-baseline", action="store_true", help="skip the batched/polled baseline phases")
 

@@ -53,10 +53,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import ray
@@ -70,7 +70,7 @@ from api.state import TAILERS_PER_PROCESS, AppState
 from runtime import bus, keys, wire
 from runtime.embedded_redis import EmbeddedRedis
 from runtime.errors import ConvoyError
-from runtime.ids import new_id
+from runtime.ids import new_id, segment_otid
 from runtime.redis_client import connect
 from runtime.runs import UNFINISHED_RUN_TTL_S, Fence, RunStore
 from runtime.schemas.messages import AssistantMessage, Ping, UsageStatistics, utcnow
@@ -127,7 +127,9 @@ class StreamsOptions:
 
     def __post_init__(self) -> None:
         if self.streams < 1 or self.many < 0 or self.warmup_s < 0 or self.measure_s <= 0:
-            raise ConvoyError("bench streams: --streams and --measure-s must be positive, --many and --warmup-s not negative")
+            raise ConvoyError(
+                "bench streams: --streams and --measure-s must be positive, --many and --warmup-s not negative"
+            )
         if any(rate <= 0 for rate in (*self.rates_hz, self.many_rate_hz)):
             raise ConvoyError("bench streams: rates must be positive")
 
@@ -233,79 +235,73 @@ class Producer:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._plan: Plan | None = None
-        self._redis: aioredis.Redis | None = None
         self._ray_nice = os.getpriority(os.PRIO_PROCESS, 0)
         _renice(0)
+        self._phase: _ProducerPhase | None = None
 
     def pid(self) -> tuple[int, int, int]:
         """Process id, niceness Ray gave it, niceness now."""
         return os.getpid(), self._ray_nice, os.getpriority(os.PRIO_PROCESS, 0)
 
     async def prepare(self, plan: Plan) -> None:
-        """Take ownership of every run (created -> running), before any clock starts."""
-        self._redis = redis = connect(self._settings)
-        runs = self._runs()
+        """Take ownership of every run (created -> running) and open its writer, before any clock starts."""
+        redis = connect(self._settings)
+        runs = RunStore(redis, ttl_s=self._settings.stream_ttl_s, maxlen=self._settings.stream_maxlen)
+        writers: list[bus.ChunkWriter | BatchedWriter] = []
         for start in range(0, len(plan.targets), CREATE_BATCH):
             chunk = plan.targets[start : start + CREATE_BATCH]
-            await asyncio.gather(*(runs.start(self._fence(t), t.run_id) for t in chunk))
-        self._plan = plan
+            await asyncio.gather(*(runs.start(_fence(t), t.run_id) for t in chunk))
+            if plan.mode == "convoy":
+                writers += await asyncio.gather(*(self._chunk_writer(redis, t) for t in chunk))
+            else:
+                writers += [self._batched_writer(redis, t) for t in chunk]
+        self._phase = _ProducerPhase(plan, redis, runs, writers)
 
     async def produce(self, start_ns: int) -> Produced:
         """Stream every run from ``start_ns`` (``perf_counter_ns``) for warm-up + measure, then end them."""
-        plan, redis = self._plan, self._redis
-        assert plan is not None and redis is not None
+        phase, self._phase = self._phase, None
+        assert phase is not None
+        plan = phase.plan
         done = Produced()
         period_ns = int(1e9 / plan.rate_hz)
         warm_end_ns = start_ns + int(plan.warmup_s * 1e9)
         end_ns = warm_end_ns + int(plan.measure_s * 1e9)
-        flusher: asyncio.Task[None] | None = None
+        batched = [w for w in phase.writers if isinstance(w, BatchedWriter)]
+        flusher = asyncio.create_task(_flush_stale(batched)) if batched else None
         try:
-            if plan.mode == "convoy":
-                writers = [await self._chunk_writer(t) for t in plan.targets]
-            else:
-                writers = [self._batched_writer(t) for t in plan.targets]
-                flusher = asyncio.create_task(_flush_stale(writers))  # type: ignore[arg-type]
             await asyncio.gather(
                 *(
-                    self._stream(t, w, start_ns + random.randrange(period_ns), period_ns, warm_end_ns, end_ns, done)
-                    for t, w in zip(plan.targets, writers, strict=True)
+                    self._stream(
+                        phase, t, w, start_ns + random.randrange(period_ns), period_ns, warm_end_ns, end_ns, done
+                    )
+                    for t, w in zip(plan.targets, phase.writers, strict=True)
                 )
             )
         finally:
             if flusher is not None:
                 flusher.cancel()
-            await redis.aclose()
-            self._redis = self._plan = None
+            await phase.redis.aclose()
         return done
 
-    def _runs(self) -> RunStore:
-        assert self._redis is not None
-        return RunStore(self._redis, ttl_s=self._settings.stream_ttl_s, maxlen=self._settings.stream_maxlen)
-
-    @staticmethod
-    def _fence(target: Target) -> Fence:
-        return Fence(target.conversation_id, target.epoch, OWNER)
-
-    async def _chunk_writer(self, target: Target) -> bus.ChunkWriter:
-        assert self._redis is not None
+    async def _chunk_writer(self, redis: aioredis.Redis, target: Target) -> bus.ChunkWriter:
+        """A run's writer, opened exactly as a conversation activation opens it."""
         return bus.ChunkWriter(
-            self._redis,
+            redis,
             stream_key=target.stream_key,
             epoch_key=keys.epoch(target.conversation_id),
             epoch=target.epoch,
-            next_seq=await bus.last_seq(self._redis, target.stream_key) + 1,
+            next_seq=await bus.last_seq(redis, target.stream_key) + 1,
             maxlen=self._settings.stream_maxlen,
             ttl_s=self._settings.stream_ttl_s,
         )
 
-    def _batched_writer(self, target: Target) -> BatchedWriter:
-        assert self._redis is not None
+    def _batched_writer(self, redis: aioredis.Redis, target: Target) -> BatchedWriter:
         settings = self._settings
-        return BatchedWriter(self._redis, target.stream_key, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
+        return BatchedWriter(redis, target.stream_key, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
 
     async def _stream(
         self,
+        phase: _ProducerPhase,
         target: Target,
         writer: bus.ChunkWriter | BatchedWriter,
         first_ns: int,
@@ -315,7 +311,8 @@ class Producer:
         done: Produced,
     ) -> None:
         """One run: a chunk every ``period_ns`` (never in bursts to catch up), then its end."""
-        message = AssistantMessage(id=f"message-{target.run_id[4:]}", otid=new_id("otid"), content=TOKEN_TEXT)
+        message_id = f"message-{target.run_id[4:]}"
+        message = AssistantMessage(id=message_id, otid=segment_otid(message_id, 0), content=TOKEN_TEXT)
         message.run_id = target.run_id
         seq = 2  # the baseline's own count (its entry ids are Redis's); 1 is the accept ping
         next_ns = first_ns
@@ -340,11 +337,11 @@ class Producer:
                 done.written += 1
                 done.measured += measured
                 next_ns += period_ns
-            await self._finish(target, writer)
-        except Exception as exc:  # measured, not hidden: reported with the figures
+            await self._finish(phase.runs, target, writer)
+        except Exception as exc:  # noqa: BLE001 - measured, not hidden: reported with the figures
             done.errors.append(f"producer {target.run_id}: {type(exc).__name__}: {exc}")
 
-    async def _finish(self, target: Target, writer: bus.ChunkWriter | BatchedWriter) -> None:
+    async def _finish(self, runs: RunStore, target: Target, writer: bus.ChunkWriter | BatchedWriter) -> None:
         """End the run as its owner would: the terminal items and status in one fenced step."""
         items: list[tuple[int, str, bytes]] = []
         if isinstance(writer, bus.ChunkWriter):
@@ -354,15 +351,27 @@ class Producer:
         else:  # the baseline's entry ids are Redis's own: its end marker goes through its writer
             await writer.write("done", wire.DONE_PAYLOAD)
             await writer.flush()
-        await self._runs().finish(
+        await runs.finish(
             target.run_id,
             conversation_id=target.conversation_id,
             status="completed",
             stop_reason="end_turn",
-            fence=self._fence(target),
+            fence=_fence(target),
             items=items,
             mailbox_entry=target.entry_id,
         )
+
+
+@dataclass(frozen=True)
+class _ProducerPhase:
+    plan: Plan
+    redis: aioredis.Redis
+    runs: RunStore
+    writers: list[bus.ChunkWriter | BatchedWriter]
+
+
+def _fence(target: Target) -> Fence:
+    return Fence(target.conversation_id, target.epoch, OWNER)
 
 
 def _renice(nice: int) -> None:
@@ -420,9 +429,11 @@ class Gate:
         await self._event.wait()
 
 
-async def read_sse(client: httpx.AsyncClient, target: Target, samples: Samples, gate: Gate, opening: asyncio.Semaphore) -> None:
+async def read_sse(
+    client: httpx.AsyncClient, target: Target, samples: Samples, gate: Gate, opening: asyncio.Semaphore
+) -> None:
     """One client on the replica's ``GET /v1/runs/{id}/stream``, parsing SSE frames as they come."""
-    params = {"starting_after": 1, "include_pings": "false"}
+    params: dict[str, str | int] = {"starting_after": 1, "include_pings": "false"}
     signalled = False
     try:
         async with opening:
@@ -471,7 +482,9 @@ async def poll_xrange(redis: aioredis.Redis, target: Target, samples: Samples) -
     """The baseline's reader: ``XRANGE`` after its cursor every ``POLL_INTERVAL_S``."""
     cursor = "0-1"
     while True:
-        entries = await redis.xrange(target.stream_key, min=f"({cursor}", count=XRANGE_COUNT)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(  # type: ignore[assignment]
+            target.stream_key, min=f"({cursor}", count=XRANGE_COUNT
+        )
         now_ns = time.perf_counter_ns()
         for _, fields in entries:
             if fields.get(b"k") == b"done":
@@ -530,10 +543,12 @@ def _cpu_text(a: CpuSnapshot, b: CpuSnapshot, chunks: int) -> tuple[str, str]:
     machine = 100 * (b.machine_busy_s - a.machine_busy_s) / span
     shares = "  ".join(f"{n} {100 * v / span:.0f}" for n, v in used.items())
     rest = max(0.0, machine - 100 * sum(used.values()) / span)
-    cost = "  ".join(f"{n} {1e6 * v / max(1, chunks):.0f}" for n, v in used.items())
+    per_chunk_us = {n: 1e6 * v / max(1, chunks) for n, v in used.items()}
+    cost = "  ".join(f"{n} {v:.0f}" for n, v in per_chunk_us.items())
+    total_us = sum(per_chunk_us.values())
     return (
         f"cpu, % of a core: {shares}  | whole machine {machine:.0f} of {100 * (os.cpu_count() or 1)}, other processes {rest:.0f}",
-        f"cpu per chunk, us: {cost}",
+        f"cpu per chunk, us: {cost}  | all {total_us:.0f} us = {1e6 / max(1e-9, total_us):.0f} chunks/s per core",
     )
 
 
@@ -576,7 +591,7 @@ class ApiReplica:
         )
         command = [sys.executable, "-c", boot, "api", "--host", "127.0.0.1", "--port", str(port)]
         with open(self._log, "wb") as log_file:
-            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            self._proc = subprocess.Popen(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
             )
         self.url = f"http://127.0.0.1:{port}"
@@ -632,7 +647,7 @@ def run(settings: Settings, options: StreamsOptions) -> int:
     settings = settings.model_copy(update={"home": home})
     embedded: EmbeddedRedis | None = None
     api: ApiReplica | None = None
-    producer: ActorHandle | None = None
+    producer: ActorHandle[Any] | None = None
     started_ray = not settings.ray_address
     hosts_started = False
     complete = False
@@ -652,7 +667,9 @@ def run(settings: Settings, options: StreamsOptions) -> int:
         # The replica in its normal state: its router watches live hosts (none would run our runs).
         supervisor.ensure_hosts(settings)
         hosts_started = True
-        say(f"hosts   {settings.hosts} conversation host(s) ready (idle: nothing is delivered to them)")
+        say(
+            f"hosts   {len(supervisor.host_names(settings))} conversation host(s) ready (idle: nothing is delivered to them)"
+        )
         producer = Producer.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         ).remote(settings)
@@ -690,7 +707,7 @@ class World:
 
     settings: Settings
     state: AppState
-    producer: ActorHandle
+    producer: ActorHandle[Any]
     api: ApiReplica | None
     pids: dict[str, int | None]
     agent_id: str
@@ -719,7 +736,7 @@ class Outcome:
 async def _measure(
     settings: Settings,
     options: StreamsOptions,
-    producer: ActorHandle,
+    producer: ActorHandle[Any],
     api: ApiReplica | None,
     pids: dict[str, int | None],
     setup: str,
@@ -731,7 +748,9 @@ async def _measure(
     try:
         world = await _world(state, options, producer, api, pids, say)
         info = await state.redis.info("server")
-        server = f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info.get('redis_version')}"
+        server = (
+            f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info.get('redis_version')}"
+        )
         report.section(
             f"convoy bench streams   ray={ray.__version__}  cpus={os.cpu_count()}  {server}"
             f"  load avg (1 min) at start {os.getloadavg()[0]:.2f}"
@@ -741,8 +760,10 @@ async def _measure(
             f"warm-up {options.warmup_s:g} s, then {options.measure_s:g} s measured per phase; latency = consumer"
             " receive - producer write (CLOCK_MONOTONIC, one machine)"
         )
-        report.note(f"targets: convoy p50 < {TARGET_P50_MS:g} ms and p99 < {TARGET_P99_MS:g} ms (quiet machine);"
-                    f" baseline p50 >= {TARGET_RATIO:g}x convoy's")
+        report.note(
+            f"targets: convoy p50 < {TARGET_P50_MS:g} ms and p99 < {TARGET_P99_MS:g} ms (quiet machine);"
+            f" baseline p50 >= {TARGET_RATIO:g}x convoy's"
+        )
         outcomes: dict[Scenario, dict[str, Outcome]] = {}
         for scenario in options.scenarios():
             report.section(scenario.title)
@@ -800,7 +821,7 @@ def _compare(outcomes: dict[Scenario, dict[str, Outcome]], report: Report) -> No
 async def _world(
     state: AppState,
     options: StreamsOptions,
-    producer: ActorHandle,
+    producer: ActorHandle[Any],
     api: ApiReplica | None,
     pids: dict[str, int | None],
     say: Progress,
@@ -915,7 +936,7 @@ async def _start_readers(
         )
         opening = asyncio.Semaphore(OPEN_CONCURRENCY)
         return [asyncio.create_task(read_sse(client, t, samples, gate, opening)) for t in targets]
-    reader: Callable[[Target], Awaitable[None]]
+    reader: Callable[[Target], Coroutine[Any, Any, None]]
     if mode == "convoy":
         # Built as an API replica builds its own (api.state.AppState).
         pool = bus.TailerPool(
@@ -927,14 +948,14 @@ async def _start_readers(
         await pool.start()
         stack.push_async_callback(pool.stop)
 
-        def reader(t: Target) -> Awaitable[None]:
+        def reader(t: Target) -> Coroutine[Any, Any, None]:
             return read_bus(pool, t, samples)
     else:
 
-        def reader(t: Target) -> Awaitable[None]:
+        def reader(t: Target) -> Coroutine[Any, Any, None]:
             return poll_xrange(world.state.redis, t, samples)
 
-    tasks = [asyncio.create_task(reader(t)) for t in targets]  # type: ignore[arg-type]
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(reader(t)) for t in targets]
     for _ in targets:
         gate.ready()
     return tasks
@@ -976,6 +997,8 @@ async def _forget(world: World) -> None:
                 keys.conversation_runs(conversation_id),
             )
             pipe.zrem(keys.conversations_index(), conversation_id)
-        pipe.delete(keys.agent(world.agent_id), keys.agent_conversations(world.agent_id), keys.agent_runs(world.agent_id))
+        pipe.delete(
+            keys.agent(world.agent_id), keys.agent_conversations(world.agent_id), keys.agent_runs(world.agent_id)
+        )
         pipe.zrem(keys.agents_index(), world.agent_id)
         await pipe.execute()
