@@ -82,7 +82,8 @@ def command_of(pid: int) -> str:
         return ""
 
 
-def _ports(head: bool) -> list[str]:
+def _ports() -> list[str]:
+    # No Ray Client server port: that needs `ray[client]`, and Convoy depends on plain `ray`.
     names = [
         "node-manager-port",
         "object-manager-port",
@@ -91,8 +92,6 @@ def _ports(head: bool) -> list[str]:
         "metrics-export-port",
         "runtime-env-agent-port",
     ]
-    if head:
-        names.append("ray-client-server-port")
     return [f"--{name}={free_port()}" for name in names]
 
 
@@ -234,7 +233,7 @@ def start_cluster(log_dir: Path, *, head_cpus: int = 1) -> RayCluster:
             f"--num-cpus={head_cpus}",
             f"--object-store-memory={OBJECT_STORE_BYTES}",
             "--include-dashboard=false",
-            *_ports(head=True),
+            *_ports(),
         ],
         env,
         log_dir,
@@ -259,7 +258,7 @@ def add_node(cluster: RayCluster, name: str, log_dir: Path, *, cpus: int = 1, re
             f"--num-cpus={cpus}",
             f"--object-store-memory={OBJECT_STORE_BYTES}",
             f"--resources={json.dumps(resources or {})}",
-            *_ports(head=False),
+            *_ports(),
         ],
         cluster.env,
         log_dir,
