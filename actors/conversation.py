@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from actors.directory import Lease
 from actors.mailbox import Mailbox, MailboxEntry
@@ -84,6 +85,8 @@ class Activation:
         if self._current_run != run_id:
             log.info("cancel: not running here", extra={"run_id": run_id, "current": self._current_run})
             return False
+        if run_id in self._cancel_requested:
+            return True  # already on its way out: a second cancel must not interrupt the ending
         self._cancel_requested.add(run_id)
         if self._turn is not None and not self._turn.done():
             self._turn.cancel()
@@ -113,7 +116,13 @@ class Activation:
             self.last_active = time.monotonic()
 
     async def _process(self, entry: MailboxEntry) -> None:
-        turn = TurnRequest.model_validate_json(entry.payload)
+        try:
+            turn = TurnRequest.model_validate_json(entry.payload)
+        except ValidationError as exc:
+            # An entry this version cannot read (e.g. written by a newer replica mid-upgrade): end
+            # its run visibly instead of crashing on it forever.
+            await self._end(entry.run_id, entry, failure=InternalRunError(f"unreadable turn: {exc}"), skip_missing=True)
+            return
         self._current_run = turn.run_id  # from here on an out-of-band cancel can reach it
         try:
             status = await self._s.runs.start(self._fence, turn.run_id)

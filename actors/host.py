@@ -31,8 +31,6 @@ from typing import Any
 
 import ray
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
@@ -51,6 +49,10 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD_S = 2.0
 BELL_BATCH = 512
 BELL_RETRY_S = 0.2
+
+
+class HostClosingError(Exception):
+    """A dedicated host that is about to exit refuses new work (the router creates a new one)."""
 
 
 def _rss_bytes() -> int:
@@ -78,6 +80,7 @@ class HostCore:
         self._directory: Directory | None = None
         self._background: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[object]] = set()
+        self._closing = False
         self._started = asyncio.Lock()
         self.started_at = time.time()
 
@@ -116,6 +119,8 @@ class HostCore:
         return await self._deliver(conversation_id)
 
     async def _deliver(self, conversation_id: str) -> str:
+        if self._closing:
+            raise HostClosingError(f"{self.name} is leaving; create it again")
         activation = self._activations.get(conversation_id)
         if activation is not None:
             activation.poke()
@@ -204,6 +209,7 @@ class HostCore:
         if await self._services.mailbox.depth(lease.conversation_id):
             await self._deliver(lease.conversation_id)
         elif self._exit_when_idle and not self._activations and not self._activating:
+            self._closing = True  # from here on, new work is refused (the caller re-creates us)
             await self._services.redis.hdel(keys.hosts(), self.name)
             await self._services.redis.delete(keys.host_bell(self.name))
             # A dedicated host has nothing left to do: leave for good (no restart).
@@ -212,7 +218,14 @@ class HostCore:
     async def _recover(self) -> None:
         """Take over what earlier incarnations of this host owned (see the module docstring)."""
         assert self._services is not None
-        members = await self._services.redis.smembers(keys.host_conversations(self.name))
+        while True:
+            try:
+                members = await self._services.redis.smembers(keys.host_conversations(self.name))
+                break
+            except Exception:
+                reraise_if_cancelling()
+                log.warning("recovery could not read its conversations, retrying", exc_info=True)
+                await asyncio.sleep(BELL_RETRY_S)
         for raw in members:
             conv = raw.decode()
             try:
@@ -230,8 +243,10 @@ class HostCore:
                 assert self._directory is not None
                 lost = await self._directory.renew([a.lease for a in self._activations.values()])
                 for lease in lost:
+                    activation = self._activations.get(lease.conversation_id)
                     task = self._workers.get(lease.conversation_id)
-                    if task is not None:
+                    # Only the activation that held this lease: it may have been replaced meanwhile.
+                    if activation is not None and activation.lease == lease and task is not None:
                         log.warning("lease lost", extra={"conversation_id": lease.conversation_id})
                         task.cancel()
             except Exception:
@@ -245,14 +260,17 @@ class HostCore:
         bell = keys.host_bell(self.name)
         pool = aioredis.ConnectionPool(**self._services.redis.connection_pool.connection_kwargs)
         reader = aioredis.Redis(connection_pool=pool, single_connection_client=True)
-        last = await self._services.redis.xrevrange(bell, count=1)
-        cursor = last[0][0].decode() if last else "0-0"
+        cursor: str | None = None
         try:
             while True:
                 try:
+                    if cursor is None:
+                        last = await self._services.redis.xrevrange(bell, count=1)
+                        cursor = last[0][0].decode() if last else "0-0"
                     reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
-                except (RedisConnectionError, RedisTimeoutError, OSError):
+                except Exception:  # the loop must never die: a dead doorbell strands messages
                     reraise_if_cancelling()
+                    log.warning("doorbell read failed, retrying", exc_info=True)
                     await asyncio.sleep(BELL_RETRY_S)
                     continue
                 for _, entries in reply or ():

@@ -132,7 +132,7 @@ class Mailbox:
     async def depth(self, conversation_id: str) -> int:
         return int(await self._redis.xlen(keys.mailbox(conversation_id)))
 
-    async def run_ids(self, conversation_id: str) -> list[str]:
-        """Run ids of every unfinished entry, oldest first."""
-        entries = await self._redis.xrange(keys.mailbox(conversation_id))
+    async def run_ids(self, conversation_id: str, *, before: str | None = None) -> list[str]:
+        """Run ids of every unfinished entry (accepted before entry ``before``), oldest first."""
+        entries = await self._redis.xrange(keys.mailbox(conversation_id), max=f"({before}" if before else "+")
         return [fields[b"r"].decode() for _, fields in entries]

@@ -15,7 +15,7 @@ import logging
 import ray
 import redis.asyncio as aioredis
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from actors import placement
 from actors.directory import Directory, host_of
@@ -28,6 +28,7 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 4
+DEDICATED_RETRY_S = 0.05
 BELL_MAXLEN = 10_000
 WATCH_PERIOD_S = 1.0
 CALL_TIMEOUT_S = 10.0
@@ -91,14 +92,15 @@ class ConversationRouter:
 
     async def _deliver_dedicated(self, conversation_id: str) -> str:
         name = dedicated_name(conversation_id)
-        for _ in range(MAX_HOPS):
+        for attempt in range(MAX_HOPS):
             handle = await asyncio.to_thread(dedicated_host, self._settings, conversation_id)
             try:
                 await asyncio.wait_for(handle.deliver.remote(conversation_id), CALL_TIMEOUT_S)
                 self._handles[name] = handle
                 return name
-            except _UNREACHABLE:
-                continue  # it was just leaving (passivated): create it again
+            except (*_UNREACHABLE, RayTaskError):
+                # It was just leaving (passivated, refusing new work): create it again.
+                await asyncio.sleep(DEDICATED_RETRY_S * (attempt + 1))
         raise UnavailableError(f"the host of conversation {conversation_id} could not be started")
 
     async def cancel(self, conversation_id: str, run_id: str) -> bool:

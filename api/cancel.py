@@ -71,11 +71,8 @@ async def cancel_conversation(state: AppState, conversation_id: str) -> dict[str
     return dict(zip(run_ids, statuses, strict=True))
 
 
-async def cancel_ahead_of(state: AppState, conversation_id: str, run_id: str) -> None:
-    """For ``on_busy=interrupt``: cancel everything accepted before ``run_id``."""
-    ahead = []
-    for other in await state.mailbox.run_ids(conversation_id):
-        if other == run_id:
-            break
-        ahead.append(other)
+async def cancel_ahead_of(state: AppState, conversation_id: str, entry_id: str) -> None:
+    """For ``on_busy=interrupt``: cancel everything accepted before mailbox entry ``entry_id``
+    (compared by entry id, so messages accepted after it are never touched)."""
+    ahead = await state.mailbox.run_ids(conversation_id, before=entry_id)
     await asyncio.gather(*(cancel_run(state, conversation_id, r) for r in ahead))

@@ -68,12 +68,12 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     text = "per-chunk latency writer -> SSE client at steady rates and many streams, against a batched, polled bus"
     cmd = bench.add_parser("streams", help=text, description=text)
     flags: tuple[tuple[str, Callable[[str], object], object, str], ...] = (
-        ("--streams", int, 4, "concurrent streams in the per-rate scenarios"),
+        ("--streams", int, 2, "concurrent streams in the per-rate scenarios"),
         ("--rates", _rates, "20,200", "chunks/s per stream, one scenario each (comma-separated)"),
         ("--many", int, 1000, "concurrent streams in the many-streams scenario (0: skip it)"),
         ("--many-rate", float, 0.5, "chunks/s per stream in the many-streams scenario (2 cores: keep the total low)"),
         ("--warmup-s", float, 3.0, "seconds streamed before measuring, per phase"),
-        ("--measure-s", float, 10.0, "seconds measured per phase"),
+        ("--measure-s", float, 12.0, "seconds measured per phase"),
     )
     for flag, parse, value, about in flags:
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")

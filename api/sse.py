@@ -28,12 +28,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
 
 from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
 from runtime import bus, keys
 from runtime.bus import StreamItem
-from runtime.errors import InvalidRequestError, NotFoundError, OwnerLostError, RunFailure, StreamGoneError
+from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, OwnerLostError, RunFailure, StreamGoneError
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
 from runtime.wire import encode, error_message, failure_items
@@ -106,7 +107,11 @@ async def run_items(
             batch = await sub.get(timeout_s=settings.ping_interval_s)
             if batch is None:
                 yield None
-                ending = await _stalled_ending(state, conversation_id, run_id, sub.cursor, watch)
+                try:
+                    ending = await _stalled_ending(state, conversation_id, run_id, sub.cursor, watch)
+                except (RedisError, ConvoyError):
+                    log.warning("liveness check failed; trying again at the next silence", exc_info=True)
+                    continue
                 if ending is not None:
                     for item in ending:
                         yield item, False
@@ -208,6 +213,7 @@ async def run_events(
     ``retry_ms`` tells an ``EventSource`` how soon to reconnect (sent inside the first event, never
     on its own: a lone ``retry:`` would be an empty event to other clients)."""
     finished = False
+    client_left = False
     retry = b"retry: %d\n" % retry_ms if retry_ms else b""
     SSE_STREAMS.inc()
     try:
@@ -222,9 +228,12 @@ async def run_events(
             retry = b""
             finished = item.terminal
         finished = True
+    except (asyncio.CancelledError, GeneratorExit):
+        client_left = True  # Starlette cancels or closes the body when the client disconnects
+        raise
     finally:
         SSE_STREAMS.dec()
-        if not finished:
+        if not finished and client_left:
             SSE_DISCONNECTS.labels("foreground" if on_abandon else "background").inc()
             if on_abandon is not None:
                 task = asyncio.get_running_loop().create_task(on_abandon())

@@ -90,7 +90,8 @@ async def accept_turn(
         return await state.runs.get(accepted.run_id, conversation.id)
     RUNS_ACCEPTED.labels("stream" if body.streaming else "blocking").inc()
     if body.on_busy == "interrupt":
-        await cancel_ahead_of(state, conversation.id, run_id)
+        assert accepted.entry_id is not None
+        await cancel_ahead_of(state, conversation.id, accepted.entry_id)
     if accepted.owner:
         await state.router.ring(accepted.owner, conversation.id)
         return view

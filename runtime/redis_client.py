@@ -10,8 +10,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.backoff import NoBackoff
 
 from runtime.settings import Settings
 
@@ -36,8 +35,9 @@ def connect(settings: Settings, url: str | None = None, *, max_connections: int 
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         max_connections=max_connections or settings.redis_max_connections,
         timeout=POOL_WAIT_S,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError],
+        # No automatic re-sending: most of Convoy's writes are scripts that must run once, and a
+        # command whose reply was lost may already have run. Callers decide what a failure means.
+        retry=Retry(NoBackoff(), retries=0),
         decode_responses=False,
     )
     return aioredis.Redis.from_pool(pool)

@@ -34,6 +34,7 @@ LIST_SCAN_MAX = 10_000
 _START = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'running' and redis.call('HGET', KEYS[2], 'owner') == ARGV[3] then return 'started' end
 if status ~= 'created' then return status or '' end
 if redis.call('HGET', KEYS[2], 'cancel_requested') then return 'cancel_requested' end
 redis.call('HSET', KEYS[2], 'status', 'running', 'started_at_ms', ARGV[2], 'owner', ARGV[3])

@@ -9,8 +9,12 @@ processes (they do). The wall clock (``time_ns``) is carried too, for readers on
 What runs, each in its own process and event loop, as in production (this matters on 2 cores):
 
 - Redis: an embedded Valkey in a temporary home, unless ``CONVOY_REDIS_URL``;
-- Ray: a local instance unless ``RAY_ADDRESS``; the **producer** is a Ray actor pinned to this
-  node, writing every stream of a phase from one event loop, as a conversation host does;
+- Ray: a local instance unless ``RAY_ADDRESS``, with the conversation hosts (idle: nothing is
+  delivered to them; they are there so the replica's router sees live hosts, as in production;
+  not started on a shared Redis, where they would take over the real hosts' conversations);
+- the **producer**: a Ray actor pinned to this node, writing every stream of a phase from one
+  event loop, as a conversation host does. Ray starts workers at nice 15; the producer puts itself
+  back to 0 so that, on one shared machine, priority does not decide the figures;
 - one **API replica**: ``convoy api`` (the real FastAPI app on uvicorn) in a subprocess;
 - this process (the driver): creates the runs and consumes them.
 
@@ -34,8 +38,11 @@ sequence, so every SSE response ends with ``[DONE]``. Chunks are counted on both
 written and never received is reported.
 
 Nothing is asserted. Figures go to stdout (also when interrupted), progress to stderr. The CPU each
-process used during each measured window is printed with it: on a small machine, a saturated
-process turns latency into queueing, and the figures say so rather than hide it.
+process used during each measured window is printed with it, as a share of a core and per chunk
+(net of what the process uses when idle, measured once before the first phase): on a small
+machine a saturated process turns latency into queueing, and the figures say so rather than hide
+it. That is also why the many-streams scenario defaults to a low rate per stream: its total is
+what two cores can carry, not what a token stream does.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ TARGET_P50_MS = 2.0
 TARGET_P99_MS = 10.0
 TARGET_RATIO = 100.0
 
+IDLE_S = 3.0
 START_MARGIN_S = 0.5  # the producer starts this long after the driver says go
 OPEN_CONCURRENCY = 64  # SSE requests being opened at once
 CREATE_BATCH = 100
@@ -434,32 +442,28 @@ async def read_sse(
 ) -> None:
     """One client on the replica's ``GET /v1/runs/{id}/stream``, parsing SSE frames as they come."""
     params: dict[str, str | int] = {"starting_after": 1, "include_pings": "false"}
-    signalled = False
     try:
         async with opening:
-            response_cm = client.stream("GET", f"/v1/runs/{target.run_id}/stream", params=params)
-            response = await response_cm.__aenter__()
-        try:
-            if response.status_code != 200:
-                raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-            gate.ready()
-            signalled = True
-            tail = b""
-            async for chunk in response.aiter_raw():
-                now_ns = time.perf_counter_ns()
-                frames = (tail + chunk).split(b"\n\n")
-                tail = frames.pop()
-                for frame in frames:
-                    data = frame[frame.find(b"data: ") + 6 :]
-                    if data == b"[DONE]":
-                        samples.finished += 1
-                        return
-                    samples.take(data, now_ns)
-        finally:
-            await response_cm.__aexit__(None, None, None)
+            request = client.build_request("GET", f"/v1/runs/{target.run_id}/stream", params=params)
+            response = await client.send(request, stream=True)
     finally:
-        if not signalled:
-            gate.ready()
+        gate.ready()  # open, or given up: either way the phase may go on
+    try:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+        tail = b""
+        async for chunk in response.aiter_raw():
+            now_ns = time.perf_counter_ns()
+            frames = (tail + chunk).split(b"\n\n")
+            tail = frames.pop()
+            for frame in frames:
+                data = frame[frame.find(b"data: ") + 6 :]
+                if data == b"[DONE]":
+                    samples.finished += 1
+                    return
+                samples.take(data, now_ns)
+    finally:
+        await response.aclose()
 
 
 async def read_bus(pool: bus.TailerPool, target: Target, samples: Samples) -> None:
@@ -510,17 +514,15 @@ def _process_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot."""
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores)."""
     try:
         with open("/proc/stat") as stat:
             ticks = [int(v) for v in stat.readline().split()[1:]]
     except OSError:
-        return 0.0, 0.0
-    hz = os.sysconf("SC_CLK_TCK")
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    total = sum(ticks[:8])
-    return (total - idle) / hz, total / hz
+        return 0.0
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -532,23 +534,29 @@ class CpuSnapshot:
 
 def _cpu_snapshot(pids: dict[str, int | None]) -> CpuSnapshot:
     known = {name: _process_cpu_s(pid) for name, pid in pids.items() if pid is not None}
-    return CpuSnapshot(time.monotonic(), known, _machine_cpu_s()[0])
+    return CpuSnapshot(time.monotonic(), known, _machine_busy_s())
 
 
-def _cpu_text(a: CpuSnapshot, b: CpuSnapshot, chunks: int) -> tuple[str, str]:
+def _idle_share(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, float]:
+    """Each process's CPU share (cores) between two snapshots."""
+    span = max(1e-9, b.at_s - a.at_s)
+    return {n: (b.processes[n] - a.processes[n]) / span for n in a.processes}
+
+
+def _cpu_text(a: CpuSnapshot, b: CpuSnapshot, chunks: int, idle: dict[str, float]) -> tuple[str, str]:
     """CPU used between two snapshots: in % of one core (the machine has ``os.cpu_count()``), and
-    in CPU microseconds per chunk of the window, per process."""
+    in CPU microseconds per chunk of the window, per process, net of what it uses when idle."""
     span = max(1e-9, b.at_s - a.at_s)
     used = {n: b.processes[n] - a.processes[n] for n in a.processes}
     machine = 100 * (b.machine_busy_s - a.machine_busy_s) / span
     shares = "  ".join(f"{n} {100 * v / span:.0f}" for n, v in used.items())
     rest = max(0.0, machine - 100 * sum(used.values()) / span)
-    per_chunk_us = {n: 1e6 * v / max(1, chunks) for n, v in used.items()}
+    per_chunk_us = {n: max(0.0, 1e6 * (v - idle.get(n, 0.0) * span) / max(1, chunks)) for n, v in used.items()}
     cost = "  ".join(f"{n} {v:.0f}" for n, v in per_chunk_us.items())
     total_us = sum(per_chunk_us.values())
     return (
-        f"cpu, % of a core: {shares}  | whole machine {machine:.0f} of {100 * (os.cpu_count() or 1)}, other processes {rest:.0f}",
-        f"cpu per chunk, us: {cost}  | all {total_us:.0f} us = {1e6 / max(1e-9, total_us):.0f} chunks/s per core",
+        f"cpu, % of a core: {shares}  | machine {machine:.0f} of {100 * (os.cpu_count() or 1)}, rest {rest:.0f}",
+        f"cpu per chunk, us, net of idle: {cost}  | all {total_us:.0f} us = {1e6 / max(1e-9, total_us):.0f} chunks/s per core",
     )
 
 
@@ -642,6 +650,7 @@ def run(settings: Settings, options: StreamsOptions) -> int:
     say = Progress("bench")
     report = Report()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    previous_term = signal.getsignal(signal.SIGTERM)
     home = Path(tempfile.mkdtemp(prefix="convoy-bench-streams-"))
     # A private home always: it holds the Ray token of the Ray we start (never clobber ~/.convoy's).
     settings = settings.model_copy(update={"home": home})
@@ -663,13 +672,17 @@ def run(settings: Settings, options: StreamsOptions) -> int:
             namespace = f"{settings.ray_namespace}-bench-{uuid.uuid4().hex[:8]}"
             settings = settings.model_copy(update={"ray_namespace": namespace})
         gcs = ray_boot.connect(settings, start_local=True)
+        # After Ray (it installs its own SIGTERM handler): stopped like Ctrl-C, everything cleaned up.
+        signal.signal(signal.SIGTERM, _interrupt)
         say(f"ray     {'local instance' if started_ray else 'cluster'} at {gcs}")
-        # The replica in its normal state: its router watches live hosts (none would run our runs).
-        supervisor.ensure_hosts(settings)
-        hosts_started = True
-        say(
-            f"hosts   {len(supervisor.host_names(settings))} conversation host(s) ready (idle: nothing is delivered to them)"
-        )
+        if embedded is not None:
+            # The replica in its normal state: its router watches live hosts (none runs our runs).
+            # Never on a shared Redis: hosts with the usual names would take over the real ones' conversations.
+            supervisor.ensure_hosts(settings)
+            hosts_started = True
+            say(f"hosts   {len(supervisor.host_names(settings))} idle conversation host(s) ready")
+        else:
+            say("hosts   none (shared Redis): the replica's router finds no host, as when all are down")
         producer = Producer.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         ).remote(settings)
@@ -698,7 +711,12 @@ def run(settings: Settings, options: StreamsOptions) -> int:
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(home, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_term)
         say("stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @dataclass
@@ -723,7 +741,6 @@ class Outcome:
     samples: Samples
     streams: int
     cpu: tuple[CpuSnapshot, CpuSnapshot]
-    errors: int
 
     def dist(self) -> str:
         values = self.latencies_ms
@@ -764,6 +781,18 @@ async def _measure(
             f"targets: convoy p50 < {TARGET_P50_MS:g} ms and p99 < {TARGET_P99_MS:g} ms (quiet machine);"
             f" baseline p50 >= {TARGET_RATIO:g}x convoy's"
         )
+        say(f"idle: {IDLE_S:g} s of nothing, to know what each process costs at rest")
+        first = _cpu_snapshot(pids)
+        await asyncio.sleep(IDLE_S)
+        last = _cpu_snapshot(pids)
+        idle = _idle_share(first, last)
+        shares = "  ".join(f"{n} {100 * v:.1f}" for n, v in idle.items())
+        machine = 100 * (last.machine_busy_s - first.machine_busy_s) / (last.at_s - first.at_s)
+        report.note(
+            f"idle cpu, % of a core: {shares}  (taken out of the per-chunk costs below);"
+            f" machine {machine:.0f} of {100 * (os.cpu_count() or 1)} before any traffic"
+        )
+        report.note("rest = every other process: Ray's daemons, the idle hosts, and whatever else runs on this machine")
         outcomes: dict[Scenario, dict[str, Outcome]] = {}
         for scenario in options.scenarios():
             report.section(scenario.title)
@@ -777,7 +806,7 @@ async def _measure(
                 say(f"{scenario.streams} x {scenario.rate_hz:g}/s: {label}")
                 outcome = await _phase(world, options, scenario, label, mode, path, report, say)
                 found[f"{mode}-{path}"] = outcome
-                _print_outcome(report, outcome, scenario, options, mode)
+                _print_outcome(report, outcome, scenario, options, mode, idle)
         _compare(outcomes, report)
     finally:
         if world is not None and pids.get("redis") is None:  # a shared Redis: leave it as we found it
@@ -785,7 +814,9 @@ async def _measure(
         await state.redis.aclose()
 
 
-def _print_outcome(report: Report, outcome: Outcome, scenario: Scenario, options: StreamsOptions, mode: Mode) -> None:
+def _print_outcome(
+    report: Report, outcome: Outcome, scenario: Scenario, options: StreamsOptions, mode: Mode, idle: dict[str, float]
+) -> None:
     target = f"   target p50 < {TARGET_P50_MS:g}, p99 < {TARGET_P99_MS:g}" if mode == "convoy" else ""
     report.add(outcome.label, outcome.dist() + target)
     produced, samples = outcome.produced, outcome.samples
@@ -797,7 +828,7 @@ def _print_outcome(report: Report, outcome: Outcome, scenario: Scenario, options
         f" late ticks {produced.late}, written {produced.written}, not received {lost},"
         f" streams ended {samples.finished}/{outcome.streams}",
     )
-    share, cost = _cpu_text(*outcome.cpu, produced.measured)
+    share, cost = _cpu_text(*outcome.cpu, produced.measured, idle)
     report.add("", share)
     report.add("", cost)
 
@@ -900,6 +931,7 @@ async def _phase(
     gate = Gate(scenario.streams)
     async with contextlib.AsyncExitStack() as stack:
         readers = await _start_readers(world, stack, targets, samples, gate, mode, path)
+        stack.push_async_callback(_cancel, readers)  # first out: readers stop before their client or pool closes
         await gate.wait()
         say(f"  {len(targets)} readers ready")
         plan = Plan(mode, targets, scenario.rate_hz, options.warmup_s, options.measure_s)
@@ -912,11 +944,11 @@ async def _phase(
         after = _cpu_snapshot(world.pids)
         produced: Produced = await produced_ref
         say(f"  produced {produced.written} chunks, {produced.late} late ticks; draining readers")
-        errors = await _drain(readers, report, label)
+        await _drain(readers, report, label)
     report.errors += produced.errors
     latencies = [_ms(v) for v in samples.latencies_ns]
     say(f"  p50 {percentile(latencies, 50):.2f} ms  p99 {percentile(latencies, 99):.2f} ms  (n={len(latencies)})")
-    return Outcome(label, latencies, produced, samples, scenario.streams, (before, after), errors)
+    return Outcome(label, latencies, produced, samples, scenario.streams, (before, after))
 
 
 async def _start_readers(
@@ -961,21 +993,21 @@ async def _start_readers(
     return tasks
 
 
-async def _drain(readers: list[asyncio.Task[None]], report: Report, label: str) -> int:
-    """Wait for every reader's terminal item (bounded); count and record the ones that failed."""
+async def _drain(readers: list[asyncio.Task[None]], report: Report, label: str) -> None:
+    """Wait for every reader's terminal item (bounded); record the ones that failed."""
     _, pending = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    errors = 0
+    await _cancel(list(pending))
     for task in readers:
         if task.cancelled():
-            errors += 1
             report.errors.append(f"{label}: a reader had no terminal item {DRAIN_TIMEOUT_S:g} s after the end")
         elif (exc := task.exception()) is not None:
-            errors += 1
             report.errors.append(f"{label}: reader failed: {type(exc).__name__}: {exc}")
-    return errors
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _sleep_until(perf_ns: int) -> None:
@@ -987,7 +1019,8 @@ async def _forget(world: World) -> None:
     redis = world.state.redis
     async with redis.pipeline(transaction=False) as pipe:
         for target in world.made_runs:
-            pipe.delete(keys.run(target.conversation_id, target.run_id), target.stream_key, keys.run_ref(target.run_id))
+            pipe.delete(keys.run(target.conversation_id, target.run_id), target.stream_key)  # one hash slot
+            pipe.delete(keys.run_ref(target.run_id))
             pipe.zrem(keys.runs_index(), target.run_id)
         for conversation_id, _ in world.conversations:
             pipe.delete(
