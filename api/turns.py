@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import time
 
+from ray.exceptions import RayError
+from redis.exceptions import RedisError
+
 from api.cancel import cancel_ahead_of
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
 from api.state import AppState
@@ -89,15 +92,17 @@ async def accept_turn(
         RUNS_DEDUPLICATED.inc()
         return await state.runs.get(accepted.run_id, conversation.id)
     RUNS_ACCEPTED.labels("stream" if body.streaming else "blocking").inc()
-    if body.on_busy == "interrupt":
-        assert accepted.entry_id is not None
-        await cancel_ahead_of(state, conversation.id, accepted.entry_id)
-    if accepted.owner:
-        await state.router.ring(accepted.owner, conversation.id)
-        return view
+    # From here on the turn is accepted and durable: a failure to wake its owner must not turn into
+    # an error (a client would resend and run it twice). A reader that hears nothing wakes the
+    # conversation itself (see api/sse.py).
     try:
-        await state.router.deliver(conversation.id)
-    except UnavailableError:
-        # Accepted and durable: the conversation will be picked up when a host is back.
-        log.warning("accepted a turn while no host answered", extra={"run_id": run_id})
+        if body.on_busy == "interrupt":
+            assert accepted.entry_id is not None
+            await cancel_ahead_of(state, conversation.id, accepted.entry_id)
+        if accepted.owner:
+            await state.router.ring(accepted.owner, conversation.id)
+        else:
+            await state.router.deliver(conversation.id)
+    except (UnavailableError, RedisError, RayError) as exc:
+        log.warning("accepted a turn but could not wake its owner", extra={"run_id": run_id, "error": repr(exc)})
     return view
