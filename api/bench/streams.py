@@ -711,7 +711,8 @@ def run(settings: Settings, options: StreamsOptions) -> int:
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(home, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous_term)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         say("stopped")
 
 

@@ -29,3 +29,13 @@ def test_bench_actors_prints_its_figures(tmp_path: Path) -> None:
     )
     for label in ("cold activation latency", "warm dispatch latency", "host RSS per conversation", "baseline / virtual actor"):
         assert label in out, out
+
+
+@pytest.mark.slow
+def test_bench_streams_prints_its_figures(tmp_path: Path) -> None:
+    out = _run(
+        ["streams", "--streams", "1", "--rates", "20", "--many", "5", "--many-rate", "2", "--warmup-s", "0.5", "--measure-s", "1"],
+        tmp_path,
+    )
+    for label in ("convoy, HTTP SSE", "convoy, bus only", "baseline, bus only", "baseline / convoy"):
+        assert label in out, out
