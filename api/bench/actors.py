@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from ray.actor import ActorHandle
 
 from actors import ray_boot, supervisor
 from actors.directory import Lease
-from api.bench import GIB, KIB, MIB, Progress, percentile, process_memory
+from api.bench import GIB, KIB, MIB, Progress, Report, percentile, process_memory
 from api.state import AppState
 from api.turns import accept_turn
 from runtime import keys
@@ -57,7 +57,6 @@ TURN_TIMEOUT_S = 30.0
 CREATE_BATCH = 100
 HOLD_POLL_S = 2.0
 OWNER_SAMPLE = 500
-ERRORS_SHOWN = 5
 PROJECTION_RSS_BYTES = 8 * GIB
 
 
@@ -81,27 +80,6 @@ class BenchOptions:
             raise ConvoyError("bench: counts and --hold-s must not be negative")
         if self.step < 1 or self.concurrency < 1 or self.budget_bytes < 1 or (self.hosts is not None and self.hosts < 1):
             raise ConvoyError("bench: --step, --concurrency, --budget-gib and --hosts must be positive")
-
-
-@dataclass
-class Report:
-    """Figures in the order measured; printed at the end, also when the run stops early."""
-
-    lines: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, label: str, value: str) -> None:
-        self.lines.append(f"{label:<52} {value}")
-
-    def section(self, title: str) -> None:
-        self.lines.append(f"\n{title}")
-
-    def print(self, *, complete: bool) -> None:
-        print("\n".join(self.lines), flush=True)
-        if self.errors:
-            print(f"\nerrors ({len(self.errors)}, first {ERRORS_SHOWN}):", *self.errors[:ERRORS_SHOWN], sep="\n  ")
-        if not complete:
-            print("\n(stopped early: the figures above are partial)", flush=True)
 
 
 def _ms(seconds: float) -> float:
