@@ -16,7 +16,7 @@ import redis
 from httpx_sse import aconnect_sse
 
 from runtime import keys
-from tests.conftest import Convoy, wait_until
+from tests.conftest import wait_until
 
 LONG_WORDS = 1500  # the session server's echo model takes ~2 ms per word: a run of ~3 s
 

@@ -9,13 +9,12 @@ import uuid
 from typing import Any
 
 import httpx
-import pytest
 import redis
 from httpx_sse import aconnect_sse
 
 from runtime import keys
 from tests.conftest import Convoy
-from tests.integration.test_actors import first_item, long_text, new_conversation, stop_of, text_of, wait_running
+from tests.integration.test_actors import first_item, long_text, new_conversation, stop_of, text_of
 
 Event = tuple[str | None, str | None, str]  # (id, event, data)
 
