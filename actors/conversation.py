@@ -70,8 +70,6 @@ class Activation:
         self._turn: asyncio.Task[None] | None = None
         self._current_run: str | None = None
         self._cancel_requested: set[str] = set()
-        self.last_active = time.monotonic()
-        self.fenced = False
 
     def poke(self) -> None:
         self._wake.set()
@@ -106,14 +104,11 @@ class Activation:
                 except TimeoutError:
                     return
                 continue
-            self.last_active = time.monotonic()
             try:
                 await self._process(entry)
             except FencedError:
                 log.warning("activation fenced out", extra={"conversation_id": self.conversation_id})
-                self.fenced = True
                 return
-            self.last_active = time.monotonic()
 
     async def _process(self, entry: MailboxEntry) -> None:
         try:

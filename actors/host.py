@@ -148,9 +148,6 @@ class HostCore:
             return False
         return activation.cancel(run_id)
 
-    def owns(self, conversation_id: str) -> bool:
-        return conversation_id in self._activations
-
     async def stats(self) -> dict[str, Any]:
         await self.start()
         return {

@@ -97,14 +97,6 @@ async def read_after(redis: aioredis.Redis, key: str, after: int, count: int = 1
     return [_item(eid, fields) for eid, fields in entries]
 
 
-async def append_unfenced(redis: aioredis.Redis, key: str, seq: int, kind: ItemKind, payload: bytes, ttl_s: int) -> None:
-    """Append one item to a stream nobody owns yet (the run's first item, written at creation)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(key, {"k": kind, "p": payload}, id=f"0-{seq}")
-        pipe.expire(key, ttl_s)
-        await pipe.execute()
-
-
 class ChunkWriter:
     """Appends one run's items in order, fenced by the owner's epoch; see the module docstring."""
 

@@ -1,30 +1,19 @@
 """Identifiers in Letta's shape: ``<kind>-<uuid4>``.
 
-Ids are not secrets (tenants are isolated by ownership checks, not by unguessable ids), but
-they are validated at the edge so a malformed id is a clear 4xx, never a Redis key of
-arbitrary content.
+Ids are not secrets (tenants are isolated by ownership checks, not by unguessable ids); their
+shape is validated at the HTTP edge (``api/validation.py``), so a malformed id is a clear 4xx,
+never a Redis key of arbitrary content.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Literal
 
 Kind = Literal["agent", "conv", "run", "message", "step"]
 
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_PATTERNS: dict[str, re.Pattern[str]] = {
-    kind: re.compile(rf"^{kind}-{_UUID}$") for kind in ("agent", "conv", "run", "message", "step")
-}
-
-
 def new_id(kind: Kind) -> str:
     return f"{kind}-{uuid.uuid4()}"
-
-
-def is_valid(kind: Kind, value: str) -> bool:
-    return bool(_PATTERNS[kind].match(value))
 
 
 def segment_otid(message_id: str, index: int) -> str:

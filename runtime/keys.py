@@ -98,11 +98,6 @@ def hosts() -> str:
     return f"{PREFIX}:hosts"
 
 
-def pending_conversations() -> str:
-    """Sorted set of conversations with unprocessed mail, by first acceptance time (ms)."""
-    return f"{PREFIX}:pending"
-
-
 def tailer_wake(process_id: str) -> str:
     """Private stream a process's tailers use to interrupt their own blocking reads."""
     return f"{PREFIX}:tailer:{process_id}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from runtime.errors import InvalidRequestError
@@ -28,24 +28,27 @@ def split_handle(handle: str) -> tuple[str, str]:
     return provider, model
 
 
-def adapter_for(handle: str, settings: Settings) -> tuple[ModelAdapter, str]:
-    """The adapter serving ``handle`` and the provider-side model name."""
-    provider, model = split_handle(handle)
-    if provider == "echo":
-        from runtime.providers.echo import EchoAdapter
+def _echo(settings: Settings) -> ModelAdapter:
+    from runtime.providers.echo import EchoAdapter  # noqa: PLC0415 - adapters load on first use
 
-        return EchoAdapter(delay_ms=settings.echo_delay_ms), model
-    raise InvalidRequestError(f"unknown model provider {provider!r} in handle {handle!r}; known providers: echo")
+    return EchoAdapter(delay_ms=settings.echo_delay_ms)
+
+
+# The one table of providers: a handle's provider part -> a factory for its adapter.
+ADAPTERS: dict[str, Callable[[Settings], ModelAdapter]] = {"echo": _echo}
 
 
 def validate_handle(handle: str) -> str:
     """Check a handle's shape and provider at the edge, before anything is stored."""
     provider, _ = split_handle(handle)
-    if provider not in KNOWN_PROVIDERS:
+    if provider not in ADAPTERS:
         raise InvalidRequestError(
-            f"unknown model provider {provider!r} in handle {handle!r}; known providers: {', '.join(KNOWN_PROVIDERS)}"
+            f"unknown model provider {provider!r} in handle {handle!r}; known providers: {', '.join(ADAPTERS)}"
         )
     return handle
 
 
-KNOWN_PROVIDERS = ("echo",)
+def adapter_for(handle: str, settings: Settings) -> tuple[ModelAdapter, str]:
+    """The adapter serving ``handle`` and the provider-side model name."""
+    provider, model = split_handle(validate_handle(handle))
+    return ADAPTERS[provider](settings), model
