@@ -33,7 +33,7 @@ from runtime import bus, keys, wire
 from runtime.agents import AgentStore, ConversationStore
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure
 from runtime.history import HistoryStore
-from runtime.loop import AdapterFactory, Emit, run_turn
+from runtime.loop import Emit, ModelFactory, run_turn
 from runtime.runs import Fence, RunStore
 from runtime.schemas.messages import StreamItem
 from runtime.schemas.turns import TurnRequest
@@ -56,7 +56,7 @@ class Services:
     history: HistoryStore
     agents: AgentStore
     conversations: ConversationStore
-    adapters: AdapterFactory
+    models: ModelFactory
 
 
 class Activation:
@@ -180,8 +180,9 @@ class Activation:
                 agent=agent,
                 conversation=conversation,
                 history=history,
-                adapters=s.adapters,
+                models=s.models,
                 emit=emit,
+                record_step=lambda step: s.runs.add_step(self._fence, turn.run_id, step),
                 cancelled=lambda: turn.run_id in self._cancel_requested,
             )
             await writer.flush()
@@ -195,7 +196,7 @@ class Activation:
                 fence=self._fence,
                 items=wire.success_items(turn.run_id, first, outcome.stop_reason, outcome.usage),
                 mailbox_entry=entry.entry_id,
-                extra=_timings(turn, outcome.ttft_ns),
+                extra=_timings(turn, outcome.ttft_ns) | ({"finish_reason": outcome.finish_reason} if outcome.finish_reason else {}),
             )
         except asyncio.CancelledError:
             if turn.run_id not in self._cancel_requested:

@@ -39,7 +39,7 @@ from runtime import keys
 from runtime.agents import AgentStore, ConversationStore
 from runtime.history import HistoryStore
 from runtime.logs import configure_logging
-from runtime.providers.base import adapter_for
+from runtime.providers.registry import Providers
 from runtime.redis_client import connect, reraise_if_cancelling
 from runtime.runs import RunStore
 from runtime.settings import Settings
@@ -98,7 +98,7 @@ class HostCore:
                 history=HistoryStore(redis),
                 agents=AgentStore(redis),
                 conversations=ConversationStore(redis),
-                adapters=lambda handle: adapter_for(handle, s),
+                models=Providers(s).model,
             )
             self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
             self._background = [

@@ -79,6 +79,15 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
     cmd.add_argument("--no-http", action="store_true", help="skip the HTTP SSE phases (no API replica)")
     cmd.add_argument("--no-baseline", action="store_true", help="skip the batched/polled baseline phases")
+    text = "time to first token and per-token lag through Convoy, against a direct SDK call to the same upstream"
+    cmd = bench.add_parser("providers", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--turns", int, 40, "turns measured (each made once directly and once through Convoy)"),
+        ("--tokens", int, 20, "tokens the upstream streams per response"),
+        ("--rate", float, 100.0, "tokens per second the upstream streams at"),
+        ("--warmup", int, 3, "turns made before measuring"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -160,6 +169,12 @@ def _run_api(settings: Settings, create_app: object) -> None:
 def bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.bench == "streams":
         return bench_streams(settings, args)
+    if args.bench == "providers":
+        from api.bench.providers import ProvidersOptions, run as run_providers
+
+        return run_providers(
+            ProvidersOptions(turns=args.turns, tokens=args.tokens, rate_hz=args.rate, warmup=args.warmup)
+        )
     from api.bench.actors import BenchOptions, run
 
     options = BenchOptions(

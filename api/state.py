@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -13,10 +12,10 @@ from fastapi import Request
 from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
-from runtime import keys
 from runtime.agents import AgentStore, ConversationStore
 from runtime.bus import TailerPool
 from runtime.history import HistoryStore
+from runtime.providers.registry import Providers
 from runtime.redis_client import connect
 from runtime.runs import RunStore
 from runtime.settings import Settings
@@ -36,6 +35,7 @@ class AppState:
     directory: Directory
     router: ConversationRouter
     tailers: TailerPool
+    providers: Providers
     _watch: asyncio.Task[None] = field(init=False)
 
     @classmethod
@@ -52,12 +52,8 @@ class AppState:
             mailbox=Mailbox(redis),
             directory=directory,
             router=ConversationRouter(settings, directory, redis),
-            tailers=TailerPool(
-                redis,
-                block_ms=settings.read_block_ms,
-                wake_key_prefix=keys.tailer_wake(uuid.uuid4().hex),
-                size=TAILERS_PER_PROCESS,
-            ),
+            tailers=TailerPool(redis, block_ms=settings.read_block_ms, size=TAILERS_PER_PROCESS),
+            providers=Providers(settings),
         )
 
     async def start(self) -> None:

@@ -18,7 +18,6 @@ from api.state import AppState
 from runtime import wire
 from runtime.errors import UnavailableError
 from runtime.ids import new_id
-from runtime.providers.base import validate_handle
 from runtime.runs import UNFINISHED_RUN_TTL_S
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import Ping, utcnow
@@ -48,7 +47,7 @@ async def accept_turn(
 ) -> RunView:
     """Accept a turn; returns its run (an earlier run when this send is a retry of it)."""
     if body.override_model:
-        validate_handle(body.override_model)
+        state.providers.validate(body.override_model)
     run_id = new_id("run")
     view = RunView(
         id=run_id,

@@ -16,7 +16,7 @@
         ├── LLMError                  the model provider failed (error_type llm_*)
         │   ├── LLMTimeoutError, LLMRateLimitError, LLMAuthenticationError,
         │   ├── LLMUnavailableError, LLMContextWindowError, LLMBadRequestError,
-        │   └── LLMEmptyResponseError
+        │   └── LLMEmptyResponseError, LLMContentFilterError, LLMInvalidResponseError
         ├── OwnerLostError            the process running the run died (error_type owner_lost)
         └── InternalRunError          a bug or an unexpected failure (error_type internal_error)
 
@@ -110,16 +110,20 @@ class LLMError(RunFailure):
     error_type = "llm_error"
     stop_reason = "llm_api_error"
     public_message = "The model provider request failed."
+    # Whether trying the same request again may succeed (only ever done before the first token).
+    retryable = False
 
 
 class LLMTimeoutError(LLMError):
     error_type = "llm_timeout"
     public_message = "The model provider did not answer in time. Please try again."
+    retryable = True
 
 
 class LLMRateLimitError(LLMError):
     error_type = "llm_rate_limit"
     public_message = "The model provider's rate limit was exceeded. Wait before retrying."
+    retryable = True
 
 
 class LLMAuthenticationError(LLMError):
@@ -130,17 +134,28 @@ class LLMAuthenticationError(LLMError):
 class LLMUnavailableError(LLMError):
     error_type = "llm_unavailable"
     public_message = "The model provider is overloaded or unavailable. Please try again."
+    retryable = True
 
 
 class LLMContextWindowError(LLMError):
     error_type = "llm_context_window_exceeded"
-    stop_reason = "context_window_overflow_in_system_prompt"
     public_message = "The request does not fit the model's context window."
 
 
 class LLMBadRequestError(LLMError):
     error_type = "llm_bad_request"
     public_message = "The model provider rejected the request."
+
+
+class LLMContentFilterError(LLMError):
+    error_type = "llm_content_filter"
+    public_message = "The model provider's content filter stopped the response."
+
+
+class LLMInvalidResponseError(LLMError):
+    error_type = "llm_invalid_response"
+    stop_reason = "invalid_llm_response"
+    public_message = "The model provider sent a response Convoy cannot read."
 
 
 class LLMEmptyResponseError(LLMError):

@@ -88,6 +88,11 @@ def run_stream(conversation_id: str, run_id: str) -> str:
     return f"{PREFIX}:{{conv:{conversation_id}}}:run:{run_id}:stream"
 
 
+def run_steps(conversation_id: str, run_id: str) -> str:
+    """List of a run's step traces (JSON), in order; expires with the run."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:run:{run_id}:steps"
+
+
 def runs_index() -> str:
     """Sorted set of run ids by creation time (ms)."""
     return f"{PREFIX}:runs"
@@ -96,11 +101,6 @@ def runs_index() -> str:
 def hosts() -> str:
     """Hash of live conversation hosts: name -> JSON heartbeat."""
     return f"{PREFIX}:hosts"
-
-
-def tailer_wake(process_id: str) -> str:
-    """Private stream a process's tailers use to interrupt their own blocking reads."""
-    return f"{PREFIX}:tailer:{process_id}"
 
 
 def run_ref(run_id: str) -> str:

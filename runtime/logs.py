@@ -13,6 +13,10 @@ from typing import Any
 
 from runtime.settings import Settings
 
+# HTTP client libraries log every request at INFO (the provider SDKs use httpx, vendored as
+# httpx2 in newer releases); Convoy records provider calls in step traces instead.
+_CHATTY = ("httpx", "httpx2", "httpcore", "openai", "anthropic")
+
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName", "_ray_timestamp_ns"}
 
 
@@ -56,3 +60,5 @@ def configure_logging(settings: Settings) -> None:
     handler._convoy = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -1,36 +1,53 @@
 """The agent step loop: one turn of a conversation, from input messages to a stop reason.
 
 Plain Python with no Redis and no Ray: it reads the history it is given, calls the model through
-a provider adapter, hands every wire item to ``emit`` as soon as it exists, and returns what the
-caller must persist. The conversation actor owns persistence, fencing and the terminal sequence.
+a provider adapter, hands every wire item to ``emit`` as soon as it exists, reports a trace of each
+step to ``record_step``, and returns what the caller must persist. The conversation actor owns
+persistence, fencing and the terminal sequence.
+
+A turn is a loop of steps. A step streams one model response; if the model asked for tools, their
+results are added and the loop goes on, up to ``max_steps``. Convoy has no server tools yet, so a
+requested tool gets an error result saying it is not available (the model can then answer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
-from runtime.errors import LLMEmptyResponseError
-from runtime.ids import new_id, segment_otid
-from runtime.providers.base import ModelAdapter
-from runtime.providers.events import ChatMessage, Finish, LLMRequest, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from runtime.errors import LLMContentFilterError, LLMEmptyResponseError, RunFailure
+from runtime.ids import new_id
+from runtime.providers.events import ChatMessage, LLMRequest, ReasoningBlock, ToolCall
+from runtime.providers.registry import Model
+from runtime.providers.stream import Attempts
 from runtime.schemas.agents import AgentRecord, ConversationRecord
-from runtime.schemas.messages import AssistantMessage, HistoryMessage, StreamItem, UsageStatistics, UserMessage
+from runtime.schemas.messages import (
+    AssistantMessage,
+    HiddenReasoningMessage,
+    HistoryMessage,
+    ReasoningMessage,
+    StreamItem,
+    ToolCallMessage,
+    ToolReturnMessage,
+    UsageStatistics,
+    UserMessage,
+)
 from runtime.schemas.turns import TurnRequest
+from runtime.step import StepAssembler, StepResult
 
 Emit = Callable[[StreamItem], Awaitable[None]]
+RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
 Cancelled = Callable[[], bool]
-AdapterFactory = Callable[[str], tuple[ModelAdapter, str]]
+ModelFactory = Callable[[str], Model]
 
-STOP_FOR_FINISH = {
-    "end_turn": "end_turn",
-    "max_tokens": "max_tokens_exceeded",
-    "content_filter": "end_turn",
-    "refusal": "end_turn",
-    "tool_calls": "end_turn",
-}
+# A step's request is recorded in full up to this size; beyond it the oldest messages are elided.
+TRACE_REQUEST_MAX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -39,6 +56,7 @@ class TurnOutcome:
     usage: UsageStatistics
     new_messages: list[HistoryMessage] = field(default_factory=list)
     ttft_ns: int | None = None
+    finish_reason: str | None = None
 
 
 def model_for(turn: TurnRequest, conversation: ConversationRecord, agent: AgentRecord) -> str:
@@ -54,12 +72,49 @@ def user_messages(turn: TurnRequest) -> list[HistoryMessage]:
 
 
 def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
+    """Stored Letta messages -> provider-neutral chat messages.
+
+    The parts of one model response (reasoning, text, tool calls) share a message id and become
+    one assistant message; each tool return becomes a tool message.
+    """
     chat: list[ChatMessage] = []
+    group: list[HistoryMessage] = []
+
+    def flush() -> None:
+        if not group:
+            return
+        text = "".join(_text(m.content) for m in group if isinstance(m, AssistantMessage))
+        reasoning = tuple(
+            ReasoningBlock(redacted=m.hidden_reasoning)
+            if isinstance(m, HiddenReasoningMessage)
+            else ReasoningBlock(m.reasoning, m.signature)
+            for m in group
+            if isinstance(m, ReasoningMessage | HiddenReasoningMessage)
+        )
+        calls = tuple(
+            ToolCall(m.tool_call.tool_call_id or "", m.tool_call.name or "", m.tool_call.arguments or "")
+            for m in group
+            if isinstance(m, ToolCallMessage)
+        )
+        chat.append(ChatMessage("assistant", text, tool_calls=calls, reasoning=reasoning))
+        group.clear()
+
     for message in history:
+        if isinstance(message, AssistantMessage | ReasoningMessage | HiddenReasoningMessage | ToolCallMessage):
+            if group and group[0].id != message.id:
+                flush()
+            group.append(message)
+            continue
+        flush()
         if isinstance(message, UserMessage):
             chat.append(ChatMessage("user", _text(message.content)))
-        elif isinstance(message, AssistantMessage):
-            chat.append(ChatMessage("assistant", _text(message.content)))
+        elif isinstance(message, ToolReturnMessage):
+            chat.append(
+                ChatMessage(
+                    "tool", message.tool_return, tool_call_id=message.tool_call_id, is_error=message.status == "error"
+                )
+            )
+    flush()
     return chat
 
 
@@ -71,71 +126,239 @@ def _text(content: object) -> str:
     return str(content)
 
 
+@dataclass
+class _Totals:
+    prompt: int = 0
+    completion: int = 0
+    cached: int | None = None
+    cache_write: int | None = None
+    reasoning: int | None = None
+    steps: int = 0
+
+    def add(self, result: StepResult) -> None:
+        u = result.usage
+        self.prompt += u.prompt_tokens
+        self.completion += u.completion_tokens
+        self.cached = _plus(self.cached, u.cached_input_tokens)
+        self.cache_write = _plus(self.cache_write, u.cache_write_tokens)
+        self.reasoning = _plus(self.reasoning, u.reasoning_tokens)
+
+    def statistics(self, run_id: str) -> UsageStatistics:
+        return UsageStatistics(
+            prompt_tokens=self.prompt,
+            completion_tokens=self.completion,
+            total_tokens=self.prompt + self.completion,
+            step_count=self.steps,
+            cached_input_tokens=self.cached,
+            cache_write_tokens=self.cache_write,
+            reasoning_tokens=self.reasoning,
+            run_ids=[run_id],
+        )
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else a + b
+
+
 async def run_turn(
     turn: TurnRequest,
     *,
     agent: AgentRecord,
     conversation: ConversationRecord,
     history: Sequence[HistoryMessage],
-    adapters: AdapterFactory,
+    models: ModelFactory,
     emit: Emit,
+    record_step: RecordStep | None = None,
     cancelled: Cancelled = lambda: False,
 ) -> TurnOutcome:
     """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
 
-    A cancel normally arrives as a task cancellation. ``cancelled`` is checked as well before the
-    model is called and at every event, because a cancellation that lands inside a Redis command
-    can be absorbed by the client library's reconnect-and-retry and never reach this code.
+    A cancel normally arrives as a task cancellation. ``cancelled`` is checked as well before each
+    step and at every event, because a cancellation that lands inside a Redis command can be
+    absorbed by the client library's reconnect-and-retry and never reach this code.
     """
-    inputs = user_messages(turn)
-    adapter, model_name = adapters(model_for(turn, conversation, agent))
-    request = LLMRequest(model=model_name, system=agent.system, messages=to_chat([*history, *inputs]))
-
-    message_id = new_id("message")
-    otid = segment_otid(message_id, 0)
-    text: list[str] = []
-    usage = Usage()
-    finish = "end_turn"
+    model = models(model_for(turn, conversation, agent))
+    new: list[HistoryMessage] = user_messages(turn)
+    totals = _Totals()
     ttft_ns: int | None = None
-
-    if cancelled():
-        raise asyncio.CancelledError
-    async for event in adapter.stream(request):
+    stop_reason = "max_steps"
+    finish_reason: str | None = None
+    for index in range(turn.max_steps):
         if cancelled():
             raise asyncio.CancelledError
-        if isinstance(event, TextDelta):
-            if not event.text:
-                continue
-            if ttft_ns is None:
-                ttft_ns = time.time_ns() - turn.accepted_at_ns
-            text.append(event.text)
-            if turn.stream_tokens:
-                await emit(AssistantMessage(id=message_id, otid=otid, content=event.text, run_id=turn.run_id))
-        elif isinstance(event, Usage):
-            usage = event
-        elif isinstance(event, Finish):
-            finish = event.reason
-        elif isinstance(event, ReasoningDelta | ToolCallDelta):
-            continue  # reasoning and tools join the loop with the provider adapters
-
-    reply = "".join(text)
-    if not reply:
-        raise LLMEmptyResponseError("the model produced no text")
-    assistant = AssistantMessage(id=message_id, otid=otid, content=reply, run_id=turn.run_id)
-    if not turn.stream_tokens:
-        await emit(assistant)
+        request = LLMRequest(model=model.name, system=agent.system, messages=to_chat([*history, *new]))
+        result = await _step(turn, model, request, index=index, emit=emit, record_step=record_step, cancelled=cancelled)
+        totals.steps += 1
+        totals.add(result)
+        if ttft_ns is None and result.first_token_ns is not None:
+            ttft_ns = result.first_token_ns - turn.accepted_at_ns
+        new += result.messages
+        finish_reason = result.finish.raw if result.finish else None
+        if result.tool_calls:
+            for call in result.tool_calls:
+                returned = _unavailable_tool(turn, call)
+                await emit(returned.model_copy())
+                new.append(returned)
+            continue
+        stop_reason = "max_tokens_exceeded" if result.finish and result.finish.reason == "max_tokens" else "end_turn"
+        break
     return TurnOutcome(
-        stop_reason=STOP_FOR_FINISH[finish],
-        usage=UsageStatistics(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.prompt_tokens + usage.completion_tokens,
-            step_count=1,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            run_ids=[turn.run_id],
-        ),
-        new_messages=[*inputs, assistant],
+        stop_reason=stop_reason,
+        usage=totals.statistics(turn.run_id),
+        new_messages=new,
         ttft_ns=ttft_ns,
+        finish_reason=finish_reason,
     )
+
+
+def _unavailable_tool(turn: TurnRequest, call: ToolCall) -> ToolReturnMessage:
+    return ToolReturnMessage(
+        id=new_id("message"),
+        run_id=turn.run_id,
+        tool_call_id=call.call_id,
+        status="error",
+        tool_return=json.dumps({"error": f"tool {call.name!r} is not available to this agent"}),
+    )
+
+
+async def _step(
+    turn: TurnRequest,
+    model: Model,
+    request: LLMRequest,
+    *,
+    index: int,
+    emit: Emit,
+    record_step: RecordStep | None,
+    cancelled: Cancelled,
+) -> StepResult:
+    step_id = new_id("step")
+    assembler = StepAssembler(
+        message_id=new_id("message"), step_id=step_id, run_id=turn.run_id, stream_tokens=turn.stream_tokens, emit=emit
+    )
+    attempts = Attempts()
+    started_ns = time.time_ns()
+    trace = _StepTrace(turn, model, request, step_id=step_id, index=index, started_ns=started_ns, attempts=attempts)
+    try:
+        stream = model.stream(request, attempts)
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for event in stream:
+                if cancelled():
+                    raise asyncio.CancelledError
+                await assembler.feed(event)
+        result = await assembler.close()
+        _check(result)
+    except asyncio.CancelledError:
+        await trace.record(record_step, assembler.snapshot(), status="cancelled", stop_reason="cancelled")
+        raise
+    except RunFailure as failure:
+        await trace.record(record_step, assembler.snapshot(), status="failed", failure=failure)
+        raise
+    await trace.record(record_step, result, status="success")
+    return result
+
+
+def _check(result: StepResult) -> None:
+    """A response must say something, unless the token limit cut it before it could."""
+    if result.finish is not None and result.finish.reason == "content_filter":
+        raise LLMContentFilterError(f"finish reason {result.finish.raw!r}")
+    if not result.text and not result.tool_calls and not (result.finish and result.finish.reason == "max_tokens"):
+        raise LLMEmptyResponseError("the model produced no text and no tool call")
+
+
+@dataclass
+class _StepTrace:
+    turn: TurnRequest
+    model: Model
+    request: LLMRequest
+    step_id: str
+    index: int
+    started_ns: int
+    attempts: Attempts
+
+    async def record(
+        self,
+        sink: RecordStep | None,
+        result: StepResult | None,
+        *,
+        status: str,
+        stop_reason: str | None = None,
+        failure: RunFailure | None = None,
+    ) -> None:
+        if sink is None:
+            return
+        with contextlib.suppress(Exception):  # a trace must never change how the run ends
+            await sink(self.document(result, status=status, stop_reason=stop_reason, failure=failure))
+
+    def document(
+        self, result: StepResult | None, *, status: str, stop_reason: str | None, failure: RunFailure | None
+    ) -> dict[str, Any]:
+        now = time.time_ns()
+        usage = result.usage if result else None
+        doc: dict[str, Any] = {
+            "id": self.step_id,
+            "run_id": self.turn.run_id,
+            "agent_id": self.turn.agent_id,
+            "conversation_id": self.turn.conversation_id,
+            "step_index": self.index,
+            "status": status,
+            "created_at": datetime.fromtimestamp(self.started_ns / 1e9, UTC).isoformat(),
+            "model": self.model.name,
+            "model_handle": self.model.handle,
+            "provider_name": self.model.provider,
+            "model_endpoint": self.model.endpoint,
+            "stop_reason": stop_reason or (failure.stop_reason if failure else None),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "total_tokens": (usage.prompt_tokens + usage.completion_tokens) if usage else None,
+            "cached_input_tokens": usage.cached_input_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "trace": {
+                "request": _bounded(self.model.adapter.payload(self.request)),
+                "response": _summary(result),
+                "latency_ms": round((now - self.started_ns) / 1e6, 3),
+                "ttft_ms": round((result.first_token_ns - self.started_ns) / 1e6, 3)
+                if result and result.first_token_ns
+                else None,
+                "attempts": self.attempts.count,
+            },
+        }
+        if failure is not None:
+            doc["error_type"] = failure.error_type
+            doc["error_data"] = {"message": failure.public_message, "detail": failure.detail or None}
+        return doc
+
+
+def _summary(result: StepResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "id": result.info.response_id if result.info else None,
+        "model": result.info.model if result.info else None,
+        "finish_reason": result.finish.reason if result.finish else None,
+        "provider_finish_reason": result.finish.raw if result.finish else None,
+        "text": result.text,
+        "refusal": result.refused,
+        "reasoning_chars": sum(len(r.text) for r in result.reasoning),
+        "redacted_reasoning_blocks": sum(1 for r in result.reasoning if r.redacted),
+        "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "cached_input_tokens": result.usage.cached_input_tokens,
+            "cache_write_tokens": result.usage.cache_write_tokens,
+            "reasoning_tokens": result.usage.reasoning_tokens,
+        },
+    }
+
+
+def _bounded(payload: dict[str, Any]) -> dict[str, Any]:
+    """The request body, with the oldest history elided when it is too large to keep per step."""
+    if len(json.dumps(payload, default=str)) <= TRACE_REQUEST_MAX_BYTES:
+        return payload
+    bounded = dict(payload)
+    for name in ("messages", "input"):
+        items = bounded.get(name)
+        if isinstance(items, list) and len(items) > 4:
+            bounded[name] = [{"convoy_elided_messages": len(items) - 4}, *items[-4:]]
+    return bounded

@@ -42,7 +42,7 @@ return 'started'
 """
 
 # The terminal transition: final stream items, terminal status and mailbox ack in one atomic step.
-# KEYS: epoch, run, mailbox, stream.
+# KEYS: epoch, run, mailbox, stream, steps.
 # ARGV: epoch ('' = unfenced), expected status ('' = any unfinished), mailbox entry id, ttl_s, maxlen,
 #       number of field/value arguments, the field/value pairs, then (seq, kind, payload) triples.
 _FINISH = """
@@ -54,6 +54,7 @@ if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
 local nfields = tonumber(ARGV[6])
 for i = 7 + nfields, #ARGV, 3 do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
+  redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.bus)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 local fields = {}
@@ -61,6 +62,15 @@ for i = 7, 6 + nfields do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
 if ARGV[3] ~= '' then redis.call('XDEL', KEYS[3], ARGV[3]) end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
+return 'ok'
+"""
+
+# KEYS: epoch, steps list. ARGV: epoch, ttl_s, step JSON.
+_ADD_STEP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 'ok'
 """
 
@@ -85,6 +95,7 @@ class RunStore:
         self._maxlen = maxlen
         self._start = redis.register_script(_START)
         self._finish = redis.register_script(_FINISH)
+        self._add_step = redis.register_script(_ADD_STEP)
 
     def initial_fields(self, view: RunView) -> dict[str, str | int]:
         """The run hash of a newly accepted run (written by the mailbox's accept step)."""
@@ -210,6 +221,7 @@ class RunStore:
                 keys.run(conversation_id, run_id),
                 keys.mailbox(conversation_id),
                 keys.run_stream(conversation_id, run_id),
+                keys.run_steps(conversation_id, run_id),
             ],
             args=args,
         )
@@ -217,6 +229,20 @@ class RunStore:
             await self._redis.expire(keys.run_ref(run_id), self._ttl_s)
             return True
         return False
+
+    async def add_step(self, fence: Fence, run_id: str, step: dict[str, Any]) -> None:
+        """Record one step's trace (owner only). It expires with the run (``finish`` sets the TTL)."""
+        await self._fenced(
+            self._add_step,
+            keys=[keys.epoch(fence.conversation_id), keys.run_steps(fence.conversation_id, run_id)],
+            args=[fence.epoch, UNFINISHED_RUN_TTL_S, json.dumps(step, default=str)],
+        )
+
+    async def steps(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's step traces, oldest first."""
+        conversation_id = await self.conversation_of(run_id)
+        raw = await self._redis.lrange(keys.run_steps(conversation_id, run_id), 0, -1)
+        return [json.loads(r) for r in raw]
 
     async def request_cancel(self, conversation_id: str, run_id: str) -> None:
         """Mark a run as to be cancelled; an owner about to start it will not (see ``start``)."""
@@ -240,6 +266,8 @@ def _view(raw: dict[bytes, bytes]) -> RunView:
     metadata = json.loads(fields.get("metadata") or "{}")
     if "error" in fields:
         metadata["error"] = json.loads(fields["error"])
+    if fields.get("finish_reason"):
+        metadata["finish_reason"] = fields["finish_reason"]
     doc["metadata"] = metadata
     if fields.get("completed_at_ms"):
         doc["completed_at"] = int(fields["completed_at_ms"]) / 1000

@@ -11,10 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ECHO_MODEL_HANDLE = "echo/echo"
+# Provider names Convoy defines itself; a configured OpenAI-compatible provider cannot take them.
+BUILTIN_PROVIDERS = ("echo", "openai", "openai-responses", "anthropic")
+
+
+class CompatibleProvider(BaseModel):
+    """An OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio, OpenRouter, ...).
+
+    Declared in ``CONVOY_PROVIDERS`` as JSON, e.g.
+    ``{"vllm": {"base_url": "http://gpu-1:8000/v1"}, "openrouter": {"base_url": "https://openrouter.ai/api/v1",
+    "api_key": "sk-or-..."}}``; models are then addressed as ``vllm/<model>``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(description="The server's OpenAI API root, usually ending in /v1.")
+    api_key: str | None = Field(default=None, description="Sent as the bearer token; many local servers need none.")
+    api: Literal["chat", "responses"] = Field(default="chat", description="Which OpenAI API the server speaks.")
 
 
 class Settings(BaseSettings):
@@ -71,8 +88,35 @@ class Settings(BaseSettings):
     # Agents and models.
     default_model: str | None = Field(default=None, description="Model handle for agents that name none.")
     echo_delay_ms: float = Field(default=20.0, ge=0, description="Pause between words of the offline echo model.")
-    openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
-    anthropic_api_key: str | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVOY_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVOY_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+    anthropic_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVOY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVOY_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
+    )
+    providers: dict[str, CompatibleProvider] = Field(
+        default_factory=dict, description="Named OpenAI-compatible providers (JSON), addressed as '<name>/<model>'."
+    )
+
+    # Calling providers. The SDKs retry failed requests (429, 5xx, connection errors; honouring
+    # Retry-After) before any byte of the answer arrives; Convoy re-attempts a stream that broke or
+    # stalled before its first token reached anyone. Nothing is retried after that.
+    llm_connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP/TLS connect to a provider.")
+    llm_first_token_timeout_s: float = Field(
+        default=300.0, gt=0, description="From the request to the first streamed token, SDK retries included."
+    )
+    llm_idle_timeout_s: float = Field(default=120.0, gt=0, description="Longest silence between two tokens.")
+    llm_max_retries: int = Field(default=2, ge=0, le=10, description="SDK retries of a request that failed to start.")
+    llm_stream_retries: int = Field(
+        default=1, ge=0, le=5, description="Re-attempts of a stream that failed before its first token."
+    )
+    llm_max_output_tokens: int = Field(default=4096, ge=1, description="max_tokens sent when the agent sets none.")
 
     log_level: str = "INFO"
     log_json: bool = Field(default=False, description="One JSON object per log line instead of key=value text.")
@@ -80,6 +124,16 @@ class Settings(BaseSettings):
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()
+
+    @field_validator("providers")
+    @classmethod
+    def _no_shadowing(cls, value: dict[str, CompatibleProvider]) -> dict[str, CompatibleProvider]:
+        for name in value:
+            if name in BUILTIN_PROVIDERS:
+                raise ValueError(f"provider name {name!r} is built in; choose another name")
+            if not name or "/" in name:
+                raise ValueError(f"provider name {name!r} must be non-empty and contain no '/'")
+        return value
 
     @field_validator("ray_auth_token_set", mode="before")
     @classmethod

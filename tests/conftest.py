@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ import pytest
 import redis
 
 from runtime.embedded_redis import EmbeddedRedis
+from tests.fakes.providers import FakeProvider
 
 SERVE_START_TIMEOUT_S = 120.0
 SERVE_STOP_TIMEOUT_S = 60.0
@@ -90,6 +92,7 @@ class Convoy:
     home: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str]
 
     @property
     def redis_url(self) -> str:
@@ -118,7 +121,7 @@ def _spawn(command: str, home: Path, env: dict[str, str], log_name: str) -> Conv
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = Convoy(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path)
+    server = Convoy(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path, env=env)
 
     def healthy() -> bool:
         if process.poll() is not None:
@@ -168,9 +171,40 @@ def stop_convoy(convoy: Convoy) -> set[int]:
     return {p for p in started if alive(p)}
 
 
+# Deadlines and retries of provider calls, short enough for tests to exercise them quickly.
+PROVIDER_POLICY_ENV = {
+    "CONVOY_LLM_CONNECT_TIMEOUT_S": "2",
+    "CONVOY_LLM_FIRST_TOKEN_TIMEOUT_S": "3",
+    "CONVOY_LLM_IDLE_TIMEOUT_S": "2",
+    "CONVOY_LLM_MAX_RETRIES": "1",
+    "CONVOY_LLM_STREAM_RETRIES": "1",
+}
+
+
 @pytest.fixture(scope="session")
-def convoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
-    server = start_convoy(tmp_path_factory.mktemp("convoy-home"))
+def fake_provider() -> Iterator[FakeProvider]:
+    """Local servers speaking OpenAI Chat, OpenAI Responses and Anthropic Messages wire formats."""
+    with FakeProvider().start() as fake:
+        yield fake
+
+
+def provider_env(fake: FakeProvider) -> dict[str, str]:
+    """What points a Convoy process at the fake providers: the SDKs' own variables, plus a named
+    OpenAI-compatible provider ``compat``."""
+    return {
+        "OPENAI_API_KEY": "sk-test-openai",
+        "OPENAI_BASE_URL": fake.openai_base_url,
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
+        "CONVOY_PROVIDERS": json.dumps({"compat": {"base_url": f"{fake.url}/compat/v1"}}),
+        "CONVOY_DEFAULT_MODEL": "echo/echo",
+        **PROVIDER_POLICY_ENV,
+    }
+
+
+@pytest.fixture(scope="session")
+def convoy(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Convoy]:
+    server = start_convoy(tmp_path_factory.mktemp("convoy-home"), provider_env(fake_provider))
     yield server
     leftovers = stop_convoy(server)
     assert server.process.returncode == 0, server.log()
@@ -179,7 +213,7 @@ def convoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
 
 def start_api_replica(convoy: Convoy) -> Convoy:
     """One more API process (``convoy api``) against a running ``convoy serve``."""
-    env = _clean_env()
+    env = dict(convoy.env)  # the same providers, models and policies as the server it joins
     env.update({"CONVOY_HOME": str(convoy.home), "RAY_ADDRESS": convoy.ray_address, "PYTHONUNBUFFERED": "1"})
     return _spawn("api", convoy.home, env, "api.log")
 

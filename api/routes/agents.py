@@ -9,7 +9,6 @@ from fastapi import APIRouter, Body, Depends
 from api.cancel import cancel_conversation, cancel_run
 from api.state import AppState, get_state
 from api.validation import AgentId, AgentIdQuery, Limit
-from runtime.providers.base import validate_handle
 from runtime.errors import NotFoundError
 from runtime.schemas.requests import CancelRunsRequest, CreateAgentRequest
 
@@ -20,7 +19,7 @@ State = Annotated[AppState, Depends(get_state)]
 @router.post("", summary="Create an agent")
 @router.post("/", include_in_schema=False)
 async def create_agent(body: CreateAgentRequest, state: State) -> dict[str, Any]:
-    model = validate_handle(body.model) if body.model else state.settings.resolved_default_model()
+    model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
     record = await state.agents.create(
         name=body.name,
         model=model,

@@ -30,6 +30,8 @@ async def create_conversation(
 ) -> dict[str, Any]:
     await state.agents.get(agent_id)
     body = body or CreateConversationRequest()
+    if body.model:
+        state.providers.validate(body.model)
     record = await state.conversations.create(agent_id=agent_id, summary=body.summary, model=body.model)
     return record.view()
 

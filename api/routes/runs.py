@@ -56,6 +56,29 @@ async def get_run(run_id: RunId, state: State) -> dict[str, Any]:
     return (await state.runs.get(run_id)).model_dump(mode="json")
 
 
+@router.get("/{run_id}/steps", summary="List a run's steps with their provider traces")
+async def list_steps(
+    run_id: RunId,
+    state: State,
+    limit: Limit = 50,
+    order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    before: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[dict[str, Any]]:
+    """Letta's ``Step`` objects, plus ``trace``: the request sent to the provider, a summary of its
+    response, latency, time to first token and how many times the stream was opened."""
+    steps = await state.runs.steps(run_id)
+    if after is not None:
+        ids = [s["id"] for s in steps]
+        steps = steps[ids.index(after) + 1 :] if after in ids else []
+    if before is not None:
+        ids = [s["id"] for s in steps]
+        steps = steps[: ids.index(before)] if before in ids else steps
+    if order == "desc":
+        steps.reverse()
+    return steps[:limit]
+
+
 @router.post("/{run_id}/stream", summary="Resume a run's stream after starting_after")
 async def resume(run_id: RunId, state: State, body: Annotated[ResumeRequest | None, Body()] = None) -> Response:
     body = body or ResumeRequest()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
-from runtime.providers.events import Finish, LLMEvent, LLMRequest, TextDelta, Usage
+from runtime.providers.events import Finish, LLMEvent, LLMRequest, ResponseInfo, TextDelta, Usage
 
 _WORD = re.compile(r"\S+\s*")
 
@@ -26,9 +27,13 @@ class EchoAdapter:
     def __init__(self, delay_ms: float) -> None:
         self._delay_s = delay_ms / 1000
 
+    def payload(self, request: LLMRequest) -> dict[str, Any]:
+        return {"model": request.model, "system": request.system, "messages": len(request.messages)}
+
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         words = _tokens(last_user)
+        yield ResponseInfo(None, request.model)
         for i, word in enumerate(words):
             if i and self._delay_s:
                 await asyncio.sleep(self._delay_s)

@@ -1,14 +1,19 @@
-"""Convoy's normalized model events: what every provider adapter turns its stream into.
+"""Convoy's normalized model events, and the provider-neutral request they answer.
 
-The wire items a client sees are built from these events only (``runtime/wire.py``), never
-from provider-specific code, so a new provider is one adapter and nothing else.
+Every adapter turns its provider's stream into these events; the wire items a client sees are
+built from them only (``runtime/steps.py``), never from provider-specific code, so a new provider
+is one adapter and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+# Why a model response ended, in Convoy's words:
+# - end_turn: a normal, complete answer;  max_tokens: cut by the output-token limit;
+# - tool_calls: the model asks for tools;  content_filter: the provider's safety system cut it;
+# - refusal: the model declined (the refusal text is the answer).
 FinishReason = Literal["end_turn", "max_tokens", "tool_calls", "content_filter", "refusal"]
 
 
@@ -18,7 +23,16 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusalDelta:
+    """Text of a refusal (OpenAI's ``refusal`` field): shown as the answer, recorded as a refusal."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReasoningDelta:
+    """A piece of visible reasoning, its closing signature, or a redacted (encrypted) block."""
+
     text: str = ""
     signature: str | None = None
     redacted: str | None = None
@@ -26,6 +40,8 @@ class ReasoningDelta:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallDelta:
+    """A piece of one tool call; ``index`` tells parallel calls apart, id and name come first."""
+
     index: int
     call_id: str | None = None
     name: str | None = None
@@ -42,19 +58,63 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseInfo:
+    """The provider's id and exact model for the response (for traces)."""
+
+    response_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: FinishReason
+    raw: str | None = None  # the provider's own word for it, kept for traces
 
 
-LLMEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+LLMEvent = TextDelta | RefusalDelta | ReasoningDelta | ToolCallDelta | Usage | ResponseInfo | Finish
+
+# Events that carry model output: the first one is the "first token".
+CONTENT_EVENTS = (TextDelta, RefusalDelta, ReasoningDelta, ToolCallDelta)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    call_id: str
+    name: str
+    arguments: str  # JSON text, exactly as the model produced it
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningBlock:
+    """Reasoning to send back to the provider that produced it (Anthropic requires it with tools)."""
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message of the history sent to a model, provider-neutral."""
+    """One message of the history sent to a model, provider-neutral.
 
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    ``assistant`` messages may carry reasoning blocks and tool calls; ``tool`` messages answer
+    one call (``tool_call_id``).
+    """
+
+    role: Literal["user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: tuple[ReasoningBlock, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,4 +122,5 @@ class LLMRequest:
     model: str
     system: str
     messages: list[ChatMessage] = field(default_factory=list)
-    max_tokens: int | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    max_output_tokens: int | None = None

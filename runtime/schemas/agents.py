@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.providers.base import split_handle
+from runtime.providers.handles import split_handle
 
 DEFAULT_CONTEXT_WINDOW = 128_000
 AGENT_TYPE = "letta_v1_agent"

@@ -58,6 +58,36 @@ class ReasoningMessage(LettaMessage):
     signature: str | None = None
 
 
+class HiddenReasoningMessage(LettaMessage):
+    """Reasoning the provider returned encrypted (``redacted``) or did not return (``omitted``)."""
+
+    message_type: Literal["hidden_reasoning_message"] = "hidden_reasoning_message"
+    state: Literal["redacted", "omitted"] = "redacted"
+    hidden_reasoning: str | None = None
+
+
+class ToolCall(BaseModel):
+    """A tool call; in a streamed delta only the first piece has the name and id."""
+
+    name: str | None = None
+    arguments: str | None = None
+    tool_call_id: str | None = None
+
+
+class ToolCallMessage(LettaMessage):
+    message_type: Literal["tool_call_message"] = "tool_call_message"
+    tool_call: ToolCall
+
+
+class ToolReturnMessage(LettaMessage):
+    message_type: Literal["tool_return_message"] = "tool_return_message"
+    tool_return: str
+    status: Literal["success", "error"]
+    tool_call_id: str
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
+
+
 class Ping(LettaMessage):
     message_type: Literal["ping"] = "ping"
 
@@ -88,6 +118,12 @@ class ErrorMessage(StreamItem):
 
 
 HistoryMessage = Annotated[
-    UserMessage | SystemMessage | AssistantMessage | ReasoningMessage,
+    UserMessage
+    | SystemMessage
+    | AssistantMessage
+    | ReasoningMessage
+    | HiddenReasoningMessage
+    | ToolCallMessage
+    | ToolReturnMessage,
     Field(discriminator="message_type"),
 ]

@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from runtime.errors import LLMEmptyResponseError
+from runtime.errors import InvalidRequestError, LLMEmptyResponseError
 from runtime.ids import new_id, segment_otid
 from runtime.loop import model_for, run_turn
-from runtime.providers.base import adapter_for, split_handle, validate_handle
+from runtime.providers.handles import split_handle
+from runtime.providers.registry import Model, Providers
+from runtime.providers.stream import StreamPolicy
 from runtime.providers.echo import EchoAdapter
-from runtime.providers.events import Finish, LLMEvent, LLMRequest, Usage
+from runtime.providers.events import Finish, LLMEvent, LLMRequest, ResponseInfo, Usage
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import AssistantMessage, StreamItem, UserMessage, utcnow
 from runtime.schemas.requests import MessageCreate
@@ -54,7 +56,7 @@ async def test_echo_streams_word_deltas_sharing_one_id() -> None:
         agent=agent,
         conversation=_conversation(agent),
         history=[],
-        adapters=lambda h: adapter_for(h, Settings(echo_delay_ms=0)),
+        models=Providers(Settings(echo_delay_ms=0)).model,
         emit=emit,
     )
     assert all(isinstance(i, AssistantMessage) for i in emitted)
@@ -80,14 +82,22 @@ async def test_step_streaming_emits_one_complete_message() -> None:
         agent=agent,
         conversation=_conversation(agent),
         history=[],
-        adapters=lambda h: (EchoAdapter(0), "echo"),
+        models=lambda h: _model(EchoAdapter(0)),
         emit=emit,
     )
     assert len(emitted) == 1 and emitted[0].content == "a b c"  # type: ignore[attr-defined]
 
 
+def _model(adapter: object) -> Model:
+    return Model("x/x", "x", "x", None, adapter, StreamPolicy(first_token_s=5, idle_s=5, retries=0))  # type: ignore[arg-type]
+
+
 class _Silent:
+    def payload(self, request: LLMRequest) -> dict[str, object]:
+        return {}
+
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        yield ResponseInfo("r", "x")
         yield Usage(prompt_tokens=1)
         yield Finish("end_turn")
 
@@ -99,7 +109,7 @@ async def test_a_model_that_says_nothing_is_an_empty_response_error() -> None:
     agent = _agent()
     with pytest.raises(LLMEmptyResponseError):
         await run_turn(
-            _turn("hi"), agent=agent, conversation=_conversation(agent), history=[], adapters=lambda h: (_Silent(), "x"), emit=emit
+            _turn("hi"), agent=agent, conversation=_conversation(agent), history=[], models=lambda h: _model(_Silent()), emit=emit
         )
 
 
@@ -113,7 +123,7 @@ def test_model_precedence_request_then_conversation_then_agent() -> None:
 
 def test_handles_and_otids() -> None:
     assert split_handle("openai/gpt-4o/mini") == ("openai", "gpt-4o/mini")
-    assert validate_handle("echo/echo") == "echo/echo"
+    assert Providers(Settings()).validate("echo/echo") == "echo/echo"
     mid = new_id("message")
     assert segment_otid(mid, 0) != segment_otid(mid, 1)
     assert segment_otid(mid, 1) == segment_otid(mid, 1)
@@ -121,3 +131,22 @@ def test_handles_and_otids() -> None:
 
 def test_default_model_is_echo_without_keys() -> None:
     assert Settings(openai_api_key=None, anthropic_api_key=None).resolved_default_model() == "echo/echo"
+
+
+def test_provider_table_validates_handles_and_credentials() -> None:
+    bare = Providers(Settings(openai_api_key=None, anthropic_api_key=None))
+    with pytest.raises(InvalidRequestError, match="set OPENAI_API_KEY"):
+        bare.validate("openai/gpt-4o")
+    with pytest.raises(InvalidRequestError, match="set ANTHROPIC_API_KEY"):
+        bare.validate("anthropic/claude")
+    with pytest.raises(InvalidRequestError, match="known providers: echo, openai, openai-responses, anthropic"):
+        bare.validate("vllm/llama")
+    local = Providers(Settings(providers={"vllm": {"base_url": "http://gpu:8000/v1"}}))
+    assert local.validate("vllm/meta-llama/Llama-3.1-8B") == "vllm/meta-llama/Llama-3.1-8B"
+    model = local.model("vllm/meta-llama/Llama-3.1-8B")
+    assert (model.provider, model.name, model.endpoint) == ("vllm", "meta-llama/Llama-3.1-8B", "http://gpu:8000/v1")
+
+
+def test_a_compatible_provider_cannot_shadow_a_builtin_one() -> None:
+    with pytest.raises(ValueError, match="built in"):
+        Settings(providers={"openai": {"base_url": "http://x/v1"}})

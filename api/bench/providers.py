@@ -1,0 +1,317 @@
+"""``convoy bench providers``: what Convoy adds between a model and the client.
+
+An OpenAI-compatible upstream runs in this process (uvicorn in a thread) and streams a fixed
+number of tokens at a fixed rate, stamping the moment it writes each one. ``convoy serve`` runs in
+a subprocess with a private home (its own Redis, Ray, hosts and API) and that upstream declared as
+provider ``bench``. For each turn the benchmark makes the same request twice, back to back:
+
+- **direct**: the ``openai`` SDK streams from the upstream;
+- **convoy**: an HTTP client sends a message to a conversation whose agent uses ``bench/...`` and
+  reads Convoy's SSE stream (the actor calls the upstream through its adapter, the chunks go
+  through Redis and the API).
+
+Figures: time to first token (request sent -> first text delta read) and per-token lag (upstream
+write -> client read), p50/p99 for both paths and their difference. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import uvicorn
+from openai import AsyncOpenAI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from api.bench import Progress, Report, percentile
+from runtime.errors import ConvoyError
+
+SERVE_START_TIMEOUT_S = 180.0
+SERVE_STOP_TIMEOUT_S = 60.0
+UPSTREAM_START_TIMEOUT_S = 10.0
+MODEL = "fixed-rate"
+
+
+@dataclass(frozen=True)
+class ProvidersOptions:
+    turns: int = 40
+    tokens: int = 20
+    rate_hz: float = 100.0
+    warmup: int = 3
+
+
+# -- the upstream -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Upstream:
+    """A Chat Completions server streaming ``tokens`` tokens at ``rate_hz``; token i of the request
+    whose last user message is ``marker`` is written at ``written[marker][i]`` (perf_counter_ns)."""
+
+    tokens: int
+    rate_hz: float
+    written: dict[str, list[int]] = field(default_factory=dict)
+    url: str = ""
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+
+    async def _chat(self, request: Request) -> StreamingResponse:
+        body = await request.json()
+        marker = str(body["messages"][-1]["content"])
+        stamps = self.written.setdefault(marker, [])
+        created = int(time.time())
+
+        def chunk(delta: dict[str, object], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+            doc = {
+                "id": f"chatcmpl-{marker}",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body["model"],
+                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "usage": usage,
+            }
+            return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+        async def frames() -> AsyncIterator[bytes]:
+            interval = 1 / self.rate_hz
+            yield chunk({"role": "assistant", "content": ""})
+            start = time.perf_counter()
+            for i in range(self.tokens):
+                await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
+                stamps.append(time.perf_counter_ns())
+                yield chunk({"content": f"t{i} "})
+            yield chunk({}, finish="stop")
+            yield chunk({}, usage={"prompt_tokens": 1, "completion_tokens": self.tokens, "total_tokens": self.tokens + 1})
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+    def start(self) -> None:
+        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        port = _free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="bench-upstream", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + UPSTREAM_START_TIMEOUT_S
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise ConvoyError("the benchmark's upstream did not start")
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+# -- Convoy in a subprocess ---------------------------------------------------------------------------
+
+
+class Serve:
+    """``convoy serve`` with a private home, the upstream declared as provider ``bench``."""
+
+    def __init__(self, home: Path, upstream_url: str) -> None:
+        self._home = home
+        self._upstream = upstream_url
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+        env.update(
+            {
+                "CONVOY_HOME": str(self._home),
+                "CONVOY_PROVIDERS": json.dumps({"bench": {"base_url": f"{self._upstream}/v1"}}),
+                "CONVOY_LOG_LEVEL": "WARNING",
+            }
+        )
+        log = (self._home / "serve.log").open("wb")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise ConvoyError(f"convoy serve exited with code {self._proc.returncode}: {self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/v1/health").status_code == 200:
+                        return
+                time.sleep(0.2)
+        raise ConvoyError(f"convoy serve did not become healthy in {SERVE_START_TIMEOUT_S:g} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self._home / "serve.log").read_text(errors="replace")[-2000:]
+        return ""
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=SERVE_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    ttft_ms: list[float] = field(default_factory=list)
+    lag_ms: list[float] = field(default_factory=list)
+
+    def take(self, sent_ns: int, arrivals: list[int], written: list[int]) -> None:
+        if not arrivals:
+            raise ConvoyError("a turn produced no tokens")
+        self.ttft_ms.append((arrivals[0] - sent_ns) / 1e6)
+        self.lag_ms += [(a - w) / 1e6 for a, w in zip(arrivals, written, strict=False)]
+
+
+async def _direct(client: AsyncOpenAI, marker: str) -> tuple[int, list[int]]:
+    sent = time.perf_counter_ns()
+    arrivals: list[int] = []
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": marker}], stream=True, stream_options={"include_usage": True}
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter_ns())
+    return sent, arrivals
+
+
+async def _convoy(client: httpx.AsyncClient, conversation_id: str, marker: str) -> tuple[int, list[int]]:
+    body = {"messages": [{"role": "user", "content": marker}]}
+    sent = time.perf_counter_ns()
+    arrivals: list[int] = []
+    async with client.stream("POST", f"/v1/conversations/{conversation_id}/messages", json=body) as response:
+        if response.status_code != 200:
+            raise ConvoyError(f"HTTP {response.status_code}: {(await response.aread())[:300]!r}")
+        tail = b""
+        async for chunk in response.aiter_raw():
+            now = time.perf_counter_ns()
+            frames = (tail + chunk).split(b"\n\n")
+            tail = frames.pop()
+            for frame in frames:
+                if b'"assistant_message"' in frame:
+                    arrivals.append(now)
+                elif b"event: error" in frame:
+                    raise ConvoyError(f"the run failed: {frame.decode(errors='replace')[:300]}")
+    return sent, arrivals
+
+
+async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, report: Report, say: Progress) -> None:
+    direct, convoy = Samples(), Samples()
+    sdk = AsyncOpenAI(base_url=f"{upstream.url}/v1", api_key="bench", max_retries=0)
+    async with httpx.AsyncClient(base_url=serve.url, timeout=60) as client:
+        agent = (await client.post("/v1/agents", json={"name": "bench", "model": f"bench/{MODEL}"})).json()
+        conversation = (await client.post("/v1/conversations", params={"agent_id": agent["id"]})).json()
+        for turn in range(opts.warmup + opts.turns):
+            measuring = turn >= opts.warmup
+            for name, samples, call in (
+                ("direct", direct, lambda m: _direct(sdk, m)),
+                ("convoy", convoy, lambda m: _convoy(client, conversation["id"], m)),
+            ):
+                marker = f"{name}-{turn}"
+                sent, arrivals = await call(marker)
+                if measuring:
+                    samples.take(sent, arrivals, upstream.written[marker])
+            if measuring and (turn - opts.warmup + 1) % 10 == 0:
+                say(f"{turn - opts.warmup + 1}/{opts.turns} turns")
+        breakdown = await _breakdown(client, conversation["id"], opts.turns)
+    await sdk.close()
+    report.section(
+        f"{opts.turns} turns of {opts.tokens} tokens at {opts.rate_hz:g} tokens/s, direct SDK call vs through Convoy"
+    )
+    for label, d, c in (("time to first token", direct.ttft_ms, convoy.ttft_ms), ("per-token lag", direct.lag_ms, convoy.lag_ms)):
+        for pct in (50, 99):
+            dp, cp = percentile(d, pct), percentile(c, pct)
+            report.add(f"{label} p{pct} (ms)", f"direct {dp:7.2f}   convoy {cp:7.2f}   added {cp - dp:+7.2f}")
+    report.section("where Convoy's time to first token goes (from the runs and step traces; p50 / p99 ms)")
+    for label, values in breakdown.items():
+        report.add(label, f"{percentile(values, 50):7.2f} / {percentile(values, 99):7.2f}")
+
+
+async def _breakdown(client: httpx.AsyncClient, conversation_id: str, turns: int) -> dict[str, list[float]]:
+    """Accepted -> started -> provider request -> first token, from what Convoy records per run."""
+    runs = (await client.get("/v1/runs", params={"conversation_id": conversation_id, "limit": turns})).json()
+    parts: dict[str, list[float]] = {
+        "accepted -> run started (dispatch)": [],
+        "run started -> provider request (load, build)": [],
+        "provider request -> first token (in the actor)": [],
+    }
+    for run in runs:
+        steps = (await client.get(f"/v1/runs/{run['id']}/steps")).json()
+        if not steps or not run.get("started_at"):
+            continue
+        created = datetime.fromisoformat(run["created_at"]).timestamp()
+        started = datetime.fromisoformat(run["started_at"]).timestamp()
+        requested = datetime.fromisoformat(steps[0]["created_at"]).timestamp()
+        parts["accepted -> run started (dispatch)"].append((started - created) * 1e3)
+        parts["run started -> provider request (load, build)"].append((requested - started) * 1e3)
+        if steps[0]["trace"]["ttft_ms"] is not None:
+            parts["provider request -> first token (in the actor)"].append(steps[0]["trace"]["ttft_ms"])
+    return parts
+
+
+def run(options: ProvidersOptions) -> int:
+    say = Progress("bench")
+    report = Report()
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    home = Path(tempfile.mkdtemp(prefix="convoy-bench-providers-"))
+    upstream = Upstream(tokens=options.tokens, rate_hz=options.rate_hz)
+    serve: Serve | None = None
+    complete = False
+    try:
+        say("starting the upstream and convoy serve")
+        upstream.start()
+        serve = Serve(home, upstream.url)
+        serve.start()
+        say(f"measuring {options.warmup} warm-up + {options.turns} turns")
+        asyncio.run(_measure(serve, upstream, options, report, say))
+        complete = True
+    finally:
+        if serve is not None:
+            serve.stop()
+        upstream.stop()
+        report.print(complete=complete)
+    return 0

@@ -1,0 +1,159 @@
+"""Anthropic Messages API (``anthropic/<model>``), streamed through the official SDK.
+
+Thinking blocks keep their signatures and redacted blocks their data, because Anthropic requires
+them back unchanged when a tool result follows. Usage arrives in two parts: input and cache
+counts in ``message_start``, the cumulative output count in ``message_delta``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from anthropic import AsyncAnthropic
+
+from runtime.errors import LLMUnavailableError
+from runtime.providers.events import (
+    ChatMessage,
+    Finish,
+    FinishReason,
+    LLMEvent,
+    LLMRequest,
+    ReasoningDelta,
+    ResponseInfo,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "end_turn",
+    "stop_sequence": "end_turn",
+    "pause_turn": "end_turn",
+    "max_tokens": "max_tokens",
+    "model_context_window_exceeded": "max_tokens",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",  # the streaming classifier stopped the answer
+}
+
+
+def _arguments(text: str) -> Any:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {"_unparsed_arguments": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _assistant_content(m: ChatMessage) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for r in m.reasoning:
+        if r.redacted:
+            blocks.append({"type": "redacted_thinking", "data": r.redacted})
+        elif r.signature:  # unsigned reasoning (another provider's) cannot be sent back
+            blocks.append({"type": "thinking", "thinking": r.text, "signature": r.signature})
+    if m.content:
+        blocks.append({"type": "text", "text": m.content})
+    blocks += [{"type": "tool_use", "id": c.call_id, "name": c.name, "input": _arguments(c.arguments)} for c in m.tool_calls]
+    return blocks
+
+
+def _messages(history: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Provider-neutral history -> Anthropic turns; tool results join one user turn."""
+    out: list[dict[str, Any]] = []
+    for m in history:
+        if m.role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content, "is_error": m.is_error}
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list):
+                out[-1]["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+        elif m.role == "assistant":
+            out.append({"role": "assistant", "content": _assistant_content(m)})
+        else:
+            out.append({"role": "user", "content": m.content})
+    return out
+
+
+class AnthropicAdapter:
+    def __init__(self, client: AsyncAnthropic, *, provider: str, default_max_tokens: int) -> None:
+        self._client = client
+        self._provider = provider
+        self._default_max_tokens = default_max_tokens
+
+    def payload(self, request: LLMRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_output_tokens or self._default_max_tokens,
+            "messages": _messages(request.messages),
+            "stream": True,
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
+            ]
+        return body
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        stream = await self._client.messages.create(**self.payload(request))
+        input_usage: Any = None
+        finish: str | None = None
+        stopped = False
+        try:
+            async for event in stream:
+                kind = event.type
+                if kind == "message_start":
+                    input_usage = event.message.usage
+                    yield ResponseInfo(event.message.id, event.message.model)
+                elif kind == "content_block_start":
+                    block = event.content_block
+                    if block.type == "tool_use":
+                        yield ToolCallDelta(event.index, call_id=block.id, name=block.name)
+                    elif block.type == "redacted_thinking":
+                        yield ReasoningDelta(redacted=block.data)
+                    elif block.type == "text" and block.text:
+                        yield TextDelta(block.text)
+                    elif block.type == "thinking" and block.thinking:
+                        yield ReasoningDelta(block.thinking)
+                elif kind == "content_block_delta":
+                    delta = event.delta
+                    if delta.type == "text_delta":
+                        yield TextDelta(delta.text)
+                    elif delta.type == "thinking_delta":
+                        yield ReasoningDelta(delta.thinking)
+                    elif delta.type == "signature_delta":
+                        yield ReasoningDelta(signature=delta.signature)
+                    elif delta.type == "input_json_delta":
+                        yield ToolCallDelta(event.index, arguments=delta.partial_json)
+                elif kind == "message_delta":
+                    finish = event.delta.stop_reason or finish
+                    yield _usage(input_usage, event.usage)
+                elif kind == "message_stop":
+                    stopped = True
+        finally:
+            await stream.close()
+        if not stopped or finish is None:
+            raise LLMUnavailableError(f"{self._provider}: the stream ended before message_stop")
+        yield Finish(_FINISH.get(finish, "end_turn"), raw=finish)
+
+
+def _usage(start: Any, final: Any) -> Usage:
+    """Input counts from message_start (message_delta may repeat them), output from message_delta."""
+
+    def pick(name: str) -> int:
+        for source in (final, start):
+            value = getattr(source, name, None) if source is not None else None
+            if value is not None:
+                return int(value)
+        return 0
+
+    cache_read, cache_write = pick("cache_read_input_tokens"), pick("cache_creation_input_tokens")
+    return Usage(
+        prompt_tokens=pick("input_tokens") + cache_read + cache_write,
+        completion_tokens=pick("output_tokens"),
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )

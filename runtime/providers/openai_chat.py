@@ -1,0 +1,128 @@
+"""OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama, llama.cpp, LM Studio, ...).
+
+Reads the stream through the official ``openai`` SDK. Beyond OpenAI's own fields it understands
+the reasoning deltas compatible servers add (``reasoning_content``, ``reasoning``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from runtime.errors import LLMUnavailableError
+from runtime.providers.events import (
+    ChatMessage,
+    Finish,
+    FinishReason,
+    LLMEvent,
+    LLMRequest,
+    ReasoningDelta,
+    RefusalDelta,
+    ResponseInfo,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    if m.role == "assistant" and m.tool_calls:
+        return {
+            "role": "assistant",
+            "content": m.content or None,
+            "tool_calls": [
+                {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ],
+        }
+    return {"role": m.role, "content": m.content}
+
+
+def _usage(usage: Any) -> Usage:
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        prompt_tokens=usage.prompt_tokens or 0,
+        completion_tokens=usage.completion_tokens or 0,
+        cached_input_tokens=getattr(prompt_details, "cached_tokens", None),
+        reasoning_tokens=getattr(completion_details, "reasoning_tokens", None),
+    )
+
+
+class OpenAIChatAdapter:
+    def __init__(self, client: AsyncOpenAI, *, provider: str, limit_field: str = "max_completion_tokens") -> None:
+        self._client = client
+        self._provider = provider
+        # OpenAI's own models want max_completion_tokens; compatible servers know max_tokens.
+        self._limit_field = limit_field
+
+    def payload(self, request: LLMRequest) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages += [_message(m) for m in request.messages]
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.max_output_tokens:
+            body[self._limit_field] = request.max_output_tokens
+        if request.tools:
+            body["tools"] = [
+                {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+                for t in request.tools
+            ]
+        return body
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        body = self.payload(request)
+        stream = await self._client.chat.completions.create(**body)
+        finish: str | None = None
+        refused = False
+        try:
+            described = False
+            async for chunk in stream:
+                if not described:
+                    described = True
+                    yield ResponseInfo(chunk.id, chunk.model)
+                if chunk.usage is not None:
+                    yield _usage(chunk.usage)
+                for choice in chunk.choices[:1]:
+                    delta = choice.delta
+                    # Compatible servers' reasoning field (kept by the SDK as an extra attribute).
+                    reasoning = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+                    if isinstance(reasoning, str) and reasoning:
+                        yield ReasoningDelta(reasoning)
+                    if delta.content:
+                        yield TextDelta(delta.content)
+                    if delta.refusal:
+                        refused = True
+                        yield RefusalDelta(delta.refusal)
+                    for call in delta.tool_calls or ():
+                        function = call.function
+                        yield ToolCallDelta(
+                            index=call.index,
+                            call_id=call.id,
+                            name=function.name if function else None,
+                            arguments=(function.arguments or "") if function else "",
+                        )
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        finally:
+            await stream.close()
+        if finish is None:
+            raise LLMUnavailableError(f"{self._provider}: the stream ended before the model finished its response")
+        reason: FinishReason = "refusal" if refused and finish == "stop" else _FINISH.get(finish, "end_turn")
+        yield Finish(reason, raw=finish)

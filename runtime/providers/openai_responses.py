@@ -1,0 +1,118 @@
+"""OpenAI Responses API (``openai-responses/<model>``), streamed through the official SDK.
+
+Convoy owns the conversation history, so requests are stateless (``store: false``) and carry
+the whole input each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from runtime.errors import LLMUnavailableError
+from runtime.providers.errors import classify
+from runtime.providers.events import (
+    ChatMessage,
+    Finish,
+    FinishReason,
+    LLMEvent,
+    LLMRequest,
+    ReasoningDelta,
+    RefusalDelta,
+    ResponseInfo,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+_INCOMPLETE: dict[str, FinishReason] = {"max_output_tokens": "max_tokens", "content_filter": "content_filter"}
+
+
+def _items(m: ChatMessage) -> list[dict[str, Any]]:
+    if m.role == "tool":
+        return [{"type": "function_call_output", "call_id": m.tool_call_id, "output": m.content}]
+    items: list[dict[str, Any]] = []
+    if m.content or not m.tool_calls:
+        items.append({"role": m.role, "content": m.content})
+    items += [
+        {"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls
+    ]
+    return items
+
+
+def _usage(usage: Any) -> Usage:
+    return Usage(
+        prompt_tokens=usage.input_tokens or 0,
+        completion_tokens=usage.output_tokens or 0,
+        cached_input_tokens=getattr(usage.input_tokens_details, "cached_tokens", None),
+        reasoning_tokens=getattr(usage.output_tokens_details, "reasoning_tokens", None),
+    )
+
+
+class OpenAIResponsesAdapter:
+    def __init__(self, client: AsyncOpenAI, *, provider: str) -> None:
+        self._client = client
+        self._provider = provider
+
+    def payload(self, request: LLMRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "input": [item for m in request.messages for item in _items(m)],
+            "stream": True,
+            "store": False,
+        }
+        if request.system:
+            body["instructions"] = request.system
+        if request.max_output_tokens:
+            body["max_output_tokens"] = request.max_output_tokens
+        if request.tools:
+            body["tools"] = [
+                {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+                for t in request.tools
+            ]
+        return body
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        stream = await self._client.responses.create(**self.payload(request))
+        finish: Finish | None = None
+        refused = called = False
+        try:
+            async for event in stream:
+                kind = event.type
+                if kind == "response.created":
+                    yield ResponseInfo(event.response.id, event.response.model)
+                elif kind == "response.output_text.delta":
+                    yield TextDelta(event.delta)
+                elif kind == "response.refusal.delta":
+                    refused = True
+                    yield RefusalDelta(event.delta)
+                elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+                    yield ReasoningDelta(event.delta)
+                elif kind == "response.output_item.added" and event.item.type == "function_call":
+                    called = True
+                    item = event.item
+                    yield ToolCallDelta(event.output_index, call_id=item.call_id, name=item.name, arguments=item.arguments)
+                elif kind == "response.function_call_arguments.delta":
+                    yield ToolCallDelta(event.output_index, arguments=event.delta)
+                elif kind in ("response.completed", "response.incomplete"):
+                    response = event.response
+                    if response.usage is not None:
+                        yield _usage(response.usage)
+                    if kind == "response.incomplete":
+                        raw = response.incomplete_details.reason if response.incomplete_details else None
+                        finish = Finish(_INCOMPLETE.get(raw or "", "max_tokens"), raw=f"incomplete:{raw}")
+                    else:
+                        reason: FinishReason = "tool_calls" if called else "refusal" if refused else "end_turn"
+                        finish = Finish(reason, raw="completed")
+                elif kind == "response.failed":
+                    error = event.response.error
+                    raise classify(self._provider, None, error.code if error else None, error.message if error else None)
+                elif kind == "error":
+                    raise classify(self._provider, None, event.code, event.message)
+        finally:
+            await stream.close()
+        if finish is None:
+            raise LLMUnavailableError(f"{self._provider}: the stream ended before the response completed")
+        yield finish

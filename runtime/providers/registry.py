@@ -1,0 +1,158 @@
+"""Which provider serves a model handle, and the one place SDK clients are made.
+
+================== ============================ ==========================================
+provider           API                          credentials and endpoint
+================== ============================ ==========================================
+echo               offline, streams input back  none
+openai             Chat Completions             OPENAI_API_KEY, OPENAI_BASE_URL
+openai-responses   Responses                    OPENAI_API_KEY, OPENAI_BASE_URL
+anthropic          Messages                     ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL
+<name>             Chat Completions (or         CONVOY_PROVIDERS: {"<name>": {"base_url": ...,
+                   Responses), any compatible   "api_key": ..., "api": "chat"|"responses"}}
+                   server
+================== ============================ ==========================================
+
+Each process keeps one SDK client per provider, so connections to a provider are pooled and
+reused across conversations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from anthropic import AsyncAnthropic
+from openai import AsyncOpenAI, Timeout
+
+from runtime.errors import InvalidRequestError, LLMAuthenticationError
+from runtime.providers.anthropic_messages import AnthropicAdapter
+from runtime.providers.echo import EchoAdapter
+from runtime.providers.events import LLMEvent, LLMRequest
+from runtime.providers.handles import split_handle
+from runtime.providers.openai_chat import OpenAIChatAdapter
+from runtime.providers.openai_responses import OpenAIResponsesAdapter
+from runtime.providers.stream import Attempts, StreamPolicy, guarded
+from runtime.settings import Settings
+
+Api = Literal["echo", "chat", "responses", "anthropic"]
+NO_KEY = "convoy-no-key"  # the OpenAI SDK insists on a key; local servers ignore it
+
+
+class ModelAdapter(Protocol):
+    """Streams one model response as normalized events.
+
+    ``stream`` may raise the SDK's own exceptions: ``providers.stream`` translates them, applies
+    deadlines and retries, and closes the upstream response when the reader stops.
+    """
+
+    def payload(self, request: LLMRequest) -> dict[str, Any]:
+        """The request body sent to the provider (recorded in the run's step traces)."""
+        ...
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    api: Api
+    base_url: str | None
+    api_key: str | None
+    key_hint: str  # what to set when the key is missing
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A handle resolved to its provider: what the agent loop calls."""
+
+    handle: str
+    provider: str
+    name: str
+    endpoint: str | None
+    adapter: ModelAdapter
+    policy: StreamPolicy
+
+    def stream(self, request: LLMRequest, attempts: Attempts | None = None) -> AsyncIterator[LLMEvent]:
+        return guarded(self.adapter.stream, request, provider=self.provider, policy=self.policy, attempts=attempts)
+
+
+def _providers(settings: Settings) -> dict[str, Provider]:
+    table = {
+        "echo": Provider("echo", "echo", None, None, ""),
+        "openai": Provider("openai", "chat", settings.openai_base_url, settings.openai_api_key, "OPENAI_API_KEY"),
+        "openai-responses": Provider(
+            "openai-responses", "responses", settings.openai_base_url, settings.openai_api_key, "OPENAI_API_KEY"
+        ),
+        "anthropic": Provider(
+            "anthropic", "anthropic", settings.anthropic_base_url, settings.anthropic_api_key, "ANTHROPIC_API_KEY"
+        ),
+    }
+    for name, compat in settings.providers.items():
+        table[name] = Provider(name, compat.api, compat.base_url, compat.api_key or NO_KEY, "")
+    return table
+
+
+class Providers:
+    """The providers this process can call, from its settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._table = _providers(settings)
+        self._adapters: dict[str, ModelAdapter] = {}
+        self._policy = StreamPolicy(
+            first_token_s=settings.llm_first_token_timeout_s,
+            idle_s=settings.llm_idle_timeout_s,
+            retries=settings.llm_stream_retries,
+        )
+
+    def validate(self, handle: str) -> str:
+        """Check a handle at the edge, before anything is stored: shape, provider, credentials."""
+        name, _ = split_handle(handle)
+        provider = self._table.get(name)
+        if provider is None:
+            raise InvalidRequestError(
+                f"unknown model provider {name!r} in handle {handle!r}; known providers: {', '.join(self._table)} "
+                "(declare OpenAI-compatible servers in CONVOY_PROVIDERS)"
+            )
+        if provider.key_hint and not provider.api_key:
+            raise InvalidRequestError(f"model {handle!r} needs provider credentials: set {provider.key_hint}")
+        return handle
+
+    def model(self, handle: str) -> Model:
+        name, model_name = split_handle(handle)
+        provider = self._table.get(name)
+        if provider is None:
+            raise InvalidRequestError(f"unknown model provider {name!r} in handle {handle!r}")
+        if provider.key_hint and not provider.api_key:
+            raise LLMAuthenticationError(f"{name}: no API key configured; set {provider.key_hint}")
+        return Model(handle, name, model_name, provider.base_url, self._adapter(provider), self._policy)
+
+    def _adapter(self, provider: Provider) -> ModelAdapter:
+        adapter = self._adapters.get(provider.name)
+        if adapter is None:
+            adapter = self._adapters[provider.name] = self._build(provider)
+        return adapter
+
+    def _build(self, provider: Provider) -> ModelAdapter:
+        s = self._settings
+        if provider.api == "echo":
+            return EchoAdapter(delay_ms=s.echo_delay_ms)
+        timeout = Timeout(
+            connect=s.llm_connect_timeout_s,
+            read=max(s.llm_first_token_timeout_s, s.llm_idle_timeout_s),
+            write=s.llm_connect_timeout_s,
+            pool=s.llm_connect_timeout_s,
+        )
+        if provider.api == "anthropic":
+            client = AsyncAnthropic(
+                api_key=provider.api_key, base_url=provider.base_url, max_retries=s.llm_max_retries, timeout=timeout
+            )
+            return AnthropicAdapter(client, provider=provider.name, default_max_tokens=s.llm_max_output_tokens)
+        openai_client = AsyncOpenAI(
+            api_key=provider.api_key, base_url=provider.base_url, max_retries=s.llm_max_retries, timeout=timeout
+        )
+        if provider.api == "responses":
+            return OpenAIResponsesAdapter(openai_client, provider=provider.name)
+        limit_field = "max_completion_tokens" if provider.name == "openai" else "max_tokens"
+        return OpenAIChatAdapter(openai_client, provider=provider.name, limit_field=limit_field)

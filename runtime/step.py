@@ -1,0 +1,198 @@
+"""One model response -> Letta wire items and history messages. The only place items are built.
+
+A response is a sequence of *segments*: reasoning, a redacted reasoning block, the answer text,
+each tool call. Every item of one response shares the message ``id`` and ``step_id``; each segment
+has its own ``otid`` (``segment_otid(id, n)``), and all deltas of a segment share it.
+
+- token streaming: each delta is emitted as it arrives (a reasoning signature is a delta too);
+- step streaming: one complete message per segment is emitted when the response ends.
+
+Either way the history receives one complete message per segment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from runtime.ids import segment_otid
+from runtime.providers.events import (
+    CONTENT_EVENTS,
+    Finish,
+    LLMEvent,
+    ReasoningBlock,
+    ReasoningDelta,
+    RefusalDelta,
+    ResponseInfo,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from runtime.schemas.messages import (
+    AssistantMessage,
+    HiddenReasoningMessage,
+    HistoryMessage,
+    ReasoningMessage,
+    StreamItem,
+    ToolCallMessage,
+)
+from runtime.schemas.messages import ToolCall as WireToolCall
+
+Emit = Callable[[StreamItem], Awaitable[None]]
+SegmentKind = Literal["reasoning", "hidden", "text", "tool"]
+
+
+@dataclass
+class _Segment:
+    kind: SegmentKind
+    otid: str
+    parts: list[str] = field(default_factory=list)
+    signature: str | None = None
+    call_index: int | None = None
+    call_id: str | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass
+class StepResult:
+    """What one model response produced."""
+
+    messages: list[HistoryMessage]
+    text: str
+    refused: bool
+    reasoning: tuple[ReasoningBlock, ...]
+    tool_calls: tuple[ToolCall, ...]
+    usage: Usage
+    finish: Finish | None
+    info: ResponseInfo | None
+    first_token_ns: int | None  # wall clock of the first content event
+
+
+class StepAssembler:
+    def __init__(self, *, message_id: str, step_id: str, run_id: str, stream_tokens: bool, emit: Emit) -> None:
+        self._id = message_id
+        self._step_id = step_id
+        self._run_id = run_id
+        self._stream_tokens = stream_tokens
+        self._emit = emit
+        self._segments: list[_Segment] = []
+        self._refused = False
+        self._usage = Usage()
+        self._finish: Finish | None = None
+        self._info: ResponseInfo | None = None
+        self._first_token_ns: int | None = None
+
+    async def feed(self, event: LLMEvent) -> None:
+        if isinstance(event, CONTENT_EVENTS) and self._first_token_ns is None:
+            self._first_token_ns = time.time_ns()
+        if isinstance(event, TextDelta | RefusalDelta):
+            if isinstance(event, RefusalDelta):
+                self._refused = True
+            if event.text:
+                segment = self._segment("text")
+                segment.parts.append(event.text)
+                await self._delta(segment, event.text)
+        elif isinstance(event, ReasoningDelta):
+            await self._reasoning(event)
+        elif isinstance(event, ToolCallDelta):
+            segment = self._segment("tool", call_index=event.index)
+            segment.call_id = segment.call_id or event.call_id
+            segment.name = segment.name or event.name
+            segment.parts.append(event.arguments)
+            if self._stream_tokens:
+                call = WireToolCall(name=event.name, arguments=event.arguments, tool_call_id=event.call_id)
+                await self._emit(self._message(ToolCallMessage, segment, tool_call=call))
+        elif isinstance(event, Usage):
+            self._usage = event
+        elif isinstance(event, Finish):
+            self._finish = event
+        elif isinstance(event, ResponseInfo):
+            self._info = event
+
+    async def _reasoning(self, event: ReasoningDelta) -> None:
+        if event.redacted is not None:
+            segment = self._segment("hidden", fresh=True)
+            segment.parts.append(event.redacted)
+            if self._stream_tokens:
+                await self._emit(self._hidden(segment))
+            return
+        segment = self._segment("reasoning")
+        if event.text:
+            segment.parts.append(event.text)
+        if event.signature:
+            segment.signature = event.signature
+        if self._stream_tokens and (event.text or event.signature):
+            await self._emit(
+                self._message(ReasoningMessage, segment, reasoning=event.text, signature=event.signature)
+            )
+
+    async def close(self) -> StepResult:
+        """The response ended: emit whole messages (step streaming) and return the result."""
+        result = self.snapshot()
+        if not self._stream_tokens:
+            for message in result.messages:
+                await self._emit(message.model_copy())
+        return result
+
+    def snapshot(self) -> StepResult:
+        """What the response produced so far, emitting nothing (for traces of a broken step)."""
+        messages = [self._complete(s) for s in self._segments]
+        text_segments = [s for s in self._segments if s.kind == "text"]
+        return StepResult(
+            messages=messages,
+            text="".join(s.text for s in text_segments),
+            refused=self._refused,
+            reasoning=tuple(
+                ReasoningBlock(redacted=s.text) if s.kind == "hidden" else ReasoningBlock(s.text, s.signature)
+                for s in self._segments
+                if s.kind in ("reasoning", "hidden")
+            ),
+            tool_calls=tuple(
+                ToolCall(call_id=s.call_id or f"call-{self._id}-{s.call_index}", name=s.name or "", arguments=s.text)
+                for s in self._segments
+                if s.kind == "tool"
+            ),
+            usage=self._usage,
+            finish=self._finish,
+            info=self._info,
+            first_token_ns=self._first_token_ns,
+        )
+
+    def _segment(self, kind: SegmentKind, *, call_index: int | None = None, fresh: bool = False) -> _Segment:
+        current = self._segments[-1] if self._segments else None
+        if not fresh and current is not None and current.kind == kind and current.call_index == call_index:
+            return current
+        if kind == "tool":  # a later fragment of a call that is not the newest segment
+            for segment in self._segments:
+                if segment.kind == "tool" and segment.call_index == call_index:
+                    return segment
+        segment = _Segment(kind, segment_otid(self._id, len(self._segments)), call_index=call_index)
+        self._segments.append(segment)
+        return segment
+
+    async def _delta(self, segment: _Segment, text: str) -> None:
+        if self._stream_tokens:
+            await self._emit(self._message(AssistantMessage, segment, content=text))
+
+    def _message(self, cls: type, segment: _Segment, **fields: object):  # type: ignore[no-untyped-def]
+        return cls(id=self._id, otid=segment.otid, step_id=self._step_id, run_id=self._run_id, **fields)
+
+    def _hidden(self, segment: _Segment) -> HiddenReasoningMessage:
+        return self._message(HiddenReasoningMessage, segment, state="redacted", hidden_reasoning=segment.text)  # type: ignore[no-any-return]
+
+    def _complete(self, segment: _Segment) -> HistoryMessage:
+        if segment.kind == "text":
+            return self._message(AssistantMessage, segment, content=segment.text)  # type: ignore[no-any-return]
+        if segment.kind == "reasoning":
+            return self._message(ReasoningMessage, segment, reasoning=segment.text, signature=segment.signature)  # type: ignore[no-any-return]
+        if segment.kind == "hidden":
+            return self._hidden(segment)
+        call = WireToolCall(name=segment.name, arguments=segment.text, tool_call_id=segment.call_id)
+        return self._message(ToolCallMessage, segment, tool_call=call)  # type: ignore[no-any-return]
