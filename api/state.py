@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -12,6 +13,7 @@ from fastapi import Request
 from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
+from runtime import keys
 from runtime.agents import AgentStore, ConversationStore
 from runtime.bus import TailerPool
 from runtime.history import HistoryStore
@@ -52,7 +54,12 @@ class AppState:
             mailbox=Mailbox(redis),
             directory=directory,
             router=ConversationRouter(settings, directory, redis),
-            tailers=TailerPool(redis, block_ms=settings.read_block_ms, size=TAILERS_PER_PROCESS),
+            tailers=TailerPool(
+                redis,
+                block_ms=settings.read_block_ms,
+                wake_key_prefix=keys.tailer_wake(uuid.uuid4().hex),
+                size=TAILERS_PER_PROCESS,
+            ),
             providers=Providers(settings),
         )
 
