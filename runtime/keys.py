@@ -103,6 +103,11 @@ def hosts() -> str:
     return f"{PREFIX}:hosts"
 
 
+def tailer_wake(process_id: str) -> str:
+    """Private stream a process's tailers use to interrupt their own blocking reads."""
+    return f"{PREFIX}:tailer:{process_id}"
+
+
 def run_ref(run_id: str) -> str:
     """Which conversation a run belongs to (runs live in their conversation's hash slot)."""
     return f"{PREFIX}:runref:{run_id}"
