@@ -190,13 +190,18 @@ def fake_provider() -> Iterator[FakeProvider]:
 
 def provider_env(fake: FakeProvider) -> dict[str, str]:
     """What points a Convoy process at the fake providers: the SDKs' own variables, plus a named
-    OpenAI-compatible provider ``compat``."""
+    OpenAI-compatible provider ``compat``, and ``unreachable`` whose port nothing listens on."""
     return {
         "OPENAI_API_KEY": "sk-test-openai",
         "OPENAI_BASE_URL": fake.openai_base_url,
         "ANTHROPIC_API_KEY": "sk-ant-test",
         "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
-        "CONVOY_PROVIDERS": json.dumps({"compat": {"base_url": f"{fake.url}/compat/v1"}}),
+        "CONVOY_PROVIDERS": json.dumps(
+            {
+                "compat": {"base_url": f"{fake.url}/compat/v1"},
+                "unreachable": {"base_url": f"http://127.0.0.1:{free_port()}/v1"},  # nothing listens there
+            }
+        ),
         "CONVOY_DEFAULT_MODEL": "echo/echo",
         **PROVIDER_POLICY_ENV,
     }

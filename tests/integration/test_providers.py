@@ -371,6 +371,14 @@ async def test_http_errors_map_to_typed_errors(
     assert len(fake_provider.calls(model)) == attempts, "the SDK retries exactly the retryable statuses"
 
 
+async def test_an_unreachable_provider_is_unavailable(client: httpx.AsyncClient) -> None:
+    turn = await one_turn(client, "unreachable/any-model")
+    assert [e["error_type"] for e in turn.errors] == ["llm_unavailable"] and turn.run["status"] == "failed"
+    assert "connection" in turn.errors[0]["detail"].lower()
+    (step,) = await steps(client, turn.run_id)
+    assert step["model_endpoint"].startswith("http://127.0.0.1:") and step["status"] == "failed"
+
+
 async def test_a_retried_failure_before_the_first_token_duplicates_nothing(
     client: httpx.AsyncClient, fake_provider: fp.FakeProvider
 ) -> None:
