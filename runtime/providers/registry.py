@@ -13,7 +13,8 @@ anthropic          Messages                     ANTHROPIC_API_KEY, ANTHROPIC_BAS
 ================== ============================ ==========================================
 
 Each process keeps one SDK client per provider, so connections to a provider are pooled and
-reused across conversations.
+reused across conversations. The SDKs are imported on first use (each costs a second or more),
+so a process that never calls a provider, like the API or an echo-only host, never loads them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from anthropic import AsyncAnthropic
-from openai import AsyncOpenAI, Timeout
-
 from runtime.errors import InvalidRequestError, LLMAuthenticationError
-from runtime.providers.anthropic_messages import AnthropicAdapter
 from runtime.providers.echo import EchoAdapter
 from runtime.providers.events import LLMEvent, LLMRequest
 from runtime.providers.handles import split_handle
-from runtime.providers.openai_chat import OpenAIChatAdapter
-from runtime.providers.openai_responses import OpenAIResponsesAdapter
 from runtime.providers.stream import Attempts, StreamPolicy, guarded
 from runtime.settings import Settings
 
@@ -135,24 +130,32 @@ class Providers:
         return adapter
 
     def _build(self, provider: Provider) -> ModelAdapter:
+        # SDK imports are local on purpose: see the module docstring.
         s = self._settings
         if provider.api == "echo":
             return EchoAdapter(delay_ms=s.echo_delay_ms)
-        timeout = Timeout(
-            connect=s.llm_connect_timeout_s,
-            read=max(s.llm_first_token_timeout_s, s.llm_idle_timeout_s),
-            write=s.llm_connect_timeout_s,
-            pool=s.llm_connect_timeout_s,
-        )
+        limits = {
+            "connect": s.llm_connect_timeout_s,
+            "read": max(s.llm_first_token_timeout_s, s.llm_idle_timeout_s),
+            "write": s.llm_connect_timeout_s,
+            "pool": s.llm_connect_timeout_s,
+        }
+        common = {"api_key": provider.api_key, "base_url": provider.base_url, "max_retries": s.llm_max_retries}
         if provider.api == "anthropic":
-            client = AsyncAnthropic(
-                api_key=provider.api_key, base_url=provider.base_url, max_retries=s.llm_max_retries, timeout=timeout
-            )
-            return AnthropicAdapter(client, provider=provider.name, default_max_tokens=s.llm_max_output_tokens)
-        openai_client = AsyncOpenAI(
-            api_key=provider.api_key, base_url=provider.base_url, max_retries=s.llm_max_retries, timeout=timeout
-        )
+            import anthropic  # noqa: PLC0415
+
+            from runtime.providers.anthropic_messages import AnthropicAdapter  # noqa: PLC0415
+
+            anthropic_client = anthropic.AsyncAnthropic(**common, timeout=anthropic.Timeout(**limits))
+            return AnthropicAdapter(anthropic_client, provider=provider.name, default_max_tokens=s.llm_max_output_tokens)
+        import openai  # noqa: PLC0415
+
+        openai_client = openai.AsyncOpenAI(**common, timeout=openai.Timeout(**limits))
         if provider.api == "responses":
+            from runtime.providers.openai_responses import OpenAIResponsesAdapter  # noqa: PLC0415
+
             return OpenAIResponsesAdapter(openai_client, provider=provider.name)
+        from runtime.providers.openai_chat import OpenAIChatAdapter  # noqa: PLC0415
+
         limit_field = "max_completion_tokens" if provider.name == "openai" else "max_tokens"
         return OpenAIChatAdapter(openai_client, provider=provider.name, limit_field=limit_field)

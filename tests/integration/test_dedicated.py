@@ -26,13 +26,17 @@ def test_each_conversation_gets_its_own_process_until_passivated(dedicated: Conv
         assert client.get("/v1/health").json()["ray"]["placement"] == "dedicated"
         agent = client.post("/v1/agents", json={"name": "isolated"}).json()
         convs = [client.post("/v1/conversations", params={"agent_id": agent["id"]}).json()["id"] for _ in range(2)]
+        hosts: list[str] = []
+        pids: set[int] = set()
         for conv in convs:
             reply = client.post(f"/v1/conversations/{conv}/messages", json={"input": "alone", "streaming": False})
             assert reply.status_code == 200 and reply.json()["messages"][0]["content"] == "alone"
-        owners = [store.get(keys.lease(conv)) for conv in convs]
-        hosts = [owner.split("/")[0] for owner in owners]
+            # Read at once: the conversation is passivated after 2 s of idleness.
+            owner = store.get(keys.lease(conv))
+            assert owner is not None, "a conversation is active right after its turn"
+            hosts.append(owner.split("/")[0])
+            pids.add(json.loads(store.hget(keys.hosts(), hosts[-1]))["pid"])
         assert hosts == [f"convoy-conv-{conv}" for conv in convs]
-        pids = {json.loads(store.hget(keys.hosts(), host))["pid"] for host in hosts}
         assert len(pids) == 2, "two processes"
 
         # Passivated (CONVOY_IDLE_PASSIVATE_S=2 in tests): the actor leaves and frees its process.
