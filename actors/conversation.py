@@ -36,7 +36,9 @@ from runtime.history import HistoryStore
 from runtime.loop import Emit, ModelFactory, run_turn
 from runtime.runs import Fence, RunStore
 from runtime.schemas.messages import StreamItem
+from runtime.schemas.requests import ApprovalCreate
 from runtime.schemas.turns import TurnRequest
+from runtime.tools import ToolRegistry
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class Services:
     agents: AgentStore
     conversations: ConversationStore
     models: ModelFactory
+    tools: ToolRegistry
 
 
 class Activation:
@@ -175,18 +178,21 @@ class Activation:
             agent = await s.agents.get(turn.agent_id)
             conversation = await s.conversations.get(turn.conversation_id)
             history = await s.history.recent(turn.conversation_id, limit=HISTORY_WINDOW)
+            pending = bool(await s.redis.hexists(keys.pending_approval(self.conversation_id), "request"))
             outcome = await run_turn(
                 turn,
                 agent=agent,
                 conversation=conversation,
                 history=history,
                 models=s.models,
+                tools=s.tools,
                 emit=emit,
                 record_step=lambda step: s.runs.add_step(self._fence, turn.run_id, step),
+                persist=lambda messages: s.history.append(self._fence, messages),
                 cancelled=lambda: turn.run_id in self._cancel_requested,
+                approval_pending=pending,
             )
             await writer.flush()
-            await s.history.append(self._fence, outcome.new_messages)
             first = writer.reserve()
             await s.runs.finish(
                 turn.run_id,
@@ -197,6 +203,7 @@ class Activation:
                 items=wire.success_items(turn.run_id, first, outcome.stop_reason, outcome.usage),
                 mailbox_entry=entry.entry_id,
                 extra=_timings(turn, outcome.ttft_ns) | ({"finish_reason": outcome.finish_reason} if outcome.finish_reason else {}),
+                pending_approval=outcome.approval_request_id or "",
             )
         except asyncio.CancelledError:
             if turn.run_id not in self._cancel_requested:
@@ -248,9 +255,16 @@ class Activation:
             error=error,
             expect=expect,  # type: ignore[arg-type]
             extra=_timings(turn, None) if turn else None,
+            # An answer that failed closes its approval (the calls get error results); a failed
+            # ordinary turn leaves an approval requested meanwhile open.
+            pending_approval="" if turn is not None and _answers_approval(turn) else None,
         )
         if not done and skip_missing:
             await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
+
+
+def _answers_approval(turn: TurnRequest) -> bool:
+    return any(isinstance(m, ApprovalCreate) for m in turn.messages)
 
 
 def _timings(turn: TurnRequest | None, ttft_ns: int | None) -> dict[str, int]:

@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
-from runtime import keys
+from runtime import keys, tools
 from runtime.agents import AgentStore, ConversationStore
 from runtime.history import HistoryStore
 from runtime.logs import configure_logging
@@ -99,6 +99,7 @@ class HostCore:
                 agents=AgentStore(redis),
                 conversations=ConversationStore(redis),
                 models=Providers(s).model,
+                tools=tools.load(s.tool_modules),
             )
             self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
             self._background = [

@@ -23,18 +23,31 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from runtime import keys
-from runtime.errors import ConversationBusyError
+from runtime.errors import ConflictError, ConversationBusyError, InvalidRequestError, PendingApprovalError
 
-# Accepting a turn is one atomic step: idempotency check, busy check, run record, the run
-# stream's first item and the mailbox entry are all written, or none is.
-# KEYS: mailbox, run hash, run stream, idempotency key (a slot-mate placeholder when unused), lease.
+# Accepting a turn is one atomic step: idempotency check, approval check, busy check, run record,
+# the run stream's first item and the mailbox entry are all written, or none is.
+# KEYS: mailbox, run hash, run stream, idempotency key (a slot-mate placeholder when unused), lease,
+#       pending approval.
 # ARGV: on_busy, run id, turn payload, stream ttl_s, run ttl_s, first item payload,
-#       use idempotency ('1'/'0'), then the run hash's field/value pairs.
-# Returns {1, entry id, current owner or ''} accepted, {0, active run id} busy, {2, existing run id} duplicate.
+#       use idempotency ('1'/'0'), kind ('m' messages, 'a' an approval), the approval request id
+#       it answers ('' any), then the run hash's field/value pairs.
+# Returns {1, entry id, current owner or ''} accepted, {0, active run id} busy, {2, existing run id}
+# duplicate, {3, request id} an approval is pending, {4, ''} no approval is pending,
+# {5, run id} the approval was already answered, {6, request id} the answer names another request.
 _ACCEPT = """
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {2, existing} end
+end
+local pending = redis.call('HGET', KEYS[6], 'request')
+local answered = redis.call('HGET', KEYS[6], 'answered')
+if ARGV[8] == 'a' then
+  if not pending then return {4, ''} end
+  if answered then return {5, answered} end
+  if ARGV[9] ~= '' and ARGV[9] ~= pending then return {6, pending} end
+elseif pending and not answered then
+  return {3, pending}
 end
 if ARGV[1] == 'reject' then
   local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
@@ -48,7 +61,8 @@ if ARGV[1] == 'reject' then
 end
 local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[2], 'p', ARGV[3])
 local fields = {'mailbox_entry', id}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[8] == 'a' then redis.call('HSET', KEYS[6], 'answered', ARGV[2]) end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('XADD', KEYS[3], '0-1', 'k', 'data', 'p', ARGV[6])
@@ -95,10 +109,14 @@ class Mailbox:
         stream_ttl_s: int,
         run_ttl_s: int,
         idempotency_key: str | None = None,
+        answers_approval: str | None = None,
     ) -> Accepted:
         """Create the run and append its turn. Raises ConversationBusyError for ``reject`` when the
         conversation has unfinished turns; returns the earlier run instead when ``idempotency_key``
-        was already used (a retried send). In both cases nothing is written."""
+        was already used (a retried send). In both cases nothing is written.
+
+        While an approval is pending only its answer gets in (``answers_approval``: the request id
+        it names, or "" for whichever is pending); other messages raise PendingApprovalError."""
         flat: list[str | int] = []
         for name, value in run_fields.items():
             flat.extend((name, value))
@@ -110,12 +128,35 @@ class Mailbox:
                 keys.run_stream(conversation_id, run_id),
                 idem_key,
                 keys.lease(conversation_id),
+                keys.pending_approval(conversation_id),
             ],
-            args=[on_busy, run_id, payload, stream_ttl_s, run_ttl_s, first_item, "1" if idempotency_key else "0", *flat],
+            args=[
+                on_busy,
+                run_id,
+                payload,
+                stream_ttl_s,
+                run_ttl_s,
+                first_item,
+                "1" if idempotency_key else "0",
+                "m" if answers_approval is None else "a",
+                answers_approval or "",
+                *flat,
+            ],
         )
         text = value.decode() if isinstance(value, bytes) else str(value)
         if int(code) == 0:
             raise ConversationBusyError(conversation_id, text or None)
+        if int(code) == 3:
+            raise PendingApprovalError(conversation_id, text)
+        if int(code) == 4:
+            raise InvalidRequestError(
+                f"conversation {conversation_id} has no approval request waiting for an answer "
+                "(wait until the run that asks for approval has ended, with stop_reason requires_approval)"
+            )
+        if int(code) == 5:
+            raise ConflictError(f"this approval request was already answered by run {text}")
+        if int(code) == 6:
+            raise InvalidRequestError(f"approval_request_id does not match the pending approval request {text}")
         if int(code) == 2:
             return Accepted(run_id=text, entry_id=None)
         owner = rest[0].decode() if rest and rest[0] else None

@@ -42,15 +42,16 @@ class ConversationRouter:
         self._redis = redis
         self._handles: dict[str, ActorHandle] = {}
 
-    def _handle(self, name: str) -> ActorHandle:
+    async def _handle(self, name: str) -> ActorHandle:
         handle = self._handles.get(name)
         if handle is None:
-            handle = ray.get_actor(name, namespace=self._settings.ray_namespace)
+            # ray.get_actor is a blocking GCS lookup: keep it off the event loop.
+            handle = await asyncio.to_thread(ray.get_actor, name, namespace=self._settings.ray_namespace)
             self._handles[name] = handle
         return handle
 
     async def _call(self, name: str, method: str, *args: object) -> object:
-        ref = getattr(self._handle(name), method).remote(*args)
+        ref = getattr(await self._handle(name), method).remote(*args)
         return await asyncio.wait_for(ref, CALL_TIMEOUT_S)
 
     async def deliver(self, conversation_id: str) -> str:
@@ -123,7 +124,7 @@ class ConversationRouter:
 
         async def one(name: str) -> bool:
             try:
-                await asyncio.wait_for(self._handle(name).ready.remote(), timeout_s)
+                await asyncio.wait_for(self._call_ready(name), timeout_s)
                 return True
             except (*_UNREACHABLE, ValueError):
                 self._handles.pop(name, None)
@@ -131,6 +132,9 @@ class ConversationRouter:
 
         results = await asyncio.gather(*(one(n) for n in host_names(self._settings)))
         return sum(results)
+
+    async def _call_ready(self, name: str) -> None:
+        await (await self._handle(name)).ready.remote()
 
     async def ray_alive(self, timeout_s: float = 2.0) -> bool:
         """Whether the Ray cluster answers (its GCS lists at least one live node)."""

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from actors import ray_boot
 from api import errors
 from api.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from api.routes import agents, conversations, health, runs
+from api.routes import agents, chat, conversations, health, runs
 from api.state import AppState
 from runtime.settings import Settings
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, agents, conversations, runs):
+    for module in (health, agents, conversations, runs, chat):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -65,9 +65,12 @@ async def wait_terminal(state: AppState, conversation_id: str, run_id: str, time
 
 
 async def cancel_conversation(state: AppState, conversation_id: str) -> dict[str, str]:
-    """Cancel every unfinished run of a conversation (running and queued); run id -> status."""
+    """Cancel every unfinished run of a conversation (running and queued), then close an approval
+    request still waiting (its calls get error results in the next request), so the conversation
+    is never stuck; run id -> status."""
     run_ids = await state.mailbox.run_ids(conversation_id)
     statuses = await asyncio.gather(*(cancel_run(state, conversation_id, r) for r in run_ids))
+    await state.redis.delete(keys.pending_approval(conversation_id))
     return dict(zip(run_ids, statuses, strict=True))
 
 

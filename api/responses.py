@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from api.errors import RunErrorResponse
-from api.sse import run_items
+from api.sse import run_batches
 from api.state import AppState
 from runtime.errors import (
     LLMAuthenticationError,
@@ -34,22 +34,20 @@ async def collect_response(state: AppState, run: RunView) -> dict[str, Any]:
     stop_reason: dict[str, Any] = {"message_type": "stop_reason", "stop_reason": "error"}
     usage: dict[str, Any] = {"message_type": "usage_statistics"}
     error: dict[str, Any] | None = None
-    async for pair in run_items(state, run.conversation_id, run.id, after=0):
-        if pair is None:
-            continue
-        item, _ = pair
-        if item.terminal:
-            break
-        doc = json.loads(item.payload)
-        kind = doc.get("message_type")
-        if item.kind == "error":
-            error = doc
-        elif kind == "stop_reason":
-            stop_reason = doc
-        elif kind == "usage_statistics":
-            usage = doc
-        elif kind not in NOT_MESSAGES:
-            messages.append(doc)
+    async for got in run_batches(state, run.conversation_id, run.id, after=0):
+        for item in got[0] if got else ():
+            if item.terminal:
+                break
+            doc = json.loads(item.payload)
+            kind = doc.get("message_type")
+            if item.kind == "error":
+                error = doc
+            elif kind == "stop_reason":
+                stop_reason = doc
+            elif kind == "usage_statistics":
+                usage = doc
+            elif kind not in NOT_MESSAGES:
+                messages.append(doc)
     if error is not None:
         raise RunErrorResponse(STATUS_FOR_ERROR_TYPE.get(error["error_type"], 500), error)
     return {"messages": _merge(messages), "stop_reason": stop_reason, "usage": usage}

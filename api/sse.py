@@ -90,11 +90,12 @@ async def check_cursor(state: AppState, conversation_id: str, run_id: str, after
         )
 
 
-async def run_items(
+async def run_batches(
     state: AppState, conversation_id: str, run_id: str, *, after: int
-) -> AsyncIterator[tuple[StreamItem, bool] | None]:
-    """``(item, stored)`` pairs after ``after``, ending with a terminal item; ``None`` marks each
-    ``ping_interval_s`` of silence. ``stored`` is False for items the reader made up itself."""
+) -> AsyncIterator[tuple[list[StreamItem], bool] | None]:
+    """``(items, stored)``: the items after ``after`` in the batches they arrive in, the last one
+    ending with a terminal item; ``None`` marks each ``ping_interval_s`` of silence. ``stored`` is
+    False for items the reader made up itself."""
     settings = state.settings
     if after > 0 and after == await bus.last_seq(state.redis, keys.run_stream(conversation_id, run_id)):
         last = await bus.read_after(state.redis, keys.run_stream(conversation_id, run_id), after - 1)
@@ -113,15 +114,15 @@ async def run_items(
                     log.warning("liveness check failed; trying again at the next silence", exc_info=True)
                     continue
                 if ending is not None:
-                    for item in ending:
-                        yield item, False
+                    yield ending, False
                     return
                 continue
             watch.progress()
-            for item in batch:
-                yield item, True
+            for i, item in enumerate(batch):
                 if item.terminal:
+                    yield batch[: i + 1], True
                     return
+            yield batch, True
     finally:
         sub.close()
 
@@ -217,16 +218,17 @@ async def run_events(
     retry = b"retry: %d\n" % retry_ms if retry_ms else b""
     SSE_STREAMS.inc()
     try:
-        async for pair in run_items(state, conversation_id, run_id, after=after):
-            if pair is None:
+        async for got in run_batches(state, conversation_id, run_id, after=after):
+            if got is None:
                 if include_pings:
                     yield ping_frame(run_id)
                 continue
-            item, stored = pair
-            SSE_ITEMS.inc()
-            yield retry + frame(item, with_id=stored)
+            items, stored = got
+            SSE_ITEMS.inc(len(items))
+            # Everything that arrived together leaves in one write.
+            yield retry + b"".join([frame(item, with_id=stored) for item in items])
             retry = b""
-            finished = item.terminal
+            finished = items[-1].terminal
         finished = True
     except (asyncio.CancelledError, GeneratorExit):
         client_left = True  # Starlette cancels or closes the body when the client disconnects

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -13,11 +12,11 @@ from fastapi import Request
 from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
-from runtime import keys
 from runtime.agents import AgentStore, ConversationStore
 from runtime.bus import TailerPool
 from runtime.history import HistoryStore
 from runtime.providers.registry import Providers
+from runtime.tools import ToolRegistry, load
 from runtime.redis_client import connect
 from runtime.runs import RunStore
 from runtime.settings import Settings
@@ -38,6 +37,7 @@ class AppState:
     router: ConversationRouter
     tailers: TailerPool
     providers: Providers
+    tools: ToolRegistry
     _watch: asyncio.Task[None] = field(init=False)
 
     @classmethod
@@ -54,13 +54,9 @@ class AppState:
             mailbox=Mailbox(redis),
             directory=directory,
             router=ConversationRouter(settings, directory, redis),
-            tailers=TailerPool(
-                redis,
-                block_ms=settings.read_block_ms,
-                wake_key_prefix=keys.tailer_wake(uuid.uuid4().hex),
-                size=TAILERS_PER_PROCESS,
-            ),
+            tailers=TailerPool(redis, block_ms=settings.read_block_ms, size=TAILERS_PER_PROCESS),
             providers=Providers(settings),
+            tools=load(settings.tool_modules),
         )
 
     async def start(self) -> None:

@@ -72,6 +72,7 @@ async def accept_turn(
         use_assistant_message=body.use_assistant_message,
         include_return_message_types=body.include_return_message_types,
         override_model=body.override_model,
+        client_tools=body.client_tools,
         accepted_at_ns=time.time_ns(),
     )
     first = wire.encode(Ping(id=f"ping-{run_id[4:]}", run_id=run_id, seq_id=1))
@@ -86,6 +87,7 @@ async def accept_turn(
         stream_ttl_s=state.settings.stream_ttl_s,
         run_ttl_s=UNFINISHED_RUN_TTL_S,
         idempotency_key=idempotency_key(body, idempotency_header),
+        answers_approval=None if body.approval is None else (body.approval.approval_request_id or ""),
     )
     if accepted.duplicate:
         RUNS_DEDUPLICATED.inc()

@@ -1,8 +1,28 @@
-"""Agent and conversation records in Redis (JSON documents plus creation-ordered indexes)."""
+"""Agent and conversation records in Redis (JSON documents plus creation-ordered indexes).
+
+Guarantees:
+
+- **One default conversation per agent, without locks.** Its id is derived from the agent's
+  (``agent-<uuid>`` -> ``conv-<uuid>``), and it is created with ``SET NX``: any number of API
+  replicas racing to create it agree on the one record that won. Its index entries are added with
+  ``ZADD NX`` by every caller, so a creator that died between the two steps is repaired by the next.
+- **Updates do not lose each other.** An agent update is a compare-and-set (``WATCH``/``MULTI``)
+  of the whole record, retried when another update or a delete got in first; an update never
+  resurrects a deleted agent.
+- **Deleting removes records and indexes at once** (one ``MULTI``): the agent, its conversations,
+  their histories and mailboxes, and the indexes that list them. Run records and streams are left
+  to expire on their own (``stream_ttl_s``), like those of any finished run; fencing epochs are
+  given the same lifetime, so an owner that still holds a deleted conversation cannot write to it
+  once they expire either.
+"""
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from runtime import keys
 from runtime.errors import NotFoundError
@@ -11,6 +31,14 @@ from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import utcnow
 
 MAX_PAGE = 1000
+UPDATABLE = frozenset(
+    {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens"}
+)
+
+
+def default_conversation_id(agent_id: str) -> str:
+    """``conv-<the agent's uuid>``: every replica computes the same id, no lookup needed."""
+    return f"conv-{uuid.UUID(agent_id.removeprefix('agent-'))}"
 
 
 class AgentStore:
@@ -38,6 +66,51 @@ class AgentStore:
     async def list(self, *, limit: int = 50, after: str | None = None) -> list[AgentRecord]:
         return [AgentRecord.model_validate_json(raw) for raw in await _page(self._redis, keys.agents_index(), keys.agent, limit, after)]
 
+    async def update(self, agent_id: str, changes: dict[str, Any]) -> AgentRecord:
+        """Apply ``changes`` (fields of ``UPDATABLE``) and move ``updated_at``; 404 if the agent is
+        gone, including when it is deleted while this update is being applied."""
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        key = keys.agent(agent_id)
+        updated: list[AgentRecord] = []
+
+        async def apply(pipe: Pipeline) -> None:
+            raw = await pipe.get(key)
+            if raw is None:
+                raise NotFoundError(f"agent {agent_id} not found")
+            record = AgentRecord.model_validate_json(raw).model_copy(update={**changes, "updated_at": utcnow()})
+            pipe.multi()
+            pipe.set(key, record.model_dump_json(), xx=True)
+            updated[:] = [record]
+
+        await self._redis.transaction(apply, key)
+        return updated[0]
+
+    async def delete(self, agent_id: str, *, epoch_ttl_s: int) -> list[str]:
+        """Remove the agent, its conversations and every index entry of theirs in one step; the
+        ids of the conversations removed. 404 if the agent is already gone. A conversation created
+        for the agent meanwhile is removed too (its index is watched)."""
+        agent_key, index = keys.agent(agent_id), keys.agent_conversations(agent_id)
+        removed: list[str] = []
+
+        async def remove(pipe: Pipeline) -> None:
+            if not await pipe.exists(agent_key):
+                raise NotFoundError(f"agent {agent_id} not found")
+            conversation_ids = [i.decode() for i in await pipe.zrange(index, 0, -1)]
+            pipe.multi()
+            pipe.delete(agent_key, index, keys.agent_runs(agent_id))
+            pipe.zrem(keys.agents_index(), agent_id)
+            if conversation_ids:
+                pipe.zrem(keys.conversations_index(), *conversation_ids)
+            for conv_id in conversation_ids:
+                pipe.delete(*_conversation_keys(conv_id))
+                pipe.expire(keys.epoch(conv_id), epoch_ttl_s)
+            removed[:] = conversation_ids
+
+        await self._redis.transaction(remove, agent_key, index)
+        return removed
+
 
 class ConversationStore:
     def __init__(self, redis: aioredis.Redis) -> None:
@@ -54,6 +127,34 @@ class ConversationStore:
             await pipe.execute()
         return record
 
+    async def default_for(self, agent_id: str) -> ConversationRecord:
+        """The agent's default conversation (Letta's agent-level message routes use it), created
+        on first use; race-free across replicas, and never created for an agent that is gone
+        (see the module docstring)."""
+        conv_id = default_conversation_id(agent_id)
+        raw = await self._redis.get(keys.conversation(conv_id))
+        if raw is not None:
+            return ConversationRecord.model_validate_json(raw)
+
+        async def create(pipe: Pipeline) -> None:
+            if not await pipe.exists(keys.agent(agent_id)):
+                raise NotFoundError(f"agent {agent_id} not found")
+            now = utcnow()
+            record = ConversationRecord(id=conv_id, agent_id=agent_id, created_at=now, updated_at=now)
+            pipe.multi()
+            pipe.set(keys.conversation(conv_id), record.model_dump_json(), nx=True)
+            pipe.zadd(keys.conversations_index(), {conv_id: now.timestamp()}, nx=True)
+            pipe.zadd(keys.agent_conversations(agent_id), {conv_id: now.timestamp()}, nx=True)
+            pipe.get(keys.conversation(conv_id))
+
+        # WATCH the agent: a delete that lands in between aborts this and the retry sees it gone.
+        results = await self._redis.transaction(create, keys.agent(agent_id))
+        return ConversationRecord.model_validate_json(results[-1])  # the winner's record
+
+    async def ids_of(self, agent_id: str) -> list[str]:
+        """Every conversation id of the agent, oldest first."""
+        return [i.decode() for i in await self._redis.zrange(keys.agent_conversations(agent_id), 0, -1)]
+
     async def get(self, conversation_id: str) -> ConversationRecord:
         raw = await self._redis.get(keys.conversation(conversation_id))
         if raw is None:
@@ -63,6 +164,18 @@ class ConversationStore:
     async def list(self, *, agent_id: str | None = None, limit: int = 50, after: str | None = None) -> list[ConversationRecord]:
         index = keys.agent_conversations(agent_id) if agent_id else keys.conversations_index()
         return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keys.conversation, limit, after)]
+
+
+def _conversation_keys(conversation_id: str) -> list[str]:
+    """What a conversation owns and a delete removes (its lease expires on its own)."""
+    return [
+        keys.conversation(conversation_id),
+        keys.mailbox(conversation_id),
+        keys.mailbox_cursor(conversation_id),
+        keys.history(conversation_id),
+        keys.history_index(conversation_id),
+        keys.conversation_runs(conversation_id),
+    ]
 
 
 async def _page(redis: aioredis.Redis, index: str, key_of: object, limit: int, after: str | None) -> list[bytes]:

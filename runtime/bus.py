@@ -7,28 +7,49 @@ Entries carry their seq id as the stream entry id (``0-<seq>``), so:
   owner already continued;
 - a resume cursor *is* a stream id, and ``XREAD`` after it yields exactly the later items.
 
-Writer (``ChunkWriter``): each item is queued and sent at once; while one write is in flight,
-items produced meanwhile are coalesced into the next pipeline, never delayed by a timer. Every
-write goes through a script that checks the owner's fencing epoch first.
+Every append also publishes the item (``SPUBLISH`` on the stream's own key, a shard channel, so
+it stays on the stream's shard in Redis Cluster; Redis >= 7.0) as ``<seq> <kind> <payload>``. Pub/sub
+is not durable, so a published item is only a shortcut: a reader takes it when it is the very next
+one after its cursor, and otherwise reads the stream, which stays the one source of truth. An empty
+message (other writers' scripts may send one) just says "read me".
 
-Reader (``StreamTailer``): one blocking ``XREAD`` loop serves every subscription of a process,
-reading all of their streams in one command. A subscription's buffer is bounded; a consumer that
-falls behind is paused at its cursor (Redis keeps the data) and resumed once it drains, so a slow
-client never slows the loop or the other clients, and loses nothing.
+Writer (``ChunkWriter``): each item is queued and sent at once. The writers of a process that share
+a Redis client send through one pipeliner with one pipeline in flight at a time: when none is in
+flight a write leaves at once; while one is, the items every run produces meanwhile are coalesced
+into the next pipeline (one fenced script call per run), never delayed by a timer. One pipeline at
+a time also keeps each run's items in order. Every script call checks the owner's fencing epoch
+first. If the connection pool is exhausted the pipeliner waits for a connection (nothing was sent,
+so trying again is safe) rather than fail the runs.
+
+Reader (``StreamTailer``): one pub/sub connection listens to the streams of every subscription of
+the tailer. A published item that directly follows a subscription's cursor is handed to it at once;
+any other case (a gap, an empty message) marks the stream, and the next non-blocking ``XREAD`` round
+on a second connection reads every marked stream after its subscriptions' cursor, in one command.
+So the work per item does not grow with the number of streams watched. A stream is also read when a
+subscription starts, when the server confirms a (re)subscription (after a reconnect too, so nothing
+published while it was away is missed), when a paused subscription resumes, and in a sweep of every
+stream each ``block_ms``, which bounds the delay should a message ever be lost. A
+subscription's buffer is bounded; a consumer that falls behind is paused at its cursor (Redis keeps
+the data) and resumed once it drains, so a slow client never slows the loop or the other clients,
+and loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.errors import FencedError
@@ -47,16 +68,21 @@ if current ~= ARGV[1] then
 end
 for i = 4, #ARGV, 3 do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
+  redis.call('SPUBLISH', KEYS[2], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return (#ARGV - 3) / 3
 """
+_FENCED_XADD_SHA = hashlib.sha1(_FENCED_XADD.encode()).hexdigest()
 
 WRITE_BACKLOG_MAX = 512
+POOL_WAIT_ROUNDS = 6  # times the pool's own wait (``redis_client.POOL_WAIT_S``) a writer waits for a connection
 SUBSCRIPTION_BUFFER_BATCHES = 64
 XREAD_COUNT = 512
+SUBSCRIBE_BATCH = 1000  # channels per SSUBSCRIBE command when (re)subscribing everything
+RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 2.0
-WAKE_KEY_TTL_S = 3600
+_POOL_EXHAUSTED = "No connection available."  # redis-py's BlockingConnectionPool, when its wait times out
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +138,13 @@ class ChunkWriter:
         ttl_s: int,
     ) -> None:
         self._redis = redis
-        self._script = redis.register_script(_FENCED_XADD)
-        self._keys = [epoch_key, stream_key]
-        self._head = [str(epoch), str(maxlen), str(ttl_s)]
+        self._pipeliner = _pipeliner(redis)
+        # EVALSHA's arguments after the sha: numkeys, KEYS, then ARGV up to the item triples.
+        self._call_head: tuple[int | str, ...] = (2, epoch_key, stream_key, str(epoch), str(maxlen), str(ttl_s))
         self._next_seq = next_seq
-        self._pending: list[tuple[int, ItemKind, bytes]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._pending: list[int | str | bytes] = []  # flat (seq, kind, payload) triples
+        self._idle = asyncio.Event()  # set when nothing written is still unsent or in flight
+        self._idle.set()
         self._failure: BaseException | None = None
 
     @property
@@ -134,40 +161,110 @@ class ChunkWriter:
             raise self._failure
         seq = self._next_seq
         self._next_seq += 1
-        self._pending.append((seq, kind, payload))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop())
-        if len(self._pending) >= WRITE_BACKLOG_MAX:
+        self._pending += (seq, kind, payload)
+        self._idle.clear()
+        self._pipeliner.submit(self)
+        if len(self._pending) >= 3 * WRITE_BACKLOG_MAX:
             await self.flush()
         return seq
 
     async def flush(self) -> None:
         """Wait until everything written so far is in Redis (re-raises a write failure)."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        await self._idle.wait()
         if self._failure is not None:
             raise self._failure
 
-    async def _flush_loop(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            args = list(self._head)
-            for seq, kind, payload in batch:
-                args.extend((str(seq), kind, payload))
+    def _take(self) -> list[int | str | bytes] | None:
+        if self._failure is not None or not self._pending:
+            return None
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _landed(self, error: BaseException | None) -> None:
+        """The pipeliner's report on the batch it took last."""
+        if error is not None and self._failure is None:
+            text = str(error)
+            fenced = isinstance(error, ResponseError) and ("FENCED" in text or "equal or smaller" in text)
+            self._failure = FencedError(f"stream write refused: {text}") if fenced else error
+        if self._failure is not None:
+            self._pending.clear()
+        if not self._pending:
+            self._idle.set()
+
+
+class _Pipeliner:
+    """Sends the fenced appends of every ``ChunkWriter`` on one Redis client, one pipeline at a time."""
+
+    def __init__(self) -> None:
+        self._ready: dict[ChunkWriter, None] = {}  # writers with unsent items, in arrival order
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, writer: ChunkWriter) -> None:
+        self._ready[writer] = None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="chunk-pipeliner")
+
+    async def _run(self) -> None:
+        sent: list[tuple[ChunkWriter, list[int | str | bytes]]] = []
+        try:
+            while self._ready:
+                writers = list(self._ready)
+                self._ready.clear()
+                sent = [(w, batch) for w in writers if (batch := w._take()) is not None]
+                if sent:
+                    for (writer, _), error in zip(sent, await self._send(sent), strict=True):
+                        writer._landed(error)
+                    sent = []
+        except BaseException as exc:  # never leave a writer waiting in flush()
+            stopped = RedisConnectionError(f"chunk writer stopped: {exc!r}")
+            for writer in [*(w for w, _ in sent), *self._ready]:
+                writer._landed(stopped)
+            self._ready.clear()
+            raise
+        finally:
+            self._task = None
+
+    async def _send(self, sent: list[tuple[ChunkWriter, list[int | str | bytes]]]) -> list[BaseException | None]:
+        redis = sent[0][0]._redis
+        results = await _execute(redis, sent)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # a restarted or flushed Redis: load the script and send those calls again
             try:
-                await self._script(keys=self._keys, args=args)
-            except ResponseError as exc:
-                text = str(exc)
-                if "FENCED" in text or "equal or smaller" in text:
-                    self._failure = FencedError(f"stream write refused: {text}")
-                else:
-                    self._failure = exc
-                self._pending.clear()
-                return
+                await redis.script_load(_FENCED_XADD)
+                for i, r in zip(missing, await _execute(redis, [sent[i] for i in missing]), strict=True):
+                    results[i] = r
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                self._failure = exc
-                self._pending.clear()
-                return
+                for i in missing:
+                    results[i] = exc
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+
+async def _execute(redis: aioredis.Redis, calls: list[tuple[ChunkWriter, list[int | str | bytes]]]) -> list[object]:
+    """One pipeline of script calls: each call's reply or error (a lost connection fails them all)."""
+    for attempt in range(POOL_WAIT_ROUNDS):
+        pipe = redis.pipeline(transaction=False)
+        for writer, batch in calls:
+            pipe.execute_command("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch)
+        try:
+            return list(await pipe.execute(raise_on_error=False))
+        except RedisConnectionError as exc:
+            if str(exc) == _POOL_EXHAUSTED and attempt + 1 < POOL_WAIT_ROUNDS:
+                log.warning("no Redis connection free for the chunk writer; waiting", extra={"calls": len(calls)})
+                continue  # nothing was sent
+            return [exc] * len(calls)
+        except RedisTimeoutError as exc:
+            return [exc] * len(calls)
+    raise AssertionError("unreachable")
+
+
+_pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, _Pipeliner] = weakref.WeakKeyDictionary()
+
+
+def _pipeliner(redis: aioredis.Redis) -> _Pipeliner:
+    found = _pipeliners.get(redis)
+    if found is None:
+        found = _pipeliners[redis] = _Pipeliner()
+    return found
 
 
 @dataclass(eq=False)
@@ -184,11 +281,18 @@ class Subscription:
     closed: bool = False
 
     async def get(self, timeout_s: float) -> list[StreamItem] | None:
-        """The next batch of items after the cursor, or None after ``timeout_s`` of silence."""
-        try:
-            batch = await asyncio.wait_for(self._queue.get(), timeout_s)
-        except TimeoutError:
-            return None
+        """Every item after the cursor that has arrived (waiting for one if none has), or None
+        after ``timeout_s`` of silence."""
+        if self._queue.empty():
+            try:
+                async with asyncio.timeout(timeout_s):
+                    batch = await self._queue.get()
+            except TimeoutError:
+                return None
+        else:
+            batch = self._queue.get_nowait()
+        while not self._queue.empty():
+            batch = batch + self._queue.get_nowait()
         if self.paused and self._queue.empty():
             self._tailer._resume(self)
         return batch
@@ -200,49 +304,51 @@ class Subscription:
 
 
 class StreamTailer:
-    """Multiplexes many subscriptions over one blocking ``XREAD`` connection.
+    """Multiplexes many subscriptions over one pub/sub connection and one reading connection; see
+    the module docstring."""
 
-    Every read also watches a private wake stream; a new (or resumed) subscription appends to it,
-    so a blocked read returns at once and the next one includes the new stream. Appending (rather
-    than ``CLIENT UNBLOCK``) cannot be lost to a race: if the append lands before the read is
-    issued, the read sees it and returns immediately.
-    """
-
-    def __init__(self, redis: aioredis.Redis, *, block_ms: int, wake_key: str, name: str = "tailer") -> None:
+    def __init__(self, redis: aioredis.Redis, *, block_ms: int, name: str = "tailer") -> None:
         self._redis = redis
-        self._block_ms = block_ms
+        self._block_s = block_ms / 1000
         self._name = name
-        self._wake_key = wake_key
-        self._wake_cursor = "0-0"
-        self._wake_pending = False
         self._subs: dict[str, set[Subscription]] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._dirty: set[str] = set()  # streams to read in the next round
+        self._wake = asyncio.Event()  # set when ``_dirty`` gains a stream
+        self._listener: AbstractConnection | None = None
+        self._listening: set[str] = set()  # channels the listener asked the server for
+        self._changed: set[str] = set()  # streams whose channel may need (un)subscribing
+        self._sync_pending = False
+        self._sync_task: asyncio.Task[None] | None = None
         self._reader: aioredis.Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def subscriptions(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
     async def start(self) -> None:
-        if self._task is None:
-            await self._redis.delete(self._wake_key)
-            self._task = asyncio.create_task(self._run(), name=self._name)
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._listen(), name=f"{self._name}-listen"),
+                asyncio.create_task(self._read(), name=f"{self._name}-read"),
+            ]
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._close_reader()
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-            await self._redis.delete(self._wake_key)
 
     def subscribe(self, key: str, after: int) -> Subscription:
         sub = Subscription(key=key, cursor=after, _tailer=self)
-        self._subs.setdefault(key, set()).add(sub)
-        self._poke()
+        subs = self._subs.setdefault(key, set())
+        if not subs:
+            self._channel_changed(key)
+        subs.add(sub)
+        self._mark(key)  # what is already there is read at once, before any notification
         return sub
 
     def _remove(self, sub: Subscription) -> None:
@@ -251,32 +357,163 @@ class StreamTailer:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.key]
+                self._channel_changed(sub.key)
 
     def _resume(self, sub: Subscription) -> None:
         sub.paused = False
         if not sub.closed:
-            self._poke()
+            self._mark(sub.key)
 
-    def _poke(self) -> None:
+    def _mark(self, key: str) -> None:
+        self._dirty.add(key)
         self._wake.set()
-        if not self._wake_pending:
-            self._wake_pending = True
-            asyncio.get_running_loop().create_task(self._append_wake())
 
-    async def _append_wake(self) -> None:
-        self._wake_pending = False
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": 1}, maxlen=16, approximate=False)
-                pipe.expire(self._wake_key, WAKE_KEY_TTL_S)
-                await pipe.execute()
+    # -- the listener: notifications in, (un)subscriptions out -----------------------------------
 
-    def _cursors(self) -> dict[str, str]:
-        cursors: dict[str, str] = {}
-        for key, subs in self._subs.items():
-            active = [s.cursor for s in subs if not s.paused and not s.closed]
+    def _channel_changed(self, key: str) -> None:
+        self._changed.add(key)
+        if not self._sync_pending:
+            self._sync_pending = True
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_channels())
+
+    async def _sync_channels(self) -> None:
+        """Send the (un)subscriptions that make the server's channels match ``_subs``."""
+        self._sync_pending = False
+        changed, self._changed = self._changed, set()
+        conn = self._listener
+        if conn is None or not conn.is_connected:
+            return  # the listener subscribes to everything when it (re)connects
+        add = [k for k in changed if k in self._subs and k not in self._listening]
+        drop = [k for k in changed if k not in self._subs and k in self._listening]
+        self._listening.update(add)
+        self._listening.difference_update(drop)
+        commands = ([("SSUBSCRIBE", *add)] if add else []) + ([("SUNSUBSCRIBE", *drop)] if drop else [])
+        if commands:
+            with contextlib.suppress(Exception):
+                # One write, and no reconnect: a broken connection is the listener's to replace.
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+    async def _listen(self) -> None:
+        backoff_s = RECONNECT_BACKOFF_MIN_S
+        while True:
+            pool = self._redis.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            try:
+                await conn.connect()
+                self._listener = conn
+                self._listening = set(self._subs)
+                self._changed.clear()
+                streams = list(self._listening)
+                batches = [
+                    ("SSUBSCRIBE", *streams[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(streams), SUBSCRIBE_BATCH)
+                ]
+                if batches:
+                    await conn.send_packed_command(conn.pack_commands(batches), check_health=False)
+                backoff_s = RECONNECT_BACKOFF_MIN_S
+                pinged = False
+                while True:
+                    message = await conn.read_response(timeout=self._block_s, push_request=True)
+                    reraise_if_cancelling()  # redis-py can swallow a cancellation that lands mid-read
+                    if message is None:
+                        # Silence: make sure the server is still there (a subscribed connection
+                        # answers PING with a "pong" message).
+                        if pinged:
+                            raise RedisTimeoutError(f"no answer to PING within {self._block_s} s")
+                        await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+                        pinged = True
+                        continue
+                    pinged = False
+                    if not isinstance(message, list):
+                        continue
+                    if message[0] == b"smessage":
+                        self._published(message[1].decode(), message[2])
+                    elif message[0] == b"ssubscribe":
+                        # From here on every append to that stream is published to us, so reading
+                        # it now misses nothing.
+                        self._mark(message[1].decode())
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                reraise_if_cancelling()
+                log.warning("stream tailer lost its notifications, reconnecting", extra={"error": str(exc)})
+            except Exception:  # the loop must never die: log and go on
+                reraise_if_cancelling()
+                log.exception("stream tailer listener failed")
+            finally:
+                self._listener = None
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+
+    def _published(self, key: str, message: bytes) -> None:
+        """Hand a published item to the subscriptions it directly continues; read the stream for
+        any other (a gap means an item was missed, e.g. by a paused subscription)."""
+        subs = self._subs.get(key)
+        if not subs:
+            return
+        try:
+            seq, kind, payload = message.split(b" ", 2)
+            item = StreamItem(int(seq), kind.decode(), payload)  # type: ignore[arg-type]
+        except ValueError:  # an empty message: "read me"
+            self._mark(key)
+            return
+        for sub in subs:
+            if sub.paused or sub.closed or sub.cursor >= item.seq:
+                continue
+            if sub.cursor + 1 == item.seq:
+                _offer(sub, [item])
+            else:
+                self._mark(key)
+
+    # -- the reader: one XREAD of the marked streams per round -----------------------------------
+
+    async def _read(self) -> None:
+        backoff_s = RECONNECT_BACKOFF_MIN_S
+        next_sweep = time.monotonic() + self._block_s
+        while True:
+            cursors: dict[str, int] = {}
+            try:
+                reraise_if_cancelling()  # redis-py can swallow a cancellation that lands mid-command
+                if not self._dirty:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, next_sweep - time.monotonic())):
+                            await self._wake.wait()
+                if time.monotonic() >= next_sweep:
+                    self._dirty.update(self._subs)
+                    next_sweep = time.monotonic() + self._block_s
+                cursors = self._cursors()
+                if not cursors:
+                    continue
+                if self._reader is None:
+                    # A private connection: readers never queue behind the shared pool.
+                    pool = aioredis.ConnectionPool(**self._redis.connection_pool.connection_kwargs)
+                    self._reader = aioredis.Redis(connection_pool=pool, single_connection_client=True)
+                streams = {key: f"0-{cursor}" for key, cursor in cursors.items()}
+                self._dispatch(await self._reader.xread(streams, count=XREAD_COUNT), cursors)
+                backoff_s = RECONNECT_BACKOFF_MIN_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the loop must never die: log, read those streams again, go on
+                reraise_if_cancelling()
+                if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+                    log.warning("stream tailer lost Redis, reconnecting", extra={"error": str(exc)})
+                else:
+                    log.exception("stream tailer step failed")
+                self._dirty.update(cursors)
+                await self._close_reader()
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+
+    def _cursors(self) -> dict[str, int]:
+        """Take the dirty streams: each one's lowest cursor among its active subscriptions."""
+        dirty, self._dirty = self._dirty, set()
+        cursors: dict[str, int] = {}
+        for key in dirty:
+            active = [s.cursor for s in self._subs.get(key, ()) if not s.paused and not s.closed]
             if active:
-                cursors[key] = f"0-{min(active)}"
+                cursors[key] = min(active)
         return cursors
 
     async def _close_reader(self) -> None:
@@ -286,38 +523,6 @@ class StreamTailer:
                 await reader.aclose()
                 await reader.connection_pool.disconnect()
 
-    async def _run(self) -> None:
-        backoff_s = 0.05
-        while True:
-            try:
-                if self._reader is None:
-                    # A private connection: a blocked read must never hold one of the shared pool's.
-                    pool = aioredis.ConnectionPool(**self._redis.connection_pool.connection_kwargs)
-                    self._reader = aioredis.Redis(connection_pool=pool, single_connection_client=True)
-                self._wake.clear()
-                cursors = self._cursors()
-                if not cursors:
-                    await self._wake.wait()
-                    continue
-                read_from = {key: int(cursor.split("-")[1]) for key, cursor in cursors.items()}
-                cursors[self._wake_key] = self._wake_cursor
-                reply = await self._reader.xread(cursors, count=XREAD_COUNT, block=self._block_ms)
-                self._dispatch(reply, read_from)
-                backoff_s = 0.05
-            except asyncio.CancelledError:
-                raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                reraise_if_cancelling()
-                log.warning("stream tailer lost Redis, reconnecting", extra={"error": str(exc)})
-                await self._close_reader()
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
-            except Exception:  # the loop must never die: log and go on
-                reraise_if_cancelling()
-                log.exception("stream tailer step failed")
-                await self._close_reader()
-                await asyncio.sleep(backoff_s)
-
     def _dispatch(
         self,
         reply: Iterable[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
@@ -325,36 +530,36 @@ class StreamTailer:
     ) -> None:
         """Hand each subscription the items right after its cursor. A subscription that joined
         while this read was in flight, with a cursor before the position read from, gets nothing
-        now: the next read starts from its cursor, so it misses nothing."""
+        now: joining marked its stream, so the next round reads from its cursor and it misses nothing."""
         for raw_key, entries in reply or ():
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-            if key == self._wake_key:
-                self._wake_cursor = entries[-1][0].decode()
-                continue
+            if len(entries) >= XREAD_COUNT:
+                self._mark(key)  # there may be more
             items = [_item(eid, fields) for eid, fields in entries]
             start = read_from.get(key, 0)
             for sub in list(self._subs.get(key, ())):
                 if sub.paused or sub.closed or sub.cursor < start:
                     continue
                 fresh = [it for it in items if it.seq > sub.cursor]
-                if not fresh:
-                    continue
-                try:
-                    sub._queue.put_nowait(fresh)
-                except asyncio.QueueFull:
-                    sub.paused = True
-                    continue
-                sub.cursor = fresh[-1].seq
+                if fresh:
+                    _offer(sub, fresh)
+
+
+def _offer(sub: Subscription, items: list[StreamItem]) -> None:
+    """Queue items that directly follow ``sub``'s cursor, or pause it at its cursor if it is full."""
+    try:
+        sub._queue.put_nowait(items)
+    except asyncio.QueueFull:
+        sub.paused = True
+        return
+    sub.cursor = items[-1].seq
 
 
 class TailerPool:
     """A few tailers per process; a stream always goes to the same one."""
 
-    def __init__(self, redis: aioredis.Redis, *, block_ms: int, wake_key_prefix: str, size: int = 2) -> None:
-        self._tailers = [
-            StreamTailer(redis, block_ms=block_ms, wake_key=f"{wake_key_prefix}:{i}", name=f"tailer-{i}")
-            for i in range(size)
-        ]
+    def __init__(self, redis: aioredis.Redis, *, block_ms: int, size: int = 2) -> None:
+        self._tailers = [StreamTailer(redis, block_ms=block_ms, name=f"tailer-{i}") for i in range(size)]
 
     async def start(self) -> None:
         for tailer in self._tailers:

@@ -10,6 +10,7 @@
     │   └── PendingApprovalError      a user message while a tool approval is pending
     ├── StreamGoneError               a resume cursor older than what Redis still holds
     ├── UnavailableError              Redis or Ray cannot be reached
+    ├── ConfigurationError            a setting that cannot work
     ├── EmbeddedRedisError            the embedded Redis could not start
     ├── FencedError                   a stale owner tried to write (never reaches a client)
     └── RunFailure                    why a run ended badly; becomes an SSE error item
@@ -17,6 +18,9 @@
         │   ├── LLMTimeoutError, LLMRateLimitError, LLMAuthenticationError,
         │   ├── LLMUnavailableError, LLMContextWindowError, LLMBadRequestError,
         │   └── LLMEmptyResponseError, LLMContentFilterError, LLMInvalidResponseError
+        ├── SystemPromptOverflowError system prompt + tools exceed the context window
+        ├── ApprovalStillPendingError a queued message met an approval requested after it
+        ├── InvalidApprovalError      an approval that answers no pending call
         ├── OwnerLostError            the process running the run died (error_type owner_lost)
         └── InternalRunError          a bug or an unexpected failure (error_type internal_error)
 
@@ -66,6 +70,13 @@ class ConversationBusyError(ConflictError):
 class PendingApprovalError(ConflictError):
     code = "PENDING_APPROVAL"
 
+    def __init__(self, conversation_id: str, pending_request_id: str) -> None:
+        super().__init__(
+            f"conversation {conversation_id} is waiting for an answer to approval request {pending_request_id}: "
+            "approve or deny it (a message of type 'approval'), or cancel the conversation's runs, first"
+        )
+        self.pending_request_id = pending_request_id
+
 
 class StreamGoneError(ConvoyError):
     code = "stream_gone"
@@ -73,6 +84,12 @@ class StreamGoneError(ConvoyError):
 
 class UnavailableError(ConvoyError):
     code = "unavailable"
+
+
+class ConfigurationError(ConvoyError):
+    """A setting that cannot work (e.g. a tool module that does not import)."""
+
+    code = "configuration"
 
 
 class EmbeddedRedisError(ConvoyError):
@@ -99,6 +116,24 @@ class RunFailure(ConvoyError):
 
 class InternalRunError(RunFailure):
     pass
+
+
+class SystemPromptOverflowError(RunFailure):
+    error_type = "context_window_overflow"
+    stop_reason = "context_window_overflow_in_system_prompt"
+    public_message = "The agent's system prompt and tools alone do not fit the model's context window."
+
+
+class ApprovalStillPendingError(RunFailure):
+    error_type = "pending_approval"
+    public_message = (
+        "A tool approval became pending before this message ran. Answer the approval request, then send it again."
+    )
+
+
+class InvalidApprovalError(RunFailure):
+    error_type = "invalid_approval"
+    public_message = "The approval does not answer the pending tool calls."
 
 
 class OwnerLostError(RunFailure):

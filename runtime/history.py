@@ -1,8 +1,8 @@
 """A conversation's persisted messages: a Redis stream of Letta messages in order.
 
 Appends come from the conversation's owner and are fenced by its epoch, so a stale owner cannot
-add to the history after a takeover. A turn's messages are appended together, so a crash never
-leaves half a turn.
+add to the history after a takeover. The agent loop appends a turn step by step, each step's
+messages in one script call, so a crash never leaves half a step.
 """
 
 from __future__ import annotations

@@ -73,6 +73,12 @@ def history_index(conversation_id: str) -> str:
     return f"{PREFIX}:{{conv:{conversation_id}}}:history:index"
 
 
+def pending_approval(conversation_id: str) -> str:
+    """Hash: the approval request the conversation waits on (``request``), and the run that
+    answered it (``answered``) once an answer is accepted. Absent when nothing is pending."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:approval"
+
+
 def idempotency(conversation_id: str, key: str) -> str:
     """Maps a client's otid / Idempotency-Key to the run it started."""
     return f"{PREFIX}:{{conv:{conversation_id}}}:idem:{key}"
@@ -101,11 +107,6 @@ def runs_index() -> str:
 def hosts() -> str:
     """Hash of live conversation hosts: name -> JSON heartbeat."""
     return f"{PREFIX}:hosts"
-
-
-def tailer_wake(process_id: str) -> str:
-    """Private stream a process's tailers use to interrupt their own blocking reads."""
-    return f"{PREFIX}:tailer:{process_id}"
 
 
 def run_ref(run_id: str) -> str:

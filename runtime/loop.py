@@ -5,9 +5,10 @@ a provider adapter, hands every wire item to ``emit`` as soon as it exists, repo
 step to ``record_step``, and returns what the caller must persist. The conversation actor owns
 persistence, fencing and the terminal sequence.
 
-A turn is a loop of steps. A step streams one model response; if the model asked for tools, their
-results are added and the loop goes on, up to ``max_steps``. Convoy has no server tools yet, so a
-requested tool gets an error result saying it is not available (the model can then answer).
+A turn is a loop of steps. A step streams one model response; if the model asked for tools, they
+run (``runtime/toolbox.py``), their results are added and the loop goes on, up to ``max_steps``.
+A call that needs the client (approval, or a client-side tool) ends the turn with
+``requires_approval``; the client's answer starts the next turn from there.
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.errors import LLMContentFilterError, LLMEmptyResponseError, RunFailure
+from runtime.context import fit, render_system
+from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, RunFailure
 from runtime.ids import new_id
 from runtime.providers.events import ChatMessage, LLMRequest, ReasoningBlock, ToolCall
 from runtime.providers.registry import Model
 from runtime.providers.stream import Attempts
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import (
+    ApprovalRequestMessage,
+    ApprovalResponseMessage,
     AssistantMessage,
     HiddenReasoningMessage,
     HistoryMessage,
+    LettaMessage,
     ReasoningMessage,
     StreamItem,
     ToolCallMessage,
@@ -38,11 +43,15 @@ from runtime.schemas.messages import (
     UsageStatistics,
     UserMessage,
 )
+from runtime.schemas.requests import ApprovalCreate, MessageCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.step import StepAssembler, StepResult
+from runtime.toolbox import Toolbox
+from runtime.tools import ToolRegistry
 
 Emit = Callable[[StreamItem], Awaitable[None]]
 RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
+Persist = Callable[[list[HistoryMessage]], Awaitable[None]]
 Cancelled = Callable[[], bool]
 ModelFactory = Callable[[str], Model]
 
@@ -57,6 +66,7 @@ class TurnOutcome:
     new_messages: list[HistoryMessage] = field(default_factory=list)
     ttft_ns: int | None = None
     finish_reason: str | None = None
+    approval_request_id: str | None = None  # set when the turn stopped to wait for the client
 
 
 def model_for(turn: TurnRequest, conversation: ConversationRecord, agent: AgentRecord) -> str:
@@ -68,17 +78,38 @@ def user_messages(turn: TurnRequest) -> list[HistoryMessage]:
     return [
         UserMessage(id=new_id("message"), content=m.text(), otid=m.otid, run_id=turn.run_id, name=m.name)
         for m in turn.messages
+        if isinstance(m, MessageCreate)
     ]
+
+
+CALL_TYPES = (ToolCallMessage, ApprovalRequestMessage)
+RESPONSE_PARTS = (AssistantMessage, ReasoningMessage, HiddenReasoningMessage, *CALL_TYPES)
+UNANSWERED = "no result: the call was cancelled or its turn ended before it ran"
+
+
+def unanswered_calls(history: Sequence[HistoryMessage]) -> list[ApprovalRequestMessage]:
+    """Approval requests at the end of the history that no tool return answers yet."""
+    answered = {m.tool_call_id for m in history if isinstance(m, ToolReturnMessage)}
+    waiting: list[ApprovalRequestMessage] = []
+    for message in reversed(history):
+        if isinstance(message, UserMessage):
+            break
+        if isinstance(message, ApprovalRequestMessage) and message.tool_call.tool_call_id not in answered:
+            waiting.append(message)
+    return list(reversed(waiting))
 
 
 def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     """Stored Letta messages -> provider-neutral chat messages.
 
     The parts of one model response (reasoning, text, tool calls) share a message id and become
-    one assistant message; each tool return becomes a tool message.
+    one assistant message; each tool return becomes a tool message. A tool call that never got a
+    result (its approval was cancelled, its turn failed) gets an error result, because providers
+    refuse a history with unanswered calls.
     """
     chat: list[ChatMessage] = []
     group: list[HistoryMessage] = []
+    open_calls: list[str] = []
 
     def flush() -> None:
         if not group:
@@ -94,27 +125,38 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
         calls = tuple(
             ToolCall(m.tool_call.tool_call_id or "", m.tool_call.name or "", m.tool_call.arguments or "")
             for m in group
-            if isinstance(m, ToolCallMessage)
+            if isinstance(m, CALL_TYPES)
         )
         chat.append(ChatMessage("assistant", text, tool_calls=calls, reasoning=reasoning))
+        open_calls.extend(c.call_id for c in calls)
         group.clear()
 
+    def close_calls() -> None:
+        chat.extend(ChatMessage("tool", UNANSWERED, tool_call_id=c, is_error=True) for c in open_calls)
+        open_calls.clear()
+
     for message in history:
-        if isinstance(message, AssistantMessage | ReasoningMessage | HiddenReasoningMessage | ToolCallMessage):
+        if isinstance(message, RESPONSE_PARTS):
             if group and group[0].id != message.id:
                 flush()
+            if not group:
+                close_calls()
             group.append(message)
             continue
         flush()
-        if isinstance(message, UserMessage):
-            chat.append(ChatMessage("user", _text(message.content)))
-        elif isinstance(message, ToolReturnMessage):
+        if isinstance(message, ToolReturnMessage):
+            if message.tool_call_id in open_calls:
+                open_calls.remove(message.tool_call_id)
             chat.append(
                 ChatMessage(
                     "tool", message.tool_return, tool_call_id=message.tool_call_id, is_error=message.status == "error"
                 )
             )
+        elif isinstance(message, UserMessage):
+            close_calls()
+            chat.append(ChatMessage("user", _text(message.content)))
     flush()
+    close_calls()
     return chat
 
 
@@ -167,40 +209,80 @@ async def run_turn(
     conversation: ConversationRecord,
     history: Sequence[HistoryMessage],
     models: ModelFactory,
+    tools: ToolRegistry,
     emit: Emit,
     record_step: RecordStep | None = None,
+    persist: Persist | None = None,
     cancelled: Cancelled = lambda: False,
+    approval_pending: bool = False,
 ) -> TurnOutcome:
     """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
 
-    A cancel normally arrives as a task cancellation. ``cancelled`` is checked as well before each
-    step and at every event, because a cancellation that lands inside a Redis command can be
-    absorbed by the client library's reconnect-and-retry and never reach this code.
+    ``persist`` receives the turn's messages step by step: the input with the first step, then each
+    step's response together with its tool results, so a failure or a crash leaves only whole steps
+    in the history (and the tools that ran are on record). ``approval_pending`` says whether the conversation's approval request is still open (a cancel
+    closes it). A cancel normally arrives as a task cancellation; ``cancelled`` is checked as well
+    before each step and at every event, because a cancellation that lands inside a Redis command
+    can be absorbed by the client library's reconnect-and-retry and never reach this code.
     """
+    emit = _filtered(emit, turn.include_return_message_types)
     model = models(model_for(turn, conversation, agent))
-    new: list[HistoryMessage] = user_messages(turn)
+    box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()))
+    approval = next((m for m in turn.messages if isinstance(m, ApprovalCreate)), None)
+    waiting = unanswered_calls(history) if approval_pending else []
+    new: list[HistoryMessage]
+    if approval is not None:
+        new = [_approval_message(turn, approval)]
+        for result in await box.resolve(approval, waiting, run_id=turn.run_id):
+            await emit(result.model_copy())
+            new.append(result)
+    elif waiting:
+        raise ApprovalStillPendingError(f"approval request {waiting[0].id} is waiting for an answer")
+    else:
+        new = user_messages(turn)
+    system = render_system(agent)
+    specs = box.specs()
     totals = _Totals()
     ttft_ns: int | None = None
     stop_reason = "max_steps"
     finish_reason: str | None = None
+    approval_request_id: str | None = None
+    saved = 0
+
+    async def save() -> None:
+        nonlocal saved
+        if persist is not None and saved < len(new):
+            await persist(new[saved:])
+            saved = len(new)
+
     for index in range(turn.max_steps):
         if cancelled():
             raise asyncio.CancelledError
-        request = LLMRequest(model=model.name, system=agent.system, messages=to_chat([*history, *new]))
-        result = await _step(turn, model, request, index=index, emit=emit, record_step=record_step, cancelled=cancelled)
+        chat, dropped = fit(system, specs, to_chat([*history, *new]), window=agent.context_window, reserve=agent.max_tokens)
+        request = LLMRequest(model=model.name, system=system, messages=chat, tools=specs, max_output_tokens=agent.max_tokens)
+        step = await _step(
+            turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
+        )
         totals.steps += 1
-        totals.add(result)
-        if ttft_ns is None and result.first_token_ns is not None:
-            ttft_ns = result.first_token_ns - turn.accepted_at_ns
-        new += result.messages
-        finish_reason = result.finish.raw if result.finish else None
-        if result.tool_calls:
-            for call in result.tool_calls:
-                returned = _unavailable_tool(turn, call)
-                await emit(returned.model_copy())
-                new.append(returned)
+        totals.add(step)
+        if ttft_ns is None and step.first_token_ns is not None:
+            ttft_ns = step.first_token_ns - turn.accepted_at_ns
+        new += step.messages
+        finish_reason = step.finish.raw if step.finish else None
+        if step.tool_calls:
+            now = [c for c in step.tool_calls if not box.waits_for_client(c.name)]
+            step_id = step.messages[0].step_id if step.messages else None
+            for result in await box.run_all(now, run_id=turn.run_id, step_id=step_id):
+                await emit(result.model_copy())
+                new.append(result)
+            await save()
+            if len(now) < len(step.tool_calls):
+                stop_reason = "requires_approval"
+                approval_request_id = next(m.id for m in step.messages if isinstance(m, ApprovalRequestMessage))
+                break
             continue
-        stop_reason = "max_tokens_exceeded" if result.finish and result.finish.reason == "max_tokens" else "end_turn"
+        await save()
+        stop_reason = "max_tokens_exceeded" if step.finish and step.finish.reason == "max_tokens" else "end_turn"
         break
     return TurnOutcome(
         stop_reason=stop_reason,
@@ -208,16 +290,33 @@ async def run_turn(
         new_messages=new,
         ttft_ns=ttft_ns,
         finish_reason=finish_reason,
+        approval_request_id=approval_request_id,
     )
 
 
-def _unavailable_tool(turn: TurnRequest, call: ToolCall) -> ToolReturnMessage:
-    return ToolReturnMessage(
+def _filtered(emit: Emit, types: list[str] | None) -> Emit:
+    """``include_return_message_types``: only those message types reach the stream (everything is
+    still stored in the history; pings, stop reason and usage are not messages and always go)."""
+    if types is None:
+        return emit
+    allowed = set(types)
+
+    async def send(item: StreamItem) -> None:
+        if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]
+            await emit(item)
+
+    return send
+
+
+def _approval_message(turn: TurnRequest, approval: ApprovalCreate) -> ApprovalResponseMessage:
+    return ApprovalResponseMessage(
         id=new_id("message"),
         run_id=turn.run_id,
-        tool_call_id=call.call_id,
-        status="error",
-        tool_return=json.dumps({"error": f"tool {call.name!r} is not available to this agent"}),
+        otid=approval.otid,
+        approval_request_id=approval.approval_request_id,
+        approve=approval.approve,
+        reason=approval.reason,
+        approvals=[a.model_dump(exclude_none=True) for a in approval.approvals] if approval.approvals else None,
     )
 
 
@@ -225,19 +324,28 @@ async def _step(
     turn: TurnRequest,
     model: Model,
     request: LLMRequest,
+    box: Toolbox,
     *,
     index: int,
+    dropped: int,
     emit: Emit,
     record_step: RecordStep | None,
     cancelled: Cancelled,
 ) -> StepResult:
     step_id = new_id("step")
     assembler = StepAssembler(
-        message_id=new_id("message"), step_id=step_id, run_id=turn.run_id, stream_tokens=turn.stream_tokens, emit=emit
+        message_id=new_id("message"),
+        step_id=step_id,
+        run_id=turn.run_id,
+        stream_tokens=turn.stream_tokens,
+        emit=emit,
+        waits_for_client=box.waits_for_client,
     )
     attempts = Attempts()
     started_ns = time.time_ns()
-    trace = _StepTrace(turn, model, request, step_id=step_id, index=index, started_ns=started_ns, attempts=attempts)
+    trace = _StepTrace(
+        turn, model, request, step_id=step_id, index=index, started_ns=started_ns, attempts=attempts, dropped=dropped
+    )
     try:
         stream = model.stream(request, attempts)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
@@ -274,6 +382,7 @@ class _StepTrace:
     index: int
     started_ns: int
     attempts: Attempts
+    dropped: int
 
     async def record(
         self,
@@ -321,6 +430,7 @@ class _StepTrace:
                 if result and result.first_token_ns
                 else None,
                 "attempts": self.attempts.count,
+                "history_messages_dropped": self.dropped,
             },
         }
         if failure is not None:

@@ -42,9 +42,10 @@ return 'started'
 """
 
 # The terminal transition: final stream items, terminal status and mailbox ack in one atomic step.
-# KEYS: epoch, run, mailbox, stream, steps.
+# KEYS: epoch, run, mailbox, stream, steps, the conversation's pending approval.
 # ARGV: epoch ('' = unfenced), expected status ('' = any unfinished), mailbox entry id, ttl_s, maxlen,
-#       number of field/value arguments, the field/value pairs, then (seq, kind, payload) triples.
+#       number of field/value arguments, pending approval ('-' leave, '' clear, else the request id),
+#       the field/value pairs, then (seq, kind, payload) triples.
 _FINISH = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local status = redis.call('HGET', KEYS[2], 'status')
@@ -52,17 +53,23 @@ if not status then return '' end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then return status end
 if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
 local nfields = tonumber(ARGV[6])
-for i = 7 + nfields, #ARGV, 3 do
+for i = 8 + nfields, #ARGV, 3 do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
   redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.bus)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 local fields = {}
-for i = 7, 6 + nfields do fields[#fields + 1] = ARGV[i] end
+for i = 8, 7 + nfields do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
 if ARGV[3] ~= '' then redis.call('XDEL', KEYS[3], ARGV[3]) end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[5], ARGV[4])
+if ARGV[7] == '' then
+  redis.call('DEL', KEYS[6])
+elseif ARGV[7] ~= '-' then
+  redis.call('DEL', KEYS[6])
+  redis.call('HSET', KEYS[6], 'request', ARGV[7])
+end
 return 'ok'
 """
 
@@ -199,10 +206,12 @@ class RunStore:
         expect: RunStatus | None = None,
         error: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        pending_approval: str | None = None,
     ) -> bool:
         """End a run: append its final ``items`` (seq, kind, payload), set its terminal status and
         drop its mailbox entry, all at once. False if the run was already terminal, unknown, or
-        not in status ``expect``."""
+        not in status ``expect``. ``pending_approval``: None leaves the conversation's pending approval
+        alone, "" clears it, an id opens it (clients may then answer that approval request)."""
         assert status in TERMINAL
         fields: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "completed_at_ms": now_ms()}
         if error is not None:
@@ -211,7 +220,10 @@ class RunStore:
         flat: list[Any] = []
         for name, value in fields.items():
             flat.extend((name, value))
-        args: list[Any] = [fence.epoch if fence else "", expect or "", mailbox_entry, self._ttl_s, self._maxlen, len(flat), *flat]
+        pending = "-" if pending_approval is None else pending_approval
+        args: list[Any] = [
+            fence.epoch if fence else "", expect or "", mailbox_entry, self._ttl_s, self._maxlen, len(flat), pending, *flat
+        ]
         for seq, kind, payload in items:
             args.extend((seq, kind, payload))
         reply = await self._fenced(
@@ -222,6 +234,7 @@ class RunStore:
                 keys.mailbox(conversation_id),
                 keys.run_stream(conversation_id, run_id),
                 keys.run_steps(conversation_id, run_id),
+                keys.pending_approval(conversation_id),
             ],
             args=args,
         )

@@ -9,10 +9,10 @@ has one. Environment variables use the ``CONVOY_`` prefix (``CONVOY_REDIS_URL``,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ECHO_MODEL_HANDLE = "echo/echo"
 # Provider names Convoy defines itself; a configured OpenAI-compatible provider cannot take them.
@@ -118,12 +118,24 @@ class Settings(BaseSettings):
     )
     llm_max_output_tokens: int = Field(default=4096, ge=1, description="max_tokens sent when the agent sets none.")
 
+    tool_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated Python modules whose @tool functions agents may use (runtime/tools.py).",
+    )
+
     log_level: str = "INFO"
     log_json: bool = Field(default=False, description="One JSON object per log line instead of key=value text.")
 
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()
+
+    @field_validator("tool_modules", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("providers")
     @classmethod

@@ -32,6 +32,7 @@ from runtime.providers.events import (
     Usage,
 )
 from runtime.schemas.messages import (
+    ApprovalRequestMessage,
     AssistantMessage,
     HiddenReasoningMessage,
     HistoryMessage,
@@ -43,6 +44,7 @@ from runtime.schemas.messages import ToolCall as WireToolCall
 
 Emit = Callable[[StreamItem], Awaitable[None]]
 SegmentKind = Literal["reasoning", "hidden", "text", "tool"]
+WaitsForClient = Callable[[str], bool]
 
 
 @dataclass
@@ -76,8 +78,20 @@ class StepResult:
 
 
 class StepAssembler:
-    def __init__(self, *, message_id: str, step_id: str, run_id: str, stream_tokens: bool, emit: Emit) -> None:
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        step_id: str,
+        run_id: str,
+        stream_tokens: bool,
+        emit: Emit,
+        waits_for_client: WaitsForClient = lambda name: False,
+    ) -> None:
+        """``waits_for_client(name)``: whether a call of that tool is an ``approval_request_message``
+        (a tool needing approval, or a client-side tool) rather than a ``tool_call_message``."""
         self._id = message_id
+        self._waits = waits_for_client
         self._step_id = step_id
         self._run_id = run_id
         self._stream_tokens = stream_tokens
@@ -108,7 +122,7 @@ class StepAssembler:
             segment.parts.append(event.arguments)
             if self._stream_tokens:
                 call = WireToolCall(name=event.name, arguments=event.arguments, tool_call_id=event.call_id)
-                await self._emit(self._message(ToolCallMessage, segment, tool_call=call))
+                await self._emit(self._message(self._call_type(segment), segment, tool_call=call))
         elif isinstance(event, Usage):
             self._usage = event
         elif isinstance(event, Finish):
@@ -143,6 +157,9 @@ class StepAssembler:
 
     def snapshot(self) -> StepResult:
         """What the response produced so far, emitting nothing (for traces of a broken step)."""
+        for segment in self._segments:  # a server that sends no call id still gets stable ones
+            if segment.kind == "tool" and not segment.call_id:
+                segment.call_id = f"call-{self._id[8:]}-{segment.call_index}"
         messages = [self._complete(s) for s in self._segments]
         text_segments = [s for s in self._segments if s.kind == "text"]
         return StepResult(
@@ -155,7 +172,7 @@ class StepAssembler:
                 if s.kind in ("reasoning", "hidden")
             ),
             tool_calls=tuple(
-                ToolCall(call_id=s.call_id or f"call-{self._id}-{s.call_index}", name=s.name or "", arguments=s.text)
+                ToolCall(call_id=s.call_id or "", name=s.name or "", arguments=s.text)
                 for s in self._segments
                 if s.kind == "tool"
             ),
@@ -195,4 +212,7 @@ class StepAssembler:
         if segment.kind == "hidden":
             return self._hidden(segment)
         call = WireToolCall(name=segment.name, arguments=segment.text, tool_call_id=segment.call_id)
-        return self._message(ToolCallMessage, segment, tool_call=call)  # type: ignore[no-any-return]
+        return self._message(self._call_type(segment), segment, tool_call=call)  # type: ignore[no-any-return]
+
+    def _call_type(self, segment: _Segment) -> type:
+        return ApprovalRequestMessage if segment.name and self._waits(segment.name) else ToolCallMessage

@@ -181,6 +181,10 @@ PROVIDER_POLICY_ENV = {
 }
 
 
+# Server tools for agent-loop tests; every process of the server (API, hosts) imports them.
+TOOLS_ENV = {"CONVOY_TOOL_MODULES": "tests.fakes.tools", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
 @pytest.fixture(scope="session")
 def fake_provider() -> Iterator[FakeProvider]:
     """Local servers speaking OpenAI Chat, OpenAI Responses and Anthropic Messages wire formats."""
@@ -209,7 +213,7 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def convoy(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Convoy]:
-    server = start_convoy(tmp_path_factory.mktemp("convoy-home"), provider_env(fake_provider))
+    server = start_convoy(tmp_path_factory.mktemp("convoy-home"), {**provider_env(fake_provider), **TOOLS_ENV})
     yield server
     leftovers = stop_convoy(server)
     assert server.process.returncode == 0, server.log()

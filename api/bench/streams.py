@@ -972,12 +972,7 @@ async def _start_readers(
     reader: Callable[[Target], Coroutine[Any, Any, None]]
     if mode == "convoy":
         # Built as an API replica builds its own (api.state.AppState).
-        pool = bus.TailerPool(
-            world.state.redis,
-            block_ms=world.settings.read_block_ms,
-            wake_key_prefix=keys.tailer_wake(uuid.uuid4().hex),
-            size=TAILERS_PER_PROCESS,
-        )
+        pool = bus.TailerPool(world.state.redis, block_ms=world.settings.read_block_ms, size=TAILERS_PER_PROCESS)
         await pool.start()
         stack.push_async_callback(pool.stop)
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.providers.handles import split_handle
+from runtime.schemas.requests import MemoryBlock
 
 DEFAULT_CONTEXT_WINDOW = 128_000
 AGENT_TYPE = "letta_v1_agent"
@@ -23,12 +24,26 @@ class AgentRecord(BaseModel):
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] | None = None
+    tools: list[str] = Field(default_factory=list)
+    memory_blocks: list[MemoryBlock] = Field(default_factory=list)
+    context_window_limit: int | None = None
+    max_tokens: int | None = None
     created_at: datetime
     updated_at: datetime
 
-    def state(self) -> dict[str, Any]:
-        """The agent as Letta's ``AgentState`` (every field the SDK requires is present)."""
+    @property
+    def context_window(self) -> int:
+        return self.context_window_limit or DEFAULT_CONTEXT_WINDOW
+
+    def state(self, tool_specs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The agent as Letta's ``AgentState`` (every field the SDK requires is present);
+        ``tool_specs`` maps tool names to their JSON schema when the registry is at hand."""
         provider, model_name = split_handle(self.model)
+        blocks = [
+            {"id": f"block-{self.id[6:]}-{b.label}", "label": b.label, "value": b.value, "description": b.description,
+             "limit": b.limit}
+            for b in self.memory_blocks
+        ]
         return {
             "id": self.id,
             "name": self.name,
@@ -41,13 +56,17 @@ class AgentRecord(BaseModel):
                 "handle": self.model,
                 "model_endpoint_type": provider,
                 "provider_name": provider,
-                "context_window": DEFAULT_CONTEXT_WINDOW,
+                "context_window": self.context_window,
+                "max_tokens": self.max_tokens,
             },
-            "memory": {"blocks": [], "file_blocks": [], "prompt_template": ""},
-            "blocks": [],
+            "memory": {"blocks": blocks, "file_blocks": [], "prompt_template": ""},
+            "blocks": blocks,
             "sources": [],
             "tags": self.tags,
-            "tools": [],
+            "tools": [
+                {"id": f"tool-{name}", "name": name, "tool_type": "custom", "json_schema": (tool_specs or {}).get(name)}
+                for name in self.tools
+            ],
             "metadata": self.metadata,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),

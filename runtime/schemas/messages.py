@@ -79,6 +79,21 @@ class ToolCallMessage(LettaMessage):
     tool_call: ToolCall
 
 
+class ApprovalRequestMessage(LettaMessage):
+    """A tool call that waits for the client: approval of a server tool, or a client-side tool."""
+
+    message_type: Literal["approval_request_message"] = "approval_request_message"
+    tool_call: ToolCall
+
+
+class ApprovalResponseMessage(LettaMessage):
+    message_type: Literal["approval_response_message"] = "approval_response_message"
+    approval_request_id: str | None = None
+    approve: bool | None = None
+    reason: str | None = None
+    approvals: list[dict[str, Any]] | None = None
+
+
 class ToolReturnMessage(LettaMessage):
     message_type: Literal["tool_return_message"] = "tool_return_message"
     tool_return: str
@@ -124,6 +139,8 @@ HistoryMessage = Annotated[
     | ReasoningMessage
     | HiddenReasoningMessage
     | ToolCallMessage
+    | ApprovalRequestMessage
+    | ApprovalResponseMessage
     | ToolReturnMessage,
     Field(discriminator="message_type"),
 ]

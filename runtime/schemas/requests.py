@@ -45,12 +45,74 @@ class MessageCreate(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class ApprovalReturn(BaseModel):
+    """A decision on one pending tool call."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["approval"] = "approval"
+    tool_call_id: Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+    approve: bool
+    reason: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+
+
+class ToolReturnCreate(BaseModel):
+    """The result of a client-side tool, run by the client."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["tool"] = "tool"
+    tool_call_id: Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+    tool_return: Text | list[TextPart]
+    status: Literal["success", "error"] = "success"
+    stdout: list[Text] | None = None
+    stderr: list[Text] | None = None
+
+    def text(self) -> str:
+        return self.tool_return if isinstance(self.tool_return, str) else "".join(p.text for p in self.tool_return)
+
+
+class ApprovalCreate(BaseModel):
+    """Letta's answer to an ``approval_request_message``: approve or deny the pending calls, or
+    return client-side tool results. ``approve``/``reason`` alone apply to every pending call."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["approval"]
+    approval_request_id: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    approve: bool | None = None
+    reason: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    approvals: Annotated[
+        list[Annotated[ApprovalReturn | ToolReturnCreate, Field(discriminator="type")]], Field(max_length=MAX_MESSAGES)
+    ] | None = None
+    otid: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _decides(self) -> ApprovalCreate:
+        if self.approve is None and not self.approvals:
+            raise ValueError("an approval needs 'approve' (true/false) or a list of 'approvals'")
+        return self
+
+
+class ClientTool(BaseModel):
+    """A tool the client runs itself: calling it pauses the run until the client returns a result."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+InputMessage = MessageCreate | ApprovalCreate
+
+
 class SendMessageRequest(BaseModel):
     """Body of ``POST /v1/conversations/{id}/messages`` (and the agent-direct routes)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    messages: Annotated[list[MessageCreate], Field(max_length=MAX_MESSAGES)] | None = None
+    messages: Annotated[list[InputMessage], Field(max_length=MAX_MESSAGES)] | None = None
     input: Text | Annotated[list[TextPart], Field(max_length=MAX_PARTS)] | None = None
     streaming: bool = True
     stream_tokens: bool = True
@@ -62,6 +124,7 @@ class SendMessageRequest(BaseModel):
     override_model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     agent_id: str | None = None
     on_busy: OnBusy = "queue"
+    client_tools: Annotated[list[ClientTool], Field(max_length=128)] | None = None
 
     @model_validator(mode="after")
     def _has_input(self) -> SendMessageRequest:
@@ -69,13 +132,35 @@ class SendMessageRequest(BaseModel):
             raise ValueError("send either 'messages' or 'input', not both")
         if not self.messages and self.input is None:
             raise ValueError("send at least one message: 'messages' (a list) or 'input' (a string)")
+        approvals = [m for m in self.messages or () if isinstance(m, ApprovalCreate)]
+        if approvals and len(self.messages or ()) != 1:
+            raise ValueError("an approval message must be sent alone")
         return self
 
-    def input_messages(self) -> list[MessageCreate]:
+    @property
+    def approval(self) -> ApprovalCreate | None:
+        first = self.messages[0] if self.messages else None
+        return first if isinstance(first, ApprovalCreate) else None
+
+    def input_messages(self) -> list[InputMessage]:
         if self.messages:
             return self.messages
         assert self.input is not None
         return [MessageCreate(role="user", content=self.input)]
+
+
+class MemoryBlock(BaseModel):
+    """A labelled block of text rendered into the agent's system prompt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    label: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[A-Za-z0-9_.-]+$")]
+    value: Annotated[str, Field(max_length=MAX_SYSTEM_CHARS)]
+    description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+ToolName = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class CreateAgentRequest(BaseModel):
@@ -87,6 +172,10 @@ class CreateAgentRequest(BaseModel):
     description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     tags: Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], Field(max_length=64)] | None = None
     metadata: dict[str, Any] | None = None
+    tools: Annotated[list[ToolName], Field(max_length=128)] | None = None
+    memory_blocks: Annotated[list[MemoryBlock], Field(max_length=64)] | None = None
+    context_window_limit: int | None = Field(default=None, ge=1_000, le=10_000_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class CreateConversationRequest(BaseModel):

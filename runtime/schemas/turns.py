@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.schemas.requests import MessageCreate
+from runtime.schemas.requests import ClientTool, InputMessage
 
 
 class TurnRequest(BaseModel):
@@ -13,10 +13,11 @@ class TurnRequest(BaseModel):
     run_id: str
     agent_id: str
     conversation_id: str
-    messages: list[MessageCreate]
+    messages: list[InputMessage]
     stream_tokens: bool = True
     max_steps: int = 50
     use_assistant_message: bool = True
     include_return_message_types: list[str] | None = None
     override_model: str | None = None
+    client_tools: list[ClientTool] | None = None
     accepted_at_ns: int

@@ -25,7 +25,7 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def tailer(redis: aioredis.Redis) -> AsyncIterator[bus.StreamTailer]:
-    t = bus.StreamTailer(redis, block_ms=1000, wake_key=f"test:wake:{uuid.uuid4()}")
+    t = bus.StreamTailer(redis, block_ms=1000)
     await t.start()
     yield t
     await t.stop()
@@ -117,7 +117,7 @@ async def test_one_tailer_serves_many_streams(redis: aioredis.Redis, tailer: bus
 
 
 async def test_a_new_subscription_does_not_wait_for_the_block_timeout(redis: aioredis.Redis) -> None:
-    slow = bus.StreamTailer(redis, block_ms=5000, wake_key=f"test:wake:{uuid.uuid4()}")
+    slow = bus.StreamTailer(redis, block_ms=5000)
     await slow.start()
     try:
         idle = slow.subscribe(f"test:{uuid.uuid4()}", 0)  # the tailer is now blocked for 5 s
@@ -171,3 +171,52 @@ async def test_a_late_reader_with_an_older_cursor_misses_nothing(redis: aioredis
     assert [i.seq for i in await _collect(ahead, 5)] == list(range(6, 11))
     ahead.close()
     late.close()
+
+
+async def test_an_item_appended_without_a_notification_still_arrives(redis: aioredis.Redis) -> None:
+    """Notifications are only a shortcut: the periodic sweep reads the stream itself."""
+    quick = bus.StreamTailer(redis, block_ms=200)
+    await quick.start()
+    try:
+        key = f"test:{uuid.uuid4()}"
+        sub = quick.subscribe(key, 0)
+        await asyncio.sleep(0.05)  # the subscription's first read has found nothing
+        await redis.xadd(key, {"k": "data", "p": b"silent"}, id="0-1")  # no SPUBLISH
+        assert [i.payload for i in await _collect(sub, 1)] == [b"silent"]
+        sub.close()
+    finally:
+        await quick.stop()
+
+
+async def test_items_published_while_the_listener_reconnects_are_not_lost(
+    redis: aioredis.Redis, tailer: bus.StreamTailer
+) -> None:
+    key = f"test:{uuid.uuid4()}"
+    writer = await _writer(redis, key)
+    sub = tailer.subscribe(key, 0)
+    await writer.write("data", b"before")
+    await writer.flush()
+    assert [i.seq for i in await _collect(sub, 1)] == [1]
+    await redis.client_kill_filter(_type="pubsub")  # the listener's connection drops
+    for i in range(5):
+        await writer.write("data", b"%d" % i)
+    await writer.flush()
+    assert [i.seq for i in await _collect(sub, 5)] == [2, 3, 4, 5, 6]
+    sub.close()
+
+
+async def test_a_writer_waits_for_a_pool_connection_instead_of_failing(redis_url: str) -> None:
+    """Regression: with every pooled connection busy, a chunk write used to fail its run."""
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=1, timeout=0.1)
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        key = f"test:{uuid.uuid4()}"
+        writer = await _writer(client, key)
+        held = await pool.get_connection()  # the only connection is busy for a while
+        await writer.write("data", b"patient")
+        await asyncio.sleep(0.3)  # longer than the pool's own wait
+        await pool.release(held)
+        await writer.flush()
+        assert [i.payload for i in await bus.read_after(client, key, 0)] == [b"patient"]
+    finally:
+        await client.aclose()

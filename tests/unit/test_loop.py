@@ -20,6 +20,7 @@ from runtime.schemas.messages import AssistantMessage, StreamItem, UserMessage, 
 from runtime.schemas.requests import MessageCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
+from runtime.tools import ToolRegistry
 
 
 def _agent(model: str = "echo/echo") -> AgentRecord:
@@ -57,6 +58,7 @@ async def test_echo_streams_word_deltas_sharing_one_id() -> None:
         conversation=_conversation(agent),
         history=[],
         models=Providers(Settings(echo_delay_ms=0)).model,
+        tools=ToolRegistry(),
         emit=emit,
     )
     assert all(isinstance(i, AssistantMessage) for i in emitted)
@@ -83,6 +85,7 @@ async def test_step_streaming_emits_one_complete_message() -> None:
         conversation=_conversation(agent),
         history=[],
         models=lambda h: _model(EchoAdapter(0)),
+        tools=ToolRegistry(),
         emit=emit,
     )
     assert len(emitted) == 1 and emitted[0].content == "a b c"  # type: ignore[attr-defined]
@@ -109,7 +112,7 @@ async def test_a_model_that_says_nothing_is_an_empty_response_error() -> None:
     agent = _agent()
     with pytest.raises(LLMEmptyResponseError):
         await run_turn(
-            _turn("hi"), agent=agent, conversation=_conversation(agent), history=[], models=lambda h: _model(_Silent()), emit=emit
+            _turn("hi"), agent=agent, conversation=_conversation(agent), history=[], models=lambda h: _model(_Silent()), tools=ToolRegistry(), emit=emit
         )
 
 

@@ -1,0 +1,222 @@
+"""``POST /v1/chat/completions``: the OpenAI Chat Completions API over Convoy's conversations.
+
+``model`` is an agent id (its default conversation, the one Letta's agent routes use) or a
+conversation id. Convoy keeps the history, so only the trailing user messages of ``messages`` are
+sent (see ``runtime.schemas.openai_chat``); the turn goes through the same ``accept_turn`` as
+every other send and its run's stream is read with the same reader (``api.sse.run_batches``).
+
+Errors are never a normal stop:
+
+- before the answer starts (bad input, unknown model, or a run that failed before producing any
+  output) the response is an HTTP error in OpenAI's shape (``api.errors.openai_error``). A
+  streamed answer therefore starts, headers included, with its first delta: until then its
+  outcome may still be an error status;
+- once chunks were sent, a failure ends the stream with ``data: {"error": {...}}`` and
+  ``data: [DONE]`` (the OpenAI SDK raises ``APIError`` on it).
+
+Like the conversation route, a streamed answer is foreground: a client that leaves before the
+end cancels the run. Silence is filled with SSE comments, which OpenAI clients ignore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from api.cancel import cancel_run
+from api.errors import (
+    chat_status_for,
+    openai_error,
+    openai_error_body,
+    openai_error_for,
+    validation_summary,
+)
+from api.sse import run_batches, sse_response
+from api.state import AppState, get_state
+from api.turns import accept_turn
+from api.validation import AGENT_ID, CONVERSATION_ID
+from runtime.errors import ConvoyError, NotFoundError
+from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.openai_chat import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatTranslator,
+    ChunkChoice,
+    Delta,
+    completion_id,
+    sse_data,
+)
+from runtime.schemas.requests import SendMessageRequest
+from runtime.schemas.runs import RunView
+
+router = APIRouter(prefix="/v1/chat", tags=["openai"])
+State = Annotated[AppState, Depends(get_state)]
+
+KEEPALIVE = b": keepalive\n\n"
+DONE = b"data: [DONE]\n\n"
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+@router.post(
+    "/completions",
+    summary="OpenAI Chat Completions; model = an agent id or a conversation id",
+    response_model=None,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+        }
+    },
+)
+async def chat_completions(
+    request: Request, state: State, idempotency_key: Annotated[str | None, Header(max_length=256)] = None
+) -> Response:
+    try:
+        body = ChatCompletionRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return openai_error(400, f"invalid request: {validation_summary(exc.errors())}", "invalid_request")
+    try:
+        agent, conversation = await _target(state, body.model)
+    except NotFoundError:
+        message = f"The model `{body.model}` does not exist: use an agent id (agent-…) or a conversation id (conv-…)"
+        return openai_error(404, message, "model_not_found", param="model")
+    turn = SendMessageRequest(messages=body.input_messages(), streaming=body.streaming, include_pings=False)
+    try:
+        run = await accept_turn(state, agent, conversation, turn, idempotency_header=idempotency_key)
+    except ConvoyError as exc:
+        return openai_error_for(exc)
+    reply = _Reply(state, run, body.model, include_usage=body.include_usage)
+    return await (_stream(state, run, reply) if body.streaming else _complete(reply))
+
+
+async def _target(state: AppState, model: str) -> tuple[AgentRecord, ConversationRecord]:
+    """The agent and conversation ``model`` names (an agent means its default conversation)."""
+    if re.fullmatch(AGENT_ID, model):
+        agent = await state.agents.get(model)
+        return agent, await state.conversations.default_for(agent.id)
+    if re.fullmatch(CONVERSATION_ID, model):
+        conversation = await state.conversations.get(model)
+        return await state.agents.get(conversation.agent_id), conversation
+    raise NotFoundError(f"no agent or conversation {model}")
+
+
+class _Reply:
+    """One run's stream read as an OpenAI answer: deltas batch by batch, then its ending."""
+
+    def __init__(self, state: AppState, run: RunView, model: str, *, include_usage: bool) -> None:
+        self._batches = run_batches(state, run.conversation_id, run.id, after=0)
+        self.translator = ChatTranslator()
+        self.ended = False
+        self._id = completion_id(run.id)
+        self._created = int(time.time())
+        self._model = model
+        self._include_usage = include_usage
+
+    async def read(self) -> list[Delta] | None:
+        """The deltas of the next batch of items (maybe none), or None for a silence."""
+        got = await anext(self._batches)
+        if got is None:
+            return None
+        deltas: list[Delta] = []
+        for item in got[0]:
+            if item.terminal:
+                self.ended = True
+                break
+            deltas += self.translator.feed(json.loads(item.payload), is_error=item.kind == "error")
+        return deltas
+
+    async def close(self) -> None:
+        await self._batches.aclose()
+
+    def failure_response(self) -> JSONResponse | None:
+        failure = self.translator.failure
+        if failure is None:
+            return None
+        return openai_error(chat_status_for(failure.error_type), failure.message, failure.error_type)
+
+    def chunks(self, deltas: list[Delta]) -> bytes:
+        return b"".join(sse_data(self._chunk([ChunkChoice(delta=delta)])) for delta in deltas)
+
+    def ending(self) -> bytes:
+        """The last chunks: the finish reason (and usage), or the run's error; then ``[DONE]``."""
+        failure = self.translator.failure
+        if failure is not None:
+            error = openai_error_body(chat_status_for(failure.error_type), failure.message, failure.error_type)
+            return sse_data(error) + DONE
+        end = sse_data(self._chunk([ChunkChoice(delta=Delta(), finish_reason=self.translator.finish_reason)]))
+        if self._include_usage:
+            end += sse_data(self._chunk([], usage=True))
+        return end + DONE
+
+    def completion(self) -> dict[str, Any]:
+        return self.translator.completion(self._id, self._created, self._model).model_dump(mode="json")
+
+    def _chunk(self, choices: list[ChunkChoice], *, usage: bool = False) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=choices,
+            usage=self.translator.usage if usage else None,
+        )
+
+
+async def _complete(reply: _Reply) -> Response:
+    try:
+        while not reply.ended:
+            await reply.read()
+    finally:
+        await reply.close()
+    return reply.failure_response() or JSONResponse(reply.completion())
+
+
+async def _stream(state: AppState, run: RunView, reply: _Reply) -> Response:
+    head: list[Delta] = []
+    try:
+        while not head and not reply.ended:
+            head = await reply.read() or []
+    except BaseException:
+        await reply.close()
+        raise
+    if not head and reply.ended:
+        failed = reply.failure_response()
+        if failed is not None:
+            await reply.close()
+            return failed
+
+    async def abandon() -> object:
+        return await cancel_run(state, run.conversation_id, run.id)
+
+    return sse_response(_events(reply, head, abandon))
+
+
+async def _events(
+    reply: _Reply, head: list[Delta], abandon: Callable[[], Coroutine[Any, Any, object]]
+) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        yield reply.chunks(head)
+        while not reply.ended:
+            deltas = await reply.read()
+            if deltas is None:
+                yield KEEPALIVE
+            elif deltas:
+                yield reply.chunks(deltas)
+        finished = True
+        yield reply.ending()
+    except (asyncio.CancelledError, GeneratorExit):
+        if not finished:  # the client left: a foreground run is cancelled (as in api/sse.py)
+            task = asyncio.get_running_loop().create_task(abandon())
+            _abandoned.add(task)
+            task.add_done_callback(_abandoned.discard)
+        raise
+    finally:
+        await reply.close()

@@ -1,0 +1,327 @@
+"""OpenAI Chat Completions on top of Convoy: the request, the answers, and the one mapping from a
+run's Letta stream items to them.
+
+Convoy keeps each conversation's history, so a request's ``messages`` are not replayed: the new
+input is the trailing run of ``user`` messages (everything after the last message of another
+role). Earlier messages, system and developer prompts included, are accepted and ignored: the
+agent's own system prompt and the conversation's stored history are what the model sees.
+
+``ChatTranslator`` is used by both answers, so they cannot disagree: a streamed answer sends its
+deltas as ``chat.completion.chunk`` events, a non-streaming one folds the same deltas into one
+``chat.completion``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runtime.schemas.requests import (
+    MAX_MESSAGES,
+    MAX_NAME_CHARS,
+    MAX_PARTS,
+    MAX_TEXT_CHARS,
+    MessageCreate,
+)
+
+MAX_HISTORY_MESSAGES = 100_000  # a client may send a long history; only its tail is used
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+FINISH_REASON: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "max_tokens_exceeded": "length",
+    "max_steps": "length",
+    "requires_approval": "tool_calls",
+}
+CANCELLED_TYPE = "cancelled"  # the error_type a cancelled run is answered with
+
+
+# -- request ---------------------------------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Annotated[str, Field(max_length=64)]
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)] | None = None
+    name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """Body of ``POST /v1/chat/completions``. ``model`` names an agent (its default conversation)
+    or a conversation. Sampling options (``temperature``, ``max_tokens``...) are accepted and
+    ignored: the agent's model settings apply."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_HISTORY_MESSAGES)]
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    user: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatCompletionRequest:
+        if self.n not in (None, 1):
+            raise ValueError("n: only one choice per request is supported")
+        if self.tools:
+            raise ValueError("tools: request-supplied tools are not supported; the agent's own tools are used")
+        new = self.new_messages()
+        if not new:
+            raise ValueError(
+                "messages: the last message must be a user message (Convoy keeps the history; "
+                "the trailing user messages are the new input)"
+            )
+        if len(new) > MAX_MESSAGES:
+            raise ValueError(f"messages: at most {MAX_MESSAGES} new user messages per request")
+        for message in new:
+            if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
+                raise ValueError("messages: only text content parts are supported")
+            if not message.text():
+                raise ValueError("messages: a new user message has no text")
+        return self
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.stream)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def new_messages(self) -> list[ChatMessage]:
+        """The trailing user messages: what this request adds to the conversation."""
+        start = len(self.messages)
+        while start > 0 and self.messages[start - 1].role == "user":
+            start -= 1
+        return self.messages[start:]
+
+    def input_messages(self) -> list[MessageCreate]:
+        return [MessageCreate(role="user", content=m.text(), name=m.name) for m in self.new_messages()]
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+
+class ToolCallFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallFunction
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = Field(default_factory=CompletionTokensDetails)
+
+    @classmethod
+    def from_letta(cls, doc: dict[str, Any]) -> Usage:
+        return cls(
+            prompt_tokens=doc.get("prompt_tokens") or 0,
+            completion_tokens=doc.get("completion_tokens") or 0,
+            total_tokens=doc.get("total_tokens") or 0,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=doc.get("cached_input_tokens") or 0),
+            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=doc.get("reasoning_tokens") or 0),
+        )
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+# -- the mapping -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunFailed:
+    """Why a run gave no normal answer: its error item's ``error_type``, message and detail."""
+
+    error_type: str
+    message: str
+
+    @classmethod
+    def from_item(cls, doc: dict[str, Any]) -> RunFailed:
+        detail = doc.get("detail")
+        message = doc.get("message") or "the run failed"
+        return cls(doc.get("error_type") or "internal_error", f"{message} ({detail})" if detail else message)
+
+
+@dataclass
+class ChatTranslator:
+    """Folds one run's stream items (Letta JSON documents) into OpenAI deltas and an outcome.
+
+    ``feed`` returns the deltas an item adds (assistant text; tool calls of an approval request).
+    After the last item, ``failure`` is set if the run failed or was cancelled, otherwise
+    ``finish_reason`` and ``usage`` describe its end.
+    """
+
+    stop_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    failure: RunFailed | None = None
+    text: list[str] = field(default_factory=list)
+    tool_calls: dict[str, ToolCall] = field(default_factory=dict)
+    _role_sent: bool = False
+
+    def feed(self, doc: dict[str, Any], *, is_error: bool = False) -> list[Delta]:
+        kind = doc.get("message_type")
+        if is_error:
+            self.failure = RunFailed.from_item(doc)
+        elif kind == "stop_reason":
+            self.stop_reason = doc.get("stop_reason")
+            if self.stop_reason == "cancelled" and self.failure is None:
+                self.failure = RunFailed(CANCELLED_TYPE, "the run was cancelled before it finished")
+        elif kind == "usage_statistics":
+            self.usage = Usage.from_letta(doc)
+        elif kind == "assistant_message":
+            text = _text(doc.get("content"))
+            return self._emit(Delta(content=text)) if text else []
+        elif kind == "approval_request_message":
+            return self._emit(self._tool_call(doc))
+        return []
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        return FINISH_REASON.get(self.stop_reason or "", "stop")
+
+    def completion(self, completion_id: str, created: int, model: str) -> ChatCompletion:
+        message = AssistantMessage(
+            content="".join(self.text) if self.text or not self.tool_calls else None,
+            tool_calls=list(self.tool_calls.values()) or None,
+        )
+        return ChatCompletion(
+            id=completion_id,
+            created=created,
+            model=model,
+            choices=[Choice(message=message, finish_reason=self.finish_reason)],
+            usage=self.usage,
+        )
+
+    def _emit(self, delta: Delta) -> list[Delta]:
+        """Record a delta for the folded answer; the first one also carries the role."""
+        if delta.content:
+            self.text.append(delta.content)
+        if not self._role_sent:
+            delta.role = "assistant"
+            self._role_sent = True
+        return [delta]
+
+    def _tool_call(self, doc: dict[str, Any]) -> Delta:
+        """One approval request delta: the first piece of a call (per ``otid``) carries its id and
+        name, later pieces more arguments."""
+        call = doc.get("tool_call") or {}
+        key = doc.get("otid") or call.get("tool_call_id") or doc.get("id") or ""
+        known = self.tool_calls.get(key)
+        if known is None:
+            known = ToolCall(id=call.get("tool_call_id") or key, function=ToolCallFunction(name=call.get("name"), arguments=""))
+            self.tool_calls[key] = known
+            index = len(self.tool_calls) - 1
+            head = ToolCallDelta(index=index, id=known.id, type="function", function=ToolCallFunction(name=known.function.name, arguments=call.get("arguments") or ""))
+        else:
+            index = list(self.tool_calls).index(key)
+            head = ToolCallDelta(index=index, function=ToolCallFunction(arguments=call.get("arguments") or ""))
+        known.function.arguments = (known.function.arguments or "") + (call.get("arguments") or "")
+        return Delta(tool_calls=[head])
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def completion_id(run_id: str) -> str:
+    """``chatcmpl-<the run's uuid>``: a completion is found again as its run."""
+    return "chatcmpl-" + run_id.removeprefix("run-")
+
+
+def sse_data(payload: BaseModel | dict[str, Any]) -> bytes:
+    body = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
+    return b"data: " + body.encode() + b"\n\n"

@@ -1,0 +1,164 @@
+"""Server tools: plain Python functions the agent loop may call, described to the model by JSON schema.
+
+Register a function with ``@tool`` in a module named in ``CONVOY_TOOL_MODULES`` (every Convoy
+process imports those modules at start)::
+
+    from typing import Annotated
+    from pydantic import Field
+    from runtime.tools import tool
+
+    @tool
+    async def get_weather(city: Annotated[str, Field(description="City name")], unit: str = "C") -> str:
+        \"\"\"Current weather in a city.\"\"\"
+        ...
+
+    @tool(requires_approval=True, timeout_s=5)
+    def delete_file(path: str) -> str:
+        \"\"\"Delete a file (a person must approve each call).\"\"\"
+
+The parameter schema comes from the type hints (pydantic), the description from the docstring.
+Arguments are validated before the call; sync functions run in a worker thread; each call has a
+timeout. Whatever happens — bad arguments, an exception, a timeout — the model gets a result with
+``status: "error"`` and a message, never a crashed run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from runtime.errors import ConfigurationError, InvalidRequestError
+
+DEFAULT_TIMEOUT_S = 30.0  # per call, unless the tool sets its own
+MAX_RESULT_CHARS = 50_000  # longer results are cut, and say so
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    requires_approval: bool
+    timeout_s: float
+    fn: Callable[..., Any] = field(repr=False)
+    arguments: type[BaseModel] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    status: Literal["success", "error"]
+    text: str
+    duration_ms: float = 0.0
+
+
+def describe(fn: Callable[..., Any], name: str | None = None) -> tuple[str, str, type[BaseModel]]:
+    """(name, description, arguments model) of a function, from its signature and docstring."""
+    fields: dict[str, Any] = {}
+    hints = get_type_hints(fn, include_extras=True)  # resolves string annotations
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"tool {fn.__name__}: *args/**kwargs cannot be described to a model")
+        annotation = hints.get(param.name, Any)
+        default = param.default if param.default is not inspect.Parameter.empty else ...
+        fields[param.name] = (annotation, default)
+    model = create_model(  # type: ignore[call-overload]
+        f"{fn.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    doc = inspect.getdoc(fn) or ""
+    return name or fn.__name__, doc.split("\n\n", 1)[0].strip(), model
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+
+    def register(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        requires_approval: bool = False,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> Any:
+        """Decorator, bare (``@tool``) or with options (``@tool(requires_approval=True)``)."""
+
+        def add(f: Callable[..., Any]) -> Callable[..., Any]:
+            tool_name, description, arguments = describe(f, name)
+            schema = arguments.model_json_schema()
+            schema.pop("title", None)
+            self._tools[tool_name] = Tool(tool_name, description, schema, requires_approval, timeout_s, f, arguments)
+            return f
+
+        return add(fn) if fn is not None else add
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def check(self, names: Iterable[str]) -> list[str]:
+        """Validate tool names an agent asks for; a clear error names the unknown ones."""
+        names = list(dict.fromkeys(names))
+        unknown = [n for n in names if n not in self._tools]
+        if unknown:
+            known = ", ".join(self.names()) or "none (set CONVOY_TOOL_MODULES)"
+            raise InvalidRequestError(f"unknown tools {unknown}; registered tools: {known}")
+        return names
+
+    async def run(self, name: str, arguments: str) -> ToolResult:
+        started = time.perf_counter()
+        result = await self._run(name, arguments)
+        return ToolResult(result.status, result.text, round((time.perf_counter() - started) * 1000, 3))
+
+    async def _run(self, name: str, arguments: str) -> ToolResult:
+        tool = self._tools.get(name)
+        if tool is None:
+            return ToolResult("error", f"tool {name!r} is not available to this agent")
+        try:
+            raw = json.loads(arguments) if arguments.strip() else {}
+            args = tool.arguments.model_validate(raw)
+        except (json.JSONDecodeError, ValidationError) as exc:
+            return ToolResult("error", f"invalid arguments for {name}: {exc}")
+        kwargs = {k: getattr(args, k) for k in type(args).model_fields}
+        try:
+            async with asyncio.timeout(tool.timeout_s):
+                if inspect.iscoroutinefunction(tool.fn):
+                    value = await tool.fn(**kwargs)
+                else:
+                    value = await asyncio.to_thread(tool.fn, **kwargs)
+        except TimeoutError:
+            return ToolResult("error", f"{name} timed out after {tool.timeout_s:g}s")
+        except Exception as exc:  # a failing tool is a result for the model, not a crashed run
+            return ToolResult("error", f"{name} failed: {type(exc).__name__}: {exc}")
+        return ToolResult("success", _text(value))
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) > MAX_RESULT_CHARS:
+        text = text[:MAX_RESULT_CHARS] + f"... [cut: {len(text) - MAX_RESULT_CHARS} more characters]"
+    return text
+
+
+# The process-wide registry that ``@tool`` adds to.
+TOOLS = ToolRegistry()
+tool = TOOLS.register
+
+
+def load(modules: Iterable[str]) -> ToolRegistry:
+    """Import the modules that register tools (``CONVOY_TOOL_MODULES``); returns the registry."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(f"CONVOY_TOOL_MODULES: cannot import {module!r}: {exc}") from exc
+    return TOOLS

@@ -1,0 +1,252 @@
+"""The agent loop end to end: server tools, parallel calls, failures, approvals, client tools,
+cancel during approval, max_steps, message filters, history and the context-window policy.
+
+The model is the fake provider speaking OpenAI Chat (scripted per test under its own model name);
+the server tools are ``tests/fakes/tools.py``, loaded by the session server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from tests.fakes import providers as fp
+from tests.integration.test_providers import Turn, send, steps, unique
+
+
+async def agent_conversation(client: httpx.AsyncClient, model: str, **agent: Any) -> str:
+    body = {"name": "loop", "model": f"openai/{model}", "system": "Use tools.", **agent}
+    reply = await client.post("/v1/agents", json=body)
+    assert reply.status_code == 200, reply.text
+    conv = await client.post("/v1/conversations", params={"agent_id": reply.json()["id"]})
+    return conv.json()["id"]
+
+
+def tool_messages(call: fp.Call) -> list[dict[str, Any]]:
+    return [m for m in call.body["messages"] if m["role"] == "tool"]
+
+
+async def test_a_two_step_tool_turn(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(
+        model,
+        fp.Stream(fp.chat_tool_calls(model, [("c1", "add", '{"a": 2,', ' "b": 3}')])),
+        fp.Stream(fp.chat_text(model, ["2 + 3 = 5"])),
+    )
+    conv = await agent_conversation(client, model, tools=["add"])
+    turn = await send(client, conv, "add 2 and 3")
+
+    (returned,) = turn.of("tool_return_message")
+    assert (returned["tool_call_id"], returned["status"], returned["tool_return"]) == ("c1", "success", "5")
+    assert turn.text == "2 + 3 = 5" and turn.stop_reason == "end_turn"
+    first, second = fake_provider.calls(model)
+    (spec,) = first.body["tools"]
+    assert spec["function"]["name"] == "add" and spec["function"]["description"] == "Add two integers."
+    assert spec["function"]["parameters"]["properties"]["a"] == {"description": "first addend", "title": "A", "type": "integer"}
+    assert tool_messages(second) == [{"role": "tool", "tool_call_id": "c1", "content": "5"}]
+    assert [s["status"] for s in await steps(client, turn.run_id)] == ["success", "success"]
+
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 50})).json()
+    assert [m["message_type"] for m in history] == [
+        "user_message",
+        "tool_call_message",
+        "tool_return_message",
+        "assistant_message",
+    ]
+
+
+async def test_parallel_tools_failures_and_timeouts_are_results_not_crashes(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    calls = [
+        ("p1", "add", '{"a": 1, "b": 1}'),
+        ("p2", "explode", '{"reason": "kaboom"}'),
+        ("p3", "sleepy", '{"seconds": 5}'),
+        ("p4", "add", '{"a": "not a number"}'),
+        ("p5", "rm_rf", "{}"),
+    ]
+    fake_provider.script(model, fp.Stream(fp.chat_tool_calls(model, calls)), fp.Stream(fp.chat_text(model, ["ok"])))
+    conv = await agent_conversation(client, model, tools=["add", "explode", "sleepy"])
+    turn = await send(client, conv)
+
+    results = {r["tool_call_id"]: r for r in turn.of("tool_return_message")}
+    assert results["p1"]["status"] == "success" and results["p1"]["tool_return"] == "2"
+    assert results["p2"]["status"] == "error" and "RuntimeError: kaboom" in results["p2"]["tool_return"]
+    assert results["p3"]["status"] == "error" and "timed out" in results["p3"]["tool_return"]
+    assert results["p4"]["status"] == "error" and "invalid arguments" in results["p4"]["tool_return"]
+    assert results["p5"]["status"] == "error" and "not available" in results["p5"]["tool_return"]
+    assert turn.run["status"] == "completed" and turn.text == "ok"
+    assert [m["tool_call_id"] for m in tool_messages(fake_provider.calls(model)[1])] == ["p1", "p2", "p3", "p4", "p5"]
+
+
+async def _ask_for_transfer(client: httpx.AsyncClient, fake_provider: fp.FakeProvider, model: str) -> tuple[str, Turn]:
+    fake_provider.script(model, fp.Stream(fp.chat_tool_calls(model, [("t1", "transfer", '{"amount": 5, "to": "bob"}')])))
+    conv = await agent_conversation(client, model, tools=["transfer", "add"])
+    turn = await send(client, conv, "pay bob")
+    assert turn.stop_reason == "requires_approval" and turn.run["status"] == "completed"
+    deltas = turn.of("approval_request_message")  # token streaming: name first, then argument pieces
+    assert deltas[0]["tool_call"]["name"] == "transfer" and not turn.of("tool_call_message")
+    assert json.loads("".join(d["tool_call"].get("arguments") or "" for d in deltas)) == {"amount": 5, "to": "bob"}
+    return conv, turn
+
+
+async def test_approve_runs_the_tool_and_blocks_other_messages_until_answered(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    conv, asked = await _ask_for_transfer(client, fake_provider, model)
+    request_id = asked.of("approval_request_message")[0]["id"]
+
+    blocked = await client.post(f"/v1/conversations/{conv}/messages", json={"input": "hello?"})
+    assert blocked.status_code == 409 and blocked.json()["error_code"] == "PENDING_APPROVAL"
+    assert blocked.json()["pending_request_id"] == request_id and blocked.headers["x-should-retry"] == "false"
+
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["Sent."])))
+    approval = {"type": "approval", "approval_request_id": request_id, "approve": True}
+    done = await send(client, conv, messages=[approval])
+    (returned,) = done.of("tool_return_message")
+    assert (returned["tool_call_id"], returned["status"], returned["tool_return"]) == ("t1", "success", "sent 5 to bob")
+    assert done.text == "Sent." and done.stop_reason == "end_turn"
+    again = await client.post(f"/v1/conversations/{conv}/messages", json={"messages": [approval], "streaming": False})
+    assert again.status_code == 400 and "no approval request" in again.text
+
+
+async def test_deny_with_a_reason_tells_the_model(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    conv, _ = await _ask_for_transfer(client, fake_provider, model)
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["Understood."])))
+    denial = {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": "t1", "approve": False, "reason": "too much"}]}
+    turn = await send(client, conv, messages=[denial])
+    (returned,) = turn.of("tool_return_message")
+    assert returned["status"] == "error" and "denied" in returned["tool_return"] and "too much" in returned["tool_return"]
+    assert tool_messages(fake_provider.calls(model)[-1])[-1]["content"] == returned["tool_return"]
+
+
+async def test_client_tools_pause_for_the_clients_result(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(
+        model,
+        fp.Stream(fp.chat_tool_calls(model, [("l1", "get_location", "{}")])),
+        fp.Stream(fp.chat_text(model, ["You are in Paris."])),
+    )
+    conv = await agent_conversation(client, model)
+    location = {"name": "get_location", "description": "Where the user is", "parameters": {"type": "object", "properties": {}}}
+    asked = await send(client, conv, "where am I?", client_tools=[location])
+    assert asked.stop_reason == "requires_approval"
+    assert fake_provider.calls(model)[0].body["tools"][0]["function"]["name"] == "get_location"
+
+    answer = {"type": "approval", "approvals": [{"type": "tool", "tool_call_id": "l1", "tool_return": "Paris", "status": "success"}]}
+    done = await send(client, conv, messages=[answer], client_tools=[location])
+    assert done.text == "You are in Paris."
+    assert tool_messages(fake_provider.calls(model)[1]) == [{"role": "tool", "tool_call_id": "l1", "content": "Paris"}]
+
+
+async def test_cancel_during_approval_frees_the_conversation(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    conv, _ = await _ask_for_transfer(client, fake_provider, model)
+    reply = await client.post(f"/v1/conversations/{conv}/cancel")
+    assert reply.status_code == 200, reply.text
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["Fine, no transfer."])))
+    turn = await send(client, conv, "never mind")
+    assert turn.text == "Fine, no transfer." and turn.run["status"] == "completed"
+    sent = fake_provider.calls(model)[-1].body["messages"]
+    # the unanswered call got an error result, so the provider accepts the history
+    assert sent[-2]["role"] == "tool" and sent[-2]["tool_call_id"] == "t1" and "no result" in sent[-2]["content"]
+    assert sent[-1] == {"role": "user", "content": "never mind"}
+
+
+async def test_max_steps_and_message_filters(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_tool_calls(model, [("m", "add", '{"a": 1, "b": 2}')])), repeat=True)
+    conv = await agent_conversation(client, model, tools=["add"])
+    turn = await send(client, conv, max_steps=3, include_return_message_types=["tool_return_message"])
+    assert turn.stop_reason == "max_steps" and turn.run["status"] == "completed"
+    assert {i["message_type"] for i in turn.items} == {"ping", "tool_return_message", "stop_reason", "usage_statistics"}
+    assert len(turn.of("tool_return_message")) == 3 and turn.of("usage_statistics")[0]["step_count"] == 3
+
+
+async def test_context_window_drops_old_turns_and_a_too_large_system_prompt_fails(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["ok"])), repeat=True)
+    conv = await agent_conversation(client, model, context_window_limit=1_000, max_tokens=200)
+    for i in range(6):
+        await send(client, conv, f"message {i} " + "x" * 600)
+    last = fake_provider.calls(model)[-1].body["messages"]
+    assert last[0]["role"] == "system" and last[-1]["content"].startswith("message 5")
+    assert not any(m["content"].startswith("message 0") for m in last[1:]), "the oldest turns are dropped"
+    turn_steps = await steps(client, (await client.get("/v1/runs", params={"conversation_id": conv, "limit": 1})).json()[0]["id"])
+    assert turn_steps[0]["trace"]["history_messages_dropped"] > 0
+
+    big = await agent_conversation(client, model, context_window_limit=1_000, system="rules " * 2_000)
+    failed = await send(client, big, "hi")
+    assert failed.stop_reason == "context_window_overflow_in_system_prompt"
+    assert [e["error_type"] for e in failed.errors] == ["context_window_overflow"] and failed.run["status"] == "failed"
+
+
+async def test_unknown_tools_are_refused_at_creation(client: httpx.AsyncClient) -> None:
+    reply = await client.post("/v1/agents", json={"name": "x", "tools": ["add", "nope"]})
+    assert reply.status_code == 400 and "nope" in reply.text and "add" in reply.text
+
+
+async def test_letta_client_approves_a_tool_call(convoy: Any, fake_provider: fp.FakeProvider) -> None:
+    from letta_client import AsyncLetta  # noqa: PLC0415
+
+    model = unique("gpt")
+    fake_provider.script(
+        model,
+        fp.Stream(fp.chat_tool_calls(model, [("t9", "transfer", '{"amount": 1, "to": "amy"}')])),
+        fp.Stream(fp.chat_text(model, ["Done."])),
+    )
+    letta = AsyncLetta(base_url=convoy.url, api_key="unused", max_retries=0)
+    agent = await letta.agents.create(name="sdk-approval", model=f"openai/{model}", tools=["transfer"])
+    conv = await letta.conversations.create(agent_id=agent.id)
+    first = [c async for c in await letta.conversations.messages.create(conv.id, messages=[{"role": "user", "content": "pay"}])]
+    deltas = [c for c in first if c.message_type == "approval_request_message"]
+    request = deltas[0]
+    assert request.tool_call.name == "transfer"
+    assert json.loads("".join(d.tool_call.arguments or "" for d in deltas)) == {"amount": 1, "to": "amy"}
+    second = [
+        c
+        async for c in await letta.conversations.messages.create(
+            conv.id, messages=[{"type": "approval", "approval_request_id": request.id, "approve": True}]
+        )
+    ]
+    returned = next(c for c in second if c.message_type == "tool_return_message")
+    assert returned.tool_return == "sent 1 to amy" and returned.status == "success"
+    assert second[-2].stop_reason == "end_turn"
+
+
+async def test_tools_can_be_added_to_an_agent_later(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["no tools"])), fp.Stream(fp.chat_text(model, ["tools"])))
+    agent = (await client.post("/v1/agents", json={"name": "later", "model": f"openai/{model}"})).json()
+    conv = (await client.post("/v1/conversations", params={"agent_id": agent["id"]})).json()["id"]
+    await send(client, conv)
+    reply = await client.patch(f"/v1/agents/{agent['id']}", json={"tools": ["add"]})
+    assert reply.status_code == 200 and [t["name"] for t in reply.json()["tools"]] == ["add"]
+    assert (await client.patch(f"/v1/agents/{agent['id']}", json={"tools": ["nope"]})).status_code == 400
+    await send(client, conv)
+    first, second = fake_provider.calls(model)
+    assert "tools" not in first.body and [t["function"]["name"] for t in second.body["tools"]] == ["add"]
+
+
+async def test_a_failure_in_a_later_step_keeps_the_steps_that_ran(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    fake_provider.script(
+        model,
+        fp.Stream(fp.chat_tool_calls(model, [("s1", "add", '{"a": 4, "b": 4}')])),
+        fp.openai_error(400, "Invalid value for 'x'", "invalid_request_error"),
+    )
+    conv = await agent_conversation(client, model, tools=["add"])
+    turn = await send(client, conv, "add, then fail")
+    assert turn.run["status"] == "failed" and [e["error_type"] for e in turn.errors] == ["llm_bad_request"]
+    history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
+    assert [m["message_type"] for m in history] == ["user_message", "tool_call_message", "tool_return_message"]
+    assert history[-1]["tool_return"] == "8", "the tool ran, so the history says so"

@@ -1,0 +1,255 @@
+"""``POST /v1/chat/completions`` with the official ``openai`` SDK, unchanged, as a client of a real
+``convoy serve``; upstream models are the offline ``echo/echo`` or the scripted fake providers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from letta_client import Letta
+from openai import OpenAI
+
+from runtime.schemas.openai_chat import ChatTranslator
+from tests.conftest import Convoy
+from tests.fakes import providers as fp
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def oai(convoy: Convoy) -> Iterator[OpenAI]:
+    with OpenAI(base_url=f"{convoy.url}/v1", api_key="unused", max_retries=2) as client:
+        yield client
+
+
+@pytest.fixture
+def http(convoy: Convoy) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=convoy.url, timeout=30) as client:
+        yield client
+
+
+def new_agent(http: httpx.Client, model: str | None = None, system: str = "Be brief.") -> str:
+    body: dict[str, Any] = {"name": "chat", "system": system}
+    if model:
+        body["model"] = model
+    reply = http.post("/v1/agents", json=body)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["id"])
+
+
+def runs_of(http: httpx.Client, agent_id: str) -> list[dict[str, Any]]:
+    reply = http.get("/v1/runs", params={"agent_id": agent_id})
+    assert reply.status_code == 200, reply.text
+    return list(reply.json())
+
+
+def user(text: str) -> list[Any]:
+    return [{"role": "user", "content": text}]
+
+
+def test_streaming_sends_one_chunk_per_delta_then_finish_and_usage(oai: OpenAI, http: httpx.Client) -> None:
+    agent = new_agent(http)
+    text = "the quick brown fox"
+    chunks = list(
+        oai.chat.completions.create(
+            model=agent, messages=user(text), stream=True, stream_options={"include_usage": True}
+        )
+    )
+
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) == len(text.split()), "one chunk per assistant text delta"
+    assert "".join(c.choices[0].delta.content or "" for c in content) == text
+    assert content[0].choices[0].delta.role == "assistant"
+    finish, usage = chunks[-2], chunks[-1]
+    assert finish.choices[0].finish_reason == "stop" and not finish.choices[0].delta.content
+    assert usage.choices == [] and usage.usage is not None
+    assert usage.usage.completion_tokens == len(text.split()) and usage.usage.total_tokens >= usage.usage.completion_tokens
+    assert all(c.object == "chat.completion.chunk" and c.model == agent for c in chunks)
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    (run,) = runs_of(http, agent)
+    assert run["status"] == "completed" and chunks[0].id == "chatcmpl-" + run["id"].removeprefix("run-")
+
+
+def test_streaming_without_include_usage_sends_no_usage_chunk(oai: OpenAI, http: httpx.Client) -> None:
+    chunks = list(oai.chat.completions.create(model=new_agent(http), messages=user("hi there"), stream=True))
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_non_streaming_returns_a_completion_with_usage(oai: OpenAI, http: httpx.Client) -> None:
+    agent = new_agent(http)
+    completion = oai.chat.completions.create(model=agent, messages=user("hello from openai"))
+    assert completion.object == "chat.completion" and completion.model == agent
+    (choice,) = completion.choices
+    assert choice.message.role == "assistant" and choice.message.content == "hello from openai"
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+
+
+def test_only_the_trailing_user_messages_are_new_input(
+    oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["ok"])), repeat=True)
+    agent = new_agent(http, f"openai/{model}")
+    messages: list[Any] = [
+        {"role": "system", "content": "ignored: the agent's system prompt applies"},
+        {"role": "user", "content": "old question"},
+        {"role": "assistant", "content": "old answer"},
+        {"role": "user", "content": "first"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]},
+    ]
+    assert oai.chat.completions.create(model=agent, messages=messages).choices[0].message.content == "ok"
+    (call,) = fake_provider.calls(model)
+    assert call.body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "user", "content": "second"},
+    ]
+
+
+def test_length_finish_reason_in_both_modes(oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_length(model, ["cut", " sho"])), repeat=True)
+    agent = new_agent(http, f"openai/{model}")
+    completion = oai.chat.completions.create(model=agent, messages=user("long please"))
+    assert completion.choices[0].finish_reason == "length" and completion.choices[0].message.content == "cut sho"
+    chunks = list(oai.chat.completions.create(model=agent, messages=user("again"), stream=True))
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "cut sho"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+def test_an_upstream_credential_error_is_an_error_not_a_stop(
+    oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider, stream: bool
+) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.openai_error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"), repeat=True)
+    agent = new_agent(http, f"openai/{model}")
+    with pytest.raises(openai.InternalServerError) as raised:
+        reply = oai.chat.completions.create(model=agent, messages=user("hi"), stream=stream)
+        list(reply) if stream else None  # type: ignore[call-overload]
+    assert raised.value.status_code == 502 and raised.value.code == "llm_authentication"
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    (run,) = runs_of(http, agent)  # the SDK did not re-send the turn
+    assert run["status"] == "failed"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+def test_an_upstream_server_error_is_503_and_not_resent(
+    oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider, stream: bool
+) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.openai_error(500, "boom", "server_error", headers={"retry-after-ms": "10"}), repeat=True)
+    agent = new_agent(http, f"openai/{model}")
+    with pytest.raises(openai.InternalServerError) as raised:
+        reply = oai.chat.completions.create(model=agent, messages=user("hi"), stream=stream)
+        list(reply) if stream else None  # type: ignore[call-overload]
+    assert raised.value.status_code == 503 and raised.value.code == "llm_unavailable"
+    assert len(runs_of(http, agent)) == 1
+
+
+def test_a_failure_after_the_first_chunk_raises_in_the_sdk(
+    oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.cut_after(fp.chat_text(model, ["Some", " text", " more"]), 3)), repeat=True)
+    agent = new_agent(http, f"openai/{model}")
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in oai.chat.completions.create(model=agent, messages=user("hi"), stream=True):
+            assert chunk.choices[0].finish_reason is None, "a failed run never ends with a finish reason"
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "Some text"
+    assert raised.value.code == "llm_unavailable" and isinstance(raised.value.body, dict)
+    assert raised.value.body["type"] == "server_error"
+
+
+def test_a_conversation_id_is_a_model_too(oai: OpenAI, http: httpx.Client) -> None:
+    agent = new_agent(http)
+    conv = http.post("/v1/conversations", params={"agent_id": agent}).json()["id"]
+    completion = oai.chat.completions.create(model=conv, messages=user("in a conversation"))
+    assert completion.choices[0].message.content == "in a conversation"
+    (run,) = runs_of(http, agent)
+    assert run["conversation_id"] == conv
+
+
+def test_history_is_shared_with_the_agent_routes(convoy: Convoy, oai: OpenAI, http: httpx.Client) -> None:
+    letta = Letta(base_url=convoy.url, api_key="unused")
+    agent = new_agent(http)
+    letta.agents.messages.create(agent, messages=[{"role": "user", "content": "one from letta"}])
+    oai.chat.completions.create(model=agent, messages=user("two from openai"))
+
+    conversations = {r["conversation_id"] for r in runs_of(http, agent)}
+    assert conversations == {"conv-" + agent.removeprefix("agent-")}, "both went to the default conversation"
+    history = http.get(f"/v1/conversations/{conversations.pop()}/messages").json()
+    said = [(m["message_type"], m["content"]) for m in history if m["message_type"] in ("user_message", "assistant_message")]
+    assert said == [
+        ("user_message", "one from letta"),
+        ("assistant_message", "one from letta"),
+        ("user_message", "two from openai"),
+        ("assistant_message", "two from openai"),
+    ]
+
+
+def test_unknown_models_are_404_in_openai_shape(oai: OpenAI, http: httpx.Client) -> None:
+    for model in ("gpt-4o", f"agent-{uuid.uuid4()}", f"conv-{uuid.uuid4()}"):
+        with pytest.raises(openai.NotFoundError) as raised:
+            oai.chat.completions.create(model=model, messages=user("hi"))
+        assert raised.value.code == "model_not_found" and raised.value.param == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "last message must be a user message"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "only text"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "one choice"),
+        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+    ],
+    ids=["trailing-assistant", "empty", "image", "n", "tools", "role"],
+)
+def test_bad_requests_are_400_and_write_nothing(http: httpx.Client, body: dict[str, Any], says: str) -> None:
+    agent = new_agent(http)
+    reply = http.post("/v1/chat/completions", json={"model": agent, **body})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert says in error["message"] and error["type"] == "invalid_request_error"
+    assert reply.headers["x-should-retry"] == "false"
+    assert runs_of(http, agent) == []
+    assert http.get(f"/v1/conversations/conv-{agent.removeprefix('agent-')}").status_code == 404
+
+
+def test_malformed_json_is_400(http: httpx.Client) -> None:
+    reply = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_request"
+
+
+def test_approval_requests_become_tool_calls_with_finish_reason_tool_calls() -> None:
+    """Pure mapping (no server; belongs in tests/unit once that tier may import it): a run that
+    stops for approval answers with the pending tool calls, pieces joined per call."""
+    translator = ChatTranslator()
+    pieces = [
+        {"otid": "a", "tool_call": {"name": "get_weather", "arguments": '{"city":', "tool_call_id": "call_1"}},
+        {"otid": "b", "tool_call": {"name": "get_time", "arguments": "{}", "tool_call_id": "call_2"}},
+        {"otid": "a", "tool_call": {"arguments": ' "Paris"}'}},
+    ]
+    deltas = [d for p in pieces for d in translator.feed({"message_type": "approval_request_message", **p})]
+    translator.feed({"message_type": "stop_reason", "stop_reason": "requires_approval"})
+    calls = [d.tool_calls[0] for d in deltas if d.tool_calls]
+    assert [(c.index, c.id, c.function.name) for c in calls] == [(0, "call_1", "get_weather"), (1, "call_2", "get_time"), (0, None, None)]
+    assert deltas[0].role == "assistant" and deltas[1].role is None
+    answer = translator.completion("chatcmpl-x", 0, "agent-x").choices[0]
+    assert answer.finish_reason == "tool_calls" and answer.message.content is None
+    assert [(c.id, c.function.arguments) for c in answer.message.tool_calls or []] == [
+        ("call_1", '{"city": "Paris"}'),
+        ("call_2", "{}"),
+    ]
