@@ -35,7 +35,7 @@ from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFai
 from runtime.history import HistoryStore
 from runtime.loop import Emit, ModelFactory, run_turn
 from runtime.runs import Fence, RunStore
-from runtime.schemas.messages import StreamItem
+from runtime.schemas.messages import HistoryMessage, StreamItem
 from runtime.schemas.requests import ApprovalCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.tools import ToolRegistry
@@ -73,6 +73,7 @@ class Activation:
         self._turn: asyncio.Task[None] | None = None
         self._current_run: str | None = None
         self._cancel_requested: set[str] = set()
+        self._history: list[HistoryMessage] | None = None
 
     def poke(self) -> None:
         self._wake.set()
@@ -175,22 +176,24 @@ class Activation:
         try:
             if turn.run_id in self._cancel_requested:
                 raise asyncio.CancelledError  # cancelled while it was being started
-            agent = await s.agents.get(turn.agent_id)
-            conversation = await s.conversations.get(turn.conversation_id)
-            history = await s.history.recent(turn.conversation_id, limit=HISTORY_WINDOW)
-            pending = bool(await s.redis.hexists(keys.pending_approval(self.conversation_id), "request"))
+            agent, conversation, history, pending = await asyncio.gather(
+                s.agents.get(turn.agent_id),
+                s.conversations.get(turn.conversation_id),
+                self._recent_history(),
+                s.redis.hexists(keys.pending_approval(self.conversation_id), "request"),
+            )
             outcome = await run_turn(
                 turn,
                 agent=agent,
                 conversation=conversation,
-                history=history,
+                history=list(history),
                 models=s.models,
                 tools=s.tools,
                 emit=emit,
                 record_step=lambda step: s.runs.add_step(self._fence, turn.run_id, step),
-                persist=lambda messages: s.history.append(self._fence, messages),
+                persist=self._persist,
                 cancelled=lambda: turn.run_id in self._cancel_requested,
-                approval_pending=pending,
+                approval_pending=bool(pending),
             )
             await writer.flush()
             first = writer.reserve()
@@ -216,6 +219,19 @@ class Activation:
         except Exception as exc:  # a bug must still end the run, visibly
             log.exception("turn failed unexpectedly", extra={"run_id": turn.run_id})
             await self._end(turn.run_id, entry, writer=writer, failure=InternalRunError(repr(exc)), turn=turn)
+
+    async def _recent_history(self) -> list[HistoryMessage]:
+        """The conversation's recent history. Read from Redis once per activation, then kept in
+        memory: this activation is the only writer (its appends are fenced), so the copy stays true."""
+        if self._history is None:
+            self._history = await self._s.history.recent(self.conversation_id, limit=HISTORY_WINDOW)
+        return self._history
+
+    async def _persist(self, messages: list[HistoryMessage]) -> None:
+        await self._s.history.append(self._fence, messages)
+        if self._history is not None:
+            self._history.extend(messages)
+            del self._history[:-HISTORY_WINDOW]
 
     async def _end(
         self,

@@ -1,7 +1,7 @@
 """What the model sees: the system prompt with memory blocks, and history cut to fit the window.
 
 **Context-window policy.** Tokens are estimated at one per ``CHARS_PER_TOKEN`` characters of each
-message's JSON (an over-estimate for English, so the budget errs on the safe side). The budget is
+message (content, tool calls, reasoning, plus a little per message) (an over-estimate for English, so the budget errs on the safe side). The budget is
 the agent's context window minus its output-token reserve. If the system prompt and tool schemas
 alone exceed it, the turn fails with ``context_window_overflow_in_system_prompt``. Otherwise the
 oldest whole turns (a turn starts at a user message; tool calls stay with their results) are
@@ -42,8 +42,14 @@ def estimate(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN + 1
 
 
+MESSAGE_OVERHEAD_CHARS = 24  # role, separators
+
+
 def _cost(message: ChatMessage) -> int:
-    return estimate(json.dumps(asdict(message), default=str))
+    chars = MESSAGE_OVERHEAD_CHARS + len(message.content)
+    chars += sum(len(c.name) + len(c.arguments) + len(c.call_id) + MESSAGE_OVERHEAD_CHARS for c in message.tool_calls)
+    chars += sum(len(r.text) + len(r.signature or "") + len(r.redacted or "") for r in message.reasoning)
+    return chars // CHARS_PER_TOKEN + 1
 
 
 def fit(

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.events import (
@@ -87,8 +88,16 @@ class OpenAIChatAdapter:
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        body = self.payload(request)
-        stream = await self._client.chat.completions.create(**body)
+        # ``post`` sends the body as built: ``chat.completions.create`` first runs the SDK's
+        # parameter transform over every message, which costs ~0.3 ms per message (25 ms for 80)
+        # before the request even leaves. Parsing, errors, retries and auth are the SDK's as usual.
+        stream = await self._client.post(
+            "/chat/completions",
+            body=self.payload(request),
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=AsyncStream[ChatCompletionChunk],
+        )
         finish: str | None = None
         refused = False
         try:

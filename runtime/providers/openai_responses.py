@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.responses import Response, ResponseStreamEvent
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import classify
@@ -75,7 +76,10 @@ class OpenAIResponsesAdapter:
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        stream = await self._client.responses.create(**self.payload(request))
+        # ``post`` rather than ``responses.create``: see the same call in openai_chat.py.
+        stream = await self._client.post(
+            "/responses", body=self.payload(request), cast_to=Response, stream=True, stream_cls=AsyncStream[ResponseStreamEvent]
+        )
         finish: Finish | None = None
         refused = called = False
         try:
