@@ -238,9 +238,15 @@ async def run_events(
         if not finished and client_left:
             SSE_DISCONNECTS.labels("foreground" if on_abandon else "background").inc()
             if on_abandon is not None:
-                task = asyncio.get_running_loop().create_task(on_abandon())
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+                in_background(on_abandon())
+
+
+def in_background(work: Coroutine[Any, Any, object]) -> None:
+    """Run ``work`` past the request that started it (e.g. cancelling the run of a client that
+    left), keeping a reference so the task is not collected before it ends."""
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:

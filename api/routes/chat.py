@@ -39,7 +39,7 @@ from api.errors import (
     openai_error_for,
     validation_summary,
 )
-from api.sse import run_batches, sse_response
+from api.sse import in_background, run_batches, sse_response
 from api.state import AppState, get_state
 from api.turns import accept_turn
 from api.validation import AGENT_ID, CONVERSATION_ID
@@ -62,7 +62,6 @@ State = Annotated[AppState, Depends(get_state)]
 
 KEEPALIVE = b": keepalive\n\n"
 DONE = b"data: [DONE]\n\n"
-_abandoned: set[asyncio.Task[Any]] = set()
 
 
 @router.post(
@@ -214,9 +213,7 @@ async def _events(
         yield reply.ending()
     except (asyncio.CancelledError, GeneratorExit):
         if not finished:  # the client left: a foreground run is cancelled (as in api/sse.py)
-            task = asyncio.get_running_loop().create_task(abandon())
-            _abandoned.add(task)
-            task.add_done_callback(_abandoned.discard)
+            in_background(abandon())
         raise
     finally:
         await reply.close()

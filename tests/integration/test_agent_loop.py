@@ -250,3 +250,42 @@ async def test_a_failure_in_a_later_step_keeps_the_steps_that_ran(
     history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
     assert [m["message_type"] for m in history] == ["user_message", "tool_call_message", "tool_return_message"]
     assert history[-1]["tool_return"] == "8", "the tool ran, so the history says so"
+
+
+async def test_letta_client_denies_returns_a_client_tool_result_and_lists_history(
+    convoy: Any, fake_provider: fp.FakeProvider
+) -> None:
+    from letta_client import AsyncLetta  # noqa: PLC0415
+
+    model = unique("gpt")
+    fake_provider.script(
+        model,
+        fp.Stream(fp.chat_tool_calls(model, [("t1", "transfer", '{"amount": 9, "to": "eve"}')])),
+        fp.Stream(fp.chat_text(model, ["Not sent."])),
+        fp.Stream(fp.chat_tool_calls(model, [("l1", "get_location", "{}")])),
+        fp.Stream(fp.chat_text(model, ["Paris it is."])),
+    )
+    letta = AsyncLetta(base_url=convoy.url, api_key="unused", max_retries=0)
+    agent = await letta.agents.create(name="sdk-client-tools", model=f"openai/{model}", tools=["transfer"])
+    conv = await letta.conversations.create(agent_id=agent.id)
+
+    async def send_(**kw: Any) -> list[Any]:
+        return [c async for c in await letta.conversations.messages.create(conv.id, **kw)]
+
+    await send_(messages=[{"role": "user", "content": "pay eve"}])
+    deny = {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": "t1", "approve": False, "reason": "no"}]}
+    denied = await send_(messages=[deny])
+    returned = next(c for c in denied if c.message_type == "tool_return_message")
+    assert returned.status == "error" and "no" in returned.tool_return
+
+    location = {"name": "get_location", "parameters": {"type": "object", "properties": {}}}
+    asked = await send_(messages=[{"role": "user", "content": "where am I?"}], client_tools=[location])
+    assert asked[-2].stop_reason == "requires_approval"
+    result = {"type": "tool", "tool_call_id": "l1", "tool_return": "Paris", "status": "success"}
+    done = await send_(messages=[{"type": "approval", "approvals": [result]}], client_tools=[location])
+    assert "".join(c.content for c in done if c.message_type == "assistant_message") == "Paris it is."
+
+    history = [m async for m in letta.conversations.messages.list(conv.id, limit=100)]
+    kinds = [m.message_type for m in history]
+    assert kinds.count("approval_request_message") == 2 and kinds.count("approval_response_message") == 2
+    assert kinds.count("tool_return_message") == 2 and kinds[0] == "user_message"
