@@ -125,8 +125,8 @@ class Activation:
         self._current_run = turn.run_id  # from here on an out-of-band cancel can reach it
         try:
             status = await self._s.runs.start(self._fence, turn.run_id)
-            if status == "started":
-                await self._execute(turn, entry)
+            if status in ("started", "resumed"):
+                await self._execute(turn, entry, fresh=status == "started")
                 return
         finally:
             self._current_run = None
@@ -142,15 +142,17 @@ class Activation:
             # step; removing it again is harmless and guarantees the worker can never spin on it.
             await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
 
-    async def _execute(self, turn: TurnRequest, entry: MailboxEntry) -> None:
+    async def _execute(self, turn: TurnRequest, entry: MailboxEntry, *, fresh: bool) -> None:
         conv_id = self.conversation_id
         stream_key = keys.run_stream(conv_id, turn.run_id)
+        # A run this call started holds only its accept-time ping (seq 1): no need to ask Redis.
+        last = 1 if fresh else await bus.last_seq(self._s.redis, stream_key)
         writer = bus.ChunkWriter(
             self._s.redis,
             stream_key=stream_key,
             epoch_key=keys.epoch(conv_id),
             epoch=self._fence.epoch,
-            next_seq=await bus.last_seq(self._s.redis, stream_key) + 1,
+            next_seq=last + 1,
             maxlen=self._s.settings.stream_maxlen,
             ttl_s=self._s.settings.stream_ttl_s,
         )

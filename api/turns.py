@@ -6,6 +6,8 @@ the router) to look at its mailbox, and returns the run for the caller to stream
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import time
 
@@ -76,18 +78,22 @@ async def accept_turn(
         accepted_at_ns=time.time_ns(),
     )
     first = wire.encode(Ping(id=f"ping-{run_id[4:]}", run_id=run_id, seq_id=1))
-    await state.runs.index(view)
-    accepted = await state.mailbox.accept(
-        conversation.id,
-        run_id,
-        turn.model_dump_json().encode(),
-        on_busy="reject" if body.on_busy == "reject" else "queue",
-        run_fields=state.runs.initial_fields(view),
-        first_item=first,
-        stream_ttl_s=state.settings.stream_ttl_s,
-        run_ttl_s=UNFINISHED_RUN_TTL_S,
-        idempotency_key=idempotency_key(body, idempotency_header),
-        answers_approval=None if body.approval is None else (body.approval.approval_request_id or ""),
+    # Indexing and accepting go out together; both are done before the client hears anything.
+    # (A run then refused leaves only an index entry pointing at nothing, which readers skip.)
+    _, accepted = await asyncio.gather(
+        state.runs.index(view),
+        state.mailbox.accept(
+            conversation.id,
+            run_id,
+            turn.model_dump_json().encode(),
+            on_busy="reject" if body.on_busy == "reject" else "queue",
+            run_fields=state.runs.initial_fields(view),
+            first_item=first,
+            stream_ttl_s=state.settings.stream_ttl_s,
+            run_ttl_s=UNFINISHED_RUN_TTL_S,
+            idempotency_key=idempotency_key(body, idempotency_header),
+            answers_approval=None if body.approval is None else (body.approval.approval_request_id or ""),
+        ),
     )
     if accepted.duplicate:
         RUNS_DEDUPLICATED.inc()

@@ -34,7 +34,7 @@ LIST_SCAN_MAX = 10_000
 _START = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local status = redis.call('HGET', KEYS[2], 'status')
-if status == 'running' and redis.call('HGET', KEYS[2], 'owner') == ARGV[3] then return 'started' end
+if status == 'running' and redis.call('HGET', KEYS[2], 'owner') == ARGV[3] then return 'resumed' end
 if status ~= 'created' then return status or '' end
 if redis.call('HGET', KEYS[2], 'cancel_requested') then return 'cancel_requested' end
 redis.call('HSET', KEYS[2], 'status', 'running', 'started_at_ms', ARGV[2], 'owner', ARGV[3])
@@ -183,7 +183,9 @@ class RunStore:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def start(self, fence: Fence, run_id: str) -> str:
-        """created -> running. Returns ``"started"`` if this call started it, ``"cancel_requested"``
+        """created -> running. Returns ``"started"`` if this call started it (its stream then holds
+        only the accept-time ping, seq 1), ``"resumed"`` if this same owner had started it already,
+        ``"cancel_requested"``
         if a cancel arrived first (the run stays ``created``; the caller ends it as cancelled), else
         the status it already had (``running`` means a previous owner started it and never finished)."""
         reply = await self._fenced(
