@@ -241,8 +241,13 @@ def start_cluster(log_dir: Path, *, head_cpus: int = 1) -> RayCluster:
     cluster = RayCluster(head=head, address="", env=env, nodes=[head])
     try:
         wait_until(head.started, NODE_START_TIMEOUT_S, interval_s=0.1, message="the Ray head to start")
-        found = re.search(r"ray start --address='([^']+)'", head.log())
-        assert found, head.log()
+        # "Ray runtime started" can be in the log a moment before the lines that give the address.
+        found = wait_until(
+            lambda: re.search(r"ray start --address='([^']+)'", head.log()),
+            NODE_START_TIMEOUT_S,
+            interval_s=0.1,
+            message=f"the Ray head to print its address:\n{head.log()}",
+        )
         cluster.address = found.group(1)
     except BaseException:
         cluster.stop()

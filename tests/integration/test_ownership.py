@@ -98,8 +98,9 @@ async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redi
     with pytest.raises(FencedError):
         await runs.start(Fence(conv, 2), run_id)
     assert await runs.start(Fence(conv, 3, "h/a/1"), run_id) == "started"
-    # Re-sent by the same owner (its first reply was lost): still its start, not someone else's run.
-    assert await runs.start(Fence(conv, 3, "h/a/1"), run_id) == "started"
+    # Re-sent by the same owner (its first reply was lost): still its run, not someone else's; it
+    # says "resumed" so the owner reads how far the stream got instead of assuming a fresh one.
+    assert await runs.start(Fence(conv, 3, "h/a/1"), run_id) == "resumed"
     assert await runs.start(Fence(conv, 3, "h/b/1"), run_id) == "running"
 
     done = await runs.finish(
