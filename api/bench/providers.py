@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -313,5 +314,6 @@ def run(options: ProvidersOptions) -> int:
         if serve is not None:
             serve.stop()
         upstream.stop()
+        shutil.rmtree(home, ignore_errors=True)
         report.print(complete=complete)
     return 0

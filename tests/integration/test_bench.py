@@ -39,3 +39,10 @@ def test_bench_streams_prints_its_figures(tmp_path: Path) -> None:
     )
     for label in ("convoy, HTTP SSE", "convoy, bus only", "baseline, bus only", "baseline / convoy"):
         assert label in out, out
+
+
+@pytest.mark.slow
+def test_bench_providers_prints_its_figures(tmp_path: Path) -> None:
+    out = _run(["providers", "--turns", "2", "--warmup", "0", "--tokens", "3", "--rate", "200"], tmp_path)
+    for label in ("time to first token p50", "per-token lag p99", "accepted -> run started", "provider request -> first token"):
+        assert label in out, out
