@@ -35,6 +35,7 @@ from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFai
 from runtime.history import HistoryStore
 from runtime.loop import Emit, ModelFactory, run_turn
 from runtime.runs import Fence, RunStore
+from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, StreamItem
 from runtime.schemas.requests import ApprovalCreate
 from runtime.schemas.turns import TurnRequest
@@ -45,6 +46,14 @@ log = logging.getLogger(__name__)
 
 # How many past messages a turn shows the model (context-window policy comes with the agent loop).
 HISTORY_WINDOW = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    agent: AgentRecord
+    conversation: ConversationRecord
+    history: list[HistoryMessage]
+    approval_pending: bool
 
 
 @dataclass(frozen=True)
@@ -124,9 +133,11 @@ class Activation:
             return
         self._current_run = turn.run_id  # from here on an out-of-band cancel can reach it
         try:
-            status = await self._s.runs.start(self._fence, turn.run_id)
+            # What the turn needs is read while the run is being started (one round trip, not two);
+            # it is thrown away if the run does not start here.
+            status, loaded = await asyncio.gather(self._s.runs.start(self._fence, turn.run_id), self._load(turn))
             if status in ("started", "resumed"):
-                await self._execute(turn, entry, fresh=status == "started")
+                await self._execute(turn, entry, loaded, fresh=status == "started")
                 return
         finally:
             self._current_run = None
@@ -142,7 +153,22 @@ class Activation:
             # step; removing it again is harmless and guarantees the worker can never spin on it.
             await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
 
-    async def _execute(self, turn: TurnRequest, entry: MailboxEntry, *, fresh: bool) -> None:
+    async def _load(self, turn: TurnRequest) -> _Loaded | Exception:
+        """Agent, conversation, history and whether an approval is pending; a failure is returned
+        (and raised inside the turn, which ends the run visibly), never raised here."""
+        s = self._s
+        try:
+            agent, conversation, history, pending = await asyncio.gather(
+                s.agents.get(turn.agent_id),
+                s.conversations.get(turn.conversation_id),
+                self._recent_history(),
+                s.redis.hexists(keys.pending_approval(self.conversation_id), "request"),
+            )
+        except Exception as exc:  # noqa: BLE001 - handed to the turn, which ends the run with it
+            return exc
+        return _Loaded(agent, conversation, list(history), bool(pending))
+
+    async def _execute(self, turn: TurnRequest, entry: MailboxEntry, loaded: _Loaded | Exception, *, fresh: bool) -> None:
         conv_id = self.conversation_id
         stream_key = keys.run_stream(conv_id, turn.run_id)
         # A run this call started holds only its accept-time ping (seq 1): no need to ask Redis.
@@ -162,7 +188,7 @@ class Activation:
             item.seq_id = writer.reserve()
             await writer.write("data", wire.encode(item))
 
-        self._turn = asyncio.create_task(self._turn_body(turn, entry, writer, emit))
+        self._turn = asyncio.create_task(self._turn_body(turn, entry, loaded, writer, emit))
         try:
             await asyncio.shield(self._turn)
         except asyncio.CancelledError:
@@ -173,29 +199,27 @@ class Activation:
         finally:
             self._turn = None
 
-    async def _turn_body(self, turn: TurnRequest, entry: MailboxEntry, writer: bus.ChunkWriter, emit: Emit) -> None:
+    async def _turn_body(
+        self, turn: TurnRequest, entry: MailboxEntry, loaded: _Loaded | Exception, writer: bus.ChunkWriter, emit: Emit
+    ) -> None:
         s = self._s
         try:
             if turn.run_id in self._cancel_requested:
                 raise asyncio.CancelledError  # cancelled while it was being started
-            agent, conversation, history, pending = await asyncio.gather(
-                s.agents.get(turn.agent_id),
-                s.conversations.get(turn.conversation_id),
-                self._recent_history(),
-                s.redis.hexists(keys.pending_approval(self.conversation_id), "request"),
-            )
+            if isinstance(loaded, Exception):
+                raise loaded
             outcome = await run_turn(
                 turn,
-                agent=agent,
-                conversation=conversation,
-                history=list(history),
+                agent=loaded.agent,
+                conversation=loaded.conversation,
+                history=loaded.history,
                 models=s.models,
                 tools=s.tools,
                 emit=emit,
                 record_step=lambda step: s.runs.add_step(self._fence, turn.run_id, step),
                 persist=self._persist,
                 cancelled=lambda: turn.run_id in self._cancel_requested,
-                approval_pending=bool(pending),
+                approval_pending=loaded.approval_pending,
             )
             await writer.flush()
             first = writer.reserve()
