@@ -103,25 +103,26 @@ class Providers:
 
     def validate(self, handle: str) -> str:
         """Check a handle at the edge, before anything is stored: shape, provider, credentials."""
-        name, _ = split_handle(handle)
+        provider, _ = self._lookup(handle)
+        if provider.key_hint and not provider.api_key:
+            raise InvalidRequestError(f"model {handle!r} needs provider credentials: set {provider.key_hint}")
+        return handle
+
+    def model(self, handle: str) -> Model:
+        provider, model_name = self._lookup(handle)
+        if provider.key_hint and not provider.api_key:
+            raise LLMAuthenticationError(f"{provider.name}: no API key configured; set {provider.key_hint}")
+        return Model(handle, provider.name, model_name, provider.base_url, self._adapter(provider), self._policy)
+
+    def _lookup(self, handle: str) -> tuple[Provider, str]:
+        name, model_name = split_handle(handle)
         provider = self._table.get(name)
         if provider is None:
             raise InvalidRequestError(
                 f"unknown model provider {name!r} in handle {handle!r}; known providers: {', '.join(self._table)} "
                 "(declare OpenAI-compatible servers in CONVOY_PROVIDERS)"
             )
-        if provider.key_hint and not provider.api_key:
-            raise InvalidRequestError(f"model {handle!r} needs provider credentials: set {provider.key_hint}")
-        return handle
-
-    def model(self, handle: str) -> Model:
-        name, model_name = split_handle(handle)
-        provider = self._table.get(name)
-        if provider is None:
-            raise InvalidRequestError(f"unknown model provider {name!r} in handle {handle!r}")
-        if provider.key_hint and not provider.api_key:
-            raise LLMAuthenticationError(f"{name}: no API key configured; set {provider.key_hint}")
-        return Model(handle, name, model_name, provider.base_url, self._adapter(provider), self._policy)
+        return provider, model_name
 
     def _adapter(self, provider: Provider) -> ModelAdapter:
         adapter = self._adapters.get(provider.name)

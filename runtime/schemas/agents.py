@@ -35,9 +35,8 @@ class AgentRecord(BaseModel):
     def context_window(self) -> int:
         return self.context_window_limit or DEFAULT_CONTEXT_WINDOW
 
-    def state(self, tool_specs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The agent as Letta's ``AgentState`` (every field the SDK requires is present);
-        ``tool_specs`` maps tool names to their JSON schema when the registry is at hand."""
+    def state(self) -> dict[str, Any]:
+        """The agent as Letta's ``AgentState`` (every field the SDK requires is present)."""
         provider, model_name = split_handle(self.model)
         blocks = [
             {"id": f"block-{self.id[6:]}-{b.label}", "label": b.label, "value": b.value, "description": b.description,
@@ -63,10 +62,7 @@ class AgentRecord(BaseModel):
             "blocks": blocks,
             "sources": [],
             "tags": self.tags,
-            "tools": [
-                {"id": f"tool-{name}", "name": name, "tool_type": "custom", "json_schema": (tool_specs or {}).get(name)}
-                for name in self.tools
-            ],
+            "tools": [{"id": f"tool-{name}", "name": name, "tool_type": "custom"} for name in self.tools],
             "metadata": self.metadata,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
