@@ -11,6 +11,11 @@ mailbox entries strictly in order and runs each turn to a terminal status. Guara
   else happens, so the next message always works.
 - **A stale activation cannot write.** Every write carries this activation's epoch; on
   ``FencedError`` the activation stops at once without touching anything.
+- **Losing Redis mid-turn is a typed failure.** Redis calls wait while Redis restarts, and chunk
+  appends are re-sent (``runtime.redis_client``, ``runtime.bus``), so a turn normally streams
+  through a Redis restart. A write of another kind whose connection broke after it left may or may
+  not have run and is not re-sent: the turn then ends as failed with ``error_type``
+  ``store_unavailable``, its stream continuing right after the last stored item.
 - **Cancel is out of band.** ``cancel(run_id)`` cancels the running turn's task directly; it does
   not queue behind the mailbox or wait for the next chunk, and closing the task closes the
   provider's stream.
@@ -26,12 +31,14 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Lease
 from actors.mailbox import Mailbox, MailboxEntry
 from runtime import bus, keys, wire
 from runtime.agents import AgentStore, ConversationStore
-from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure
+from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
 from runtime.history import HistoryStore
 from runtime.loop import Emit, ModelFactory, run_turn
 from runtime.runs import Fence, RunStore
@@ -159,8 +166,8 @@ class Activation:
         s = self._s
         try:
             agent, conversation, history, pending = await asyncio.gather(
-                s.agents.get(turn.agent_id),
-                s.conversations.get(turn.conversation_id),
+                s.agents.get(turn.agent_id, tenant=None),
+                s.conversations.get(turn.conversation_id, tenant=None),
                 self._recent_history(),
                 s.redis.hexists(keys.pending_approval(self.conversation_id), "request"),
             )
@@ -242,6 +249,9 @@ class Activation:
             raise
         except RunFailure as failure:
             await self._end(turn.run_id, entry, writer=writer, failure=failure, turn=turn)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("turn lost Redis", extra={"run_id": turn.run_id, "error": str(exc)})
+            await self._end(turn.run_id, entry, writer=writer, failure=StoreUnavailableError(str(exc)), turn=turn)
         except Exception as exc:  # a bug must still end the run, visibly
             log.exception("turn failed unexpectedly", extra={"run_id": turn.run_id})
             await self._end(turn.run_id, entry, writer=writer, failure=InternalRunError(repr(exc)), turn=turn)
@@ -272,13 +282,13 @@ class Activation:
         expect: str | None = None,
     ) -> None:
         """Write the terminal sequence for a run that did not succeed."""
-        stream_key = keys.run_stream(self.conversation_id, run_id)
+        first: int | None = None
         if writer is not None:
             with contextlib.suppress(Exception):
                 await writer.flush()
-            first = writer.reserve()
-        else:
-            first = await bus.last_seq(self._s.redis, stream_key) + 1
+                first = writer.reserve()
+        if first is None:  # a failed writer dropped what it had not sent: go on after what is stored
+            first = await bus.last_seq(self._s.redis, keys.run_stream(self.conversation_id, run_id)) + 1
         if cancelled:
             items, status, stop, error = wire.cancel_items(run_id, first), "cancelled", "cancelled", None
         else:

@@ -30,7 +30,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 import ray
-import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
@@ -40,7 +41,7 @@ from runtime.agents import AgentStore, ConversationStore
 from runtime.history import HistoryStore
 from runtime.logs import configure_logging
 from runtime.providers.registry import Providers
-from runtime.redis_client import connect, reraise_if_cancelling
+from runtime.redis_client import connect, dedicated, reraise_if_cancelling
 from runtime.runs import RunStore
 from runtime.settings import Settings
 
@@ -247,6 +248,9 @@ class HostCore:
                     if activation is not None and activation.lease == lease and task is not None:
                         log.warning("lease lost", extra={"conversation_id": lease.conversation_id})
                         task.cancel()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                reraise_if_cancelling()
+                log.warning("lease renewal could not reach Redis", extra={"error": str(exc)})
             except Exception:
                 reraise_if_cancelling()
                 log.exception("lease renewal failed")
@@ -256,8 +260,7 @@ class HostCore:
         before this incarnation started are skipped: recovery covers those conversations."""
         assert self._services is not None
         bell = keys.host_bell(self.name)
-        pool = aioredis.ConnectionPool(**self._services.redis.connection_pool.connection_kwargs)
-        reader = aioredis.Redis(connection_pool=pool, single_connection_client=True)
+        reader = dedicated(self._services.redis)
         cursor: str | None = None
         try:
             while True:
@@ -266,6 +269,11 @@ class HostCore:
                         last = await self._services.redis.xrevrange(bell, count=1)
                         cursor = last[0][0].decode() if last else "0-0"
                     reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    reraise_if_cancelling()
+                    log.warning("doorbell could not reach Redis, retrying", extra={"error": str(exc)})
+                    await asyncio.sleep(BELL_RETRY_S)
+                    continue
                 except Exception:  # the loop must never die: a dead doorbell strands messages
                     reraise_if_cancelling()
                     log.warning("doorbell read failed, retrying", exc_info=True)
@@ -281,7 +289,7 @@ class HostCore:
                             self._spawn(self._deliver(conv), name=f"ring:{conv}")
         finally:
             await reader.aclose()
-            await pool.disconnect()
+            await reader.connection_pool.disconnect()
 
     def _spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
         """Run ``work`` in the background, keeping a reference and logging its failure."""
@@ -306,6 +314,9 @@ class HostCore:
                     "activations": len(self._activations),
                 }
                 await self._services.redis.hset(keys.hosts(), self.name, json.dumps(beat))
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                reraise_if_cancelling()
+                log.warning("heartbeat could not reach Redis", extra={"error": str(exc)})
             except Exception:
                 reraise_if_cancelling()
                 log.exception("heartbeat failed")

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors import ray_boot
 from api import errors
+from api.auth import authenticate
+from api.limits import RequestLimits
 from api.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from api.routes import agents, chat, conversations, health, runs
 from api.state import AppState
@@ -62,7 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, agents, conversations, runs, chat):
-        app.include_router(module.router)
+    app.include_router(health.router)  # health checks and metrics need no key
+    for module in (agents, conversations, runs, chat):
+        app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.add_middleware(RequestLimits, max_request_bytes=settings.max_request_bytes, max_header_bytes=settings.max_header_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

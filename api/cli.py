@@ -7,6 +7,10 @@ the API, then Ray, then Redis, in that order, and leaves no process behind.
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
 Ray); it starts nothing else.
 
+``convoy keys create|list|revoke`` manages API keys (see ``api.keys_cli``). With no key ever
+created, ``serve`` and ``api`` run open, and only on a loopback address; they refuse to start on
+any other address until a key exists.
+
 ``convoy bench actors`` starts the same things as ``serve`` minus HTTP, in a temporary home, and
 prints what a conversation costs as a virtual actor next to one Ray actor per conversation (see
 ``api.bench.actors``).
@@ -14,19 +18,25 @@ prints what a conversation costs as a virtual actor next to one Ray actor per co
 ``convoy bench streams`` starts Redis, Ray, a producer actor and one API replica (``convoy api`` in
 a subprocess) in a temporary home, and prints the latency a chunk picks up on its way from the
 conversation's writer to an SSE client, next to a batched, polled bus (see ``api.bench.streams``).
+
+``convoy bench soak`` starts ``convoy serve`` and a scripted model in a temporary home, runs a mixed
+workload (turns, tools, cancels, resumes, disconnects, bad inputs) for ``--minutes``, then checks
+its invariants and prints PASS or FAIL for each; it exits 1 if one failed (see ``api.bench.soak``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
 import uvicorn
 
+from api import keys_cli
 from runtime.embedded_redis import EmbeddedRedis, recorded_url
-from runtime.errors import ConvoyError
+from runtime.errors import ConfigurationError, ConvoyError
 from runtime.logs import configure_logging
 from runtime.settings import Settings
 
@@ -45,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
         cmd.add_argument("--port", type=int, default=None, help="port to listen on (default 8283)")
     _bench_parser(sub)
+    keys_cli.add_parser(sub)
     return parser
 
 
@@ -88,6 +99,14 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("--warmup", int, 3, "turns made before measuring"),
     ):
         cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    text = "a mixed workload for N minutes, then invariants (PASS/FAIL each; exit 1 if one failed) and figures"
+    cmd = bench.add_parser("soak", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--minutes", float, 5.0, "how long the workload runs"),
+        ("--clients", int, 8, "concurrent clients, each doing one thing at a time"),
+        ("--seed", int, 1, "seed of the clients' random choices"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -115,6 +134,7 @@ def serve(settings: Settings) -> int:
             _say(f"redis   embedded at {url} (data in {embedded.dir}, append-only)")
         else:
             _say(f"redis   {settings.redis_url}")
+        _check_auth(settings)
         gcs = ray_boot.connect(settings, start_local=True)
         _say(f"ray     {'local instance' if started_ray else 'cluster'} at {gcs}")
         hosts = supervisor.ensure_hosts(settings)
@@ -142,9 +162,24 @@ def api_only(settings: Settings) -> int:
         if url is None:
             raise ConvoyError("no Redis: set CONVOY_REDIS_URL, or start `convoy serve` with the same CONVOY_HOME first")
         settings = settings.model_copy(update={"redis_url": url})
+    _check_auth(settings)
     _say(f"api     replica listening on http://{settings.host}:{settings.port}")
     _run_api(settings, create_app)
     return 0
+
+
+def _check_auth(settings: Settings) -> None:
+    """Open mode (no key ever created) is for loopback only; say which mode the API runs in."""
+    if asyncio.run(keys_cli.keys_exist(settings)):
+        _say("auth    API keys required (manage them with `convoy keys`)")
+        return
+    if not keys_cli.is_loopback(settings.host):
+        raise ConfigurationError(
+            f"refusing to listen on {settings.host} with no API key: anyone who can reach it would have full access. "
+            "Create a key first (`convoy keys create`, same CONVOY_HOME or CONVOY_REDIS_URL), or listen on 127.0.0.1"
+        )
+    _say("auth    OPEN: no API key exists, so anyone who can reach this loopback address has full access; "
+         "`convoy keys create` closes open mode at once")
 
 
 def _run_api(settings: Settings, create_app: object) -> None:
@@ -169,6 +204,10 @@ def _run_api(settings: Settings, create_app: object) -> None:
 def bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.bench == "streams":
         return bench_streams(settings, args)
+    if args.bench == "soak":
+        from api.bench.soak import SoakOptions, run as run_soak
+
+        return run_soak(SoakOptions(minutes=args.minutes, clients=args.clients, seed=args.seed))
     if args.bench == "providers":
         from api.bench.providers import ProvidersOptions, run as run_providers
 
@@ -217,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings)
         if args.command == "bench":
             return bench(settings, args)
+        if args.command == "keys":
+            return keys_cli.run(settings, args, _say)
         return api_only(settings)
     except ConvoyError as exc:
         print(f"convoy: {exc}", file=sys.stderr)

@@ -5,26 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from api.errors import RunErrorResponse
+from api.errors import RunErrorResponse, run_error_status
 from api.sse import run_batches
 from api.state import AppState
-from runtime.errors import (
-    LLMAuthenticationError,
-    LLMBadRequestError,
-    LLMRateLimitError,
-    LLMTimeoutError,
-    LLMUnavailableError,
-)
 from runtime.schemas.runs import RunView
 
-# A failed non-streaming turn answers with the status a client would expect for its cause.
-STATUS_FOR_ERROR_TYPE = {
-    LLMTimeoutError.error_type: 504,
-    LLMRateLimitError.error_type: 429,
-    LLMAuthenticationError.error_type: 401,
-    LLMBadRequestError.error_type: 400,
-    LLMUnavailableError.error_type: 503,
-}
 NOT_MESSAGES = {"ping", "stop_reason", "usage_statistics"}
 
 
@@ -49,7 +34,7 @@ async def collect_response(state: AppState, run: RunView) -> dict[str, Any]:
             elif kind not in NOT_MESSAGES:
                 messages.append(doc)
     if error is not None:
-        raise RunErrorResponse(STATUS_FOR_ERROR_TYPE.get(error["error_type"], 500), error)
+        raise RunErrorResponse(run_error_status(error["error_type"]), error)
     return {"messages": _merge(messages), "stop_reason": stop_reason, "usage": usage}
 
 

@@ -15,8 +15,9 @@ Cancellation flows (one task per response; the first of these to happen ends it)
 - silence: every ``ping_interval_s`` a keepalive ``ping`` is sent and the run is checked. A
   stream that vanished (expired) ends at once with an error. A run whose conversation has no owner
   gets its conversation woken up (its next owner ends or runs it); if it stays silent and
-  ownerless for ``2 * stream_idle_timeout_s``, the reader gives up with an error item. No reader
-  waits forever.
+  ownerless for ``2 * stream_idle_timeout_s``, the reader gives up with an error item. So it does
+  if Redis stays unreachable that long (``store_unavailable``; the run itself may still finish,
+  as its writes wait for Redis). No reader waits forever.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi.responses import StreamingResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
@@ -48,6 +51,14 @@ _background: set[asyncio.Task[Any]] = set()
 class StreamLost(RunFailure):
     error_type = "stream_lost"
     public_message = "The run's stream is no longer available; read its outcome with GET /v1/runs/{id}."
+
+
+class StoreUnreachable(RunFailure):
+    error_type = "store_unavailable"
+    public_message = (
+        "Convoy cannot reach Redis, so this stream cannot go on. The run may still finish: "
+        "resume the stream or read the run with GET /v1/runs/{id} later."
+    )
 
 
 class StreamStalled(RunFailure):
@@ -97,10 +108,8 @@ async def run_batches(
     ending with a terminal item; ``None`` marks each ``ping_interval_s`` of silence. ``stored`` is
     False for items the reader made up itself."""
     settings = state.settings
-    if after > 0 and after == await bus.last_seq(state.redis, keys.run_stream(conversation_id, run_id)):
-        last = await bus.read_after(state.redis, keys.run_stream(conversation_id, run_id), after - 1)
-        if last and last[-1].terminal:
-            return  # the client already has everything, [DONE] included
+    if after > 0 and await _has_everything(state, keys.run_stream(conversation_id, run_id), after):
+        return  # the client already has everything, [DONE] included
     sub = state.tailers.subscribe(keys.run_stream(conversation_id, run_id), after)
     watch = _Liveness()
     try:
@@ -108,8 +117,17 @@ async def run_batches(
             batch = await sub.get(timeout_s=settings.ping_interval_s)
             if batch is None:
                 yield None
+                checked_at = time.monotonic()
                 try:
                     ending = await _stalled_ending(state, conversation_id, run_id, sub.cursor, watch)
+                    watch.unreachable_since = None
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    watch.unreachable_since = watch.unreachable_since or checked_at
+                    if time.monotonic() - watch.unreachable_since > 2 * settings.stream_idle_timeout_s:
+                        yield _synthetic(run_id, sub.cursor, StoreUnreachable(str(exc))), False
+                        return
+                    log.warning("liveness check could not reach Redis; trying again", extra={"error": str(exc)})
+                    continue
                 except (RedisError, ConvoyError):
                     log.warning("liveness check failed; trying again at the next silence", exc_info=True)
                     continue
@@ -127,13 +145,29 @@ async def run_batches(
         sub.close()
 
 
+async def _has_everything(state: AppState, stream_key: str, after: int) -> bool:
+    """Whether the item at ``after`` is the run's terminal item. Only a shortcut: should Redis fail
+    to answer, the subscription reads the stream itself (and ends however the run ends)."""
+    try:
+        if after != await bus.last_seq(state.redis, stream_key):
+            return False
+        # Only the item at the cursor: the run may append more between these two reads, and then
+        # the last item is no longer the one the cursor points at (found by `convoy bench soak`).
+        at_cursor = await bus.read_after(state.redis, stream_key, after - 1, count=1)
+    except RedisError:
+        log.warning("could not check a resume cursor; reading the stream instead", exc_info=True)
+        return False
+    return bool(at_cursor) and at_cursor[0].seq == after and at_cursor[0].terminal
+
+
 class _Liveness:
-    """What a reader knows about its run's producer: when it last saw an item, and since when it
-    has seen the run without an owner."""
+    """What a reader knows about its run's producer: when it last saw an item, since when it has
+    seen the run without an owner, and since when it has failed to check (Redis unreachable)."""
 
     def __init__(self) -> None:
         self.last_item_at = time.monotonic()
         self.ownerless_since: float | None = None
+        self.unreachable_since: float | None = None
 
     def progress(self) -> None:
         self.last_item_at = time.monotonic()
@@ -247,6 +281,17 @@ def in_background(work: Coroutine[Any, Any, object]) -> None:
     task = asyncio.get_running_loop().create_task(work)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+# For the OpenAPI schema of every route that may answer with a stream.
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: one `data:` JSON item per event (with its `seq_id` as `id:`), "
+        "ending with `data: [DONE]`",
+        # Each event's data: a Letta message item (JSON), or the literal [DONE].
+        "content": {"text/event-stream": {"schema": {}}},
+    }
+}
 
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:

@@ -13,6 +13,7 @@ from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
 from runtime.agents import AgentStore, ConversationStore
+from runtime.apikeys import Gate, KeyStore
 from runtime.bus import TailerPool
 from runtime.history import HistoryStore
 from runtime.providers.registry import Providers
@@ -38,12 +39,15 @@ class AppState:
     tailers: TailerPool
     providers: Providers
     tools: ToolRegistry
+    keys: KeyStore
+    gate: Gate
     _watch: asyncio.Task[None] = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         redis = connect(settings)
         directory = Directory(redis, lease_ttl_ms=settings.lease_ttl_ms)
+        key_store = KeyStore(redis)
         return cls(
             settings=settings,
             redis=redis,
@@ -57,6 +61,12 @@ class AppState:
             tailers=TailerPool(redis, block_ms=settings.read_block_ms, size=TAILERS_PER_PROCESS),
             providers=Providers(settings),
             tools=load(settings.tool_modules),
+            keys=key_store,
+            gate=Gate(
+                key_store,
+                default_requests_per_minute=settings.key_requests_per_minute,
+                default_concurrent_runs=settings.key_concurrent_runs,
+            ),
         )
 
     async def start(self) -> None:

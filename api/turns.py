@@ -7,9 +7,9 @@ the router) to look at its mailbox, and returns the run for the caller to stream
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import time
+from dataclasses import dataclass
 
 from ray.exceptions import RayError
 from redis.exceptions import RedisError
@@ -18,10 +18,11 @@ from api.cancel import cancel_ahead_of
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
 from api.state import AppState
 from runtime import wire
-from runtime.errors import UnavailableError
+from runtime.errors import RateLimitedError, UnavailableError
 from runtime.ids import new_id
 from runtime.runs import UNFINISHED_RUN_TTL_S
 from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.auth import Principal
 from runtime.schemas.messages import Ping, utcnow
 from runtime.schemas.requests import SendMessageRequest
 from runtime.schemas.runs import RequestConfig, RunView
@@ -41,20 +42,63 @@ def idempotency_key(body: SendMessageRequest, header: str | None) -> str | None:
 
 async def accept_turn(
     state: AppState,
+    caller: Principal,
     agent: AgentRecord,
     conversation: ConversationRecord,
     body: SendMessageRequest,
     *,
     idempotency_header: str | None = None,
 ) -> RunView:
-    """Accept a turn; returns its run (an earlier run when this send is a retry of it)."""
+    """Accept a turn; returns its run (an earlier run when this send is a retry of it). A caller's
+    key with a concurrent-runs limit gets the run counted first (429 when it has none left)."""
     if body.override_model:
         state.providers.validate(body.override_model)
     run_id = new_id("run")
+    slot = await _take_slot(state, caller, run_id)
+    try:
+        accepted = await _accept(state, agent, conversation, body, run_id, slot, idempotency_header)
+    except BaseException:
+        if slot:
+            await state.keys.release_run_slot(slot, run_id)
+        raise
+    if accepted.duplicate and slot:
+        await state.keys.release_run_slot(slot, run_id)
+    return accepted.view
+
+
+async def _take_slot(state: AppState, caller: Principal, run_id: str) -> str | None:
+    """The key id whose concurrent-run slot ``run_id`` took, None when the caller has no such limit."""
+    if caller.key_id is None or caller.concurrent_runs <= 0:
+        return None
+    if not await state.keys.take_run_slot(caller.key_id, run_id, limit=caller.concurrent_runs, now_ms=time.time_ns() // 1_000_000):
+        raise RateLimitedError(
+            f"API key {caller.key_id} already has {caller.concurrent_runs} unfinished runs, its limit: "
+            "wait for one to end (or cancel one), then send again",
+            retry_after_s=1,
+        )
+    return caller.key_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    view: RunView
+    duplicate: bool
+
+
+async def _accept(
+    state: AppState,
+    agent: AgentRecord,
+    conversation: ConversationRecord,
+    body: SendMessageRequest,
+    run_id: str,
+    key_id: str | None,
+    idempotency_header: str | None,
+) -> _Accepted:
     view = RunView(
         id=run_id,
         agent_id=agent.id,
         conversation_id=conversation.id,
+        tenant=conversation.tenant,
         status="created",
         background=body.background,
         created_at=utcnow(),
@@ -78,26 +122,35 @@ async def accept_turn(
         accepted_at_ns=time.time_ns(),
     )
     first = wire.encode(Ping(id=f"ping-{run_id[4:]}", run_id=run_id, seq_id=1))
-    # Indexing and accepting go out together; both are done before the client hears anything.
-    # (A run then refused leaves only an index entry pointing at nothing, which readers skip.)
-    _, accepted = await asyncio.gather(
-        state.runs.index(view),
+    # Indexing and accepting go out together; both are done before the client hears anything. A
+    # run refused, or found to retry an earlier one, is unindexed again.
+    indexing = asyncio.ensure_future(state.runs.index(view))
+    accepting = asyncio.ensure_future(
         state.mailbox.accept(
             conversation.id,
             run_id,
             turn.model_dump_json().encode(),
             on_busy="reject" if body.on_busy == "reject" else "queue",
-            run_fields=state.runs.initial_fields(view),
+            run_fields=state.runs.initial_fields(view, key_id=key_id),
             first_item=first,
             stream_ttl_s=state.settings.stream_ttl_s,
             run_ttl_s=UNFINISHED_RUN_TTL_S,
             idempotency_key=idempotency_key(body, idempotency_header),
             answers_approval=None if body.approval is None else (body.approval.approval_request_id or ""),
-        ),
+        )
     )
+    try:
+        await asyncio.gather(indexing, accepting)
+    except BaseException:
+        await asyncio.gather(indexing, accepting, return_exceptions=True)
+        if accepting.done() and not accepting.cancelled() and accepting.exception() is not None:
+            await state.runs.unindex(view)  # refused: nothing was accepted, leave no trace
+        raise
+    accepted = accepting.result()
     if accepted.duplicate:
+        await state.runs.unindex(view)
         RUNS_DEDUPLICATED.inc()
-        return await state.runs.get(accepted.run_id, conversation.id)
+        return _Accepted(await state.runs.get(accepted.run_id, conversation.id, tenant=None), duplicate=True)
     RUNS_ACCEPTED.labels("stream" if body.streaming else "blocking").inc()
     # From here on the turn is accepted and durable: a failure to wake its owner must not turn into
     # an error (a client would resend and run it twice). A reader that hears nothing wakes the
@@ -112,4 +165,4 @@ async def accept_turn(
             await state.router.deliver(conversation.id)
     except (UnavailableError, RedisError, RayError) as exc:
         log.warning("accepted a turn but could not wake its owner", extra={"run_id": run_id, "error": repr(exc)})
-    return view
+    return _Accepted(view, duplicate=False)

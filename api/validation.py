@@ -21,3 +21,4 @@ ConversationIdQuery = Annotated[str, Query(pattern=CONVERSATION_ID, description=
 RunIdQuery = Annotated[str, Query(pattern=RUN_ID, description="run-<uuid4>")]
 MessageIdQuery = Annotated[str, Query(pattern=MESSAGE_ID, description="message-<uuid4>")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
+# ASCII digits only: str.isdigit() also accepts "²" and "１", which int() then refuses.

@@ -31,6 +31,7 @@ from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import utcnow
 
 MAX_PAGE = 1000
+AGENT_OF_CACHE_MAX = 100_000
 UPDATABLE = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens"}
 )
@@ -45,26 +46,39 @@ class AgentStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
 
-    async def create(self, *, name: str | None, model: str, system: str, **extra: object) -> AgentRecord:
+    async def create(self, *, tenant: str, name: str | None, model: str, system: str, **extra: object) -> AgentRecord:
         now = utcnow()
         agent_id = new_id("agent")
         record = AgentRecord(
-            id=agent_id, name=name or agent_id, model=model, system=system, created_at=now, updated_at=now, **extra
+            id=agent_id,
+            tenant=tenant,
+            name=name or agent_id,
+            model=model,
+            system=system,
+            created_at=now,
+            updated_at=now,
+            **extra,  # type: ignore[arg-type]
         )
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.agent(agent_id), record.model_dump_json())
-            pipe.zadd(keys.agents_index(), {agent_id: now.timestamp()})
+            pipe.zadd(keys.agents_index(tenant), {agent_id: now.timestamp()})
             await pipe.execute()
         return record
 
-    async def get(self, agent_id: str) -> AgentRecord:
+    async def get(self, agent_id: str, *, tenant: str | None) -> AgentRecord:
+        """The agent; 404 if it is unknown or another tenant's (``tenant=None``: any tenant, for
+        Convoy's own processes)."""
         raw = await self._redis.get(keys.agent(agent_id))
         if raw is None:
             raise NotFoundError(f"agent {agent_id} not found")
-        return AgentRecord.model_validate_json(raw)
+        record = AgentRecord.model_validate_json(raw)
+        if tenant is not None and record.tenant != tenant:
+            raise NotFoundError(f"agent {agent_id} not found")
+        return record
 
-    async def list(self, *, limit: int = 50, after: str | None = None) -> list[AgentRecord]:
-        return [AgentRecord.model_validate_json(raw) for raw in await _page(self._redis, keys.agents_index(), keys.agent, limit, after)]
+    async def list(self, *, tenant: str, limit: int = 50, after: str | None = None) -> list[AgentRecord]:
+        raws = await _page(self._redis, keys.agents_index(tenant), keys.agent, limit, after)
+        return [AgentRecord.model_validate_json(raw) for raw in raws]
 
     async def update(self, agent_id: str, changes: dict[str, Any]) -> AgentRecord:
         """Apply ``changes`` (fields of ``UPDATABLE``) and move ``updated_at``; 404 if the agent is
@@ -95,14 +109,16 @@ class AgentStore:
         removed: list[str] = []
 
         async def remove(pipe: Pipeline) -> None:
-            if not await pipe.exists(agent_key):
+            raw = await pipe.get(agent_key)
+            if raw is None:
                 raise NotFoundError(f"agent {agent_id} not found")
+            tenant = AgentRecord.model_validate_json(raw).tenant
             conversation_ids = [i.decode() for i in await pipe.zrange(index, 0, -1)]
             pipe.multi()
             pipe.delete(agent_key, index, keys.agent_runs(agent_id))
-            pipe.zrem(keys.agents_index(), agent_id)
+            pipe.zrem(keys.agents_index(tenant), agent_id)
             if conversation_ids:
-                pipe.zrem(keys.conversations_index(), *conversation_ids)
+                pipe.zrem(keys.conversations_index(tenant), *conversation_ids)
             for conv_id in conversation_ids:
                 pipe.delete(*_conversation_keys(conv_id))
                 pipe.expire(keys.epoch(conv_id), epoch_ttl_s)
@@ -115,22 +131,53 @@ class AgentStore:
 class ConversationStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        # conversation id -> its agent's id; a conversation never changes agent, so this never goes
+        # stale (a deleted one is still read, and found missing, on every use).
+        self._agent_of: dict[str, str] = {}
 
-    async def create(self, *, agent_id: str, summary: str | None = None, model: str | None = None) -> ConversationRecord:
+    async def with_agent(self, conversation_id: str, *, tenant: str | None) -> tuple[AgentRecord, ConversationRecord]:
+        """The conversation and its agent, in one round trip once this process has seen the
+        conversation (two before); 404 if either is unknown or another tenant's."""
+        agent_id = self._agent_of.get(conversation_id)
+        if agent_id is None:
+            conversation = await self.get(conversation_id, tenant=tenant)
+            raw_agent = await self._redis.get(keys.agent(conversation.agent_id))
+        else:
+            raw_conversation, raw_agent = await self._redis.mget(keys.conversation(conversation_id), keys.agent(agent_id))
+            if raw_conversation is None:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            conversation = ConversationRecord.model_validate_json(raw_conversation)
+            if tenant is not None and conversation.tenant != tenant:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+        if raw_agent is None:
+            raise NotFoundError(f"agent {conversation.agent_id} of conversation {conversation_id} not found")
+        if len(self._agent_of) >= AGENT_OF_CACHE_MAX:
+            self._agent_of.clear()
+        self._agent_of[conversation_id] = conversation.agent_id
+        return AgentRecord.model_validate_json(raw_agent), conversation
+
+    async def create(
+        self, agent: AgentRecord, *, summary: str | None = None, model: str | None = None
+    ) -> ConversationRecord:
+        """A new conversation with ``agent``, in the agent's tenant."""
         now = utcnow()
         conv_id = new_id("conv")
-        record = ConversationRecord(id=conv_id, agent_id=agent_id, summary=summary, model=model, created_at=now, updated_at=now)
+        agent_id = agent.id
+        record = ConversationRecord(
+            id=conv_id, agent_id=agent_id, tenant=agent.tenant, summary=summary, model=model, created_at=now, updated_at=now
+        )
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.conversation(conv_id), record.model_dump_json())
-            pipe.zadd(keys.conversations_index(), {conv_id: now.timestamp()})
+            pipe.zadd(keys.conversations_index(agent.tenant), {conv_id: now.timestamp()})
             pipe.zadd(keys.agent_conversations(agent_id), {conv_id: now.timestamp()})
             await pipe.execute()
         return record
 
-    async def default_for(self, agent_id: str) -> ConversationRecord:
+    async def default_for(self, agent: AgentRecord) -> ConversationRecord:
         """The agent's default conversation (Letta's agent-level message routes use it), created
         on first use; race-free across replicas, and never created for an agent that is gone
         (see the module docstring)."""
+        agent_id = agent.id
         conv_id = default_conversation_id(agent_id)
         raw = await self._redis.get(keys.conversation(conv_id))
         if raw is not None:
@@ -140,10 +187,10 @@ class ConversationStore:
             if not await pipe.exists(keys.agent(agent_id)):
                 raise NotFoundError(f"agent {agent_id} not found")
             now = utcnow()
-            record = ConversationRecord(id=conv_id, agent_id=agent_id, created_at=now, updated_at=now)
+            record = ConversationRecord(id=conv_id, agent_id=agent_id, tenant=agent.tenant, created_at=now, updated_at=now)
             pipe.multi()
             pipe.set(keys.conversation(conv_id), record.model_dump_json(), nx=True)
-            pipe.zadd(keys.conversations_index(), {conv_id: now.timestamp()}, nx=True)
+            pipe.zadd(keys.conversations_index(agent.tenant), {conv_id: now.timestamp()}, nx=True)
             pipe.zadd(keys.agent_conversations(agent_id), {conv_id: now.timestamp()}, nx=True)
             pipe.get(keys.conversation(conv_id))
 
@@ -151,18 +198,42 @@ class ConversationStore:
         results = await self._redis.transaction(create, keys.agent(agent_id))
         return ConversationRecord.model_validate_json(results[-1])  # the winner's record
 
+    async def default_with_agent(self, agent_id: str, *, tenant: str | None) -> tuple[AgentRecord, ConversationRecord]:
+        """The agent and its default conversation (created on first use), in one round trip once
+        the conversation exists; 404 if the agent is unknown or another tenant's."""
+        raw_agent, raw_conversation = await self._redis.mget(
+            keys.agent(agent_id), keys.conversation(default_conversation_id(agent_id))
+        )
+        if raw_agent is None:
+            raise NotFoundError(f"agent {agent_id} not found")
+        agent = AgentRecord.model_validate_json(raw_agent)
+        if tenant is not None and agent.tenant != tenant:
+            raise NotFoundError(f"agent {agent_id} not found")
+        if raw_conversation is None:
+            return agent, await self.default_for(agent)
+        return agent, ConversationRecord.model_validate_json(raw_conversation)
+
     async def ids_of(self, agent_id: str) -> list[str]:
         """Every conversation id of the agent, oldest first."""
         return [i.decode() for i in await self._redis.zrange(keys.agent_conversations(agent_id), 0, -1)]
 
-    async def get(self, conversation_id: str) -> ConversationRecord:
+    async def get(self, conversation_id: str, *, tenant: str | None) -> ConversationRecord:
+        """The conversation; 404 if it is unknown or another tenant's (``tenant=None``: any
+        tenant, for Convoy's own processes)."""
         raw = await self._redis.get(keys.conversation(conversation_id))
         if raw is None:
             raise NotFoundError(f"conversation {conversation_id} not found")
-        return ConversationRecord.model_validate_json(raw)
+        record = ConversationRecord.model_validate_json(raw)
+        if tenant is not None and record.tenant != tenant:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        return record
 
-    async def list(self, *, agent_id: str | None = None, limit: int = 50, after: str | None = None) -> list[ConversationRecord]:
-        index = keys.agent_conversations(agent_id) if agent_id else keys.conversations_index()
+    async def list(
+        self, *, tenant: str, agent_id: str | None = None, limit: int = 50, after: str | None = None
+    ) -> list[ConversationRecord]:
+        """The tenant's conversations, or those of ``agent_id`` (an agent the caller has checked is
+        the tenant's)."""
+        index = keys.agent_conversations(agent_id) if agent_id else keys.conversations_index(tenant)
         return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keys.conversation, limit, after)]
 
 

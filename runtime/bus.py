@@ -18,8 +18,10 @@ a Redis client send through one pipeliner with one pipeline in flight at a time:
 flight a write leaves at once; while one is, the items every run produces meanwhile are coalesced
 into the next pipeline (one fenced script call per run), never delayed by a timer. One pipeline at
 a time also keeps each run's items in order. Every script call checks the owner's fencing epoch
-first. If the connection pool is exhausted the pipeliner waits for a connection (nothing was sent,
-so trying again is safe) rather than fail the runs.
+first. A pipeline that could not leave (the pool exhausted, Redis restarting) or whose connection
+broke before its replies came back is sent again, with backoff and a bound: appends are idempotent
+(an item is stored under its seq id once, and a re-sent batch that had landed appends nothing), so
+a run streaming through a Redis restart carries on, without a gap or a doubled item.
 
 Reader (``StreamTailer``): one pub/sub connection listens to the streams of every subscription of
 the tailer. A published item that directly follows a subscription's cursor is handed to it at once;
@@ -29,9 +31,10 @@ So the work per item does not grow with the number of streams watched. A stream 
 subscription starts, when the server confirms a (re)subscription (after a reconnect too, so nothing
 published while it was away is missed), when a paused subscription resumes, and in a sweep of every
 stream each ``block_ms``, which bounds the delay should a message ever be lost. A
-subscription's buffer is bounded; a consumer that falls behind is paused at its cursor (Redis keeps
-the data) and resumed once it drains, so a slow client never slows the loop or the other clients,
-and loses nothing.
+subscription's buffer is bounded (``SUBSCRIPTION_BUFFER_BYTES`` of payload, or one item if that is
+larger); a consumer that falls behind is paused at its cursor (Redis keeps the data) and resumed
+once it drains, so a slow client never slows the loop or the other clients, costs the process a
+bounded amount of memory however long its run, and loses nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.errors import FencedError
-from runtime.redis_client import reraise_if_cancelling
+from runtime.redis_client import backoff_retry, dedicated, reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +64,22 @@ ItemKind = Literal["data", "error", "done"]
 
 # One script call appends a batch of items after checking the writer still owns the conversation.
 # KEYS: epoch key, stream key. ARGV: epoch, maxlen, ttl_s, then (seq, kind, payload) triples.
+# Sending a batch again is harmless: ids only grow, so only the batch's first XADD can be refused;
+# if the item stored under the batch's last id is the batch's last item, the whole batch landed
+# before (a script runs whole): nothing is appended and 0 is returned. Other refusals stay errors.
 _FENCED_XADD = """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. tostring(current) .. ' is not ' .. ARGV[1])
 end
 for i = 4, #ARGV, 3 do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
+  if type(added) == 'table' and added.err then
+    local last = '0-' .. ARGV[#ARGV - 2]
+    local held = redis.call('XRANGE', KEYS[2], last, last)
+    if i == 4 and #held == 1 and held[1][2][4] == ARGV[#ARGV] then return 0 end
+    return added
+  end
   redis.call('SPUBLISH', KEYS[2], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -76,13 +88,13 @@ return (#ARGV - 3) / 3
 _FENCED_XADD_SHA = hashlib.sha1(_FENCED_XADD.encode()).hexdigest()
 
 WRITE_BACKLOG_MAX = 512
-POOL_WAIT_ROUNDS = 6  # times the pool's own wait (``redis_client.POOL_WAIT_S``) a writer waits for a connection
+WRITE_ATTEMPTS = 6  # sendings of one pipeline (each may wait for a free connection and for Redis to answer)
 SUBSCRIPTION_BUFFER_BATCHES = 64
+SUBSCRIPTION_BUFFER_BYTES = 256 * 1024  # payload a subscription holds before it is paused
 XREAD_COUNT = 512
 SUBSCRIBE_BATCH = 1000  # channels per SSUBSCRIBE command when (re)subscribing everything
 RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 2.0
-_POOL_EXHAUSTED = "No connection available."  # redis-py's BlockingConnectionPool, when its wait times out
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,21 +252,30 @@ class _Pipeliner:
 
 
 async def _execute(redis: aioredis.Redis, calls: list[tuple[ChunkWriter, list[int | str | bytes]]]) -> list[object]:
-    """One pipeline of script calls: each call's reply or error (a lost connection fails them all)."""
-    for attempt in range(POOL_WAIT_ROUNDS):
+    """One pipeline of script calls: each call's reply or error.
+
+    A pipeline that could not be sent (no pooled connection free, Redis unreachable for longer than
+    the client's patience) or whose connection broke before its replies came back is sent again,
+    with backoff, up to ``WRITE_ATTEMPTS`` times in all: a call that had landed finds its items
+    already stored and appends nothing (see ``_FENCED_XADD``), so nothing is ever doubled. After
+    that, every call fails with the last error."""
+
+    async def send() -> list[object]:
         pipe = redis.pipeline(transaction=False)
         for writer, batch in calls:
             pipe.execute_command("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch)
-        try:
-            return list(await pipe.execute(raise_on_error=False))
-        except RedisConnectionError as exc:
-            if str(exc) == _POOL_EXHAUSTED and attempt + 1 < POOL_WAIT_ROUNDS:
-                log.warning("no Redis connection free for the chunk writer; waiting", extra={"calls": len(calls)})
-                continue  # nothing was sent
-            return [exc] * len(calls)
-        except RedisTimeoutError as exc:
-            return [exc] * len(calls)
-    raise AssertionError("unreachable")
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def failed(error: Exception) -> None:
+        reraise_if_cancelling()
+        log.warning("chunk writer could not reach Redis; sending again", extra={"calls": len(calls), "error": str(error)})
+
+    try:
+        return await backoff_retry(WRITE_ATTEMPTS - 1, (RedisConnectionError, RedisTimeoutError)).call_with_retry(
+            send, failed
+        )
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        return [exc] * len(calls)
 
 
 _pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, _Pipeliner] = weakref.WeakKeyDictionary()
@@ -279,6 +300,12 @@ class Subscription:
     )
     paused: bool = False
     closed: bool = False
+    _buffered_bytes: int = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload received for this reader and not yet taken by it."""
+        return self._buffered_bytes
 
     async def get(self, timeout_s: float) -> list[StreamItem] | None:
         """Every item after the cursor that has arrived (waiting for one if none has), or None
@@ -293,7 +320,8 @@ class Subscription:
             batch = self._queue.get_nowait()
         while not self._queue.empty():
             batch = batch + self._queue.get_nowait()
-        if self.paused and self._queue.empty():
+        self._buffered_bytes = 0
+        if self.paused:
             self._tailer._resume(self)
         return batch
 
@@ -488,8 +516,7 @@ class StreamTailer:
                     continue
                 if self._reader is None:
                     # A private connection: readers never queue behind the shared pool.
-                    pool = aioredis.ConnectionPool(**self._redis.connection_pool.connection_kwargs)
-                    self._reader = aioredis.Redis(connection_pool=pool, single_connection_client=True)
+                    self._reader = dedicated(self._redis)
                 streams = {key: f"0-{cursor}" for key, cursor in cursors.items()}
                 self._dispatch(await self._reader.xread(streams, count=XREAD_COUNT), cursors)
                 backoff_s = RECONNECT_BACKOFF_MIN_S
@@ -546,13 +573,23 @@ class StreamTailer:
 
 
 def _offer(sub: Subscription, items: list[StreamItem]) -> None:
-    """Queue items that directly follow ``sub``'s cursor, or pause it at its cursor if it is full."""
-    try:
-        sub._queue.put_nowait(items)
-    except asyncio.QueueFull:
+    """Queue the items that directly follow ``sub``'s cursor, as many as its buffer takes: up to
+    ``SUBSCRIPTION_BUFFER_BYTES`` of payload (at least one item, however large), in at most
+    ``SUBSCRIPTION_BUFFER_BATCHES`` batches. If any is left over, pause it at its cursor."""
+    room = SUBSCRIPTION_BUFFER_BYTES - sub._buffered_bytes
+    if room <= 0 or sub._queue.full():
         sub.paused = True
         return
-    sub.cursor = items[-1].seq
+    taken, size = 0, 0
+    for item in items:
+        if taken and size + len(item.payload) > room:
+            break
+        taken, size = taken + 1, size + len(item.payload)
+    sub._queue.put_nowait(items if taken == len(items) else items[:taken])
+    sub._buffered_bytes += size
+    sub.cursor = items[taken - 1].seq
+    if taken < len(items):
+        sub.paused = True
 
 
 class TailerPool:

@@ -2,7 +2,9 @@
 
 **Context-window policy.** Tokens are estimated at one per ``CHARS_PER_TOKEN`` characters of each
 message (content, tool calls, reasoning, plus a little per message) (an over-estimate for English, so the budget errs on the safe side). The budget is
-the agent's context window minus its output-token reserve. If the system prompt and tool schemas
+the agent's context window minus its output-token reserve: the agent's ``max_tokens``, else
+``DEFAULT_OUTPUT_RESERVE`` but never more than a quarter of the window (so a small window still
+leaves room for the prompt). If the system prompt and tool schemas
 alone exceed it, the turn fails with ``context_window_overflow_in_system_prompt``. Otherwise the
 oldest whole turns (a turn starts at a user message; tool calls stay with their results) are
 dropped until the rest fits; the current turn is always kept. Nothing is deleted from the stored
@@ -56,12 +58,13 @@ def fit(
     system: str, tools: Sequence[ToolSpec], messages: Sequence[ChatMessage], *, window: int, reserve: int | None
 ) -> tuple[list[ChatMessage], int]:
     """``messages`` cut to the budget, oldest turns first; returns them and how many were dropped."""
-    budget = window - (reserve or DEFAULT_OUTPUT_RESERVE)
+    reserve = reserve or min(DEFAULT_OUTPUT_RESERVE, window // 4)
+    budget = window - reserve
     fixed = estimate(system) + sum(estimate(json.dumps(asdict(t))) for t in tools)
     if fixed > budget:
         raise SystemPromptOverflowError(
             f"system prompt and tools need about {fixed} tokens; the budget is {budget} "
-            f"(context window {window} minus {reserve or DEFAULT_OUTPUT_RESERVE} reserved for the answer)"
+            f"(context window {window} minus {reserve} reserved for the answer)"
         )
     starts = [i for i, m in enumerate(messages) if m.role == "user"]
     costs = [_cost(m) for m in messages]

@@ -8,7 +8,23 @@ Started by ``convoy serve`` when ``CONVOY_REDIS_URL`` is unset. Guarantees:
   this machine (a second API process, ``convoy keys``) find it without configuration;
 - it never outlives Convoy: ``stop()`` ends it, and on Linux the kernel ends it too if the
   Convoy process dies without cleaning up (parent-death signal);
-- two Convoys cannot share one data directory: the second is refused with the owner's pid.
+- two Convoys cannot share one data directory: the second is refused with the owner's pid; a
+  recorded server that has exited (even if not yet reaped) does not count, so Redis can be
+  started again on the same port and directory while Convoy runs.
+
+Durability (``appendonly yes``, ``appendfsync everysec``, no RDB snapshots): Redis writes every
+change to the append-only file before it answers, and flushes the file to disk (fsync) once a
+second in the background. So a Redis that is stopped (SIGTERM: it flushes on the way out) or killed
+(SIGKILL, the OOM killer) loses nothing it acknowledged: the operating system holds the written
+pages. A crash of the machine itself (power, kernel) can lose about the last second of
+acknowledged writes; so can a kill while the disk is so slow that one fsync takes over a second
+(Redis then holds writes back, for up to two seconds). ``appendfsync always`` would close that
+window at the price of an fsync per turn of Redis's event loop, and every streamed token is a
+write; the Convoy processes running those turns die in a machine crash anyway, and their runs end
+as ``owner_lost``.
+
+What Convoy does while Redis restarts is described in ``runtime.redis_client`` (clients wait and
+reconnect) and ``runtime.bus`` (a streaming run carries on).
 """
 
 from __future__ import annotations
@@ -53,13 +69,19 @@ def _server_binary() -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie does not: a Redis that exited under a Convoy that has not
+    reaped it yet must not keep its data directory (and port) taken."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs (not Linux): the signal check is all there is
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def recorded_url(home: Path) -> str | None:

@@ -5,6 +5,9 @@
     ConvoyError
     ├── NotFoundError                 an agent, conversation or run the caller cannot see
     ├── InvalidRequestError           well-formed but unacceptable input
+    │   └── RequestTooLargeError      a body (or HeadersTooLargeError: headers) over its size limit
+    ├── AuthenticationError           no API key, or one that does not exist (any more)
+    ├── RateLimitedError              a key over its request rate or concurrent runs (carries retry_after_s)
     ├── ConflictError
     │   ├── ConversationBusyError     on_busy=reject while a run is active (carries retry_after_s)
     │   └── PendingApprovalError      a user message while a tool approval is pending
@@ -22,6 +25,7 @@
         ├── ApprovalStillPendingError a queued message met an approval requested after it
         ├── InvalidApprovalError      an approval that answers no pending call
         ├── OwnerLostError            the process running the run died (error_type owner_lost)
+        ├── StoreUnavailableError     Redis went away under a write that cannot be re-sent
         └── InternalRunError          a bug or an unexpected failure (error_type internal_error)
 
 Only ``api/errors.py`` turns these into HTTP statuses. A ``RunFailure`` raised after an SSE
@@ -48,6 +52,30 @@ class NotFoundError(ConvoyError):
 
 class InvalidRequestError(ConvoyError):
     code = "invalid_request"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """A request body over ``max_request_bytes`` (raised by ``api.limits``)."""
+
+    code = "request_too_large"
+
+
+class HeadersTooLargeError(RequestTooLargeError):
+    """Request headers over ``max_header_bytes`` together."""
+
+    code = "headers_too_large"
+
+
+class AuthenticationError(ConvoyError):
+    code = "unauthenticated"
+
+
+class RateLimitedError(ConvoyError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ConflictError(ConvoyError):
@@ -134,6 +162,13 @@ class ApprovalStillPendingError(RunFailure):
 class InvalidApprovalError(RunFailure):
     error_type = "invalid_approval"
     public_message = "The approval does not answer the pending tool calls."
+
+
+class StoreUnavailableError(RunFailure):
+    """Redis went away under a write of the run that cannot safely be sent again."""
+
+    error_type = "store_unavailable"
+    public_message = "Convoy lost its connection to Redis while writing this run, so the run was stopped. Send it again."
 
 
 class OwnerLostError(RunFailure):

@@ -13,6 +13,8 @@ Lifetimes (nothing lives forever by accident):
 - run records and run streams: expire ``stream_ttl_s`` after the run ends.
 - leases: expire on their own (``lease_ttl_ms``) unless their owner renews them.
 - idempotency entries: expire with the run they point to.
+- API keys: until revoked; a key's rate-limit state expires once the key is idle, and its
+  active-run entries expire on their own if a run's end never removed them (see ``runtime.apikeys``).
 - the mailbox: entries are trimmed once processed.
 """
 
@@ -25,9 +27,9 @@ def agent(agent_id: str) -> str:
     return f"{PREFIX}:{{agent:{agent_id}}}"
 
 
-def agents_index() -> str:
-    """Sorted set of agent ids by creation time (ms)."""
-    return f"{PREFIX}:agents"
+def agents_index(tenant: str) -> str:
+    """Sorted set of a tenant's agent ids by creation time (ms)."""
+    return f"{PREFIX}:tenant:{tenant}:agents"
 
 
 def agent_conversations(agent_id: str) -> str:
@@ -39,8 +41,9 @@ def conversation(conversation_id: str) -> str:
     return f"{PREFIX}:{{conv:{conversation_id}}}"
 
 
-def conversations_index() -> str:
-    return f"{PREFIX}:conversations"
+def conversations_index(tenant: str) -> str:
+    """Sorted set of a tenant's conversation ids by creation time (ms)."""
+    return f"{PREFIX}:tenant:{tenant}:conversations"
 
 
 def mailbox(conversation_id: str) -> str:
@@ -99,9 +102,9 @@ def run_steps(conversation_id: str, run_id: str) -> str:
     return f"{PREFIX}:{{conv:{conversation_id}}}:run:{run_id}:steps"
 
 
-def runs_index() -> str:
-    """Sorted set of run ids by creation time (ms)."""
-    return f"{PREFIX}:runs"
+def runs_index(tenant: str) -> str:
+    """Sorted set of a tenant's run ids by creation time (ms)."""
+    return f"{PREFIX}:tenant:{tenant}:runs"
 
 
 def hosts() -> str:
@@ -133,3 +136,28 @@ def host_bell(host_name: str) -> str:
     """Redis stream the API rings to wake a conversation already active on that host (no Ray call).
     Owned by the host: capped, and deleted when a dedicated host leaves."""
     return f"{PREFIX}:host:{host_name}:bell"
+
+
+def api_key(digest: str) -> str:
+    """A key's record (JSON), found by the SHA-256 digest of its secret."""
+    return f"{PREFIX}:{{apikey:{digest}}}"
+
+
+def api_key_rate(digest: str) -> str:
+    """A key's rate-limit state (GCRA: the theoretical arrival time, ms); same slot as the record."""
+    return f"{PREFIX}:{{apikey:{digest}}}:rate"
+
+
+def api_keys() -> str:
+    """Hash of every key: key id -> digest (for listing and revoking by id)."""
+    return f"{PREFIX}:apikeys"
+
+
+def api_key_runs(key_id: str) -> str:
+    """Sorted set of a key's unfinished runs (run id -> expiry ms), for its concurrency limit."""
+    return f"{PREFIX}:apikey-runs:{key_id}"
+
+
+def auth_closed() -> str:
+    """Set once the first API key is created, and never unset: from then on every request needs a key."""
+    return f"{PREFIX}:auth:closed"

@@ -1,22 +1,86 @@
 """How Convoy connects to Redis: one factory, so every process gets the same, safe options.
 
-redis-py's socket timeout must stay above any ``XREAD BLOCK`` we issue (the block is
-bounded by ``Settings.read_block_ms`` and loops); hiredis parses replies when installed.
+- redis-py's socket timeout must stay above any ``XREAD BLOCK`` we issue (the block is bounded by
+  ``Settings.read_block_ms`` and loops); hiredis parses replies when installed.
+- **Reaching Redis is patient.** Opening a connection that fails (refused, timed out: Redis is
+  restarting) is tried again with jittered exponential backoff, ``RECONNECT_RETRIES`` times (about
+  10 s in all), so a command issued while Redis restarts waits for it instead of failing. A
+  command answered ``LOADING`` (Redis replaying its append-only file) did not run and is sent
+  again the same way.
+- **A stale connection is never used.** A pooled connection whose server went away is noticed when
+  it is taken from the pool and replaced before anything is sent on it. (redis-py skips that check
+  while its "maintenance notifications" are on; they serve Redis Enterprise's live resharding,
+  which Convoy does not use, so they are off.)
+- **A command that was sent is never re-sent by the client.** If its connection breaks after it
+  left, it may have run, and most of Convoy's writes are scripts that must run once. The caller
+  decides: the chunk writer re-sends its appends, which are idempotent (``runtime.bus``); every
+  other caller reports the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
 HEALTH_CHECK_INTERVAL_S = 30
 POOL_WAIT_S = 5.0
+RECONNECT_BACKOFF_BASE_S = 0.05
+RECONNECT_BACKOFF_CAP_S = 1.0
+RECONNECT_RETRIES = 16  # their backoffs add up to about 10 s
+
+
+def backoff_retry(retries: int, errors: tuple[type[Exception], ...]) -> Retry:
+    """redis-py's retry policy with Convoy's backoff (jittered, 50 ms doubling up to 1 s)."""
+    return Retry(EqualJitterBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=RECONNECT_BACKOFF_BASE_S), retries, errors)
+
+
+async def _reach(conn: AbstractConnection, connect: Callable[[], Awaitable[None]]) -> None:
+    """Open ``conn`` with ``connect``, trying again with backoff while Redis cannot be reached."""
+
+    async def not_reached(error: Exception) -> None:
+        reraise_if_cancelling()
+        log.debug("Redis not reachable, trying again", extra={"error": str(error)})
+        await conn.disconnect()
+
+    retry = backoff_retry(RECONNECT_RETRIES, (RedisConnectionError, RedisTimeoutError, OSError))
+    await retry.call_with_retry(connect, not_reached)
+
+
+class PatientConnection(aioredis.Connection):
+    async def connect(self) -> None:
+        await _reach(self, super().connect)
+
+
+class PatientSSLConnection(aioredis.SSLConnection):
+    async def connect(self) -> None:
+        await _reach(self, super().connect)
+
+
+class PatientUnixConnection(aioredis.UnixDomainSocketConnection):
+    async def connect(self) -> None:
+        await _reach(self, super().connect)
+
+
+_PATIENT: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    aioredis.Connection: PatientConnection,
+    aioredis.SSLConnection: PatientSSLConnection,
+    aioredis.UnixDomainSocketConnection: PatientUnixConnection,
+}
 
 
 def connect(settings: Settings, url: str | None = None, *, max_connections: int | None = None) -> aioredis.Redis:
@@ -35,12 +99,27 @@ def connect(settings: Settings, url: str | None = None, *, max_connections: int 
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         max_connections=max_connections or settings.redis_max_connections,
         timeout=POOL_WAIT_S,
-        # No automatic re-sending: most of Convoy's writes are scripts that must run once, and a
-        # command whose reply was lost may already have run. Callers decide what a failure means.
-        retry=Retry(NoBackoff(), retries=0),
+        # Only what certainly did not run is sent again (see the module docstring).
+        retry=backoff_retry(RECONNECT_RETRIES, (BusyLoadingError,)),
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
         decode_responses=False,
     )
+    pool.connection_class = _PATIENT.get(pool.connection_class, pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+def dedicated(redis: aioredis.Redis) -> aioredis.Redis:
+    """A client with one connection of its own, configured like ``redis``: for blocking reads, which
+    must neither queue behind the shared pool nor hold one of its connections. Close it with
+    ``aclose()`` and then ``connection_pool.disconnect()``."""
+    shared = redis.connection_pool
+    kwargs = {k: v for k, v in shared.connection_kwargs.items() if "maint_notifications" not in k}
+    pool = aioredis.ConnectionPool(
+        connection_class=shared.connection_class,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        **kwargs,
+    )
+    return aioredis.Redis(connection_pool=pool, single_connection_client=True)
 
 
 def reraise_if_cancelling() -> None:

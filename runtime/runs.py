@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from runtime import keys
 from runtime.errors import FencedError, NotFoundError
+from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.runs import RunQuery, RunStatus, RunView
 
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -70,7 +71,7 @@ elseif ARGV[7] ~= '-' then
   redis.call('DEL', KEYS[6])
   redis.call('HSET', KEYS[6], 'request', ARGV[7])
 end
-return 'ok'
+return 'ok ' .. (redis.call('HGET', KEYS[2], 'key_id') or '')
 """
 
 # KEYS: epoch, steps list. ARGV: epoch, ttl_s, step JSON.
@@ -104,25 +105,40 @@ class RunStore:
         self._finish = redis.register_script(_FINISH)
         self._add_step = redis.register_script(_ADD_STEP)
 
-    def initial_fields(self, view: RunView) -> dict[str, str | int]:
-        """The run hash of a newly accepted run (written by the mailbox's accept step)."""
+    def initial_fields(self, view: RunView, *, key_id: str | None = None) -> dict[str, str | int]:
+        """The run hash of a newly accepted run (written by the mailbox's accept step); ``key_id``:
+        the API key whose concurrent-run slot the run holds."""
         doc = view.model_dump(mode="json", exclude={"status", "stop_reason", "completed_at", "metadata"})
-        return {
+        fields: dict[str, str | int] = {
             "doc": json.dumps(doc),
             "status": view.status,
             "created_at_ms": now_ms(),
             "metadata": json.dumps(view.metadata or {}),
+            "tenant": view.tenant,
         }
+        if key_id is not None:
+            fields["key_id"] = key_id  # its concurrency slot is given back when the run ends
+        return fields
 
     async def index(self, view: RunView) -> None:
-        """Make a run findable by id and in listings (before it is accepted: a run that is then
-        rejected leaves only an index entry pointing at nothing, which readers skip)."""
+        """Make a run findable by id and in listings. Done while it is being accepted; a run that
+        is then refused or deduplicated is unindexed (``unindex``); one whose refusal could not be
+        undone (a crash in between) leaves an index entry pointing at nothing, which readers skip."""
         at = now_ms()
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S)
-            pipe.zadd(keys.runs_index(), {view.id: at})
+            pipe.zadd(keys.runs_index(view.tenant), {view.id: at})
             pipe.zadd(keys.conversation_runs(view.conversation_id), {view.id: at})
             pipe.zadd(keys.agent_runs(view.agent_id), {view.id: at})
+            await pipe.execute()
+
+    async def unindex(self, view: RunView) -> None:
+        """Undo ``index`` for a run that was then refused or found to be a retry of another."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.run_ref(view.id))
+            pipe.zrem(keys.runs_index(view.tenant), view.id)
+            pipe.zrem(keys.conversation_runs(view.conversation_id), view.id)
+            pipe.zrem(keys.agent_runs(view.agent_id), view.id)
             await pipe.execute()
 
     async def latest(self, conversation_id: str) -> str | None:
@@ -130,15 +146,15 @@ class RunStore:
         ids = await self._redis.zrevrange(keys.conversation_runs(conversation_id), 0, 0)
         return ids[0].decode() if ids else None
 
-    async def list(self, query: RunQuery) -> list[RunView]:
-        """Runs matching ``query``, newest first unless ascending; scans at most ``LIST_SCAN_MAX``
-        candidates of the narrowest index (conversation, agent, or all runs)."""
+    async def list(self, query: RunQuery, *, tenant: str) -> list[RunView]:
+        """The tenant's runs matching ``query``, newest first unless ascending; scans at most
+        ``LIST_SCAN_MAX`` candidates of the narrowest index (conversation, agent, or the tenant's)."""
         if query.conversation_id:
             index = keys.conversation_runs(query.conversation_id)
         elif query.agent_id:
             index = keys.agent_runs(query.agent_id)
         else:
-            index = keys.runs_index()
+            index = keys.runs_index(tenant)
         ids = [i.decode() for i in await self._redis.zrange(index, 0, LIST_SCAN_MAX - 1, desc=not query.ascending)]
         if query.after is not None:
             ids = ids[ids.index(query.after) + 1 :] if query.after in ids else []
@@ -159,7 +175,7 @@ class RunStore:
             for raw in raws:
                 if raw:
                     view = _view(raw)
-                    if query.matches(view):
+                    if view.tenant == tenant and query.matches(view):
                         found.append(view)
                         if len(found) >= query.limit:
                             return found
@@ -171,12 +187,17 @@ class RunStore:
             raise NotFoundError(f"run {run_id} not found")
         return conv.decode()
 
-    async def get(self, run_id: str, conversation_id: str | None = None) -> RunView:
+    async def get(self, run_id: str, conversation_id: str | None = None, *, tenant: str | None) -> RunView:
+        """The run; 404 if it is unknown or belongs to another tenant (``tenant=None``: any tenant,
+        for Convoy's own processes)."""
         conversation_id = conversation_id or await self.conversation_of(run_id)
         raw = await self._redis.hgetall(keys.run(conversation_id, run_id))
         if not raw:
             raise NotFoundError(f"run {run_id} not found")
-        return _view(raw)
+        view = _view(raw)
+        if tenant is not None and view.tenant != tenant:
+            raise NotFoundError(f"run {run_id} not found")
+        return view
 
     async def raw(self, conversation_id: str, run_id: str) -> dict[str, str]:
         raw = await self._redis.hgetall(keys.run(conversation_id, run_id))
@@ -240,10 +261,15 @@ class RunStore:
             ],
             args=args,
         )
-        if reply == "ok":
-            await self._redis.expire(keys.run_ref(run_id), self._ttl_s)
-            return True
-        return False
+        if not reply.startswith("ok "):
+            return False
+        key_id = reply[3:]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.expire(keys.run_ref(run_id), self._ttl_s)
+            if key_id:
+                pipe.zrem(keys.api_key_runs(key_id), run_id)  # its concurrency slot (runtime.apikeys)
+            await pipe.execute()
+        return True
 
     async def add_step(self, fence: Fence, run_id: str, step: dict[str, Any]) -> None:
         """Record one step's trace (owner only). It expires with the run (``finish`` sets the TTL)."""
@@ -253,9 +279,8 @@ class RunStore:
             args=[fence.epoch, UNFINISHED_RUN_TTL_S, json.dumps(step, default=str)],
         )
 
-    async def steps(self, run_id: str) -> list[dict[str, Any]]:
+    async def steps(self, conversation_id: str, run_id: str) -> list[dict[str, Any]]:
         """A run's step traces, oldest first."""
-        conversation_id = await self.conversation_of(run_id)
         raw = await self._redis.lrange(keys.run_steps(conversation_id, run_id), 0, -1)
         return [json.loads(r) for r in raw]
 
@@ -289,6 +314,7 @@ def _view(raw: dict[bytes, bytes]) -> RunView:
     if fields.get("started_at_ms"):
         doc["started_at"] = int(fields["started_at_ms"]) / 1000
     doc["owner"] = fields.get("owner") or None
+    doc["tenant"] = fields.get("tenant") or DEFAULT_TENANT
     for name in ("ttft_ns", "total_duration_ns"):
         if fields.get(name):
             doc[name] = int(fields[name])

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8283, ge=0, le=65535)
 
+    # API keys (``convoy keys``; see runtime/apikeys.py). Per-key values set at creation win.
+    key_requests_per_minute: int = Field(
+        default=600, ge=0, description="Default request rate per API key (a bucket of this many, refilled per minute); 0: unlimited."
+    )
+    key_concurrent_runs: int = Field(
+        default=32, ge=0, description="Default unfinished (queued or running) runs per API key; 0: unlimited."
+    )
+
     # Conversation hosting (see actors/): hosts are Ray actors that each hold many conversations.
     placement: Literal["shared", "dedicated"] = Field(
         default="shared",
@@ -161,3 +169,15 @@ class Settings(BaseSettings):
         if self.anthropic_api_key:
             return "anthropic/claude-sonnet-4-5"
         return ECHO_MODEL_HANDLE
+
+    # Hostile input (api/limits.py): what a single request may carry.
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted, streamed (chunked) bodies included; larger ones get 413.",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest total size of a request's headers; larger ones get 431.",
+    )

@@ -245,3 +245,26 @@ async def client(convoy: Convoy) -> AsyncIterator[httpx.AsyncClient]:
 def store(convoy: Convoy) -> redis.Redis:
     """The session server's Redis, for checking what was (or was not) written."""
     return redis.Redis.from_url(convoy.redis_url, decode_responses=True)
+
+
+def redis_snapshot(store: redis.Redis) -> dict[str, int]:
+    """Every key Convoy wrote and its size: any write by a rejected request shows up as a difference.
+
+    Activations come and go on their own (leases, epochs, host sets, tailers): those are not writes
+    of a request and are left out."""
+    sizes: dict[str, int] = {}
+    for raw in store.scan_iter(match="convoy:*", count=1000):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if key.startswith(("convoy:tailer:", "convoy:host:", "convoy:hosts")) or key.endswith((":lease", ":epoch")):
+            continue
+        kind = store.type(raw)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "stream":
+            sizes[key] = store.xlen(raw)
+        elif kind == "zset":
+            sizes[key] = store.zcard(raw)
+        elif kind == "hash":
+            sizes[key] = store.hlen(raw)
+        elif kind == "string":
+            sizes[key] = 1
+    return sizes

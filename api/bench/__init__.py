@@ -31,15 +31,16 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
-def process_memory() -> dict[str, int]:
-    """``rss_bytes`` and ``pss_bytes`` of this process (Linux ``smaps_rollup``; zeros elsewhere).
+def process_memory(pid: int | None = None) -> dict[str, int]:
+    """``rss_bytes`` and ``pss_bytes`` of process ``pid`` (default: this one) from Linux
+    ``smaps_rollup``; zeros elsewhere, or when the process is gone.
 
     RSS counts every shared page (Python, Ray's libraries) in full in each process; PSS divides a
     shared page among the processes mapping it, so PSS is the fairer cost of one more process.
     """
     found = {"rss_bytes": 0, "pss_bytes": 0}
     try:
-        with open("/proc/self/smaps_rollup") as rollup:
+        with open(f"/proc/{pid or 'self'}/smaps_rollup") as rollup:
             for line in rollup:
                 name, _, rest = line.partition(":")
                 if name in ("Rss", "Pss"):

@@ -48,6 +48,7 @@ from runtime import keys
 from runtime.embedded_redis import EmbeddedRedis
 from runtime.errors import ConvoyError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.requests import SendMessageRequest
 from runtime.settings import ECHO_MODEL_HANDLE, Settings
 
@@ -176,9 +177,9 @@ async def _measure(settings: Settings, opts: BenchOptions, report: Report, say: 
         memory = f"{baseline.rss_mean / MIB:8.1f} MiB RSS   {baseline.pss_mean / MIB:.1f} MiB PSS"
         report.add("memory per actor (mean)", memory)
 
-        agent = await state.agents.create(name="bench", model=ECHO_MODEL_HANDLE, system="")
+        agent = await state.agents.create(tenant=DEFAULT_TENANT, name="bench", model=ECHO_MODEL_HANDLE, system="")
         total = max(opts.conversations, opts.cold + opts.turns)
-        convs = await _create_conversations(state, agent.id, total, say)
+        convs = await _create_conversations(state, agent, total, say)
         cold_ids = [c.id for c in convs[: opts.cold]]
 
         idle = await hosts.sample()
@@ -251,14 +252,14 @@ async def _redis_used(state: AppState) -> int:
 # -- phases -----------------------------------------------------------------------------------------
 
 
-async def _create_conversations(state: AppState, agent_id: str, count: int, say: Progress) -> list[ConversationRecord]:
+async def _create_conversations(state: AppState, agent: AgentRecord, count: int, say: Progress) -> list[ConversationRecord]:
     """Real conversation records, created a batch at a time (the Redis pool refuses, not waits)."""
     per_batch = max(1, min(CREATE_BATCH, state.settings.redis_max_connections // 2))
     convs: list[ConversationRecord] = []
     while len(convs) < count:
         batch = min(per_batch, count - len(convs))
-        convs += await asyncio.gather(*(state.conversations.create(agent_id=agent_id) for _ in range(batch)))
-    say(f"created {count} conversations (agent {agent_id}, model {ECHO_MODEL_HANDLE})")
+        convs += await asyncio.gather(*(state.conversations.create(agent) for _ in range(batch)))
+    say(f"created {count} conversations (agent {agent.id}, model {ECHO_MODEL_HANDLE})")
     return convs
 
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -71,8 +71,7 @@ class Upstream:
     rate_hz: float
     written: dict[str, list[int]] = field(default_factory=dict)
     url: str = ""
-    _server: uvicorn.Server | None = None
-    _thread: threading.Thread | None = None
+    _local: LocalServer | None = None
 
     async def _chat(self, request: Request) -> StreamingResponse:
         body = await request.json()
@@ -106,37 +105,57 @@ class Upstream:
         return StreamingResponse(frames(), media_type="text/event-stream")
 
     def start(self) -> None:
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        self._local = LocalServer(Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])]))
+        self.url = self._local.start()
+
+    def stop(self) -> None:
+        if self._local is not None:
+            self._local.stop()
+
+
+class LocalServer:
+    """An ASGI app served by uvicorn in a daemon thread of this process, on a free loopback port."""
+
+    def __init__(self, app: Starlette, name: str = "bench-upstream") -> None:
         port = _free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="bench-upstream", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> str:
+        """Start serving; returns the server's root URL."""
         self._thread.start()
         deadline = time.monotonic() + UPSTREAM_START_TIMEOUT_S
         while not self._server.started:
             if time.monotonic() > deadline:
                 raise ConvoyError("the benchmark's upstream did not start")
             time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
+        return self.url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
 
 
 # -- Convoy in a subprocess ---------------------------------------------------------------------------
 
 
 class Serve:
-    """``convoy serve`` with a private home, the upstream declared as provider ``bench``."""
+    """``convoy serve`` with a private home, the upstream declared as provider ``bench``; ``env``:
+    more ``CONVOY_...`` settings for it."""
 
-    def __init__(self, home: Path, upstream_url: str) -> None:
+    def __init__(self, home: Path, upstream_url: str, env: Mapping[str, str] | None = None) -> None:
         self._home = home
         self._upstream = upstream_url
+        self._env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process (it also runs the API); None before start."""
+        return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
         port = _free_port()
@@ -146,6 +165,7 @@ class Serve:
                 "CONVOY_HOME": str(self._home),
                 "CONVOY_PROVIDERS": json.dumps({"bench": {"base_url": f"{self._upstream}/v1"}}),
                 "CONVOY_LOG_LEVEL": "WARNING",
+                **self._env,
             }
         )
         log = (self._home / "serve.log").open("wb")

@@ -80,6 +80,7 @@ from runtime.errors import ConvoyError
 from runtime.ids import new_id, segment_otid
 from runtime.redis_client import connect
 from runtime.runs import UNFINISHED_RUN_TTL_S, Fence, RunStore
+from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.messages import AssistantMessage, Ping, UsageStatistics, utcnow
 from runtime.schemas.requests import SendMessageRequest
 from runtime.schemas.runs import RunView
@@ -859,12 +860,12 @@ async def _world(
     say: Progress,
 ) -> World:
     """One agent and as many conversations as the largest scenario needs, each with an epoch."""
-    agent = await state.agents.create(name="bench-streams", model=ECHO_MODEL_HANDLE, system="")
+    agent = await state.agents.create(tenant=DEFAULT_TENANT, name="bench-streams", model=ECHO_MODEL_HANDLE, system="")
     count = max(s.streams for s in options.scenarios())
     world = World(state.settings, state, producer, api, pids, agent.id, [])
     for start in range(0, count, CREATE_BATCH):
         batch = min(CREATE_BATCH, count - start)
-        convs = await asyncio.gather(*(state.conversations.create(agent_id=agent.id) for _ in range(batch)))
+        convs = await asyncio.gather(*(state.conversations.create(agent) for _ in range(batch)))
         epochs = await asyncio.gather(*(state.redis.incr(keys.epoch(c.id)) for c in convs))
         world.conversations += [(c.id, int(e)) for c, e in zip(convs, epochs, strict=True)]
     say(f"created {count} conversations (agent {agent.id}), each with a fencing epoch")
@@ -1017,7 +1018,7 @@ async def _forget(world: World) -> None:
         for target in world.made_runs:
             pipe.delete(keys.run(target.conversation_id, target.run_id), target.stream_key)  # one hash slot
             pipe.delete(keys.run_ref(target.run_id))
-            pipe.zrem(keys.runs_index(), target.run_id)
+            pipe.zrem(keys.runs_index(DEFAULT_TENANT), target.run_id)
         for conversation_id, _ in world.conversations:
             pipe.delete(
                 keys.conversation(conversation_id),
@@ -1025,9 +1026,9 @@ async def _forget(world: World) -> None:
                 keys.epoch(conversation_id),
                 keys.conversation_runs(conversation_id),
             )
-            pipe.zrem(keys.conversations_index(), conversation_id)
+            pipe.zrem(keys.conversations_index(DEFAULT_TENANT), conversation_id)
         pipe.delete(
             keys.agent(world.agent_id), keys.agent_conversations(world.agent_id), keys.agent_runs(world.agent_id)
         )
-        pipe.zrem(keys.agents_index(), world.agent_id)
+        pipe.zrem(keys.agents_index(DEFAULT_TENANT), world.agent_id)
         await pipe.execute()

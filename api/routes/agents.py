@@ -4,16 +4,20 @@ and Letta's agent-level message routes, which use the agent's default conversati
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header
+from fastapi import APIRouter, Body, Depends, Header, Query
 from fastapi.responses import Response
 
+from api.auth import Caller
 from api.cancel import cancel_conversation, cancel_run
-from api.routes.conversations import send_message
+from api.routes.conversations import send
+from api.sse import SSE_RESPONSES
 from api.state import AppState, get_state
-from api.validation import AgentId, AgentIdQuery, Limit
+from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery
+from runtime.agents import default_conversation_id
 from runtime.errors import NotFoundError
+from runtime.schemas.auth import Principal
 from runtime.schemas.requests import (
     CancelRunsRequest,
     CreateAgentRequest,
@@ -47,9 +51,10 @@ class UpdateAgentRequest(CreateAgentRequest):
 
 @router.post("", summary="Create an agent")
 @router.post("/", include_in_schema=False)
-async def create_agent(body: CreateAgentRequest, state: State) -> dict[str, Any]:
+async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
     record = await state.agents.create(
+        tenant=caller.tenant,
         name=body.name,
         model=model,
         system=body.system or "",
@@ -68,20 +73,22 @@ async def create_agent(body: CreateAgentRequest, state: State) -> dict[str, Any]
 @router.get("/", include_in_schema=False)
 async def list_agents(
     state: State,
+    caller: Caller,
     limit: Limit = 50,
     after: AgentIdQuery | None = None,
 ) -> list[dict[str, Any]]:
-    return [record.state() for record in await state.agents.list(limit=limit, after=after)]
+    return [record.state() for record in await state.agents.list(tenant=caller.tenant, limit=limit, after=after)]
 
 
 @router.get("/{agent_id}", summary="Get an agent")
-async def get_agent(agent_id: AgentId, state: State) -> dict[str, Any]:
-    return (await state.agents.get(agent_id)).state()
+async def get_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[str, Any]:
+    return (await state.agents.get(agent_id, tenant=caller.tenant)).state()
 
 
 @router.patch("/{agent_id}", summary="Update an agent (name, system, model, description, tags, metadata)")
-async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State) -> dict[str, Any]:
+async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     """Later turns use the new values (an owner reads its agent at the start of every turn)."""
+    await state.agents.get(agent_id, tenant=caller.tenant)
     changes = body.changes()
     if "model" in changes:
         state.providers.validate(changes["model"])
@@ -91,10 +98,10 @@ async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State
 
 
 @router.delete("/{agent_id}", summary="Delete an agent and its conversations")
-async def delete_agent(agent_id: AgentId, state: State) -> dict[str, Any]:
+async def delete_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[str, Any]:
     """Cancels the agent's unfinished runs, then removes the agent, its conversations and their
     histories from records and indexes in one step. Its runs stay readable until they expire."""
-    await state.agents.get(agent_id)
+    await state.agents.get(agent_id, tenant=caller.tenant)
     runs = await _cancel_all(state, agent_id)
     await state.agents.delete(agent_id, epoch_ttl_s=state.settings.stream_ttl_s)
     return {"message": f"Agent id={agent_id} successfully deleted", "agent_id": agent_id, "runs": runs}
@@ -104,35 +111,62 @@ async def delete_agent(agent_id: AgentId, state: State) -> dict[str, Any]:
     "/{agent_id}/messages",
     summary="Send a message to the agent's default conversation; JSON unless streaming is true",
     response_model=None,
+    responses=SSE_RESPONSES,
 )
 async def send_agent_message(
-    agent_id: AgentId, body: AgentMessageRequest, state: State, idempotency_key: IdempotencyKey = None
+    agent_id: AgentId, body: AgentMessageRequest, state: State, caller: Caller, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    return await _send_to_default(state, agent_id, body, idempotency_key)
+    return await _send_to_default(state, caller, agent_id, body, idempotency_key)
 
 
 @router.post(
     "/{agent_id}/messages/stream",
     summary="Send a message to the agent's default conversation; always Server-Sent Events",
     response_model=None,
+    response_class=Response,
+    responses=SSE_RESPONSES,
 )
 async def stream_agent_message(
-    agent_id: AgentId, body: SendMessageRequest, state: State, idempotency_key: IdempotencyKey = None
+    agent_id: AgentId, body: SendMessageRequest, state: State, caller: Caller, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    return await _send_to_default(state, agent_id, body.model_copy(update={"streaming": True}), idempotency_key)
+    streaming = body.model_copy(update={"streaming": True})
+    return await _send_to_default(state, caller, agent_id, streaming, idempotency_key)
+
+
+@router.get("/{agent_id}/messages", summary="List the messages of the agent's default conversation (or of conversation_id)")
+async def list_agent_messages(
+    agent_id: AgentId,
+    state: State,
+    caller: Caller,
+    conversation_id: ConversationIdQuery | None = None,
+    limit: Limit = 100,
+    after: MessageIdQuery | None = None,
+    before: MessageIdQuery | None = None,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+) -> list[dict[str, Any]]:
+    """Newest first unless ``order=asc``, as Letta. The default conversation needs no creating to
+    be read: before the agent's first message it simply has no history."""
+    await state.agents.get(agent_id, tenant=caller.tenant)
+    if conversation_id is not None:
+        conversation = await state.conversations.get(conversation_id, tenant=caller.tenant)
+        if conversation.agent_id != agent_id:
+            raise NotFoundError(f"conversation {conversation_id} not found for agent {agent_id}")
+    target = conversation_id or default_conversation_id(agent_id)
+    messages = await state.history.page(target, limit=limit, after=after, before=before, order=order)
+    return [m.model_dump(mode="json", exclude_none=True) for m in messages]
 
 
 @router.post("/{agent_id}/messages/cancel", summary="Cancel the agent's running and queued runs")
 async def cancel_agent_runs(
-    agent_id: AgentId, state: State, body: Annotated[CancelRunsRequest | None, Body()] = None
+    agent_id: AgentId, state: State, caller: Caller, body: Annotated[CancelRunsRequest | None, Body()] = None
 ) -> dict[str, Any]:
     """All unfinished runs of all the agent's conversations, or only ``run_ids`` when given."""
-    await state.agents.get(agent_id)
+    await state.agents.get(agent_id, tenant=caller.tenant)
     runs: dict[str, str] = {}
     if body is not None and body.run_ids:
         for run_id in body.run_ids:
             conversation_id = await state.runs.conversation_of(run_id)
-            if (await state.runs.get(run_id, conversation_id)).agent_id != agent_id:
+            if (await state.runs.get(run_id, conversation_id, tenant=caller.tenant)).agent_id != agent_id:
                 raise NotFoundError(f"run {run_id} not found for agent {agent_id}")
             runs[run_id] = await cancel_run(state, conversation_id, run_id)
         return {"agent_id": agent_id, "runs": runs}
@@ -140,11 +174,11 @@ async def cancel_agent_runs(
 
 
 async def _send_to_default(
-    state: AppState, agent_id: str, body: SendMessageRequest, idempotency_key: str | None
+    state: AppState, caller: Principal, agent_id: str, body: SendMessageRequest, idempotency_key: str | None
 ) -> Response:
     """Exactly what ``POST /v1/conversations/{id}/messages`` does, in the agent's default conversation."""
-    conversation = await state.conversations.default_for(agent_id)
-    return await send_message(conversation.id, body, state, idempotency_key)
+    agent, conversation = await state.conversations.default_with_agent(agent_id, tenant=caller.tenant)
+    return await send(state, caller, agent, conversation, body, idempotency_key)
 
 
 async def _cancel_all(state: AppState, agent_id: str) -> dict[str, str]:

@@ -31,20 +31,22 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from api.auth import Caller
 from api.cancel import cancel_run
 from api.errors import (
-    chat_status_for,
+    run_error_status,
     openai_error,
     openai_error_body,
     openai_error_for,
     validation_summary,
 )
-from api.sse import in_background, run_batches, sse_response
+from api.sse import SSE_RESPONSES, in_background, run_batches, sse_response
 from api.state import AppState, get_state
 from api.turns import accept_turn
 from api.validation import AGENT_ID, CONVERSATION_ID
 from runtime.errors import ConvoyError, NotFoundError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.auth import Principal
 from runtime.schemas.openai_chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -57,6 +59,24 @@ from runtime.schemas.openai_chat import (
 from runtime.schemas.requests import SendMessageRequest
 from runtime.schemas.runs import RunView
 
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` references replaced by what they name (they are not recursive),
+    so the document stays valid where it is embedded (the OpenAPI file has no ``$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]
+
+
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
 State = Annotated[AppState, Depends(get_state)]
 
@@ -68,42 +88,41 @@ DONE = b"data: [DONE]\n\n"
     "/completions",
     summary="OpenAI Chat Completions; model = an agent id or a conversation id",
     response_model=None,
+    responses=SSE_RESPONSES,
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": _inlined(ChatCompletionRequest.model_json_schema())}},
         }
     },
 )
 async def chat_completions(
-    request: Request, state: State, idempotency_key: Annotated[str | None, Header(max_length=256)] = None
+    request: Request, state: State, caller: Caller, idempotency_key: Annotated[str | None, Header(max_length=256)] = None
 ) -> Response:
     try:
         body = ChatCompletionRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         return openai_error(400, f"invalid request: {validation_summary(exc.errors())}", "invalid_request")
     try:
-        agent, conversation = await _target(state, body.model)
+        agent, conversation = await _target(state, caller, body.model)
     except NotFoundError:
         message = f"The model `{body.model}` does not exist: use an agent id (agent-…) or a conversation id (conv-…)"
         return openai_error(404, message, "model_not_found", param="model")
     turn = SendMessageRequest(messages=body.input_messages(), streaming=body.streaming, include_pings=False)
     try:
-        run = await accept_turn(state, agent, conversation, turn, idempotency_header=idempotency_key)
+        run = await accept_turn(state, caller, agent, conversation, turn, idempotency_header=idempotency_key)
     except ConvoyError as exc:
         return openai_error_for(exc)
     reply = _Reply(state, run, body.model, include_usage=body.include_usage)
-    return await (_stream(state, run, reply) if body.streaming else _complete(reply))
+    return await (_stream(request, state, run, reply) if body.streaming else _complete(reply))
 
 
-async def _target(state: AppState, model: str) -> tuple[AgentRecord, ConversationRecord]:
+async def _target(state: AppState, caller: Principal, model: str) -> tuple[AgentRecord, ConversationRecord]:
     """The agent and conversation ``model`` names (an agent means its default conversation)."""
     if re.fullmatch(AGENT_ID, model):
-        agent = await state.agents.get(model)
-        return agent, await state.conversations.default_for(agent.id)
+        return await state.conversations.default_with_agent(model, tenant=caller.tenant)
     if re.fullmatch(CONVERSATION_ID, model):
-        conversation = await state.conversations.get(model)
-        return await state.agents.get(conversation.agent_id), conversation
+        return await state.conversations.with_agent(model, tenant=caller.tenant)
     raise NotFoundError(f"no agent or conversation {model}")
 
 
@@ -139,7 +158,7 @@ class _Reply:
         failure = self.translator.failure
         if failure is None:
             return None
-        return openai_error(chat_status_for(failure.error_type), failure.message, failure.error_type)
+        return openai_error(run_error_status(failure.error_type), failure.message, failure.error_type)
 
     def chunks(self, deltas: list[Delta]) -> bytes:
         return b"".join(sse_data(self._chunk([ChunkChoice(delta=delta)])) for delta in deltas)
@@ -148,7 +167,7 @@ class _Reply:
         """The last chunks: the finish reason (and usage), or the run's error; then ``[DONE]``."""
         failure = self.translator.failure
         if failure is not None:
-            error = openai_error_body(chat_status_for(failure.error_type), failure.message, failure.error_type)
+            error = openai_error_body(run_error_status(failure.error_type), failure.message, failure.error_type)
             return sse_data(error) + DONE
         end = sse_data(self._chunk([ChunkChoice(delta=Delta(), finish_reason=self.translator.finish_reason)]))
         if self._include_usage:
@@ -177,24 +196,52 @@ async def _complete(reply: _Reply) -> Response:
     return reply.failure_response() or JSONResponse(reply.completion())
 
 
-async def _stream(state: AppState, run: RunView, reply: _Reply) -> Response:
-    head: list[Delta] = []
+async def _stream(request: Request, state: AppState, run: RunView, reply: _Reply) -> Response:
+    async def abandon() -> object:
+        return await cancel_run(state, run.conversation_id, run.id)
+
     try:
-        while not head and not reply.ended:
-            head = await reply.read() or []
+        head = await _first_deltas(request, reply)
     except BaseException:
         await reply.close()
         raise
+    if head is None:  # the client left before the first token: nobody will read this run
+        await reply.close()
+        in_background(abandon())
+        return Response(status_code=499)
     if not head and reply.ended:
         failed = reply.failure_response()
         if failed is not None:
             await reply.close()
             return failed
-
-    async def abandon() -> object:
-        return await cancel_run(state, run.conversation_id, run.id)
-
     return sse_response(_events(reply, head, abandon))
+
+
+async def _first_deltas(request: Request, reply: _Reply) -> list[Delta] | None:
+    """The first deltas (empty if the run ended without any), or None if the client disconnected
+    first. Until then no response has started, so the request's disconnect is watched here."""
+
+    async def head() -> list[Delta]:
+        deltas: list[Delta] = []
+        while not deltas and not reply.ended:
+            deltas = await reply.read() or []
+        return deltas
+
+    async def left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    reading, leaving = asyncio.ensure_future(head()), asyncio.ensure_future(left())
+    try:
+        await asyncio.wait((reading, leaving), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # The response (not us) listens for a disconnect from here on; never two receivers at once.
+        for task in (reading, leaving):
+            task.cancel()
+        await asyncio.gather(reading, leaving, return_exceptions=True)
+    if reading.done() and not reading.cancelled():
+        return reading.result()
+    return None
 
 
 async def _events(

@@ -7,14 +7,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, Query
 from fastapi.responses import JSONResponse, Response
 
+from api.auth import Caller
 from api.cancel import cancel_conversation, cancel_run
 from api.responses import collect_response
-from api.sse import check_cursor, run_events, sse_response
+from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
 from api.state import AppState, get_state
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
 from runtime import keys
 from runtime.errors import NotFoundError
+from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, ResumeRequest, SendMessageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
@@ -26,13 +29,14 @@ State = Annotated[AppState, Depends(get_state)]
 async def create_conversation(
     agent_id: AgentIdQuery,
     state: State,
+    caller: Caller,
     body: Annotated[CreateConversationRequest | None, Body()] = None,
 ) -> dict[str, Any]:
-    await state.agents.get(agent_id)
+    agent = await state.agents.get(agent_id, tenant=caller.tenant)
     body = body or CreateConversationRequest()
     if body.model:
         state.providers.validate(body.model)
-    record = await state.conversations.create(agent_id=agent_id, summary=body.summary, model=body.model)
+    record = await state.conversations.create(agent, summary=body.summary, model=body.model)
     return record.view()
 
 
@@ -40,32 +44,49 @@ async def create_conversation(
 @router.get("/", include_in_schema=False)
 async def list_conversations(
     state: State,
+    caller: Caller,
     agent_id: AgentIdQuery | None = None,
     limit: Limit = 50,
     after: ConversationIdQuery | None = None,
 ) -> list[dict[str, Any]]:
-    return [c.view() for c in await state.conversations.list(agent_id=agent_id, limit=limit, after=after)]
+    if agent_id is not None:
+        await state.agents.get(agent_id, tenant=caller.tenant)
+    conversations = await state.conversations.list(tenant=caller.tenant, agent_id=agent_id, limit=limit, after=after)
+    return [c.view() for c in conversations]
 
 
 @router.get("/{conversation_id}", summary="Get a conversation")
-async def get_conversation(conversation_id: ConversationId, state: State) -> dict[str, Any]:
-    return (await state.conversations.get(conversation_id)).view()
+async def get_conversation(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
+    return (await state.conversations.get(conversation_id, tenant=caller.tenant)).view()
 
 
 @router.post(
     "/{conversation_id}/messages",
     summary="Send a message; streams Server-Sent Events unless streaming is false",
     response_model=None,
+    responses=SSE_RESPONSES,
 )
 async def send_message(
     conversation_id: ConversationId,
     body: SendMessageRequest,
     state: State,
+    caller: Caller,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
-    conversation = await state.conversations.get(conversation_id)
-    agent = await state.agents.get(conversation.agent_id)
-    run = await accept_turn(state, agent, conversation, body, idempotency_header=idempotency_key)
+    agent, conversation = await state.conversations.with_agent(conversation_id, tenant=caller.tenant)
+    return await send(state, caller, agent, conversation, body, idempotency_key)
+
+
+async def send(
+    state: AppState,
+    caller: Principal,
+    agent: AgentRecord,
+    conversation: ConversationRecord,
+    body: SendMessageRequest,
+    idempotency_key: str | None,
+) -> Response:
+    """Accept a turn, then stream its run or answer once it ends (also the agent-level routes)."""
+    run = await accept_turn(state, caller, agent, conversation, body, idempotency_header=idempotency_key)
     if body.streaming:
 
         async def abandon() -> object:
@@ -88,22 +109,28 @@ async def send_message(
 async def list_messages(
     conversation_id: ConversationId,
     state: State,
+    caller: Caller,
     limit: Limit = 100,
     after: MessageIdQuery | None = None,
     before: MessageIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
 ) -> list[dict[str, Any]]:
-    await state.conversations.get(conversation_id)
+    await state.conversations.get(conversation_id, tenant=caller.tenant)
     messages = await state.history.page(conversation_id, limit=limit, after=after, before=before, order=order)
     return [m.model_dump(mode="json", exclude_none=True) for m in messages]
 
 
-@router.post("/{conversation_id}/stream", summary="Resume a run's stream (by run_id, otid, or the latest run)")
+@router.post(
+    "/{conversation_id}/stream",
+    summary="Resume a run's stream (by run_id, otid, or the latest run)",
+    response_class=Response,
+    responses=SSE_RESPONSES,
+)
 async def resume(
-    conversation_id: ConversationId, state: State, body: Annotated[ResumeRequest | None, Body()] = None
+    conversation_id: ConversationId, state: State, caller: Caller, body: Annotated[ResumeRequest | None, Body()] = None
 ) -> Response:
     body = body or ResumeRequest()
-    await state.conversations.get(conversation_id)
+    await state.conversations.get(conversation_id, tenant=caller.tenant)
     run_id = body.run_id
     if run_id is None and body.otid is not None:
         found = await state.redis.get(keys.idempotency(conversation_id, f"otid:{body.otid}"))
@@ -123,6 +150,6 @@ async def resume(
 
 
 @router.post("/{conversation_id}/cancel", summary="Cancel the conversation's running and queued runs")
-async def cancel(conversation_id: ConversationId, state: State) -> dict[str, Any]:
-    await state.conversations.get(conversation_id)
+async def cancel(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
+    await state.conversations.get(conversation_id, tenant=caller.tenant)
     return {"conversation_id": conversation_id, "runs": await cancel_conversation(state, conversation_id)}

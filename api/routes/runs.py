@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query
 from fastapi.responses import Response
 
+from api.auth import Caller
 from api.cancel import cancel_run
-from api.sse import check_cursor, run_events, sse_response
+from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
 from api.state import AppState, get_state
 from api.validation import AgentIdQuery, ConversationIdQuery, Limit, RunId, RunIdQuery
 from runtime.errors import InvalidRequestError
@@ -16,6 +18,7 @@ from runtime.schemas.requests import MAX_SEQ, ResumeRequest
 from runtime.schemas.runs import RunQuery, RunStatus, StopReason
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+SEQ_ID = re.compile(r"[0-9]{1,16}")  # ASCII digits only (str.isdigit() also accepts '²')
 EVENTSOURCE_RETRY_MS = 1000
 State = Annotated[AppState, Depends(get_state)]
 
@@ -24,6 +27,7 @@ State = Annotated[AppState, Depends(get_state)]
 @router.get("/", include_in_schema=False)
 async def list_runs(
     state: State,
+    caller: Caller,
     agent_id: AgentIdQuery | None = None,
     conversation_id: ConversationIdQuery | None = None,
     statuses: Annotated[list[RunStatus] | None, Query()] = None,
@@ -36,6 +40,10 @@ async def list_runs(
     order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
     ascending: bool | None = None,
 ) -> list[dict[str, Any]]:
+    if agent_id is not None:
+        await state.agents.get(agent_id, tenant=caller.tenant)
+    if conversation_id is not None:
+        await state.conversations.get(conversation_id, tenant=caller.tenant)
     query = RunQuery(
         agent_id=agent_id,
         conversation_id=conversation_id,
@@ -48,18 +56,19 @@ async def list_runs(
         before=before,
         ascending=order == "asc" if order is not None else bool(ascending),
     )
-    return [run.model_dump(mode="json") for run in await state.runs.list(query)]
+    return [run.model_dump(mode="json") for run in await state.runs.list(query, tenant=caller.tenant)]
 
 
 @router.get("/{run_id}", summary="Get a run")
-async def get_run(run_id: RunId, state: State) -> dict[str, Any]:
-    return (await state.runs.get(run_id)).model_dump(mode="json")
+async def get_run(run_id: RunId, state: State, caller: Caller) -> dict[str, Any]:
+    return (await state.runs.get(run_id, tenant=caller.tenant)).model_dump(mode="json")
 
 
 @router.get("/{run_id}/steps", summary="List a run's steps with their provider traces")
 async def list_steps(
     run_id: RunId,
     state: State,
+    caller: Caller,
     limit: Limit = 50,
     order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
     after: Annotated[str | None, Query(max_length=64)] = None,
@@ -67,7 +76,8 @@ async def list_steps(
 ) -> list[dict[str, Any]]:
     """Letta's ``Step`` objects, plus ``trace``: the request sent to the provider, a summary of its
     response, latency, time to first token and how many times the stream was opened."""
-    steps = await state.runs.steps(run_id)
+    run = await state.runs.get(run_id, tenant=caller.tenant)
+    steps = await state.runs.steps(run.conversation_id, run_id)
     if after is not None:
         ids = [s["id"] for s in steps]
         steps = steps[ids.index(after) + 1 :] if after in ids else []
@@ -79,30 +89,43 @@ async def list_steps(
     return steps[:limit]
 
 
-@router.post("/{run_id}/stream", summary="Resume a run's stream after starting_after")
-async def resume(run_id: RunId, state: State, body: Annotated[ResumeRequest | None, Body()] = None) -> Response:
+@router.post(
+    "/{run_id}/stream",
+    summary="Resume a run's stream after starting_after",
+    response_class=Response,
+    responses=SSE_RESPONSES,
+)
+async def resume(
+    run_id: RunId, state: State, caller: Caller, body: Annotated[ResumeRequest | None, Body()] = None
+) -> Response:
     body = body or ResumeRequest()
-    conversation_id = await state.runs.conversation_of(run_id)
+    conversation_id = (await state.runs.get(run_id, tenant=caller.tenant)).conversation_id
     await check_cursor(state, conversation_id, run_id, body.starting_after)
     return sse_response(
         run_events(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
     )
 
 
-@router.get("/{run_id}/stream", summary="Resume a run's stream (EventSource: honours Last-Event-ID)")
+@router.get(
+    "/{run_id}/stream",
+    summary="Resume a run's stream (EventSource: honours Last-Event-ID)",
+    response_class=Response,
+    responses=SSE_RESPONSES,
+)
 async def resume_get(
     run_id: RunId,
     state: State,
+    caller: Caller,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
     starting_after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     include_pings: bool = True,
 ) -> Response:
     after = starting_after
     if last_event_id:
-        if not last_event_id.isdigit() or int(last_event_id) > MAX_SEQ:
+        if not SEQ_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_SEQ:
             raise InvalidRequestError(f"Last-Event-ID must be a seq_id (a non-negative integer), got {last_event_id!r}")
         after = int(last_event_id)
-    conversation_id = await state.runs.conversation_of(run_id)
+    conversation_id = (await state.runs.get(run_id, tenant=caller.tenant)).conversation_id
     await check_cursor(state, conversation_id, run_id, after)
     return sse_response(
         run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=EVENTSOURCE_RETRY_MS)
@@ -110,7 +133,7 @@ async def resume_get(
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run (running or queued)")
-async def cancel(run_id: RunId, state: State) -> dict[str, Any]:
-    conversation_id = await state.runs.conversation_of(run_id)
+async def cancel(run_id: RunId, state: State, caller: Caller) -> dict[str, Any]:
+    conversation_id = (await state.runs.get(run_id, tenant=caller.tenant)).conversation_id
     await cancel_run(state, conversation_id, run_id)
-    return (await state.runs.get(run_id, conversation_id)).model_dump(mode="json")
+    return (await state.runs.get(run_id, conversation_id, tenant=caller.tenant)).model_dump(mode="json")

@@ -14,6 +14,7 @@ from typing import Any
 from anthropic import AsyncAnthropic
 
 from runtime.errors import LLMUnavailableError
+from runtime.providers.errors import require_event_stream
 from runtime.providers.events import (
     ChatMessage,
     Finish,
@@ -103,6 +104,7 @@ class AnthropicAdapter:
         finish: str | None = None
         stopped = False
         try:
+            require_event_stream(stream.response, self._provider)
             async for event in stream:
                 kind = event.type
                 if kind == "message_start":

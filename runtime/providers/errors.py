@@ -94,9 +94,19 @@ def translate(exc: BaseException, provider: str) -> BaseException:
         return classify(provider, None, kind, message or getattr(exc, "message", str(exc)))
     if names & _SDK_ROOTS:
         return LLMAuthenticationError(f"{provider}: {exc}") if "api_key" in str(exc) else LLMError(f"{provider}: {exc}")
-    if isinstance(exc, ValueError):  # undecodable JSON or a body the SDK's models reject
+    if isinstance(exc, ValueError | TypeError | AttributeError | KeyError | IndexError):
+        # Undecodable JSON, a body the SDK's models reject, or JSON of an unexpected shape that the
+        # adapter tripped over while reading it (the SDKs do not validate streamed chunks).
         return LLMInvalidResponseError(f"{provider}: {type(exc).__name__}: {exc}")
     return exc
+
+
+def require_event_stream(response: Any, provider: str) -> None:
+    """Refuse a 200 answer that is not an event stream (a gateway's HTML page, a JSON body)
+    before reading it as one: read as SSE it would look like a stream that just ended early."""
+    content_type = str(getattr(response, "headers", {}).get("content-type", ""))
+    if not content_type.startswith("text/event-stream"):
+        raise LLMInvalidResponseError(f"{provider}: answered with content-type {content_type or 'none'!r}, not an event stream")
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from runtime.errors import LLMUnavailableError
+from runtime.providers.errors import require_event_stream
 from runtime.providers.events import (
     ChatMessage,
     Finish,
@@ -101,6 +102,7 @@ class OpenAIChatAdapter:
         finish: str | None = None
         refused = False
         try:
+            require_event_stream(stream.response, self._provider)
             described = False
             async for chunk in stream:
                 if not described:

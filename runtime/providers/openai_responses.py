@@ -13,7 +13,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.responses import Response, ResponseStreamEvent
 
 from runtime.errors import LLMUnavailableError
-from runtime.providers.errors import classify
+from runtime.providers.errors import classify, require_event_stream
 from runtime.providers.events import (
     ChatMessage,
     Finish,
@@ -83,6 +83,7 @@ class OpenAIResponsesAdapter:
         finish: Finish | None = None
         refused = called = False
         try:
+            require_event_stream(stream.response, self._provider)
             async for event in stream:
                 kind = event.type
                 if kind == "response.created":

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.providers.handles import split_handle
+from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.requests import MemoryBlock
 
 DEFAULT_CONTEXT_WINDOW = 128_000
@@ -18,6 +19,7 @@ class AgentRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    tenant: str = DEFAULT_TENANT
     name: str
     model: str
     system: str = ""
@@ -74,10 +76,11 @@ class ConversationRecord(BaseModel):
 
     id: str
     agent_id: str
+    tenant: str = DEFAULT_TENANT
     summary: str | None = None
     model: str | None = None
     created_at: datetime
     updated_at: datetime
 
     def view(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"tenant"})

@@ -20,14 +20,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime.schemas.requests import (
+    MAX_CONTEXT_TOKENS,
     MAX_MESSAGES,
     MAX_NAME_CHARS,
     MAX_PARTS,
     MAX_TEXT_CHARS,
+    MAX_TOOLS,
+    JsonObject,
     MessageCreate,
 )
 
 MAX_HISTORY_MESSAGES = 100_000  # a client may send a long history; only its tail is used
+MAX_CHOICES = 128  # OpenAI's own ceiling for ``n``
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 FINISH_REASON: dict[str, FinishReason] = {
@@ -71,17 +75,22 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """Body of ``POST /v1/chat/completions``. ``model`` names an agent (its default conversation)
     or a conversation. Sampling options (``temperature``, ``max_tokens``...) are accepted and
-    ignored: the agent's model settings apply."""
+    ignored: the agent's model settings apply. Those modelled are still checked against OpenAI's
+    ranges, so a request OpenAI would refuse is refused here too."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_HISTORY_MESSAGES)]
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    tools: Annotated[list[JsonObject], Field(max_length=MAX_TOOLS)] | None = None
     user: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:

@@ -2,22 +2,89 @@
 
 Only what Convoy acts on is modelled strictly; fields the Letta SDK may send that Convoy does not
 implement yet are accepted and ignored (``extra="ignore"``) so an unchanged SDK keeps working.
+
+Everything is bounded: strings, lists, integers, and free-form JSON (``JsonObject``: metadata, a
+client tool's parameter schema), whose depth and size are capped so that what is accepted can
+always be stored, read back and answered (Redis payloads are parsed with a nesting limit).
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 MAX_TEXT_CHARS = 1_000_000
 MAX_MESSAGES = 256
 MAX_PARTS = 256
 MAX_NAME_CHARS = 256
 MAX_SYSTEM_CHARS = 200_000
+MAX_JSON_DEPTH = 32  # levels of objects and arrays in a free-form JSON field
+MAX_JSON_VALUES = 10_000  # values (keys not counted) in a free-form JSON field
+MAX_TOOLS = 128
+MAX_TAGS = 64
+MAX_MEMORY_BLOCKS = 64
+MAX_STEPS = 1000
+MAX_CONTEXT_TOKENS = 10_000_000  # a ceiling for token counts: no model comes close
+MAX_BLOCK_LIMIT_CHARS = 10_000_000  # generous: stored agents must still load
+MAX_POLL_INTERVAL_S = 3600
+MAX_BATCH_SIZE = 1_000_000
 
 OnBusy = Literal["queue", "reject", "interrupt"]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+MessageType = Annotated[str, Field(max_length=64)]
+MAX_MESSAGE_TYPES = 32
+
+
+def bounded_json(value: Any) -> Any:
+    """Free-form JSON that can be stored and sent back as it came: at most ``MAX_JSON_DEPTH``
+    levels and ``MAX_JSON_VALUES`` values, keys of at most ``MAX_NAME_CHARS`` characters, and
+    finite numbers only (NaN and Infinity are not JSON)."""
+    stack: list[tuple[Any, int, tuple[object, ...]]] = [(value, 1, ())]
+    count = 0
+    while stack:
+        node, depth, path = stack.pop()
+        count += 1
+        if count > MAX_JSON_VALUES:
+            raise ValueError(f"holds more than {MAX_JSON_VALUES} values")
+        if isinstance(node, dict | list) and depth > MAX_JSON_DEPTH:
+            raise ValueError(f"is nested deeper than {MAX_JSON_DEPTH} levels (at {_path(path)})")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if len(key) > MAX_NAME_CHARS:
+                    raise ValueError(f"has a key longer than {MAX_NAME_CHARS} characters (in {_path(path)})")
+                stack.append((item, depth + 1, (*path, key)))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1, (*path, i)) for i, item in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"holds {json.dumps(node)}, which is not a JSON number (at {_path(path)})")
+        elif isinstance(node, str) and len(node) > MAX_TEXT_CHARS:
+            raise ValueError(f"holds a string longer than {MAX_TEXT_CHARS} characters (at {_path(path)})")
+    return value
+
+
+def _path(path: tuple[object, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "the top level"
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(bounded_json)]
+
+
+def _doubled(names: Sequence[str]) -> list[str]:
+    return sorted(name for name, times in Counter(names).items() if times > 1)
 
 
 class TextPart(BaseModel):
@@ -35,9 +102,15 @@ class MessageCreate(BaseModel):
     type: Literal["message"] | None = None
     role: Literal["user", "system", "assistant"] = "user"
     content: Text | Annotated[list[TextPart], Field(min_length=1, max_length=MAX_PARTS)]
-    otid: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
-    name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
-    sender_id: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    otid: Name | None = None
+    name: Name | None = None
+    sender_id: Name | None = None
+
+    @model_validator(mode="after")
+    def _has_text(self) -> MessageCreate:
+        if not self.text():
+            raise ValueError("a message needs text; its content is empty")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -63,10 +136,10 @@ class ToolReturnCreate(BaseModel):
 
     type: Literal["tool"] = "tool"
     tool_call_id: Annotated[str, Field(max_length=MAX_NAME_CHARS)]
-    tool_return: Text | list[TextPart]
+    tool_return: Text | Annotated[list[TextPart], Field(max_length=MAX_PARTS)]
     status: Literal["success", "error"] = "success"
-    stdout: list[Text] | None = None
-    stderr: list[Text] | None = None
+    stdout: Annotated[list[Text], Field(max_length=MAX_PARTS)] | None = None
+    stderr: Annotated[list[Text], Field(max_length=MAX_PARTS)] | None = None
 
     def text(self) -> str:
         return self.tool_return if isinstance(self.tool_return, str) else "".join(p.text for p in self.tool_return)
@@ -101,10 +174,28 @@ class ClientTool(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
     description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: JsonObject | None = None
+
+    @model_validator(mode="after")
+    def _object_schema(self) -> ClientTool:
+        kind = (self.parameters or {}).get("type", "object")
+        if kind != "object":
+            raise ValueError(
+                f"parameters of tool {self.name!r} must be a JSON Schema of type 'object' "
+                f"(e.g. {{\"type\": \"object\", \"properties\": {{...}}}}), not {kind!r}"
+            )
+        return self
 
 
-InputMessage = MessageCreate | ApprovalCreate
+def _input_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "approval" if kind == "approval" else "message"
+
+
+# Told apart by ``type``, so an invalid message is reported against the one model it meant.
+InputMessage = Annotated[
+    Annotated[MessageCreate, Tag("message")] | Annotated[ApprovalCreate, Tag("approval")], Discriminator(_input_kind)
+]
 
 
 class SendMessageRequest(BaseModel):
@@ -118,13 +209,13 @@ class SendMessageRequest(BaseModel):
     stream_tokens: bool = True
     include_pings: bool = True
     background: bool = False
-    max_steps: int = Field(default=50, ge=1, le=1000)
+    max_steps: int = Field(default=50, ge=1, le=MAX_STEPS)
     use_assistant_message: bool = True
-    include_return_message_types: list[str] | None = None
-    override_model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
-    agent_id: str | None = None
+    include_return_message_types: Annotated[list[MessageType], Field(max_length=MAX_MESSAGE_TYPES)] | None = None
+    override_model: Name | None = None
+    agent_id: Name | None = None  # accepted for Letta compatibility; the route names the agent
     on_busy: OnBusy = "queue"
-    client_tools: Annotated[list[ClientTool], Field(max_length=128)] | None = None
+    client_tools: Annotated[list[ClientTool], Field(max_length=MAX_TOOLS)] | None = None
 
     @model_validator(mode="after")
     def _has_input(self) -> SendMessageRequest:
@@ -132,10 +223,20 @@ class SendMessageRequest(BaseModel):
             raise ValueError("send either 'messages' or 'input', not both")
         if not self.messages and self.input is None:
             raise ValueError("send at least one message: 'messages' (a list) or 'input' (a string)")
+        if self.input is not None and not self._input_text():
+            raise ValueError("input: a message needs text; it is empty")
         approvals = [m for m in self.messages or () if isinstance(m, ApprovalCreate)]
         if approvals and len(self.messages or ()) != 1:
             raise ValueError("an approval message must be sent alone")
+        doubled = _doubled([tool.name for tool in self.client_tools or ()])
+        if doubled:
+            raise ValueError(f"client_tools: each tool name must be unique; sent more than once: {doubled}")
         return self
+
+    def _input_text(self) -> str:
+        if isinstance(self.input, str):
+            return self.input
+        return "".join(part.text for part in self.input or ())
 
     @property
     def approval(self) -> ApprovalCreate | None:
@@ -157,7 +258,7 @@ class MemoryBlock(BaseModel):
     label: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[A-Za-z0-9_.-]+$")]
     value: Annotated[str, Field(max_length=MAX_SYSTEM_CHARS)]
     description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, le=MAX_BLOCK_LIMIT_CHARS)
 
 
 ToolName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -170,12 +271,31 @@ class CreateAgentRequest(BaseModel):
     model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     system: Annotated[str, Field(max_length=MAX_SYSTEM_CHARS)] | None = None
     description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
-    tags: Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], Field(max_length=64)] | None = None
-    metadata: dict[str, Any] | None = None
-    tools: Annotated[list[ToolName], Field(max_length=128)] | None = None
-    memory_blocks: Annotated[list[MemoryBlock], Field(max_length=64)] | None = None
-    context_window_limit: int | None = Field(default=None, ge=1_000, le=10_000_000)
+    tags: Annotated[list[Name], Field(max_length=MAX_TAGS)] | None = None
+    metadata: JsonObject | None = None
+    tools: Annotated[list[ToolName], Field(max_length=MAX_TOOLS)] | None = None
+    memory_blocks: Annotated[list[MemoryBlock], Field(max_length=MAX_MEMORY_BLOCKS)] | None = None
+    context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CreateAgentRequest:
+        if self.max_tokens and self.context_window_limit and self.max_tokens >= self.context_window_limit:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be smaller than context_window_limit ({self.context_window_limit}): "
+                "the answer is part of the context window"
+            )
+        labels = [block.label for block in self.memory_blocks or ()]
+        for what, names in (("memory_blocks: label", labels), ("tools: name", self.tools or [])):
+            doubled = _doubled(names)
+            if doubled:
+                raise ValueError(f"{what}s must be unique; sent more than once: {doubled}")
+        for block in self.memory_blocks or ():
+            if block.limit is not None and len(block.value) > block.limit:
+                raise ValueError(
+                    f"memory block {block.label!r}: its value has {len(block.value)} characters, over its limit of {block.limit}"
+                )
+        return self
 
 
 class CreateConversationRequest(BaseModel):
@@ -191,15 +311,16 @@ MAX_SEQ = 2**53  # larger cursors are nonsense, and are refused as such
 class ResumeRequest(BaseModel):
     """Body of ``POST /v1/runs/{id}/stream`` and ``POST /v1/conversations/{id}/stream``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     starting_after: int = Field(default=0, ge=0, le=MAX_SEQ, description="the last seq_id the client has")
     include_pings: bool = True
     run_id: str | None = Field(default=None, pattern=r"^run-[0-9a-f-]{36}$")
-    otid: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
-    agent_id: str | None = None
-    poll_interval: float | None = None  # accepted for Letta compatibility; Convoy pushes, it does not poll
-    batch_size: int | None = None  # idem
+    otid: Name | None = None
+    agent_id: Name | None = None
+    # Accepted for Letta compatibility; Convoy pushes, it does not poll.
+    poll_interval: float | None = Field(default=None, ge=0, le=MAX_POLL_INTERVAL_S)
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
 
 
 class CancelRunsRequest(BaseModel):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.schemas.auth import DEFAULT_TENANT
 
 RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
 
@@ -69,6 +71,8 @@ class RunView(BaseModel):
     # activation (``<host>/<incarnation>``) ran it.
     started_at: datetime | None = None
     owner: str | None = None
+    # Whose run it is; never shown (``exclude``), checked on every read (see ``RunStore.get``).
+    tenant: str = Field(default=DEFAULT_TENANT, exclude=True)
 
 
 class RunQuery(BaseModel):

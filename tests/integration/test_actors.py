@@ -101,7 +101,7 @@ async def test_fifty_concurrent_sends_run_one_at_a_time_in_acceptance_order(
     assert len({run["owner"] for run in runs}) == 1, "one owner processed them all"
 
 
-async def test_reject_answers_409_with_retry_after_while_busy(client: httpx.AsyncClient) -> None:
+async def test_reject_answers_409_with_retry_after_while_busy(client: httpx.AsyncClient, store: redis.Redis) -> None:
     conv = await new_conversation(client)
     run_id, task = await first_item(client, conv, {"input": long_text("r")})
     await wait_running(client, run_id)
@@ -113,6 +113,7 @@ async def test_reject_answers_409_with_retry_after_while_busy(client: httpx.Asyn
     assert body["run_id"] == run_id
     items = await task
     assert stop_of(items) == "end_turn" and items[-1]["message_type"] == "[DONE]"
+    assert store.zrange(keys.conversation_runs(conv), 0, -1) == [run_id], "a refused send leaves no index entry"
 
 
 async def test_queue_waits_for_the_active_run(client: httpx.AsyncClient) -> None:

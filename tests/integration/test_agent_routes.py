@@ -18,6 +18,7 @@ from httpx_sse import aconnect_sse
 from letta_client import Letta
 
 from runtime import keys
+from runtime.schemas.auth import DEFAULT_TENANT
 from tests.conftest import Convoy
 from tests.fakes import providers as fp
 
@@ -51,6 +52,22 @@ def test_messages_create_answers_json_from_the_default_conversation(letta: Letta
     assert run["conversation_id"] == default_conversation(agent.id) and run["status"] == "completed"
     listed = letta.conversations.list(agent_id=agent.id)
     assert [c.id for c in listed] == [default_conversation(agent.id)]
+
+
+def test_agent_messages_list_reads_the_default_conversation_newest_first(letta: Letta, http: httpx.Client) -> None:
+    agent = letta.agents.create(name="history")
+    assert list(letta.agents.messages.list(agent.id)) == []  # nothing sent yet, nothing created
+    for text in ("first words", "second words"):
+        letta.agents.messages.create(agent.id, messages=[{"role": "user", "content": text}])
+    newest = letta.agents.messages.list(agent.id, limit=2).items  # one page (iterating pages on)
+    assert [(m.message_type, m.content) for m in newest] == [("assistant_message", "second words"), ("user_message", "second words")]
+    oldest = letta.agents.messages.list(agent.id, order="asc", limit=1).items
+    assert [(m.message_type, m.content) for m in oldest] == [("user_message", "first words")]
+    other = letta.conversations.create(agent_id=agent.id)
+    assert list(letta.agents.messages.list(agent.id, conversation_id=other.id)) == []
+    stranger = letta.agents.create(name="stranger")
+    missing = http.get(f"/v1/agents/{stranger.id}/messages", params={"conversation_id": other.id})
+    assert missing.status_code == 404
 
 
 def test_messages_stream_and_create_streaming(letta: Letta) -> None:
@@ -180,7 +197,7 @@ async def test_delete_cancels_runs_and_removes_everything(
         with pytest.raises(letta_client.NotFoundError):
             letta.conversations.retrieve(conv)
         assert not store.exists(keys.conversation(conv), keys.history(conv), keys.mailbox(conv), keys.conversation_runs(conv))
-        assert store.zscore(keys.conversations_index(), conv) is None
+        assert store.zscore(keys.conversations_index(DEFAULT_TENANT), conv) is None
     assert agent.id not in [a.id for a in letta.agents.list(limit=1000)]
     assert not store.exists(keys.agent(agent.id), keys.agent_conversations(agent.id), keys.agent_runs(agent.id))
-    assert store.zscore(keys.agents_index(), agent.id) is None
+    assert store.zscore(keys.agents_index(DEFAULT_TENANT), agent.id) is None

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import Convoy
+from tests.conftest import Convoy, redis_snapshot
 
 
 @pytest.fixture
@@ -22,30 +22,8 @@ def store(convoy: Convoy) -> redis.Redis:
     return redis.Redis.from_url(convoy.redis_url)
 
 
-def _snapshot(store: redis.Redis) -> dict[bytes, int]:
-    """Every key and its size: any write by a rejected request shows up as a difference."""
-    sizes: dict[bytes, int] = {}
-    for key in store.scan_iter(match=b"convoy:*", count=1000):
-        kind = store.type(key)
-        if kind == b"stream":
-            sizes[key] = store.xlen(key)
-        elif kind == b"zset":
-            sizes[key] = store.zcard(key)
-        elif kind == b"hash" and not key.startswith(b"convoy:hosts"):
-            sizes[key] = store.hlen(key)
-        elif kind == b"string":
-            sizes[key] = 1
-    # Activations come and go on their own (leases, epochs, host sets): not writes of a request.
-    churn = (b":lease", b":epoch")
-    return {
-        k: v
-        for k, v in sizes.items()
-        if not k.startswith((b"convoy:tailer:", b"convoy:host:")) and not k.endswith(churn)
-    }
-
-
 def test_unknown_conversation_is_404_and_writes_nothing(client: httpx.Client, store: redis.Redis) -> None:
-    before = _snapshot(store)
+    before = redis_snapshot(store)
     missing = f"conv-{uuid.uuid4()}"
     reply = client.post(f"/v1/conversations/{missing}/messages", json={"input": "hello"})
     assert reply.status_code == 404
@@ -53,14 +31,14 @@ def test_unknown_conversation_is_404_and_writes_nothing(client: httpx.Client, st
     assert client.get(f"/v1/conversations/{missing}").status_code == 404
     assert client.get(f"/v1/runs/run-{uuid.uuid4()}").status_code == 404
     assert client.get(f"/v1/agents/agent-{uuid.uuid4()}").status_code == 404
-    assert _snapshot(store) == before
+    assert redis_snapshot(store) == before
 
 
 def test_conversation_for_unknown_agent_is_404(client: httpx.Client, store: redis.Redis) -> None:
-    before = _snapshot(store)
+    before = redis_snapshot(store)
     reply = client.post("/v1/conversations", params={"agent_id": f"agent-{uuid.uuid4()}"})
     assert reply.status_code == 404
-    assert _snapshot(store) == before
+    assert redis_snapshot(store) == before
 
 
 @pytest.mark.parametrize(
@@ -79,20 +57,20 @@ def test_malformed_message_body_is_422_with_a_readable_message(
 ) -> None:
     agent = client.post("/v1/agents", json={"name": "bad-input"}).json()
     conv = client.post("/v1/conversations", params={"agent_id": agent["id"]}).json()["id"]
-    before = _snapshot(store)
+    before = redis_snapshot(store)
     reply = client.post(f"/v1/conversations/{conv}/messages", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 422, reply.text
     message = reply.json()["message"]
     assert message.startswith("invalid request:") and needle in message.lower()
-    assert _snapshot(store) == before
+    assert redis_snapshot(store) == before
 
 
 def test_malformed_ids_and_unknown_models_are_rejected(client: httpx.Client, store: redis.Redis) -> None:
-    before = _snapshot(store)
+    before = redis_snapshot(store)
     assert client.get("/v1/conversations/not-an-id").status_code == 422
     assert client.post("/v1/conversations", params={"agent_id": "nope"}).status_code == 422
     reply = client.post("/v1/agents", json={"name": "x", "model": "nowhere/model-9"})
     assert reply.status_code == 400 and "unknown model provider" in reply.json()["detail"]
     reply = client.post("/v1/agents", json={"name": "x", "model": "no-slash"})
     assert reply.status_code == 400 and "provider/model" in reply.json()["detail"]
-    assert _snapshot(store) == before
+    assert redis_snapshot(store) == before

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from api.bench.soak.ledger import INVARIANTS
 
 CONVOY = str(Path(sys.executable).parent / "convoy")
 BENCH_TIMEOUT_S = 240
@@ -17,7 +20,7 @@ def _run(args: list[str], tmp_path: Path) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "RAY_ADDRESS"))}
     env["CONVOY_HOME"] = str(tmp_path)
     done = subprocess.run([CONVOY, "bench", *args], capture_output=True, text=True, env=env, timeout=BENCH_TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     return done.stdout
 
 
@@ -46,3 +49,23 @@ def test_bench_providers_prints_its_figures(tmp_path: Path) -> None:
     out = _run(["providers", "--turns", "2", "--warmup", "0", "--tokens", "3", "--rate", "200"], tmp_path)
     for label in ("time to first token p50", "per-token lag p99", "accepted -> run started", "provider request -> first token"):
         assert label in out, out
+
+
+@pytest.mark.slow
+def test_bench_soak_holds_its_invariants_and_removes_its_home(tmp_path: Path) -> None:
+    out = _run(["soak", "--minutes", "0.3", "--clients", "4"], tmp_path)
+    for label in (
+        "requests by kind and status",
+        "bad inputs tried",
+        "messages accepted (seen by clients) / processed",
+        "runs by final status",
+        "time to first text",
+        "memory (RSS, MiB)",
+        "redis keys at the end",
+    ):
+        assert label in out, out
+    for name in INVARIANTS:
+        assert f"  PASS  {name}" in out, out
+    assert "soak: all invariants held" in out, out
+    home = re.search(r"^home (\S+) removed$", out, re.MULTILINE)
+    assert home is not None and not Path(home.group(1)).exists(), out

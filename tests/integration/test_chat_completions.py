@@ -14,7 +14,7 @@ from letta_client import Letta
 from openai import OpenAI
 
 from runtime.schemas.openai_chat import ChatTranslator
-from tests.conftest import Convoy
+from tests.conftest import Convoy, wait_until
 from tests.fakes import providers as fp
 
 
@@ -253,3 +253,31 @@ def test_approval_requests_become_tool_calls_with_finish_reason_tool_calls() -> 
         ("call_1", '{"city": "Paris"}'),
         ("call_2", "{}"),
     ]
+
+
+def test_a_client_leaving_before_the_first_token_cancels_its_run(
+    http: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("slow")
+    frames = fp.chat_text(model, ["tick "] * 12)
+    paced: list[fp.Frame] = []
+    for frame in frames:
+        paced += [frame, fp.Pause(0.5)]  # a 6 s answer, never silent long enough to time out
+    fake_provider.script(model, fp.Stream(paced), repeat=True)
+    agent = new_agent(http, f"openai/{model}")
+    # A long run ahead of the chat request keeps it queued: no first token can come for seconds.
+    body = {"messages": [{"role": "user", "content": "go"}], "streaming": True, "background": True}
+    with http.stream("POST", f"/v1/agents/{agent}/messages", json=body) as first:
+        assert first.status_code == 200
+        next(first.iter_lines())
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up before the answer starts
+        with httpx.Client(base_url=convoy.url, timeout=httpx.Timeout(30, read=1.0)) as impatient:
+            impatient.post("/v1/chat/completions", json={"model": agent, "messages": user("hi"), "stream": True})
+
+    def statuses() -> list[str]:
+        return [r["status"] for r in runs_of(http, agent)]  # newest first
+
+    wait_until(lambda: statuses()[0] == "cancelled", 4, message="the abandoned chat run to be cancelled")
+    assert statuses()[1] == "running", "the run ahead of it is untouched"
+    running = runs_of(http, agent)[1]["id"]
+    http.post(f"/v1/runs/{running}/cancel").raise_for_status()

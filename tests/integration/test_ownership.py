@@ -113,5 +113,5 @@ async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redi
         run_id, conversation_id=conv, status="failed", stop_reason="error", fence=None, items=[(3, "done", b"[DONE]")]
     )
     assert not again
-    view = await runs.get(run_id)
+    view = await runs.get(run_id, tenant=None)
     assert view.status == "completed" and view.stop_reason == "end_turn"

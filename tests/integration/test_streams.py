@@ -206,7 +206,7 @@ async def test_a_run_left_outside_any_mailbox_is_ended_for_its_readers(client: h
     assert run["status"] == "failed" and run["stop_reason"] == "error"
 
 
-async def test_same_otid_joins_the_existing_run(client: httpx.AsyncClient) -> None:
+async def test_same_otid_joins_the_existing_run(client: httpx.AsyncClient, store: redis.Redis) -> None:
     conv = await new_conversation(client)
     body = {"messages": [{"role": "user", "content": "only once", "otid": str(uuid.uuid4())}]}
     first, second = await asyncio.gather(_stream(client, conv, None, **body), _stream(client, conv, None, **body))
@@ -220,6 +220,8 @@ async def test_same_otid_joins_the_existing_run(client: httpx.AsyncClient) -> No
     assert [m["content"] for m in history if m["message_type"] == "user_message"] == ["only once", "keyed"]
     resumed = stored(await read(client, "POST", f"/v1/conversations/{conv}/stream", json={"otid": body["messages"][0]["otid"]}))
     assert json.loads(resumed[0][2])["run_id"] == first[0]["run_id"]
+    # The retries left no trace: the conversation's index holds exactly its two runs.
+    assert sorted(store.zrange(keys.conversation_runs(conv), 0, -1)) == sorted([first[0]["run_id"], one.json()["messages"][0]["run_id"]])
 
 
 async def test_runs_list_and_history_pages(client: httpx.AsyncClient) -> None:

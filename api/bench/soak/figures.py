@@ -1,0 +1,144 @@
+"""The soak's report: what was done and seen, then each invariant's verdict."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from api.bench import KIB, MIB, Report, percentile
+from api.bench.soak.bad import EXPECTED
+from api.bench.soak.checks import RunFigures
+from api.bench.soak.keyspace import KeyFigures
+from api.bench.soak.ledger import INVARIANTS, Ledger
+from api.bench.soak.memory import MemorySample, allowed_growth, judged
+from api.bench.soak.serverlog import LogSummary
+from api.bench.soak.upstream import UpstreamCounts
+
+if TYPE_CHECKING:
+    from api.bench.soak import SoakOptions
+
+DETAILS_SHOWN = 5
+LOG_MESSAGES_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class Outcome:
+    options: SoakOptions
+    ledger: Ledger
+    planned_s: float
+    workload_s: float
+    runs: RunFigures
+    memory: tuple[MemorySample, MemorySample]
+    keys: KeyFigures
+    history_inputs: int
+    passivated_s: float
+    upstream: UpstreamCounts
+
+
+def add_figures(report: Report, outcome: Outcome) -> None:
+    opts, ledger = outcome.options, outcome.ledger
+    report.section(
+        f"convoy bench soak   minutes={opts.minutes:g} clients={opts.clients} seed={opts.seed}"
+        f"  cpus={os.cpu_count()}  load avg (1 min) at the end {os.getloadavg()[0]:.2f}"
+    )
+    ops = sum(ledger.ops.values())
+    report.add("duration (s)", f"{outcome.workload_s:.1f} ({outcome.planned_s:g} planned, then the last operations)")
+    report.add("operations", f"{ops} ({ops / outcome.workload_s:.1f}/s)")
+    for op, count in ledger.ops.most_common():
+        report.add(f"  {op}", str(count))
+    _requests(report, ledger)
+    _runs(report, outcome)
+    _latency(report, ledger)
+    _memory(report, *outcome.memory)
+    _keys(report, outcome)
+
+
+def _statuses(counts: dict[int, int]) -> str:
+    return ", ".join(f"{status}: {n}" for status, n in sorted(counts.items()))
+
+
+def _requests(report: Report, ledger: Ledger) -> None:
+    report.section("requests by kind and status")
+    for kind, counts in sorted(ledger.answers.items()):
+        report.add(f"  {kind}", _statuses(counts))
+    report.section("bad inputs tried (expected status -> answered)")
+    for variant, counts in sorted(ledger.bad.items()):
+        report.add(f"  {variant}", f"{EXPECTED.get(variant, '?')} -> {_statuses(counts)}")
+
+
+def _runs(report: Report, outcome: Outcome) -> None:
+    runs, ledger, up = outcome.runs, outcome.ledger, outcome.upstream
+    report.section("runs and streams")
+    report.add("messages accepted (seen by clients) / processed", f"{runs.accepted} / {runs.processed}")
+    report.add("runs listed by the server", str(runs.listed))
+    report.add("runs by final status", ", ".join(f"{s} {n}" for s, n in sorted(runs.by_status.items())))
+    tally = ledger.streams
+    report.add("streams read to the end / ended right", f"{tally.read} / {tally.ended}")
+    report.add("streams left on purpose (then resumed to the end)", str(tally.abandoned))
+    report.add("user messages found in histories", str(outcome.history_inputs))
+    report.add("upstream: requests / tool calls / cut by Convoy", f"{up.requests} / {up.tool_calls} / {up.cut}")
+    report.add(
+        "conversations / all idle again (passivated) after",
+        f"{len(ledger.conversations)} / {outcome.passivated_s:.1f} s",
+    )
+
+
+def _latency(report: Report, ledger: Ledger) -> None:
+    report.section("latency (ms, p50 / p99 / max)")
+    series = [(f"time to first text, {model} model", v) for model, v in sorted(ledger.ttft_ms.items())]
+    series.append(("cancel request (until the run ended)", ledger.cancel_ms))
+    for label, values in series:
+        report.add(
+            label,
+            f"{percentile(values, 50):7.1f} / {percentile(values, 99):7.1f}"
+            f" / {max(values, default=float('nan')):7.1f}   (n={len(values)})",
+        )
+
+
+def _memory(report: Report, first: MemorySample, last: MemorySample) -> None:
+    runs = max(1, last.runs - first.runs)
+    report.section(
+        f"memory (RSS, MiB)   after warm-up -> end ({last.at_s - first.at_s:.0f} s and {runs} runs later), growth"
+    )
+    for label, before in first.rss_bytes.items():
+        after = last.rss_bytes.get(label, 0)
+        allowed = f"(allowed {allowed_growth(before) / MIB:.0f})" if judged(label) else "(not judged: keeps runs 6 h)"
+        growth = f"{(after - before) / MIB:+6.1f}  {(after - before) / runs / KIB:5.2f} KiB/run"
+        report.add(f"  {label}", f"{before / MIB:7.1f} -> {after / MIB:7.1f}   {growth} {allowed}")
+    grown = last.redis_used_bytes - first.redis_used_bytes
+    used = f"{first.redis_used_bytes / MIB:7.1f} -> {last.redis_used_bytes / MIB:7.1f}"
+    report.add("  redis used_memory (data set)", f"{used}   {grown / MIB:+6.1f}  {grown / runs / KIB:5.2f} KiB/run")
+
+
+def _keys(report: Report, outcome: Outcome) -> None:
+    keys = outcome.keys
+    report.section(f"redis keys at the end: {keys.total}")
+    for kind, count in keys.kinds.most_common():
+        report.add(f"  {kind}", str(count))
+    report.add(
+        "  run-index entries without a run (not judged)",
+        f"{keys.dangling_index_entries} (left by refused and deduplicated sends)",
+    )
+
+
+def add_log(report: Report, summary: LogSummary) -> None:
+    levels = ", ".join(f"{level} {n}" for level, n in summary.levels.most_common()) or "nothing"
+    report.section(f"server log (WARNING and up): {levels}; {len(summary.other)} other line(s)")
+    for message, count in summary.messages.most_common(LOG_MESSAGES_SHOWN):
+        report.note(f"  {count:5d} x {message[:150]}")
+    for line in summary.other[:DETAILS_SHOWN]:
+        report.note(f"        {line[:150]}")
+
+
+def add_verdicts(report: Report, ledger: Ledger) -> bool:
+    """One PASS/FAIL line per invariant (with the first violations); True if all held."""
+    report.section("invariants")
+    for name in INVARIANTS:
+        found = ledger.violations.get(name, [])
+        report.note(f"  {'PASS' if not found else 'FAIL'}  {name}" + (f"  ({len(found)} violations)" if found else ""))
+        for text in found[:DETAILS_SHOWN]:
+            report.note(f"          - {text[:300]}")
+    failed = sum(1 for name in INVARIANTS if ledger.violations.get(name))
+    report.note(f"\nsoak: {'all invariants held' if not failed else f'{failed} invariant(s) violated'}")
+    return not failed

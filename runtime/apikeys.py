@@ -1,0 +1,189 @@
+"""API keys: creation, lookup, revocation, and the per-key limits, in Redis.
+
+Guarantees:
+
+- **Secrets are never stored.** A key is ``cvy-`` followed by 256 random bits; Redis keeps only
+  its SHA-256 digest (a fast hash is enough for a secret with that much entropy; slow hashes exist
+  to protect guessable passwords). The secret is shown once, when it is created.
+- **Open mode ends for good with the first key.** ``auth:closed`` is set in the same step as the
+  first key and never unset, so revoking every key later does not reopen the server; API
+  processes read it on every unauthenticated request until they see it, so no restart is needed.
+- **One round trip per request.** Looking up a key and charging its rate limit is one script.
+  The limit is a token bucket in GCRA form: a key holds up to ``requests_per_minute`` requests
+  and regains one every ``60/requests_per_minute`` s; a refused request is told when to retry.
+- **Concurrent runs are counted, not guessed.** A run takes a slot when it is accepted and gives
+  it back when it ends (``RunStore.finish``). A slot also expires after ``RUN_SLOT_TTL_MS`` so a
+  run whose end was never recorded cannot hold it forever.
+
+``Gate`` is what an API process asks, once per request, to turn a secret into a ``Principal``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from runtime import keys
+from runtime.errors import AuthenticationError, NotFoundError, RateLimitedError
+from runtime.schemas.auth import OPEN, ApiKeyRecord, Principal
+from runtime.schemas.messages import utcnow
+
+SECRET_PREFIX = "cvy-"
+SHOWN_PREFIX_CHARS = 12
+RUN_SLOT_TTL_MS = 3600 * 1000
+MINUTE_MS = 60_000
+
+# KEYS: record, rate. ARGV: now ms, default requests/minute.
+# Returns nil (no such key), or {record JSON, retry-after ms (0: allowed)}.
+_AUTHENTICATE = """
+local record = redis.call('GET', KEYS[1])
+if not record then return nil end
+local rpm = cjson.decode(record)['requests_per_minute']
+if rpm == nil or rpm == cjson.null then rpm = tonumber(ARGV[2]) end
+if rpm <= 0 then return {record, 0} end
+local now = tonumber(ARGV[1])
+local interval = 60000 / rpm
+local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or now), now)
+local ahead = tat + interval - now
+if ahead > 60000 then return {record, math.ceil(ahead - 60000)} end
+redis.call('SET', KEYS[2], tostring(tat + interval), 'PX', math.ceil(ahead))
+return {record, 0}
+"""
+
+# KEYS: the key's run slots. ARGV: run id, limit, now ms, slot ttl ms. 1 if taken, 0 if full.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    record: ApiKeyRecord
+    retry_after_ms: int  # 0: within its rate limit
+
+
+class KeyStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._authenticate = redis.register_script(_AUTHENTICATE)
+        self._take_slot = redis.register_script(_TAKE_SLOT)
+
+    async def create(
+        self,
+        *,
+        tenant: str,
+        name: str = "",
+        requests_per_minute: int | None = None,
+        concurrent_runs: int | None = None,
+    ) -> tuple[str, ApiKeyRecord]:
+        """A new key for ``tenant``: its secret (shown only now) and its record."""
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        record = ApiKeyRecord(
+            id=f"key-{secrets.token_hex(6)}",
+            tenant=tenant,
+            name=name,
+            prefix=secret[:SHOWN_PREFIX_CHARS],
+            created_at=utcnow(),
+            requests_per_minute=requests_per_minute,
+            concurrent_runs=concurrent_runs,
+        )
+        hashed = digest(secret)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.api_key(hashed), record.model_dump_json())
+            pipe.hset(keys.api_keys(), record.id, hashed)
+            pipe.set(keys.auth_closed(), "1")
+            await pipe.execute()
+        return secret, record
+
+    async def list(self) -> list[ApiKeyRecord]:
+        digests = await self._redis.hgetall(keys.api_keys())
+        if not digests:
+            return []
+        raws = await self._redis.mget([keys.api_key(d.decode()) for d in digests.values()])
+        records = [ApiKeyRecord.model_validate_json(raw) for raw in raws if raw is not None]
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord:
+        """Delete the key at once: the next request carrying it is refused."""
+        hashed = await self._redis.hget(keys.api_keys(), key_id)
+        if hashed is None:
+            raise NotFoundError(f"no API key {key_id}")
+        raw = await self._redis.get(keys.api_key(hashed.decode()))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.api_key(hashed.decode()), keys.api_key_rate(hashed.decode()), keys.api_key_runs(key_id))
+            pipe.hdel(keys.api_keys(), key_id)
+            await pipe.execute()
+        if raw is None:
+            raise NotFoundError(f"no API key {key_id}")
+        return ApiKeyRecord.model_validate_json(raw)
+
+    async def closed(self) -> bool:
+        """Whether any key was ever created (then every request needs one)."""
+        return bool(await self._redis.exists(keys.auth_closed()))
+
+    async def authenticate(self, secret: str, *, now_ms: int, default_requests_per_minute: int) -> Authenticated | None:
+        """The key ``secret`` names, charged one request; None if there is no such key."""
+        hashed = digest(secret)
+        reply = await self._authenticate(
+            keys=[keys.api_key(hashed), keys.api_key_rate(hashed)], args=[now_ms, default_requests_per_minute]
+        )
+        if reply is None:
+            return None
+        raw, retry_after_ms = reply
+        return Authenticated(ApiKeyRecord.model_validate_json(raw), int(retry_after_ms))
+
+    async def take_run_slot(self, key_id: str, run_id: str, *, limit: int, now_ms: int) -> bool:
+        """Count ``run_id`` against the key's concurrent runs; False if all ``limit`` slots are taken."""
+        taken = await self._take_slot(keys=[keys.api_key_runs(key_id)], args=[run_id, limit, now_ms, RUN_SLOT_TTL_MS])
+        return bool(taken)
+
+    async def release_run_slot(self, key_id: str, run_id: str) -> None:
+        await self._redis.zrem(keys.api_key_runs(key_id), run_id)
+
+
+class Gate:
+    """Turns a request's secret into a ``Principal`` (one per API process)."""
+
+    def __init__(self, store: KeyStore, *, default_requests_per_minute: int, default_concurrent_runs: int) -> None:
+        self._store = store
+        self._default_rpm = default_requests_per_minute
+        self._default_runs = default_concurrent_runs
+        self._closed = False  # once true, for the life of the process (open mode never comes back)
+
+    async def principal(self, secret: str | None) -> Principal:
+        if secret:
+            found = await self._store.authenticate(
+                secret, now_ms=time.time_ns() // 1_000_000, default_requests_per_minute=self._default_rpm
+            )
+            if found is not None:
+                self._closed = True
+                record = found.record
+                if found.retry_after_ms:
+                    retry_s = max(1, math.ceil(found.retry_after_ms / 1000))
+                    raise RateLimitedError(
+                        f"API key {record.id} is over its request rate; retry in {retry_s} s", retry_after_s=retry_s
+                    )
+                runs = self._default_runs if record.concurrent_runs is None else record.concurrent_runs
+                return Principal(tenant=record.tenant, key_id=record.id, concurrent_runs=runs)
+        if not self._closed:
+            self._closed = await self._store.closed()
+        if not self._closed:
+            return OPEN
+        if secret:
+            raise AuthenticationError("unknown or revoked API key")
+        raise AuthenticationError(
+            "this server needs an API key: send 'Authorization: Bearer <key>' (create one with `convoy keys create`)"
+        )

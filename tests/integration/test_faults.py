@@ -1,0 +1,413 @@
+"""Faults on real infrastructure, and what a user sees: Redis restarted mid-run (gracefully and
+killed), an API process killed mid-stream, clients that read slowly or never.
+
+(A provider answering garbage is in ``test_providers.py``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+from httpx_sse import aconnect_sse
+
+from runtime import bus, keys
+from runtime.embedded_redis import EmbeddedRedis
+from runtime.errors import FencedError
+from tests.conftest import (
+    Convoy,
+    alive,
+    start_api_replica,
+    start_convoy,
+    stop_convoy,
+    wait_until,
+)
+from tests.fakes import providers as fp
+from tests.integration.test_actors import (
+    first_item,
+    long_text,
+    new_conversation,
+    stop_of,
+    stream,
+    text_of,
+)
+from tests.integration.test_providers import conversation as provider_conversation
+from tests.integration.test_providers import unique
+
+# -- Redis restarted mid-run -------------------------------------------------------------------
+
+RESTART_ENV = {
+    "CONVOY_ECHO_DELAY_MS": "4",  # 1000 words: a run of ~4 s
+    "CONVOY_IDLE_PASSIVATE_S": "60",  # conversations stay active across the restart: the doorbell is used
+    "CONVOY_STREAM_IDLE_TIMEOUT_S": "3",  # a reader waits 3 s before waking an owner, 6 s before giving up
+    "CONVOY_LEASE_TTL_MS": "3000",
+}
+RECOVERY_S = 15.0
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Iterator[tuple[Convoy, list[EmbeddedRedis]]]:
+    """A server of its own (its Redis is restarted), and the Redis processes the test started."""
+    server = start_convoy(tmp_path / "home", RESTART_ENV)
+    started: list[EmbeddedRedis] = []
+    try:
+        yield server, started
+    finally:
+        leftovers = stop_convoy(server)
+        for r in started:
+            r.stop()
+        assert not leftovers, f"processes left behind: {sorted(leftovers)}"
+
+
+def restart_redis(home: Path, how: signal.Signals) -> EmbeddedRedis:
+    """Stop the server's embedded Redis (SIGTERM: gracefully; SIGKILL: a crash), then start it again
+    on the same port and data directory, as an operator or a process supervisor would."""
+    pid = int((home / "redis" / "server.pid").read_text())
+    url = (home / "redis" / "url").read_text().strip()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    os.kill(pid, how)
+    wait_until(lambda: not alive(pid), 10, 0.01, "Redis to exit")
+    again = EmbeddedRedis(home, port=port)
+    assert again.start() == url
+    return again
+
+
+async def _live_run_through_a_restart(server: Convoy, client: httpx.AsyncClient, conv: str, how: signal.Signals) -> EmbeddedRedis:
+    """Stream a run and queue a message behind it, restart Redis mid-run (``how`` stops it), and
+    check both complete with nothing lost or doubled and the conversation kept its owner."""
+    store = redis.Redis.from_url(server.redis_url, decode_responses=True)
+    text = long_text(f"live-{how.name}-", 1000)
+    run_id, live = await first_item(client, conv, {"input": text, "background": True})
+    _, queued = await first_item(client, conv, {"input": f"queued before {how.name}"})
+    await asyncio.to_thread(
+        wait_until, lambda: store.xlen(keys.run_stream(conv, run_id)) > 50, 15, 0.02, "the run to get going"
+    )
+    owner = store.get(keys.lease(conv))
+    again = restart_redis(server.home, how)
+
+    def subscribed() -> int:
+        return int(store.pubsub_shardnumsub(keys.run_stream(conv, run_id))[0][1])
+
+    # The API's tailer listens to the stream's notifications again.
+    await asyncio.to_thread(wait_until, subscribed, RECOVERY_S, 0.05, "the tailer to subscribe again")
+    items = await asyncio.wait_for(live, RECOVERY_S)
+    seqs = [i["seq_id"] for i in items if "seq_id" in i]
+    assert seqs == list(range(1, len(seqs) + 1)), "nothing lost, nothing twice"
+    assert text_of(items) == text and stop_of(items) == "end_turn" and items[-1]["message_type"] == "[DONE]"
+    assert text_of(await asyncio.wait_for(queued, RECOVERY_S)) == f"queued before {how.name}"
+    assert (await client.get(f"/v1/runs/{run_id}")).json()["status"] == "completed"
+    # What Redis holds is what the reader saw: resuming from the start gives the same items.
+    resumed = [e for e in await read_events(client, f"/v1/runs/{run_id}/stream", {"starting_after": 0}) if "seq_id" in e]
+    assert [i["seq_id"] for i in resumed] == seqs and text_of(resumed) == text
+    # The run outlived the lease TTL: the owner kept renewing it through the restart.
+    assert store.get(keys.lease(conv)) == owner
+    return again
+
+
+async def read_events(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with aconnect_sse(client, "POST", url, json=body) as source:
+        assert source.response.status_code == 200
+        async for sse in source.aiter_sse():
+            out.append({"message_type": "[DONE]"} if sse.data == "[DONE]" else json.loads(sse.data))
+    return out
+
+
+async def test_redis_restarted_mid_run(restartable: tuple[Convoy, list[EmbeddedRedis]]) -> None:
+    server, started = restartable
+    store = redis.Redis.from_url(server.redis_url, decode_responses=True)
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        before = await stream(client, conv, {"input": "kept across restarts"})
+
+        for how in (signal.SIGTERM, signal.SIGKILL):
+            restarted_at = time.time()
+            started.append(await _live_run_through_a_restart(server, client, conv, how))
+
+            # The same (still active) conversation and a new one take new turns at once.
+            started_at = time.monotonic()
+            assert text_of(await stream(client, conv, {"input": f"after {how.name}"})) == f"after {how.name}"
+            assert time.monotonic() - started_at < 2.5, "rung through the host's doorbell, not woken by a stalled reader"
+            other = await new_conversation(client)
+            assert text_of(await stream(client, other, {"input": "new conversation"})) == "new conversation"
+            health = await client.get("/v1/health")
+            assert health.status_code == 200, health.text
+
+            def beating(since: float = restarted_at) -> bool:
+                return all(json.loads(b)["ts"] > since + 1 for b in store.hgetall(keys.hosts()).values())
+
+            await asyncio.to_thread(wait_until, beating, 10, 0.1, "heartbeats after the restart")
+
+        # Accepted messages and finished runs survived both restarts.
+        assert (await client.get(f"/v1/runs/{before[0]['run_id']}")).json()["status"] == "completed"
+        history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 100})).json()
+        users = [m["content"] for m in history if m["message_type"] == "user_message"]
+        assert users[0] == "kept across restarts" and len(users) == 7
+        assert users[3] == "after SIGTERM" and users[6] == "after SIGKILL"
+
+        started.append(await _outage_longer_than_a_reader_waits(server, client, conv))
+
+
+async def _outage_longer_than_a_reader_waits(server: Convoy, client: httpx.AsyncClient, conv: str) -> EmbeddedRedis:
+    """Redis gone for longer than a reader waits: the live stream ends with a typed error, in
+    bounded time; once Redis is back, the run has ended one way or the other and the conversation
+    takes new turns."""
+    store = redis.Redis.from_url(server.redis_url, decode_responses=True)
+    run_id, live = await first_item(client, conv, {"input": long_text("outage", 1000), "background": True})
+    await asyncio.to_thread(
+        wait_until, lambda: store.xlen(keys.run_stream(conv, run_id)) > 50, 15, 0.02, "the run to get going"
+    )
+    url = server.redis_url
+    pid = int((server.home / "redis" / "server.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    stopped_at = time.monotonic()
+    items = await asyncio.wait_for(live, 40)
+    given_up_after = time.monotonic() - stopped_at
+    error = next(i for i in items if i.get("sse_event") == "error")
+    assert error["error_type"] == "store_unavailable" and items[-1]["message_type"] == "[DONE]"
+    # Twice the idle timeout (3 s), counted from the first failed check (ping interval 1 s), which
+    # itself waits out the Redis client's patience (~10 s).
+    assert given_up_after < 25, f"the reader gave up {given_up_after:.1f} s after Redis went away"
+
+    again = EmbeddedRedis(server.home, port=int(url.rsplit(":", 1)[1].split("/")[0]))
+    assert again.start() == url
+    after = await asyncio.wait_for(stream(client, conv, {"input": "after the outage"}), RECOVERY_S)
+    assert text_of(after) == "after the outage"
+    run = (await client.get(f"/v1/runs/{run_id}")).json()
+    # Its lease (3 s) ran out while Redis was away: a new owner ended it. (Had Redis come back
+    # sooner, its writes would have landed and it would have completed.)
+    assert run["status"] == "failed" and run["metadata"]["error"]["error_type"] == "owner_lost", run
+    return again
+
+
+# -- an API process killed mid-stream ------------------------------------------------------------
+
+
+async def test_api_process_killed_mid_stream_resumes_through_another(convoy: Convoy, replica: Convoy) -> None:
+    victim = start_api_replica(convoy)
+    text = long_text("killed", 1500)
+    received: list[dict[str, Any]] = []
+    try:
+        async with httpx.AsyncClient(base_url=victim.url, timeout=30) as client:
+            conv = await new_conversation(client)
+            body = {"input": text, "background": True}
+            with pytest.raises(httpx.TransportError):
+                async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=body) as source:
+                    async for sse in source.aiter_sse():
+                        if sse.id:
+                            received.append(json.loads(sse.data))
+                        if len(received) == 20:
+                            victim.process.kill()  # SIGKILL: no shutdown, no goodbye
+    finally:
+        victim.process.kill()
+        victim.process.wait()
+    assert received and received[-1].get("message_type") != "[DONE]", "killed mid-run"
+    run_id, cursor = received[0]["run_id"], received[-1]["seq_id"]
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as other:
+        assert (await other.get(f"/v1/runs/{run_id}")).json()["status"] == "running", "the run went on"
+        rest = await asyncio.wait_for(read_events(other, f"/v1/runs/{run_id}/stream", {"starting_after": cursor}), 30)
+        run = (await other.get(f"/v1/runs/{run_id}")).json()
+    items = received + rest
+    seqs = [i["seq_id"] for i in items if "seq_id" in i]
+    assert seqs == list(range(1, len(seqs) + 1)), "every item exactly once"
+    assert [i["message_type"] for i in items[-3:]] == ["stop_reason", "usage_statistics", "[DONE]"]
+    assert text_of(items) == text and stop_of(items) == "end_turn"
+    assert run["status"] == "completed"
+
+
+# -- clients that read slowly or never -------------------------------------------------------------
+
+SLOW_ITEMS = 600
+SLOW_ITEM_BYTES = 10 * 1024  # a run of ~6 MiB: more than the kernel's socket buffers absorb
+LIVE_NEVER_READERS = 3
+CATCH_UP_NEVER_READERS = 16
+
+
+class SlowClient:
+    """An SSE client on a raw socket with a tiny receive buffer, which reads only when told to."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self._address = (host, int(port))
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._sock.setblocking(False)
+        self._http = h11.Connection(h11.CLIENT)
+
+    async def open(self, path: str, body: dict[str, Any]) -> SlowClient:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self._sock, self._address)
+        payload = json.dumps(body).encode()
+        headers = [("Host", "convoy"), ("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+        request = self._http.send(h11.Request(method="POST", target=path, headers=headers))
+        request += self._http.send(h11.Data(data=payload)) + self._http.send(h11.EndOfMessage())
+        await loop.sock_sendall(self._sock, request)
+        return self
+
+    async def trickle(self, stop: asyncio.Event) -> None:
+        """Read one byte per second until ``stop``."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            self._http.receive_data(await loop.sock_recv(self._sock, 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)  # the client's pace, not a synchronisation
+
+    async def read_all(self) -> list[tuple[str | None, str]]:
+        """Read the rest of the response; its SSE events as (id, data)."""
+        loop = asyncio.get_running_loop()
+        body = bytearray()
+        while True:
+            event = self._http.next_event()
+            if event is h11.NEED_DATA:
+                self._http.receive_data(await loop.sock_recv(self._sock, 1 << 16))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        events = []
+        for block in bytes(body).decode().split("\n\n")[:-1]:
+            fields = dict(line.split(": ", 1) for line in block.split("\n"))
+            events.append((fields.get("id"), fields["data"]))
+        return events
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
+    convoy: Convoy, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    pieces = [f"{i:05d}" + "x" * (SLOW_ITEM_BYTES - 6) + " " for i in range(SLOW_ITEMS)]
+    frames = fp.split_frames(fp.chat_text(model, pieces, obfuscate=False), 1 << 16)
+    fake_provider.script(model, fp.Stream(frames), repeat=True)
+    slow: list[SlowClient] = []
+    stop = asyncio.Event()
+    trickling: asyncio.Task[None] | None = None
+    async with httpx.AsyncClient(base_url=convoy.url, timeout=60) as client:
+        conv = await provider_conversation(client, f"openai/{model}")
+        other = await new_conversation(client)
+        baseline = rss_bytes(convoy.process.pid)
+        try:
+            # The sender never reads its stream (the run is in the background), nor do readers that
+            # join while it runs; one reads a byte per second.
+            sender = await SlowClient(convoy.url).open(f"/v1/conversations/{conv}/messages", {"input": "go", "background": True})
+            slow.append(sender)
+
+            def accepted() -> list[dict[str, Any]]:
+                return httpx.get(f"{convoy.url}/v1/runs", params={"conversation_id": conv}).json()
+
+            run_id = (await asyncio.to_thread(wait_until, accepted, 15, 0.05, "the run to be accepted"))[0]["id"]
+            resume = f"/v1/runs/{run_id}/stream"
+            for _ in range(LIVE_NEVER_READERS):
+                slow.append(await SlowClient(convoy.url).open(resume, {"starting_after": 0}))
+            slow.append(await SlowClient(convoy.url).open(resume, {"starting_after": 0}))
+            trickling = asyncio.create_task(slow[-1].trickle(stop))
+
+            # Meanwhile another client's stream keeps pace with its run.
+            items = await asyncio.wait_for(stream(client, other, {"input": long_text("other", 1000)}), 30)
+            assert text_of(items) == long_text("other", 1000)
+            completed_at = (await client.get(f"/v1/runs/{items[0]['run_id']}")).json()["completed_at"]
+            assert time.time() - datetime.fromisoformat(completed_at).timestamp() < 1.0, "[DONE] came with the run's end"
+
+            def completed() -> bool:
+                return bool(httpx.get(f"{convoy.url}/v1/runs/{run_id}").json()["status"] == "completed")
+
+            await asyncio.to_thread(wait_until, completed, 60, 0.1, "the run to complete with nobody reading it")
+
+            # Readers that join the finished run and never read cost a bounded amount of memory: the
+            # server holds neither their whole stream nor a copy per reader.
+            for _ in range(CATCH_UP_NEVER_READERS):
+                slow.append(await SlowClient(convoy.url).open(resume, {"starting_after": 0}))
+            full = await asyncio.wait_for(read_events(client, resume, {"starting_after": 0}), 30)  # they were fed alongside
+            grown = rss_bytes(convoy.process.pid) - baseline
+            owed = len(slow) * sum(len(json.dumps(i)) for i in full)
+            assert grown < owed / 4, f"the process grew {grown >> 20} MiB while never-readers are owed {owed >> 20} MiB"
+
+            # A client that finally reads gets everything, once, in order.
+            for late in (sender, slow[-1]):
+                events = await asyncio.wait_for(late.read_all(), 30)
+                assert [int(i) for i, _ in events if i] == list(range(1, len(full) + 1)), "[DONE] has an id too"
+                assert events[-1][1] == "[DONE]"
+            assert "".join(e.get("content", "") for e in full if e["message_type"] == "assistant_message") == "".join(pieces)
+        finally:
+            stop.set()
+            if trickling is not None:
+                await trickling
+            for c in slow:
+                c.close()
+
+
+async def test_a_reader_that_never_takes_holds_a_bounded_buffer_and_loses_nothing(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    tailer = bus.StreamTailer(client, block_ms=200)
+    await tailer.start()
+    key = f"test:{uuid.uuid4()}"
+    await client.set(f"{key}:epoch", 1)
+    writer = bus.ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=10_000, ttl_s=60)
+    payload = b"x" * 4096
+    try:
+        live = tailer.subscribe(key, 0)  # fed item by item as they are published
+        for i in range(1000):  # 4 MiB
+            await writer.write("data", b"%05d" % i + payload)
+        await writer.flush()
+        late = tailer.subscribe(key, 0)  # fed by reading the stream, 512 items at a time
+        for sub in (live, late):
+            await asyncio.to_thread(wait_until, lambda s=sub: s.paused, 10, 0.01, "the reader to be paused")
+            assert sub.buffered_bytes <= bus.SUBSCRIPTION_BUFFER_BYTES + len(payload) + 5
+        for sub in (live, late):
+            got: list[bus.StreamItem] = []
+            while len(got) < 1000:
+                batch = await sub.get(timeout_s=5)
+                assert batch is not None, f"only {len(got)} items arrived"
+                got.extend(batch)
+            assert [i.seq for i in got] == list(range(1, 1001)), "paused and resumed at its cursor: nothing lost or doubled"
+    finally:
+        await tailer.stop()
+        await client.aclose()
+
+
+async def test_a_chunk_batch_sent_again_after_its_reply_was_lost_is_not_doubled(redis_url: str) -> None:
+    """What the writer relies on to re-send a pipeline whose connection broke mid-flight."""
+    client = aioredis.Redis.from_url(redis_url)
+    key = f"test:{uuid.uuid4()}"
+    await client.set(f"{key}:epoch", 1)
+
+    async def send(*payloads: bytes) -> None:
+        writer = bus.ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=100, ttl_s=60)
+        for payload in payloads:
+            await writer.write("data", payload)
+        await writer.flush()
+
+    try:
+        await send(b"a", b"b", b"c")
+        await send(b"a", b"b", b"c")  # the same batch again: it had landed
+        assert [i.payload for i in await bus.read_after(client, key, 0)] == [b"a", b"b", b"c"]
+        with pytest.raises(FencedError):  # a different item under a taken id is refused as before
+            await send(b"a", b"b", b"x")
+        assert [i.payload for i in await bus.read_after(client, key, 0)] == [b"a", b"b", b"c"]
+    finally:
+        await client.aclose()
