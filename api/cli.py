@@ -105,8 +105,15 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         ("--minutes", float, 5.0, "how long the workload runs"),
         ("--clients", int, 8, "concurrent clients, each doing one thing at a time"),
         ("--seed", int, 1, "seed of the clients' random choices"),
+        ("--fault-every-s", float, 30.0, "seconds between two faults, the first one right after the warm-up"),
     ):
         cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    cmd.add_argument(
+        "--faults",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="SIGKILL a conversation host now and then, round-robin; each fault must be survived (default on)",
+    )
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -207,7 +214,15 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.bench == "soak":
         from api.bench.soak import SoakOptions, run as run_soak
 
-        return run_soak(SoakOptions(minutes=args.minutes, clients=args.clients, seed=args.seed))
+        return run_soak(
+            SoakOptions(
+                minutes=args.minutes,
+                clients=args.clients,
+                seed=args.seed,
+                faults=args.faults,
+                fault_every_s=args.fault_every_s,
+            )
+        )
     if args.bench == "providers":
         from api.bench.providers import ProvidersOptions, run as run_providers
 

@@ -19,7 +19,7 @@ Guarantees:
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -32,6 +32,7 @@ from runtime.schemas.messages import utcnow
 
 MAX_PAGE = 1000
 AGENT_OF_CACHE_MAX = 100_000
+Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens"}
 )
@@ -68,13 +69,7 @@ class AgentStore:
     async def get(self, agent_id: str, *, tenant: str | None) -> AgentRecord:
         """The agent; 404 if it is unknown or another tenant's (``tenant=None``: any tenant, for
         Convoy's own processes)."""
-        raw = await self._redis.get(keys.agent(agent_id))
-        if raw is None:
-            raise NotFoundError(f"agent {agent_id} not found")
-        record = AgentRecord.model_validate_json(raw)
-        if tenant is not None and record.tenant != tenant:
-            raise NotFoundError(f"agent {agent_id} not found")
-        return record
+        return _owned(await self._redis.get(keys.agent(agent_id)), AgentRecord, tenant, f"agent {agent_id}")
 
     async def list(self, *, tenant: str, limit: int = 50, after: str | None = None) -> list[AgentRecord]:
         raws = await _page(self._redis, keys.agents_index(tenant), keys.agent, limit, after)
@@ -144,17 +139,12 @@ class ConversationStore:
             raw_agent = await self._redis.get(keys.agent(conversation.agent_id))
         else:
             raw_conversation, raw_agent = await self._redis.mget(keys.conversation(conversation_id), keys.agent(agent_id))
-            if raw_conversation is None:
-                raise NotFoundError(f"conversation {conversation_id} not found")
-            conversation = ConversationRecord.model_validate_json(raw_conversation)
-            if tenant is not None and conversation.tenant != tenant:
-                raise NotFoundError(f"conversation {conversation_id} not found")
-        if raw_agent is None:
-            raise NotFoundError(f"agent {conversation.agent_id} of conversation {conversation_id} not found")
+            conversation = _owned(raw_conversation, ConversationRecord, tenant, f"conversation {conversation_id}")
+        agent = _owned(raw_agent, AgentRecord, None, f"agent {conversation.agent_id} of conversation {conversation_id}")
         if len(self._agent_of) >= AGENT_OF_CACHE_MAX:
             self._agent_of.clear()
         self._agent_of[conversation_id] = conversation.agent_id
-        return AgentRecord.model_validate_json(raw_agent), conversation
+        return agent, conversation
 
     async def create(
         self, agent: AgentRecord, *, summary: str | None = None, model: str | None = None
@@ -204,11 +194,7 @@ class ConversationStore:
         raw_agent, raw_conversation = await self._redis.mget(
             keys.agent(agent_id), keys.conversation(default_conversation_id(agent_id))
         )
-        if raw_agent is None:
-            raise NotFoundError(f"agent {agent_id} not found")
-        agent = AgentRecord.model_validate_json(raw_agent)
-        if tenant is not None and agent.tenant != tenant:
-            raise NotFoundError(f"agent {agent_id} not found")
+        agent = _owned(raw_agent, AgentRecord, tenant, f"agent {agent_id}")
         if raw_conversation is None:
             return agent, await self.default_for(agent)
         return agent, ConversationRecord.model_validate_json(raw_conversation)
@@ -221,12 +207,7 @@ class ConversationStore:
         """The conversation; 404 if it is unknown or another tenant's (``tenant=None``: any
         tenant, for Convoy's own processes)."""
         raw = await self._redis.get(keys.conversation(conversation_id))
-        if raw is None:
-            raise NotFoundError(f"conversation {conversation_id} not found")
-        record = ConversationRecord.model_validate_json(raw)
-        if tenant is not None and record.tenant != tenant:
-            raise NotFoundError(f"conversation {conversation_id} not found")
-        return record
+        return _owned(raw, ConversationRecord, tenant, f"conversation {conversation_id}")
 
     async def list(
         self, *, tenant: str, agent_id: str | None = None, limit: int = 50, after: str | None = None
@@ -235,6 +216,17 @@ class ConversationStore:
         the tenant's)."""
         index = keys.agent_conversations(agent_id) if agent_id else keys.conversations_index(tenant)
         return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keys.conversation, limit, after)]
+
+
+def _owned(raw: bytes | None, kind: type[Owned], tenant: str | None, what: str) -> Owned:
+    """The record in ``raw``; 404 (``what`` not found) when there is none or it is another
+    tenant's (``tenant=None``: any tenant)."""
+    if raw is None:
+        raise NotFoundError(f"{what} not found")
+    record = kind.model_validate_json(raw)
+    if tenant is not None and record.tenant != tenant:
+        raise NotFoundError(f"{what} not found")
+    return record
 
 
 def _conversation_keys(conversation_id: str) -> list[str]:

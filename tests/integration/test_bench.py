@@ -53,17 +53,22 @@ def test_bench_providers_prints_its_figures(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_soak_holds_its_invariants_and_removes_its_home(tmp_path: Path) -> None:
-    out = _run(["soak", "--minutes", "0.3", "--clients", "4"], tmp_path)
+    # 24 s of workload: faults at 4.8 s (right after the warm-up) and 14.8 s, one on each host.
+    out = _run(["soak", "--minutes", "0.4", "--clients", "4", "--fault-every-s", "10"], tmp_path)
     for label in (
         "requests by kind and status",
         "bad inputs tried",
         "messages accepted (seen by clients) / processed",
         "runs by final status",
+        "runs failed owner_lost",
         "time to first text",
         "memory (RSS, MiB)",
         "redis keys at the end",
     ):
         assert label in out, out
+    faults = re.search(r"^faults injected / survived +(\d+) / (\d+)$", out, re.MULTILINE)
+    assert faults is not None and int(faults.group(1)) >= 1, out
+    assert faults.group(2) == faults.group(1), out
     for name in INVARIANTS:
         assert f"  PASS  {name}" in out, out
     assert "soak: all invariants held" in out, out

@@ -10,11 +10,19 @@ Then ``--clients`` clients (``api.bench.soak.workload``) each warm up (two conve
 each) and do random things until ``--minutes`` have passed: streaming, non-streaming and tool
 turns, cancels, resumes, disconnects in the foreground and in the background, queued pairs,
 idempotent retries, busy rejections, bad inputs (``bad``). Clients read streams strictly
-(``sse``, ``turns``) and note what they did and saw in the ``ledger``. After the last operations
-end, the soak waits (bounded) for every run to end, and checks its invariants
-(``ledger.INVARIANTS``; see ``checks``, ``keyspace`` and ``memory`` for how). It measures and
-prints (``figures``, ``serverlog``); it asserts nothing, but it says PASS or FAIL for each
-invariant and exits 1 if any failed.
+(``sse``, ``turns``) and note what they did and saw in the ``ledger``. Meanwhile, from the warm-up
+on, a conversation host is SIGKILLed every ``--fault-every-s`` (``faults``), and each fault must be
+survived. After the last operations end, the soak waits (bounded) for every run to end, and checks
+its invariants (``ledger.INVARIANTS``; see ``checks``, ``keyspace``, ``memory`` and ``faults`` for
+how). It measures and prints (``figures``, ``serverlog``); it asserts nothing, but it says PASS or
+FAIL for each invariant and exits 1 if any failed.
+
+Faults are on by default (``--no-faults`` turns them off): a host process dying (OOM killer, a
+lost node, a deploy) is an ordinary event for a Ray deployment, and recovery is the code path
+that rots first when nothing exercises it; a soak that says "PASS" should mean "PASS while hosts
+die", and every soak, the smoke test included, runs that path. The cost is small: a fault touches
+only the runs its host was running, and the invariants excuse exactly those (``faults.excused``).
+``--no-faults`` is for undisturbed latency and memory figures.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +41,9 @@ import redis.asyncio as aioredis
 
 from api.bench import Progress, Report
 from api.bench.providers import Serve
-from api.bench.soak import checks, keyspace, memory
+from api.bench.soak import checks, faults, keyspace, memory
 from api.bench.soak.figures import Outcome, add_figures, add_log, add_verdicts
-from api.bench.soak.ledger import Ledger
+from api.bench.soak.ledger import FAULTS, Ledger
 from api.bench.soak.serverlog import summarize
 from api.bench.soak.upstream import ScriptedUpstream
 from api.bench.soak.workload import SoakClient
@@ -67,10 +75,14 @@ class SoakOptions:
     minutes: float = 5.0
     clients: int = 8
     seed: int = 1
+    faults: bool = True
+    fault_every_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.minutes <= 0 or self.clients < 1:
             raise ConvoyError(f"a soak needs minutes > 0 and clients >= 1 (got {self.minutes:g} and {self.clients})")
+        if self.fault_every_s <= 0:
+            raise ConvoyError(f"faults need --fault-every-s > 0 (got {self.fault_every_s:g})")
 
 
 def run(options: SoakOptions) -> int:
@@ -99,7 +111,8 @@ def run(options: SoakOptions) -> int:
         add_log(report, summarize(home / "serve.log"))
         shutil.rmtree(home, ignore_errors=True)
         report.note(f"\nhome {home} {'removed' if not home.exists() else 'NOT removed'}")
-        held = add_verdicts(report, ledger) if complete else False
+        skipped = {} if options.faults else {FAULTS: "--no-faults"}
+        held = add_verdicts(report, ledger, skipped) if complete else False
         report.print(complete=complete)
     return 0 if held else 1
 
@@ -141,25 +154,34 @@ class _Session:
     options: SoakOptions
     ledger: Ledger
     say: Progress
+    processes: memory.Tracker = field(default_factory=memory.Tracker)
+    tracking: bool = False  # memory samples feed ``processes`` from the warm-up on
 
     async def run(self, upstream: ScriptedUpstream) -> Outcome:
-        """Warm up, soak, settle, check."""
+        """Warm up, soak (with faults), settle, check."""
         opts = self.options
         clients = [SoakClient(i, self.http, self.ledger, opts.seed, self.agents) for i in range(opts.clients)]
         self.say(f"warming up {opts.clients} clients")
         await asyncio.gather(*(c.warm_up() for c in clients))
         baseline = await keyspace.scan(self.redis)  # the global keys: indexes exist by now
         started = time.monotonic()
+        ends = started + 60 * opts.minutes
         self.say(f"soaking for {60 * opts.minutes:g} s with {opts.clients} clients (seed {opts.seed})")
-        workers = [asyncio.create_task(c.run_until(started + 60 * opts.minutes)) for c in clients]
-        first = await self._watch(started)
-        self.say("waiting for the clients' last operations")
+        workers = [asyncio.create_task(c.run_until(ends)) for c in clients]
+        await self._watch(started, started + WARMUP_SHARE * (ends - started))
+        self.tracking = True
+        first = await self._sample()
+        if opts.faults:
+            injector = faults.Injector(self.http, self.redis, self.ledger, self.agents["echo"], self.say)
+            workers.append(asyncio.create_task(injector.run(started, ends, opts.fault_every_s)))
+        await self._watch(started, ends)
+        self.say("waiting for the clients' last operations" + (" and the last fault" if opts.faults else ""))
         await asyncio.gather(*workers)
         workload_s = time.monotonic() - started
         self.say("waiting for every run to end")
         active = await checks.wait_settled(self.http, SETTLE_TIMEOUT_S, POLL_S)
         last = await self._sample()
-        memory.judge(self.ledger, first, last)
+        memory.judge(self.ledger, self.processes, last)
         runs, inputs, passivated_s, key_figures = await self._check(active, baseline)
         return Outcome(
             opts,
@@ -168,6 +190,7 @@ class _Session:
             workload_s,
             runs,
             (first, last),
+            self.processes,
             key_figures,
             inputs,
             passivated_s,
@@ -187,23 +210,18 @@ class _Session:
         return runs, inputs, passivated_s, found
 
     async def _sample(self) -> memory.MemorySample:
-        return await memory.sample(self.redis, self.api_pid, len(self.ledger.runs))
+        taken = await memory.sample(self.redis, self.api_pid, len(self.ledger.runs))
+        if self.tracking:
+            self.processes.add(taken)
+        return taken
 
-    async def _watch(self, started: float) -> memory.MemorySample:
-        """Progress lines until the deadline; returns the memory sample taken after warm-up."""
-        ends = started + 60 * self.options.minutes
-        warm_at = started + WARMUP_SHARE * (ends - started)
-        first: memory.MemorySample | None = None
-        next_line = started + PROGRESS_PERIOD_S
-        while (now := time.monotonic()) < ends or first is None:
-            if first is None and now >= warm_at:
-                first = await self._sample()
-            if now >= next_line:
+    async def _watch(self, started: float, until: float) -> None:
+        """Progress lines every ``PROGRESS_PERIOD_S`` of the workload, until ``until`` (monotonic)."""
+        while (now := time.monotonic()) < until:
+            next_line = started + PROGRESS_PERIOD_S * (1 + int((now - started) / PROGRESS_PERIOD_S))
+            await asyncio.sleep(max(0.0, min(next_line, until) - now))
+            if time.monotonic() >= next_line:
                 await self._progress(started)
-                next_line += PROGRESS_PERIOD_S
-            wake = min(next_line, ends if first is not None else warm_at)
-            await asyncio.sleep(max(0.0, wake - time.monotonic()))
-        return first
 
     async def _progress(self, started: float) -> None:
         ops = sum(self.ledger.ops.values())

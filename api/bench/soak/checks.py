@@ -5,7 +5,9 @@
 - **accepted == processed**: every run a client saw accepted is listed by the server with a
   terminal status consistent with what the client did (``Ledger.runs[...].expect``; a foreground
   run whose client left is ``cancelled``, or ``completed`` if it had ended before the client
-  left); the server lists no run of those conversations that no client saw accepted;
+  left), or ``failed`` with ``owner_lost`` if a fault excuses it (``faults.excused``; a run the
+  client saw fail that way must be excused by one); the server lists no run of those
+  conversations that no client saw accepted;
 - **history**: per conversation, the user inputs in ``GET /v1/conversations/{id}/messages`` are
   inputs the client sent and the server accepted, each once, in acceptance order, and the inputs
   of completed turns are all there (a cancelled turn's input may be there or not: history is
@@ -22,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from api.bench.soak import faults
 from api.bench.soak.ledger import (
     ACCEPTED_PROCESSED,
     HISTORY,
@@ -29,6 +32,7 @@ from api.bench.soak.ledger import (
     Conversation,
     Ledger,
     RunRecord,
+    near_kill,
 )
 
 PAGE = 1000
@@ -41,6 +45,7 @@ class RunFigures:
     accepted: int = 0
     processed: int = 0
     listed: int = 0
+    owner_lost: int = 0  # failed owner_lost: their host was killed under them
     by_status: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> the server's view
 
@@ -60,7 +65,10 @@ async def wait_settled(http: httpx.AsyncClient, timeout_s: float, period_s: floa
 async def check_runs(http: httpx.AsyncClient, ledger: Ledger, still_active: list[dict[str, Any]]) -> RunFigures:
     figures = RunFigures(accepted=len(ledger.runs))
     for run in still_active:
-        ledger.violate(RUNS_TERMINAL, f"run {run['id']} ({run['status']}) is still active after the settle wait")
+        ledger.violate(
+            RUNS_TERMINAL,
+            f"run {run['id']} ({run['status']}) is still active after the settle wait{_near_faults(ledger, run)}",
+        )
     listed = await _gather([_list_runs(http, c) for c in ledger.conversations.values()])
     for runs in listed:
         for run in runs:
@@ -68,31 +76,60 @@ async def check_runs(http: httpx.AsyncClient, ledger: Ledger, still_active: list
     figures.listed = len(figures.statuses)
     for run in figures.statuses.values():
         figures.by_status[run["status"]] = figures.by_status.get(run["status"], 0) + 1
+        figures.owner_lost += faults.lost(run)
         if run["status"] in ACTIVE:
             ledger.violate(RUNS_TERMINAL, f"run {run['id']} is {run['status']}")
         if run["id"] not in ledger.runs:
             ledger.violate(ACCEPTED_PROCESSED, f"run {run['id']} ({run['status']}) was never seen accepted by a client")
     for record in ledger.runs.values():
-        if _processed(ledger, record, figures.statuses.get(record.run_id)):
+        if _processed(ledger, record, figures.statuses):
             figures.processed += 1
     return figures
 
 
-def _processed(ledger: Ledger, record: RunRecord, view: dict[str, Any] | None) -> bool:
+def _near_faults(ledger: Ledger, run: dict[str, Any]) -> str:
+    """For a violation's text: when the run was accepted, next to the faults."""
+    if not ledger.faults:
+        return ""
+    accepted = near_kill(ledger.faults, datetime.fromisoformat(run["created_at"]).timestamp(), "accepted")
+    held = sorted({f"fault {i} ({f.host})" for i, f in enumerate(ledger.faults, 1) if run["conversation_id"] in f.held})
+    return f"{accepted}; its conversation was held by the host killed in {', '.join(held) or 'no fault'}"
+
+
+def _processed(ledger: Ledger, record: RunRecord, statuses: dict[str, dict[str, Any]]) -> bool:
+    view = statuses.get(record.run_id)
     if view is None:
         ledger.violate(
             ACCEPTED_PROCESSED, f"{record.op} run {record.run_id} was accepted but the server does not list it"
         )
         return False
     status = view["status"]
-    if status in record.expect or _ended_before_client_left(record, view):
+    if not record.lost and (status in record.expect or _ended_before_client_left(record, view)):
         return True
+    if faults.excused(ledger.faults, record.conversation_id, view):
+        return True
+    seen = "; the client saw it fail owner_lost" if record.lost else ""
     ledger.violate(
         ACCEPTED_PROCESSED,
         f"{record.op} run {record.run_id} ended {status} ({view.get('stop_reason')}),"
-        f" expected {'/'.join(sorted(record.expect))}" + _error_of(view),
+        f" expected {'/'.join(sorted(record.expect)) or 'owner_lost in a fault'}"
+        + _run_before(ledger, record, statuses)
+        + seen
+        + _error_of(view),
     )
     return False
+
+
+def _run_before(ledger: Ledger, record: RunRecord, statuses: dict[str, dict[str, Any]]) -> str:
+    """For a violation's text: the run accepted just before this one on its conversation."""
+    runs = ledger.conversations[record.conversation_id].run_ids
+    at = runs.index(record.run_id)
+    if at == 0:
+        return ""
+    before = ledger.runs[runs[at - 1]]
+    view = statuses.get(before.run_id, {})
+    error = (view.get("metadata") or {}).get("error") or {}
+    return f" [the run before it: {before.op} {before.run_id} {view.get('status')} {error.get('error_type', '')}]"
 
 
 def _ended_before_client_left(record: RunRecord, view: dict[str, Any]) -> bool:

@@ -11,7 +11,14 @@ from api.bench.soak.bad import EXPECTED
 from api.bench.soak.checks import RunFigures
 from api.bench.soak.keyspace import KeyFigures
 from api.bench.soak.ledger import INVARIANTS, Ledger
-from api.bench.soak.memory import MemorySample, allowed_growth, judged
+from api.bench.soak.memory import (
+    REDIS,
+    RESTART_WARMUP_S,
+    MemorySample,
+    Process,
+    Tracker,
+    allowed_growth,
+)
 from api.bench.soak.serverlog import LogSummary
 from api.bench.soak.upstream import UpstreamCounts
 
@@ -29,7 +36,8 @@ class Outcome:
     planned_s: float
     workload_s: float
     runs: RunFigures
-    memory: tuple[MemorySample, MemorySample]
+    memory: tuple[MemorySample, MemorySample]  # the warm-up sample, the last one
+    processes: Tracker
     keys: KeyFigures
     history_inputs: int
     passivated_s: float
@@ -40,6 +48,7 @@ def add_figures(report: Report, outcome: Outcome) -> None:
     opts, ledger = outcome.options, outcome.ledger
     report.section(
         f"convoy bench soak   minutes={opts.minutes:g} clients={opts.clients} seed={opts.seed}"
+        f" faults={f'every {opts.fault_every_s:g} s' if opts.faults else 'off'}"
         f"  cpus={os.cpu_count()}  load avg (1 min) at the end {os.getloadavg()[0]:.2f}"
     )
     ops = sum(ledger.ops.values())
@@ -49,8 +58,9 @@ def add_figures(report: Report, outcome: Outcome) -> None:
         report.add(f"  {op}", str(count))
     _requests(report, ledger)
     _runs(report, outcome)
-    _latency(report, ledger)
-    _memory(report, *outcome.memory)
+    _faults(report, outcome)
+    _latency(report, ledger, opts.faults)
+    _memory(report, outcome)
     _keys(report, outcome)
 
 
@@ -84,8 +94,27 @@ def _runs(report: Report, outcome: Outcome) -> None:
     )
 
 
-def _latency(report: Report, ledger: Ledger) -> None:
-    report.section("latency (ms, p50 / p99 / max)")
+def _faults(report: Report, outcome: Outcome) -> None:
+    opts, faults = outcome.options, outcome.ledger.faults
+    if not opts.faults:
+        report.section("faults: none injected (--no-faults)")
+        return
+    report.section(f"faults: a conversation host SIGKILLed every {opts.fault_every_s:g} s from the warm-up on")
+    report.add("faults injected / survived", f"{len(faults)} / {sum(f.survived for f in faults)}")
+    for number, fault in enumerate(faults, 1):
+        back = f"pid {fault.new_pid} in {fault.recovered_s:5.1f} s" if fault.recovered_s is not None else "no new pid"
+        probe = f"fresh turn done at {fault.probe_s:5.1f} s" if fault.probe_s is not None else f"FAILED: {fault.problem}"
+        report.add(
+            f"  fault {number} at {fault.at_s:5.1f} s: {fault.host}",
+            f"pid {fault.pid} -> {back}; {probe}; it held {len(fault.held)} conversation(s)",
+        )
+    canaries = sum(1 for r in outcome.ledger.runs.values() if r.op == "fault canary")
+    report.add("runs failed owner_lost", f"{outcome.runs.owner_lost} (the faults' canaries: {canaries})")
+
+
+def _latency(report: Report, ledger: Ledger, faults: bool) -> None:
+    during = "   (turns that waited for a killed host to restart included)" if faults else ""
+    report.section(f"latency (ms, p50 / p99 / max){during}")
     series = [(f"time to first text, {model} model", v) for model, v in sorted(ledger.ttft_ms.items())]
     series.append(("cancel request (until the run ended)", ledger.cancel_ms))
     for label, values in series:
@@ -96,19 +125,31 @@ def _latency(report: Report, ledger: Ledger) -> None:
         )
 
 
-def _memory(report: Report, first: MemorySample, last: MemorySample) -> None:
-    runs = max(1, last.runs - first.runs)
+def _memory(report: Report, outcome: Outcome) -> None:
+    first, last = outcome.memory
     report.section(
-        f"memory (RSS, MiB)   after warm-up -> end ({last.at_s - first.at_s:.0f} s and {runs} runs later), growth"
+        f"memory (RSS, MiB)   each process from its baseline to its last sample, growth"
+        f" (warm-up -> end: {last.at_s - first.at_s:.0f} s, {last.runs - first.runs} runs)"
     )
-    for label, before in first.rss_bytes.items():
-        after = last.rss_bytes.get(label, 0)
-        allowed = f"(allowed {allowed_growth(before) / MIB:.0f})" if judged(label) else "(not judged: keeps runs 6 h)"
-        growth = f"{(after - before) / MIB:+6.1f}  {(after - before) / runs / KIB:5.2f} KiB/run"
-        report.add(f"  {label}", f"{before / MIB:7.1f} -> {after / MIB:7.1f}   {growth} {allowed}")
+    for proc in outcome.processes.processes.values():
+        report.add(f"  {proc.label} pid {proc.pid}", _growth(proc))
     grown = last.redis_used_bytes - first.redis_used_bytes
+    runs = max(1, last.runs - first.runs)
     used = f"{first.redis_used_bytes / MIB:7.1f} -> {last.redis_used_bytes / MIB:7.1f}"
     report.add("  redis used_memory (data set)", f"{used}   {grown / MIB:+6.1f}  {grown / runs / KIB:5.2f} KiB/run")
+
+
+def _growth(proc: Process) -> str:
+    if proc.baseline is None or proc.last is None:
+        return f"(not judged: restarted, and sampled for less than {RESTART_WARMUP_S:g} s)"
+    if proc.last.at_s == proc.baseline.at_s:
+        return f"{proc.baseline.rss_bytes / MIB:7.1f}   (not judged: sampled once after its warm-up)"
+    before, after = proc.baseline.rss_bytes, proc.last.rss_bytes
+    runs = max(1, proc.last.runs - proc.baseline.runs)
+    growth = f"{(after - before) / MIB:+6.1f}  {(after - before) / runs / KIB:5.2f} KiB/run"
+    allowed = "(not judged: keeps runs 6 h)" if proc.label == REDIS else f"(allowed {allowed_growth(before) / MIB:.0f})"
+    span = f"over {proc.last.at_s - proc.baseline.at_s:3.0f} s"
+    return f"{before / MIB:7.1f} -> {after / MIB:7.1f}   {growth} {span} {allowed}"
 
 
 def _keys(report: Report, outcome: Outcome) -> None:
@@ -131,11 +172,15 @@ def add_log(report: Report, summary: LogSummary) -> None:
         report.note(f"        {line[:150]}")
 
 
-def add_verdicts(report: Report, ledger: Ledger) -> bool:
-    """One PASS/FAIL line per invariant (with the first violations); True if all held."""
+def add_verdicts(report: Report, ledger: Ledger, skipped: dict[str, str]) -> bool:
+    """One PASS/FAIL line per invariant (with the first violations), SKIP for those in ``skipped``
+    (name -> why); True if all held."""
     report.section("invariants")
     for name in INVARIANTS:
         found = ledger.violations.get(name, [])
+        if name in skipped:
+            report.note(f"  SKIP  {name}  ({skipped[name]})")
+            continue
         report.note(f"  {'PASS' if not found else 'FAIL'}  {name}" + (f"  ({len(found)} violations)" if found else ""))
         for text in found[:DETAILS_SHOWN]:
             report.note(f"          - {text[:300]}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from api.bench.soak.ledger import KEYS, PASSIVATED, Ledger
+from api.bench.soak.ledger import KEYS, PASSIVATED, Ledger, RunRecord, near_kill
 from runtime import keys
 
 SCAN_COUNT = 1000
@@ -94,13 +94,14 @@ async def check_keys(
         if kind == LEAKED:
             ledger.violate(KEYS, f"{key}: {LEAKED}")
         elif key in ended_runs and ttl > stream_ttl_s:
-            ledger.violate(KEYS, f"{key}: an ended run's key expires in {ttl} s (> stream_ttl_s {stream_ttl_s})")
+            ended = await _ended_near_kill(redis, ledger, ended_runs[key])
+            ledger.violate(KEYS, f"{key}: an ended run's key expires in {ttl} s (> stream_ttl_s {stream_ttl_s}){ended}")
     await _check_conversations(redis, ledger)
     figures.dangling_index_entries = await _dangling(redis, ledger)
     return figures
 
 
-def _kind(key: str, ttl: int, owned: dict[str, bool], ended_runs: set[str], baseline: set[str]) -> str:
+def _kind(key: str, ttl: int, owned: dict[str, bool], ended_runs: dict[str, RunRecord], baseline: set[str]) -> str:
     if key in ended_runs:
         return "ended runs' keys (TTL)" if ttl > 0 else LEAKED
     if ttl > 0:
@@ -155,14 +156,21 @@ async def _owned(redis: aioredis.Redis, ledger: Ledger, agents: Iterable[str]) -
     return owned
 
 
-def _run_keys(ledger: Ledger) -> set[str]:
-    """Every key of the runs the clients saw accepted (all ended by now)."""
-    found: set[str] = set()
+def _run_keys(ledger: Ledger) -> dict[str, RunRecord]:
+    """Every key of the runs the clients saw accepted (all ended by now): key -> its run."""
+    found: dict[str, RunRecord] = {}
     for run in ledger.runs.values():
         conv = run.conversation_id
-        found |= {keys.run(conv, run.run_id), keys.run_stream(conv, run.run_id), keys.run_steps(conv, run.run_id)}
-        found.add(keys.run_ref(run.run_id))
+        for key in (keys.run(conv, run.run_id), keys.run_stream(conv, run.run_id), keys.run_steps(conv, run.run_id)):
+            found[key] = run
+        found[keys.run_ref(run.run_id)] = run
     return found
+
+
+async def _ended_near_kill(redis: aioredis.Redis, ledger: Ledger, run: RunRecord) -> str:
+    """For a violation's text: when the run ended, next to the nearest fault's kill (if any)."""
+    ended_ms = await redis.hget(keys.run(run.conversation_id, run.run_id), "completed_at_ms")
+    return "" if ended_ms is None else near_kill(ledger.faults, int(ended_ms) / 1000, f"{run.op} run ended")
 
 
 async def _check_conversations(redis: aioredis.Redis, ledger: Ledger) -> None:

@@ -4,11 +4,13 @@ Every run a client saw accepted is recorded with the terminal statuses that are 
 what the client did to it (``expect``); every conversation keeps its runs in acceptance order
 (one client owns a conversation and sends one message at a time, except the queued pairs, which
 are sent one after the other). Anything a client noticed on the spot that breaks an invariant is
-recorded under that invariant's name.
+recorded under that invariant's name. A run the client saw fail ``owner_lost`` is marked ``lost``
+instead: whether a fault excuses it is only known at the end (``faults.excused``).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -22,10 +24,25 @@ ANSWERS = "valid requests 2xx, bad inputs 4xx, never a 5xx"
 PASSIVATED = "idle conversations passivated (no lease, no host entry)"
 KEYS = "no leaked keys (each has a TTL or a live owner; nothing unbounded)"
 MEMORY = "memory flat"
-INVARIANTS = (RUNS_TERMINAL, STREAMS_END, RESUMES_EXACT, ACCEPTED_PROCESSED, HISTORY, ANSWERS, PASSIVATED, KEYS, MEMORY)
+FAULTS = "every fault survived (host back with a new pid, then a turn on a conversation it held completed)"
+INVARIANTS = (
+    RUNS_TERMINAL,
+    STREAMS_END,
+    RESUMES_EXACT,
+    ACCEPTED_PROCESSED,
+    HISTORY,
+    ANSWERS,
+    PASSIVATED,
+    KEYS,
+    MEMORY,
+    FAULTS,
+)
 
 COMPLETED = frozenset({"completed"})
 CANCELLED = frozenset({"cancelled"})
+LOST_ONLY: frozenset[str] = frozenset()  # a fault's canary: only failing owner_lost in its fault is right
+OWNER_LOST = "owner_lost"
+LOST_STATUS = 503  # how a non-streaming send answers when its run failed owner_lost
 
 
 @dataclass
@@ -43,6 +60,34 @@ class RunRecord:
     input_text: str | None  # the user input it carried; None for an approval answer
     expect: frozenset[str] = COMPLETED
     left_at_s: float | None = None  # wall clock when a foreground client left before the end
+    lost: bool = False  # the client saw it fail owner_lost (judged at the end against the faults)
+
+
+@dataclass
+class Fault:
+    """One conversation host SIGKILLed by the soak (``faults``), and what became of it."""
+
+    host: str
+    pid: int
+    at_s: float  # into the timed workload
+    killed_at_s: float  # wall clock, to compare with the server's run timestamps
+    held: frozenset[str]  # the conversations the host held when it died
+    new_pid: int | None = None
+    recovered_s: float | None = None  # kill -> a new pid heartbeating
+    probe_s: float | None = None  # kill -> a fresh turn on one of ``held`` completed
+    problem: str | None = None
+
+    @property
+    def survived(self) -> bool:
+        return self.problem is None and self.probe_s is not None
+
+
+def near_kill(faults: list[Fault], at_s: float, what: str) -> str:
+    """For a violation's text: ``at_s`` (wall clock) next to the nearest fault's kill, if any."""
+    if not faults:
+        return ""
+    fault = min(faults, key=lambda f: abs(f.killed_at_s - at_s))
+    return f"; {what} {1000 * (at_s - fault.killed_at_s):+.0f} ms from the SIGKILL of {fault.host}"
 
 
 @dataclass
@@ -63,14 +108,17 @@ class Ledger:
     ttft_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     cancel_ms: list[float] = field(default_factory=list)
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    faults: list[Fault] = field(default_factory=list)
 
     def conversation(self, conversation_id: str, model: str) -> Conversation:
         conv = Conversation(conversation_id, model)
         self.conversations[conversation_id] = conv
         return conv
 
-    def accept(self, run_id: str, conv: Conversation, op: str, text: str | None, expect: frozenset[str]) -> RunRecord:
-        record = RunRecord(run_id, conv.id, op, text, expect)
+    def accept(
+        self, run_id: str, conv: Conversation, op: str, text: str | None, expect: frozenset[str], *, lost: bool = False
+    ) -> RunRecord:
+        record = RunRecord(run_id, conv.id, op, text, expect, lost=lost)
         if run_id in self.runs:
             self.violate(ACCEPTED_PROCESSED, f"{op}: run {run_id} was accepted twice")
         self.runs[run_id] = record
@@ -78,11 +126,14 @@ class Ledger:
         return record
 
     def answer(self, request: str, status: int, body: str = "") -> bool:
-        """Count the answer to a valid request; anything but a 2xx breaks ``ANSWERS``."""
+        """Count the answer to a valid request; anything but a 2xx breaks ``ANSWERS``, except the
+        answer to a send whose run failed ``owner_lost`` (``lost_run``): that run is judged at the
+        end, against the faults (a client that does not record it leaves a run no client saw)."""
         self.answers[request][status] += 1
         if 200 <= status < 300:
             return True
-        self.violate(ANSWERS, f"{request}: HTTP {status}: {body[:200]}")
+        if lost_run(status, body) is None:
+            self.violate(ANSWERS, f"{request}: HTTP {status}: {body[:200]}")
         return False
 
     def violate(self, invariant: str, text: str) -> None:
@@ -90,3 +141,15 @@ class Ledger:
 
     def count_violations(self) -> int:
         return sum(len(v) for v in self.violations.values())
+
+
+def lost_run(status: int, body: str) -> str | None:
+    """The run a non-streaming send was answered for, if it failed ``owner_lost``
+    (``LOST_STATUS``, the run's error item in ``error``); None for any other answer."""
+    if status != LOST_STATUS:
+        return None
+    try:
+        error = json.loads(body)["error"]
+        return str(error["run_id"]) if error["error_type"] == OWNER_LOST else None
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,7 +1,7 @@
 """Reading a Convoy SSE stream the way a strict client would, and judging how it ended.
 
-A ``Transcript`` keeps every event of one response in order: its ``id:`` (the item's seq id; none
-for keepalive pings), its kind (the item's ``message_type``; ``error`` for ``event: error``;
+A ``Transcript`` keeps every event of one response in order: its own ``id:`` (the item's seq id;
+none for keepalive pings), its kind (the item's ``message_type``; ``error`` for ``event: error``;
 ``done`` for ``[DONE]``) and its JSON. ``ending_problem`` says what is wrong with how it ended, if
 anything: the wire contract is ``stop_reason``, ``usage_statistics`` or ``error``, ``[DONE]``, then
 the response closes; stored items carry consecutive ids from the cursor on.
@@ -30,18 +30,31 @@ class Event:
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[Event]:
-    """The events of an SSE response, as they arrive (parsed by ``httpx-sse``)."""
+    """The events of an SSE response, as they arrive (parsed by ``httpx-sse``).
+
+    By the SSE spec an event without an ``id:`` field carries the last id seen (an
+    ``EventSource``'s ``lastEventId``), so a keepalive ping sent after item N reads as id N too. A
+    strict reader must know which events carried an id of their own (found by the soak's faults:
+    a run waiting for its restarting host gets pings mid-stream). Convoy's stored ids only grow
+    within a response, so an event carried its own id when the id changed, or when it repeats the
+    id its JSON's ``seq_id`` names (an item sent twice, which the consecutive-ids check must see).
+    Items the reader made up carry a ``seq_id`` past the last id sent, never equal to it.
+    """
+    previous = ""
     async for sse in EventSource(response).aiter_sse():
-        yield _event(sse.id, sse.event, sse.data)
+        event = _event(sse.id, previous, sse.event, sse.data)
+        previous = sse.id
+        yield event
 
 
-def _event(event_id: str, name: str, data: str) -> Event:
+def _event(event_id: str, previous_id: str, name: str, data: str) -> Event:
     seq = int(event_id) if event_id.isascii() and event_id.isdigit() else None
     if data == "[DONE]":
-        return Event(seq, "done", {})
+        return Event(seq if event_id != previous_id else None, "done", {})
     doc = json.loads(data)
     kind = "error" if name == "error" else str(doc.get("message_type", "?"))
-    return Event(seq, kind, doc)
+    own = seq is not None and (event_id != previous_id or doc.get("seq_id") == seq)
+    return Event(seq if own else None, kind, doc)
 
 
 @dataclass

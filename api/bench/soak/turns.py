@@ -12,11 +12,14 @@ import httpx
 
 from api.bench.soak.ledger import (
     ACCEPTED_PROCESSED,
+    COMPLETED,
+    OWNER_LOST,
     RESUMES_EXACT,
     STREAMS_END,
     Conversation,
     Ledger,
     RunRecord,
+    lost_run,
 )
 from api.bench.soak.sse import Transcript, sse_events
 
@@ -60,6 +63,19 @@ class Turns:
     def resume_from(self, run_id: str, cursor: int) -> Opened:
         return self.open("resume run", f"/v1/runs/{run_id}/stream", {"starting_after": cursor}, after=cursor)
 
+    async def blocking(
+        self, conv: Conversation, body: dict[str, Any], label: str, op: str, text: str | None
+    ) -> tuple[RunRecord, str | None] | None:
+        """A non-streaming send: its run, recorded as ``op``, and its stop reason (None when the run
+        failed ``owner_lost``: it is marked lost); None if the send was refused."""
+        url = f"/v1/conversations/{conv.id}/messages"
+        reply = await self._http.post(url, json={**body, "streaming": False})
+        if self._ledger.answer(label, reply.status_code, reply.text):
+            stop = reply.json()["stop_reason"]
+            return self._ledger.accept(stop["run_id"], conv, op, text, COMPLETED), str(stop["stop_reason"])
+        lost = lost_run(reply.status_code, reply.text)
+        return None if lost is None else (self._ledger.accept(lost, conv, op, text, COMPLETED, lost=True), None)
+
     async def finish(self, transcript: Transcript, record: RunRecord, want: str | None) -> None:
         """Read to the end; judge the ending and, when ``want`` is given, the stop reason."""
         await transcript.read_until()
@@ -72,6 +88,9 @@ class Turns:
             tally.ended += 1
         if want is not None and transcript.stop_reason != want:
             errors = [e.doc.get("error_type") for e in transcript.read if e.kind == "error"]
+            if errors == [OWNER_LOST]:
+                record.lost = True  # its host died under it: judged at the end, against the faults
+                return
             self._ledger.violate(
                 ACCEPTED_PROCESSED,
                 f"{record.op} run {record.run_id} stopped with {transcript.stop_reason} (errors {errors}),"

@@ -43,6 +43,7 @@ from api.bench.soak.ledger import (
     Conversation,
     Ledger,
     RunRecord,
+    lost_run,
 )
 from api.bench.soak.sse import Transcript
 from api.bench.soak.turns import Turns
@@ -178,16 +179,13 @@ class SoakClient:
     async def _blocking(self) -> None:
         conv = self._pick()
         text = self._text(SHORT_WORDS)
-        reply = await self._http.post(f"/v1/conversations/{conv.id}/messages", json={"input": text, "streaming": False})
-        if not self._ledger.answer("send blocking", reply.status_code, reply.text):
+        sent = await self._turns.blocking(conv, {"input": text}, "send blocking", "blocking", text)
+        if sent is None:
             return
-        stop = reply.json()["stop_reason"]
-        self._last_run = stop["run_id"]
-        self._ledger.accept(stop["run_id"], conv, "blocking", text, COMPLETED)
-        if stop["stop_reason"] != "end_turn":
-            self._ledger.violate(
-                ACCEPTED_PROCESSED, f"blocking run {stop['run_id']} stopped with {stop['stop_reason']}"
-            )
+        record, stop = sent
+        self._last_run = record.run_id
+        if stop not in (None, "end_turn"):
+            self._ledger.violate(ACCEPTED_PROCESSED, f"blocking run {record.run_id} stopped with {stop}")
 
     async def _cancel(self) -> None:
         conv = self._pick()
@@ -259,7 +257,7 @@ class SoakClient:
             record = self._accept(turn, conv, "tool", text)
             await self._turns.finish(turn, record, "requires_approval")
         call_id = turn.tool_call_id()
-        if call_id is None:
+        if call_id is None or turn.stop_reason != "requires_approval":  # e.g. its host died after the call
             await self._http.post(f"/v1/conversations/{conv.id}/cancel")  # never leave it waiting
             return
         result = {"type": "tool", "tool_call_id": call_id, "tool_return": f"result of {call_id}", "status": "success"}
@@ -272,11 +270,7 @@ class SoakClient:
                 if answer is not None:
                     await self._turns.finish(answer, self._accept(answer, conv, "tool answer", None), "end_turn")
             return
-        reply = await self._http.post(f"/v1/conversations/{conv.id}/messages", json={**body, "streaming": False})
-        if not self._ledger.answer("send approval blocking", reply.status_code, reply.text):
-            return
-        stop = reply.json()["stop_reason"]
-        self._ledger.accept(stop["run_id"], conv, "tool answer", None, COMPLETED)
+        await self._turns.blocking(conv, body, "send approval blocking", "tool answer", None)
 
     async def _queued(self) -> None:
         conv = self._pick()
@@ -301,7 +295,8 @@ class SoakClient:
             record = self._accept(turn, conv, "retry", text)
             reply = await self._http.post(url, json={"input": text, "streaming": False}, headers=headers)
             answered = self._ledger.answer("send blocking, same Idempotency-Key", reply.status_code, reply.text)
-            joined = reply.json()["stop_reason"]["run_id"] if answered else record.run_id
+            lost = lost_run(reply.status_code, reply.text)  # the run it joined failed owner_lost
+            joined = reply.json()["stop_reason"]["run_id"] if answered else lost or record.run_id
             if joined != record.run_id:
                 self._ledger.accept(joined, conv, "retry", None, COMPLETED)
                 self._ledger.violate(
@@ -319,8 +314,10 @@ class SoakClient:
             body = {"input": refused, "on_busy": "reject", "streaming": False}
             reply = await self._http.post(f"/v1/conversations/{conv.id}/messages", json=body)
             self._ledger.bad[BUSY_REJECT][reply.status_code] += 1
-            if reply.status_code == 200:  # accepted: a run like any other, and right only if the first had ended
-                second = self._ledger.accept(reply.json()["stop_reason"]["run_id"], conv, "busy", refused, COMPLETED)
+            lost = lost_run(reply.status_code, reply.text)  # accepted, then its host died under it
+            if reply.status_code == 200 or lost is not None:  # accepted: right only if the first had ended
+                run_id = lost or reply.json()["stop_reason"]["run_id"]
+                second = self._ledger.accept(run_id, conv, "busy", refused, COMPLETED, lost=lost is not None)
                 await self._judge_busy_accept(record, second)
             elif reply.status_code != 409:
                 self._ledger.violate(ANSWERS, f"{BUSY_REJECT}: HTTP {reply.status_code}: {reply.text[:200]}")
