@@ -44,7 +44,6 @@ from runtime.loop import Emit, ModelFactory, run_turn
 from runtime.runs import Fence, RunStore
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, StreamItem
-from runtime.schemas.requests import ApprovalCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.tools import ToolRegistry
 from runtime.settings import Settings
@@ -152,7 +151,7 @@ class Activation:
         if status == "cancel_requested":
             await self._end(turn.run_id, entry, cancelled=True, turn=turn, expect="created")
         elif status == "running":
-            await self._end(turn.run_id, entry, failure=OwnerLostError("the previous owner stopped mid-run"))
+            await self._end(turn.run_id, entry, failure=OwnerLostError("the previous owner stopped mid-run"), turn=turn)
         elif status == "":
             await self._end(turn.run_id, entry, failure=InternalRunError("run record missing"), skip_missing=True)
         else:
@@ -307,16 +306,11 @@ class Activation:
             error=error,
             expect=expect,  # type: ignore[arg-type]
             extra=_timings(turn, None) if turn else None,
-            # An answer that failed closes its approval (the calls get error results); a failed
-            # ordinary turn leaves an approval requested meanwhile open.
-            pending_approval="" if turn is not None and _answers_approval(turn) else None,
+            # A failed answer closes its approval (``RunStore.finish``); a failed ordinary turn
+            # leaves an approval requested meanwhile open.
         )
         if not done and skip_missing:
             await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
-
-
-def _answers_approval(turn: TurnRequest) -> bool:
-    return any(isinstance(m, ApprovalCreate) for m in turn.messages)
 
 
 def _timings(turn: TurnRequest | None, ttft_ns: int | None) -> dict[str, int]:

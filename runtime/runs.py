@@ -46,7 +46,10 @@ return 'started'
 # KEYS: epoch, run, mailbox, stream, steps, the conversation's pending approval.
 # ARGV: epoch ('' = unfenced), expected status ('' = any unfinished), mailbox entry id, ttl_s, maxlen,
 #       number of field/value arguments, pending approval ('-' leave, '' clear, else the request id),
-#       the field/value pairs, then (seq, kind, payload) triples.
+#       run id, the field/value pairs, then (seq, kind, payload) triples.
+# A run that answered the pending approval closes it however it ends ('-' included): it was the one
+# answer taken, so leaving the approval answered-but-open would refuse every later answer and fail
+# every later message (its calls get error results when the next request is built).
 _FINISH = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local status = redis.call('HGET', KEYS[2], 'status')
@@ -54,18 +57,18 @@ if not status then return '' end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then return status end
 if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
 local nfields = tonumber(ARGV[6])
-for i = 8 + nfields, #ARGV, 3 do
+for i = 9 + nfields, #ARGV, 3 do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
   redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.bus)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 local fields = {}
-for i = 8, 7 + nfields do fields[#fields + 1] = ARGV[i] end
+for i = 9, 8 + nfields do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(fields))
 if ARGV[3] ~= '' then redis.call('XDEL', KEYS[3], ARGV[3]) end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[5], ARGV[4])
-if ARGV[7] == '' then
+if ARGV[7] == '' or (ARGV[7] == '-' and redis.call('HGET', KEYS[6], 'answered') == ARGV[8]) then
   redis.call('DEL', KEYS[6])
 elseif ARGV[7] ~= '-' then
   redis.call('DEL', KEYS[6])
@@ -234,7 +237,8 @@ class RunStore:
         """End a run: append its final ``items`` (seq, kind, payload), set its terminal status and
         drop its mailbox entry, all at once. False if the run was already terminal, unknown, or
         not in status ``expect``. ``pending_approval``: None leaves the conversation's pending approval
-        alone, "" clears it, an id opens it (clients may then answer that approval request)."""
+        alone (unless this run was its answer: then it is closed), "" clears it, an id opens it
+        (clients may then answer that approval request)."""
         assert status in TERMINAL
         fields: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "completed_at_ms": now_ms()}
         if error is not None:
@@ -245,7 +249,7 @@ class RunStore:
             flat.extend((name, value))
         pending = "-" if pending_approval is None else pending_approval
         args: list[Any] = [
-            fence.epoch if fence else "", expect or "", mailbox_entry, self._ttl_s, self._maxlen, len(flat), pending, *flat
+            fence.epoch if fence else "", expect or "", mailbox_entry, self._ttl_s, self._maxlen, len(flat), pending, run_id, *flat
         ]
         for seq, kind, payload in items:
             args.extend((seq, kind, payload))

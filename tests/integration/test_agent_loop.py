@@ -7,11 +7,17 @@ the server tools are ``tests/fakes/tools.py``, loaded by the session server.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
 from typing import Any
 
 import httpx
+import redis
 
+from runtime import keys
 from tests.fakes import providers as fp
 from tests.integration.test_providers import Turn, send, steps, unique
 
@@ -289,3 +295,40 @@ async def test_letta_client_denies_returns_a_client_tool_result_and_lists_histor
     kinds = [m.message_type for m in history]
     assert kinds.count("approval_request_message") == 2 and kinds.count("approval_response_message") == 2
     assert kinds.count("tool_return_message") == 2 and kinds[0] == "user_message"
+
+
+async def test_an_answer_whose_host_dies_mid_run_closes_its_approval(
+    client: httpx.AsyncClient, store: redis.Redis, fake_provider: fp.FakeProvider
+) -> None:
+    """Found by ``convoy bench soak`` with faults: the answer's run, ended ``owner_lost`` by the
+    host's next incarnation, left its approval answered-but-open, so every later message was
+    accepted and then failed ``pending_approval``, and no answer was taken any more."""
+    model = unique("gpt")
+    fake_provider.script(
+        model,
+        fp.Stream(fp.chat_tool_calls(model, [("l1", "get_location", "{}")])),
+        fp.Hang(10),  # the answer's step: still waiting for its model when the host dies
+        fp.Stream(fp.chat_text(model, ["Back again."])),
+    )
+    conv = await agent_conversation(client, model)
+    location = {"name": "get_location", "description": "Where the user is", "parameters": {"type": "object", "properties": {}}}
+    asked = await send(client, conv, "where am I?", client_tools=[location])
+    assert asked.stop_reason == "requires_approval"
+
+    answer = {"type": "approval", "approvals": [{"type": "tool", "tool_call_id": "l1", "tool_return": "Paris", "status": "success"}]}
+    answering = asyncio.create_task(send(client, conv, messages=[answer], client_tools=[location]))
+    deadline = time.monotonic() + 15
+    while len(fake_provider.calls(model)) < 2:
+        assert time.monotonic() < deadline and not answering.done(), "the answer's step never reached the model"
+        await asyncio.sleep(0.02)
+    host = store.get(keys.lease(conv)).split("/")[0]
+    os.kill(json.loads(store.hget(keys.hosts(), host))["pid"], signal.SIGKILL)
+
+    died = await asyncio.wait_for(answering, 30)
+    assert [e["error_type"] for e in died.errors] == ["owner_lost"] and died.run["status"] == "failed"
+    assert not store.exists(keys.pending_approval(conv)), "the failed answer must close its approval"
+    turn = await send(client, conv, "still there?")
+    assert turn.text == "Back again." and turn.stop_reason == "end_turn"
+    sent = fake_provider.calls(model)[-1].body["messages"]
+    # the answer's run left nothing in history: the call gets an error result, so the provider accepts it
+    assert sent[-2]["role"] == "tool" and sent[-2]["tool_call_id"] == "l1" and "no result" in sent[-2]["content"]

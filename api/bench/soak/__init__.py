@@ -1,6 +1,6 @@
 """``convoy bench soak``: a mixed workload against a real Convoy for N minutes, then its invariants.
 
-Setup, in a temporary home removed at the end: a scripted OpenAI-compatible upstream in this
+Setup, in a temporary home removed at the end (kept, with the server's log, when an invariant failed): a scripted OpenAI-compatible upstream in this
 process (``api.bench.soak.upstream``; it calls the client's tool when offered one), and
 ``convoy serve`` in a subprocess (its own Redis, Ray, hosts and API) with that upstream declared as
 provider ``bench``, conversations passivated after ``IDLE_PASSIVATE_S`` and keepalive pings every
@@ -109,10 +109,13 @@ def run(options: SoakOptions) -> int:
             serve.stop()
         upstream.stop()
         add_log(report, summarize(home / "serve.log"))
-        shutil.rmtree(home, ignore_errors=True)
-        report.note(f"\nhome {home} {'removed' if not home.exists() else 'NOT removed'}")
         skipped = {} if options.faults else {FAULTS: "--no-faults"}
         held = add_verdicts(report, ledger, skipped) if complete else False
+        if held:
+            shutil.rmtree(home, ignore_errors=True)
+            report.note(f"\nhome {home} {'removed' if not home.exists() else 'NOT removed'}")
+        else:  # the evidence stays: the server's log and the Redis data
+            report.note(f"\nhome {home} kept for inspection (serve.log, redis/); remove it when done")
         report.print(complete=complete)
     return 0 if held else 1
 

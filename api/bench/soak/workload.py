@@ -86,6 +86,7 @@ class SoakClient:
         self._sent = 0
         self._measuring = False  # latencies are taken after the warm-up only
         self._last_run: str | None = None
+        self._op_runs: list[str] = []  # the runs the operation under way saw accepted
         self._ops: dict[str, Callable[[], Awaitable[None]]] = {
             "stream": self._stream,
             "blocking": self._blocking,
@@ -117,17 +118,21 @@ class SoakClient:
 
     async def _do(self, op: str, work: Callable[[], Awaitable[None]]) -> None:
         self._ledger.ops[op] += 1
+        self._op_runs = []
         try:
             async with asyncio.timeout(OP_TIMEOUT_S):
                 await work()
         except TimeoutError:
-            self._ledger.violate(STREAMS_END, f"{op}: not over within {OP_TIMEOUT_S:g} s")
+            self._ledger.violate(STREAMS_END, f"{op}: not over within {OP_TIMEOUT_S:g} s{self._op_runs_text()}")
         except httpx.TimeoutException as exc:
-            self._ledger.violate(STREAMS_END, f"{op}: {type(exc).__name__} (a stream went silent)")
+            self._ledger.violate(STREAMS_END, f"{op}: {type(exc).__name__} (a stream went silent){self._op_runs_text()}")
         except Exception as exc:  # noqa: BLE001 - the soak goes on; what happened is reported
             self._ledger.violate(ANSWERS, f"{op}: {type(exc).__name__}: {exc}")
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _op_runs_text(self) -> str:
+        return f" (runs {', '.join(self._op_runs)})" if self._op_runs else " (no run accepted yet)"
 
     def _pick(self, model: str | None = None) -> Conversation:
         model = model or self._rng.choice(list(self._pool))
@@ -146,6 +151,7 @@ class SoakClient:
     def _accept(self, transcript: Transcript, conv: Conversation, op: str, text: str | None) -> RunRecord:
         assert transcript.run_id is not None
         self._last_run = transcript.run_id
+        self._op_runs.append(transcript.run_id)
         return self._ledger.accept(transcript.run_id, conv, op, text, COMPLETED)
 
     async def _read_midway(self, turn: Transcript, record: RunRecord) -> bool:
@@ -184,6 +190,7 @@ class SoakClient:
             return
         record, stop = sent
         self._last_run = record.run_id
+        self._op_runs.append(record.run_id)
         if stop not in (None, "end_turn"):
             self._ledger.violate(ACCEPTED_PROCESSED, f"blocking run {record.run_id} stopped with {stop}")
 
