@@ -36,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
-from runtime import keys, tools
+from runtime import heap, keys, tools
 from runtime.agents import AgentStore, ConversationStore
 from runtime.history import HistoryStore
 from runtime.logs import configure_logging
@@ -103,6 +103,7 @@ class HostCore:
                 tools=tools.load(s.tool_modules),
             )
             self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
+            heap.freeze()  # set up: keep what it made out of every later collection (runtime.heap)
             self._background = [
                 asyncio.create_task(self._renew_loop(), name="lease-renewal"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),

@@ -8,15 +8,17 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import Depends, FastAPI
+from prometheus_client import REGISTRY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors import ray_boot
 from api import errors
 from api.auth import authenticate
 from api.limits import RequestLimits
-from api.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from api.metrics import HTTP_LATENCY, HTTP_REQUESTS, TailerMetrics
 from api.routes import agents, chat, conversations, health, runs
 from api.state import AppState
+from runtime import heap
 from runtime.settings import Settings
 
 
@@ -52,9 +54,13 @@ def create_app(settings: Settings) -> FastAPI:
         state = AppState.build(settings)
         await state.start()
         app.state.convoy = state
+        tailer_metrics = TailerMetrics(state.tailers)
+        REGISTRY.register(tailer_metrics)
+        heap.freeze()  # set up: keep what it made out of every later collection (runtime.heap)
         try:
             yield
         finally:
+            REGISTRY.unregister(tailer_metrics)
             await state.stop()
 
     app = FastAPI(

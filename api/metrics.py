@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from runtime.bus import TailerPool
 
 RUNS_ACCEPTED = Counter("convoy_runs_accepted_total", "Turns accepted into a conversation's mailbox.", ["mode"])
 RUNS_DEDUPLICATED = Counter("convoy_runs_deduplicated_total", "Retried sends joined to the run they already started.")
@@ -16,3 +22,21 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+class TailerMetrics(Collector):
+    """What the process's stream tailers are doing, read at each scrape."""
+
+    def __init__(self, tailers: TailerPool) -> None:
+        self._tailers = tailers
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "convoy_stream_subscriptions", "Run streams being tailed for SSE clients.", value=self._tailers.subscriptions
+        )
+        yield CounterMetricFamily(
+            "convoy_stream_reads",
+            "XREAD rounds of the stream tailers (new subscriptions, gaps, resumes, sweep steps; items "
+            "that follow their cursor arrive by pub/sub and need none).",
+            value=self._tailers.reads,
+        )

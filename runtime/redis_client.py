@@ -20,14 +20,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
@@ -120,6 +122,53 @@ def dedicated(redis: aioredis.Redis) -> aioredis.Redis:
         **kwargs,
     )
     return aioredis.Redis(connection_pool=pool, single_connection_client=True)
+
+
+class DirectConnection:
+    """One connection of its own, configured like ``redis``'s pool, for a hot path that sends
+    several commands in one write and reads their replies, without redis-py's per-call machinery
+    (pool checkout, retry wrappers, pipeline objects). Measured for the chunk writer on the
+    project's machine: about 0.9 ms of CPU per one-command pipeline through redis-py, against ~0.25 ms
+    here, most of it the two system calls.
+
+    Commands are packed by hiredis. Nothing is ever sent twice by this class: after a connection
+    error the connection is dropped, the error raised, and the next call connects again (patiently,
+    like every Convoy connection). Not for concurrent callers: one ``execute`` at a time."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._conn: AbstractConnection | None = None
+
+    async def execute(self, commands: Sequence[Sequence[bytes | str | int | float]]) -> list[object]:
+        """Send ``commands`` in one write; their replies in order, an error reply as its
+        ``ResponseError`` (returned, not raised)."""
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            pool = self._redis.connection_pool
+            conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            if not conn.is_connected:
+                await conn.connect()
+            await conn.send_packed_command(b"".join([pack_command(tuple(c)) for c in commands]), check_health=False)
+            replies: list[object] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            # A reply may still be on its way: this connection cannot be trusted for the next call.
+            self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
 
 
 def reraise_if_cancelling() -> None:

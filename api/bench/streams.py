@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -74,7 +75,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors import ray_boot, supervisor
 from api.bench import Progress, Report, percentile
 from api.state import TAILERS_PER_PROCESS, AppState
-from runtime import bus, keys, wire
+from runtime import bus, heap, keys, wire
 from runtime.embedded_redis import EmbeddedRedis
 from runtime.errors import ConvoyError
 from runtime.ids import new_id, segment_otid
@@ -247,6 +248,7 @@ class Producer:
         self._ray_nice = os.getpriority(os.PRIO_PROCESS, 0)
         _renice(0)
         self._phase: _ProducerPhase | None = None
+        heap.freeze()  # as a conversation host does once it is set up (runtime.heap)
 
     def pid(self) -> tuple[int, int, int]:
         """Process id, niceness Ray gave it, niceness now."""
@@ -766,6 +768,7 @@ async def _measure(
     world: World | None = None
     try:
         world = await _world(state, options, producer, api, pids, say)
+        heap.freeze()  # the client's set-up, out of its collections, as in Convoy's own processes
         info = await state.redis.info("server")
         server = (
             f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info.get('redis_version')}"
@@ -936,6 +939,10 @@ async def _phase(
         stack.push_async_callback(_cancel, readers)  # first out: readers stop before their client or pool closes
         await gate.wait()
         say(f"  {len(targets)} readers ready")
+        # The client's own collections are not Convoy's latency: what its readers hold stays out of
+        # them while the phase runs (thawed after it, so it is collected then).
+        gc.freeze()
+        stack.callback(gc.unfreeze)
         plan = Plan(mode, targets, scenario.rate_hz, options.warmup_s, options.measure_s)
         await world.producer.prepare.remote(plan)
         start_ns = time.perf_counter_ns() + int(START_MARGIN_S * 1e9)

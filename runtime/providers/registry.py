@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from runtime import heap
 from runtime.errors import InvalidRequestError, LLMAuthenticationError
 from runtime.providers.echo import EchoAdapter
 from runtime.providers.events import LLMEvent, LLMRequest
@@ -128,6 +129,9 @@ class Providers:
         adapter = self._adapters.get(provider.name)
         if adapter is None:
             adapter = self._adapters[provider.name] = self._build(provider)
+            # The SDK just imported is there for good: out of every later collection (runtime.heap).
+            # No collection first: this runs on a turn's path.
+            heap.freeze(collect=False)
         return adapter
 
     def _build(self, provider: Provider) -> ModelAdapter:

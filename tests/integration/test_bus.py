@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -45,6 +46,13 @@ async def _collect(sub: bus.Subscription, count: int) -> list[bus.StreamItem]:
         assert batch is not None, f"only {len(items)} of {count} items arrived"
         items.extend(batch)
     return items
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
 
 
 async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
@@ -179,8 +187,11 @@ async def test_an_item_appended_without_a_notification_still_arrives(redis: aior
     await quick.start()
     try:
         key = f"test:{uuid.uuid4()}"
+        reads = quick.reads
         sub = quick.subscribe(key, 0)
-        await asyncio.sleep(0.05)  # the subscription's first read has found nothing
+        # Two rounds after subscribing: the subscription's first read (which found nothing) is
+        # done, even if a round was already in flight when it joined.
+        await _until(lambda: quick.reads >= reads + 2)
         await redis.xadd(key, {"k": "data", "p": b"silent"}, id="0-1")  # no SPUBLISH
         assert [i.payload for i in await _collect(sub, 1)] == [b"silent"]
         sub.close()
@@ -205,18 +216,83 @@ async def test_items_published_while_the_listener_reconnects_are_not_lost(
     sub.close()
 
 
-async def test_a_writer_waits_for_a_pool_connection_instead_of_failing(redis_url: str) -> None:
-    """Regression: with every pooled connection busy, a chunk write used to fail its run."""
+async def test_a_writer_needs_no_pool_connection(redis_url: str) -> None:
+    """Regression: with every pooled connection busy, a chunk write used to fail its run. The
+    writer now sends on a connection of its own, so it writes while the pool is exhausted."""
     pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=1, timeout=0.1)
     client = aioredis.Redis(connection_pool=pool)
     try:
         key = f"test:{uuid.uuid4()}"
         writer = await _writer(client, key)
-        held = await pool.get_connection()  # the only connection is busy for a while
-        await writer.write("data", b"patient")
-        await asyncio.sleep(0.3)  # longer than the pool's own wait
-        await pool.release(held)
-        await writer.flush()
+        await client.script_flush()  # the first append must load its script too
+        held = await pool.get_connection()  # the only pooled connection stays busy throughout
+        try:
+            await writer.write("data", b"patient")
+            await writer.flush()
+        finally:
+            await pool.release(held)
         assert [i.payload for i in await bus.read_after(client, key, 0)] == [b"patient"]
     finally:
         await client.aclose()
+
+
+class _Proxy:
+    """A TCP proxy in front of Redis that can make the tailer's listener connection go silent
+    (both directions stop, the sockets stay open): a dead peer no error reports."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self.listeners: list[asyncio.Event] = []  # one per connection that subscribed; set = silenced
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> _Proxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        silenced = asyncio.Event()
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
+            while data := await src.read(65536):
+                if upstream and b"SSUBSCRIBE" in data and silenced not in self.listeners:
+                    self.listeners.append(silenced)
+                if silenced.is_set():
+                    await asyncio.Event().wait()  # silent for good
+                dst.write(data)
+                await dst.drain()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+        writer.close()
+        up_writer.close()
+
+
+async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.Redis, redis_url: str) -> None:
+    """Nothing reports a peer that just stops answering: the listener's watchdog PINGs after a
+    silent ``block_ms`` and, heard nothing, connects again and subscribes everything anew."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with _Proxy(port) as proxy:
+        proxied = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        tailer = bus.StreamTailer(proxied, block_ms=200)
+        await tailer.start()
+        try:
+            key = f"test:{uuid.uuid4()}"
+            writer = await _writer(redis, key)
+            sub = tailer.subscribe(key, 0)
+            await _until(lambda: len(proxy.listeners) == 1)
+            proxy.listeners[0].set()  # the listener's connection goes silent
+            await _until(lambda: len(proxy.listeners) == 2)  # a new one subscribed
+            await writer.write("data", b"after")
+            await writer.flush()
+            assert [i.payload for i in await _collect(sub, 1)] == [b"after"]
+            sub.close()
+        finally:
+            await tailer.stop()
+            await proxied.aclose()
