@@ -70,9 +70,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    app.include_router(health.router)  # health checks and metrics need no key
-    for module in (agents, conversations, runs, chat):
+    # Routes are matched in order, one after the other: the streaming ones, which carry the
+    # traffic, come first. Health checks and metrics need no key.
+    for module in (conversations, runs, chat, agents):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.include_router(health.router)
     app.add_middleware(RequestLimits, max_request_bytes=settings.max_request_bytes, max_header_bytes=settings.max_header_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

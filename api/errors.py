@@ -161,7 +161,13 @@ def run_error_status(error_type: str) -> int:
     return RUN_ERROR_STATUS.get(error_type, 502)
 
 
-def _convoy_error(request: Request, exc: Exception) -> JSONResponse:
+async def _convoy_error(request: Request, exc: Exception) -> JSONResponse:
+    # Every handler here is a coroutine: Starlette runs a plain function in a worker thread, a
+    # thread hop for each refused request.
+    return _convoy_response(request, exc)
+
+
+def _convoy_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConvoyError)
     if request.url.path.startswith(OPENAI_PATHS):
         return openai_error_for(exc)  # e.g. a missing API key on the OpenAI-compatible route
@@ -183,7 +189,7 @@ def _convoy_error(request: Request, exc: Exception) -> JSONResponse:
 
 def refusal(scope: Scope, exc: ConvoyError) -> JSONResponse:
     """``exc`` answered from outside the routes (middleware), exactly as a route would answer it."""
-    return _convoy_error(Request(scope), exc)
+    return _convoy_response(Request(scope), exc)
 
 
 def _where(loc: tuple[object, ...]) -> str:
@@ -225,7 +231,7 @@ def validation_summary(errors: Sequence[Any]) -> str:
     return "; ".join(_explain(e) for e in errors[:10])
 
 
-def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     summary = validation_summary(errors)
@@ -263,7 +269,7 @@ def _http_message(request: Request, exc: StarletteHTTPException) -> Any:
     return exc.detail
 
 
-def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = _http_message(request, exc)
     if request.url.path.startswith(OPENAI_PATHS):
@@ -273,7 +279,7 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=exc.status_code, headers=exc.headers)
 
 
-def _run_error(_: Request, exc: Exception) -> JSONResponse:
+async def _run_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RunErrorResponse)
     # The turn was accepted and ran: an SDK that re-sent it would run it again.
     return JSONResponse({"detail": exc.body.get("message"), "error": exc.body}, status_code=exc.status, headers=NO_RETRY)
@@ -336,7 +342,7 @@ def _document_errors(app: FastAPI) -> None:
 STORE_RETRY_AFTER_S = 2
 
 
-def _store_error(request: Request, exc: Exception) -> JSONResponse:
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     """Redis unreachable (or too slow) while serving a request: 503, to be retried shortly; but a
     POST may have been applied before its reply was lost, so it is not re-sent blindly (a send
     with an ``Idempotency-Key`` or otid can be: it joins its run)."""

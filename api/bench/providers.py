@@ -239,10 +239,22 @@ async def _direct(client: AsyncOpenAI, marker: str) -> tuple[int, list[int]]:
     return sent, arrivals
 
 
-async def _convoy(client: httpx.AsyncClient, conversation_id: str, marker: str) -> tuple[int, list[int]]:
+@dataclass(frozen=True)
+class Trip:
+    """One turn through Convoy, on the wall clock (to line up with the run's own timestamps)."""
+
+    sent_s: float
+    first_text_s: float
+
+
+async def _convoy(
+    client: httpx.AsyncClient, conversation_id: str, marker: str, trips: dict[str, Trip]
+) -> tuple[int, list[int]]:
     body = {"messages": [{"role": "user", "content": marker}]}
+    sent_wall = time.time()
     sent = time.perf_counter_ns()
     arrivals: list[int] = []
+    run_id = ""
     async with client.stream("POST", f"/v1/conversations/{conversation_id}/messages", json=body) as response:
         if response.status_code != 200:
             raise ConvoyError(f"HTTP {response.status_code}: {(await response.aread())[:300]!r}")
@@ -253,14 +265,19 @@ async def _convoy(client: httpx.AsyncClient, conversation_id: str, marker: str) 
             tail = frames.pop()
             for frame in frames:
                 if b'"assistant_message"' in frame:
+                    if not arrivals:
+                        trips[run_id] = Trip(sent_wall, time.time())
                     arrivals.append(now)
                 elif b"event: error" in frame:
                     raise ConvoyError(f"the run failed: {frame.decode(errors='replace')[:300]}")
+                elif not run_id and b'"run_id":"' in frame:
+                    run_id = frame.split(b'"run_id":"', 1)[1].split(b'"', 1)[0].decode()
     return sent, arrivals
 
 
 async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, report: Report, say: Progress) -> None:
     direct, convoy = Samples(), Samples()
+    trips: dict[str, Trip] = {}  # run id -> its turn's trip, measured turns only
     sdk = AsyncOpenAI(base_url=f"{upstream.url}/v1", api_key="bench", max_retries=0)
     async with httpx.AsyncClient(base_url=serve.url, timeout=60) as client:
         agent = (await client.post("/v1/agents", json={"name": "bench", "model": f"bench/{MODEL}"})).json()
@@ -269,7 +286,7 @@ async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, rep
             measuring = turn >= opts.warmup
             for name, samples, call in (
                 ("direct", direct, lambda m: _direct(sdk, m)),
-                ("convoy", convoy, lambda m: _convoy(client, conversation["id"], m)),
+                ("convoy", convoy, lambda m: _convoy(client, conversation["id"], m, trips if measuring else {})),
             ):
                 marker = f"{name}-{turn}"
                 sent, arrivals = await call(marker)
@@ -277,7 +294,7 @@ async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, rep
                     samples.take(sent, arrivals, upstream.written[marker])
             if measuring and (turn - opts.warmup + 1) % 10 == 0:
                 say(f"{turn - opts.warmup + 1}/{opts.turns} turns")
-        breakdown = await _breakdown(client, conversation["id"], opts.turns)
+        breakdown = await _breakdown(client, trips)
     await sdk.close()
     report.section(
         f"{opts.turns} turns of {opts.tokens} tokens at {opts.rate_hz:g} tokens/s, direct SDK call vs through Convoy"
@@ -291,25 +308,29 @@ async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, rep
         report.add(label, f"{percentile(values, 50):7.2f} / {percentile(values, 99):7.2f}")
 
 
-async def _breakdown(client: httpx.AsyncClient, conversation_id: str, turns: int) -> dict[str, list[float]]:
-    """Accepted -> started -> provider request -> first token, from what Convoy records per run."""
-    runs = (await client.get("/v1/runs", params={"conversation_id": conversation_id, "limit": turns})).json()
+async def _breakdown(client: httpx.AsyncClient, trips: dict[str, Trip]) -> dict[str, list[float]]:
+    """Where each measured turn's time to first token went: the client's clock at both ends, the
+    run's and its first step's timestamps in between (one machine, one wall clock)."""
     parts: dict[str, list[float]] = {
+        "request sent -> accepted (HTTP, auth, validation, reads)": [],
         "accepted -> run started (dispatch)": [],
         "run started -> provider request (load, build)": [],
         "provider request -> first token (in the actor)": [],
+        "first token -> client (chunk bus, SSE)": [],
     }
-    for run in runs:
-        steps = (await client.get(f"/v1/runs/{run['id']}/steps")).json()
-        if not steps or not run.get("started_at"):
+    for run_id, trip in trips.items():
+        run = (await client.get(f"/v1/runs/{run_id}")).json()
+        steps = (await client.get(f"/v1/runs/{run_id}/steps")).json()
+        if not steps or not run.get("started_at") or steps[0]["trace"]["ttft_ms"] is None:
             continue
         created = datetime.fromisoformat(run["created_at"]).timestamp()
         started = datetime.fromisoformat(run["started_at"]).timestamp()
         requested = datetime.fromisoformat(steps[0]["created_at"]).timestamp()
-        parts["accepted -> run started (dispatch)"].append((started - created) * 1e3)
-        parts["run started -> provider request (load, build)"].append((requested - started) * 1e3)
-        if steps[0]["trace"]["ttft_ms"] is not None:
-            parts["provider request -> first token (in the actor)"].append(steps[0]["trace"]["ttft_ms"])
+        first_token = requested + steps[0]["trace"]["ttft_ms"] / 1e3
+        for label, begin, end in zip(
+            parts, (trip.sent_s, created, started, requested, first_token), (created, started, requested, first_token, trip.first_text_s), strict=True
+        ):
+            parts[label].append((end - begin) * 1e3)
     return parts
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
 from api.auth import Caller
 from api.cancel import cancel_conversation, cancel_run
 from api.routes.conversations import send
 from api.sse import SSE_RESPONSES
-from api.state import AppState, get_state
+from api.state import AppState, State
 from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery
 from runtime.agents import default_conversation_id
 from runtime.errors import NotFoundError
@@ -25,7 +25,6 @@ from runtime.schemas.requests import (
 )
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
-State = Annotated[AppState, Depends(get_state)]
 IdempotencyKey = Annotated[str | None, Header(max_length=256)]
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
@@ -41,7 +41,7 @@ from api.errors import (
     validation_summary,
 )
 from api.sse import SSE_RESPONSES, in_background, run_batches, sse_response
-from api.state import AppState, get_state
+from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AGENT_ID, CONVERSATION_ID
 from runtime.errors import ConvoyError, NotFoundError
@@ -78,7 +78,6 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
-State = Annotated[AppState, Depends(get_state)]
 
 KEEPALIVE = b": keepalive\n\n"
 DONE = b"data: [DONE]\n\n"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
 from api.cancel import cancel_conversation, cancel_run
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
-from api.state import AppState, get_state
+from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
 from runtime import keys
@@ -21,7 +21,6 @@ from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, ResumeRequest, SendMessageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
-State = Annotated[AppState, Depends(get_state)]
 
 
 @router.post("", summary="Create a conversation with an agent")

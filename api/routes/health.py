@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from importlib.metadata import version
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.state import AppState, get_state
+from api.state import AppState, State
 
 router = APIRouter(tags=["health"])
-State = Annotated[AppState, Depends(get_state)]
 REDIS_TIMEOUT_S = 2.0
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
 from api.auth import Caller
 from api.cancel import cancel_run
 from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
-from api.state import AppState, get_state
+from api.state import State
 from api.validation import AgentIdQuery, ConversationIdQuery, Limit, RunId, RunIdQuery
 from runtime.errors import InvalidRequestError
 from runtime.schemas.requests import MAX_SEQ, ResumeRequest
@@ -20,7 +20,6 @@ from runtime.schemas.runs import RunQuery, RunStatus, StopReason
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 SEQ_ID = re.compile(r"[0-9]{1,16}")  # ASCII digits only (str.isdigit() also accepts '²')
 EVENTSOURCE_RETRY_MS = 1000
-State = Annotated[AppState, Depends(get_state)]
 
 
 @router.get("", summary="List runs")

@@ -11,7 +11,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anthropic import AsyncAnthropic
+from anthropic import AsyncAnthropic, AsyncStream
+from anthropic.types import Message
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import require_event_stream
@@ -99,40 +100,47 @@ class AnthropicAdapter:
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        stream = await self._client.messages.create(**self.payload(request))
-        input_usage: Any = None
+        # ``post`` with events as JSON objects, as the OpenAI adapters do (see openai_chat.py):
+        # the SDK still decodes the stream, raises its ``event: error`` and handles auth and retries.
+        stream = await self._client.post(
+            "/v1/messages", body=self.payload(request), cast_to=Message, stream=True, stream_cls=AsyncStream[object]
+        )
+        input_usage: dict[str, Any] | None = None
         finish: str | None = None
         stopped = False
         try:
             require_event_stream(stream.response, self._provider)
             async for event in stream:
-                kind = event.type
+                kind = event["type"]
                 if kind == "message_start":
-                    input_usage = event.message.usage
-                    yield ResponseInfo(event.message.id, event.message.model)
+                    message = event["message"]
+                    input_usage = message.get("usage") or {}
+                    yield ResponseInfo(message.get("id") or "", message.get("model") or "")
                 elif kind == "content_block_start":
-                    block = event.content_block
-                    if block.type == "tool_use":
-                        yield ToolCallDelta(event.index, call_id=block.id, name=block.name)
-                    elif block.type == "redacted_thinking":
-                        yield ReasoningDelta(redacted=block.data)
-                    elif block.type == "text" and block.text:
-                        yield TextDelta(block.text)
-                    elif block.type == "thinking" and block.thinking:
-                        yield ReasoningDelta(block.thinking)
+                    block = event["content_block"]
+                    block_type = block["type"]
+                    if block_type == "tool_use":
+                        yield ToolCallDelta(event["index"], call_id=block.get("id"), name=block.get("name"))
+                    elif block_type == "redacted_thinking":
+                        yield ReasoningDelta(redacted=block["data"])
+                    elif block_type == "text" and block.get("text"):
+                        yield TextDelta(block["text"])
+                    elif block_type == "thinking" and block.get("thinking"):
+                        yield ReasoningDelta(block["thinking"])
                 elif kind == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta":
-                        yield TextDelta(delta.text)
-                    elif delta.type == "thinking_delta":
-                        yield ReasoningDelta(delta.thinking)
-                    elif delta.type == "signature_delta":
-                        yield ReasoningDelta(signature=delta.signature)
-                    elif delta.type == "input_json_delta":
-                        yield ToolCallDelta(event.index, arguments=delta.partial_json)
+                    delta = event["delta"]
+                    delta_type = delta["type"]
+                    if delta_type == "text_delta":
+                        yield TextDelta(delta["text"])
+                    elif delta_type == "thinking_delta":
+                        yield ReasoningDelta(delta["thinking"])
+                    elif delta_type == "signature_delta":
+                        yield ReasoningDelta(signature=delta["signature"])
+                    elif delta_type == "input_json_delta":
+                        yield ToolCallDelta(event["index"], arguments=delta["partial_json"])
                 elif kind == "message_delta":
-                    finish = event.delta.stop_reason or finish
-                    yield _usage(input_usage, event.usage)
+                    finish = (event.get("delta") or {}).get("stop_reason") or finish
+                    yield _usage(input_usage, event.get("usage"))
                 elif kind == "message_stop":
                     stopped = True
         finally:
@@ -142,12 +150,12 @@ class AnthropicAdapter:
         yield Finish(_FINISH.get(finish, "end_turn"), raw=finish)
 
 
-def _usage(start: Any, final: Any) -> Usage:
+def _usage(start: dict[str, Any] | None, final: dict[str, Any] | None) -> Usage:
     """Input counts from message_start (message_delta may repeat them), output from message_delta."""
 
     def pick(name: str) -> int:
         for source in (final, start):
-            value = getattr(source, name, None) if source is not None else None
+            value = source.get(name) if source else None
             if value is not None:
                 return int(value)
         return 0

@@ -1,7 +1,8 @@
 """OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama, llama.cpp, LM Studio, ...).
 
-Reads the stream through the official ``openai`` SDK. Beyond OpenAI's own fields it understands
-the reasoning deltas compatible servers add (``reasoning_content``, ``reasoning``).
+Reads the stream through the official ``openai`` SDK, each chunk as the JSON object it is. Beyond
+OpenAI's own fields it understands the reasoning deltas compatible servers add
+(``reasoning_content``, ``reasoning``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import require_event_stream
@@ -52,14 +53,14 @@ def _message(m: ChatMessage) -> dict[str, Any]:
     return {"role": m.role, "content": m.content}
 
 
-def _usage(usage: Any) -> Usage:
-    prompt_details = getattr(usage, "prompt_tokens_details", None)
-    completion_details = getattr(usage, "completion_tokens_details", None)
+def _usage(usage: dict[str, Any]) -> Usage:
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
     return Usage(
-        prompt_tokens=usage.prompt_tokens or 0,
-        completion_tokens=usage.completion_tokens or 0,
-        cached_input_tokens=getattr(prompt_details, "cached_tokens", None),
-        reasoning_tokens=getattr(completion_details, "reasoning_tokens", None),
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        cached_input_tokens=prompt_details.get("cached_tokens"),
+        reasoning_tokens=completion_details.get("reasoning_tokens"),
     )
 
 
@@ -91,13 +92,16 @@ class OpenAIChatAdapter:
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
         # ``post`` sends the body as built: ``chat.completions.create`` first runs the SDK's
         # parameter transform over every message, which costs ~0.3 ms per message (25 ms for 80)
-        # before the request even leaves. Parsing, errors, retries and auth are the SDK's as usual.
+        # before the request even leaves. Chunks are read as the SDK decodes them, JSON objects
+        # (``AsyncStream[object]``): building its typed model for each cost ~0.4 ms of CPU per
+        # token (measured), and it validates nothing. Parsing, errors (a chunk carrying ``error``
+        # included), retries and auth stay the SDK's.
         stream = await self._client.post(
             "/chat/completions",
             body=self.payload(request),
             cast_to=ChatCompletion,
             stream=True,
-            stream_cls=AsyncStream[ChatCompletionChunk],
+            stream_cls=AsyncStream[object],
         )
         finish: str | None = None
         refused = False
@@ -107,30 +111,30 @@ class OpenAIChatAdapter:
             async for chunk in stream:
                 if not described:
                     described = True
-                    yield ResponseInfo(chunk.id, chunk.model)
-                if chunk.usage is not None:
-                    yield _usage(chunk.usage)
-                for choice in chunk.choices[:1]:
-                    delta = choice.delta
-                    # Compatible servers' reasoning field (kept by the SDK as an extra attribute).
-                    reasoning = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+                    yield ResponseInfo(chunk.get("id") or "", chunk.get("model") or "")
+                if chunk.get("usage"):
+                    yield _usage(chunk["usage"])
+                for choice in chunk["choices"][:1]:  # a chunk without choices is not a chunk
+                    delta = choice.get("delta") or {}
+                    # Compatible servers' reasoning field.
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                     if isinstance(reasoning, str) and reasoning:
                         yield ReasoningDelta(reasoning)
-                    if delta.content:
-                        yield TextDelta(delta.content)
-                    if delta.refusal:
+                    if delta.get("content"):
+                        yield TextDelta(delta["content"])
+                    if delta.get("refusal"):
                         refused = True
-                        yield RefusalDelta(delta.refusal)
-                    for call in delta.tool_calls or ():
-                        function = call.function
+                        yield RefusalDelta(delta["refusal"])
+                    for call in delta.get("tool_calls") or ():
+                        function = call.get("function") or {}
                         yield ToolCallDelta(
-                            index=call.index,
-                            call_id=call.id,
-                            name=function.name if function else None,
-                            arguments=(function.arguments or "") if function else "",
+                            index=call["index"],
+                            call_id=call.get("id"),
+                            name=function.get("name"),
+                            arguments=function.get("arguments") or "",
                         )
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
         finally:
             await stream.close()
         if finish is None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import Response
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import classify, require_event_stream
@@ -43,12 +43,12 @@ def _items(m: ChatMessage) -> list[dict[str, Any]]:
     return items
 
 
-def _usage(usage: Any) -> Usage:
+def _usage(usage: dict[str, Any]) -> Usage:
     return Usage(
-        prompt_tokens=usage.input_tokens or 0,
-        completion_tokens=usage.output_tokens or 0,
-        cached_input_tokens=getattr(usage.input_tokens_details, "cached_tokens", None),
-        reasoning_tokens=getattr(usage.output_tokens_details, "reasoning_tokens", None),
+        prompt_tokens=usage.get("input_tokens") or 0,
+        completion_tokens=usage.get("output_tokens") or 0,
+        cached_input_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens"),
+        reasoning_tokens=(usage.get("output_tokens_details") or {}).get("reasoning_tokens"),
     )
 
 
@@ -76,46 +76,48 @@ class OpenAIResponsesAdapter:
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        # ``post`` rather than ``responses.create``: see the same call in openai_chat.py.
+        # ``post`` rather than ``responses.create``, events as JSON objects: see openai_chat.py.
         stream = await self._client.post(
-            "/responses", body=self.payload(request), cast_to=Response, stream=True, stream_cls=AsyncStream[ResponseStreamEvent]
+            "/responses", body=self.payload(request), cast_to=Response, stream=True, stream_cls=AsyncStream[object]
         )
         finish: Finish | None = None
         refused = called = False
         try:
             require_event_stream(stream.response, self._provider)
             async for event in stream:
-                kind = event.type
+                kind = event["type"]
                 if kind == "response.created":
-                    yield ResponseInfo(event.response.id, event.response.model)
+                    yield ResponseInfo(event["response"].get("id") or "", event["response"].get("model") or "")
                 elif kind == "response.output_text.delta":
-                    yield TextDelta(event.delta)
+                    yield TextDelta(event["delta"])
                 elif kind == "response.refusal.delta":
                     refused = True
-                    yield RefusalDelta(event.delta)
+                    yield RefusalDelta(event["delta"])
                 elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-                    yield ReasoningDelta(event.delta)
-                elif kind == "response.output_item.added" and event.item.type == "function_call":
+                    yield ReasoningDelta(event["delta"])
+                elif kind == "response.output_item.added" and event["item"].get("type") == "function_call":
                     called = True
-                    item = event.item
-                    yield ToolCallDelta(event.output_index, call_id=item.call_id, name=item.name, arguments=item.arguments)
+                    item = event["item"]
+                    yield ToolCallDelta(
+                        event["output_index"], call_id=item.get("call_id"), name=item.get("name"), arguments=item.get("arguments") or ""
+                    )
                 elif kind == "response.function_call_arguments.delta":
-                    yield ToolCallDelta(event.output_index, arguments=event.delta)
+                    yield ToolCallDelta(event["output_index"], arguments=event["delta"])
                 elif kind in ("response.completed", "response.incomplete"):
-                    response = event.response
-                    if response.usage is not None:
-                        yield _usage(response.usage)
+                    response = event["response"]
+                    if response.get("usage"):
+                        yield _usage(response["usage"])
                     if kind == "response.incomplete":
-                        raw = response.incomplete_details.reason if response.incomplete_details else None
+                        raw = (response.get("incomplete_details") or {}).get("reason")
                         finish = Finish(_INCOMPLETE.get(raw or "", "max_tokens"), raw=f"incomplete:{raw}")
                     else:
                         reason: FinishReason = "tool_calls" if called else "refusal" if refused else "end_turn"
                         finish = Finish(reason, raw="completed")
                 elif kind == "response.failed":
-                    error = event.response.error
-                    raise classify(self._provider, None, error.code if error else None, error.message if error else None)
+                    error = event["response"].get("error") or {}
+                    raise classify(self._provider, None, error.get("code"), error.get("message"))
                 elif kind == "error":
-                    raise classify(self._provider, None, event.code, event.message)
+                    raise classify(self._provider, None, event.get("code"), event.get("message"))
         finally:
             await stream.close()
         if finish is None:
