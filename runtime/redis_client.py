@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from runtime.redis_mux import MultiplexedRedis
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ _PATIENT: dict[type[AbstractConnection], type[AbstractConnection]] = {
 
 
 def connect(settings: Settings, url: str | None = None, *, max_connections: int | None = None) -> aioredis.Redis:
-    """A pooled asyncio client for ``url`` (default: the configured Redis)."""
+    """An asyncio client for ``url`` (default: the configured Redis): its plain commands share one
+    auto-pipelined connection (``runtime.redis_mux``), the rest use its pool."""
     target = url or settings.redis_url
     if not target:
         raise ValueError("no Redis URL: set CONVOY_REDIS_URL or start the embedded Redis first")
@@ -107,7 +109,7 @@ def connect(settings: Settings, url: str | None = None, *, max_connections: int 
         decode_responses=False,
     )
     pool.connection_class = _PATIENT.get(pool.connection_class, pool.connection_class)
-    return aioredis.Redis.from_pool(pool)
+    return MultiplexedRedis.from_pool(pool)
 
 
 def dedicated(redis: aioredis.Redis) -> aioredis.Redis:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +12,7 @@ import redis.asyncio as aioredis
 
 from runtime import bus
 from runtime.errors import FencedError
+from tests.fakes.proxy import SilencingProxy
 
 WAIT_S = 5.0
 
@@ -236,49 +236,11 @@ async def test_a_writer_needs_no_pool_connection(redis_url: str) -> None:
         await client.aclose()
 
 
-class _Proxy:
-    """A TCP proxy in front of Redis that can make the tailer's listener connection go silent
-    (both directions stop, the sockets stay open): a dead peer no error reports."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self._upstream_port = upstream_port
-        self.listeners: list[asyncio.Event] = []  # one per connection that subscribed; set = silenced
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> _Proxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
-        silenced = asyncio.Event()
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
-            while data := await src.read(65536):
-                if upstream and b"SSUBSCRIBE" in data and silenced not in self.listeners:
-                    self.listeners.append(silenced)
-                if silenced.is_set():
-                    await asyncio.Event().wait()  # silent for good
-                dst.write(data)
-                await dst.drain()
-
-        with contextlib.suppress(Exception):
-            await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
-        writer.close()
-        up_writer.close()
-
-
 async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.Redis, redis_url: str) -> None:
     """Nothing reports a peer that just stops answering: the listener's watchdog PINGs after a
     silent ``block_ms`` and, heard nothing, connects again and subscribes everything anew."""
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    async with _Proxy(port) as proxy:
+    async with SilencingProxy(port) as proxy:
         proxied = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
         tailer = bus.StreamTailer(proxied, block_ms=200)
         await tailer.start()
@@ -286,9 +248,9 @@ async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.R
             key = f"test:{uuid.uuid4()}"
             writer = await _writer(redis, key)
             sub = tailer.subscribe(key, 0)
-            await _until(lambda: len(proxy.listeners) == 1)
-            proxy.listeners[0].set()  # the listener's connection goes silent
-            await _until(lambda: len(proxy.listeners) == 2)  # a new one subscribed
+            await _until(lambda: len(proxy.subscribers) == 1)
+            proxy.subscribers[0].set()  # the listener's connection goes silent
+            await _until(lambda: len(proxy.subscribers) == 2)  # a new one subscribed
             await writer.write("data", b"after")
             await writer.flush()
             assert [i.payload for i in await _collect(sub, 1)] == [b"after"]

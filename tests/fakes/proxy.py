@@ -1,0 +1,54 @@
+"""A TCP proxy in front of a real server that can make its connections go silent (both directions
+stop and the sockets stay open: a dead peer that no error reports) or drop them (both sockets close)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class SilencingProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self.connections: list[asyncio.Event] = []  # one per connection, in order; set = silenced
+        self.subscribers: list[asyncio.Event] = []  # those that sent SSUBSCRIBE
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> SilencingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def silence_all(self) -> None:
+        for silenced in self.connections:
+            silenced.set()
+
+    def drop_all(self) -> None:
+        for writer in self._writers:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        silenced = asyncio.Event()
+        self.connections.append(silenced)
+        self._writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
+            while data := await src.read(65536):
+                if upstream and b"SSUBSCRIBE" in data and silenced not in self.subscribers:
+                    self.subscribers.append(silenced)
+                if silenced.is_set():
+                    await asyncio.Event().wait()  # silent for good
+                dst.write(data)
+                await dst.drain()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+        writer.close()
+        up_writer.close()

@@ -1,0 +1,117 @@
+"""The auto-pipelined client on a real Redis: replies reach their callers, whatever else happens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runtime.redis_client import connect
+from runtime.redis_mux import MultiplexedRedis
+from runtime.settings import Settings
+from tests.fakes.proxy import SilencingProxy
+
+# A script that holds the server for a while (a tenth of a second or so; a script sees one frozen
+# TIME, so it counts instead): every command sent meanwhile queues behind it.
+HOLD = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + 1 end return 'held'"
+HOLD_LOOPS = 10_000_000
+
+
+@pytest.fixture
+async def mux(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(Settings(redis_url=redis_url))
+    assert isinstance(client, MultiplexedRedis)
+    yield client
+    await client.aclose()
+
+
+async def test_concurrent_callers_each_get_their_own_reply(mux: aioredis.Redis) -> None:
+    key = f"test:{uuid.uuid4()}"
+    await mux.set(f"{key}:text", "x")
+
+    async def one(i: int) -> object:
+        match i % 4:
+            case 0:
+                return await mux.set(f"{key}:{i}", i)
+            case 1:
+                return await mux.incrby(f"{key}:n", 1)
+            case 2:
+                return await mux.hset(f"{key}:h", str(i), i)
+            case _:
+                with pytest.raises(ResponseError, match="WRONGTYPE"):
+                    await mux.lpush(f"{key}:text", "no")  # an error reply is one caller's, no one else's
+                return "refused"
+
+    results = await asyncio.gather(*(one(i) for i in range(400)))
+    assert results[0::4] == [True] * 100
+    assert sorted(results[1::4]) == list(range(1, 101))
+    assert results[2::4] == [1] * 100 and results[3::4] == ["refused"] * 100
+    assert int(await mux.get(f"{key}:n")) == 100
+    assert await mux.xrange(f"{key}:none") == []  # redis-py's reply parsing still applies
+
+
+async def test_a_cancelled_caller_does_not_shift_anyone_elses_reply(mux: aioredis.Redis) -> None:
+    key = f"test:{uuid.uuid4()}"
+    await mux.mset({f"{key}:a": "a's", f"{key}:b": "b's"})
+    held = asyncio.create_task(mux.eval(HOLD, 0, HOLD_LOOPS))
+    await asyncio.sleep(0)
+    doomed = asyncio.create_task(mux.get(f"{key}:a"))
+    after = asyncio.create_task(mux.get(f"{key}:b"))
+    await asyncio.sleep(0.05)  # both written, both waiting behind the script
+    doomed.cancel()
+    assert await held == b"held"
+    assert await after == b"b's", "the cancelled caller's reply went to the next one"
+    assert await mux.incr(f"{key}:n") == 1
+
+
+async def test_blocking_commands_do_not_hold_the_others_back(mux: aioredis.Redis) -> None:
+    stream = f"test:{uuid.uuid4()}"
+    blocked = asyncio.create_task(mux.xread({stream: "$"}, block=2000))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert await mux.ping()
+    assert time.monotonic() - started < 1.0, "a blocking read went through the shared connection"
+    await mux.xadd(stream, {"k": "v"})
+    assert (await asyncio.wait_for(blocked, 5))[0][0] == stream.encode()
+
+
+async def test_a_dropped_connection_fails_what_it_owed_and_the_next_command_reconnects(redis_url: str) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with SilencingProxy(port) as proxy:
+        client = connect(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0"))
+        try:
+            key = f"test:{uuid.uuid4()}"
+            held = asyncio.create_task(client.eval(HOLD, 0, 3 * HOLD_LOOPS))
+            owed = asyncio.create_task(client.get(key))
+            await asyncio.sleep(0.05)  # both written, neither answered: Redis is holding
+            proxy.drop_all()
+            for task in (held, owed):
+                with pytest.raises(RedisConnectionError):
+                    await task  # it may or may not have run: it is not sent again
+            assert await client.set(key, "again") and await client.get(key) == b"again"
+        finally:
+            await client.aclose()
+
+
+async def test_a_connection_gone_silent_times_out_and_is_replaced(redis_url: str) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with SilencingProxy(port) as proxy:
+        settings = Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_socket_timeout_s=0.5, read_block_ms=100)
+        client = connect(settings)
+        try:
+            assert await client.ping()
+            proxy.silence_all()
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await client.ping()
+            assert time.monotonic() - started < 3.0
+            assert await client.ping(), "a fresh connection after the silent one"
+        finally:
+            await client.aclose()
