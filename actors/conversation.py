@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Lease
-from actors.mailbox import Mailbox, MailboxEntry
+from actors.mailbox import Mailbox, MailboxEntry, Taken
 from runtime import bus, keys, wire
 from runtime.agents import AgentStore, ConversationStore
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
@@ -88,6 +88,8 @@ class Activation:
         self._turn: asyncio.Task[None] | None = None
         self._current_run: str | None = None
         self._cancel_requested: set[str] = set()
+        self._taking = False  # a take is on its way to Redis and back
+        self._agent_id: str | None = None  # the conversation's agent, once a turn has loaded it
         self._history: list[HistoryMessage] | None = None
 
     def poke(self) -> None:
@@ -98,56 +100,76 @@ class Activation:
         return self._current_run
 
     def cancel(self, run_id: str) -> bool:
-        """Cancel ``run_id`` if it is the turn this activation is starting or running; True if so."""
-        if self._current_run != run_id:
+        """Cancel ``run_id`` if it is the turn this activation is starting or running; True if so.
+
+        A cancel reaches an owner only for a run already ``running``, which only this activation's
+        take can have made it: one arriving while a take is on its way back is for the run being
+        taken, and is kept for it (the turn then ends as cancelled before it starts)."""
+        if self._current_run != run_id and not self._taking:
             log.info("cancel: not running here", extra={"run_id": run_id, "current": self._current_run})
             return False
         if run_id in self._cancel_requested:
             return True  # already on its way out: a second cancel must not interrupt the ending
         self._cancel_requested.add(run_id)
-        if self._turn is not None and not self._turn.done():
+        if self._current_run == run_id and self._turn is not None and not self._turn.done():
             self._turn.cancel()
         return True
 
     async def run(self) -> None:
         """The worker: process the mailbox until idle for ``idle_passivate_s`` (then return)."""
         idle_s = self._s.settings.idle_passivate_s
+        expecting = True  # an entry is likely there: just activated, or poked
         while True:
-            entry = await self._s.mailbox.head(self.conversation_id)
-            if entry is None:
+            taken, loaded = await self._take(prefetch=expecting)
+            if taken is None:
                 if self._wake.is_set():
                     self._wake.clear()
+                    expecting = True
                     continue  # re-check: a poke may have raced with the empty read
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
                 except TimeoutError:
                     return
+                expecting = True
                 continue
             try:
-                await self._process(entry)
+                await self._process(taken, loaded)
             except FencedError:
                 log.warning("activation fenced out", extra={"conversation_id": self.conversation_id})
                 return
+            expecting = False  # the next take usually finds the mailbox empty: read nothing else
 
-    async def _process(self, entry: MailboxEntry) -> None:
+    async def _take(self, *, prefetch: bool) -> tuple[Taken | None, _Loaded | Exception | None]:
+        """The next entry, its run started (``Mailbox.take``). With ``prefetch``, what a turn
+        needs is read in the same round trip, for the conversation's agent (it never changes)."""
+        self._taking = True
+        try:
+            if prefetch and self._agent_id is not None:
+                return await asyncio.gather(self._s.mailbox.take(self._fence), self._load(self._agent_id))
+            return await self._s.mailbox.take(self._fence), None
+        finally:
+            self._taking = False
+
+    async def _process(self, taken: Taken, loaded: _Loaded | Exception | None) -> None:
+        entry, status = taken.entry, taken.status
         try:
             turn = TurnRequest.model_validate_json(entry.payload)
         except ValidationError as exc:
             # An entry this version cannot read (e.g. written by a newer replica mid-upgrade): end
             # its run visibly instead of crashing on it forever.
+            self._cancel_requested.clear()
             await self._end(entry.run_id, entry, failure=InternalRunError(f"unreadable turn: {exc}"), skip_missing=True)
             return
         self._current_run = turn.run_id  # from here on an out-of-band cancel can reach it
         try:
-            # What the turn needs is read while the run is being started (one round trip, not two);
-            # it is thrown away if the run does not start here.
-            status, loaded = await asyncio.gather(self._s.runs.start(self._fence, turn.run_id), self._load(turn))
             if status in ("started", "resumed"):
+                if loaded is None or (isinstance(loaded, _Loaded) and loaded.agent.id != turn.agent_id):
+                    loaded = await self._load(turn.agent_id)
                 await self._execute(turn, entry, loaded, fresh=status == "started")
                 return
         finally:
             self._current_run = None
-            self._cancel_requested.discard(turn.run_id)
+            self._cancel_requested.clear()
         if status == "cancel_requested":
             await self._end(turn.run_id, entry, cancelled=True, turn=turn, expect="created")
         elif status == "running":
@@ -159,19 +181,20 @@ class Activation:
             # step; removing it again is harmless and guarantees the worker can never spin on it.
             await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
 
-    async def _load(self, turn: TurnRequest) -> _Loaded | Exception:
+    async def _load(self, agent_id: str) -> _Loaded | Exception:
         """Agent, conversation, history and whether an approval is pending; a failure is returned
         (and raised inside the turn, which ends the run visibly), never raised here."""
         s = self._s
         try:
             agent, conversation, history, pending = await asyncio.gather(
-                s.agents.get(turn.agent_id, tenant=None),
-                s.conversations.get(turn.conversation_id, tenant=None),
+                s.agents.get(agent_id, tenant=None),
+                s.conversations.get(self.conversation_id, tenant=None),
                 self._recent_history(),
                 s.redis.hexists(keys.pending_approval(self.conversation_id), "request"),
             )
         except Exception as exc:  # noqa: BLE001 - handed to the turn, which ends the run with it
             return exc
+        self._agent_id = conversation.agent_id
         return _Loaded(agent, conversation, list(history), bool(pending))
 
     async def _execute(self, turn: TurnRequest, entry: MailboxEntry, loaded: _Loaded | Exception, *, fresh: bool) -> None:

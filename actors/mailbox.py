@@ -21,9 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from runtime import keys
-from runtime.errors import ConflictError, ConversationBusyError, InvalidRequestError, PendingApprovalError
+from runtime.errors import ConflictError, ConversationBusyError, FencedError, InvalidRequestError, PendingApprovalError
+from runtime.runs import START_RUN_LUA, Fence, now_ms
 
 # Accepting a turn is one atomic step: idempotency check, approval check, busy check, run record,
 # the run stream's first item and the mailbox entry are all written, or none is.
@@ -72,6 +74,22 @@ return {1, id, redis.call('GET', KEYS[5]) or ''}
 """
 
 
+# The owner takes the oldest entry and starts its run, in one step. KEYS: epoch, mailbox.
+# ARGV: epoch, now_ms, owner, the conversation's run key prefix. Returns nil when the mailbox is
+# empty, else {entry id, run id, payload, outcome of start_run}.
+_TAKE = START_RUN_LUA + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #head == 0 then return false end
+local id, fields = head[1][1], head[1][2]
+local run_id, payload = '', ''
+for i = 1, #fields, 2 do
+  if fields[i] == 'r' then run_id = fields[i + 1] elseif fields[i] == 'p' then payload = fields[i + 1] end
+end
+return {id, run_id, payload, start_run(ARGV[4] .. run_id, ARGV[2], ARGV[3])}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """The run a send belongs to; ``entry_id`` is None when it joined an earlier run (same key)."""
@@ -92,10 +110,19 @@ class MailboxEntry:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """The oldest entry, and what starting its run found (``RunStore.start``'s outcomes)."""
+
+    entry: MailboxEntry
+    status: str
+
+
 class Mailbox:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
         self._accept = redis.register_script(_ACCEPT)
+        self._take = redis.register_script(_TAKE)
 
     async def accept(
         self,
@@ -162,13 +189,23 @@ class Mailbox:
         owner = rest[0].decode() if rest and rest[0] else None
         return Accepted(run_id=run_id, entry_id=text, owner=owner)
 
-    async def head(self, conversation_id: str) -> MailboxEntry | None:
-        """The oldest unfinished entry (the one to run now), if any."""
-        entries = await self._redis.xrange(keys.mailbox(conversation_id), count=1)
-        if not entries:
+    async def take(self, fence: Fence) -> Taken | None:
+        """The oldest unfinished entry with its run started for ``fence``'s owner, in one step (one
+        round trip where reading the head and then ``RunStore.start`` took two); None if the mailbox is empty.
+        Raises FencedError for a stale owner."""
+        conv = fence.conversation_id
+        try:
+            reply = await self._take(
+                keys=[keys.epoch(conv), keys.mailbox(conv)], args=[fence.epoch, now_ms(), fence.owner, keys.run_prefix(conv)]
+            )
+        except ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise FencedError(f"take refused for a stale owner of {conv}") from exc
+            raise
+        if reply is None:
             return None
-        entry_id, fields = entries[0]
-        return MailboxEntry(entry_id.decode(), fields[b"r"].decode(), fields[b"p"])
+        entry_id, run_id, payload, status = reply
+        return Taken(MailboxEntry(entry_id.decode(), run_id.decode(), payload), status.decode())
 
     async def depth(self, conversation_id: str) -> int:
         return int(await self._redis.xlen(keys.mailbox(conversation_id)))

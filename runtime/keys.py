@@ -89,7 +89,12 @@ def idempotency(conversation_id: str, key: str) -> str:
 
 def run(conversation_id: str, run_id: str) -> str:
     """Hash: a run's record. Lives in its conversation's slot so owner scripts can fence it."""
-    return f"{PREFIX}:{{conv:{conversation_id}}}:run:{run_id}"
+    return f"{run_prefix(conversation_id)}{run_id}"
+
+
+def run_prefix(conversation_id: str) -> str:
+    """What ``run`` puts before a run id: for scripts that find a run's id in Redis (same slot)."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:run:"
 
 
 def run_stream(conversation_id: str, run_id: str) -> str:

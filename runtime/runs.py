@@ -32,14 +32,23 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
 LIST_SCAN_MAX = 10_000
 
-_START = """
+# created -> running, for the owner ``owner`` (see ``RunStore.start`` for the outcomes). A Lua
+# function, so that the mailbox's take (``actors.mailbox``) starts a run exactly as this does.
+START_RUN_LUA = """
+local function start_run(run, now_ms, owner)
+  local status = redis.call('HGET', run, 'status')
+  if status == 'running' and redis.call('HGET', run, 'owner') == owner then return 'resumed' end
+  if status ~= 'created' then return status or '' end
+  if redis.call('HGET', run, 'cancel_requested') then return 'cancel_requested' end
+  redis.call('HSET', run, 'status', 'running', 'started_at_ms', now_ms, 'owner', owner)
+  return 'started'
+end
+"""
+
+# KEYS: epoch, run. ARGV: epoch, now_ms, owner.
+_START = START_RUN_LUA + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
-local status = redis.call('HGET', KEYS[2], 'status')
-if status == 'running' and redis.call('HGET', KEYS[2], 'owner') == ARGV[3] then return 'resumed' end
-if status ~= 'created' then return status or '' end
-if redis.call('HGET', KEYS[2], 'cancel_requested') then return 'cancel_requested' end
-redis.call('HSET', KEYS[2], 'status', 'running', 'started_at_ms', ARGV[2], 'owner', ARGV[3])
-return 'started'
+return start_run(KEYS[2], ARGV[2], ARGV[3])
 """
 
 # The terminal transition: final stream items, terminal status and mailbox ack in one atomic step.

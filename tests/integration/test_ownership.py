@@ -92,8 +92,7 @@ async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redi
     conv = new_id("conv")
     await redis.set(keys.epoch(conv), 3)
     run_id = await _accept(mailbox, runs, conv)
-    entry = await mailbox.head(conv)
-    assert entry is not None and entry.run_id == run_id
+    entry_id = (await redis.xrange(keys.mailbox(conv)))[0][0].decode()
 
     with pytest.raises(FencedError):
         await runs.start(Fence(conv, 2), run_id)
@@ -105,13 +104,41 @@ async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redi
 
     done = await runs.finish(
         run_id, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3),
-        items=[(2, "done", b"[DONE]")], mailbox_entry=entry.entry_id,
+        items=[(2, "done", b"[DONE]")], mailbox_entry=entry_id,
     )
     assert done
-    assert await mailbox.head(conv) is None, "finishing a run removes its mailbox entry"
+    assert await mailbox.depth(conv) == 0, "finishing a run removes its mailbox entry"
     again = await runs.finish(
         run_id, conversation_id=conv, status="failed", stop_reason="error", fence=None, items=[(3, "done", b"[DONE]")]
     )
     assert not again
     view = await runs.get(run_id, tenant=None)
     assert view.status == "completed" and view.stop_reason == "end_turn"
+
+
+async def test_take_starts_the_oldest_entry_in_one_fenced_step(redis: aioredis.Redis) -> None:
+    mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    assert await mailbox.take(Fence(conv, 3, "h/a/1")) is None, "nothing to take"
+    first, second = await _accept(mailbox, runs, conv), await _accept(mailbox, runs, conv)
+
+    with pytest.raises(FencedError):
+        await mailbox.take(Fence(conv, 2, "h/old/1"))
+    assert (await runs.get(first, tenant=None)).status == "created", "a stale owner's take changes nothing"
+    taken = await mailbox.take(Fence(conv, 3, "h/a/1"))
+    assert taken is not None and (taken.entry.run_id, taken.status) == (first, "started")
+    assert (await runs.get(first, tenant=None)).status == "running"
+    again = await mailbox.take(Fence(conv, 3, "h/a/1"))
+    assert again is not None and (again.entry.run_id, again.status) == (first, "resumed"), "the head until it ends"
+    other = await mailbox.take(Fence(conv, 3, "h/b/1"))
+    assert other is not None and other.status == "running", "another owner finds it taken"
+
+    await runs.finish(
+        first, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3),
+        items=[(2, "done", b"[DONE]")], mailbox_entry=taken.entry.entry_id,
+    )
+    await runs.request_cancel(conv, second)
+    cancelled = await mailbox.take(Fence(conv, 3, "h/a/1"))
+    assert cancelled is not None and (cancelled.entry.run_id, cancelled.status) == (second, "cancel_requested")
+    assert (await runs.get(second, tenant=None)).status == "created", "a run cancelled before it started never starts"
