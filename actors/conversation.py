@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.directory import Lease
 from actors.mailbox import Mailbox, MailboxEntry, Taken
 from runtime import bus, keys, wire
+from runtime.chat_history import ChatCache
 from runtime.agents import AgentStore, ConversationStore
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
 from runtime.history import HistoryStore
@@ -91,6 +92,7 @@ class Activation:
         self._taking = False  # a take is on its way to Redis and back
         self._agent_id: str | None = None  # the conversation's agent, once a turn has loaded it
         self._history: list[HistoryMessage] | None = None
+        self._chat = ChatCache()  # the history converted for the model, part by part
 
     def poke(self) -> None:
         self._wake.set()
@@ -249,6 +251,7 @@ class Activation:
                 persist=self._persist,
                 cancelled=lambda: turn.run_id in self._cancel_requested,
                 approval_pending=loaded.approval_pending,
+                chat=self._chat,
             )
             await writer.flush()
             first = writer.reserve()

@@ -22,23 +22,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from runtime.chat_history import ChatCache
 from runtime.context import fit, render_system
 from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, RunFailure
 from runtime.ids import new_id
-from runtime.providers.events import ChatMessage, LLMRequest, ReasoningBlock, ToolCall
+from runtime.providers.events import LLMRequest
 from runtime.providers.registry import Model
 from runtime.providers.stream import Attempts
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import (
     ApprovalRequestMessage,
     ApprovalResponseMessage,
-    AssistantMessage,
-    HiddenReasoningMessage,
     HistoryMessage,
     LettaMessage,
-    ReasoningMessage,
     StreamItem,
-    ToolCallMessage,
     ToolReturnMessage,
     UsageStatistics,
     UserMessage,
@@ -82,11 +79,6 @@ def user_messages(turn: TurnRequest) -> list[HistoryMessage]:
     ]
 
 
-CALL_TYPES = (ToolCallMessage, ApprovalRequestMessage)
-RESPONSE_PARTS = (AssistantMessage, ReasoningMessage, HiddenReasoningMessage, *CALL_TYPES)
-UNANSWERED = "no result: the call was cancelled or its turn ended before it ran"
-
-
 def unanswered_calls(history: Sequence[HistoryMessage]) -> list[ApprovalRequestMessage]:
     """Approval requests at the end of the history that no tool return answers yet."""
     answered = {m.tool_call_id for m in history if isinstance(m, ToolReturnMessage)}
@@ -97,75 +89,6 @@ def unanswered_calls(history: Sequence[HistoryMessage]) -> list[ApprovalRequestM
         if isinstance(message, ApprovalRequestMessage) and message.tool_call.tool_call_id not in answered:
             waiting.append(message)
     return list(reversed(waiting))
-
-
-def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
-    """Stored Letta messages -> provider-neutral chat messages.
-
-    The parts of one model response (reasoning, text, tool calls) share a message id and become
-    one assistant message; each tool return becomes a tool message. A tool call that never got a
-    result (its approval was cancelled, its turn failed) gets an error result, because providers
-    refuse a history with unanswered calls.
-    """
-    chat: list[ChatMessage] = []
-    group: list[HistoryMessage] = []
-    open_calls: list[str] = []
-
-    def flush() -> None:
-        if not group:
-            return
-        text = "".join(_text(m.content) for m in group if isinstance(m, AssistantMessage))
-        reasoning = tuple(
-            ReasoningBlock(redacted=m.hidden_reasoning)
-            if isinstance(m, HiddenReasoningMessage)
-            else ReasoningBlock(m.reasoning, m.signature)
-            for m in group
-            if isinstance(m, ReasoningMessage | HiddenReasoningMessage)
-        )
-        calls = tuple(
-            ToolCall(m.tool_call.tool_call_id or "", m.tool_call.name or "", m.tool_call.arguments or "")
-            for m in group
-            if isinstance(m, CALL_TYPES)
-        )
-        chat.append(ChatMessage("assistant", text, tool_calls=calls, reasoning=reasoning))
-        open_calls.extend(c.call_id for c in calls)
-        group.clear()
-
-    def close_calls() -> None:
-        chat.extend(ChatMessage("tool", UNANSWERED, tool_call_id=c, is_error=True) for c in open_calls)
-        open_calls.clear()
-
-    for message in history:
-        if isinstance(message, RESPONSE_PARTS):
-            if group and group[0].id != message.id:
-                flush()
-            if not group:
-                close_calls()
-            group.append(message)
-            continue
-        flush()
-        if isinstance(message, ToolReturnMessage):
-            if message.tool_call_id in open_calls:
-                open_calls.remove(message.tool_call_id)
-            chat.append(
-                ChatMessage(
-                    "tool", message.tool_return, tool_call_id=message.tool_call_id, is_error=message.status == "error"
-                )
-            )
-        elif isinstance(message, UserMessage):
-            close_calls()
-            chat.append(ChatMessage("user", _text(message.content)))
-    flush()
-    close_calls()
-    return chat
-
-
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return str(content)
 
 
 @dataclass
@@ -215,17 +138,21 @@ async def run_turn(
     persist: Persist | None = None,
     cancelled: Cancelled = lambda: False,
     approval_pending: bool = False,
+    chat: ChatCache | None = None,
 ) -> TurnOutcome:
     """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
 
     ``persist`` receives the turn's messages step by step: the input with the first step, then each
     step's response together with its tool results, so a failure or a crash leaves only whole steps
-    in the history (and the tools that ran are on record). ``approval_pending`` says whether the conversation's approval request is still open (a cancel
-    closes it). A cancel normally arrives as a task cancellation; ``cancelled`` is checked as well
-    before each step and at every event, because a cancellation that lands inside a Redis command
-    can be absorbed by the client library's reconnect-and-retry and never reach this code.
+    in the history (and the tools that ran are on record). ``approval_pending`` says whether the
+    conversation's approval request is still open (a cancel closes it). A cancel normally arrives
+    as a task cancellation; ``cancelled`` is checked as well before each step and at every event,
+    because a cancellation that lands inside a Redis command can be absorbed by the client
+    library's reconnect-and-retry and never reach this code. ``chat``: the conversation's
+    ``ChatCache``, kept by its owner from turn to turn (each step converts only what is new).
     """
     emit = _filtered(emit, turn.include_return_message_types)
+    chats = chat or ChatCache()
     model = models(model_for(turn, conversation, agent))
     box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()))
     approval = next((m for m in turn.messages if isinstance(m, ApprovalCreate)), None)
@@ -258,8 +185,8 @@ async def run_turn(
     for index in range(turn.max_steps):
         if cancelled():
             raise asyncio.CancelledError
-        chat, dropped = fit(system, specs, to_chat([*history, *new]), window=agent.context_window, reserve=agent.max_tokens)
-        request = LLMRequest(model=model.name, system=system, messages=chat, tools=specs, max_output_tokens=agent.max_tokens)
+        messages, dropped = fit(system, specs, chats.convert([*history, *new]), window=agent.context_window, reserve=agent.max_tokens)
+        request = LLMRequest(model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=agent.max_tokens)
         step = await _step(
             turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
         )

@@ -15,7 +15,7 @@ from runtime.errors import (
     LLMUnavailableError,
 )
 from runtime.ids import new_id
-from runtime.loop import to_chat
+from runtime.chat_history import to_chat
 from runtime.providers.errors import classify, error_fields
 from runtime.providers.events import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from runtime.schemas.messages import (
