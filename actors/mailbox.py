@@ -24,20 +24,30 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from runtime import keys
-from runtime.errors import ConflictError, ConversationBusyError, FencedError, InvalidRequestError, PendingApprovalError
+from runtime.errors import (
+    ConflictError,
+    ConversationBusyError,
+    FencedError,
+    InvalidRequestError,
+    NotFoundError,
+    PendingApprovalError,
+)
 from runtime.runs import START_RUN_LUA, Fence, now_ms
 
 # Accepting a turn is one atomic step: idempotency check, approval check, busy check, run record,
 # the run stream's first item and the mailbox entry are all written, or none is.
 # KEYS: mailbox, run hash, run stream, idempotency key (a slot-mate placeholder when unused), lease,
-#       pending approval.
+#       pending approval, the conversation's record (it must exist: the API may know the
+#       conversation from earlier, and a deleted one takes no turn).
 # ARGV: on_busy, run id, turn payload, stream ttl_s, run ttl_s, first item payload,
 #       use idempotency ('1'/'0'), kind ('m' messages, 'a' an approval), the approval request id
 #       it answers ('' any), then the run hash's field/value pairs.
 # Returns {1, entry id, current owner or ''} accepted, {0, active run id} busy, {2, existing run id}
 # duplicate, {3, request id} an approval is pending, {4, ''} no approval is pending,
-# {5, run id} the approval was already answered, {6, request id} the answer names another request.
+# {5, run id} the approval was already answered, {6, request id} the answer names another request,
+# {7, ''} the conversation does not exist.
 _ACCEPT = """
+if redis.call('EXISTS', KEYS[7]) == 0 then return {7, ''} end
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {2, existing} end
@@ -139,8 +149,9 @@ class Mailbox:
         answers_approval: str | None = None,
     ) -> Accepted:
         """Create the run and append its turn. Raises ConversationBusyError for ``reject`` when the
-        conversation has unfinished turns; returns the earlier run instead when ``idempotency_key``
-        was already used (a retried send). In both cases nothing is written.
+        conversation has unfinished turns, NotFoundError when it does not exist (any more);
+        returns the earlier run instead when ``idempotency_key`` was already used (a retried
+        send). In all these cases nothing is written.
 
         While an approval is pending only its answer gets in (``answers_approval``: the request id
         it names, or "" for whichever is pending); other messages raise PendingApprovalError."""
@@ -156,6 +167,7 @@ class Mailbox:
                 idem_key,
                 keys.lease(conversation_id),
                 keys.pending_approval(conversation_id),
+                keys.conversation(conversation_id),
             ],
             args=[
                 on_busy,
@@ -184,6 +196,8 @@ class Mailbox:
             raise ConflictError(f"this approval request was already answered by run {text}")
         if int(code) == 6:
             raise InvalidRequestError(f"approval_request_id does not match the pending approval request {text}")
+        if int(code) == 7:
+            raise NotFoundError(f"conversation {conversation_id} not found")
         if int(code) == 2:
             return Accepted(run_id=text, entry_id=None)
         owner = rest[0].decode() if rest and rest[0] else None

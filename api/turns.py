@@ -21,7 +21,7 @@ from runtime import wire
 from runtime.errors import RateLimitedError, UnavailableError
 from runtime.ids import new_id
 from runtime.runs import UNFINISHED_RUN_TTL_S
-from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.messages import Ping, utcnow
 from runtime.schemas.requests import SendMessageRequest
@@ -43,8 +43,7 @@ def idempotency_key(body: SendMessageRequest, header: str | None) -> str | None:
 async def accept_turn(
     state: AppState,
     caller: Principal,
-    agent: AgentRecord,
-    conversation: ConversationRecord,
+    conversation: ConversationRef,
     body: SendMessageRequest,
     *,
     idempotency_header: str | None = None,
@@ -56,7 +55,7 @@ async def accept_turn(
     run_id = new_id("run")
     slot = await _take_slot(state, caller, run_id)
     try:
-        accepted = await _accept(state, agent, conversation, body, run_id, slot, idempotency_header)
+        accepted = await _accept(state, conversation, body, run_id, slot, idempotency_header)
     except BaseException:
         if slot:
             await state.keys.release_run_slot(slot, run_id)
@@ -87,8 +86,7 @@ class _Accepted:
 
 async def _accept(
     state: AppState,
-    agent: AgentRecord,
-    conversation: ConversationRecord,
+    conversation: ConversationRef,
     body: SendMessageRequest,
     run_id: str,
     key_id: str | None,
@@ -96,7 +94,7 @@ async def _accept(
 ) -> _Accepted:
     view = RunView(
         id=run_id,
-        agent_id=agent.id,
+        agent_id=conversation.agent_id,
         conversation_id=conversation.id,
         tenant=conversation.tenant,
         status="created",
@@ -110,7 +108,7 @@ async def _accept(
     )
     turn = TurnRequest(
         run_id=run_id,
-        agent_id=agent.id,
+        agent_id=conversation.agent_id,
         conversation_id=conversation.id,
         messages=body.input_messages(),
         stream_tokens=body.stream_tokens,

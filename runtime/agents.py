@@ -27,11 +27,11 @@ from redis.asyncio.client import Pipeline
 from runtime import keys
 from runtime.errors import NotFoundError
 from runtime.ids import new_id
-from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
 from runtime.schemas.messages import utcnow
 
 MAX_PAGE = 1000
-AGENT_OF_CACHE_MAX = 100_000
+CONVERSATION_REFS_MAX = 100_000
 Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens"}
@@ -126,25 +126,41 @@ class AgentStore:
 class ConversationStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        # conversation id -> its agent's id; a conversation never changes agent, so this never goes
-        # stale (a deleted one is still read, and found missing, on every use).
-        self._agent_of: dict[str, str] = {}
+        # What a conversation's id says for good (its tenant and agent): never stale. A deleted
+        # conversation is still found missing wherever it matters (reads, and accepting a turn,
+        # which checks it exists in the same atomic step).
+        self._refs: dict[str, ConversationRef] = {}
+
+    async def ref(self, conversation_id: str, *, tenant: str | None) -> ConversationRef:
+        """The conversation's tenant and agent: no round trip once this process has seen it. 404
+        if it is unknown or another tenant's; whether it still exists is for the caller to check
+        atomically with what it does (``Mailbox.accept`` does)."""
+        known = self._refs.get(conversation_id)
+        if known is None:
+            known = self._remember((await self.get(conversation_id, tenant=None)).ref())
+        if tenant is not None and known.tenant != tenant:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        return known
 
     async def with_agent(self, conversation_id: str, *, tenant: str | None) -> tuple[AgentRecord, ConversationRecord]:
         """The conversation and its agent, in one round trip once this process has seen the
         conversation (two before); 404 if either is unknown or another tenant's."""
-        agent_id = self._agent_of.get(conversation_id)
-        if agent_id is None:
+        known = self._refs.get(conversation_id)
+        if known is None:
             conversation = await self.get(conversation_id, tenant=tenant)
             raw_agent = await self._redis.get(keys.agent(conversation.agent_id))
         else:
-            raw_conversation, raw_agent = await self._redis.mget(keys.conversation(conversation_id), keys.agent(agent_id))
+            raw_conversation, raw_agent = await self._redis.mget(keys.conversation(conversation_id), keys.agent(known.agent_id))
             conversation = _owned(raw_conversation, ConversationRecord, tenant, f"conversation {conversation_id}")
         agent = _owned(raw_agent, AgentRecord, None, f"agent {conversation.agent_id} of conversation {conversation_id}")
-        if len(self._agent_of) >= AGENT_OF_CACHE_MAX:
-            self._agent_of.clear()
-        self._agent_of[conversation_id] = conversation.agent_id
+        self._remember(conversation.ref())
         return agent, conversation
+
+    def _remember(self, ref: ConversationRef) -> ConversationRef:
+        if len(self._refs) >= CONVERSATION_REFS_MAX:
+            self._refs.clear()
+        self._refs[ref.id] = ref
+        return ref
 
     async def create(
         self, agent: AgentRecord, *, summary: str | None = None, model: str | None = None

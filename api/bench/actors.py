@@ -48,7 +48,7 @@ from runtime import keys
 from runtime.embedded_redis import EmbeddedRedis
 from runtime.errors import ConvoyError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
-from runtime.schemas.auth import DEFAULT_TENANT
+from runtime.schemas.auth import DEFAULT_TENANT, OPEN
 from runtime.schemas.requests import SendMessageRequest
 from runtime.settings import ECHO_MODEL_HANDLE, Settings
 
@@ -198,8 +198,8 @@ async def _measure(settings: Settings, opts: BenchOptions, report: Report, say: 
 
         report.section(f"turn dispatch (accept_turn, echo model, {TURN_TEXT!r})")
         cold_turns = convs[opts.cold : opts.cold + opts.turns]
-        await _turns(state, agent, cold_turns, report, say, "cold conversation")
-        await _turns(state, agent, convs[: min(opts.turns, opts.cold)], report, say, "active conversation")
+        await _turns(state, cold_turns, report, say, "cold conversation")
+        await _turns(state, convs[: min(opts.turns, opts.cold)], report, say, "active conversation")
 
         delivered = cold_ids + [c.id for c in cold_turns]
         rest = [c.id for c in convs[opts.cold + opts.turns :]]
@@ -312,11 +312,11 @@ class _Turn:
     done_ms: float
 
 
-async def _turn(state: AppState, agent: AgentRecord, conv: ConversationRecord) -> _Turn:
+async def _turn(state: AppState, conv: ConversationRecord) -> _Turn:
     """One turn, timed from just before ``accept_turn`` (see the module docstring)."""
     wall0_ms = time.time() * 1000
     t0 = time.perf_counter()
-    view = await accept_turn(state, agent, conv, SendMessageRequest(input=TURN_TEXT))
+    view = await accept_turn(state, OPEN, conv.ref(), SendMessageRequest(input=TURN_TEXT))
     call_s = time.perf_counter() - t0
     sub = state.tailers.subscribe(keys.run_stream(view.conversation_id, view.id), after=1)  # seq 1 is the ping written on accept
     first_s: float | None = None
@@ -340,13 +340,11 @@ async def _turn(state: AppState, agent: AgentRecord, conv: ConversationRecord) -
     return _Turn(_ms(call_s), int(raw["started_at_ms"]) - wall0_ms, _ms(first_s), _ms(done_s))
 
 
-async def _turns(
-    state: AppState, agent: AgentRecord, convs: Sequence[ConversationRecord], report: Report, say: Progress, what: str
-) -> None:
+async def _turns(state: AppState, convs: Sequence[ConversationRecord], report: Report, say: Progress, what: str) -> None:
     done: list[_Turn] = []
     for conv in convs:
         try:
-            done.append(await _turn(state, agent, conv))
+            done.append(await _turn(state, conv))
         except Exception as exc:
             report.errors.append(f"turn on {what} {conv.id}: {type(exc).__name__}: {exc}")
     say(f"turns on {len(convs)} {what}s: {len(done)} completed")

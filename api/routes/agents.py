@@ -176,8 +176,8 @@ async def _send_to_default(
     state: AppState, caller: Principal, agent_id: str, body: SendMessageRequest, idempotency_key: str | None
 ) -> Response:
     """Exactly what ``POST /v1/conversations/{id}/messages`` does, in the agent's default conversation."""
-    agent, conversation = await state.conversations.default_with_agent(agent_id, tenant=caller.tenant)
-    return await send(state, caller, agent, conversation, body, idempotency_key)
+    _, conversation = await state.conversations.default_with_agent(agent_id, tenant=caller.tenant)
+    return await send(state, caller, conversation.ref(), body, idempotency_key)
 
 
 async def _cancel_all(state: AppState, agent_id: str) -> dict[str, str]:

@@ -109,7 +109,7 @@ async def chat_completions(
         return openai_error(404, message, "model_not_found", param="model")
     turn = SendMessageRequest(messages=body.input_messages(), streaming=body.streaming, include_pings=False)
     try:
-        run = await accept_turn(state, caller, agent, conversation, turn, idempotency_header=idempotency_key)
+        run = await accept_turn(state, caller, conversation.ref(), turn, idempotency_header=idempotency_key)
     except ConvoyError as exc:
         return openai_error_for(exc)
     reply = _Reply(state, run, body.model, include_usage=body.include_usage)

@@ -16,7 +16,7 @@ from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
 from runtime import keys
 from runtime.errors import NotFoundError
-from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, ResumeRequest, SendMessageRequest
 
@@ -72,20 +72,15 @@ async def send_message(
     caller: Caller,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
-    agent, conversation = await state.conversations.with_agent(conversation_id, tenant=caller.tenant)
-    return await send(state, caller, agent, conversation, body, idempotency_key)
+    conversation = await state.conversations.ref(conversation_id, tenant=caller.tenant)
+    return await send(state, caller, conversation, body, idempotency_key)
 
 
 async def send(
-    state: AppState,
-    caller: Principal,
-    agent: AgentRecord,
-    conversation: ConversationRecord,
-    body: SendMessageRequest,
-    idempotency_key: str | None,
+    state: AppState, caller: Principal, conversation: ConversationRef, body: SendMessageRequest, idempotency_key: str | None
 ) -> Response:
     """Accept a turn, then stream its run or answer once it ends (also the agent-level routes)."""
-    run = await accept_turn(state, caller, agent, conversation, body, idempotency_header=idempotency_key)
+    run = await accept_turn(state, caller, conversation, body, idempotency_header=idempotency_key)
     if body.streaming:
 
         async def abandon() -> object:

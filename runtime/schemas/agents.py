@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +72,16 @@ class AgentRecord(BaseModel):
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationRef:
+    """What a conversation's id says for good: whose it is and which agent's (neither ever changes).
+    Enough to accept a turn; the owner reads the records themselves."""
+
+    id: str
+    tenant: str
+    agent_id: str
+
+
 class ConversationRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -81,6 +92,9 @@ class ConversationRecord(BaseModel):
     model: str | None = None
     created_at: datetime
     updated_at: datetime
+
+    def ref(self) -> ConversationRef:
+        return ConversationRef(self.id, self.tenant, self.agent_id)
 
     def view(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"tenant"})

@@ -21,6 +21,8 @@ def _run(args: list[str], tmp_path: Path) -> str:
     env["CONVOY_HOME"] = str(tmp_path)
     done = subprocess.run([CONVOY, "bench", *args], capture_output=True, text=True, env=env, timeout=BENCH_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    # Figures are not asserted, but a benchmark that could not do what it measures says so.
+    assert "\nerrors (" not in done.stdout, done.stdout[-4000:]
     return done.stdout
 
 

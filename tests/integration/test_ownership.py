@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
 from runtime import keys
-from runtime.errors import ConversationBusyError, FencedError
+from runtime.errors import ConversationBusyError, FencedError, NotFoundError
 from runtime.ids import new_id
 from runtime.runs import Fence, RunStore
 from runtime.schemas.messages import utcnow
@@ -66,7 +66,8 @@ async def test_a_lease_expires_when_not_renewed(redis: aioredis.Redis) -> None:
     assert isinstance(await directory.acquire(conv, owner_id("h1", "b")), Lease)
 
 
-async def _accept(mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "queue") -> str:
+async def _accept(redis: aioredis.Redis, mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "queue") -> str:
+    await redis.set(keys.conversation(conv), b"{}", nx=True)  # a turn needs its conversation to exist
     run_id = new_id("run")
     view = RunView(id=run_id, agent_id="agent-x", conversation_id=conv, created_at=utcnow())
     await runs.index(view)
@@ -79,19 +80,35 @@ async def _accept(mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "q
 async def test_mailbox_keeps_acceptance_order_and_rejects_when_busy(redis: aioredis.Redis) -> None:
     mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
     conv = new_id("conv")
-    accepted = [await _accept(mailbox, runs, conv) for _ in range(5)]
+    accepted = [await _accept(redis, mailbox, runs, conv) for _ in range(5)]
     assert await mailbox.run_ids(conv) == accepted
     with pytest.raises(ConversationBusyError) as busy:
-        await _accept(mailbox, runs, conv, on_busy="reject")
+        await _accept(redis, mailbox, runs, conv, on_busy="reject")
     assert busy.value.active_run_id == accepted[0]
     assert await mailbox.depth(conv) == 5, "a rejected send writes nothing to the mailbox"
+
+
+async def test_a_conversation_that_is_gone_takes_no_turn(redis: aioredis.Redis) -> None:
+    """The API may know a conversation from earlier (``ConversationStore.ref``): the accept step
+    itself checks it still exists, so a deleted one gets nothing written."""
+    mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
+    conv = new_id("conv")
+    await _accept(redis, mailbox, runs, conv)
+    await redis.delete(keys.conversation(conv))
+    run_id = new_id("run")
+    view = RunView(id=run_id, agent_id="agent-x", conversation_id=conv, created_at=utcnow())
+    with pytest.raises(NotFoundError):
+        await mailbox.accept(
+            conv, run_id, b"{}", on_busy="queue", run_fields=runs.initial_fields(view), first_item=b"{}", stream_ttl_s=60, run_ttl_s=60
+        )
+    assert await mailbox.depth(conv) == 1 and not await redis.exists(keys.run(conv, run_id), keys.run_stream(conv, run_id))
 
 
 async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redis: aioredis.Redis) -> None:
     mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
     conv = new_id("conv")
     await redis.set(keys.epoch(conv), 3)
-    run_id = await _accept(mailbox, runs, conv)
+    run_id = await _accept(redis, mailbox, runs, conv)
     entry_id = (await redis.xrange(keys.mailbox(conv)))[0][0].decode()
 
     with pytest.raises(FencedError):
@@ -121,7 +138,7 @@ async def test_take_starts_the_oldest_entry_in_one_fenced_step(redis: aioredis.R
     conv = new_id("conv")
     await redis.set(keys.epoch(conv), 3)
     assert await mailbox.take(Fence(conv, 3, "h/a/1")) is None, "nothing to take"
-    first, second = await _accept(mailbox, runs, conv), await _accept(mailbox, runs, conv)
+    first, second = await _accept(redis, mailbox, runs, conv), await _accept(redis, mailbox, runs, conv)
 
     with pytest.raises(FencedError):
         await mailbox.take(Fence(conv, 2, "h/old/1"))
