@@ -520,22 +520,20 @@ class StreamTailer:
 
     async def _watch_listener(self, conn: AbstractConnection) -> None:
         """After ``block_ms`` of silence, PING (a subscribed connection answers with a "pong"
-        message); after another without a word, the connection is dead: closing it ends the
-        listener's read, and the listener connects again."""
-        pinged = False
+        message); if another ``block_ms`` passes without a word, the connection is dead: closing it
+        ends the listener's read, and the listener connects again."""
         while True:
             heard = self._heard
             await asyncio.sleep(self._block_s)
             if self._heard != heard:
-                pinged = False
                 continue
-            if pinged:
+            with contextlib.suppress(Exception):
+                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+            await asyncio.sleep(self._block_s)
+            if self._heard == heard:
                 log.warning("stream tailer heard nothing within %.1f s of a PING; reconnecting", self._block_s)
                 await conn.disconnect(nowait=True)
                 return
-            with contextlib.suppress(Exception):
-                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
-            pinged = True
 
     def _published(self, key: str, message: bytes) -> None:
         """Hand a published item to the subscriptions it directly continues; read the stream for
