@@ -258,3 +258,23 @@ async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.R
         finally:
             await tailer.stop()
             await proxied.aclose()
+
+
+async def test_a_quiet_healthy_listener_is_kept(redis_url: str) -> None:
+    """Silence alone is no fault: through many PING rounds of an idle stream, the listener keeps
+    its one connection (regression: a PONG that came back quickly could be taken for silence)."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with SilencingProxy(port) as proxy:
+        proxied = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        tailer = bus.StreamTailer(proxied, block_ms=50)
+        await tailer.start()
+        try:
+            sub = tailer.subscribe(f"test:{uuid.uuid4()}", 0)
+            await _until(lambda: len(proxy.subscribers) == 1)
+            heard = tailer._heard
+            await _until(lambda: tailer._heard >= heard + 10)  # ten PONGs: ten silent periods, answered
+            assert len(proxy.subscribers) == 1, "a healthy connection was replaced"
+            sub.close()
+        finally:
+            await tailer.stop()
+            await proxied.aclose()
