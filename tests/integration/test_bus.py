@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -236,45 +237,43 @@ async def test_a_writer_needs_no_pool_connection(redis_url: str) -> None:
         await client.aclose()
 
 
-async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.Redis, redis_url: str) -> None:
-    """Nothing reports a peer that just stops answering: the listener's watchdog PINGs after a
-    silent ``block_ms`` and, heard nothing, connects again and subscribes everything anew."""
+@contextlib.asynccontextmanager
+async def _tailer_behind_a_proxy(redis_url: str, block_ms: int) -> AsyncIterator[tuple[bus.StreamTailer, SilencingProxy]]:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with SilencingProxy(port) as proxy:
         proxied = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
-        tailer = bus.StreamTailer(proxied, block_ms=200)
+        tailer = bus.StreamTailer(proxied, block_ms=block_ms)
         await tailer.start()
         try:
-            key = f"test:{uuid.uuid4()}"
-            writer = await _writer(redis, key)
-            sub = tailer.subscribe(key, 0)
-            await _until(lambda: len(proxy.subscribers) == 1)
-            proxy.subscribers[0].set()  # the listener's connection goes silent
-            await _until(lambda: len(proxy.subscribers) == 2)  # a new one subscribed
-            await writer.write("data", b"after")
-            await writer.flush()
-            assert [i.payload for i in await _collect(sub, 1)] == [b"after"]
-            sub.close()
+            yield tailer, proxy
         finally:
             await tailer.stop()
             await proxied.aclose()
+
+
+async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.Redis, redis_url: str) -> None:
+    """Nothing reports a peer that just stops answering: the listener's watchdog PINGs after a
+    silent ``block_ms`` and, heard nothing, connects again and subscribes everything anew."""
+    async with _tailer_behind_a_proxy(redis_url, block_ms=200) as (tailer, proxy):
+        key = f"test:{uuid.uuid4()}"
+        writer = await _writer(redis, key)
+        sub = tailer.subscribe(key, 0)
+        await _until(lambda: len(proxy.subscribers) == 1)
+        proxy.subscribers[0].set()  # the listener's connection goes silent
+        await _until(lambda: len(proxy.subscribers) == 2)  # a new one subscribed
+        await writer.write("data", b"after")
+        await writer.flush()
+        assert [i.payload for i in await _collect(sub, 1)] == [b"after"]
+        sub.close()
 
 
 async def test_a_quiet_healthy_listener_is_kept(redis_url: str) -> None:
     """Silence alone is no fault: through many PING rounds of an idle stream, the listener keeps
     its one connection (regression: a PONG that came back quickly could be taken for silence)."""
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    async with SilencingProxy(port) as proxy:
-        proxied = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
-        tailer = bus.StreamTailer(proxied, block_ms=50)
-        await tailer.start()
-        try:
-            sub = tailer.subscribe(f"test:{uuid.uuid4()}", 0)
-            await _until(lambda: len(proxy.subscribers) == 1)
-            heard = tailer._heard
-            await _until(lambda: tailer._heard >= heard + 10)  # ten PONGs: ten silent periods, answered
-            assert len(proxy.subscribers) == 1, "a healthy connection was replaced"
-            sub.close()
-        finally:
-            await tailer.stop()
-            await proxied.aclose()
+    async with _tailer_behind_a_proxy(redis_url, block_ms=50) as (tailer, proxy):
+        sub = tailer.subscribe(f"test:{uuid.uuid4()}", 0)
+        await _until(lambda: len(proxy.subscribers) == 1)
+        heard = tailer._heard
+        await _until(lambda: tailer._heard >= heard + 10)  # ten PONGs: ten silent periods, answered
+        assert len(proxy.subscribers) == 1, "a healthy connection was replaced"
+        sub.close()
