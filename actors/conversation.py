@@ -37,8 +37,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.directory import Lease
 from actors.mailbox import Mailbox, MailboxEntry, Taken
 from runtime import bus, keys, wire
-from runtime.chat_history import ChatCache
 from runtime.agents import AgentStore, ConversationStore
+from runtime.chat_history import ChatCache
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
 from runtime.history import HistoryStore
 from runtime.loop import Emit, ModelFactory, run_turn
@@ -46,8 +46,8 @@ from runtime.runs import Fence, RunStore
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, StreamItem
 from runtime.schemas.turns import TurnRequest
-from runtime.tools import ToolRegistry
 from runtime.settings import Settings
+from runtime.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
 

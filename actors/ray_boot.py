@@ -51,7 +51,7 @@ def _use_token(settings: Settings, *, fresh: bool) -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     # This process may already have loaded (and cached) a token: make Ray read it again.
-    from ray._raylet import AuthenticationTokenLoader, Config  # noqa: PLC0415 - Ray's own reset hook
+    from ray._raylet import AuthenticationTokenLoader, Config  # Ray's own reset hook
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

@@ -140,7 +140,7 @@ class ConversationRouter:
         """Whether the Ray cluster answers (its GCS lists at least one live node)."""
         try:
             nodes = await asyncio.wait_for(asyncio.to_thread(ray.nodes), timeout_s)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to answer means the cluster does not
             return False
         return any(node.get("Alive") for node in nodes)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -201,18 +202,17 @@ def _run_api(settings: Settings, create_app: object) -> None:
         timeout_keep_alive=KEEP_ALIVE_S,
         access_log=False,
     )
-    try:
+    # uvicorn re-raises the signal after its graceful shutdown; that is the normal way out.
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
-    except KeyboardInterrupt:
-        # uvicorn re-raises the signal after its graceful shutdown; that is the normal way out.
-        pass
 
 
 def bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.bench == "streams":
         return bench_streams(settings, args)
     if args.bench == "soak":
-        from api.bench.soak import SoakOptions, run as run_soak
+        from api.bench.soak import SoakOptions
+        from api.bench.soak import run as run_soak
 
         return run_soak(
             SoakOptions(
@@ -224,7 +224,8 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
             )
         )
     if args.bench == "providers":
-        from api.bench.providers import ProvidersOptions, run as run_providers
+        from api.bench.providers import ProvidersOptions
+        from api.bench.providers import run as run_providers
 
         return run_providers(
             ProvidersOptions(turns=args.turns, tokens=args.tokens, rate_hz=args.rate, warmup=args.warmup)

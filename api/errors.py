@@ -36,9 +36,9 @@ from runtime.errors import (
     ConversationBusyError,
     ConvoyError,
     HeadersTooLargeError,
-    InvalidRequestError,
     InternalRunError,
     InvalidApprovalError,
+    InvalidRequestError,
     LLMAuthenticationError,
     LLMBadRequestError,
     LLMContentFilterError,
@@ -60,7 +60,6 @@ from runtime.errors import (
     UnavailableError,
 )
 from runtime.schemas.requests import MAX_JSON_DEPTH
-
 
 STATUS: dict[type[ConvoyError], int] = {
     RequestTooLargeError: 413,

@@ -210,7 +210,7 @@ async def _stalled_ending(
         return _synthetic(run_id, cursor, StreamStalled(f"no owner for {now - watch.ownerless_since:.0f} s"))
     try:
         await state.router.deliver(conversation_id)
-    except Exception:  # still nobody: the next silence check tries again or gives up
+    except Exception:  # noqa: BLE001 - still nobody: the next silence check tries again or gives up
         log.warning("could not wake a stalled conversation", extra={"run_id": run_id})
     return None
 

@@ -18,10 +18,10 @@ from runtime.apikeys import Gate, KeyStore
 from runtime.bus import TailerPool
 from runtime.history import HistoryStore
 from runtime.providers.registry import Providers
-from runtime.tools import ToolRegistry, load
 from runtime.redis_client import connect
 from runtime.runs import RunStore
 from runtime.settings import Settings
+from runtime.tools import ToolRegistry, load
 
 TAILERS_PER_PROCESS = 2
 

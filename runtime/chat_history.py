@@ -10,6 +10,7 @@ converts the same whatever comes after it, and only the part still being written
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from runtime.providers.events import ChatMessage, ReasoningBlock, ToolCall
@@ -114,7 +115,7 @@ class ChatCache:
         bounds.append(len(history))
         kept: dict[int, tuple[HistoryMessage, int, list[ChatMessage]]] = {}
         chat: list[ChatMessage] = []
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in itertools.pairwise(bounds):
             if start == end:
                 continue
             first = history[start]

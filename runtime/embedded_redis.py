@@ -133,12 +133,12 @@ class EmbeddedRedis:
             )
             + "\n"
         )
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, config we wrote
+        self._proc = subprocess.Popen(  # a fixed binary and a config we wrote
             [str(_server_binary()), str(conf)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - started before any thread of ours
+            preexec_fn=_die_with_parent,  # safe: started before any thread of ours
         )
         self.url = f"redis://127.0.0.1:{port}/0"
         self._wait_ready()

@@ -93,7 +93,7 @@ class _Link:
             while self.outbox and self.dead is None:
                 data, self.outbox = b"".join(self.outbox), []
                 await self.conn.send_packed_command(data, check_health=False)
-        except BaseException as exc:  # noqa: BLE001 - every waiting caller hears of it
+        except BaseException as exc:  # every waiting caller hears of it
             self.fail(exc if isinstance(exc, Exception) else RedisConnectionError(f"write cancelled: {exc!r}"))
             if not isinstance(exc, Exception):
                 raise

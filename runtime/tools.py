@@ -137,7 +137,7 @@ class ToolRegistry:
                     value = await asyncio.to_thread(tool.fn, **kwargs)
         except TimeoutError:
             return ToolResult("error", f"{name} timed out after {tool.timeout_s:g}s")
-        except Exception as exc:  # a failing tool is a result for the model, not a crashed run
+        except Exception as exc:  # noqa: BLE001 - a failing tool is a result for the model, not a crashed run
             return ToolResult("error", f"{name} failed: {type(exc).__name__}: {exc}")
         return ToolResult("success", _text(value))
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -164,10 +165,8 @@ def stop_convoy(convoy: Convoy) -> set[int]:
     except subprocess.TimeoutExpired:
         convoy.process.kill()
         raise
-    try:
+    with contextlib.suppress(AssertionError):
         wait_until(lambda: not any(alive(p) for p in started), 30, interval_s=0.2, message="children to exit")
-    except AssertionError:
-        pass
     return {p for p in started if alive(p)}
 
 

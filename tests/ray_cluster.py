@@ -25,6 +25,7 @@ Mechanics that matter on one machine (found empirically, Ray 2.60):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -142,10 +143,8 @@ class RayNode:
             ordered = sorted(live, key=lambda p: p != raylet)
             for sig in (signal.SIGSTOP, signal.SIGKILL):
                 for pid in ordered:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
             assert time.monotonic() < deadline, f"could not kill node {self.name}: {sorted(live)}"
             time.sleep(0.02)
         self.process.wait(timeout=10)
@@ -158,20 +157,14 @@ class RayNode:
         self.members()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=NODE_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(AssertionError):
             wait_until(lambda: not self.members(), 20, interval_s=0.1, message=f"node {self.name} to stop")
-        except AssertionError:
-            pass
         leftovers = {p for p in self.seen if _live(p)}
         for pid in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)

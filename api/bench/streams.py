@@ -349,7 +349,7 @@ class Producer:
                 done.measured += measured
                 next_ns += period_ns
             await self._finish(phase.runs, target, writer)
-        except Exception as exc:  # noqa: BLE001 - measured, not hidden: reported with the figures
+        except Exception as exc:  # measured, not hidden: reported with the figures
             done.errors.append(f"producer {target.run_id}: {type(exc).__name__}: {exc}")
 
     async def _finish(self, runs: RunStore, target: Target, writer: bus.ChunkWriter | BatchedWriter) -> None:

@@ -34,10 +34,10 @@ from pydantic import ValidationError
 from api.auth import Caller
 from api.cancel import cancel_run
 from api.errors import (
-    run_error_status,
     openai_error,
     openai_error_body,
     openai_error_for,
+    run_error_status,
     validation_summary,
 )
 from api.sse import SSE_RESPONSES, in_background, run_batches, sse_response
@@ -58,6 +58,7 @@ from runtime.schemas.openai_chat import (
 )
 from runtime.schemas.requests import SendMessageRequest
 from runtime.schemas.runs import RunView
+
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` with its ``$defs`` references replaced by what they name (they are not recursive),
@@ -103,7 +104,7 @@ async def chat_completions(
     except ValidationError as exc:
         return openai_error(400, f"invalid request: {validation_summary(exc.errors())}", "invalid_request")
     try:
-        agent, conversation = await _target(state, caller, body.model)
+        _agent, conversation = await _target(state, caller, body.model)
     except NotFoundError:
         message = f"The model `{body.model}` does not exist: use an agent id (agent-…) or a conversation id (conv-…)"
         return openai_error(404, message, "model_not_found", param="model")

@@ -18,7 +18,7 @@ REDIS_TIMEOUT_S = 2.0
 async def _redis_ok(state: AppState) -> bool:
     try:
         return bool(await asyncio.wait_for(state.redis.ping(), REDIS_TIMEOUT_S))
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever the failure, Redis is not healthy
         return False
 
 

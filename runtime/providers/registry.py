@@ -147,20 +147,20 @@ class Providers:
         }
         common = {"api_key": provider.api_key, "base_url": provider.base_url, "max_retries": s.llm_max_retries}
         if provider.api == "anthropic":
-            import anthropic  # noqa: PLC0415
+            import anthropic
 
-            from runtime.providers.anthropic_messages import AnthropicAdapter  # noqa: PLC0415
+            from runtime.providers.anthropic_messages import AnthropicAdapter
 
             anthropic_client = anthropic.AsyncAnthropic(**common, timeout=anthropic.Timeout(**limits))
             return AnthropicAdapter(anthropic_client, provider=provider.name, default_max_tokens=s.llm_max_output_tokens)
-        import openai  # noqa: PLC0415
+        import openai
 
         openai_client = openai.AsyncOpenAI(**common, timeout=openai.Timeout(**limits))
         if provider.api == "responses":
-            from runtime.providers.openai_responses import OpenAIResponsesAdapter  # noqa: PLC0415
+            from runtime.providers.openai_responses import OpenAIResponsesAdapter
 
             return OpenAIResponsesAdapter(openai_client, provider=provider.name)
-        from runtime.providers.openai_chat import OpenAIChatAdapter  # noqa: PLC0415
+        from runtime.providers.openai_chat import OpenAIChatAdapter
 
         limit_field = "max_completion_tokens" if provider.name == "openai" else "max_tokens"
         return OpenAIChatAdapter(openai_client, provider=provider.name, limit_field=limit_field)

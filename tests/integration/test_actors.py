@@ -4,6 +4,7 @@ crash recovery. Real Ray, real Redis, real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -93,7 +94,7 @@ async def test_fifty_concurrent_sends_run_one_at_a_time_in_acceptance_order(
     entry = {rid: store.hget(keys.run(conv, rid), "mailbox_entry") for rid in run_ids}
     accepted = sorted(run_ids, key=lambda rid: tuple(int(p) for p in entry[rid].split("-")))
     ms = {rid: [int(v) for v in store.hmget(keys.run(conv, rid), "started_at_ms", "completed_at_ms")] for rid in run_ids}
-    for earlier, later in zip(accepted, accepted[1:]):
+    for earlier, later in itertools.pairwise(accepted):
         assert ms[earlier][1] <= ms[later][0], f"{later} started before {earlier} ended"
     history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 200})).json()
     users = [m["run_id"] for m in history if m["message_type"] == "user_message"]
@@ -165,9 +166,9 @@ async def test_cancel_a_running_run_ends_its_stream_at_once(client: httpx.AsyncC
 
 async def test_cancel_a_queued_run_removes_it_from_the_mailbox(client: httpx.AsyncClient, store: redis.Redis) -> None:
     conv = await new_conversation(client)
-    first_id, first = await first_item(client, conv, {"input": long_text("a", 800)})
+    _first_id, first = await first_item(client, conv, {"input": long_text("a", 800)})
     queued_id, queued = await first_item(client, conv, {"input": "never runs"})
-    third_id, third = await first_item(client, conv, {"input": "runs next"})
+    _third_id, third = await first_item(client, conv, {"input": "runs next"})
     reply = await client.post(f"/v1/runs/{queued_id}/cancel")
     assert reply.json()["status"] == "cancelled"
     mailbox = [f["r"] for _, f in store.xrange(keys.mailbox(conv))]

@@ -200,7 +200,7 @@ async def test_unknown_tools_are_refused_at_creation(client: httpx.AsyncClient) 
 
 
 async def test_letta_client_approves_a_tool_call(convoy: Any, fake_provider: fp.FakeProvider) -> None:
-    from letta_client import AsyncLetta  # noqa: PLC0415
+    from letta_client import AsyncLetta
 
     model = unique("gpt")
     fake_provider.script(
@@ -261,7 +261,7 @@ async def test_a_failure_in_a_later_step_keeps_the_steps_that_ran(
 async def test_letta_client_denies_returns_a_client_tool_result_and_lists_history(
     convoy: Any, fake_provider: fp.FakeProvider
 ) -> None:
-    from letta_client import AsyncLetta  # noqa: PLC0415
+    from letta_client import AsyncLetta
 
     model = unique("gpt")
     fake_provider.script(

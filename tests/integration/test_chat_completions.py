@@ -270,9 +270,12 @@ def test_a_client_leaving_before_the_first_token_cancels_its_run(
     with http.stream("POST", f"/v1/agents/{agent}/messages", json=body) as first:
         assert first.status_code == 200
         next(first.iter_lines())
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up before the answer starts
-        with httpx.Client(base_url=convoy.url, timeout=httpx.Timeout(30, read=1.0)) as impatient:
-            impatient.post("/v1/chat/completions", json={"model": agent, "messages": user("hi"), "stream": True})
+    # The client gives up before the answer starts.
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.Client(base_url=convoy.url, timeout=httpx.Timeout(30, read=1.0)) as impatient,
+    ):
+        impatient.post("/v1/chat/completions", json={"model": agent, "messages": user("hi"), "stream": True})
 
     def statuses() -> list[str]:
         return [r["status"] for r in runs_of(http, agent)]  # newest first

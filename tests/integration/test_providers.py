@@ -175,7 +175,7 @@ async def test_parallel_tool_calls_continue_the_loop_with_tool_results(
     assert turn.text == "No tools here." and turn.stop_reason == "end_turn"
     assert turn.of("usage_statistics")[0]["step_count"] == 2
 
-    first, second = calls(fake_provider, model, 2)
+    _first, second = calls(fake_provider, model, 2)
     sent = second.body["messages"]
     assert sent[-3]["role"] == "assistant" and [c["id"] for c in sent[-3]["tool_calls"]] == ["call_1", "call_2"]
     assert [(m["role"], m["tool_call_id"]) for m in sent[-2:]] == [("tool", "call_1"), ("tool", "call_2")]
@@ -525,7 +525,7 @@ async def test_unknown_providers_are_refused_before_anything_is_stored(client: h
 
 
 async def test_letta_client_reads_every_new_item_type(convoy: Convoy, fake_provider: fp.FakeProvider) -> None:
-    from letta_client import AsyncLetta  # noqa: PLC0415
+    from letta_client import AsyncLetta
 
     model = unique("claude")
     fake_provider.script(

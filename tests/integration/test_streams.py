@@ -195,7 +195,7 @@ async def test_a_reader_whose_stream_vanishes_ends_with_an_error(client: httpx.A
 
 
 async def test_a_run_left_outside_any_mailbox_is_ended_for_its_readers(client: httpx.AsyncClient, store: redis.Redis) -> None:
-    conv, run_id = await _ownerless_run(client, store)
+    _conv, run_id = await _ownerless_run(client, store)
     started = time.monotonic()
     events = await asyncio.wait_for(read(client, "POST", f"/v1/runs/{run_id}/stream", json={"starting_after": 1}), 30)
     error = next(json.loads(d) for _, e, d in events if e == "error")

@@ -1,4 +1,5 @@
-"""The dependency direction api -> actors -> runtime holds (and runtime imports neither)."""
+"""The code's shape: the dependency direction api -> actors -> runtime holds (and runtime imports
+neither), Redis keys are spelled in one module, and the lint rules in pyproject.toml pass."""
 
 from __future__ import annotations
 
@@ -54,3 +55,14 @@ def test_processes_that_never_call_a_provider_never_load_its_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_lint_rules_pass() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -10,11 +10,11 @@ import pytest
 from runtime.errors import InvalidRequestError, LLMEmptyResponseError
 from runtime.ids import new_id, segment_otid
 from runtime.loop import model_for, run_turn
+from runtime.providers.echo import EchoAdapter
+from runtime.providers.events import Finish, LLMEvent, LLMRequest, ResponseInfo, Usage
 from runtime.providers.handles import split_handle
 from runtime.providers.registry import Model, Providers
 from runtime.providers.stream import StreamPolicy
-from runtime.providers.echo import EchoAdapter
-from runtime.providers.events import Finish, LLMEvent, LLMRequest, ResponseInfo, Usage
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import AssistantMessage, StreamItem, UserMessage, utcnow
 from runtime.schemas.requests import MessageCreate

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from runtime.chat_history import to_chat
 from runtime.errors import (
     LLMAuthenticationError,
     LLMBadRequestError,
@@ -15,7 +16,6 @@ from runtime.errors import (
     LLMUnavailableError,
 )
 from runtime.ids import new_id
-from runtime.chat_history import to_chat
 from runtime.providers.errors import classify, error_fields
 from runtime.providers.events import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from runtime.schemas.messages import (
