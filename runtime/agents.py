@@ -142,20 +142,6 @@ class ConversationStore:
             raise NotFoundError(f"conversation {conversation_id} not found")
         return known
 
-    async def with_agent(self, conversation_id: str, *, tenant: str | None) -> tuple[AgentRecord, ConversationRecord]:
-        """The conversation and its agent, in one round trip once this process has seen the
-        conversation (two before); 404 if either is unknown or another tenant's."""
-        known = self._refs.get(conversation_id)
-        if known is None:
-            conversation = await self.get(conversation_id, tenant=tenant)
-            raw_agent = await self._redis.get(keys.agent(conversation.agent_id))
-        else:
-            raw_conversation, raw_agent = await self._redis.mget(keys.conversation(conversation_id), keys.agent(known.agent_id))
-            conversation = _owned(raw_conversation, ConversationRecord, tenant, f"conversation {conversation_id}")
-        agent = _owned(raw_agent, AgentRecord, None, f"agent {conversation.agent_id} of conversation {conversation_id}")
-        self._remember(conversation.ref())
-        return agent, conversation
-
     def _remember(self, ref: ConversationRef) -> ConversationRef:
         if len(self._refs) >= CONVERSATION_REFS_MAX:
             self._refs.clear()
@@ -204,16 +190,16 @@ class ConversationStore:
         results = await self._redis.transaction(create, keys.agent(agent_id))
         return ConversationRecord.model_validate_json(results[-1])  # the winner's record
 
-    async def default_with_agent(self, agent_id: str, *, tenant: str | None) -> tuple[AgentRecord, ConversationRecord]:
-        """The agent and its default conversation (created on first use), in one round trip once
-        the conversation exists; 404 if the agent is unknown or another tenant's."""
+    async def default_of(self, agent_id: str, *, tenant: str | None) -> ConversationRecord:
+        """The agent's default conversation (created on first use), in one round trip once it
+        exists; 404 if the agent is unknown or another tenant's."""
         raw_agent, raw_conversation = await self._redis.mget(
             keys.agent(agent_id), keys.conversation(default_conversation_id(agent_id))
         )
         agent = _owned(raw_agent, AgentRecord, tenant, f"agent {agent_id}")
         if raw_conversation is None:
-            return agent, await self.default_for(agent)
-        return agent, ConversationRecord.model_validate_json(raw_conversation)
+            return await self.default_for(agent)
+        return ConversationRecord.model_validate_json(raw_conversation)
 
     async def ids_of(self, agent_id: str) -> list[str]:
         """Every conversation id of the agent, oldest first."""

@@ -176,7 +176,7 @@ async def _send_to_default(
     state: AppState, caller: Principal, agent_id: str, body: SendMessageRequest, idempotency_key: str | None
 ) -> Response:
     """Exactly what ``POST /v1/conversations/{id}/messages`` does, in the agent's default conversation."""
-    _, conversation = await state.conversations.default_with_agent(agent_id, tenant=caller.tenant)
+    conversation = await state.conversations.default_of(agent_id, tenant=caller.tenant)
     return await send(state, caller, conversation.ref(), body, idempotency_key)
 
 

@@ -45,7 +45,7 @@ from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AGENT_ID, CONVERSATION_ID
 from runtime.errors import ConvoyError, NotFoundError
-from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.openai_chat import (
     ChatCompletionChunk,
@@ -104,25 +104,25 @@ async def chat_completions(
     except ValidationError as exc:
         return openai_error(400, f"invalid request: {validation_summary(exc.errors())}", "invalid_request")
     try:
-        _agent, conversation = await _target(state, caller, body.model)
+        conversation = await _target(state, caller, body.model)
     except NotFoundError:
         message = f"The model `{body.model}` does not exist: use an agent id (agent-…) or a conversation id (conv-…)"
         return openai_error(404, message, "model_not_found", param="model")
     turn = SendMessageRequest(messages=body.input_messages(), streaming=body.streaming, include_pings=False)
     try:
-        run = await accept_turn(state, caller, conversation.ref(), turn, idempotency_header=idempotency_key)
+        run = await accept_turn(state, caller, conversation, turn, idempotency_header=idempotency_key)
     except ConvoyError as exc:
         return openai_error_for(exc)
     reply = _Reply(state, run, body.model, include_usage=body.include_usage)
     return await (_stream(request, state, run, reply) if body.streaming else _complete(reply))
 
 
-async def _target(state: AppState, caller: Principal, model: str) -> tuple[AgentRecord, ConversationRecord]:
-    """The agent and conversation ``model`` names (an agent means its default conversation)."""
+async def _target(state: AppState, caller: Principal, model: str) -> ConversationRef:
+    """The conversation ``model`` names (an agent means its default conversation)."""
     if re.fullmatch(AGENT_ID, model):
-        return await state.conversations.default_with_agent(model, tenant=caller.tenant)
+        return (await state.conversations.default_of(model, tenant=caller.tenant)).ref()
     if re.fullmatch(CONVERSATION_ID, model):
-        return await state.conversations.with_agent(model, tenant=caller.tenant)
+        return await state.conversations.ref(model, tenant=caller.tenant)
     raise NotFoundError(f"no agent or conversation {model}")
 
 
