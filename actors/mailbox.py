@@ -21,18 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from runtime import keys
 from runtime.errors import (
     ConflictError,
     ConversationBusyError,
-    FencedError,
     InvalidRequestError,
     NotFoundError,
     PendingApprovalError,
 )
-from runtime.runs import START_RUN_LUA, Fence, now_ms
+from runtime.runs import START_RUN_LUA, Fence, call_fenced, now_ms
 
 # Accepting a turn is one atomic step: idempotency check, approval check, busy check, run record,
 # the run stream's first item and the mailbox entry are all written, or none is.
@@ -208,14 +206,12 @@ class Mailbox:
         round trip where reading the head and then ``RunStore.start`` took two); None if the mailbox is empty.
         Raises FencedError for a stale owner."""
         conv = fence.conversation_id
-        try:
-            reply = await self._take(
-                keys=[keys.epoch(conv), keys.mailbox(conv)], args=[fence.epoch, now_ms(), fence.owner, keys.run_prefix(conv)]
-            )
-        except ResponseError as exc:
-            if "FENCED" in str(exc):
-                raise FencedError(f"take refused for a stale owner of {conv}") from exc
-            raise
+        reply = await call_fenced(
+            self._take,
+            keys=[keys.epoch(conv), keys.mailbox(conv)],
+            args=[fence.epoch, now_ms(), fence.owner, keys.run_prefix(conv)],
+            refused=f"take refused for a stale owner of {conv}",
+        )
         if reply is None:
             return None
         entry_id, run_id, payload, status = reply

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter
-from redis.exceptions import ResponseError
 
 from runtime import keys
-from runtime.errors import FencedError, NotFoundError
-from runtime.runs import Fence
+from runtime.errors import NotFoundError
+from runtime.runs import Fence, call_fenced
 from runtime.schemas.messages import HistoryMessage
 
 # KEYS: epoch, history stream, message id -> entry id index. ARGV: epoch, then (message id, json) pairs.
@@ -43,19 +42,16 @@ class HistoryStore:
         args: list[object] = [fence.epoch]
         for message in messages:
             args.extend((message.id, message.model_dump_json(exclude={"seq_id"})))
-        try:
-            await self._append(
-                keys=[
-                    keys.epoch(fence.conversation_id),
-                    keys.history(fence.conversation_id),
-                    keys.history_index(fence.conversation_id),
-                ],
-                args=args,
-            )
-        except ResponseError as exc:
-            if "FENCED" in str(exc):
-                raise FencedError("history append refused for a stale owner") from exc
-            raise
+        await call_fenced(
+            self._append,
+            keys=[
+                keys.epoch(fence.conversation_id),
+                keys.history(fence.conversation_id),
+                keys.history_index(fence.conversation_id),
+            ],
+            args=args,
+            refused="history append refused for a stale owner",
+        )
 
     async def recent(self, conversation_id: str, *, limit: int) -> list[HistoryMessage]:
         """The last ``limit`` messages, oldest first (what a model is shown)."""

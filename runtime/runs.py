@@ -108,6 +108,18 @@ class Fence:
     owner: str = ""
 
 
+async def call_fenced(script: Any, *, keys: list[str], args: list[Any], refused: str) -> Any:
+    """Run one of an owner's fenced scripts: its reply, or ``FencedError(refused)`` when Redis
+    turned a stale owner away (the script's ``FENCED`` error, or a stream entry id at or below the
+    last one, which only a newer owner can have written)."""
+    try:
+        return await script(keys=keys, args=args)
+    except ResponseError as exc:
+        if "FENCED" in str(exc) or "equal or smaller" in str(exc):
+            raise FencedError(refused) from exc
+        raise
+
+
 class RunStore:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: int, maxlen: int) -> None:
         self._redis = redis
@@ -302,12 +314,7 @@ class RunStore:
         await self._redis.hset(keys.run(conversation_id, run_id), "cancel_requested", now_ms())
 
     async def _fenced(self, script: Any, *, keys: list[str], args: list[Any]) -> str:
-        try:
-            reply = await script(keys=keys, args=args)
-        except ResponseError as exc:
-            if "FENCED" in str(exc) or "equal or smaller" in str(exc):
-                raise FencedError(f"write refused for a stale owner ({keys[1]})") from exc
-            raise
+        reply = await call_fenced(script, keys=keys, args=args, refused=f"write refused for a stale owner ({keys[1]})")
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
