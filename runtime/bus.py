@@ -59,6 +59,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.errors import FencedError
 from runtime.redis_client import DirectConnection, backoff_retry, reraise_if_cancelling
+from runtime.redis_mux import own_connection
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,7 @@ class _Pipeliner:
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:  # a restarted or flushed Redis: load the script and send those calls again
             try:
-                (loaded,) = await self._conn.execute([("SCRIPT", "LOAD", _FENCED_XADD)])
-                if isinstance(loaded, Exception):
-                    raise loaded
+                await self._conn.call("SCRIPT", "LOAD", _FENCED_XADD)
                 for i, r in zip(missing, await self._execute([sent[i] for i in missing]), strict=True):
                     results[i] = r
             except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
@@ -414,7 +413,7 @@ class StreamTailer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._close_reader()
+        await self._reader.close()
 
     def subscribe(self, key: str, after: int) -> Subscription:
         sub = Subscription(key=key, cursor=after, _tailer=self)
@@ -470,10 +469,9 @@ class StreamTailer:
     async def _listen(self) -> None:
         backoff_s = RECONNECT_BACKOFF_MIN_S
         while True:
-            pool = self._redis.connection_pool
             # RESP2: published messages arrive as plain arrays (redis-py's RESP3 push path formats
             # each one into a debug log line, logged or not).
-            conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+            conn = own_connection(self._redis.connection_pool, protocol=2)
             watchdog: asyncio.Task[None] | None = None
             try:
                 await conn.connect()
@@ -575,10 +573,7 @@ class StreamTailer:
                 if not cursors:
                     continue
                 command = ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *cursors, *(f"0-{c}" for c in cursors.values()))
-                (reply,) = await self._reader.execute([command])
-                if isinstance(reply, Exception):
-                    raise reply
-                self._dispatch(reply, cursors)
+                self._dispatch(await self._reader.call(*command), cursors)
                 self.reads += 1
                 backoff_s = RECONNECT_BACKOFF_MIN_S
             except asyncio.CancelledError:
@@ -590,7 +585,7 @@ class StreamTailer:
                 else:
                     log.exception("stream tailer step failed")
                 self._dirty.update(cursors)
-                await self._close_reader()
+                await self._reader.close()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
 
@@ -621,9 +616,6 @@ class StreamTailer:
             if active:
                 cursors[key] = min(active)
         return cursors
-
-    async def _close_reader(self) -> None:
-        await self._reader.close()
 
     def _dispatch(self, reply: object, read_from: dict[str, int]) -> None:
         """Hand each subscription the items right after its cursor (``reply``: XREAD's raw reply,

@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from runtime.redis_mux import MultiplexedRedis
+from runtime.redis_mux import MultiplexedRedis, connection_kwargs, own_connection
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,10 @@ def dedicated(redis: aioredis.Redis) -> aioredis.Redis:
     must neither queue behind the shared pool nor hold one of its connections. Close it with
     ``aclose()`` and then ``connection_pool.disconnect()``."""
     shared = redis.connection_pool
-    kwargs = {k: v for k, v in shared.connection_kwargs.items() if "maint_notifications" not in k}
     pool = aioredis.ConnectionPool(
         connection_class=shared.connection_class,
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
-        **kwargs,
+        **connection_kwargs(shared),
     )
     return aioredis.Redis(connection_pool=pool, single_connection_client=True)
 
@@ -146,8 +145,7 @@ class DirectConnection:
         ``ResponseError`` (returned, not raised)."""
         conn = self._conn
         if conn is None or not conn.is_connected:
-            pool = self._redis.connection_pool
-            conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+            conn = self._conn = own_connection(self._redis.connection_pool)
         try:
             if not conn.is_connected:
                 await conn.connect()
@@ -165,6 +163,13 @@ class DirectConnection:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
             raise
+
+    async def call(self, *command: bytes | str | int | float) -> object:
+        """One command; its reply, an error reply raised."""
+        (reply,) = await self.execute([command])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

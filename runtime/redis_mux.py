@@ -53,6 +53,18 @@ LOADING_RETRIES = 16
 LOADING_BACKOFF_S = (0.05, 1.0)  # first wait, longest wait
 
 
+def connection_kwargs(pool: aioredis.ConnectionPool) -> dict[str, Any]:
+    """What ``pool`` configures its connections with, minus its maintenance-notification settings,
+    which belong to a pool (Convoy turns them off)."""
+    return {k: v for k, v in pool.connection_kwargs.items() if "maint_notifications" not in k}
+
+
+def own_connection(pool: aioredis.ConnectionPool, **overrides: Any) -> AbstractConnection:
+    """A connection of its own, not in ``pool``, configured as ``pool``'s are (and ``overrides``);
+    patient when it connects if the pool's connections are (``runtime.redis_client``)."""
+    return pool.connection_class(**{**connection_kwargs(pool), **overrides})
+
+
 def _needs_the_pool(args: tuple[Any, ...]) -> bool:
     name = (args[0].decode() if isinstance(args[0], bytes) else str(args[0])).upper()
     if name in BLOCKING or name in STATEFUL:
@@ -167,7 +179,9 @@ class MultiplexedRedis(aioredis.Redis):
         for attempt in range(LOADING_RETRIES + 1):
             link = await self._live_link()
             try:
-                reply = await self._await_reply(link, link.submit(packed))
+                reply = await link.submit(packed)  # late replies are the link's watchdog's to notice
+                if isinstance(reply, Exception):
+                    raise reply
             except BusyLoadingError:
                 if attempt == LOADING_RETRIES:
                     raise
@@ -176,13 +190,6 @@ class MultiplexedRedis(aioredis.Redis):
                 continue
             return await self._parse(args[0], reply, options)
         raise AssertionError("unreachable")
-
-    @staticmethod
-    async def _await_reply(link: _Link, future: asyncio.Future[object]) -> object:
-        reply = await future  # late replies are the link's watchdog's to notice
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     async def _parse(self, command: Any, reply: object, options: dict[str, Any]) -> Any:
         """What redis-py's ``parse_response`` makes of a reply (its callbacks, its options)."""
@@ -206,10 +213,9 @@ class MultiplexedRedis(aioredis.Redis):
             link = self._link
             if link is None or link.dead is not None:
                 pool = self.connection_pool
-                kwargs = {k: v for k, v in pool.connection_kwargs.items() if "maint_notifications" not in k}
-                conn = pool.connection_class(**kwargs)
+                conn = own_connection(pool)
                 await conn.connect()  # patient: waits for a restarting Redis (runtime.redis_client)
-                link = self._link = _Link(conn, kwargs.get("socket_timeout"))
+                link = self._link = _Link(conn, pool.connection_kwargs.get("socket_timeout"))
             return link
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
