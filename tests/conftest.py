@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -16,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,27 @@ def wait_until(condition, timeout_s: float, interval_s: float = 0.05, message: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
         time.sleep(interval_s)
+
+
+async def eventually(
+    condition: Callable[[], object | Awaitable[object]],
+    timeout_s: float,
+    *,
+    interval_s: float = 0.01,
+    message: str = "condition",
+) -> object:
+    """``wait_until`` on the event loop: await ``condition`` (a function, or a coroutine function)
+    until it returns a truthy value (returned), failing after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        await asyncio.sleep(interval_s)
 
 
 def descendants(pid: int) -> set[int]:

@@ -17,7 +17,7 @@ import redis
 from httpx_sse import aconnect_sse
 
 from runtime import keys
-from tests.conftest import wait_until
+from tests.conftest import eventually, wait_until
 
 LONG_WORDS = 1500  # the session server's echo model takes ~2 ms per word: a run of ~3 s
 
@@ -64,10 +64,11 @@ async def first_item(client: httpx.AsyncClient, conv: str, body: dict[str, Any])
 
 
 async def wait_running(client: httpx.AsyncClient, run_id: str, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (await client.get(f"/v1/runs/{run_id}")).json()["status"] != "running":
-        assert time.monotonic() < deadline, f"run {run_id} never started"
-        await asyncio.sleep(0.02)
+
+    async def running() -> bool:
+        return (await client.get(f"/v1/runs/{run_id}")).json()["status"] == "running"
+
+    await eventually(running, timeout_s, interval_s=0.02, message=f"run {run_id} to start")
 
 
 def text_of(items: list[dict[str, Any]]) -> str:

@@ -11,13 +11,13 @@ import asyncio
 import json
 import os
 import signal
-import time
 from typing import Any
 
 import httpx
 import redis
 
 from runtime import keys
+from tests.conftest import eventually
 from tests.fakes import providers as fp
 from tests.integration.test_providers import Turn, send, steps, unique
 
@@ -317,10 +317,10 @@ async def test_an_answer_whose_host_dies_mid_run_closes_its_approval(
 
     answer = {"type": "approval", "approvals": [{"type": "tool", "tool_call_id": "l1", "tool_return": "Paris", "status": "success"}]}
     answering = asyncio.create_task(send(client, conv, messages=[answer], client_tools=[location]))
-    deadline = time.monotonic() + 15
-    while len(fake_provider.calls(model)) < 2:
-        assert time.monotonic() < deadline and not answering.done(), "the answer's step never reached the model"
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: len(fake_provider.calls(model)) >= 2 or answering.done(), 15, interval_s=0.02, message="the answer's step"
+    )
+    assert len(fake_provider.calls(model)) >= 2, "the answer's step never reached the model"
     host = store.get(keys.lease(conv)).split("/")[0]
     os.kill(json.loads(store.hget(keys.hosts(), host))["pid"], signal.SIGKILL)
 

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from runtime import bus
 from runtime.errors import FencedError
+from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 
 WAIT_S = 5.0
@@ -47,13 +48,6 @@ async def _collect(sub: bus.Subscription, count: int) -> list[bus.StreamItem]:
         assert batch is not None, f"only {len(items)} of {count} items arrived"
         items.extend(batch)
     return items
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.005)
 
 
 async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
@@ -129,8 +123,9 @@ async def test_a_new_subscription_does_not_wait_for_the_block_timeout(redis: aio
     slow = bus.StreamTailer(redis, block_ms=5000)
     await slow.start()
     try:
-        idle = slow.subscribe(f"test:{uuid.uuid4()}", 0)  # the tailer is now blocked for 5 s
-        await asyncio.sleep(0)  # let the blocked read be issued
+        idle = slow.subscribe(f"test:{uuid.uuid4()}", 0)
+        # Its first read done, the tailer waits for the next sweep, 5 s away.
+        await eventually(lambda: slow.reads >= 1, WAIT_S, message="the idle subscription's first read")
         key = f"test:{uuid.uuid4()}"
         writer = await _writer(redis, key)
         await writer.write("data", b"now")
@@ -192,7 +187,7 @@ async def test_an_item_appended_without_a_notification_still_arrives(redis: aior
         sub = quick.subscribe(key, 0)
         # Two rounds after subscribing: the subscription's first read (which found nothing) is
         # done, even if a round was already in flight when it joined.
-        await _until(lambda: quick.reads >= reads + 2)
+        await eventually(lambda: quick.reads >= reads + 2, WAIT_S, interval_s=0.005)
         await redis.xadd(key, {"k": "data", "p": b"silent"}, id="0-1")  # no SPUBLISH
         assert [i.payload for i in await _collect(sub, 1)] == [b"silent"]
         sub.close()
@@ -258,9 +253,9 @@ async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.R
         key = f"test:{uuid.uuid4()}"
         writer = await _writer(redis, key)
         sub = tailer.subscribe(key, 0)
-        await _until(lambda: len(proxy.subscribers) == 1)
+        await eventually(lambda: len(proxy.subscribers) == 1, WAIT_S, interval_s=0.005)
         proxy.subscribers[0].set()  # the listener's connection goes silent
-        await _until(lambda: len(proxy.subscribers) == 2)  # a new one subscribed
+        await eventually(lambda: len(proxy.subscribers) == 2, WAIT_S, interval_s=0.005)  # a new one subscribed
         await writer.write("data", b"after")
         await writer.flush()
         assert [i.payload for i in await _collect(sub, 1)] == [b"after"]
@@ -272,8 +267,8 @@ async def test_a_quiet_healthy_listener_is_kept(redis_url: str) -> None:
     its one connection (regression: a PONG that came back quickly could be taken for silence)."""
     async with _tailer_behind_a_proxy(redis_url, block_ms=50) as (tailer, proxy):
         sub = tailer.subscribe(f"test:{uuid.uuid4()}", 0)
-        await _until(lambda: len(proxy.subscribers) == 1)
+        await eventually(lambda: len(proxy.subscribers) == 1, WAIT_S, interval_s=0.005)
         heard = tailer._heard
-        await _until(lambda: tailer._heard >= heard + 10)  # ten PONGs: ten silent periods, answered
+        await eventually(lambda: tailer._heard >= heard + 10, WAIT_S, interval_s=0.005)  # ten PONGs: ten silent periods, answered
         assert len(proxy.subscribers) == 1, "a healthy connection was replaced"
         sub.close()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.conftest import Convoy
+from tests.conftest import Convoy, eventually
 from tests.fakes import providers as fp
 
 
@@ -486,11 +486,12 @@ async def test_cancel_closes_the_upstream_stream(client: httpx.AsyncClient, fake
     assert reply.status_code == 200, reply.text
     assert await asyncio.to_thread(call.disconnected.wait, 5), "the provider connection must close on cancel"
     assert not call.finished.is_set()
-    for _ in range(100):
+
+    async def settled() -> dict[str, Any] | None:
         run = (await client.get(f"/v1/runs/{run_id}")).json()
-        if run["status"] != "running":
-            break
-        await asyncio.sleep(0.05)
+        return run if run["status"] != "running" else None
+
+    run = await eventually(settled, 5, interval_s=0.05, message=f"run {run_id} to end")
     assert run["status"] == "cancelled"
 
 

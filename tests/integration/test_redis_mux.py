@@ -16,12 +16,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from runtime.redis_client import connect
 from runtime.redis_mux import MultiplexedRedis
 from runtime.settings import Settings
+from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 
 # A script that holds the server for a while (a tenth of a second or so; a script sees one frozen
 # TIME, so it counts instead): every command sent meanwhile queues behind it.
 HOLD = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + 1 end return 'held'"
 HOLD_LOOPS = 10_000_000
+WAIT_S = 5.0
+
+
+def _owed(client: aioredis.Redis) -> int:
+    """Commands the client's shared connection has written and awaits replies to (0 while some are
+    still to be written)."""
+    link = client._link  # type: ignore[attr-defined]
+    if link is None or link.outbox or link._writing:
+        return 0
+    return len(link.waiting)
 
 
 @pytest.fixture
@@ -61,20 +72,29 @@ async def test_a_cancelled_caller_does_not_shift_anyone_elses_reply(mux: aioredi
     key = f"test:{uuid.uuid4()}"
     await mux.mset({f"{key}:a": "a's", f"{key}:b": "b's"})
     held = asyncio.create_task(mux.eval(HOLD, 0, HOLD_LOOPS))
-    await asyncio.sleep(0)
+    await eventually(lambda: _owed(mux) == 1, WAIT_S, message="the script to be written")
     doomed = asyncio.create_task(mux.get(f"{key}:a"))
     after = asyncio.create_task(mux.get(f"{key}:b"))
-    await asyncio.sleep(0.05)  # both written, both waiting behind the script
+    await eventually(lambda: _owed(mux) == 3, WAIT_S, message="both reads to be written behind the script")
     doomed.cancel()
     assert await held == b"held"
     assert await after == b"b's", "the cancelled caller's reply went to the next one"
     assert await mux.incr(f"{key}:n") == 1
 
 
-async def test_blocking_commands_do_not_hold_the_others_back(mux: aioredis.Redis) -> None:
+async def test_blocking_commands_do_not_hold_the_others_back(mux: aioredis.Redis, redis_url: str) -> None:
     stream = f"test:{uuid.uuid4()}"
-    blocked = asyncio.create_task(mux.xread({stream: "$"}, block=2000))
-    await asyncio.sleep(0.05)
+    probe = aioredis.from_url(redis_url)
+    try:
+        before = (await probe.info("clients"))["blocked_clients"]
+        blocked = asyncio.create_task(mux.xread({stream: "$"}, block=2000))
+
+        async def issued() -> bool:
+            return (await probe.info("clients"))["blocked_clients"] > before
+
+        await eventually(issued, WAIT_S, message="the blocking read to reach Redis")
+    finally:
+        await probe.aclose()
     started = time.monotonic()
     assert await mux.ping()
     assert time.monotonic() - started < 1.0, "a blocking read went through the shared connection"
@@ -90,7 +110,7 @@ async def test_a_dropped_connection_fails_what_it_owed_and_the_next_command_reco
             key = f"test:{uuid.uuid4()}"
             held = asyncio.create_task(client.eval(HOLD, 0, 3 * HOLD_LOOPS))
             owed = asyncio.create_task(client.get(key))
-            await asyncio.sleep(0.05)  # both written, neither answered: Redis is holding
+            await eventually(lambda: _owed(client) == 2, WAIT_S, message="both written, neither answered")
             proxy.drop_all()
             for task in (held, owed):
                 with pytest.raises(RedisConnectionError):

@@ -13,7 +13,7 @@ import redis
 from httpx_sse import aconnect_sse
 
 from runtime import keys
-from tests.conftest import Convoy
+from tests.conftest import Convoy, eventually
 from tests.integration.test_actors import first_item, long_text, new_conversation, stop_of, text_of
 
 Event = tuple[str | None, str | None, str]  # (id, event, data)
@@ -58,10 +58,7 @@ async def test_resume_a_live_run_at_several_cursors_gives_the_same_items_once(
 ) -> None:
     conv = await new_conversation(client)
     run_id, original = await first_item(client, conv, {"input": long_text("live", 600), "background": True})
-    deadline = time.monotonic() + 15
-    while store.xlen(keys.run_stream(conv, run_id)) < 60:
-        assert time.monotonic() < deadline, "the run did not get going"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: store.xlen(keys.run_stream(conv, run_id)) >= 60, 15, message="the run to get going")
     cursors = [0, 1, 5, 50]
     resumes = [
         asyncio.create_task(read(client, "POST", f"/v1/runs/{run_id}/stream", json={"starting_after": c}))
@@ -110,10 +107,12 @@ async def test_foreground_disconnect_cancels_the_run(client: httpx.AsyncClient) 
             run_id = json.loads(sse.data)["run_id"]
             if json.loads(sse.data)["seq_id"] >= 5:
                 break  # leave mid-run: closing the response disconnects
-    deadline = time.monotonic() + 10
-    while (run := (await client.get(f"/v1/runs/{run_id}")).json())["status"] != "cancelled":
-        assert time.monotonic() < deadline, f"run still {run['status']}"
-        await asyncio.sleep(0.05)
+
+    async def cancelled() -> dict[str, Any] | None:
+        run = (await client.get(f"/v1/runs/{run_id}")).json()
+        return run if run["status"] == "cancelled" else None
+
+    run = await eventually(cancelled, 10, interval_s=0.05, message=f"run {run_id} to be cancelled")
     assert run["stop_reason"] == "cancelled"
     # The conversation is free for the next message at once.
     assert text_of(await _stream(client, conv, "next")) == "next"
