@@ -768,7 +768,6 @@ async def _measure(
     world: World | None = None
     try:
         world = await _world(state, options, producer, api, pids, say)
-        heap.freeze()  # the client's set-up, out of its collections, as in Convoy's own processes
         info = await state.redis.info("server")
         server = (
             f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info.get('redis_version')}"
@@ -939,8 +938,8 @@ async def _phase(
         stack.push_async_callback(_cancel, readers)  # first out: readers stop before their client or pool closes
         await gate.wait()
         say(f"  {len(targets)} readers ready")
-        # What the readers hold is frozen out of this process's collections (an API replica freezes
-        # its start-up heap the same way). Over HTTP this process is only the client, and its own
+        # What this process holds now, its set-up and the readers, is frozen out of its collections
+        # (an API replica freezes its start-up heap the same way). Over HTTP this process is only the client, and its own
         # collections are not Convoy's latency (logged per process: in the phases at 1,000 streams,
         # every pause over 2 ms was the client's, 5-37 ms each, none the replica's), so its collector
         # stays off while the phase runs. On the bus path it hosts Convoy's TailerPool, whose
