@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pytest
 from openai.types.responses import ResponseErrorEvent
 
+from runtime.errors import LLMUnavailableError
+from runtime.providers.errors import translate
 from tests.fakes.providers import (
     KEEPALIVE,
     Call,
@@ -487,26 +488,26 @@ async def test_repeat_serves_last_reply_forever(fake: FakeProvider, oai: openai.
 # --------------------------------------------------------------------------------------------------
 
 
-async def test_openai_cut_is_a_connection_error(fake: FakeProvider, oai: openai.AsyncOpenAI, model: str) -> None:
+async def test_openai_cut_is_llm_unavailable(fake: FakeProvider, oai: openai.AsyncOpenAI, model: str) -> None:
     # A finished request first, so the cut also happens on a reused keep-alive connection.
     fake.script(model, Stream(chat_text(model, ["warm"])), Stream(cut_after(chat_text(model, ["Hel", "lo"]), 3)))
     await chat_chunks(oai, model)
     seen: list[str] = []
-    with pytest.raises(openai.APIConnectionError) as info:
+    with pytest.raises(Exception) as info:  # which class the SDK raises for it is the SDK's business
         async for chunk in await oai.chat.completions.create(model=model, messages=MESSAGES, stream=True):  # type: ignore[arg-type]
             seen.append(chunk.choices[0].delta.content or "")
 
     assert seen == ["", "Hel", "lo"]  # everything before the cut arrived
-    assert isinstance(info.value.__cause__, httpx2.ReadError)
+    assert isinstance(translate(info.value, "openai"), LLMUnavailableError), repr(info.value)
     assert fake.calls(model)[1].finished.is_set()
 
 
-async def test_anthropic_cut_is_a_raw_transport_error(
-    fake: FakeProvider, claude: anthropic.AsyncAnthropic, model: str
-) -> None:
+async def test_anthropic_cut_is_llm_unavailable(fake: FakeProvider, claude: anthropic.AsyncAnthropic, model: str) -> None:
+    # What a user relies on is Convoy's classification of a connection reset, not the SDK's class
+    # for it (anthropic 2.16 raised the transport error raw, 2.17 wraps it in APIConnectionError).
     fake.script(model, Stream(cut_after(anthropic_text(model, ["Hel", "lo"]), 5)))
     seen: list[str] = []
-    with pytest.raises(httpx2.ReadError):  # the anthropic SDK does not wrap errors raised while iterating
+    with pytest.raises(Exception) as info:
         async for event in await claude.messages.create(
             model=model,
             max_tokens=100,
@@ -515,6 +516,7 @@ async def test_anthropic_cut_is_a_raw_transport_error(
         ):
             seen.append(event.type)
     assert seen == ["message_start", "content_block_start", "content_block_delta", "content_block_delta"]
+    assert isinstance(translate(info.value, "anthropic"), LLMUnavailableError), repr(info.value)
 
 
 async def test_closing_openai_stream_disconnects_upstream(
