@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    text = "measure and print figures (nothing is asserted)"
+    text = "measure and print figures; `soak` also checks invariants (PASS/FAIL each, exit 1 if one failed)"
     bench = sub.add_parser("bench", help=text, description=text).add_subparsers(dest="bench", required=True)
     text = "cold/warm activation, turn dispatch, memory and capacity of conversations, against a Ray actor each"
     cmd = bench.add_parser("actors", help=text, description=text)

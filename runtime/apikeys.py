@@ -12,8 +12,9 @@ Guarantees:
   The limit is a token bucket in GCRA form: a key holds up to ``requests_per_minute`` requests
   and regains one every ``60/requests_per_minute`` s; a refused request is told when to retry.
 - **Concurrent runs are counted, not guessed.** A run takes a slot when it is accepted and gives
-  it back when it ends (``RunStore.finish``). A slot also expires after ``RUN_SLOT_TTL_MS`` so a
-  run whose end was never recorded cannot hold it forever.
+  it back when it ends (``RunStore.finish``). A key at its limit has its holders checked before it
+  is refused, so a run that has ended never holds a slot, even in the instant between its terminal
+  status and the slot's release. A slot also expires after ``RUN_SLOT_TTL_MS``.
 
 ``Gate`` is what an API process asks, once per request, to turn a secret into a ``Principal``.
 """
@@ -36,6 +37,7 @@ from runtime.schemas.messages import utcnow
 SECRET_PREFIX = "cvy-"
 SHOWN_PREFIX_CHARS = 12
 RUN_SLOT_TTL_MS = 3600 * 1000
+SLOT_ACCEPT_GRACE_MS = 60_000  # longest a slot's run may take to be accepted before it counts as gone
 MINUTE_MS = 60_000
 
 # KEYS: record, rate. ARGV: now ms, default requests/minute.
@@ -146,9 +148,38 @@ class KeyStore:
         return Authenticated(ApiKeyRecord.model_validate_json(raw), int(retry_after_ms))
 
     async def take_run_slot(self, key_id: str, run_id: str, *, limit: int, now_ms: int) -> bool:
-        """Count ``run_id`` against the key's concurrent runs; False if all ``limit`` slots are taken."""
-        taken = await self._take_slot(keys=[keys.api_key_runs(key_id)], args=[run_id, limit, now_ms, RUN_SLOT_TTL_MS])
-        return bool(taken)
+        """Count ``run_id`` against the key's concurrent runs; False if all ``limit`` slots are taken.
+
+        A slot is free once its run has ended: a run's end gives its slot back just after it writes
+        its terminal status (they live in different hash slots, so not in one step), so before
+        refusing, the holders are checked and those already ended are let go. A client that sees
+        its run end and sends at once is therefore never refused for it."""
+        args = [run_id, limit, now_ms, RUN_SLOT_TTL_MS]
+        if await self._take_slot(keys=[keys.api_key_runs(key_id)], args=args):
+            return True
+        if not await self._release_ended(key_id, now_ms=now_ms):
+            return False
+        return bool(await self._take_slot(keys=[keys.api_key_runs(key_id)], args=args))
+
+    async def _release_ended(self, key_id: str, *, now_ms: int) -> bool:
+        """Give back the slots of the key's runs that have ended; whether any was. A slot whose run
+        cannot be found is given back only once it is older than ``SLOT_ACCEPT_GRACE_MS``: the slot
+        is taken before its run is accepted, which may still be on its way."""
+        holders = await self._redis.zrange(keys.api_key_runs(key_id), 0, -1, withscores=True)
+        run_ids = [h.decode() for h, _ in holders]
+        conversations = await self._redis.mget([keys.run_ref(r) for r in run_ids]) if run_ids else []
+        ended: list[str] = []
+        for (run_id, (_, expires_ms)), conversation in zip(zip(run_ids, holders, strict=True), conversations, strict=True):
+            if conversation is None:
+                if now_ms - (expires_ms - RUN_SLOT_TTL_MS) > SLOT_ACCEPT_GRACE_MS:
+                    ended.append(run_id)
+                continue
+            status = await self._redis.hget(keys.run(conversation.decode(), run_id), "status")
+            if status is None or status.decode() in ("completed", "failed", "cancelled"):
+                ended.append(run_id)
+        if ended:
+            await self._redis.zrem(keys.api_key_runs(key_id), *ended)
+        return bool(ended)
 
     async def release_run_slot(self, key_id: str, run_id: str) -> None:
         await self._redis.zrem(keys.api_key_runs(key_id), run_id)

@@ -22,6 +22,7 @@
         │   ├── LLMUnavailableError, LLMContextWindowError, LLMBadRequestError,
         │   └── LLMEmptyResponseError, LLMContentFilterError, LLMInvalidResponseError
         ├── SystemPromptOverflowError system prompt + tools exceed the context window
+        ├── InputOverflowError        the current input alone exceeds the context window
         ├── ApprovalStillPendingError a queued message met an approval requested after it
         ├── InvalidApprovalError      an approval that answers no pending call
         ├── OwnerLostError            the process running the run died (error_type owner_lost)
@@ -150,6 +151,14 @@ class SystemPromptOverflowError(RunFailure):
     error_type = "context_window_overflow"
     stop_reason = "context_window_overflow_in_system_prompt"
     public_message = "The agent's system prompt and tools alone do not fit the model's context window."
+
+
+class InputOverflowError(RunFailure):
+    """The message(s) of one request cannot fit the model's context window, whatever history is
+    left out. Letta has no stop reason for it: the stream says ``error``, the error item the type."""
+
+    error_type = "context_window_overflow_in_input"
+    public_message = "The message sent does not fit the model's context window, even with no earlier history."
 
 
 class ApprovalStillPendingError(RunFailure):

@@ -142,9 +142,10 @@ async def run_turn(
 ) -> TurnOutcome:
     """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
 
-    ``persist`` receives the turn's messages step by step: the input with the first step, then each
-    step's response together with its tool results, so a failure or a crash leaves only whole steps
-    in the history (and the tools that ran are on record). ``approval_pending`` says whether the
+    ``persist`` receives the turn's messages step by step: the input (with the results of the tools
+    an approval ran) before the first step, then each step's response together with its tool
+    results, so a failure or a crash leaves the input and whole steps in the history (and the tools
+    that ran are on record). Only a message refused because an approval is pending is not kept. ``approval_pending`` says whether the
     conversation's approval request is still open (a cancel closes it). A cancel normally arrives
     as a task cancellation; ``cancelled`` is checked as well before each step and at every event,
     because a cancellation that lands inside a Redis command can be absorbed by the client
@@ -174,43 +175,41 @@ async def run_turn(
     stop_reason = "max_steps"
     finish_reason: str | None = None
     approval_request_id: str | None = None
-    saved = 0
-
-    async def save() -> None:
-        nonlocal saved
-        if persist is not None and saved < len(new):
-            await persist(new[saved:])
-            saved = len(new)
-
-    for index in range(turn.max_steps):
-        if cancelled():
-            raise asyncio.CancelledError
-        messages, dropped = fit(system, specs, chats.convert([*history, *new]), window=agent.context_window, reserve=agent.max_tokens)
-        request = LLMRequest(model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=agent.max_tokens)
-        step = await _step(
-            turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
-        )
-        totals.steps += 1
-        totals.add(step)
-        if ttft_ns is None and step.first_token_ns is not None:
-            ttft_ns = step.first_token_ns - turn.accepted_at_ns
-        new += step.messages
-        finish_reason = step.finish.raw if step.finish else None
-        if step.tool_calls:
-            now = [c for c in step.tool_calls if not box.waits_for_client(c.name)]
-            step_id = step.messages[0].step_id if step.messages else None
-            for result in await box.run_all(now, run_id=turn.run_id, step_id=step_id):
-                await emit(result.model_copy())
-                new.append(result)
-            await save()
-            if len(now) < len(step.tool_calls):
-                stop_reason = "requires_approval"
-                approval_request_id = next(m.id for m in step.messages if isinstance(m, ApprovalRequestMessage))
-                break
-            continue
-        await save()
-        stop_reason = "max_tokens_exceeded" if step.finish and step.finish.reason == "max_tokens" else "end_turn"
-        break
+    inputs = sum(isinstance(m, UserMessage) for m in new)
+    record = _Record(persist, new)  # the input goes to the history now, alongside the first request
+    try:
+        for index in range(turn.max_steps):
+            if cancelled():
+                raise asyncio.CancelledError
+            chat = chats.convert([*history, *new])
+            messages, dropped = fit(system, specs, chat, window=agent.context_window, reserve=agent.max_tokens, inputs=inputs)
+            request = LLMRequest(model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=agent.max_tokens)
+            step = await _step(
+                turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
+            )
+            totals.steps += 1
+            totals.add(step)
+            if ttft_ns is None and step.first_token_ns is not None:
+                ttft_ns = step.first_token_ns - turn.accepted_at_ns
+            new += step.messages
+            finish_reason = step.finish.raw if step.finish else None
+            if step.tool_calls:
+                now = [c for c in step.tool_calls if not box.waits_for_client(c.name)]
+                step_id = step.messages[0].step_id if step.messages else None
+                for result in await box.run_all(now, run_id=turn.run_id, step_id=step_id):
+                    await emit(result.model_copy())
+                    new.append(result)
+                await record.save()
+                if len(now) < len(step.tool_calls):
+                    stop_reason = "requires_approval"
+                    approval_request_id = next(m.id for m in step.messages if isinstance(m, ApprovalRequestMessage))
+                    break
+                continue
+            await record.save()
+            stop_reason = "max_tokens_exceeded" if step.truncated else "end_turn"
+            break
+    finally:
+        await record.settle()
     return TurnOutcome(
         stop_reason=stop_reason,
         usage=totals.statistics(turn.run_id),
@@ -219,6 +218,33 @@ async def run_turn(
         finish_reason=finish_reason,
         approval_request_id=approval_request_id,
     )
+
+
+class _Record:
+    """A turn's messages on their way to the history, in order. The input (``messages`` as given)
+    is written at once, concurrently with the first step's request, so keeping it costs no round
+    trip before the first token; each later ``save`` writes what was added since, after the write
+    before it has landed. ``settle`` waits for the input's write however the turn ends, so the input
+    is on record even when the first step fails."""
+
+    def __init__(self, persist: Persist | None, messages: list[HistoryMessage]) -> None:
+        self._persist = persist
+        self._messages = messages
+        self._saved = len(messages)
+        self._first: asyncio.Future[None] | None = None
+        if persist is not None and messages:
+            self._first = asyncio.ensure_future(persist(list(messages)))
+
+    async def save(self) -> None:
+        await self.settle()
+        if self._persist is not None and self._saved < len(self._messages):
+            await self._persist(self._messages[self._saved :])
+            self._saved = len(self._messages)
+
+    async def settle(self) -> None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            await asyncio.shield(first)
 
 
 def _filtered(emit: Emit, types: list[str] | None) -> Emit:
@@ -296,7 +322,7 @@ def _check(result: StepResult) -> None:
     """A response must say something, unless the token limit cut it before it could."""
     if result.finish is not None and result.finish.reason == "content_filter":
         raise LLMContentFilterError(f"finish reason {result.finish.raw!r}")
-    if not result.text and not result.tool_calls and not (result.finish and result.finish.reason == "max_tokens"):
+    if not result.text and not result.tool_calls and not result.truncated:
         raise LLMEmptyResponseError("the model produced no text and no tool call")
 
 
@@ -379,6 +405,8 @@ def _summary(result: StepResult | None) -> dict[str, Any] | None:
         "reasoning_chars": sum(len(r.text) for r in result.reasoning),
         "redacted_reasoning_blocks": sum(1 for r in result.reasoning if r.redacted),
         "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+        # Calls of a response cut by the token limit: neither run nor sent for approval (runtime.step).
+        "cut_tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments} for c in result.cut_tool_calls],
         "usage": {
             "prompt_tokens": result.usage.prompt_tokens,
             "completion_tokens": result.usage.completion_tokens,

@@ -8,6 +8,11 @@ has its own ``otid`` (``segment_otid(id, n)``), and all deltas of a segment shar
 - step streaming: one complete message per segment is emitted when the response ends.
 
 Either way the history receives one complete message per segment.
+
+A response cut by its output-token limit (``Finish("max_tokens")``) asks for no tool: its calls are
+dropped from the result, the history and a step-streamed reply, because the last one is certainly
+incomplete (its arguments are cut mid-JSON) and the others belong to a plan the model did not
+finish. Token deltas already streamed stay as they were; the trace records the calls dropped.
 """
 
 from __future__ import annotations
@@ -75,6 +80,11 @@ class StepResult:
     finish: Finish | None
     info: ResponseInfo | None
     first_token_ns: int | None  # wall clock of the first content event
+    cut_tool_calls: tuple[ToolCall, ...] = ()  # asked for by a response the token limit cut: never run
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish is not None and self.finish.reason == "max_tokens"
 
 
 class StepAssembler:
@@ -160,26 +170,26 @@ class StepAssembler:
         for segment in self._segments:  # a server that sends no call id still gets stable ones
             if segment.kind == "tool" and not segment.call_id:
                 segment.call_id = f"call-{self._id[8:]}-{segment.call_index}"
-        messages = [self._complete(s) for s in self._segments]
-        text_segments = [s for s in self._segments if s.kind == "text"]
+        cut = self._finish is not None and self._finish.reason == "max_tokens"
+        kept = [s for s in self._segments if not (cut and s.kind == "tool")]
+        calls = tuple(
+            ToolCall(call_id=s.call_id or "", name=s.name or "", arguments=s.text) for s in self._segments if s.kind == "tool"
+        )
         return StepResult(
-            messages=messages,
-            text="".join(s.text for s in text_segments),
+            messages=[self._complete(s) for s in kept],
+            text="".join(s.text for s in kept if s.kind == "text"),
             refused=self._refused,
             reasoning=tuple(
                 ReasoningBlock(redacted=s.text) if s.kind == "hidden" else ReasoningBlock(s.text, s.signature)
-                for s in self._segments
+                for s in kept
                 if s.kind in ("reasoning", "hidden")
             ),
-            tool_calls=tuple(
-                ToolCall(call_id=s.call_id or "", name=s.name or "", arguments=s.text)
-                for s in self._segments
-                if s.kind == "tool"
-            ),
+            tool_calls=() if cut else calls,
             usage=self._usage,
             finish=self._finish,
             info=self._info,
             first_token_ns=self._first_token_ns,
+            cut_tool_calls=calls if cut else (),
         )
 
     def _segment(self, kind: SegmentKind, *, call_index: int | None = None, fresh: bool = False) -> _Segment:

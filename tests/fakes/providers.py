@@ -545,9 +545,11 @@ def chat_tool_calls(
     *,
     content: Sequence[str] = (),
     interleave: bool = False,
+    finish: str = "tool_calls",
     usage: Usage | None = Usage(),
 ) -> list[Frame]:
-    """A Chat Completions stream of (parallel) tool calls, ``finish_reason: "tool_calls"``.
+    """A Chat Completions stream of (parallel) tool calls, ``finish_reason: "tool_calls"`` (or
+    ``finish="length"``: the token limit cut the last call's arguments).
 
     Each call opens with ``{index, id, type, function: {name, arguments: ""}}`` and continues with
     ``function.arguments`` fragments keyed only by ``index``. OpenAI sends calls one after the other;
@@ -566,7 +568,7 @@ def chat_tool_calls(
     else:
         ordered = [tc for stream in streams for tc in stream]
     deltas += [{"tool_calls": [tc]} for tc in ordered]
-    return _chat_stream(model, deltas, "tool_calls", usage, True, True)
+    return _chat_stream(model, deltas, finish, usage, True, True)
 
 
 def _round_robin(streams: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
@@ -653,7 +655,9 @@ class _Responses:
         self.emit("response.content_part.done", **where, part=_output_text(text))
         self._item_done({**item, "status": status, "content": [_output_text(text)]})
 
-    def function_call(self, call: ToolCall) -> None:
+    def function_call(self, call: ToolCall, *, cut: bool = False) -> None:
+        """``cut``: the token limit stopped it mid-arguments (no ``arguments.done``; the item ends
+        ``incomplete``)."""
         call_id, name, *fragments = call
         item_id, index = "fc_" + secrets.token_hex(25), len(self.output)
         item = {
@@ -668,8 +672,9 @@ class _Responses:
         for fragment in fragments:
             self.emit("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=fragment)
         arguments = "".join(fragments)
-        self.emit("response.function_call_arguments.done", item_id=item_id, output_index=index, arguments=arguments)
-        self._item_done({**item, "status": "completed", "arguments": arguments})
+        if not cut:
+            self.emit("response.function_call_arguments.done", item_id=item_id, output_index=index, arguments=arguments)
+        self._item_done({**item, "status": "incomplete" if cut else "completed", "arguments": arguments})
 
     def _item_done(self, item: dict[str, Any]) -> None:
         self.emit("response.output_item.done", output_index=len(self.output), item=item)
@@ -710,11 +715,18 @@ def responses_reasoning_summary(
     return stream.end("response.completed", "completed", usage)
 
 
-def responses_function_call(model: str, calls: Sequence[ToolCall], *, usage: Usage = Usage()) -> list[Frame]:
-    """One ``function_call`` output item per call: ``added`` (call_id, name), argument deltas, ``done``."""
+def responses_function_call(
+    model: str, calls: Sequence[ToolCall], *, incomplete: str | None = None, usage: Usage = Usage()
+) -> list[Frame]:
+    """One ``function_call`` output item per call: ``added`` (call_id, name), argument deltas, ``done``.
+
+    ``incomplete`` (e.g. ``"max_output_tokens"``): the last call is cut mid-arguments and the stream
+    ends in ``response.incomplete`` with that reason."""
     stream = _Responses(model)
-    for call in calls:
-        stream.function_call(call)
+    for i, call in enumerate(calls):
+        stream.function_call(call, cut=incomplete is not None and i == len(calls) - 1)
+    if incomplete is not None:
+        return stream.end("response.incomplete", "incomplete", usage, incomplete_details={"reason": incomplete})
     return stream.end("response.completed", "completed", usage)
 
 

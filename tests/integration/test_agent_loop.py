@@ -14,6 +14,7 @@ import signal
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from runtime import keys
@@ -194,6 +195,92 @@ async def test_context_window_drops_old_turns_and_a_too_large_system_prompt_fail
     assert [e["error_type"] for e in failed.errors] == ["context_window_overflow"] and failed.run["status"] == "failed"
 
 
+# A response the output-token limit cuts inside a tool call, in each provider's wire format: a whole
+# call to a server tool, then a call to a tool that needs approval, cut mid-arguments.
+CUT_CALLS = {
+    "openai": (lambda model, calls: fp.chat_tool_calls(model, calls, content=["Let me "], finish="length"), fp.chat_text),
+    "openai-responses": (
+        lambda model, calls: fp.responses_function_call(model, calls, incomplete="max_output_tokens"),
+        fp.responses_text,
+    ),
+    "anthropic": (
+        lambda model, calls: fp.anthropic_tool_use(model, calls, text=["Let me "], stop_reason="max_tokens"),
+        fp.anthropic_text,
+    ),
+}
+
+
+@pytest.mark.parametrize("stream_tokens", [False, True], ids=["steps", "tokens"])
+@pytest.mark.parametrize("provider", sorted(CUT_CALLS))
+async def test_a_tool_call_cut_by_the_token_limit_is_never_run_nor_sent_for_approval(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider, provider: str, stream_tokens: bool
+) -> None:
+    model = unique("cut")
+    calls = [("c1", "add", '{"a": 1, "b": 2}'), ("c2", "transfer", '{"amount": 5, "to": "b')]
+    cut, text = CUT_CALLS[provider]
+    fake_provider.script(model, fp.Stream(cut(model, calls)), fp.Stream(text(model, ["fine"])))
+    agent = await client.post("/v1/agents", json={"name": "cut", "model": f"{provider}/{model}", "tools": ["add", "transfer"]})
+    conv = (await client.post("/v1/conversations", params={"agent_id": agent.json()["id"]})).json()["id"]
+
+    turn = await send(client, conv, "pay bob", stream_tokens=stream_tokens)
+
+    assert turn.stop_reason == "max_tokens_exceeded" and turn.run["status"] == "completed", turn.items
+    assert not turn.errors and not turn.of("tool_return_message"), "no tool ran"
+    assert len(fake_provider.calls(model)) == 1, "no second step"
+    if not stream_tokens:  # whole messages: the cut calls are not shown at all
+        assert not turn.of("tool_call_message") and not turn.of("approval_request_message")
+    (step,) = await steps(client, turn.run_id)
+    assert [c["name"] for c in step["trace"]["response"]["cut_tool_calls"]] == ["add", "transfer"]
+    history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
+    assert {m["message_type"] for m in history} <= {"user_message", "assistant_message"}, history
+    # nothing waits for an approval: the next message is taken (no 409)
+    assert (await send(client, conv, "and now?")).stop_reason == "end_turn"
+
+
+async def test_an_input_of_several_messages_is_never_cut_and_one_that_cannot_fit_fails_at_once(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    """Regression: three user messages over the window were cut to the last one, and the model
+    answered having seen a third of the question (the trace said ``history_messages_dropped: 2``)."""
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["ok"])), repeat=True)
+    # a budget of 1,400 tokens: the three parts need ~1,530 at the policy's count, ~1,150 generously
+    conv = await agent_conversation(client, model, context_window_limit=1_600, max_tokens=200)
+    await send(client, conv, "old turn " + "o" * 900)
+    parts = [{"role": "user", "content": f"part {i} " + "p" * 1_500} for i in range(3)]
+    turn = await send(client, conv, messages=parts)
+    assert turn.stop_reason == "end_turn"
+    sent = [m["content"] for m in fake_provider.calls(model)[-1].body["messages"] if m["role"] == "user"]
+    assert sent == [p["content"] for p in parts], "every part of the input reached the model, and no older turn"
+
+    huge = [{"role": "user", "content": f"{i} " + "h" * 999_000} for i in range(3)]
+    calls_before = len(fake_provider.calls(model))
+    failed = await send(client, conv, messages=huge)
+    assert failed.stop_reason == "error" and failed.run["status"] == "failed"
+    (error,) = failed.errors
+    assert error["error_type"] == "context_window_overflow_in_input" and "more than fit" in error["detail"], error
+    assert len(fake_provider.calls(model)) == calls_before, "nothing was sent to the model"
+    blocking = await client.post(f"/v1/conversations/{conv}/messages", json={"messages": huge[:1], "streaming": False})
+    assert blocking.status_code == 400 and blocking.json()["error"]["error_type"] == "context_window_overflow_in_input"
+
+
+async def test_the_input_stays_in_the_history_whatever_ends_the_turn(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    """Regression: a turn that failed in its first step left no trace of what was asked."""
+    model = unique("gpt")
+    fake_provider.script(model, fp.openai_error(400, "Invalid value for 'x'", "invalid_request_error"), fp.Hang(30))
+    conv = await agent_conversation(client, model)
+    failed = await send(client, conv, "first, failing")
+    assert failed.run["status"] == "failed"
+    cancelled = asyncio.create_task(send(client, conv, "second, cancelled"))
+    await eventually(lambda: len(fake_provider.calls(model)) >= 2, 15, message="the second turn to reach the model")
+    assert (await client.post(f"/v1/conversations/{conv}/cancel")).status_code == 200
+    assert (await asyncio.wait_for(cancelled, 15)).run["status"] == "cancelled"
+    history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
+    assert [m["content"] for m in history if m["message_type"] == "user_message"] == ["first, failing", "second, cancelled"]
+
+
 async def test_unknown_tools_are_refused_at_creation(client: httpx.AsyncClient) -> None:
     reply = await client.post("/v1/agents", json={"name": "x", "tools": ["add", "nope"]})
     assert reply.status_code == 400 and "nope" in reply.text and "add" in reply.text
@@ -330,5 +417,5 @@ async def test_an_answer_whose_host_dies_mid_run_closes_its_approval(
     turn = await send(client, conv, "still there?")
     assert turn.text == "Back again." and turn.stop_reason == "end_turn"
     sent = fake_provider.calls(model)[-1].body["messages"]
-    # the answer's run left nothing in history: the call gets an error result, so the provider accepts it
-    assert sent[-2]["role"] == "tool" and sent[-2]["tool_call_id"] == "l1" and "no result" in sent[-2]["content"]
+    # the answer is on record (its input was kept before its step began), so the call has its result
+    assert sent[-2] == {"role": "tool", "tool_call_id": "l1", "content": "Paris"}

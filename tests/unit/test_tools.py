@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.context import fit, render_system
-from runtime.errors import InvalidRequestError, SystemPromptOverflowError
+from runtime.errors import InputOverflowError, InvalidRequestError, SystemPromptOverflowError
 from runtime.ids import new_id
 from runtime.providers.events import ChatMessage
 from runtime.schemas.agents import AgentRecord
@@ -49,10 +49,24 @@ def test_fit_drops_whole_old_turns_and_keeps_the_current_one() -> None:
     assert kept[0].role == "user" and kept[-1].content.startswith("a9")
     everything, none = fit("sys", (), chat, window=100_000, reserve=100)
     assert none == 0 and everything == chat
-    huge = [ChatMessage("user", "z" * 100_000)]
-    assert fit("sys", (), huge, window=1_000, reserve=100)[0] == huge, "the current turn is always sent"
+    # an input that fits only if counted generously is sent whole, and left to the provider's limit
+    tight = [*chat, ChatMessage("user", "y" * 3_000)]
+    assert fit("sys", (), tight, window=1_000, reserve=100)[0] == tight[-1:]
     with pytest.raises(SystemPromptOverflowError):
         fit("s" * 10_000, (), chat, window=1_000, reserve=100)
+
+
+def test_fit_never_cuts_into_the_current_input_and_refuses_one_that_cannot_fit() -> None:
+    history = _chat(4, 300)
+    inputs = [ChatMessage("user", f"part {i} " + "x" * 1_000) for i in range(3)]
+    # the three parts overrun the budget at the policy's count, but might fit: all are sent, no history
+    kept, dropped = fit("sys", (), [*history, *inputs], window=1_100, reserve=100, inputs=3)
+    assert kept == inputs and dropped == len(history), "all of a three-message input is sent, the history is not"
+    with pytest.raises(InputOverflowError) as refused:
+        fit("sys", (), [*history, *inputs], window=800, reserve=100, inputs=3)
+    assert "3 messages" in refused.value.detail and "more than fit" in refused.value.detail
+    # an approval's continuation (no new input) keeps its whole turn and is never refused here
+    assert fit("sys", (), inputs, window=600, reserve=100, inputs=0)[0] == inputs[-1:]
 
 
 def test_memory_blocks_are_rendered_into_the_system_prompt() -> None:
