@@ -6,6 +6,13 @@ error. Their HTTP client (``httpx2``) can also escape raw, e.g. from Anthropic's
 when the connection is cut. Errors that arrive *inside* a 200 stream (Anthropic's ``event: error``, an OpenAI chunk
 holding ``error``, Responses' ``response.failed``) carry no useful status, so the provider's
 error type or code in the body decides.
+
+google-genai raises one ``APIError`` family (``ClientError`` for 4xx, ``ServerError`` for 5xx)
+carrying the HTTP ``code`` and Google's canonical ``status`` (``RESOURCE_EXHAUSTED``,
+``UNAVAILABLE``, ...), also for an ``{"error": ...}`` chunk inside a stream (it takes the chunk's
+code); its transport (``httpx2``, or ``httpx`` when chosen) escapes raw, and Vertex AI credentials
+fail with ``google.auth`` exceptions. Its class names collide with the Stainless ones (``APIError``),
+so its classes are listed by their qualified names (``GOOGLE_ERRORS``).
 """
 
 from __future__ import annotations
@@ -74,30 +81,77 @@ SDK_ERRORS: dict[str, Meaning] = {
 ROOTS = frozenset({"OpenAIError", "AnthropicError"})
 FAMILIES = frozenset({"APIStatusError", "APIConnectionError", "CredentialsError", "TransportError", "TimeoutException"})
 
+# google-genai (and google-auth, which it uses for Vertex AI), by qualified class name; looked up
+# before ``SDK_ERRORS`` at every step of the MRO. "google": decided by the error's HTTP code, Google's
+# canonical status and its ErrorInfo reason (``classify``). Tested like the others.
+GOOGLE_ERRORS: dict[str, Meaning] = {
+    "google.genai.errors.APIError": "google",
+    "google.genai.errors.ClientError": "google",
+    "google.genai.errors.ServerError": "google",
+    # A chunk that is not JSON (the SDK's own SSE reader).
+    "google.genai.errors.UnknownApiResponseError": LLMInvalidResponseError,
+    # The SDK's continuation of a cut stream gave up after output (Interactions API).
+    "google.genai.errors.ContinuationInterruptedError": LLMUnavailableError,
+    "google.genai._interactions_continuation.ContinuationTimeoutError": LLMTimeoutError,
+    "google.genai._api_client.EphemeralTokenAPIKeyError": LLMAuthenticationError,
+    # Raised only by automatic function calling, which Convoy turns off (it runs tools itself).
+    "google.genai.errors.UnknownFunctionCallArgumentError": LLMInvalidResponseError,
+    "google.genai.errors.UnsupportedFunctionError": LLMError,
+    "google.genai.errors.FunctionInvocationError": LLMError,
+    # Vertex AI: Application Default Credentials missing or refused, or unreachable while refreshed.
+    "google.auth.exceptions.GoogleAuthError": LLMAuthenticationError,
+    "google.auth.exceptions.TransportError": LLMUnavailableError,
+    "google.auth.exceptions.TimeoutError": LLMTimeoutError,
+}
+GOOGLE_FAMILIES = frozenset({"google.genai.errors.APIError", "google.auth.exceptions.GoogleAuthError"})
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
 
 def meaning_of(cls: type[BaseException]) -> tuple[str, Meaning] | None:
-    """The nearest class along ``cls``'s MRO that ``SDK_ERRORS`` lists, and what it means."""
+    """The nearest class along ``cls``'s MRO that ``GOOGLE_ERRORS`` or ``SDK_ERRORS`` lists, and what it means."""
     for klass in cls.__mro__:
-        found = SDK_ERRORS.get(klass.__name__)
+        found = GOOGLE_ERRORS.get(_qualified(klass)) or SDK_ERRORS.get(klass.__name__)
         if found is not None:
             return klass.__name__, found
     return None
 
 
 def placed(cls: type[BaseException]) -> bool:
-    """Whether ``SDK_ERRORS`` gives ``cls`` a meaning of its own: it is listed (and not a root), or
-    it refines one of the ``FAMILIES``."""
+    """Whether the tables give ``cls`` a meaning of its own: it is listed (and not a root), or it
+    refines one of the families."""
+    if _qualified(cls) in GOOGLE_ERRORS:
+        return True
+    if any(_qualified(klass) in GOOGLE_FAMILIES for klass in cls.__mro__[1:]):
+        return True
     if cls.__name__ in SDK_ERRORS:
         return cls.__name__ not in ROOTS
     return any(klass.__name__ in FAMILIES for klass in cls.__mro__[1:])
 
 
-_RATE_LIMIT = {"rate_limit_error", "rate_limit_exceeded", "insufficient_quota", "tokens", "requests"}
-_AUTH = {"authentication_error", "permission_error", "invalid_api_key", "permission_denied", "unauthorized"}
-_UNAVAILABLE = {"overloaded_error", "api_error", "server_error", "service_unavailable", "internal_error"}
+# Error types and codes of every provider; Google's are its canonical statuses (google.rpc.Code) and
+# the ErrorInfo reasons of a refused key (which Gemini answers with 400 INVALID_ARGUMENT).
+_RATE_LIMIT = {"rate_limit_error", "rate_limit_exceeded", "insufficient_quota", "tokens", "requests", "RESOURCE_EXHAUSTED"}
+_AUTH = {
+    "authentication_error", "permission_error", "invalid_api_key", "permission_denied", "unauthorized",
+    "UNAUTHENTICATED", "PERMISSION_DENIED", "API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED",
+}  # fmt: skip
+_TIMEOUT = {"DEADLINE_EXCEEDED"}
+_UNAVAILABLE = {
+    "overloaded_error", "api_error", "server_error", "service_unavailable", "internal_error",
+    "UNAVAILABLE", "INTERNAL", "CANCELLED", "ABORTED",
+}  # fmt: skip
 _CONTEXT = {"context_length_exceeded", "string_above_max_length"}
-_CONTEXT_PHRASES = ("prompt is too long", "maximum context length", "context window", "context_length_exceeded")
-_BAD_REQUEST = {"invalid_request_error", "invalid_prompt", "not_found_error", "invalid_value", "request_too_large"}
+_CONTEXT_PHRASES = (
+    "prompt is too long", "maximum context length", "context window", "context_length_exceeded",
+    "exceeds the maximum number of tokens allowed",  # Gemini: "The input token count (N) exceeds ..."
+)  # fmt: skip
+_BAD_REQUEST = {
+    "invalid_request_error", "invalid_prompt", "not_found_error", "invalid_value", "request_too_large",
+    "INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE",
+}  # fmt: skip
 
 
 def error_fields(body: Any) -> tuple[str | None, str | None]:
@@ -123,7 +177,7 @@ def classify(provider: str, status: int | None, kind: str | None, message: str |
         return LLMRateLimitError(detail)
     if status in (401, 403) or kind in _AUTH:
         return LLMAuthenticationError(detail)
-    if status in (408, 504):
+    if status in (408, 504) or kind in _TIMEOUT:
         return LLMTimeoutError(detail)
     if (status is not None and status >= 500) or kind in _UNAVAILABLE:
         return LLMUnavailableError(detail)
@@ -150,6 +204,8 @@ def translate(exc: BaseException, provider: str) -> BaseException:
             return LLMInvalidResponseError(f"{provider}: {type(exc).__name__}: {exc}")
         return exc
     _, meaning = found
+    if meaning == "google":
+        return classify(provider, getattr(exc, "code", None), _google_kind(exc), getattr(exc, "message", None) or str(exc))
     if meaning == "status" or meaning == "body":
         kind, message = error_fields(getattr(exc, "body", None))
         status = getattr(exc, "status_code", None) if meaning == "status" else None
@@ -163,6 +219,17 @@ def translate(exc: BaseException, provider: str) -> BaseException:
     if meaning is LLMError and "api_key" in str(exc):
         return LLMAuthenticationError(f"{provider}: {exc}")
     return meaning(f"{provider}: {type(exc).__name__}: {exc}")
+
+
+def _google_kind(exc: BaseException) -> str | None:
+    """A refused key's ErrorInfo reason (``API_KEY_INVALID``), else Google's canonical status."""
+    details = getattr(exc, "details", None)
+    error = details.get("error") if isinstance(details, dict) else None
+    for detail in (error.get("details") if isinstance(error, dict) else None) or ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.ErrorInfo") and detail.get("reason"):
+            return str(detail["reason"])
+    status = getattr(exc, "status", None)
+    return str(status) if status else None
 
 
 def require_event_stream(response: Any, provider: str) -> None:
