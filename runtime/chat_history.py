@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from runtime.providers.events import ChatMessage, ReasoningBlock, ToolCall
+from runtime.providers.events import AssistantPart, ChatMessage, ReasoningBlock, ToolCall
 from runtime.schemas.messages import (
     ApprovalRequestMessage,
     AssistantMessage,
@@ -34,7 +34,8 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     """Stored Letta messages -> provider-neutral chat messages.
 
     The parts of one model response (reasoning, text, tool calls) share a message id and become
-    one assistant message; each tool return becomes a tool message. A tool call that never got a
+    one assistant message (``parts`` keeps them in their order); each tool return becomes a tool
+    message. A tool call that never got a
     result (its approval was cancelled, its turn failed) gets an error result, because providers
     refuse a history with unanswered calls.
     """
@@ -45,20 +46,11 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     def flush() -> None:
         if not group:
             return
-        text = "".join(_text(m.content) for m in group if isinstance(m, AssistantMessage))
-        reasoning = tuple(
-            ReasoningBlock(redacted=m.hidden_reasoning)
-            if isinstance(m, HiddenReasoningMessage)
-            else ReasoningBlock(m.reasoning, m.signature)
-            for m in group
-            if isinstance(m, ReasoningMessage | HiddenReasoningMessage)
-        )
-        calls = tuple(
-            ToolCall(m.tool_call.tool_call_id or "", m.tool_call.name or "", m.tool_call.arguments or "")
-            for m in group
-            if isinstance(m, CALL_TYPES)
-        )
-        chat.append(ChatMessage("assistant", text, tool_calls=calls, reasoning=reasoning))
+        parts = tuple(_part(m) for m in group)
+        text = "".join(p for p in parts if isinstance(p, str))
+        reasoning = tuple(p for p in parts if isinstance(p, ReasoningBlock))
+        calls = tuple(p for p in parts if isinstance(p, ToolCall))
+        chat.append(ChatMessage("assistant", text, tool_calls=calls, reasoning=reasoning, parts=parts))
         open_calls.extend(c.call_id for c in calls)
         group.clear()
 
@@ -89,6 +81,18 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     flush()
     close_calls()
     return chat
+
+
+def _part(message: HistoryMessage) -> AssistantPart:
+    if isinstance(message, HiddenReasoningMessage):
+        return ReasoningBlock(redacted=message.hidden_reasoning)
+    if isinstance(message, ReasoningMessage):
+        return ReasoningBlock(message.reasoning, message.signature)
+    if isinstance(message, CALL_TYPES):
+        call = message.tool_call
+        return ToolCall(call.tool_call_id or "", call.name or "", call.arguments or "")
+    assert isinstance(message, AssistantMessage)
+    return _text(message.content)
 
 
 def _text(content: object) -> str:

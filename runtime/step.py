@@ -9,6 +9,10 @@ has its own ``otid`` (``segment_otid(id, n)``), and all deltas of a segment shar
 
 Either way the history receives one complete message per segment.
 
+A ``PartSignature`` (Gemini's signature of one part) is a segment of its own, a reasoning message
+with the signature and no text, and the content event after it starts a segment of its own that
+nothing later joins, so the history keeps the signed part exactly as it came (``events.PartSignature``).
+
 A response cut by its output-token limit (``Finish("max_tokens")``) asks for no tool: its calls are
 dropped from the result, the history and a step-streamed reply, because the last one is certainly
 incomplete (its arguments are cut mid-JSON) and the others belong to a plan the model did not
@@ -27,6 +31,7 @@ from runtime.providers.events import (
     CONTENT_EVENTS,
     Finish,
     LLMEvent,
+    PartSignature,
     ReasoningBlock,
     ReasoningDelta,
     RefusalDelta,
@@ -61,6 +66,8 @@ class _Segment:
     call_index: int | None = None
     call_id: str | None = None
     name: str | None = None
+    sealed: bool = False  # nothing more joins it: a signed part, or a PartSignature
+    marker: bool = False  # a PartSignature: it signs the segment after it
 
     @property
     def text(self) -> str:
@@ -112,6 +119,7 @@ class StepAssembler:
         self._finish: Finish | None = None
         self._info: ResponseInfo | None = None
         self._first_token_ns: int | None = None
+        self._signed_next = False  # a PartSignature came: the next content is a part of its own
 
     async def feed(self, event: LLMEvent) -> None:
         if isinstance(event, CONTENT_EVENTS) and self._first_token_ns is None:
@@ -125,6 +133,13 @@ class StepAssembler:
                 await self._delta(segment, event.text)
         elif isinstance(event, ReasoningDelta):
             await self._reasoning(event)
+        elif isinstance(event, PartSignature):
+            segment = self._segment("reasoning", fresh=True)
+            segment.signature = event.signature
+            segment.sealed = segment.marker = True
+            self._signed_next = True
+            if self._stream_tokens:
+                await self._emit(self._message(ReasoningMessage, segment, reasoning="", signature=event.signature))
         elif isinstance(event, ToolCallDelta):
             segment = self._segment("tool", call_index=event.index)
             segment.call_id = segment.call_id or event.call_id
@@ -171,7 +186,13 @@ class StepAssembler:
             if segment.kind == "tool" and not segment.call_id:
                 segment.call_id = f"call-{self._id[8:]}-{segment.call_index}"
         cut = self._finish is not None and self._finish.reason == "max_tokens"
-        kept = [s for s in self._segments if not (cut and s.kind == "tool")]
+        kept: list[_Segment] = []
+        for segment in self._segments:
+            if cut and segment.kind == "tool":
+                if kept and kept[-1].marker:  # the signature of a call left out goes with it
+                    kept.pop()
+                continue
+            kept.append(segment)
         calls = tuple(
             ToolCall(call_id=s.call_id or "", name=s.name or "", arguments=s.text) for s in self._segments if s.kind == "tool"
         )
@@ -193,14 +214,16 @@ class StepAssembler:
         )
 
     def _segment(self, kind: SegmentKind, *, call_index: int | None = None, fresh: bool = False) -> _Segment:
-        current = self._segments[-1] if self._segments else None
-        if not fresh and current is not None and current.kind == kind and current.call_index == call_index:
-            return current
-        if kind == "tool":  # a later fragment of a call that is not the newest segment
-            for segment in self._segments:
-                if segment.kind == "tool" and segment.call_index == call_index:
-                    return segment
-        segment = _Segment(kind, segment_otid(self._id, len(self._segments)), call_index=call_index)
+        signed, self._signed_next = self._signed_next, False
+        if not (fresh or signed):
+            current = self._segments[-1] if self._segments else None
+            if current is not None and not current.sealed and current.kind == kind and current.call_index == call_index:
+                return current
+            if kind == "tool":  # a later fragment of a call that is not the newest segment
+                for segment in self._segments:
+                    if segment.kind == "tool" and segment.call_index == call_index:
+                        return segment
+        segment = _Segment(kind, segment_otid(self._id, len(self._segments)), call_index=call_index, sealed=signed)
         self._segments.append(segment)
         return segment
 

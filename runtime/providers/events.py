@@ -39,6 +39,19 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class PartSignature:
+    """The provider's signature of the part of the response that follows (Gemini's ``thoughtSignature``).
+
+    The provider requires it back on that very part. It is kept as a segment of its own, a reasoning
+    message with this signature and no text, and the part it signs (the next content event) is a
+    segment of its own too, never merged with its neighbours; request building gives the signature
+    back on that part, or on an empty text part when nothing follows it (a signature Gemini sends at
+    the end of an answer)."""
+
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     """A piece of one tool call; ``index`` tells parallel calls apart, id and name come first."""
 
@@ -71,10 +84,10 @@ class Finish:
     raw: str | None = None  # the provider's own word for it, kept for traces
 
 
-LLMEvent = TextDelta | RefusalDelta | ReasoningDelta | ToolCallDelta | Usage | ResponseInfo | Finish
+LLMEvent = TextDelta | RefusalDelta | ReasoningDelta | PartSignature | ToolCallDelta | Usage | ResponseInfo | Finish
 
 # Events that carry model output: the first one is the "first token".
-CONTENT_EVENTS = (TextDelta, RefusalDelta, ReasoningDelta, ToolCallDelta)
+CONTENT_EVENTS = (TextDelta, RefusalDelta, ReasoningDelta, PartSignature, ToolCallDelta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +106,25 @@ class ReasoningBlock:
     redacted: str | None = None
 
 
+# One part of an assistant message, in the order the model produced it: a reasoning block (one
+# with a signature and no text is a ``PartSignature`` of the part after it), a text, a tool call.
+AssistantPart = ReasoningBlock | str | ToolCall
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message of the history sent to a model, provider-neutral.
 
     ``assistant`` messages may carry reasoning blocks and tool calls; ``tool`` messages answer
-    one call (``tool_call_id``).
+    one call (``tool_call_id``). ``parts`` has an assistant message's reasoning, texts and calls in
+    the order they came, for providers that want each back where it was (Gemini's signatures).
     """
 
     role: Literal["user", "assistant", "tool"]
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: tuple[ReasoningBlock, ...] = ()
+    parts: tuple[AssistantPart, ...] = ()
     tool_call_id: str | None = None
     tool_name: str | None = None
     is_error: bool = False
