@@ -1,10 +1,13 @@
 """Fake LLM provider servers speaking the real streaming wire formats.
 
 ``FakeProvider`` is a real HTTP server (Starlette on uvicorn, in a daemon thread on 127.0.0.1) that
-answers OpenAI Chat Completions, OpenAI Responses and Anthropic Messages requests, so the real
-``openai``/``anthropic`` SDKs and Convoy's provider adapters run unmodified against it. Replies are
-scripted per model name (the ``"model"`` field of the request body), so concurrent tests using
-different model names never interfere, and every request is recorded as a ``Call``.
+answers OpenAI Chat Completions, OpenAI Responses, Anthropic Messages and Gemini
+``streamGenerateContent`` requests, so the real ``openai``/``anthropic``/``google-genai`` SDKs and
+Convoy's provider adapters run unmodified against it. Replies are scripted per model name (the
+``"model"`` field of the request body; for Gemini, the model in the path), so concurrent tests using
+different model names never interfere, and every request is recorded as a ``Call``. Gemini requests
+are also checked as the real API checks them (``tests/fakes/gemini.py``) and refused with its 400
+when they are not what it takes.
 
 The builders below generate byte streams in each provider's real format (ids, framing, usage
 chunks, obfuscation/whitespace padding, ``ping`` events, sequence numbers), parameterised by content.
@@ -133,13 +136,17 @@ class _Script:
 
 
 class FakeProvider:
-    """A local HTTP server answering OpenAI- and Anthropic-style requests from per-model scripts.
+    """A local HTTP server answering OpenAI-, Anthropic- and Gemini-style requests from per-model scripts.
 
-    Routes match on the path suffix (``.../chat/completions``, ``.../responses``, ``.../messages``), so
-    any base-URL prefix works, e.g. ``url + "/compat/v1"`` for an OpenAI-compatible named provider.
+    Routes match on the path suffix (``.../chat/completions``, ``.../responses``, ``.../messages``,
+    ``.../models/{model}:streamGenerateContent``), so any base-URL prefix works, e.g.
+    ``url + "/compat/v1"`` for an OpenAI-compatible named provider.
     """
 
     def __init__(self) -> None:
+        from tests.fakes.gemini import GeminiLedger  # imports this module
+
+        self._gemini = GeminiLedger()
         self._cond = threading.Condition()
         self._scripts: dict[str, _Script] = {}
         self._calls: dict[str | None, list[Call]] = {}
@@ -202,6 +209,12 @@ class FakeProvider:
         """Base URL for the ``anthropic`` SDK / ``ANTHROPIC_BASE_URL`` (the SDK appends ``/v1/messages``)."""
         return self.url
 
+    @property
+    def gemini_base_url(self) -> str:
+        """Base URL for the ``google-genai`` SDK / ``GOOGLE_GEMINI_BASE_URL`` (it appends
+        ``/v1beta/models/{model}:streamGenerateContent``)."""
+        return self.url
+
     # -- scripting and recording -------------------------------------------------------------------
 
     def script(self, model: str, *replies: Reply, repeat: bool = False) -> None:
@@ -239,25 +252,41 @@ class FakeProvider:
         return script.replies.popleft()
 
     async def _handle(self, request: Request) -> _Player:
+        from tests.fakes.gemini import gemini_model, invalid_argument
+
         raw = await request.body()
         try:
             body: Any = json.loads(raw)
         except ValueError:
             body = None
-        model = body.get("model") if isinstance(body, dict) else None
-        call = Call(path=request.url.path, headers=dict(request.headers), body=body, started=time.monotonic())
+        path = request.url.path
+        gemini = gemini_model(path)
+        model = gemini if gemini is not None else body.get("model") if isinstance(body, dict) else None
+        call = Call(path=path, headers=dict(request.headers), body=body, started=time.monotonic())
         with self._cond:
             self._calls.setdefault(model, []).append(call)
-            if request.url.path.endswith(_ROUTES):
-                reply = self._next_reply(request.url.path, model)
+            reply: Reply
+            if gemini is not None:
+                refused = self._gemini.check(gemini, body)
+                if request.query_params.get("alt") != "sse":
+                    refused = invalid_argument("this fake streams only server-sent events (alt=sse)")
+                reply = refused or self._next_reply(path, model)
+                if isinstance(reply, Stream):
+                    self._gemini.issue(gemini, reply)
+            elif path.endswith(_ROUTES):
+                reply = self._next_reply(path, model)
             else:
-                reply = _fake_error(request.url.path, 404, f"fake provider has no route {request.url.path}")
+                reply = _fake_error(path, 404, f"fake provider has no route {path}")
             self._cond.notify_all()
         return _Player(reply, call)
 
 
 def _fake_error(path: str, code: int, message: str) -> Status:
     """The fake's own errors, in the error shape of the provider the path belongs to."""
+    if path.endswith(":streamGenerateContent"):
+        from tests.fakes.gemini import gemini_error
+
+        return gemini_error(code, "INTERNAL" if code >= 500 else "NOT_FOUND", message)
     if path.endswith("/messages"):
         return anthropic_error(code, "api_error" if code >= 500 else "not_found_error", message)
     return openai_error(code, message, "server_error" if code >= 500 else "invalid_request_error")
