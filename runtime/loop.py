@@ -422,7 +422,7 @@ def _bounded(payload: dict[str, Any]) -> dict[str, Any]:
     if len(json.dumps(payload, default=str)) <= TRACE_REQUEST_MAX_BYTES:
         return payload
     bounded = dict(payload)
-    for name in ("messages", "input"):
+    for name in ("messages", "input", "contents"):
         items = bounded.get(name)
         if isinstance(items, list) and len(items) > 4:
             bounded[name] = [{"convoy_elided_messages": len(items) - 4}, *items[-4:]]

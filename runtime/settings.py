@@ -3,7 +3,9 @@
 Nothing else in Convoy reads ``os.environ``. Every field has a unit in its name where it
 has one. Environment variables use the ``CONVOY_`` prefix (``CONVOY_REDIS_URL``,
 ``CONVOY_HOME``, ...); provider keys keep the names their SDKs already use
-(``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``) so an existing shell setup just works.
+(``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY``/``GOOGLE_API_KEY``, Google Cloud's
+``GOOGLE_GENAI_USE_VERTEXAI``/``GOOGLE_CLOUD_PROJECT``/``GOOGLE_CLOUD_LOCATION``) so an existing shell
+setup just works.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ECHO_MODEL_HANDLE = "echo/echo"
 # Provider names Convoy defines itself; a configured OpenAI-compatible provider cannot take them.
-BUILTIN_PROVIDERS = ("echo", "openai", "openai-responses", "anthropic")
+BUILTIN_PROVIDERS = ("echo", "openai", "openai-responses", "anthropic", "google")
+# Where Vertex AI serves a model when no location is configured (Google's global endpoint).
+DEFAULT_VERTEX_LOCATION = "global"
 
 
 class CompatibleProvider(BaseModel):
@@ -108,6 +112,37 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("CONVOY_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
     )
+    # Google: the Gemini Developer API by key (GOOGLE_API_KEY wins over GEMINI_API_KEY, as in the SDK),
+    # or Vertex AI with Application Default Credentials (``vertex_project``).
+    gemini_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVOY_GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY")
+    )
+    gemini_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVOY_GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
+    )
+    google_vertex_project: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CONVOY_GOOGLE_VERTEX_PROJECT"),
+        description="Serve google/... models from Vertex AI in this Google Cloud project (credentials: ADC).",
+    )
+    google_vertex_location: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CONVOY_GOOGLE_VERTEX_LOCATION", "GOOGLE_CLOUD_LOCATION"),
+        description=f"Vertex AI location; {DEFAULT_VERTEX_LOCATION!r} when unset.",
+    )
+    google_vertex_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CONVOY_GOOGLE_VERTEX_BASE_URL", "GOOGLE_VERTEX_BASE_URL")
+    )
+    google_genai_use_vertexai: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("GOOGLE_GENAI_USE_VERTEXAI"),
+        description="The SDK's own switch to Vertex AI; the project is then GOOGLE_CLOUD_PROJECT.",
+    )
+    google_cloud_project: str | None = Field(default=None, validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT"))
+    gemini_include_thoughts: bool = Field(
+        default=True,
+        description="Ask Gemini for thought summaries (streamed as reasoning); turn off for models that do not think.",
+    )
     providers: dict[str, CompatibleProvider] = Field(
         default_factory=dict, description="Named OpenAI-compatible providers (JSON), addressed as '<name>/<model>'."
     )
@@ -133,6 +168,15 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = Field(default=False, description="One JSON object per log line instead of key=value text.")
+
+    @property
+    def vertex_project(self) -> str | None:
+        """The Google Cloud project whose Vertex AI serves ``google/...`` models, or None for the Gemini
+        Developer API: ``CONVOY_GOOGLE_VERTEX_PROJECT``, else ``GOOGLE_CLOUD_PROJECT`` when the SDK's own
+        ``GOOGLE_GENAI_USE_VERTEXAI`` is on."""
+        if self.google_vertex_project:
+            return self.google_vertex_project
+        return self.google_cloud_project if self.google_genai_use_vertexai else None
 
     @property
     def home_dir(self) -> Path:
@@ -168,6 +212,8 @@ class Settings(BaseSettings):
             return "openai/gpt-4o-mini"
         if self.anthropic_api_key:
             return "anthropic/claude-sonnet-4-5"
+        if self.gemini_api_key or self.vertex_project:
+            return "google/gemini-2.5-flash"
         return ECHO_MODEL_HANDLE
 
     # Hostile input (api/limits.py): what a single request may carry.

@@ -1,16 +1,20 @@
 """Which provider serves a model handle, and the one place SDK clients are made.
 
-================== ============================ ==========================================
-provider           API                          credentials and endpoint
-================== ============================ ==========================================
-echo               offline, streams input back  none
-openai             Chat Completions             OPENAI_API_KEY, OPENAI_BASE_URL
-openai-responses   Responses                    OPENAI_API_KEY, OPENAI_BASE_URL
-anthropic          Messages                     ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL
-<name>             Chat Completions (or         CONVOY_PROVIDERS: {"<name>": {"base_url": ...,
-                   Responses), any compatible   "api_key": ..., "api": "chat"|"responses"}}
+================== ============================== ==========================================
+provider           API                            credentials and endpoint
+================== ============================== ==========================================
+echo               offline, streams input back    none
+openai             Chat Completions               OPENAI_API_KEY, OPENAI_BASE_URL
+openai-responses   Responses                      OPENAI_API_KEY, OPENAI_BASE_URL
+anthropic          Messages                       ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL
+google             Gemini streamGenerateContent   GOOGLE_API_KEY or GEMINI_API_KEY, GOOGLE_GEMINI_BASE_URL;
+                   (Developer API or Vertex AI)   Vertex AI: CONVOY_GOOGLE_VERTEX_PROJECT (or
+                                                  GOOGLE_GENAI_USE_VERTEXAI + GOOGLE_CLOUD_PROJECT),
+                                                  GOOGLE_CLOUD_LOCATION, Application Default Credentials
+<name>             Chat Completions (or           CONVOY_PROVIDERS: {"<name>": {"base_url": ...,
+                   Responses), any compatible     "api_key": ..., "api": "chat"|"responses"}}
                    server
-================== ============================ ==========================================
+================== ============================== ==========================================
 
 Each process keeps one SDK client per provider, so connections to a provider are pooled and
 reused across conversations. The SDKs are imported on first use (each costs a second or more),
@@ -29,9 +33,9 @@ from runtime.providers.echo import EchoAdapter
 from runtime.providers.events import LLMEvent, LLMRequest
 from runtime.providers.handles import split_handle
 from runtime.providers.stream import Attempts, StreamPolicy, guarded
-from runtime.settings import Settings
+from runtime.settings import DEFAULT_VERTEX_LOCATION, Settings
 
-Api = Literal["echo", "chat", "responses", "anthropic"]
+Api = Literal["echo", "chat", "responses", "anthropic", "gemini"]
 NO_KEY = "convoy-no-key"  # the OpenAI SDK insists on a key; local servers ignore it
 
 
@@ -56,6 +60,11 @@ class Provider:
     base_url: str | None
     api_key: str | None
     key_hint: str  # what to set when the key is missing
+    vertex_project: str | None = None  # Google: Vertex AI in this project (credentials: ADC), not a key
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.api_key or self.vertex_project)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,14 @@ def _providers(settings: Settings) -> dict[str, Provider]:
         "anthropic": Provider(
             "anthropic", "anthropic", settings.anthropic_base_url, settings.anthropic_api_key, "ANTHROPIC_API_KEY"
         ),
+        "google": Provider(
+            "google",
+            "gemini",
+            settings.google_vertex_base_url if settings.vertex_project else settings.gemini_base_url,
+            settings.gemini_api_key,
+            "GEMINI_API_KEY or GOOGLE_API_KEY (or CONVOY_GOOGLE_VERTEX_PROJECT for Vertex AI)",
+            vertex_project=settings.vertex_project,
+        ),
     }
     for name, compat in settings.providers.items():
         table[name] = Provider(name, compat.api, compat.base_url, compat.api_key or NO_KEY, "")
@@ -105,13 +122,13 @@ class Providers:
     def validate(self, handle: str) -> str:
         """Check a handle at the edge, before anything is stored: shape, provider, credentials."""
         provider, _ = self._lookup(handle)
-        if provider.key_hint and not provider.api_key:
+        if provider.key_hint and not provider.has_credentials:
             raise InvalidRequestError(f"model {handle!r} needs provider credentials: set {provider.key_hint}")
         return handle
 
     def model(self, handle: str) -> Model:
         provider, model_name = self._lookup(handle)
-        if provider.key_hint and not provider.api_key:
+        if provider.key_hint and not provider.has_credentials:
             raise LLMAuthenticationError(f"{provider.name}: no API key configured; set {provider.key_hint}")
         return Model(handle, provider.name, model_name, provider.base_url, self._adapter(provider), self._policy)
 
@@ -145,6 +162,19 @@ class Providers:
             "write": s.llm_connect_timeout_s,
             "pool": s.llm_connect_timeout_s,
         }
+        if provider.api == "gemini":
+            from runtime.providers.gemini import GeminiAdapter, make_client
+
+            gemini_client = make_client(
+                api_key=provider.api_key,
+                base_url=provider.base_url,
+                vertex_project=provider.vertex_project,
+                vertex_location=s.google_vertex_location or DEFAULT_VERTEX_LOCATION,
+                connect_timeout_s=limits["connect"],
+                read_timeout_s=limits["read"],
+                max_retries=s.llm_max_retries,
+            )
+            return GeminiAdapter(gemini_client, provider=provider.name, include_thoughts=s.gemini_include_thoughts)
         common = {"api_key": provider.api_key, "base_url": provider.base_url, "max_retries": s.llm_max_retries}
         if provider.api == "anthropic":
             import anthropic

@@ -47,11 +47,11 @@ def test_only_keys_module_spells_redis_keys() -> None:
 
 
 def test_processes_that_never_call_a_provider_never_load_its_sdk() -> None:
-    """The openai and anthropic SDKs take seconds to import; the API and echo-only hosts skip them."""
+    """The provider SDKs take seconds to import; the API and echo-only hosts skip them."""
     code = (
         "import sys, actors.host, api.app, runtime.providers.registry as r, runtime.settings as s\n"
         "r.Providers(s.Settings()).model('echo/echo')\n"
-        "print(sorted(m for m in ('openai', 'anthropic') if m in sys.modules))"
+        "print(sorted(m for m in ('openai', 'anthropic', 'google.genai') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

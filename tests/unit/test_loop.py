@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -132,22 +135,52 @@ def test_handles_and_otids() -> None:
     assert segment_otid(mid, 1) == segment_otid(mid, 1)
 
 
+NO_KEYS = {"openai_api_key": None, "anthropic_api_key": None, "gemini_api_key": None, "google_vertex_project": None}
+
+
 def test_default_model_is_echo_without_keys() -> None:
-    assert Settings(openai_api_key=None, anthropic_api_key=None).resolved_default_model() == "echo/echo"
+    assert Settings(**NO_KEYS, google_genai_use_vertexai=False).resolved_default_model() == "echo/echo"
 
 
 def test_provider_table_validates_handles_and_credentials() -> None:
-    bare = Providers(Settings(openai_api_key=None, anthropic_api_key=None))
+    bare = Providers(Settings(**NO_KEYS, google_genai_use_vertexai=False))
     with pytest.raises(InvalidRequestError, match="set OPENAI_API_KEY"):
         bare.validate("openai/gpt-4o")
     with pytest.raises(InvalidRequestError, match="set ANTHROPIC_API_KEY"):
         bare.validate("anthropic/claude")
-    with pytest.raises(InvalidRequestError, match="known providers: echo, openai, openai-responses, anthropic"):
+    with pytest.raises(InvalidRequestError, match="set GEMINI_API_KEY or GOOGLE_API_KEY"):
+        bare.validate("google/gemini-2.5-flash")
+    with pytest.raises(InvalidRequestError, match="known providers: echo, openai, openai-responses, anthropic, google"):
         bare.validate("vllm/llama")
+    keyed = Providers(Settings(**{**NO_KEYS, "gemini_api_key": "gk"}, gemini_base_url="http://gemini.local"))
+    model = keyed.model("google/gemini-2.5-flash")
+    assert (model.provider, model.name, model.endpoint) == ("google", "gemini-2.5-flash", "http://gemini.local")
+    vertex = Providers(Settings(**{**NO_KEYS, "google_vertex_project": "my-project"}))
+    assert vertex.validate("google/gemini-2.5-pro") == "google/gemini-2.5-pro"
     local = Providers(Settings(providers={"vllm": {"base_url": "http://gpu:8000/v1"}}))
     assert local.validate("vllm/meta-llama/Llama-3.1-8B") == "vllm/meta-llama/Llama-3.1-8B"
     model = local.model("vllm/meta-llama/Llama-3.1-8B")
     assert (model.provider, model.name, model.endpoint) == ("vllm", "meta-llama/Llama-3.1-8B", "http://gpu:8000/v1")
+
+
+def test_google_settings_read_the_sdks_own_variables() -> None:
+    """GOOGLE_API_KEY wins over GEMINI_API_KEY (as in the SDK); GOOGLE_GENAI_USE_VERTEXAI switches to
+    Vertex AI in GOOGLE_CLOUD_PROJECT; CONVOY_GOOGLE_VERTEX_PROJECT needs no switch."""
+    code = (
+        "from runtime.settings import Settings as S; s = S()\n"
+        "print(s.gemini_api_key, s.gemini_base_url, s.vertex_project, s.google_vertex_location, s.resolved_default_model())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "GOOGLE_", "GEMINI_", "OPENAI_", "ANTHROPIC_"))}
+    base = {**env, "GEMINI_API_KEY": "gemini-key", "GOOGLE_API_KEY": "google-key", "GOOGLE_GEMINI_BASE_URL": "http://g"}
+    vertex = {**env, "GOOGLE_GENAI_USE_VERTEXAI": "true", "GOOGLE_CLOUD_PROJECT": "proj", "GOOGLE_CLOUD_LOCATION": "europe-west4"}
+    outs = [
+        subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout.split()
+        for e in (base, vertex, {**env, "GOOGLE_CLOUD_PROJECT": "proj"}, {**env, "CONVOY_GOOGLE_VERTEX_PROJECT": "mine"})
+    ]
+    assert outs[0] == ["google-key", "http://g", "None", "None", "google/gemini-2.5-flash"]
+    assert outs[1] == ["None", "None", "proj", "europe-west4", "google/gemini-2.5-flash"]
+    assert outs[2][2] == "None" and outs[2][4] == "echo/echo"  # a project alone does not switch to Vertex AI
+    assert outs[3][2] == "mine"
 
 
 def test_a_compatible_provider_cannot_shadow_a_builtin_one() -> None:
