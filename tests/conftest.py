@@ -160,7 +160,10 @@ def _spawn(command: str, home: Path, env: dict[str, str], log_name: str) -> Conv
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "RAY_ADDRESS"))}
+    # Google's variables too: GOOGLE_API_KEY would win over the tests' GEMINI_API_KEY, and
+    # GOOGLE_GENAI_USE_VERTEXAI would send google/... models to Vertex AI.
+    google = ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION")
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "RAY_ADDRESS", *google))}
 
 
 def start_convoy(home: Path, env_overrides: dict[str, str] | None = None) -> Convoy:
@@ -209,7 +212,7 @@ TOOLS_ENV = {"CONVOY_TOOL_MODULES": "tests.fakes.tools", "PYTHONPATH": str(Path(
 
 @pytest.fixture(scope="session")
 def fake_provider() -> Iterator[FakeProvider]:
-    """Local servers speaking OpenAI Chat, OpenAI Responses and Anthropic Messages wire formats."""
+    """Local servers speaking OpenAI Chat, OpenAI Responses, Anthropic Messages and Gemini wire formats."""
     with FakeProvider().start() as fake:
         yield fake
 
@@ -222,6 +225,8 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
         "OPENAI_BASE_URL": fake.openai_base_url,
         "ANTHROPIC_API_KEY": "sk-ant-test",
         "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
+        "GEMINI_API_KEY": "gk-test-gemini",
+        "GOOGLE_GEMINI_BASE_URL": fake.gemini_base_url,
         "CONVOY_PROVIDERS": json.dumps(
             {
                 "compat": {"base_url": f"{fake.url}/compat/v1"},

@@ -299,11 +299,14 @@ class GeminiLedger:
                 chunk = json.loads(event[len(b"data: ") :])
             except ValueError:
                 continue
-            for candidate in (chunk.get("candidates") or [])[:1] if isinstance(chunk, dict) else ():
-                for part in (candidate.get("content") or {}).get("parts") or ():
-                    parsed = _part(part)
-                    if parsed is not None:
-                        parts.append((parsed, _signature_bytes(part.get("thoughtSignature"))))
+            try:  # a scripted stream may be garbage on purpose
+                found = chunk["candidates"][0]["content"]["parts"]
+            except (TypeError, KeyError, IndexError):
+                continue
+            for part in found if isinstance(found, list) else ():
+                parsed = _part(part) if isinstance(part, dict) else None
+                if parsed is not None:
+                    parts.append((parsed, _signature_bytes(part.get("thoughtSignature"))))
         issued = _Issued(parts)
         self._issued.setdefault(model, []).append(issued)
         for part, sig in issued.signed():

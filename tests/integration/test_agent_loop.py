@@ -19,6 +19,7 @@ import redis
 
 from runtime import keys
 from tests.conftest import eventually
+from tests.fakes import gemini as fg
 from tests.fakes import providers as fp
 from tests.integration.test_providers import Turn, send, steps, unique
 
@@ -206,6 +207,16 @@ CUT_CALLS = {
     "anthropic": (
         lambda model, calls: fp.anthropic_tool_use(model, calls, text=["Let me "], stop_reason="max_tokens"),
         fp.anthropic_text,
+    ),
+    # Gemini sends whole calls (the first signed), and MAX_TOKENS after them: cut all the same.
+    "google": (
+        lambda model, calls: fg.gemini_calls(
+            model,
+            [fg.Call("add", {"a": 1, "b": 2}, signature=fg.signature()), fg.Call("transfer", {"amount": 5})],
+            text=["Let me "],
+            finish="MAX_TOKENS",
+        ),
+        fg.gemini_text,
     ),
 }
 

@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from runtime.schemas.openai_chat import ChatTranslator
 from tests.conftest import Convoy, wait_until
+from tests.fakes import gemini as fg
 from tests.fakes import providers as fp
 
 
@@ -123,6 +124,25 @@ def test_length_finish_reason_in_both_modes(oai: OpenAI, http: httpx.Client, fak
     chunks = list(oai.chat.completions.create(model=agent, messages=user("again"), stream=True))
     assert chunks[-1].choices[0].finish_reason == "length"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "cut sho"
+
+
+def test_an_agent_on_a_gemini_model(oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gemini")
+    usage = fp.Usage(11, 6, reasoning_tokens=2)
+    fake_provider.script(
+        model,
+        fp.Stream(fg.gemini_text(model, ["Bonjour", " !"], thoughts=["French."], signature=fg.signature(), usage=usage)),
+        fp.Stream(fg.gemini_text(model, ["Au revoir."], finish="MAX_TOKENS")),
+    )
+    agent = new_agent(http, f"google/{model}")
+    chunks = list(oai.chat.completions.create(model=agent, messages=user("greet"), stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Bonjour !"
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage is not None and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (11, 6)
+    completion = oai.chat.completions.create(model=agent, messages=user("bye"))  # the signature went back: accepted
+    assert completion.choices[0].finish_reason == "length" and completion.choices[0].message.content == "Au revoir."
+    second = fake_provider.calls(model)[1].body["contents"]
+    assert [c["role"] for c in second] == ["user", "model", "user"] and second[-1]["parts"] == [{"text": "bye"}]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])

@@ -1,5 +1,5 @@
-"""Provider adapters end to end: Convoy's HTTP API -> conversation actor -> real openai/anthropic SDK
--> a local server speaking each provider's wire format (``tests/fakes/providers.py``).
+"""Provider adapters end to end: Convoy's HTTP API -> conversation actor -> real openai/anthropic/google-genai
+SDK -> a local server speaking each provider's wire format (``tests/fakes/providers.py``, ``tests/fakes/gemini.py``).
 
 Every test scripts the fake under its own model name, so tests never see each other's traffic.
 The session server runs with short provider deadlines and one retry of each kind (conftest).
@@ -18,6 +18,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from tests.conftest import Convoy, eventually
+from tests.fakes import gemini as fg
 from tests.fakes import providers as fp
 
 
@@ -339,6 +340,149 @@ async def test_anthropic_error_event_after_text_fails_without_retry(
     assert step["trace"]["response"]["text"] == "Half an answer"
 
 
+# -- Google Gemini ----------------------------------------------------------------------------------
+
+
+async def test_gemini_text_streams_with_usage_and_a_trace(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gemini")
+    frames = fg.gemini_text(model, ["Hel", "lo", " wörld", "!"], usage=fp.Usage(20, 9, cached_tokens=8, reasoning_tokens=3))
+    fake_provider.script(model, fp.Stream(fp.split_frames(frames, every=9)))
+
+    turn = await one_turn(client, f"google/{model}", "say hello")
+
+    assert turn.text == "Hello wörld!" and turn.stop_reason == "end_turn" and turn.done and not turn.errors
+    deltas = turn.of("assistant_message")
+    assert len(deltas) == 4 and len({d["id"] for d in deltas}) == 1 and len({d["otid"] for d in deltas}) == 1
+    usage = turn.of("usage_statistics")[0]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (20, 9, 29)
+    assert usage["cached_input_tokens"] == 8 and usage["reasoning_tokens"] == 3
+    assert turn.run["status"] == "completed" and turn.run["ttft_ns"] > 0 and turn.run["metadata"]["finish_reason"] == "STOP"
+
+    (call,) = fake_provider.calls(model)
+    assert call.path == f"/v1beta/models/{model}:streamGenerateContent" and call.headers["x-goog-api-key"] == "gk-test-gemini"
+    assert call.body["contents"] == [{"role": "user", "parts": [{"text": "say hello"}]}]
+    assert call.body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    (step,) = await steps(client, turn.run_id)
+    assert step["status"] == "success" and step["provider_name"] == "google" and step["model"] == model
+    assert step["prompt_tokens"] == 20 and step["reasoning_tokens"] == 3
+    trace = step["trace"]
+    assert trace["request"] == call.body
+    assert trace["response"]["text"] == "Hello wörld!" and trace["response"]["provider_finish_reason"] == "STOP"
+    assert trace["response"]["id"] and trace["response"]["model"] == model
+    assert trace["ttft_ms"] > 0 and trace["attempts"] == 1
+
+
+@pytest.mark.parametrize("signature_at", ["first", "last"], ids=["gemini-2.5", "gemini-3"])
+async def test_gemini_thoughts_stream_as_reasoning_and_their_signature_goes_back(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider, signature_at: str
+) -> None:
+    model = unique("gemini")
+    sig = fg.signature()
+    fake_provider.script(
+        model,
+        fp.Stream(fg.gemini_text(model, ["Paris", " it is."], thoughts=["The user", " asks."], signature=sig, signature_at=signature_at)),  # type: ignore[arg-type]
+        fp.Stream(fg.gemini_text(model, ["Lyon."])),
+    )
+    conv = await conversation(client, f"google/{model}")
+    first = await send(client, conv, "capital?")
+    reasoning = first.of("reasoning_message")
+    assert "".join(r["reasoning"] for r in reasoning) == "The user asks." and first.text == "Paris it is."
+    assert [r["signature"] for r in reasoning if r.get("signature")] == [sig]
+    second = await send(client, conv, "and the second city?")
+    assert second.text == "Lyon." and not second.errors, second.errors  # the fake checks the signature came back
+
+    _, after = calls(fake_provider, model, 2)
+    model_turn = after.body["contents"][1]
+    assert model_turn["role"] == "model" and model_turn["parts"][0] == {"text": "The user asks.", "thought": True}
+    signed = [p for p in model_turn["parts"] if "thoughtSignature" in p]
+    assert signed == ([{"text": "Paris", "thoughtSignature": sig}] if signature_at == "first" else [{"text": "", "thoughtSignature": sig}])
+
+
+async def test_gemini_parallel_calls_run_and_the_second_step_is_accepted(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gemini")
+    sig = fg.signature()
+    calls_ = [fg.Call("add", {"a": 2, "b": 3}, signature=sig), fg.Call("add", {"a": 4, "b": 5}), fg.Call("explode", {"reason": "no"}, id="srv-1")]
+    fake_provider.script(model, fp.Stream(fg.gemini_calls(model, calls_, thoughts=["Two sums."])), fp.Stream(fg.gemini_text(model, ["5 and 9."])))
+    agent = (await client.post("/v1/agents", json={"name": "g", "model": f"google/{model}", "tools": ["add", "explode"]})).json()
+    conv = (await client.post("/v1/conversations", params={"agent_id": agent["id"]})).json()["id"]
+
+    turn = await send(client, conv, "add 2+3 and 4+5")
+
+    returns = turn.of("tool_return_message")
+    assert [(r["status"], r["tool_return"]) for r in returns][:2] == [("success", "5"), ("success", "9")]
+    assert returns[2]["status"] == "error" and returns[2]["tool_call_id"] == "srv-1"
+    ids = [r["tool_call_id"] for r in returns]
+    assert len(set(ids)) == 3 and all(i.startswith("gemini-") for i in ids[:2])
+    assert turn.text == "5 and 9." and turn.stop_reason == "end_turn" and not turn.errors
+    _, second = calls(fake_provider, model, 2)
+    model_turn, answers = second.body["contents"][1:3]
+    assert model_turn["parts"][1] == {"functionCall": {"name": "add", "args": {"a": 2, "b": 3}}, "thoughtSignature": sig}
+    assert [p["functionResponse"]["name"] for p in answers["parts"]] == ["add", "add", "explode"]
+    assert answers["parts"][0]["functionResponse"]["response"] == {"output": "5"}
+    assert answers["parts"][2]["functionResponse"]["id"] == "srv-1" and "error" in answers["parts"][2]["functionResponse"]["response"]
+    assert [s["status"] for s in await steps(client, turn.run_id)] == ["success", "success"]
+
+
+async def test_gemini_approval_round_trip_through_letta_client(convoy: Convoy, fake_provider: fp.FakeProvider) -> None:
+    from letta_client import AsyncLetta
+
+    model = unique("gemini")
+    sig = fg.signature()
+    fake_provider.script(
+        model,
+        fp.Stream(fg.gemini_calls(model, [fg.Call("transfer", {"amount": 1, "to": "amy"}, signature=sig)])),
+        fp.Stream(fg.gemini_text(model, ["Done."])),
+    )
+    letta = AsyncLetta(base_url=convoy.url, api_key="unused", max_retries=0)
+    agent = await letta.agents.create(name="gemini-approval", model=f"google/{model}", tools=["transfer"])
+    conv = await letta.conversations.create(agent_id=agent.id)
+    first = [c async for c in await letta.conversations.messages.create(conv.id, messages=[{"role": "user", "content": "pay"}])]
+    (request,) = [c for c in first if c.message_type == "approval_request_message"]
+    assert request.tool_call.name == "transfer" and json.loads(request.tool_call.arguments or "") == {"amount": 1, "to": "amy"}
+    assert first[-2].stop_reason == "requires_approval"
+    second = [
+        c
+        async for c in await letta.conversations.messages.create(
+            conv.id, messages=[{"type": "approval", "approval_request_id": request.id, "approve": True}]
+        )
+    ]
+    returned = next(c for c in second if c.message_type == "tool_return_message")
+    assert returned.tool_return == "sent 1 to amy" and returned.status == "success"
+    assert second[-2].stop_reason == "end_turn", second
+    _, after = calls(fake_provider, model, 2)
+    assert after.body["contents"][-1]["parts"] == [{"functionResponse": {"name": "transfer", "response": {"output": "sent 1 to amy"}}}]
+
+
+@pytest.mark.parametrize(
+    ("frames", "stop_reason", "status", "error_type"),
+    [
+        (lambda m: fg.gemini_text(m, ["cut", " short"], finish="MAX_TOKENS"), "max_tokens_exceeded", "completed", None),
+        *(
+            (lambda m, f=f: fg.gemini_text(m, ["partial"], finish=f), "llm_api_error", "failed", "llm_content_filter")
+            for f in ("SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII")
+        ),
+        (lambda m: fg.gemini_blocked(m, "PROHIBITED_CONTENT"), "llm_api_error", "failed", "llm_content_filter"),
+        (lambda m: fg.gemini_calls(m, [fg.Call("add")], finish="MALFORMED_FUNCTION_CALL"), "invalid_llm_response", "failed", "llm_invalid_response"),
+        (lambda m: fg.gemini_text(m, ["never", " ends"], finish=None), "llm_api_error", "failed", "llm_unavailable"),
+    ],
+    ids=["MAX_TOKENS", "SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "blockReason", "MALFORMED_FUNCTION_CALL", "no-finish"],
+)
+async def test_gemini_finish_reasons_are_surfaced(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider, frames: Any, stop_reason: str, status: str, error_type: str | None
+) -> None:
+    model = unique("gemini")
+    fake_provider.script(model, fp.Stream(frames(model)), repeat=True)
+    turn = await one_turn(client, f"google/{model}")
+    assert turn.stop_reason == stop_reason and turn.run["status"] == status and turn.done, turn.items
+    if error_type:
+        assert [e["error_type"] for e in turn.errors] == [error_type]
+        assert turn.run["metadata"]["error"]["error_type"] == error_type
+    else:
+        assert not turn.errors and turn.text == "cut short"
+
+
 # -- errors, retries, deadlines, cancellation -----------------------------------------------------
 
 FAST_RETRY = {"retry-after-ms": "10"}
@@ -356,9 +500,19 @@ FAST_RETRY = {"retry-after-ms": "10"}
         ("anthropic", fp.anthropic_error(529, "overloaded_error", "Overloaded", headers=FAST_RETRY), "llm_unavailable", 2),
         ("anthropic", fp.anthropic_error(401, "authentication_error", "invalid x-api-key"), "llm_authentication", 1),
         ("anthropic", fp.anthropic_prompt_too_long(), "llm_context_window_exceeded", 1),
+        ("google", fg.gemini_rate_limited(), "llm_rate_limit", 2),
+        ("google", fg.gemini_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), "llm_unavailable", 2),
+        ("google", fg.gemini_error(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete."), "llm_timeout", 2),
+        ("google", fg.gemini_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID"), "llm_authentication", 1),
+        ("google", fg.gemini_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."), "llm_authentication", 1),
+        ("google", fg.gemini_context_too_long(), "llm_context_window_exceeded", 1),
+        ("google", fg.gemini_error(400, "INVALID_ARGUMENT", "Invalid value at 'generation_config'."), "llm_bad_request", 1),
     ],
-    ids=["openai-401", "openai-429", "openai-500", "openai-503", "openai-context", "openai-400", "anthropic-529", "anthropic-401", "anthropic-context"],
-)
+    ids=[
+        "openai-401", "openai-429", "openai-500", "openai-503", "openai-context", "openai-400", "anthropic-529", "anthropic-401",
+        "anthropic-context", "google-429", "google-503", "google-504", "google-bad-key", "google-403", "google-context", "google-400",
+    ],
+)  # fmt: skip
 async def test_http_errors_map_to_typed_errors(
     client: httpx.AsyncClient, fake_provider: fp.FakeProvider, provider: str, reply: fp.Status, error_type: str, attempts: int
 ) -> None:
@@ -372,7 +526,7 @@ async def test_http_errors_map_to_typed_errors(
     assert len(fake_provider.calls(model)) == attempts, "the SDK retries exactly the retryable statuses"
 
 
-GOOD = {"openai": fp.chat_text, "openai-responses": fp.responses_text, "anthropic": fp.anthropic_text}
+GOOD = {"openai": fp.chat_text, "openai-responses": fp.responses_text, "anthropic": fp.anthropic_text, "google": fg.gemini_text}
 # Not JSON, JSON of the wrong shape, and a 200 that is not an event stream at all (a gateway's page).
 GARBAGE = [
     pytest.param("openai", fp.Stream([b"data: {this is not json\n\n", b"data: [DONE]\n\n"]), id="chat-not-json"),
@@ -393,6 +547,10 @@ GARBAGE = [
     pytest.param(
         "anthropic", fp.Stream([b"<html>maintenance</html>"], content_type="text/html"), id="anthropic-html-200"
     ),
+    pytest.param("google", fp.Stream([b"data: {not json\r\n\r\n"]), id="gemini-not-json"),
+    pytest.param("google", fp.Stream([b'data: {"candidates": 7}\r\n\r\n']), id="gemini-wrong-shape"),
+    pytest.param("google", fp.Stream([b"<html>maintenance</html>"], content_type="text/html"), id="gemini-html-200"),
+    pytest.param("google", fp.Status(200, {"candidates": []}), id="gemini-json-200"),
 ]
 
 
@@ -469,10 +627,14 @@ async def test_deadlines_first_token_and_idle(client: httpx.AsyncClient, fake_pr
     assert len(fake_provider.calls(stalls)) == 1
 
 
-async def test_cancel_closes_the_upstream_stream(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
-    model = unique("gpt")
-    fake_provider.script(model, fp.Stream(fp.paced(fp.chat_text(model, [f"w{i} " for i in range(200)]), 0.05)))
-    conv = await conversation(client, f"openai/{model}")
+CANCELLABLE = {"openai": fp.chat_text, "google": fg.gemini_text}
+
+
+@pytest.mark.parametrize("provider", sorted(CANCELLABLE))
+async def test_cancel_closes_the_upstream_stream(client: httpx.AsyncClient, fake_provider: fp.FakeProvider, provider: str) -> None:
+    model = unique(provider)
+    fake_provider.script(model, fp.Stream(fp.paced(CANCELLABLE[provider](model, [f"w{i} " for i in range(200)]), 0.05)))
+    conv = await conversation(client, f"{provider}/{model}")
     payload = {"messages": [{"role": "user", "content": "long"}], "background": True}
     async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=payload) as source:
         async for event in source.aiter_sse():
