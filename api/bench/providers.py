@@ -1,17 +1,20 @@
-"""``convoy bench providers``: what Convoy adds between a model and the client.
+"""``convoy bench providers``: what Convoy adds between a model and the client, per provider API.
 
-An OpenAI-compatible upstream runs in this process (uvicorn in a thread) and streams a fixed
-number of tokens at a fixed rate, stamping the moment it writes each one. ``convoy serve`` runs in
-a subprocess with a private home (its own Redis, Ray, hosts and API) and that upstream declared as
-provider ``bench``. For each turn the benchmark makes the same request twice, back to back:
+An upstream runs in this process (uvicorn in a thread) and streams a fixed number of tokens at a
+fixed rate, stamping the moment it writes each one; it speaks OpenAI Chat Completions and Gemini's
+``streamGenerateContent`` (CRLF-framed SSE). ``convoy serve`` runs in a subprocess with a private
+home (its own Redis, Ray, hosts and API), the upstream declared as provider ``bench`` and as the
+Gemini endpoint (``GOOGLE_GEMINI_BASE_URL``). For each turn the benchmark makes, per provider, the
+same request twice, back to back:
 
-- **direct**: the ``openai`` SDK streams from the upstream;
-- **convoy**: an HTTP client sends a message to a conversation whose agent uses ``bench/...`` and
-  reads Convoy's SSE stream (the actor calls the upstream through its adapter, the chunks go
-  through Redis and the API).
+- **direct**: the provider's SDK (``openai``, ``google-genai``) streams from the upstream;
+- **convoy**: an HTTP client sends a message to a conversation whose agent uses ``bench/...`` or
+  ``google/...`` and reads Convoy's SSE stream (the actor calls the upstream through its adapter,
+  the chunks go through Redis and the API).
 
 Figures: time to first token (request sent -> first text delta read) and per-token lag (upstream
-write -> client read), p50/p99 for both paths and their difference. Nothing is asserted.
+write -> client read), p50/p99 for both paths and their difference, per provider, from the same
+run. Each conversation grows by a turn per measured turn, as a real one does. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from google import genai
+from google.genai import types as genai_types
 from openai import AsyncOpenAI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -104,8 +109,38 @@ class Upstream:
 
         return StreamingResponse(frames(), media_type="text/event-stream")
 
+    async def _gemini(self, request: Request) -> StreamingResponse:
+        body = await request.json()
+        model = request.path_params["target"].partition(":")[0]
+        marker = str(body["contents"][-1]["parts"][-1]["text"])
+        stamps = self.written.setdefault(marker, [])
+
+        def chunk(text: str, finish: str | None = None) -> bytes:
+            candidate: dict[str, object] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            usage: dict[str, int] = {"promptTokenCount": 1, "totalTokenCount": 1}
+            if finish:
+                candidate["finishReason"] = finish
+                usage = {"promptTokenCount": 1, "candidatesTokenCount": self.tokens, "totalTokenCount": self.tokens + 1}
+            doc = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": marker}
+            return b"data: " + json.dumps(doc).encode() + b"\r\n\r\n"
+
+        async def frames() -> AsyncIterator[bytes]:
+            interval = 1 / self.rate_hz
+            start = time.perf_counter()
+            for i in range(self.tokens):
+                await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
+                stamps.append(time.perf_counter_ns())
+                yield chunk(f"t{i} ")
+            yield chunk("", finish="STOP")
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
     def start(self) -> None:
-        self._local = LocalServer(Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])]))
+        routes = [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1beta/models/{target}", self._gemini, methods=["POST"]),  # {model}:streamGenerateContent
+        ]
+        self._local = LocalServer(Starlette(routes=routes))
         self.url = self._local.start()
 
     def stop(self) -> None:
@@ -159,11 +194,14 @@ class Serve:
 
     def start(self) -> None:
         port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+        google = ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", *google))}
         env.update(
             {
                 "CONVOY_HOME": str(self._home),
                 "CONVOY_PROVIDERS": json.dumps({"bench": {"base_url": f"{self._upstream}/v1"}}),
+                "GEMINI_API_KEY": "bench",
+                "GOOGLE_GEMINI_BASE_URL": self._upstream,
                 "CONVOY_LOG_LEVEL": "WARNING",
                 **self._env,
             }
@@ -239,6 +277,28 @@ async def _direct(client: AsyncOpenAI, marker: str) -> tuple[int, list[int]]:
     return sent, arrivals
 
 
+async def _direct_gemini(client: genai.client.AsyncClient, marker: str) -> tuple[int, list[int]]:
+    sent = time.perf_counter_ns()
+    arrivals: list[int] = []
+    config = {"automatic_function_calling": {"disable": True}}  # as Convoy calls it
+    async for chunk in await client.models.generate_content_stream(model=MODEL, contents=marker, config=config):
+        content = chunk.candidates[0].content if chunk.candidates else None
+        if content is not None and any(p.text for p in content.parts or ()):
+            arrivals.append(time.perf_counter_ns())
+    return sent, arrivals
+
+
+@dataclass
+class Measured:
+    """One provider API measured both ways."""
+
+    label: str
+    handle: str
+    direct: Samples = field(default_factory=Samples)
+    convoy: Samples = field(default_factory=Samples)
+    trips: dict[str, Trip] = field(default_factory=dict)  # run id -> its turn's trip, measured turns only
+
+
 @dataclass(frozen=True)
 class Trip:
     """One turn through Convoy, on the wall clock (to line up with the run's own timestamps)."""
@@ -276,36 +336,47 @@ async def _convoy(
 
 
 async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, report: Report, say: Progress) -> None:
-    direct, convoy = Samples(), Samples()
-    trips: dict[str, Trip] = {}  # run id -> its turn's trip, measured turns only
+    openai_path = Measured("OpenAI Chat Completions (openai SDK)", f"bench/{MODEL}")
+    gemini_path = Measured("Gemini streamGenerateContent (google-genai SDK)", f"google/{MODEL}")
     sdk = AsyncOpenAI(base_url=f"{upstream.url}/v1", api_key="bench", max_retries=0)
+    options = genai_types.HttpOptions(base_url=upstream.url, api_version="v1beta", retry_options=genai_types.HttpRetryOptions(attempts=1))
+    gemini = genai.Client(api_key="bench", http_options=options).aio
     async with httpx.AsyncClient(base_url=serve.url, timeout=60) as client:
-        agent = (await client.post("/v1/agents", json={"name": "bench", "model": f"bench/{MODEL}"})).json()
-        conversation = (await client.post("/v1/conversations", params={"agent_id": agent["id"]})).json()
+        conversations = {}
+        for path in (openai_path, gemini_path):
+            agent = (await client.post("/v1/agents", json={"name": "bench", "model": path.handle})).json()
+            conversations[path.label] = (await client.post("/v1/conversations", params={"agent_id": agent["id"]})).json()["id"]
         for turn in range(opts.warmup + opts.turns):
             measuring = turn >= opts.warmup
-            for name, samples, call in (
-                ("direct", direct, lambda m: _direct(sdk, m)),
-                ("convoy", convoy, lambda m: _convoy(client, conversation["id"], m, trips if measuring else {})),  # noqa: B023 - called in this iteration
-            ):
-                marker = f"{name}-{turn}"
-                sent, arrivals = await call(marker)
-                if measuring:
-                    samples.take(sent, arrivals, upstream.written[marker])
+            for path, direct in ((openai_path, lambda m: _direct(sdk, m)), (gemini_path, lambda m: _direct_gemini(gemini, m))):
+                conversation = conversations[path.label]
+                for name, samples, call in (
+                    ("direct", path.direct, direct),
+                    ("convoy", path.convoy, lambda m: _convoy(client, conversation, m, path.trips if measuring else {})),  # noqa: B023 - called in this iteration
+                ):
+                    marker = f"{path.handle}-{name}-{turn}"
+                    sent, arrivals = await call(marker)
+                    if measuring:
+                        samples.take(sent, arrivals, upstream.written[marker])
             if measuring and (turn - opts.warmup + 1) % 10 == 0:
                 say(f"{turn - opts.warmup + 1}/{opts.turns} turns")
-        breakdown = await _breakdown(client, trips)
+        breakdowns = {path.label: await _breakdown(client, path.trips) for path in (openai_path, gemini_path)}
     await sdk.close()
-    report.section(
-        f"{opts.turns} turns of {opts.tokens} tokens at {opts.rate_hz:g} tokens/s, direct SDK call vs through Convoy"
-    )
-    for label, d, c in (("time to first token", direct.ttft_ms, convoy.ttft_ms), ("per-token lag", direct.lag_ms, convoy.lag_ms)):
-        for pct in (50, 99):
-            dp, cp = percentile(d, pct), percentile(c, pct)
-            report.add(f"{label} p{pct} (ms)", f"direct {dp:7.2f}   convoy {cp:7.2f}   added {cp - dp:+7.2f}")
-    report.section("where Convoy's time to first token goes (from the runs and step traces; p50 / p99 ms)")
-    for label, values in breakdown.items():
-        report.add(label, f"{percentile(values, 50):7.2f} / {percentile(values, 99):7.2f}")
+    await gemini.aclose()
+    for path in (openai_path, gemini_path):
+        report.section(
+            f"{path.label}: {opts.turns} turns of {opts.tokens} tokens at {opts.rate_hz:g} tokens/s, direct SDK call vs through Convoy"
+        )
+        for label, d, c in (
+            ("time to first token", path.direct.ttft_ms, path.convoy.ttft_ms),
+            ("per-token lag", path.direct.lag_ms, path.convoy.lag_ms),
+        ):
+            for pct in (50, 99):
+                dp, cp = percentile(d, pct), percentile(c, pct)
+                report.add(f"{label} p{pct} (ms)", f"direct {dp:7.2f}   convoy {cp:7.2f}   added {cp - dp:+7.2f}")
+        report.section(f"{path.label}: where Convoy's time to first token goes (runs and step traces; p50 / p99 ms)")
+        for label, values in breakdowns[path.label].items():
+            report.add(label, f"{percentile(values, 50):7.2f} / {percentile(values, 99):7.2f}")
 
 
 async def _breakdown(client: httpx.AsyncClient, trips: dict[str, Trip]) -> dict[str, list[float]]:
@@ -337,7 +408,7 @@ async def _breakdown(client: httpx.AsyncClient, trips: dict[str, Trip]) -> dict[
 def run(options: ProvidersOptions) -> int:
     say = Progress("bench")
     report = Report()
-    for name in ("httpx", "httpx2"):
+    for name in ("httpx", "httpx2", "google_genai"):
         logging.getLogger(name).setLevel(logging.WARNING)
     home = Path(tempfile.mkdtemp(prefix="convoy-bench-providers-"))
     upstream = Upstream(tokens=options.tokens, rate_hz=options.rate_hz)
