@@ -107,6 +107,7 @@ class Call:
 # --------------------------------------------------------------------------------------------------
 
 _ROUTES = ("/chat/completions", "/responses", "/messages")
+OAUTH_TOKEN = "ya29.convoy-fake-token"  # what the fake's /token grants any service account
 _TRANSPORT = "convoy.fake.transport"
 
 
@@ -275,6 +276,8 @@ class FakeProvider:
                     self._gemini.issue(gemini, reply)
             elif path.endswith(_ROUTES):
                 reply = self._next_reply(path, model)
+            elif path == "/token":  # Google's OAuth token endpoint, for Vertex AI's service accounts
+                reply = Status(200, {"access_token": OAUTH_TOKEN, "expires_in": 3600, "token_type": "Bearer"})
             else:
                 reply = _fake_error(path, 404, f"fake provider has no route {path}")
             self._cond.notify_all()

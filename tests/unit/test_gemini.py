@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -43,7 +47,7 @@ from runtime.providers.stream import StreamPolicy, guarded
 from runtime.schemas.messages import HistoryMessage, StreamItem, ToolReturnMessage, UserMessage
 from runtime.step import StepAssembler
 from tests.fakes import gemini as fg
-from tests.fakes.providers import FakeProvider, Hang, Stream, paced
+from tests.fakes.providers import OAUTH_TOKEN, FakeProvider, Hang, Stream, paced
 from tests.fakes.providers import Usage as WireUsage
 
 SIG_TEXT, SIG_CALL, SIG_END = fg.signature(), fg.signature(), fg.signature()
@@ -378,3 +382,59 @@ async def test_a_second_step_is_accepted_by_the_fake(fake: FakeProvider, adapter
     policy = StreamPolicy(first_token_s=5, idle_s=5, retries=0)
     second = [e async for e in guarded(adapter.stream, request, provider="google", policy=policy)]
     assert TextDelta("3") in second, second
+
+
+VERTEX_CLIENT = """
+import asyncio, sys
+from runtime.providers.events import ChatMessage, LLMRequest, TextDelta
+from runtime.providers.registry import Providers
+from runtime.settings import Settings
+
+
+async def main():
+    model = Providers(Settings()).model("google/" + sys.argv[1])
+    request = LLMRequest(model=model.name, system="", messages=[ChatMessage("user", "hi")])
+    print("".join([e.text async for e in model.stream(request) if isinstance(e, TextDelta)]))
+
+
+asyncio.run(main())
+"""
+
+
+def test_vertex_ai_with_a_service_account(fake: FakeProvider, model: str, tmp_path: Path) -> None:
+    """Vertex AI as a user configures it (a project, Application Default Credentials): the service
+    account's token comes from the fake's OAuth endpoint, the stream from its Vertex AI route."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    account = {
+        "type": "service_account",
+        "project_id": "convoy-test",
+        "private_key_id": "k1",
+        "private_key": pem.decode(),
+        "client_email": "convoy@convoy-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": f"{fake.url}/token",
+    }
+    credentials = tmp_path / "service-account.json"
+    credentials.write_text(json.dumps(account))
+    fake.script(model, Stream(fg.gemini_text(model, ["From", " Vertex."])))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "GOOGLE_", "GEMINI_"))}
+    env.update(
+        {
+            "CONVOY_GOOGLE_VERTEX_PROJECT": "convoy-test",
+            "CONVOY_GOOGLE_VERTEX_LOCATION": "europe-west4",
+            "GOOGLE_VERTEX_BASE_URL": fake.url,
+            "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        }
+    )
+    done = subprocess.run([sys.executable, "-c", VERTEX_CLIENT, model], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "From Vertex."
+    (call,) = fake.calls(model)
+    assert call.path == f"/v1beta1/projects/convoy-test/locations/europe-west4/publishers/google/models/{model}:streamGenerateContent"
+    assert call.headers["authorization"] == f"Bearer {OAUTH_TOKEN}" and "x-goog-api-key" not in call.headers
+    assert call.body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
