@@ -64,8 +64,8 @@ from runtime.providers.gemini_schema import function_parameters
 
 API_VERSION = "v1beta"  # the Gemini API version whose features Convoy sends (signatures, thoughts)
 SYNTHETIC_CALL_ID = "gemini-"  # prefix of the ids Convoy gives calls Gemini sent without one
-# The SDK's backoff between retries; it does not read Retry-After. Same schedule as the openai and
-# anthropic SDKs: 0.5 s doubling up to 8 s, plus up to 0.25 s of jitter.
+# The SDK's backoff between retries (it reads neither Retry-After nor Gemini's RetryInfo): the
+# openai and anthropic SDKs' schedule, 0.5 s doubling up to 8 s, plus up to 0.25 s of jitter.
 RETRY_INITIAL_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 8.0
 RETRY_JITTER_S = 0.25
