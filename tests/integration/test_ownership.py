@@ -68,6 +68,45 @@ async def test_a_lease_expires_when_not_renewed(redis: aioredis.Redis) -> None:
     assert isinstance(await directory.acquire(conv, owner_id("h1", "b")), Lease)
 
 
+async def _lapsed(directory: Directory, conversation_id: str) -> None:
+    """Wait (bounded) until the conversation's lease has expired: its owner did not renew it in
+    time, as while Redis was unreachable."""
+
+    async def expired() -> bool:
+        return await directory.owner(conversation_id) is None
+
+    await eventually(expired, 5, interval_s=0.05, message="the lease to lapse")
+
+
+async def test_a_lapsed_lease_nobody_took_is_taken_back_by_its_owner(redis: aioredis.Redis) -> None:
+    """Issue 16: a lease that lapsed while Redis was unreachable was taken by nobody (its epoch is
+    still the owner's), so renewing it sets it again instead of reporting it lost."""
+    directory = Directory(redis, lease_ttl_ms=1000)
+    conv = new_id("conv")
+    lease = await directory.acquire(conv, owner_id("h0", "a", 1))
+    assert isinstance(lease, Lease)
+    await _lapsed(directory, conv)
+    assert await directory.renew([lease]) == [], "a lapse is not a change of owner"
+    assert await directory.owner(conv) == lease.owner
+    assert 0 < await redis.pttl(keys.lease(conv)) <= 1000, "taken back with its TTL"
+    assert int(await redis.get(keys.epoch(conv))) == lease.epoch, "taking it back is not a new acquisition"
+
+
+async def test_a_lapsed_lease_someone_else_acquired_meanwhile_is_lost(redis: aioredis.Redis) -> None:
+    directory = Directory(redis, lease_ttl_ms=1000)
+    held, moved = new_id("conv"), new_id("conv")
+    first = [await directory.acquire(c, owner_id("h0", "a", i)) for i, c in enumerate((held, moved))]
+    assert all(isinstance(lease, Lease) for lease in first)
+    for conv in (held, moved):
+        await _lapsed(directory, conv)
+    other = await directory.acquire(held, owner_id("h1", "b", 1))  # held by another owner now
+    gone = await directory.acquire(moved, owner_id("h1", "b", 2))  # taken, then let go: the epoch moved
+    assert isinstance(other, Lease) and isinstance(gone, Lease)
+    await directory.release(gone)
+    assert await directory.renew(first) == first
+    assert await directory.owner(held) == other.owner and await directory.owner(moved) is None
+
+
 async def _accept(redis: aioredis.Redis, mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "queue") -> str:
     await redis.set(keys.conversation(conv), b"{}", nx=True)  # a turn needs its conversation to exist
     run_id = new_id("run")
