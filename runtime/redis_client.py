@@ -4,8 +4,9 @@
   ``Settings.read_block_ms`` and loops); hiredis parses replies when installed.
 - **Reaching Redis is patient.** Opening a connection that fails (refused, timed out: Redis is
   restarting) is tried again with jittered exponential backoff, ``RECONNECT_RETRIES`` times (about
-  10 s in all), so a command issued while Redis restarts waits for it instead of failing. A
-  command answered ``LOADING`` (Redis replaying its append-only file) did not run and is sent
+  10 s in all while Redis refuses connections; longer while it is frozen and each try waits out
+  the socket timeout), so a command issued while Redis restarts waits for it instead of failing.
+  A command answered ``LOADING`` (Redis replaying its append-only file) did not run and is sent
   again the same way.
 - **A stale connection is never used.** A pooled connection whose server went away is noticed when
   it is taken from the pool and replaced before anything is sent on it. (redis-py skips that check
@@ -13,8 +14,9 @@
   which Convoy does not use, so they are off.)
 - **A command that was sent is never re-sent by the client.** If its connection breaks after it
   left, it may have run, and most of Convoy's writes are scripts that must run once. The caller
-  decides: the chunk writer re-sends its appends, which are idempotent (``runtime.bus``); every
-  other caller reports the failure.
+  decides: a conversation's owner sends its writes again, all of them idempotent, for up to
+  ``CONVOY_STORE_OUTAGE_S`` (``runtime.runs.through_outage``; the chunk appends of ``runtime.bus``
+  too); every other caller (an API request: 503 with ``Retry-After``) reports the failure.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Directory leases, fencing epochs, the mailbox and run transitions on a real Redis."""
+"""Directory leases, fencing epochs, the mailbox and run transitions on a real Redis; and an
+owner's writes across a lost reply or an unreachable Redis (through a proxy in front of it)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,13 +12,17 @@ import redis.asyncio as aioredis
 
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
-from runtime import keys
-from runtime.errors import ConversationBusyError, FencedError, NotFoundError
+from runtime import bus, keys
+from runtime.errors import ConversationBusyError, FencedError, NotFoundError, StoreUnavailableError
+from runtime.history import HistoryStore
 from runtime.ids import new_id
+from runtime.redis_client import connect
 from runtime.runs import Fence, RunStore
-from runtime.schemas.messages import utcnow
+from runtime.schemas.messages import UserMessage, utcnow
 from runtime.schemas.runs import RunView
+from runtime.settings import Settings
 from tests.conftest import eventually
+from tests.fakes.proxy import SilencingProxy
 
 
 @pytest.fixture
@@ -200,3 +206,91 @@ async def test_take_starts_the_oldest_entry_in_one_fenced_step(redis: aioredis.R
     cancelled = await mailbox.take(Fence(conv, 3, "h/a/1"))
     assert cancelled is not None and (cancelled.entry.run_id, cancelled.status) == (second, "cancel_requested")
     assert (await runs.get(second, tenant=None)).status == "created", "a run cancelled before it started never starts"
+
+
+# -- an owner's writes across a lost reply or an unreachable Redis -----------------------------------
+
+OWNER_PATIENCE_S = 10.0
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[SilencingProxy]:
+    async with SilencingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0])) as found:
+        yield found
+
+
+def _through(proxy: SilencingProxy) -> aioredis.Redis:
+    """A host's client (auto-pipelined, patient), connected to Redis through ``proxy``, noticing a
+    silent connection after half a second."""
+    return connect(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_socket_timeout_s=0.5, read_block_ms=100))
+
+
+async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
+    redis: aioredis.Redis, proxy: SilencingProxy
+) -> None:
+    """Every fenced write of an owner is idempotent and re-sent when its connection broke after it
+    left (it may have run): the take, a history append, a step trace, the chunk appends and the
+    run's end each land once."""
+    owner = _through(proxy)
+    mailbox, runs, history = Mailbox(owner), RunStore(owner, ttl_s=60, maxlen=100), HistoryStore(owner)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    run_id = await _accept(redis, Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100), conv)
+    fence = Fence(conv, 3, "h/a/1", patience_s=OWNER_PATIENCE_S)
+    try:
+        assert await owner.ping()  # its connection is open: from here on it loses replies
+        proxy.lose_replies()
+        taken = await mailbox.take(fence)
+        assert taken is not None and taken.entry.run_id == run_id and taken.status == "resumed", "started, then re-sent"
+
+        messages = [UserMessage(id=new_id("message"), content=f"m{i}", run_id=run_id) for i in range(2)]
+        proxy.lose_replies()
+        await history.append(fence, messages)
+        assert [m.id for m in await history.recent(conv, limit=10)] == [m.id for m in messages]
+
+        proxy.lose_replies()
+        await runs.add_step(fence, run_id, {"id": "step-1", "status": "success"})
+        assert await runs.steps(conv, run_id) == [{"id": "step-1", "status": "success"}]
+
+        writer = bus.ChunkWriter(
+            owner, stream_key=keys.run_stream(conv, run_id), epoch_key=keys.epoch(conv), epoch=3, next_seq=2,
+            maxlen=100, ttl_s=60, patience_s=OWNER_PATIENCE_S,
+        )
+        await writer.write("data", b"a")
+        await writer.flush()  # the writer has its own connection: open it first
+        proxy.lose_replies()
+        for word in (b"b", b"c"):
+            await writer.write("data", word)
+        await writer.flush()
+
+        proxy.lose_replies()
+        done = await runs.finish(
+            run_id, conversation_id=conv, status="completed", stop_reason="end_turn", fence=fence,
+            items=[(5, "data", b"stop"), (6, "done", b"[DONE]")], mailbox_entry=taken.entry.entry_id,
+        )
+        assert done, "a re-sent end that had landed counts as done"
+        stored = await bus.read_after(redis, keys.run_stream(conv, run_id), 1)
+        assert [(i.seq, i.payload) for i in stored] == [(2, b"a"), (3, b"b"), (4, b"c"), (5, b"stop"), (6, b"[DONE]")]
+        assert (await runs.get(run_id, tenant=None)).status == "completed" and await Mailbox(redis).depth(conv) == 0
+        assert len(proxy.connections) > 5, "every write above lost its first reply and was sent again"
+    finally:
+        await owner.aclose()
+
+
+async def test_an_owner_stops_waiting_for_an_unreachable_redis_after_its_patience(
+    redis: aioredis.Redis, proxy: SilencingProxy
+) -> None:
+    owner = _through(proxy)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    fence = Fence(conv, 3, "h/a/1", patience_s=1.5)
+    try:
+        assert await owner.ping()
+        proxy.silence_all()
+        proxy.refuse_new()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=r"unreachable for \d+ s"):
+            await HistoryStore(owner).append(fence, [UserMessage(id=new_id("message"), content="lost", run_id="run-x")])
+        assert 1.4 <= time.monotonic() - started < 3.0, "it waits its patience, no more, no less"
+    finally:
+        await owner.aclose()
