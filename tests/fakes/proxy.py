@@ -1,7 +1,8 @@
 """A TCP proxy in front of a real server that can make its connections go silent (both directions
 stop and the sockets stay open: a dead peer that no error reports), drop them (both sockets close),
 lose their replies (what the client sends still reaches the server: a connection that broke after
-a command left), or refuse new connections (the server is gone)."""
+a command left), refuse new connections (the server is gone), or freeze (every connection, new
+ones included, accepted and never answered: a server stopped with SIGSTOP)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class SilencingProxy:
         self._muted: list[asyncio.Event] = []  # one per connection; set = the server's replies are dropped
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
+        self._frozen = False
         self.port = 0
 
     async def __aenter__(self) -> SilencingProxy:
@@ -42,6 +44,11 @@ class SilencingProxy:
         for muted in self._muted:
             muted.set()
 
+    def freeze(self) -> None:
+        """Every connection goes silent, and so does each new one as soon as it is accepted."""
+        self._frozen = True
+        self.silence_all()
+
     def refuse_new(self) -> None:
         """Stop listening: new connections are refused, as by a server that is gone."""
         assert self._server is not None
@@ -50,6 +57,8 @@ class SilencingProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         silenced, muted = asyncio.Event(), asyncio.Event()
+        if self._frozen:
+            silenced.set()
         self.connections.append(silenced)
         self._muted.append(muted)
         self._writers += [writer, up_writer]
