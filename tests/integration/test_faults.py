@@ -60,6 +60,7 @@ RESTART_ENV = {
 }
 # Redis frozen longer than the lease TTL and the socket timeout, shorter than a reader waits.
 OUTAGE_S = 8.0
+LEAVING_OUTAGE_S = 5.0  # longer than the socket timeout: the first try of a cancel fails
 # The owner's patience in the server whose runs must outlast it, and a longer outage.
 IMPATIENT_ENV = {**RESTART_ENV, "CONVOY_STORE_OUTAGE_S": "4", "CONVOY_STREAM_IDLE_TIMEOUT_S": "3"}
 LONG_OUTAGE_S = 12.0
@@ -67,10 +68,10 @@ RECOVERY_S = 15.0
 RESTARTED = "embedded Redis exited; starting it again"
 
 
-@pytest.fixture
-def restartable(tmp_path: Path) -> Iterator[Convoy]:
-    """A server of its own: its Redis is killed, frozen and restarted."""
-    server = start_convoy(tmp_path / "home", RESTART_ENV)
+@pytest.fixture(scope="module")
+def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
+    """A server of this module's own: its Redis is killed, frozen and restarted."""
+    server = start_convoy(tmp_path_factory.mktemp("restartable") / "home", RESTART_ENV)
     try:
         yield server
     finally:
@@ -136,6 +137,12 @@ def _held(server: Convoy, conv: str) -> tuple[str | None, str | None]:
         store.close()
 
 
+async def _ended(client: httpx.AsyncClient, run_id: str) -> dict[str, Any] | None:
+    """The run, once it has ended."""
+    run: dict[str, Any] = (await client.get(f"/v1/runs/{run_id}")).json()
+    return run if run["status"] not in ("created", "running") else None
+
+
 def _exactly_once(items: list[dict[str, Any]]) -> list[int]:
     seqs = [i["seq_id"] for i in items if "seq_id" in i]
     assert seqs == list(range(1, len(seqs) + 1)), "nothing lost, nothing twice"
@@ -190,6 +197,7 @@ async def test_a_killed_redis_is_restarted_by_serve_and_runs_stream_through(rest
     else): same port, same data, the old process reaped, logged; the API is healthy again at once,
     live runs carry on, and what was stored before is still there."""
     server = restartable
+    restarts = sum(1 for line in server.log().splitlines() if RESTARTED in line)
     store = redis.Redis.from_url(server.redis_url, decode_responses=True)
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         conv = await new_conversation(client)
@@ -219,7 +227,7 @@ async def test_a_killed_redis_is_restarted_by_serve_and_runs_stream_through(rest
         users = [m["content"] for m in history if m["message_type"] == "user_message"]
         assert users[0] == "kept across restarts" and len(users) == 7
         assert users[3] == "after SIGTERM" and users[6] == "after SIGKILL"
-    assert sum(1 for line in server.log().splitlines() if RESTARTED in line) == 2
+    assert sum(1 for line in server.log().splitlines() if RESTARTED in line) == restarts + 2
 
 
 async def test_a_redis_outage_longer_than_the_lease_ttl_ends_no_run(restartable: Convoy) -> None:
@@ -248,6 +256,32 @@ async def test_a_redis_outage_longer_than_the_lease_ttl_ends_no_run(restartable:
         assert text_of(await stream(client, conv, {"input": "after the outages"})) == "after the outages"
 
 
+async def test_a_foreground_client_that_leaves_during_an_outage_still_cancels_its_run(restartable: Convoy) -> None:
+    """Found by reading the soak's Redis outage: a foreground client that disconnects while Redis is
+    unreachable must still have its run cancelled. The API's cancel waits for Redis, as the run's
+    owner would, instead of failing at its first try and leaving the run to complete."""
+    server = restartable
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        received: list[dict[str, Any]] = []
+        pid = redis_pid(server)
+        try:
+            async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": long_text("left", 1000)}) as source:
+                async for sse in source.aiter_sse():
+                    received.append(json.loads(sse.data))
+                    if len(received) == 20:
+                        break
+                os.kill(pid, signal.SIGSTOP)  # Redis freezes as the client leaves, mid-run
+            await asyncio.sleep(LEAVING_OUTAGE_S)  # the outage itself, not a synchronisation
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        run = await eventually(lambda: _ended(client, received[0]["run_id"]), RECOVERY_S, interval_s=0.1, message="the run to end")
+        assert run["status"] == "cancelled", run  # type: ignore[index]
+        stored = await read_events(client, f"/v1/runs/{received[0]['run_id']}/stream", {"starting_after": 0})
+        _exactly_once(stored)
+        assert stop_of(stored) == "cancelled" and [i["message_type"] for i in stored[-2:]] == ["usage_statistics", "[DONE]"]
+
+
 async def test_an_outage_longer_than_the_owner_waits_fails_its_run_store_unavailable(tmp_path: Path) -> None:
     """Redis frozen for longer than a reader waits and than the owner's patience
     (``CONVOY_STORE_OUTAGE_S``), then killed (serve restarts it). The live reader gives up in
@@ -270,11 +304,7 @@ async def test_an_outage_longer_than_the_owner_waits_fails_its_run_store_unavail
                 assert error["error_type"] == "store_unavailable" and items[-1]["message_type"] == "[DONE]"
                 await asyncio.sleep(LONG_OUTAGE_S - given_up_after)  # the rest of the outage, not a synchronisation
 
-            async def ended() -> dict[str, Any] | None:
-                run = (await client.get(f"/v1/runs/{run_id}")).json()
-                return run if run["status"] not in ("created", "running") else None
-
-            run = await eventually(ended, RECOVERY_S, interval_s=0.1, message="the owner to end its run")
+            run = await eventually(lambda: _ended(client, run_id), RECOVERY_S, interval_s=0.1, message="the owner to end its run")
             failure = run["metadata"]["error"]  # type: ignore[index]
             assert run["status"] == "failed" and failure["error_type"] == "store_unavailable", run  # type: ignore[index]
             assert "unreachable for" in failure["detail"], failure
