@@ -12,7 +12,10 @@ Guarantees:
   a period later, so that once Redis is back the owner takes back a lease that lapsed meanwhile
   (``actors.directory``) before anyone else could acquire it: an outage is not a change of owner.
 - **Passivation.** An activation idle for ``idle_passivate_s`` ends, releases its lease and
-  frees its memory; the next message re-activates it here or anywhere.
+  frees its memory; the next message re-activates it here or anywhere. Letting go waits for Redis
+  as an owner's writes do (``CONVOY_STORE_OUTAGE_S``): a lease left behind by an activation that
+  ended during an outage would refuse its own host's next activation until it expired, and a
+  message accepted meanwhile would wait for a reader to wake it.
 - **Recovery after a crash.** The conversations a host owns are recorded in Redis under its name.
   When Ray restarts a dead host (same name, new incarnation), it takes those conversations over
   at once (bumping their epochs, which fences out anything the old process might still write)
@@ -46,7 +49,7 @@ from runtime.history import HistoryStore
 from runtime.logs import configure_logging
 from runtime.providers.registry import Providers
 from runtime.redis_client import connect, dedicated, reraise_if_cancelling
-from runtime.runs import RunStore
+from runtime.runs import RunStore, through_outage
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -209,10 +212,16 @@ class HostCore:
 
     async def _release(self, lease: Lease) -> None:
         assert self._directory is not None and self._services is not None
-        await self._services.redis.srem(keys.host_conversations(self.name), lease.conversation_id)
-        await self._directory.release(lease)
+        services, directory = self._services, self._directory
+
+        async def let_go() -> int:  # each step idempotent: done again while Redis is unreachable
+            await services.redis.srem(keys.host_conversations(self.name), lease.conversation_id)
+            await directory.release(lease)
+            return await services.mailbox.depth(lease.conversation_id)
+
+        depth = await through_outage(let_go, patience_s=self._settings.store_outage_s, what="letting a conversation go")
         # A message accepted while we were letting go must not wait for the next sender.
-        if await self._services.mailbox.depth(lease.conversation_id):
+        if depth:
             await self._deliver(lease.conversation_id)
         elif self._exit_when_idle and not self._activations and not self._activating:
             self._closing = True  # from here on, new work is refused (the caller re-creates us)

@@ -61,11 +61,29 @@ RESTART_ENV = {
 # Redis frozen longer than the lease TTL and the socket timeout, shorter than a reader waits.
 OUTAGE_S = 8.0
 LEAVING_OUTAGE_S = 5.0  # longer than the socket timeout: the first try of a cancel fails
-# The owner's patience in the server whose runs must outlast it, and a longer outage.
-IMPATIENT_ENV = {**RESTART_ENV, "CONVOY_STORE_OUTAGE_S": "4", "CONVOY_STREAM_IDLE_TIMEOUT_S": "3"}
+# The owner's patience in the server whose runs must outlast it, and a longer outage; conversations
+# let go after a second idle, with a lease that outlives the outages here.
+IMPATIENT_ENV = {
+    **RESTART_ENV,
+    "CONVOY_STORE_OUTAGE_S": "4",
+    "CONVOY_STREAM_IDLE_TIMEOUT_S": "3",
+    "CONVOY_IDLE_PASSIVATE_S": "1",
+    "CONVOY_LEASE_TTL_MS": "10000",
+}
 LONG_OUTAGE_S = 12.0
 RECOVERY_S = 15.0
 RESTARTED = "embedded Redis exited; starting it again"
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
+    """A server whose owners wait 4 s for Redis, and whose conversations passivate after 1 s."""
+    server = start_convoy(tmp_path_factory.mktemp("impatient") / "home", IMPATIENT_ENV)
+    try:
+        yield server
+    finally:
+        leftovers = stop_convoy(server)
+        assert not leftovers, f"processes left behind: {sorted(leftovers)}"
 
 
 @pytest.fixture(scope="module")
@@ -282,40 +300,60 @@ async def test_a_foreground_client_that_leaves_during_an_outage_still_cancels_it
         assert stop_of(stored) == "cancelled" and [i["message_type"] for i in stored[-2:]] == ["usage_statistics", "[DONE]"]
 
 
-async def test_an_outage_longer_than_the_owner_waits_fails_its_run_store_unavailable(tmp_path: Path) -> None:
+async def test_an_outage_longer_than_the_owner_waits_fails_its_run_store_unavailable(impatient: Convoy) -> None:
     """Redis frozen for longer than a reader waits and than the owner's patience
     (``CONVOY_STORE_OUTAGE_S``), then killed (serve restarts it). The live reader gives up in
     bounded time with a typed error; the owner's writes give up after its patience, and it ends
     its run ``store_unavailable`` (never ``owner_lost``: it never lost the conversation) once Redis
     is back; the stored stream ends with the terminal sequence, and the conversation goes on."""
-    server = start_convoy(tmp_path / "home", IMPATIENT_ENV)
-    try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            conv = await new_conversation(client)
-            run_id, live = await first_item(client, conv, {"input": long_text("outage", 1000), "background": True})
-            await _going(server, conv, run_id)
-            async with frozen_redis(server, signal.SIGKILL) as frozen_at:
-                items = await asyncio.wait_for(live, LONG_OUTAGE_S)
-                given_up_after = time.monotonic() - frozen_at
-                # Twice the idle timeout (3 s) from the first failed check, each check bounded too.
-                assert given_up_after < LONG_OUTAGE_S - 1, f"the reader gave up {given_up_after:.1f} s into the outage"
-                # Redis is still frozen: this ending is the reader's own, not stored.
-                error = next(i for i in items if i.get("sse_event") == "error")
-                assert error["error_type"] == "store_unavailable" and items[-1]["message_type"] == "[DONE]"
-                await asyncio.sleep(LONG_OUTAGE_S - given_up_after)  # the rest of the outage, not a synchronisation
+    server = impatient
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        run_id, live = await first_item(client, conv, {"input": long_text("outage", 1000), "background": True})
+        await _going(server, conv, run_id)
+        async with frozen_redis(server, signal.SIGKILL) as frozen_at:
+            items = await asyncio.wait_for(live, LONG_OUTAGE_S)
+            given_up_after = time.monotonic() - frozen_at
+            # Twice the idle timeout (3 s) from the first failed check, each check bounded too.
+            assert given_up_after < LONG_OUTAGE_S - 1, f"the reader gave up {given_up_after:.1f} s into the outage"
+            # Redis is still frozen: this ending is the reader's own, not stored.
+            error = next(i for i in items if i.get("sse_event") == "error")
+            assert error["error_type"] == "store_unavailable" and items[-1]["message_type"] == "[DONE]"
+            await asyncio.sleep(LONG_OUTAGE_S - given_up_after)  # the rest of the outage, not a synchronisation
 
-            run = await eventually(lambda: _ended(client, run_id), RECOVERY_S, interval_s=0.1, message="the owner to end its run")
-            failure = run["metadata"]["error"]  # type: ignore[index]
-            assert run["status"] == "failed" and failure["error_type"] == "store_unavailable", run  # type: ignore[index]
-            assert "unreachable for" in failure["detail"], failure
-            stored = await read_events(client, f"/v1/runs/{run_id}/stream", {"starting_after": 0})
-            _exactly_once(stored)
-            assert [i["message_type"] for i in stored[-3:]] == ["stop_reason", "error_message", "[DONE]"]
-            assert stored[-2]["error_type"] == "store_unavailable" and "unreachable for" in stored[-2]["detail"], "the owner's ending"
-            after = await asyncio.wait_for(stream(client, conv, {"input": "after the outage"}), RECOVERY_S)
-            assert text_of(after) == "after the outage"
-    finally:
-        assert not stop_convoy(server), "processes left behind"
+        run = await eventually(lambda: _ended(client, run_id), RECOVERY_S, interval_s=0.1, message="the owner to end its run")
+        failure = run["metadata"]["error"]  # type: ignore[index]
+        assert run["status"] == "failed" and failure["error_type"] == "store_unavailable", run  # type: ignore[index]
+        assert "unreachable for" in failure["detail"], failure
+        stored = await read_events(client, f"/v1/runs/{run_id}/stream", {"starting_after": 0})
+        _exactly_once(stored)
+        assert [i["message_type"] for i in stored[-3:]] == ["stop_reason", "error_message", "[DONE]"]
+        assert stored[-2]["error_type"] == "store_unavailable" and "unreachable for" in stored[-2]["detail"], "the owner's ending"
+        after = await asyncio.wait_for(stream(client, conv, {"input": "after the outage"}), RECOVERY_S)
+        assert text_of(after) == "after the outage"
+
+
+async def test_a_conversation_let_go_during_an_outage_takes_its_next_message(impatient: Convoy) -> None:
+    """Found by the soak's Redis outage: an activation that passivated while Redis was frozen could
+    not let go of its conversation (its lease and its host's entry stayed), so a message accepted
+    once Redis was back rang that host, which would not activate the conversation again while the
+    lease lingered, and the message waited for a reader to wake it (with none, for ever). Letting
+    go now waits for Redis, as an owner's writes do."""
+    server = impatient
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        assert text_of(await stream(client, conv, {"input": "before"})) == "before"
+        pid = redis_pid(server)
+        os.kill(pid, signal.SIGSTOP)  # idle from now: it passivates after 1 s, Redis frozen
+        try:
+            await asyncio.sleep(LEAVING_OUTAGE_S)  # the outage (its lease, 10 s, outlives it), not a synchronisation
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # A background run nobody reads: only its owner can end it.
+        async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": "after", "background": True}) as source:
+            run_id = json.loads((await anext(source.aiter_sse())).data)["run_id"]
+        run = await eventually(lambda: _ended(client, run_id), 6, interval_s=0.1, message="the next message to be taken")
+        assert run["status"] == "completed", run  # type: ignore[index]
 
 
 # -- an API process killed mid-stream ------------------------------------------------------------
