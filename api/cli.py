@@ -117,6 +117,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=True,
         help="SIGKILL a conversation host now and then, round-robin; each fault must be survived (default on)",
     )
+    cmd.add_argument(
+        "--redis-outage-s",
+        type=float,
+        default=0.0,
+        help="once, halfway: freeze the embedded Redis this long, then SIGKILL it (serve must restart it); "
+        "every invariant must still hold (default 0: off)",
+    )
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -223,6 +230,7 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
                 seed=args.seed,
                 faults=args.faults,
                 fault_every_s=args.fault_every_s,
+                redis_outage_s=args.redis_outage_s,
             )
         )
     if args.bench == "providers":
