@@ -5,7 +5,7 @@ it keeps its connections and answers nothing, so every client meets timeouts, no
 ``--redis-outage-s``, then SIGKILLed, so ``convoy serve`` must start it again (same port, same
 data). It is survived (``OUTAGE``) when serve restarted it (a new pid), the API answered healthy
 again within ``RECOVERY_TIMEOUT_S`` of the kill, and a fresh turn then completed. Host faults
-never overlap it (they share a lock).
+never overlap it, its fresh turn included (they share a lock).
 
 Every other invariant holds through it unchanged: no run may fail and no item may be lost,
 because a conversation's owner waits for Redis for ``CONVOY_STORE_OUTAGE_S`` (the server runs with
@@ -110,10 +110,10 @@ class Injector:
     async def run(self, started: float, ends: float, seconds: float) -> None:
         """The outage, halfway between ``started`` and ``ends`` (monotonic)."""
         await asyncio.sleep(max(0.0, started + (ends - started) / 2 - time.monotonic()))
-        async with self._lock:
+        async with self._lock:  # the probe too: a host killed under it would fail it owner_lost
             outage = await self._inject(started, seconds)
-        if outage.problem is None:
-            await self._probe(outage)
+            if outage.problem is None:
+                await self._probe(outage)
         self._conclude(outage)
 
     def _pid(self) -> int:
