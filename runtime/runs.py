@@ -360,31 +360,36 @@ class RunStore:
         ]
         for seq, kind, payload in items:
             args.extend((seq, kind, payload))
-        reply = await self._fenced(
-            self._finish,
-            fence,
-            keys=[
-                keys.epoch(conversation_id),
-                keys.run(conversation_id, run_id),
-                keys.mailbox(conversation_id),
-                keys.run_stream(conversation_id, run_id),
-                keys.run_steps(conversation_id, run_id),
-                keys.pending_approval(conversation_id),
-            ],
-            args=args,
+        patience_s = fence.patience_s if fence else 0.0
+        # The run's id -> conversation reference gets the ended run's lifetime in the same write as
+        # the end itself (one event-loop turn: the auto-pipelined client sends both at once), not in
+        # a round trip after it: a process that died in between left it for a week. (Harmless if the
+        # end is refused: an ended run's reference has that lifetime already, and the owner that
+        # took a run over sets it again when it ends the run.)
+        reply, _ = await asyncio.gather(
+            self._fenced(
+                self._finish,
+                fence,
+                keys=[
+                    keys.epoch(conversation_id),
+                    keys.run(conversation_id, run_id),
+                    keys.mailbox(conversation_id),
+                    keys.run_stream(conversation_id, run_id),
+                    keys.run_steps(conversation_id, run_id),
+                    keys.pending_approval(conversation_id),
+                ],
+                args=args,
+            ),
+            through_outage(
+                lambda: self._redis.expire(keys.run_ref(run_id), self._ttl_s), patience_s=patience_s, what="a run's reference"
+            ),
         )
         if not reply.startswith("ok "):
             return False
-        key_id = reply[3:]
-
-        async def release() -> None:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.expire(keys.run_ref(run_id), self._ttl_s)
-                if key_id:
-                    pipe.zrem(keys.api_key_runs(key_id), run_id)  # its concurrency slot (runtime.apikeys)
-                await pipe.execute()
-
-        await through_outage(release, patience_s=fence.patience_s if fence else 0.0, what="run end follow-up")
+        if key_id := reply[3:]:
+            await through_outage(  # its concurrency slot (runtime.apikeys; it expires on its own if this never runs)
+                lambda: self._redis.zrem(keys.api_key_runs(key_id), run_id), patience_s=patience_s, what="a run's slot"
+            )
         return True
 
     async def add_step(self, fence: Fence, run_id: str, step: dict[str, Any]) -> None:

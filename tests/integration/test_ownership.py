@@ -4,11 +4,13 @@ owner's writes across a lost reply or an unreachable Redis (through a proxy in f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
@@ -292,5 +294,32 @@ async def test_an_owner_stops_waiting_for_an_unreachable_redis_after_its_patienc
         with pytest.raises(StoreUnavailableError, match=r"unreachable for \d+ s"):
             await HistoryStore(owner).append(fence, [UserMessage(id=new_id("message"), content="lost", run_id="run-x")])
         assert 1.4 <= time.monotonic() - started < 3.0, "it waits its patience, no more, no less"
+    finally:
+        await owner.aclose()
+
+
+async def test_a_run_whose_owner_died_right_after_ending_it_keeps_no_key_for_a_week(
+    redis: aioredis.Redis, proxy: SilencingProxy
+) -> None:
+    """Found by the soak (a host SIGKILLed 13 ms after four of its runs ended): a run's end and its
+    reference's lifetime went out in two round trips, so a process that died between them left the
+    reference for a week (``UNFINISHED_RUN_TTL_S``) instead of the ended run's ``stream_ttl_s``.
+    Both now leave together."""
+    owner = _through(proxy)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    earlier, run_id = [await _accept(redis, Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100), conv) for _ in range(2)]
+    runs = RunStore(owner, ttl_s=60, maxlen=100)
+    try:
+        for ended, lost in ((earlier, False), (run_id, True)):  # the first loads the script, as in any owner
+            if lost:
+                proxy.lose_replies()  # the owner is gone before it hears back: nothing it would send next leaves
+            with pytest.raises(RedisTimeoutError) if lost else contextlib.nullcontext():
+                await runs.finish(
+                    ended, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3, "h/a/1"),
+                    items=[(2, "done", b"[DONE]")],
+                )
+        assert (await RunStore(redis, ttl_s=60, maxlen=100).get(run_id, tenant=None)).status == "completed"
+        assert 0 < await redis.ttl(keys.run_ref(run_id)) <= 60, "the reference expires with the ended run"
     finally:
         await owner.aclose()
