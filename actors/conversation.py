@@ -11,11 +11,15 @@ mailbox entries strictly in order and runs each turn to a terminal status. Guara
   else happens, so the next message always works.
 - **A stale activation cannot write.** Every write carries this activation's epoch; on
   ``FencedError`` the activation stops at once without touching anything.
-- **Losing Redis mid-turn is a typed failure.** Redis calls wait while Redis restarts, and chunk
-  appends are re-sent (``runtime.redis_client``, ``runtime.bus``), so a turn normally streams
-  through a Redis restart. A write of another kind whose connection broke after it left may or may
-  not have run and is not re-sent: the turn then ends as failed with ``error_type``
-  ``store_unavailable``, its stream continuing right after the last stored item.
+- **A Redis outage pauses a turn; only a long one fails it.** Every write of the owner is
+  idempotent and sent again while Redis is unreachable (``runtime.runs.through_outage``: the take,
+  chunk appends, step traces, history appends, the run's end), and the reads a turn starts with
+  wait too, each for up to ``CONVOY_STORE_OUTAGE_S``; so a turn streams through an outage shorter
+  than that, and the lease it lapsed meanwhile is taken back (``actors.directory``). A longer
+  outage fails the run with ``error_type`` ``store_unavailable`` (saying for how long Redis was
+  unreachable), never ``owner_lost``: the run's end, the worker's take and the reads in between
+  wait for Redis as long as it takes, so the end lands once Redis is back, its stream continuing
+  right after the last stored item. Only a real change of owner stops an activation.
 - **Cancel is out of band.** ``cancel(run_id)`` cancels the running turn's task directly; it does
   not queue behind the mailbox or wait for the next chunk, and closing the task closes the
   provider's stream.
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -42,7 +48,7 @@ from runtime.chat_history import ChatCache
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
 from runtime.history import HistoryStore
 from runtime.loop import Emit, ModelFactory, run_turn
-from runtime.runs import Fence, RunStore
+from runtime.runs import Fence, RunStore, through_outage
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, StreamItem
 from runtime.schemas.turns import TurnRequest
@@ -83,7 +89,9 @@ class Activation:
         self.lease = lease
         self.conversation_id = lease.conversation_id
         self._s = services
-        self._fence = Fence(lease.conversation_id, lease.epoch, lease.owner)
+        self._fence = Fence(lease.conversation_id, lease.epoch, lease.owner, patience_s=services.settings.store_outage_s)
+        # What must land however long Redis is away: the worker's take and a run's end.
+        self._until_landed = dataclasses.replace(self._fence, patience_s=math.inf)
         self._wake = asyncio.Event()
         self._wake.set()
         self._turn: asyncio.Task[None] | None = None
@@ -147,8 +155,8 @@ class Activation:
         self._taking = True
         try:
             if prefetch and self._agent_id is not None:
-                return await asyncio.gather(self._s.mailbox.take(self._fence), self._load(self._agent_id))
-            return await self._s.mailbox.take(self._fence), None
+                return await asyncio.gather(self._s.mailbox.take(self._until_landed), self._load(self._agent_id))
+            return await self._s.mailbox.take(self._until_landed), None
         finally:
             self._taking = False
 
@@ -181,18 +189,25 @@ class Activation:
         else:
             # Finished elsewhere (e.g. cancelled while queued), which removes the entry in the same
             # step; removing it again is harmless and guarantees the worker can never spin on it.
-            await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
+            await self._drop(entry)
 
     async def _load(self, agent_id: str) -> _Loaded | Exception:
-        """Agent, conversation, history and whether an approval is pending; a failure is returned
-        (and raised inside the turn, which ends the run visibly), never raised here."""
+        """Agent, conversation, history and whether an approval is pending (read again while Redis
+        is unreachable, up to the owner's patience); a failure is returned (and raised inside the
+        turn, which ends the run visibly), never raised here."""
         s = self._s
-        try:
-            agent, conversation, history, pending = await asyncio.gather(
+
+        async def read() -> tuple[AgentRecord, ConversationRecord, list[HistoryMessage], int]:
+            return await asyncio.gather(
                 s.agents.get(agent_id, tenant=None),
                 s.conversations.get(self.conversation_id, tenant=None),
                 self._recent_history(),
                 s.redis.hexists(keys.pending_approval(self.conversation_id), "request"),
+            )
+
+        try:
+            agent, conversation, history, pending = await through_outage(
+                read, patience_s=self._fence.patience_s, what="reading what a turn needs"
             )
         except Exception as exc:  # noqa: BLE001 - handed to the turn, which ends the run with it
             return exc
@@ -203,7 +218,7 @@ class Activation:
         conv_id = self.conversation_id
         stream_key = keys.run_stream(conv_id, turn.run_id)
         # A run this call started holds only its accept-time ping (seq 1): no need to ask Redis.
-        last = 1 if fresh else await bus.last_seq(self._s.redis, stream_key)
+        last = 1 if fresh else await self._last_seq(turn.run_id)
         writer = bus.ChunkWriter(
             self._s.redis,
             stream_key=stream_key,
@@ -212,6 +227,7 @@ class Activation:
             next_seq=last + 1,
             maxlen=self._s.settings.stream_maxlen,
             ttl_s=self._s.settings.stream_ttl_s,
+            patience_s=self._fence.patience_s,
         )
 
         async def emit(item: StreamItem) -> None:
@@ -274,7 +290,7 @@ class Activation:
             raise
         except RunFailure as failure:
             await self._end(turn.run_id, entry, writer=writer, failure=failure, turn=turn)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # a call not made through_outage
             log.warning("turn lost Redis", extra={"run_id": turn.run_id, "error": str(exc)})
             await self._end(turn.run_id, entry, writer=writer, failure=StoreUnavailableError(str(exc)), turn=turn)
         except Exception as exc:  # a bug must still end the run, visibly
@@ -313,7 +329,7 @@ class Activation:
                 await writer.flush()
                 first = writer.reserve()
         if first is None:  # a failed writer dropped what it had not sent: go on after what is stored
-            first = await bus.last_seq(self._s.redis, keys.run_stream(self.conversation_id, run_id)) + 1
+            first = await self._last_seq(run_id) + 1
         if cancelled:
             items, status, stop, error = wire.cancel_items(run_id, first), "cancelled", "cancelled", None
         else:
@@ -326,7 +342,7 @@ class Activation:
             conversation_id=self.conversation_id,
             status=status,  # type: ignore[arg-type]
             stop_reason=stop,
-            fence=self._fence,
+            fence=self._until_landed,
             items=items,
             mailbox_entry=entry.entry_id,
             error=error,
@@ -336,7 +352,22 @@ class Activation:
             # leaves an approval requested meanwhile open.
         )
         if not done and skip_missing:
-            await self._s.redis.xdel(keys.mailbox(self.conversation_id), entry.entry_id)
+            await self._drop(entry)
+
+    async def _last_seq(self, run_id: str) -> int:
+        """The run stream's last seq, read however long Redis is away (a turn cannot go on, nor end,
+        without it)."""
+        stream_key = keys.run_stream(self.conversation_id, run_id)
+        return await through_outage(
+            lambda: bus.last_seq(self._s.redis, stream_key), patience_s=math.inf, what="reading where a stream ends"
+        )
+
+    async def _drop(self, entry: MailboxEntry) -> None:
+        """Remove a mailbox entry whose run has ended (idempotent; however long Redis is away)."""
+        mailbox = keys.mailbox(self.conversation_id)
+        await through_outage(
+            lambda: self._s.redis.xdel(mailbox, entry.entry_id), patience_s=math.inf, what="dropping a mailbox entry"
+        )
 
 
 def _timings(turn: TurnRequest | None, ttft_ns: int | None) -> dict[str, int]:

@@ -9,6 +9,13 @@ Guarantees:
   the epoch it got (run stream items, run status, history, mailbox acks); the scripts that write
   refuse a stale epoch. A paused or partitioned ex-owner therefore cannot write after a new owner
   took over, even if it does not know it lost the lease yet.
+- **A lapse is not a change of owner.** A lease can lapse with nobody else taking it: while Redis
+  was unreachable (frozen, restarting) no renewal got through. Since every acquisition bumps the
+  epoch, a missing lease whose epoch is still the one its owner acquired was taken by nobody, and
+  renewing sets it again; only a lease held by another activation, or an epoch that moved, is
+  lost. Whoever acquires first once Redis is back wins: the owner's renewal retries within a
+  fraction of a second (``actors.host``), and an owner's own host never re-acquires a
+  conversation it holds (a delivery there finds the activation).
 - **Fast takeover after a crash.** Owner ids are ``<host name>/<incarnation>/<activation>``: one per
   activation, so even two successive activations in one process never share a lease. When Ray
   restarts a host under the same name, the new incarnation may take over the leases of earlier
@@ -17,11 +24,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from runtime import keys
+
+log = logging.getLogger(__name__)
 
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
@@ -39,18 +49,24 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, tostring(epoch)}
 """
 
-# Renews many leases in one call. KEYS: lease keys. ARGV: ttl_ms, then one owner per key.
-# Returns the 1-based positions of the leases that are no longer held by their owner.
+# Renews many leases in one call. KEYS: (lease, epoch) key pairs. ARGV: ttl_ms, then an (owner,
+# epoch) pair per lease. A lease that lapsed while its epoch stayed the owner's was taken by nobody:
+# it is set again. Returns {the 1-based positions of the leases no longer held by their owner, the
+# positions of those set again}.
 _RENEW = """
-local lost = {}
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+local lost, retaken = {}, {}
+for i = 1, #KEYS / 2 do
+  local lease, held_by = KEYS[2 * i - 1], redis.call('GET', KEYS[2 * i - 1])
+  if held_by == ARGV[2 * i] then
+    redis.call('PEXPIRE', lease, ARGV[1])
+  elseif not held_by and redis.call('GET', KEYS[2 * i]) == ARGV[2 * i + 1] then
+    redis.call('SET', lease, ARGV[2 * i], 'PX', ARGV[1])
+    retaken[#retaken + 1] = i
   else
     lost[#lost + 1] = i
   end
 end
-return lost
+return {lost, retaken}
 """
 RENEW_CHUNK = 500
 
@@ -106,17 +122,22 @@ class Directory:
 
     async def renew(self, leases: list[Lease]) -> list[Lease]:
         """Extend many leases, ``RENEW_CHUNK`` per script call (yielding to the event loop between
-        chunks, so a host with thousands of leases never stalls its conversations); returns the
-        leases that were lost. One script spans several keys, so this needs a single Redis (not
-        Redis Cluster)."""
+        chunks, so a host with thousands of leases never stalls its conversations); a lease that
+        lapsed while nobody took it is set again (see the module docstring). Returns the leases that
+        were lost. One script spans several keys, so this needs a single Redis (not Redis Cluster)."""
         lost: list[Lease] = []
         for start in range(0, len(leases), RENEW_CHUNK):
             chunk = leases[start : start + RENEW_CHUNK]
-            positions = await self._renew(
-                keys=[keys.lease(lease.conversation_id) for lease in chunk],
-                args=[self._ttl_ms, *(lease.owner for lease in chunk)],
+            gone, retaken = await self._renew(
+                keys=[k for lease in chunk for k in (keys.lease(lease.conversation_id), keys.epoch(lease.conversation_id))],
+                args=[self._ttl_ms, *(v for lease in chunk for v in (lease.owner, lease.epoch))],
             )
-            lost.extend(chunk[int(i) - 1] for i in positions)
+            lost.extend(chunk[int(i) - 1] for i in gone)
+            if retaken:
+                log.warning(
+                    "leases that lapsed while nobody took them are held again",
+                    extra={"conversations": [chunk[int(i) - 1].conversation_id for i in retaken[:10]], "count": len(retaken)},
+                )
         return lost
 
     async def release(self, lease: Lease) -> None:

@@ -7,9 +7,15 @@ Guarantees:
 - **Activation on demand.** ``deliver(conversation_id)`` activates the conversation here if it
   can take the lease, or answers with the current owner so the caller can go there.
 - **Leases kept alive in bulk.** One loop renews every lease this host holds in one round trip
-  per period; an activation whose lease was lost is stopped at once.
+  per period (a third of the TTL); an activation whose lease was lost to another owner is stopped
+  at once. A renewal that could not reach Redis is tried again within a fraction of a second, not
+  a period later, so that once Redis is back the owner takes back a lease that lapsed meanwhile
+  (``actors.directory``) before anyone else could acquire it: an outage is not a change of owner.
 - **Passivation.** An activation idle for ``idle_passivate_s`` ends, releases its lease and
-  frees its memory; the next message re-activates it here or anywhere.
+  frees its memory; the next message re-activates it here or anywhere. Letting go waits for Redis
+  as an owner's writes do (``CONVOY_STORE_OUTAGE_S``): a lease left behind by an activation that
+  ended during an outage would refuse its own host's next activation until it expired, and a
+  message accepted meanwhile would wait for a reader to wake it.
 - **Recovery after a crash.** The conversations a host owns are recorded in Redis under its name.
   When Ray restarts a dead host (same name, new incarnation), it takes those conversations over
   at once (bumping their epochs, which fences out anything the old process might still write)
@@ -30,6 +36,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import ray
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -42,7 +49,7 @@ from runtime.history import HistoryStore
 from runtime.logs import configure_logging
 from runtime.providers.registry import Providers
 from runtime.redis_client import connect, dedicated, reraise_if_cancelling
-from runtime.runs import RunStore
+from runtime.runs import RunStore, through_outage
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD_S = 2.0
 BELL_BATCH = 512
 BELL_RETRY_S = 0.2
+# After a renewal that failed, the next one comes after this backoff (jittered, doubling), not a period.
+RENEW_RETRY = EqualJitterBackoff(cap=0.5, base=0.05)
 
 
 class HostClosingError(Exception):
@@ -203,10 +212,16 @@ class HostCore:
 
     async def _release(self, lease: Lease) -> None:
         assert self._directory is not None and self._services is not None
-        await self._services.redis.srem(keys.host_conversations(self.name), lease.conversation_id)
-        await self._directory.release(lease)
+        services, directory = self._services, self._directory
+
+        async def let_go() -> int:  # each step idempotent: done again while Redis is unreachable
+            await services.redis.srem(keys.host_conversations(self.name), lease.conversation_id)
+            await directory.release(lease)
+            return await services.mailbox.depth(lease.conversation_id)
+
+        depth = await through_outage(let_go, patience_s=self._settings.store_outage_s, what="letting a conversation go")
         # A message accepted while we were letting go must not wait for the next sender.
-        if await self._services.mailbox.depth(lease.conversation_id):
+        if depth:
             await self._deliver(lease.conversation_id)
         elif self._exit_when_idle and not self._activations and not self._activating:
             self._closing = True  # from here on, new work is refused (the caller re-creates us)
@@ -237,23 +252,27 @@ class HostCore:
 
     async def _renew_loop(self) -> None:
         period_s = self._settings.lease_ttl_ms / 3000
+        failures = 0
         while True:
-            await asyncio.sleep(period_s)
+            await asyncio.sleep(RENEW_RETRY.compute(failures) if failures else period_s)
             try:
                 assert self._directory is not None
                 lost = await self._directory.renew([a.lease for a in self._activations.values()])
+                failures = 0
                 for lease in lost:
                     activation = self._activations.get(lease.conversation_id)
                     task = self._workers.get(lease.conversation_id)
                     # Only the activation that held this lease: it may have been replaced meanwhile.
                     if activation is not None and activation.lease == lease and task is not None:
-                        log.warning("lease lost", extra={"conversation_id": lease.conversation_id})
+                        log.warning("lease lost to another owner", extra={"conversation_id": lease.conversation_id})
                         task.cancel()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 reraise_if_cancelling()
-                log.warning("lease renewal could not reach Redis", extra={"error": str(exc)})
+                failures += 1
+                log.warning("lease renewal could not reach Redis; trying again soon", extra={"error": str(exc), "failures": failures})
             except Exception:
                 reraise_if_cancelling()
+                failures += 1
                 log.exception("lease renewal failed")
 
     async def _bell_loop(self) -> None:

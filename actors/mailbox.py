@@ -204,10 +204,12 @@ class Mailbox:
     async def take(self, fence: Fence) -> Taken | None:
         """The oldest unfinished entry with its run started for ``fence``'s owner, in one step (one
         round trip where reading the head and then ``RunStore.start`` took two); None if the mailbox is empty.
-        Raises FencedError for a stale owner."""
+        Raises FencedError for a stale owner. Idempotent (sent again after it ran, it finds the same
+        entry, ``resumed``), so it is sent again while Redis is unreachable, for ``fence.patience_s``."""
         conv = fence.conversation_id
         reply = await call_fenced(
             self._take,
+            fence=fence,
             keys=[keys.epoch(conv), keys.mailbox(conv)],
             args=[fence.epoch, now_ms(), fence.owner, keys.run_prefix(conv)],
             refused=f"take refused for a stale owner of {conv}",

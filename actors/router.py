@@ -104,9 +104,11 @@ class ConversationRouter:
                 await asyncio.sleep(DEDICATED_RETRY_S * (attempt + 1))
         raise UnavailableError(f"the host of conversation {conversation_id} could not be started")
 
-    async def cancel(self, conversation_id: str, run_id: str) -> bool:
-        """Cancel a running turn at its owner; False if no owner is running it."""
-        owner = await self._directory.owner(conversation_id)
+    async def cancel(self, conversation_id: str, run_id: str, run_owner: str | None = None) -> bool:
+        """Cancel a running turn at its owner; False if no owner is running it. The lease names the
+        owner; while it has lapsed (Redis was unreachable, and the owner has not taken it back
+        yet: ``actors.directory``), ``run_owner``, the owner the run's record names, is asked."""
+        owner = await self._directory.owner(conversation_id) or run_owner
         if owner is None:
             log.info("cancel: conversation has no owner", extra={"run_id": run_id})
             return False

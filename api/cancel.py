@@ -7,6 +7,9 @@
   turn's task at once and so closes the provider's stream.
 - Either way the run is first marked ``cancel_requested``, so an owner that is about to start it
   ends it as cancelled instead.
+- The run of a foreground client that left is cancelled in the background (``cancel_abandoned``),
+  waiting for Redis as long as the run's owner would (``CONVOY_STORE_OUTAGE_S``): a client that
+  leaves during a Redis outage must not leave its run to complete.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 
 from api.state import AppState
 from runtime import bus, keys, wire
+from runtime.runs import through_outage
 
 TERMINAL = ("completed", "failed", "cancelled")
 WAIT_TERMINAL_S = 10.0
@@ -42,8 +46,18 @@ async def cancel_run(state: AppState, conversation_id: str, run_id: str) -> str:
         )
         if ended:
             return "cancelled"
-    await state.router.cancel(conversation_id, run_id)
+    await state.router.cancel(conversation_id, run_id, raw.get("owner") or None)
     return await wait_terminal(state, conversation_id, run_id)
+
+
+async def cancel_abandoned(state: AppState, conversation_id: str, run_id: str) -> str:
+    """``cancel_run`` for a foreground client that left, done again while Redis is unreachable
+    (every step of it can be done twice) for up to ``CONVOY_STORE_OUTAGE_S``."""
+    return await through_outage(
+        lambda: cancel_run(state, conversation_id, run_id),
+        patience_s=state.settings.store_outage_s,
+        what="cancelling the run of a client that left",
+    )
 
 
 async def wait_terminal(state: AppState, conversation_id: str, run_id: str, timeout_s: float = WAIT_TERMINAL_S) -> str:

@@ -1,8 +1,10 @@
 """The ``convoy`` command: the composition root that starts everything.
 
 ``convoy serve`` on a laptop: embedded Redis (unless ``CONVOY_REDIS_URL``), a local Ray (unless
-``RAY_ADDRESS``), the conversation hosts, and the API on 127.0.0.1:8283. Ctrl-C (or SIGTERM) stops
-the API, then Ray, then Redis, in that order, and leaves no process behind.
+``RAY_ADDRESS``), the conversation hosts, and the API on 127.0.0.1:8283. The embedded Redis is
+supervised: if it dies, it is started again at once on the same port and data (see
+``runtime.embedded_redis``). Ctrl-C (or SIGTERM) stops the API, then Ray, then Redis, in that
+order (Redis is not started again then), and leaves no process behind.
 
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
 Ray); it starts nothing else.
@@ -115,6 +117,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=True,
         help="SIGKILL a conversation host now and then, round-robin; each fault must be survived (default on)",
     )
+    cmd.add_argument(
+        "--redis-outage-s",
+        type=float,
+        default=0.0,
+        help="once, halfway: freeze the embedded Redis this long, then SIGKILL it (serve must restart it); "
+        "every invariant must still hold (default 0: off)",
+    )
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -136,10 +145,10 @@ def serve(settings: Settings) -> int:
     started_ray = not settings.ray_address
     try:
         if settings.redis_url is None:
-            embedded = EmbeddedRedis(settings.home_dir)
+            embedded = EmbeddedRedis(settings.home_dir, supervised=True)
             url = embedded.start()
             settings = settings.model_copy(update={"redis_url": url})
-            _say(f"redis   embedded at {url} (data in {embedded.dir}, append-only)")
+            _say(f"redis   embedded at {url} (data in {embedded.dir}, append-only; restarted if it dies)")
         else:
             _say(f"redis   {settings.redis_url}")
         _check_auth(settings)
@@ -221,6 +230,7 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
                 seed=args.seed,
                 faults=args.faults,
                 fault_every_s=args.fault_every_s,
+                redis_outage_s=args.redis_outage_s,
             )
         )
     if args.bench == "providers":

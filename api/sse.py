@@ -16,8 +16,9 @@ Cancellation flows (one task per response; the first of these to happen ends it)
   stream that vanished (expired) ends at once with an error. A run whose conversation has no owner
   gets its conversation woken up (its next owner ends or runs it); if it stays silent and
   ownerless for ``2 * stream_idle_timeout_s``, the reader gives up with an error item. So it does
-  if Redis stays unreachable that long (``store_unavailable``; the run itself may still finish,
-  as its writes wait for Redis). No reader waits forever.
+  if Redis stays unreachable that long, frozen included (each check waits at most
+  ``stream_idle_timeout_s``): ``store_unavailable``, though the run itself may still finish, as
+  its owner's writes wait for Redis (``CONVOY_STORE_OUTAGE_S``). No reader waits forever.
 """
 
 from __future__ import annotations
@@ -185,10 +186,17 @@ async def _stalled_ending(
     has stayed ownerless for ``2 * stream_idle_timeout_s`` in spite of that, i.e. no host at all
     could take it.
     """
-    if not await state.redis.exists(keys.run_stream(conversation_id, run_id)):
+    idle_s = state.settings.stream_idle_timeout_s
+    try:
+        # Bounded: a frozen Redis accepts connections and never answers, and a client's patient
+        # reconnects would hold this check (and so the reader's giving up) for minutes.
+        async with asyncio.timeout(idle_s):
+            exists = await state.redis.exists(keys.run_stream(conversation_id, run_id))
+    except TimeoutError as exc:
+        raise RedisTimeoutError(f"Redis did not answer within {idle_s:g} s") from exc
+    if not exists:
         return _synthetic(run_id, cursor, StreamLost())
     now = time.monotonic()
-    idle_s = state.settings.stream_idle_timeout_s
     if now - watch.last_item_at < idle_s:
         return None
     raw = await state.runs.raw(conversation_id, run_id)

@@ -18,10 +18,12 @@ a Redis client send through one pipeliner with one pipeline in flight at a time:
 flight a write leaves at once; while one is, the items every run produces meanwhile are coalesced
 into the next pipeline (one fenced script call per run), never delayed by a timer. One pipeline at
 a time also keeps each run's items in order. Every script call checks the owner's fencing epoch
-first. A pipeline that could not leave (the pool exhausted, Redis restarting) or whose connection
-broke before its replies came back is sent again, with backoff and a bound: appends are idempotent
-(an item is stored under its seq id once, and a re-sent batch that had landed appends nothing), so
-a run streaming through a Redis restart carries on, without a gap or a doubled item.
+first. A pipeline that could not leave (Redis restarting, unreachable or frozen) or whose
+connection broke before its replies came back is sent again, with jittered backoff, for as long as
+its writers' patience allows (``CONVOY_STORE_OUTAGE_S``, through ``runtime.runs.through_outage``):
+appends are idempotent (an item is stored under its seq id once, and a re-sent batch that had
+landed appends nothing), so a run streaming through a Redis outage carries on, without a gap or a
+doubled item. Past that patience the writer fails with ``StoreUnavailableError``.
 
 Reader (``StreamTailer``): one pub/sub connection listens to the streams of every subscription of
 the tailer. A published item that directly follows a subscription's cursor is handed to it at once;
@@ -57,9 +59,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime.errors import FencedError
-from runtime.redis_client import DirectConnection, backoff_retry, reraise_if_cancelling
+from runtime.errors import FencedError, StoreUnavailableError
+from runtime.redis_client import DirectConnection, reraise_if_cancelling
 from runtime.redis_mux import own_connection
+from runtime.runs import through_outage
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,6 @@ return (#ARGV - 3) / 3
 _FENCED_XADD_SHA = hashlib.sha1(_FENCED_XADD.encode()).hexdigest()
 
 WRITE_BACKLOG_MAX = 512
-WRITE_ATTEMPTS = 6  # sendings of one pipeline (each may wait for a free connection and for Redis to answer)
 SUBSCRIPTION_BUFFER_BATCHES = 64
 SUBSCRIPTION_BUFFER_BYTES = 256 * 1024  # payload a subscription holds before it is paused
 XREAD_COUNT = 512
@@ -157,8 +159,12 @@ class ChunkWriter:
         next_seq: int,
         maxlen: int,
         ttl_s: int,
+        patience_s: float,
     ) -> None:
+        """``patience_s``: how long a write is sent again while Redis is unreachable (the owner's
+        ``CONVOY_STORE_OUTAGE_S``; 0: never)."""
         self._redis = redis
+        self.patience_s = patience_s
         self._pipeliner = _pipeliner(redis)
         # EVALSHA's arguments after the sha: numkeys, KEYS, then ARGV up to the item triples.
         self._call_head: tuple[int | str, ...] = (2, epoch_key, stream_key, str(epoch), str(maxlen), str(ttl_s))
@@ -248,41 +254,29 @@ class _Pipeliner:
             self._task = None
 
     async def _send(self, sent: list[tuple[ChunkWriter, list[int | str | bytes]]]) -> list[BaseException | None]:
-        results = await self._execute(sent)
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:  # a restarted or flushed Redis: load the script and send those calls again
-            try:
-                await self._conn.call("SCRIPT", "LOAD", _FENCED_XADD)
-                for i, r in zip(missing, await self._execute([sent[i] for i in missing]), strict=True):
-                    results[i] = r
-            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
-                for i in missing:
-                    results[i] = exc
-        return [r if isinstance(r, BaseException) else None for r in results]
+        """One pipeline of script calls: each call's error, or None.
 
-    async def _execute(self, calls: list[tuple[ChunkWriter, list[int | str | bytes]]]) -> list[object]:
-        """One pipeline of script calls: each call's reply or error.
-
-        A pipeline that could not be sent (Redis unreachable for longer than the connection's
-        patience) or whose connection broke before its replies came back is sent again, with
-        backoff, up to ``WRITE_ATTEMPTS`` times in all: a call that had landed finds its items
-        already stored and appends nothing (see ``_FENCED_XADD``), so nothing is ever doubled.
-        After that, every call fails with the last error."""
-        commands = [("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch) for writer, batch in calls]
+        A pipeline that could not be sent or whose connection broke before its replies came back
+        is sent again (``through_outage``), until the longest patience among its writers has passed:
+        a call that had landed finds its items already stored and appends nothing (see
+        ``_FENCED_XADD``), so nothing is ever doubled. After that, every call fails with
+        ``StoreUnavailableError``."""
+        commands = [("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch) for writer, batch in sent]
 
         async def send() -> list[object]:
-            return await self._conn.execute(commands)
-
-        async def failed(error: Exception) -> None:
-            reraise_if_cancelling()
-            log.warning("chunk writer could not reach Redis; sending again", extra={"calls": len(calls), "error": str(error)})
+            results = await self._conn.execute(commands)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # a restarted or flushed Redis: load the script and send those calls again
+                loaded, *again = await self._conn.execute([("SCRIPT", "LOAD", _FENCED_XADD), *(commands[i] for i in missing)])
+                for i, reply in zip(missing, again, strict=True):
+                    results[i] = loaded if isinstance(loaded, Exception) else reply
+            return results
 
         try:
-            return await backoff_retry(WRITE_ATTEMPTS - 1, (RedisConnectionError, RedisTimeoutError, OSError)).call_with_retry(
-                send, failed
-            )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            return [exc] * len(calls)
+            results = await through_outage(send, patience_s=max(w.patience_s for w, _ in sent), what=f"{len(sent)} chunk append(s)")
+        except StoreUnavailableError as exc:
+            results = [exc] * len(sent)
+        return [r if isinstance(r, BaseException) else None for r in results]
 
 
 _pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, _Pipeliner] = weakref.WeakKeyDictionary()

@@ -6,11 +6,19 @@ Started by ``convoy serve`` when ``CONVOY_REDIS_URL`` is unset. Guarantees:
   ``<CONVOY_HOME>/redis``, so accepted messages and finished runs survive a restart;
 - its URL is written to ``<CONVOY_HOME>/redis/url`` while it runs, so other Convoy commands on
   this machine (a second API process, ``convoy keys``) find it without configuration;
+- **it is kept alive** (``supervised=True``, as ``convoy serve`` starts it): a supervisor thread
+  waits on the process, so the moment it exits (killed, crashed, OOM-killed) it is reaped (no
+  zombie), logged (exit code or signal, restart count) and started again on the same port with
+  the same configuration and data directory (its append-only file is replayed), and
+  ``server.pid`` names the new process. A process that keeps dying soon after it started is
+  started again after a growing, bounded pause (``RESTART_BACKOFF_S`` doubling up to
+  ``RESTART_BACKOFF_MAX_S``). It is never started again once ``stop()`` began. Clients ride
+  through the gap: they reconnect patiently, and a conversation's owner sends its writes again
+  (``runtime.redis_client``, ``runtime.runs``);
 - it never outlives Convoy: ``stop()`` ends it, and on Linux the kernel ends it too if the
   Convoy process dies without cleaning up (parent-death signal);
 - two Convoys cannot share one data directory: the second is refused with the owner's pid; a
-  recorded server that has exited (even if not yet reaped) does not count, so Redis can be
-  started again on the same port and directory while Convoy runs.
+  recorded server that has exited (even if not yet reaped) does not count.
 
 Durability (``appendonly yes``, ``appendfsync everysec``, no RDB snapshots): Redis writes every
 change to the append-only file before it answers, and flushes the file to disk (fsync) once a
@@ -23,27 +31,37 @@ window at the price of an fsync per turn of Redis's event loop, and every stream
 write; the Convoy processes running those turns die in a machine crash anyway, and their runs end
 as ``owner_lost``.
 
-What Convoy does while Redis restarts is described in ``runtime.redis_client`` (clients wait and
-reconnect) and ``runtime.bus`` (a streaming run carries on).
+What Convoy does while Redis is away is described in ``runtime.redis_client`` (clients wait and
+reconnect), ``runtime.runs`` (an owner's writes are sent again) and ``runtime.bus`` (a streaming
+run carries on).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from runtime.errors import EmbeddedRedisError
 
+log = logging.getLogger(__name__)
+
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
+STABLE_S = 10.0  # a process that ran this long before it died is started again at once
+RESTART_BACKOFF_S = 0.5  # else, the pause before starting it again, doubling...
+RESTART_BACKOFF_MAX_S = 10.0  # ...up to this
+RESTARTED = "embedded Redis exited; starting it again"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -53,11 +71,19 @@ def _free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    os.setpgrp()  # Ctrl-C in the terminal goes to Convoy, which then stops Redis in order.
+def _die_with_parent() -> Callable[[], None]:
+    """What the child runs between fork and exec. ``prctl`` is looked up here, in the parent: the
+    child of a process with threads (a restart comes from the supervisor's) must not load anything.
+    The parent-death signal fires when the thread that started the child ends: the main thread,
+    or the supervisor, which ends only after the server has stopped."""
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+    def in_child() -> None:  # pragma: no cover - runs in the child between fork and exec
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        os.setpgrp()  # Ctrl-C in the terminal goes to Convoy, which then stops Redis in order.
+
+    return in_child
 
 
 def _server_binary() -> Path:
@@ -96,13 +122,26 @@ def recorded_url(home: Path) -> str | None:
     return url if _pid_alive(pid) else None
 
 
-class EmbeddedRedis:
-    """One embedded Valkey server process bound to one Convoy home directory."""
+def _how_it_ended(code: int) -> dict[str, object]:
+    if code < 0:
+        return {"signal": signal.Signals(-code).name}
+    return {"exit_code": code}
 
-    def __init__(self, home: Path, port: int | None = None) -> None:
+
+class EmbeddedRedis:
+    """One embedded Valkey server process bound to one Convoy home directory (kept alive when
+    ``supervised``; see the module docstring)."""
+
+    def __init__(self, home: Path, port: int | None = None, *, supervised: bool = False) -> None:
         self.dir = home / "redis"
         self._port = port
+        self._supervised = supervised
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
+        self._lock = threading.Lock()  # ``stop()`` against the supervisor's restarts
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self.restarts = 0
         self.url = ""
 
     def start(self) -> str:
@@ -115,8 +154,7 @@ class EmbeddedRedis:
                 "stop that Convoy, or set CONVOY_HOME to another directory, or CONVOY_REDIS_URL to share it"
             )
         port = self._port or _free_loopback_port()
-        conf = self.dir / "server.conf"
-        conf.write_text(
+        (self.dir / "server.conf").write_text(
             "\n".join(
                 [
                     "bind 127.0.0.1",
@@ -133,57 +171,111 @@ class EmbeddedRedis:
             )
             + "\n"
         )
-        self._proc = subprocess.Popen(  # a fixed binary and a config we wrote
-            [str(_server_binary()), str(conf)],
+        self.url = f"redis://127.0.0.1:{port}/0"
+        proc = self._proc = self._spawn()
+        if not self._answers(proc):
+            self.stop()
+            if proc.returncode is not None:
+                raise EmbeddedRedisError(f"embedded Redis exited with code {proc.returncode}; see {self.dir / 'server.log'}")
+            raise EmbeddedRedisError(f"embedded Redis did not answer within {START_TIMEOUT_S:.0f} s")
+        self._record(proc)
+        if self._supervised:
+            self._supervisor = threading.Thread(target=self._supervise, name="embedded-redis-supervisor", daemon=True)
+            self._supervisor.start()
+        return self.url
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self._started_at = time.monotonic()
+        return subprocess.Popen(  # a fixed binary and a config we wrote
+            [str(_server_binary()), str(self.dir / "server.conf")],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # safe: started before any thread of ours
+            preexec_fn=_die_with_parent(),  # touches no lock in the child (see _die_with_parent)
         )
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._wait_ready()
-        (self.dir / "server.pid").write_text(f"{self._proc.pid}\n")
-        (self.dir / "url").write_text(self.url + "\n")
-        return self.url
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
+    def _answers(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Wait until ``proc`` answers a PING (True), exits, or ``START_TIMEOUT_S`` passes."""
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=1.0)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
-            while True:
-                if self._proc.poll() is not None:
-                    raise EmbeddedRedisError(
-                        f"embedded Redis exited with code {self._proc.returncode}; see {self.dir / 'server.log'}"
-                    )
+            while proc.poll() is None and time.monotonic() < deadline:
                 try:
                     # LOADING while the append-only file replays: keep waiting.
                     if client.ping():
-                        return
+                        return True
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise EmbeddedRedisError(f"embedded Redis did not answer within {START_TIMEOUT_S:.0f} s")
                 time.sleep(0.02)
+            return False
         finally:
             client.close()
+
+    def _record(self, proc: subprocess.Popen[bytes]) -> None:
+        """Name the running server (each file replaced whole: other processes may be reading it)."""
+        for name, text in (("server.pid", f"{proc.pid}\n"), ("url", self.url + "\n")):
+            staged = self.dir / f".{name}.new"
+            staged.write_text(text)
+            staged.replace(self.dir / name)
+
+    def _supervise(self) -> None:
+        """Wait on the server; whenever it exits while not stopping, start it again (see the module
+        docstring). Runs in its own thread until ``stop()``."""
+        quick_deaths = 0
+        while True:
+            with self._lock:
+                proc = self._proc
+            if proc is None:
+                return
+            code = proc.wait()  # reaps it
+            up_s = time.monotonic() - self._started_at
+            if self._stopping.is_set():
+                return
+            quick_deaths = quick_deaths + 1 if up_s < STABLE_S else 0
+            pause_s = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (quick_deaths - 1)) if quick_deaths else 0.0
+            self.restarts += 1
+            log.warning(
+                RESTARTED,
+                extra={"pid": proc.pid, **_how_it_ended(code), "up_s": round(up_s, 1), "restarts": self.restarts, "pause_s": pause_s},
+            )
+            if self._stopping.wait(pause_s):
+                return
+            try:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    proc = self._proc = self._spawn()
+            except OSError:  # the old process stays recorded: the next round pauses, then tries again
+                log.exception("embedded Redis could not be started again")
+                continue
+            if self._answers(proc):
+                with self._lock:
+                    if not self._stopping.is_set():
+                        self._record(proc)
+                        log.info("embedded Redis started again", extra={"pid": proc.pid, "url": self.url, "restarts": self.restarts})
+            elif proc.poll() is None:
+                proc.kill()  # alive but deaf: the next round starts another
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
     def stop(self) -> None:
-        """Stop the server (it rewrites nothing: the append-only file is already durable)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for name in ("url", "server.pid"):
-            (self.dir / name).unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Stop the server for good (it rewrites nothing: the append-only file is already durable);
+        the supervisor, if any, starts nothing any more."""
+        with self._lock:
+            self._stopping.set()
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            for name in ("url", "server.pid"):
+                (self.dir / name).unlink(missing_ok=True)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(STOP_TIMEOUT_S)

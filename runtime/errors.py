@@ -26,7 +26,7 @@
         ├── ApprovalStillPendingError a queued message met an approval requested after it
         ├── InvalidApprovalError      an approval that answers no pending call
         ├── OwnerLostError            the process running the run died (error_type owner_lost)
-        ├── StoreUnavailableError     Redis went away under a write that cannot be re-sent
+        ├── StoreUnavailableError     Redis unreachable for longer than an owner waits (CONVOY_STORE_OUTAGE_S)
         └── InternalRunError          a bug or an unexpected failure (error_type internal_error)
 
 Only ``api/errors.py`` turns these into HTTP statuses. A ``RunFailure`` raised after an SSE
@@ -174,10 +174,11 @@ class InvalidApprovalError(RunFailure):
 
 
 class StoreUnavailableError(RunFailure):
-    """Redis went away under a write of the run that cannot safely be sent again."""
+    """Redis stayed unreachable for longer than the conversation's owner keeps sending a write of
+    the run again (``CONVOY_STORE_OUTAGE_S``); the detail says for how long."""
 
     error_type = "store_unavailable"
-    public_message = "Convoy lost its connection to Redis while writing this run, so the run was stopped. Send it again."
+    public_message = "Convoy could not reach Redis for longer than it waits, so the run was stopped. Send it again."
 
 
 class OwnerLostError(RunFailure):

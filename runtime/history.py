@@ -2,7 +2,10 @@
 
 Appends come from the conversation's owner and are fenced by its epoch, so a stale owner cannot
 add to the history after a takeover. The agent loop appends a turn step by step, each step's
-messages in one script call, so a crash never leaves half a step.
+messages in one script call, so a crash never leaves half a step. An append is idempotent: one
+whose first message is already indexed had run (a script runs whole) and is skipped, so the owner
+sends it again while Redis is unreachable (``runtime.runs.through_outage``) without ever doubling
+a message.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from runtime.runs import Fence, call_fenced
 from runtime.schemas.messages import HistoryMessage
 
 # KEYS: epoch, history stream, message id -> entry id index. ARGV: epoch, then (message id, json) pairs.
+# Returns how many messages were appended: 0 when this append had run already (sent again).
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
 for i = 2, #ARGV, 2 do
   local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[i + 1])
   redis.call('HSET', KEYS[3], ARGV[i], id)
@@ -44,6 +49,7 @@ class HistoryStore:
             args.extend((message.id, message.model_dump_json(exclude={"seq_id"})))
         await call_fenced(
             self._append,
+            fence=fence,
             keys=[
                 keys.epoch(fence.conversation_id),
                 keys.history(fence.conversation_id),

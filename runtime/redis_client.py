@@ -3,18 +3,21 @@
 - redis-py's socket timeout must stay above any ``XREAD BLOCK`` we issue (the block is bounded by
   ``Settings.read_block_ms`` and loops); hiredis parses replies when installed.
 - **Reaching Redis is patient.** Opening a connection that fails (refused, timed out: Redis is
-  restarting) is tried again with jittered exponential backoff, ``RECONNECT_RETRIES`` times (about
-  10 s in all), so a command issued while Redis restarts waits for it instead of failing. A
-  command answered ``LOADING`` (Redis replaying its append-only file) did not run and is sent
-  again the same way.
+  restarting) is tried again with jittered exponential backoff, for up to ``RECONNECT_PATIENCE_S``
+  (10 s) in all, also while Redis is frozen (it accepts connections and answers nothing), so a
+  command issued while Redis restarts waits for it instead of failing, and one issued while Redis
+  stays away fails within that bound (an API request: 503 with ``Retry-After``). A command
+  answered ``LOADING`` (Redis replaying its append-only file) did not run and is sent again the
+  same way.
 - **A stale connection is never used.** A pooled connection whose server went away is noticed when
   it is taken from the pool and replaced before anything is sent on it. (redis-py skips that check
   while its "maintenance notifications" are on; they serve Redis Enterprise's live resharding,
   which Convoy does not use, so they are off.)
 - **A command that was sent is never re-sent by the client.** If its connection breaks after it
   left, it may have run, and most of Convoy's writes are scripts that must run once. The caller
-  decides: the chunk writer re-sends its appends, which are idempotent (``runtime.bus``); every
-  other caller reports the failure.
+  decides: a conversation's owner sends its writes again, all of them idempotent, for up to
+  ``CONVOY_STORE_OUTAGE_S`` (``runtime.runs.through_outage``; the chunk appends of ``runtime.bus``
+  too); every other caller (an API request: 503 with ``Retry-After``) reports the failure.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ POOL_WAIT_S = 5.0
 RECONNECT_BACKOFF_BASE_S = 0.05
 RECONNECT_BACKOFF_CAP_S = 1.0
 RECONNECT_RETRIES = 16  # their backoffs add up to about 10 s
+RECONNECT_PATIENCE_S = 10.0  # the longest a connection is waited for, however each try fails
 
 
 def backoff_retry(retries: int, errors: tuple[type[Exception], ...]) -> Retry:
@@ -53,7 +57,9 @@ def backoff_retry(retries: int, errors: tuple[type[Exception], ...]) -> Retry:
 
 
 async def _reach(conn: AbstractConnection, connect: Callable[[], Awaitable[None]]) -> None:
-    """Open ``conn`` with ``connect``, trying again with backoff while Redis cannot be reached."""
+    """Open ``conn`` with ``connect``, trying again with backoff while Redis cannot be reached, for
+    at most ``RECONNECT_PATIENCE_S`` in all: a frozen Redis accepts connections and never answers
+    the handshake, so each try there lasts the socket timeout, and sixteen of them took minutes."""
 
     async def not_reached(error: Exception) -> None:
         reraise_if_cancelling()
@@ -61,7 +67,12 @@ async def _reach(conn: AbstractConnection, connect: Callable[[], Awaitable[None]
         await conn.disconnect()
 
     retry = backoff_retry(RECONNECT_RETRIES, (RedisConnectionError, RedisTimeoutError, OSError))
-    await retry.call_with_retry(connect, not_reached)
+    try:
+        async with asyncio.timeout(RECONNECT_PATIENCE_S):
+            await retry.call_with_retry(connect, not_reached)
+    except TimeoutError as exc:
+        await conn.disconnect()
+        raise RedisConnectionError(f"Redis not reachable within {RECONNECT_PATIENCE_S:g} s") from exc
 
 
 class PatientConnection(aioredis.Connection):

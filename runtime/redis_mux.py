@@ -214,7 +214,12 @@ class MultiplexedRedis(aioredis.Redis):
             if link is None or link.dead is not None:
                 pool = self.connection_pool
                 conn = own_connection(pool)
-                await conn.connect()  # patient: waits for a restarting Redis (runtime.redis_client)
+                try:
+                    await conn.connect()  # patient: waits for a restarting Redis (runtime.redis_client)
+                except BaseException:  # given up, or its caller's deadline passed: close what was opened
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                    raise
                 link = self._link = _Link(conn, pool.connection_kwargs.get("socket_timeout"))
             return link
 

@@ -9,24 +9,49 @@ Every transition is a compare-and-set in one script, so a late writer can never 
 out of a terminal status. Transitions made by the conversation's owner are also fenced by its
 epoch (see ``actors.directory``), and the terminal transition deletes the run's mailbox entry in
 the same script: "finished" and "no longer queued" can never disagree.
+
+**An owner's writes outlast a Redis outage.** Every fenced script of an owner (the mailbox's take,
+a run's start and end, a step trace, a history append) and the chunk appends are idempotent:
+sending one again after it ran changes nothing and reports what the first sending did (a take or
+start answers ``resumed``, an end that had landed says so, a trace or an append that is already
+stored is skipped). So ``through_outage`` sends them again, with jittered exponential backoff,
+when their connection failed or timed out (they may or may not have run), for as long as the
+owner's patience (``Fence.patience_s``: ``CONVOY_STORE_OUTAGE_S``) allows, each try bounded by
+what is left of it; then ``StoreUnavailableError`` says for how long Redis was unreachable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_before_delay, wait_random_exponential
 
 from runtime import keys
-from runtime.errors import FencedError, NotFoundError
+from runtime.errors import FencedError, NotFoundError, StoreUnavailableError
+from runtime.redis_client import reraise_if_cancelling
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.runs import RunQuery, RunStatus, RunView
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# What an owner's write may meet while Redis is unreachable: a refused, broken or silent connection
+# (a try cut short by the owner's own deadline is a TimeoutError, an OSError).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+RESEND_BACKOFF_S = 0.05  # first wait between two sendings of an owner's write, doubling...
+RESEND_BACKOFF_MAX_S = 1.0  # ...up to this (jittered)
 
 # Runs that never reach a terminal status (a bug) still expire eventually.
 UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
@@ -63,9 +88,20 @@ _FINISH = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local status = redis.call('HGET', KEYS[2], 'status')
 if not status then return '' end
-if status == 'completed' or status == 'failed' or status == 'cancelled' then return status end
-if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
 local nfields = tonumber(ARGV[6])
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  -- Already ended. By this very call, sent again after its reply was lost, if the stream holds its
+  -- last item as sent (a script runs whole): then it reports what it did the first time.
+  if #ARGV >= 11 + nfields then
+    local last = '0-' .. ARGV[#ARGV - 2]
+    local held = redis.call('XRANGE', KEYS[4], last, last)
+    if #held == 1 and held[1][2][4] == ARGV[#ARGV] then
+      return 'ok ' .. (redis.call('HGET', KEYS[2], 'key_id') or '')
+    end
+  end
+  return status
+end
+if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
 for i = 9 + nfields, #ARGV, 3 do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
   redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.bus)
@@ -86,9 +122,11 @@ end
 return 'ok ' .. (redis.call('HGET', KEYS[2], 'key_id') or '')
 """
 
-# KEYS: epoch, steps list. ARGV: epoch, ttl_s, step JSON.
+# KEYS: epoch, steps list. ARGV: epoch, ttl_s, step JSON. A trace already last in the list is this
+# call sent again (traces carry their step's id and times): it is not added twice.
 _ADD_STEP = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+if redis.call('LINDEX', KEYS[2], -1) == ARGV[3] then return 'ok' end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 'ok'
@@ -101,19 +139,67 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """An owner's proof of ownership, carried by every write it makes."""
+    """An owner's proof of ownership, carried by every write it makes, and how long the owner keeps
+    sending a write again while Redis is unreachable (``through_outage``; 0: never, ``math.inf``:
+    until it lands)."""
 
     conversation_id: str
     epoch: int
     owner: str = ""
+    patience_s: float = 0.0
 
 
-async def call_fenced(script: Any, *, keys: list[str], args: list[Any], refused: str) -> Any:
-    """Run one of an owner's fenced scripts: its reply, or ``FencedError(refused)`` when Redis
-    turned a stale owner away (the script's ``FENCED`` error, or a stream entry id at or below the
-    last one, which only a newer owner can have written)."""
+async def through_outage(call: Callable[[], Awaitable[T]], *, patience_s: float, what: str) -> T:
+    """``call()``, made again while Redis cannot be reached, for at most ``patience_s`` in all.
+
+    Only for idempotent calls (see the module docstring): a try whose connection failed or timed
+    out may have run. Tries are spaced by jittered exponential backoff, and each is cut short when
+    the patience runs out (a frozen Redis holds a connection without ever answering). Raises
+    ``StoreUnavailableError`` saying for how long Redis was unreachable; any other error at once."""
+    if patience_s <= 0:
+        return await call()
+    started = time.monotonic()
+
+    async def attempt() -> T:
+        left_s = started + patience_s - time.monotonic()
+        async with asyncio.timeout(left_s if math.isfinite(left_s) else None):
+            return await call()
+
+    def again(state: RetryCallState) -> None:
+        reraise_if_cancelling()  # redis-py may turn a cancellation into a ConnectionError
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "Redis unreachable; sending again",
+            extra={"what": what, "tries": state.attempt_number, "waited_s": round(time.monotonic() - started, 1), "error": repr(error)},
+        )
+
+    retrying = AsyncRetrying(
+        stop=stop_before_delay(patience_s),
+        wait=wait_random_exponential(multiplier=RESEND_BACKOFF_S, max=RESEND_BACKOFF_MAX_S),
+        retry=retry_if_exception_type(UNREACHABLE),
+        before_sleep=again,
+        reraise=True,
+    )
     try:
-        return await script(keys=keys, args=args)
+        return await retrying(attempt)
+    except UNREACHABLE as exc:
+        reraise_if_cancelling()
+        waited_s = time.monotonic() - started
+        raise StoreUnavailableError(
+            f"Redis was unreachable for {waited_s:.0f} s ({what}; an owner waits at most {patience_s:g} s, "
+            f"CONVOY_STORE_OUTAGE_S): {exc!r}"
+        ) from exc
+
+
+async def call_fenced(script: Any, *, fence: Fence | None, keys: list[str], args: list[Any], refused: str) -> Any:
+    """Run one of an owner's fenced scripts (idempotent, see the module docstring), sent again
+    while Redis is unreachable for ``fence.patience_s`` (none without a fence): its reply, or
+    ``FencedError(refused)`` when Redis turned a stale owner away (the script's ``FENCED`` error,
+    or a stream entry id at or below the last one, which only a newer owner can have written)."""
+    try:
+        return await through_outage(
+            lambda: script(keys=keys, args=args), patience_s=fence.patience_s if fence else 0.0, what=f"a write to {keys[1]}"
+        )
     except ResponseError as exc:
         if "FENCED" in str(exc) or "equal or smaller" in str(exc):
             raise FencedError(refused) from exc
@@ -233,12 +319,12 @@ class RunStore:
         ``"cancel_requested"``
         if a cancel arrived first (the run stays ``created``; the caller ends it as cancelled), else
         the status it already had (``running`` means a previous owner started it and never finished)."""
-        reply = await self._fenced(
+        return await self._fenced(
             self._start,
+            fence,
             keys=[keys.epoch(fence.conversation_id), keys.run(fence.conversation_id, run_id)],
             args=[fence.epoch, now_ms(), fence.owner],
         )
-        return reply
 
     async def finish(
         self,
@@ -274,32 +360,43 @@ class RunStore:
         ]
         for seq, kind, payload in items:
             args.extend((seq, kind, payload))
-        reply = await self._fenced(
-            self._finish,
-            keys=[
-                keys.epoch(conversation_id),
-                keys.run(conversation_id, run_id),
-                keys.mailbox(conversation_id),
-                keys.run_stream(conversation_id, run_id),
-                keys.run_steps(conversation_id, run_id),
-                keys.pending_approval(conversation_id),
-            ],
-            args=args,
+        patience_s = fence.patience_s if fence else 0.0
+        # The run's id -> conversation reference gets the ended run's lifetime in the same write as
+        # the end itself (one event-loop turn: the auto-pipelined client sends both at once), not in
+        # a round trip after it: a process that died in between left it for a week. (Harmless if the
+        # end is refused: an ended run's reference has that lifetime already, and the owner that
+        # took a run over sets it again when it ends the run.)
+        reply, _ = await asyncio.gather(
+            self._fenced(
+                self._finish,
+                fence,
+                keys=[
+                    keys.epoch(conversation_id),
+                    keys.run(conversation_id, run_id),
+                    keys.mailbox(conversation_id),
+                    keys.run_stream(conversation_id, run_id),
+                    keys.run_steps(conversation_id, run_id),
+                    keys.pending_approval(conversation_id),
+                ],
+                args=args,
+            ),
+            through_outage(
+                lambda: self._redis.expire(keys.run_ref(run_id), self._ttl_s), patience_s=patience_s, what="a run's reference"
+            ),
         )
         if not reply.startswith("ok "):
             return False
-        key_id = reply[3:]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.expire(keys.run_ref(run_id), self._ttl_s)
-            if key_id:
-                pipe.zrem(keys.api_key_runs(key_id), run_id)  # its concurrency slot (runtime.apikeys)
-            await pipe.execute()
+        if key_id := reply[3:]:
+            await through_outage(  # its concurrency slot (runtime.apikeys; it expires on its own if this never runs)
+                lambda: self._redis.zrem(keys.api_key_runs(key_id), run_id), patience_s=patience_s, what="a run's slot"
+            )
         return True
 
     async def add_step(self, fence: Fence, run_id: str, step: dict[str, Any]) -> None:
         """Record one step's trace (owner only). It expires with the run (``finish`` sets the TTL)."""
         await self._fenced(
             self._add_step,
+            fence,
             keys=[keys.epoch(fence.conversation_id), keys.run_steps(fence.conversation_id, run_id)],
             args=[fence.epoch, UNFINISHED_RUN_TTL_S, json.dumps(step, default=str)],
         )
@@ -313,8 +410,10 @@ class RunStore:
         """Mark a run as to be cancelled; an owner about to start it will not (see ``start``)."""
         await self._redis.hset(keys.run(conversation_id, run_id), "cancel_requested", now_ms())
 
-    async def _fenced(self, script: Any, *, keys: list[str], args: list[Any]) -> str:
-        reply = await call_fenced(script, keys=keys, args=args, refused=f"write refused for a stale owner ({keys[1]})")
+    async def _fenced(self, script: Any, fence: Fence | None, *, keys: list[str], args: list[Any]) -> str:
+        reply = await call_fenced(
+            script, fence=fence, keys=keys, args=args, refused=f"write refused for a stale owner ({keys[1]})"
+        )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 

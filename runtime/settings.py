@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     )
     redis_socket_timeout_s: float = Field(default=10.0, gt=0)
     redis_max_connections: int = Field(default=256, ge=8)
+    store_outage_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="How long a conversation owner keeps retrying its writes while Redis is unreachable "
+        "before the run fails store_unavailable.",
+    )
 
     ray_address: str | None = Field(
         default=None,

@@ -304,6 +304,7 @@ class Producer:
             next_seq=await bus.last_seq(redis, target.stream_key) + 1,
             maxlen=self._settings.stream_maxlen,
             ttl_s=self._settings.stream_ttl_s,
+            patience_s=self._settings.store_outage_s,
         )
 
     def _batched_writer(self, redis: aioredis.Redis, target: Target) -> BatchedWriter:

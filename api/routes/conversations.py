@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
-from api.cancel import cancel_conversation, cancel_run
+from api.cancel import cancel_abandoned, cancel_conversation
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
 from api.state import AppState, State
@@ -84,7 +84,7 @@ async def send(
     if body.streaming:
 
         async def abandon() -> object:
-            return await cancel_run(state, conversation.id, run.id)
+            return await cancel_abandoned(state, conversation.id, run.id)
 
         return sse_response(
             run_events(

@@ -1,5 +1,8 @@
 """A TCP proxy in front of a real server that can make its connections go silent (both directions
-stop and the sockets stay open: a dead peer that no error reports) or drop them (both sockets close)."""
+stop and the sockets stay open: a dead peer that no error reports), drop them (both sockets close),
+lose their replies (what the client sends still reaches the server: a connection that broke after
+a command left), refuse new connections (the server is gone), or freeze (every connection, new
+ones included, accepted and never answered: a server stopped with SIGSTOP)."""
 
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ class SilencingProxy:
         self._upstream_port = upstream_port
         self.connections: list[asyncio.Event] = []  # one per connection, in order; set = silenced
         self.subscribers: list[asyncio.Event] = []  # those that sent SSUBSCRIBE
+        self._muted: list[asyncio.Event] = []  # one per connection; set = the server's replies are dropped
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
+        self._frozen = False
         self.port = 0
 
     async def __aenter__(self) -> SilencingProxy:
@@ -33,10 +38,29 @@ class SilencingProxy:
         for writer in self._writers:
             writer.close()
 
+    def lose_replies(self) -> None:
+        """From now on the open connections deliver what clients send, and drop what the server
+        answers (connections opened later are not touched)."""
+        for muted in self._muted:
+            muted.set()
+
+    def freeze(self) -> None:
+        """Every connection goes silent, and so does each new one as soon as it is accepted."""
+        self._frozen = True
+        self.silence_all()
+
+    def refuse_new(self) -> None:
+        """Stop listening: new connections are refused, as by a server that is gone."""
+        assert self._server is not None
+        self._server.close()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
-        silenced = asyncio.Event()
+        silenced, muted = asyncio.Event(), asyncio.Event()
+        if self._frozen:
+            silenced.set()
         self.connections.append(silenced)
+        self._muted.append(muted)
         self._writers += [writer, up_writer]
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
@@ -45,6 +69,8 @@ class SilencingProxy:
                     self.subscribers.append(silenced)
                 if silenced.is_set():
                     await asyncio.Event().wait()  # silent for good
+                if not upstream and muted.is_set():
+                    continue  # the reply is lost on its way back
                 dst.write(data)
                 await dst.drain()
 

@@ -55,8 +55,9 @@ def test_bench_providers_prints_its_figures(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_soak_holds_its_invariants_and_removes_its_home(tmp_path: Path) -> None:
-    # 24 s of workload: faults at 4.8 s (right after the warm-up) and 14.8 s, one on each host.
-    out = _run(["soak", "--minutes", "0.4", "--clients", "4", "--fault-every-s", "10"], tmp_path)
+    # 24 s of workload: faults at 4.8 s (right after the warm-up) and 14.8 s, one on each host (the
+    # second waits for the end of the Redis outage, frozen 5 s from 12 s, then killed).
+    out = _run(["soak", "--minutes", "0.4", "--clients", "4", "--fault-every-s", "10", "--redis-outage-s", "5"], tmp_path)
     for label in (
         "requests by kind and status",
         "bad inputs tried",
@@ -71,6 +72,7 @@ def test_bench_soak_holds_its_invariants_and_removes_its_home(tmp_path: Path) ->
     faults = re.search(r"^faults injected / survived +(\d+) / (\d+)$", out, re.MULTILINE)
     assert faults is not None and int(faults.group(1)) >= 1, out
     assert faults.group(2) == faults.group(1), out
+    assert re.search(r"^  fresh turn +done ", out, re.MULTILINE), out  # after the Redis outage
     for name in INVARIANTS:
         assert f"  PASS  {name}" in out, out
     assert "soak: all invariants held" in out, out

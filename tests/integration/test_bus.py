@@ -37,7 +37,7 @@ async def tailer(redis: aioredis.Redis) -> AsyncIterator[bus.StreamTailer]:
 async def _writer(redis: aioredis.Redis, key: str, epoch: int = 1, next_seq: int = 1) -> bus.ChunkWriter:
     epoch_key = f"{key}:epoch"
     await redis.set(epoch_key, epoch, nx=True)
-    return bus.ChunkWriter(redis, stream_key=key, epoch_key=epoch_key, epoch=epoch, next_seq=next_seq, maxlen=1000, ttl_s=60)
+    return bus.ChunkWriter(redis, stream_key=key, epoch_key=epoch_key, epoch=epoch, next_seq=next_seq, maxlen=1000, ttl_s=60, patience_s=5)
 
 
 async def _collect(sub: bus.Subscription, count: int) -> list[bus.StreamItem]:

@@ -1,5 +1,6 @@
-"""Faults on real infrastructure, and what a user sees: Redis restarted mid-run (gracefully and
-killed), an API process killed mid-stream, clients that read slowly or never.
+"""Faults on real infrastructure, and what a user sees: Redis killed mid-run (gracefully and not;
+``convoy serve`` restarts it), Redis frozen for longer than the lease TTL and for longer than the
+owner waits, an API process killed mid-stream, clients that read slowly or never.
 
 (A provider answering garbage is in ``test_providers.py``.)"""
 
@@ -13,7 +14,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,11 @@ import redis.asyncio as aioredis
 from httpx_sse import aconnect_sse
 
 from runtime import bus, keys
-from runtime.embedded_redis import EmbeddedRedis
 from runtime.errors import FencedError
 from tests.conftest import (
     Convoy,
     alive,
+    eventually,
     start_api_replica,
     start_convoy,
     stop_convoy,
@@ -48,56 +49,134 @@ from tests.integration.test_actors import (
 from tests.integration.test_providers import conversation as provider_conversation
 from tests.integration.test_providers import unique
 
-# -- Redis restarted mid-run -------------------------------------------------------------------
+# -- Redis restarted, frozen or gone mid-run ---------------------------------------------------
 
 RESTART_ENV = {
     "CONVOY_ECHO_DELAY_MS": "4",  # 1000 words: a run of ~4 s
     "CONVOY_IDLE_PASSIVATE_S": "60",  # conversations stay active across the restart: the doorbell is used
-    "CONVOY_STREAM_IDLE_TIMEOUT_S": "3",  # a reader waits 3 s before waking an owner, 6 s before giving up
+    "CONVOY_STREAM_IDLE_TIMEOUT_S": "6",  # a reader waits 6 s before waking an owner, 12 s before giving up
     "CONVOY_LEASE_TTL_MS": "3000",
+    "CONVOY_REDIS_SOCKET_TIMEOUT_S": "3",  # a frozen Redis is noticed within 3 s
 }
+# Redis frozen longer than the lease TTL and the socket timeout, shorter than a reader waits.
+OUTAGE_S = 8.0
+LEAVING_OUTAGE_S = 5.0  # longer than the socket timeout: the first try of a cancel fails
+# The owner's patience in the server whose runs must outlast it, and a longer outage; conversations
+# let go after a second idle, with a lease that outlives the outages here.
+IMPATIENT_ENV = {
+    **RESTART_ENV,
+    "CONVOY_STORE_OUTAGE_S": "4",
+    "CONVOY_STREAM_IDLE_TIMEOUT_S": "3",
+    "CONVOY_IDLE_PASSIVATE_S": "1",
+    "CONVOY_LEASE_TTL_MS": "10000",
+}
+LONG_OUTAGE_S = 12.0
 RECOVERY_S = 15.0
+RESTARTED = "embedded Redis exited; starting it again"
 
 
-@pytest.fixture
-def restartable(tmp_path: Path) -> Iterator[tuple[Convoy, list[EmbeddedRedis]]]:
-    """A server of its own (its Redis is restarted), and the Redis processes the test started."""
-    server = start_convoy(tmp_path / "home", RESTART_ENV)
-    started: list[EmbeddedRedis] = []
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
+    """A server whose owners wait 4 s for Redis, and whose conversations passivate after 1 s."""
+    server = start_convoy(tmp_path_factory.mktemp("impatient") / "home", IMPATIENT_ENV)
     try:
-        yield server, started
+        yield server
     finally:
         leftovers = stop_convoy(server)
-        for r in started:
-            r.stop()
         assert not leftovers, f"processes left behind: {sorted(leftovers)}"
 
 
-def restart_redis(home: Path, how: signal.Signals) -> EmbeddedRedis:
-    """Stop the server's embedded Redis (SIGTERM: gracefully; SIGKILL: a crash), then start it again
-    on the same port and data directory, as an operator or a process supervisor would."""
-    pid = int((home / "redis" / "server.pid").read_text())
-    url = (home / "redis" / "url").read_text().strip()
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
+@pytest.fixture(scope="module")
+def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
+    """A server of this module's own: its Redis is killed, frozen and restarted."""
+    server = start_convoy(tmp_path_factory.mktemp("restartable") / "home", RESTART_ENV)
+    try:
+        yield server
+    finally:
+        leftovers = stop_convoy(server)
+        assert not leftovers, f"processes left behind: {sorted(leftovers)}"
+
+
+def redis_pid(server: Convoy) -> int:
+    return int((server.home / "redis" / "server.pid").read_text())
+
+
+def wait_restarted(server: Convoy, dead: int, url: str) -> int:
+    """``convoy serve`` noticed its embedded Redis (pid ``dead``) exit, reaped it, logged it and
+    started it again on the same URL (so with the same data directory); returns the new pid."""
+    new: int = wait_until(lambda: (p := redis_pid(server)) != dead and alive(p) and p, RECOVERY_S, 0.02, "a new Redis")
+    assert server.redis_url == url, "the same port"
+    assert not Path(f"/proc/{dead}").exists(), "the dead Redis was reaped, not left a zombie"
+    restarts = sum(1 for line in server.log().splitlines() if RESTARTED in line)
+    assert restarts >= 1 and f"restarts={restarts}" in server.log(), server.log()[-2000:]
+    return new
+
+
+def kill_redis(server: Convoy, how: signal.Signals) -> int:
+    """Stop the server's embedded Redis (SIGTERM: gracefully; SIGKILL: a crash) and wait until
+    ``convoy serve`` has started it again; returns the new pid."""
+    pid, url = redis_pid(server), server.redis_url
     os.kill(pid, how)
-    wait_until(lambda: not alive(pid), 10, 0.01, "Redis to exit")
-    again = EmbeddedRedis(home, port=port)
-    assert again.start() == url
-    return again
+    return wait_restarted(server, pid, url)
 
 
-async def _live_run_through_a_restart(server: Convoy, client: httpx.AsyncClient, conv: str, how: signal.Signals) -> EmbeddedRedis:
-    """Stream a run and queue a message behind it, restart Redis mid-run (``how`` stops it), and
-    check both complete with nothing lost or doubled and the conversation kept its owner."""
+@contextlib.asynccontextmanager
+async def frozen_redis(server: Convoy, end: signal.Signals) -> AsyncIterator[float]:
+    """Freeze the server's Redis (SIGSTOP: it holds its connections and answers nothing, so clients
+    meet timeouts, not refusals) for as long as the block runs; yields when the outage began. Then
+    ``end`` ends the outage: SIGCONT thaws it (what it had received runs then), SIGKILL kills it and
+    ``convoy serve`` starts it again."""
+    pid, url = redis_pid(server), server.redis_url
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield time.monotonic()
+    finally:
+        os.kill(pid, end)
+        if end != signal.SIGCONT:
+            await asyncio.to_thread(wait_restarted, server, pid, url)
+
+
+async def _going(server: Convoy, conv: str, run_id: str) -> None:
+    store = redis.Redis.from_url(server.redis_url)
+    try:
+        await asyncio.to_thread(
+            wait_until, lambda: store.xlen(keys.run_stream(conv, run_id)) > 50, 15, 0.02, "the run to get going"
+        )
+    finally:
+        store.close()
+
+
+def _held(server: Convoy, conv: str) -> tuple[str | None, str | None]:
+    """The conversation's lease holder and fencing epoch (a fresh client: Redis may have restarted)."""
+    store = redis.Redis.from_url(server.redis_url, decode_responses=True)
+    try:
+        return store.get(keys.lease(conv)), store.get(keys.epoch(conv))
+    finally:
+        store.close()
+
+
+async def _ended(client: httpx.AsyncClient, run_id: str) -> dict[str, Any] | None:
+    """The run, once it has ended."""
+    run: dict[str, Any] = (await client.get(f"/v1/runs/{run_id}")).json()
+    return run if run["status"] not in ("created", "running") else None
+
+
+def _exactly_once(items: list[dict[str, Any]]) -> list[int]:
+    seqs = [i["seq_id"] for i in items if "seq_id" in i]
+    assert seqs == list(range(1, len(seqs) + 1)), "nothing lost, nothing twice"
+    return seqs
+
+
+async def _live_run_through_a_restart(server: Convoy, client: httpx.AsyncClient, conv: str, how: signal.Signals) -> None:
+    """Stream a run and queue a message behind it, kill Redis mid-run (``how``), and check both
+    complete with nothing lost or doubled and the conversation kept its owner."""
     store = redis.Redis.from_url(server.redis_url, decode_responses=True)
     text = long_text(f"live-{how.name}-", 1000)
     run_id, live = await first_item(client, conv, {"input": text, "background": True})
     _, queued = await first_item(client, conv, {"input": f"queued before {how.name}"})
-    await asyncio.to_thread(
-        wait_until, lambda: store.xlen(keys.run_stream(conv, run_id)) > 50, 15, 0.02, "the run to get going"
-    )
+    await _going(server, conv, run_id)
     owner = store.get(keys.lease(conv))
-    again = restart_redis(server.home, how)
+    kill_redis(server, how)
 
     def subscribed() -> int:
         return int(store.pubsub_shardnumsub(keys.run_stream(conv, run_id))[0][1])
@@ -105,8 +184,7 @@ async def _live_run_through_a_restart(server: Convoy, client: httpx.AsyncClient,
     # The API's tailer listens to the stream's notifications again.
     await asyncio.to_thread(wait_until, subscribed, RECOVERY_S, 0.05, "the tailer to subscribe again")
     items = await asyncio.wait_for(live, RECOVERY_S)
-    seqs = [i["seq_id"] for i in items if "seq_id" in i]
-    assert seqs == list(range(1, len(seqs) + 1)), "nothing lost, nothing twice"
+    seqs = _exactly_once(items)
     assert text_of(items) == text and stop_of(items) == "end_turn" and items[-1]["message_type"] == "[DONE]"
     assert text_of(await asyncio.wait_for(queued, RECOVERY_S)) == f"queued before {how.name}"
     assert (await client.get(f"/v1/runs/{run_id}")).json()["status"] == "completed"
@@ -115,7 +193,6 @@ async def _live_run_through_a_restart(server: Convoy, client: httpx.AsyncClient,
     assert [i["seq_id"] for i in resumed] == seqs and text_of(resumed) == text
     # The run outlived the lease TTL: the owner kept renewing it through the restart.
     assert store.get(keys.lease(conv)) == owner
-    return again
 
 
 async def read_events(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,12 +200,22 @@ async def read_events(client: httpx.AsyncClient, url: str, body: dict[str, Any])
     async with aconnect_sse(client, "POST", url, json=body) as source:
         assert source.response.status_code == 200
         async for sse in source.aiter_sse():
-            out.append({"message_type": "[DONE]"} if sse.data == "[DONE]" else json.loads(sse.data))
+            if sse.data == "[DONE]":
+                out.append({"message_type": "[DONE]"})
+                continue
+            doc = json.loads(sse.data)
+            if sse.event == "error":
+                doc["sse_event"] = "error"
+            out.append(doc)
     return out
 
 
-async def test_redis_restarted_mid_run(restartable: tuple[Convoy, list[EmbeddedRedis]]) -> None:
-    server, started = restartable
+async def test_a_killed_redis_is_restarted_by_serve_and_runs_stream_through(restartable: Convoy) -> None:
+    """``convoy serve`` restarts its embedded Redis when it dies (SIGTERM or SIGKILL by someone
+    else): same port, same data, the old process reaped, logged; the API is healthy again at once,
+    live runs carry on, and what was stored before is still there."""
+    server = restartable
+    restarts = sum(1 for line in server.log().splitlines() if RESTARTED in line)
     store = redis.Redis.from_url(server.redis_url, decode_responses=True)
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         conv = await new_conversation(client)
@@ -136,7 +223,7 @@ async def test_redis_restarted_mid_run(restartable: tuple[Convoy, list[EmbeddedR
 
         for how in (signal.SIGTERM, signal.SIGKILL):
             restarted_at = time.time()
-            started.append(await _live_run_through_a_restart(server, client, conv, how))
+            await _live_run_through_a_restart(server, client, conv, how)
 
             # The same (still active) conversation and a new one take new turns at once.
             started_at = time.monotonic()
@@ -158,40 +245,115 @@ async def test_redis_restarted_mid_run(restartable: tuple[Convoy, list[EmbeddedR
         users = [m["content"] for m in history if m["message_type"] == "user_message"]
         assert users[0] == "kept across restarts" and len(users) == 7
         assert users[3] == "after SIGTERM" and users[6] == "after SIGKILL"
+    assert sum(1 for line in server.log().splitlines() if RESTARTED in line) == restarts + 2
 
-        started.append(await _outage_longer_than_a_reader_waits(server, client, conv))
+
+async def test_a_redis_outage_longer_than_the_lease_ttl_ends_no_run(restartable: Convoy) -> None:
+    """Issue 16, item 4: Redis unreachable for longer than the lease TTL while a run streams. The
+    owner's lease lapses meanwhile, but nobody else took it (its epoch is unchanged): the owner
+    takes it back and carries on, its writes waiting for Redis. The live stream completes with
+    every item once; the same owner holds the conversation after. Once thawed (what Redis had
+    received then runs), once killed frozen (what it had received is lost) and restarted by serve."""
+    server = restartable
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        for end in (signal.SIGCONT, signal.SIGKILL):
+            text = long_text(f"outage-{end.name}-", 1000)
+            run_id, live = await first_item(client, conv, {"input": text})
+            await _going(server, conv, run_id)
+            owner, epoch = _held(server, conv)
+            async with frozen_redis(server, end):
+                await asyncio.sleep(OUTAGE_S)  # the outage itself (its length is the scenario), not a synchronisation
+            items = await asyncio.wait_for(live, RECOVERY_S + OUTAGE_S)
+            _exactly_once(items)
+            assert not [i for i in items if i.get("sse_event") == "error"], items[-4:]
+            assert text_of(items) == text and stop_of(items) == "end_turn" and items[-1]["message_type"] == "[DONE]"
+            run = (await client.get(f"/v1/runs/{run_id}")).json()
+            assert run["status"] == "completed", run
+            assert _held(server, conv) == (owner, epoch), "the same owner, never re-acquired: no change of owner"
+        assert text_of(await stream(client, conv, {"input": "after the outages"})) == "after the outages"
 
 
-async def _outage_longer_than_a_reader_waits(server: Convoy, client: httpx.AsyncClient, conv: str) -> EmbeddedRedis:
-    """Redis gone for longer than a reader waits: the live stream ends with a typed error, in
-    bounded time; once Redis is back, the run has ended one way or the other and the conversation
-    takes new turns."""
-    store = redis.Redis.from_url(server.redis_url, decode_responses=True)
-    run_id, live = await first_item(client, conv, {"input": long_text("outage", 1000), "background": True})
-    await asyncio.to_thread(
-        wait_until, lambda: store.xlen(keys.run_stream(conv, run_id)) > 50, 15, 0.02, "the run to get going"
-    )
-    url = server.redis_url
-    pid = int((server.home / "redis" / "server.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
-    stopped_at = time.monotonic()
-    items = await asyncio.wait_for(live, 40)
-    given_up_after = time.monotonic() - stopped_at
-    error = next(i for i in items if i.get("sse_event") == "error")
-    assert error["error_type"] == "store_unavailable" and items[-1]["message_type"] == "[DONE]"
-    # Twice the idle timeout (3 s), counted from the first failed check (ping interval 1 s), which
-    # itself waits out the Redis client's patience (~10 s).
-    assert given_up_after < 25, f"the reader gave up {given_up_after:.1f} s after Redis went away"
+async def test_a_foreground_client_that_leaves_during_an_outage_still_cancels_its_run(restartable: Convoy) -> None:
+    """Found by reading the soak's Redis outage: a foreground client that disconnects while Redis is
+    unreachable must still have its run cancelled. The API's cancel waits for Redis, as the run's
+    owner would, instead of failing at its first try and leaving the run to complete."""
+    server = restartable
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        received: list[dict[str, Any]] = []
+        pid = redis_pid(server)
+        try:
+            async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": long_text("left", 1000)}) as source:
+                async for sse in source.aiter_sse():
+                    received.append(json.loads(sse.data))
+                    if len(received) == 20:
+                        break
+                os.kill(pid, signal.SIGSTOP)  # Redis freezes as the client leaves, mid-run
+            await asyncio.sleep(LEAVING_OUTAGE_S)  # the outage itself, not a synchronisation
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        run = await eventually(lambda: _ended(client, received[0]["run_id"]), RECOVERY_S, interval_s=0.1, message="the run to end")
+        assert run["status"] == "cancelled", run  # type: ignore[index]
+        stored = await read_events(client, f"/v1/runs/{received[0]['run_id']}/stream", {"starting_after": 0})
+        _exactly_once(stored)
+        assert stop_of(stored) == "cancelled" and [i["message_type"] for i in stored[-2:]] == ["usage_statistics", "[DONE]"]
 
-    again = EmbeddedRedis(server.home, port=int(url.rsplit(":", 1)[1].split("/")[0]))
-    assert again.start() == url
-    after = await asyncio.wait_for(stream(client, conv, {"input": "after the outage"}), RECOVERY_S)
-    assert text_of(after) == "after the outage"
-    run = (await client.get(f"/v1/runs/{run_id}")).json()
-    # Its lease (3 s) ran out while Redis was away: a new owner ended it. (Had Redis come back
-    # sooner, its writes would have landed and it would have completed.)
-    assert run["status"] == "failed" and run["metadata"]["error"]["error_type"] == "owner_lost", run
-    return again
+
+async def test_an_outage_longer_than_the_owner_waits_fails_its_run_store_unavailable(impatient: Convoy) -> None:
+    """Redis frozen for longer than a reader waits and than the owner's patience
+    (``CONVOY_STORE_OUTAGE_S``), then killed (serve restarts it). The live reader gives up in
+    bounded time with a typed error; the owner's writes give up after its patience, and it ends
+    its run ``store_unavailable`` (never ``owner_lost``: it never lost the conversation) once Redis
+    is back; the stored stream ends with the terminal sequence, and the conversation goes on."""
+    server = impatient
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        run_id, live = await first_item(client, conv, {"input": long_text("outage", 1000), "background": True})
+        await _going(server, conv, run_id)
+        async with frozen_redis(server, signal.SIGKILL) as frozen_at:
+            items = await asyncio.wait_for(live, LONG_OUTAGE_S)
+            given_up_after = time.monotonic() - frozen_at
+            # Twice the idle timeout (3 s) from the first failed check, each check bounded too.
+            assert given_up_after < LONG_OUTAGE_S - 1, f"the reader gave up {given_up_after:.1f} s into the outage"
+            # Redis is still frozen: this ending is the reader's own, not stored.
+            error = next(i for i in items if i.get("sse_event") == "error")
+            assert error["error_type"] == "store_unavailable" and items[-1]["message_type"] == "[DONE]"
+            await asyncio.sleep(LONG_OUTAGE_S - given_up_after)  # the rest of the outage, not a synchronisation
+
+        run = await eventually(lambda: _ended(client, run_id), RECOVERY_S, interval_s=0.1, message="the owner to end its run")
+        failure = run["metadata"]["error"]  # type: ignore[index]
+        assert run["status"] == "failed" and failure["error_type"] == "store_unavailable", run  # type: ignore[index]
+        assert "unreachable for" in failure["detail"], failure
+        stored = await read_events(client, f"/v1/runs/{run_id}/stream", {"starting_after": 0})
+        _exactly_once(stored)
+        assert [i["message_type"] for i in stored[-3:]] == ["stop_reason", "error_message", "[DONE]"]
+        assert stored[-2]["error_type"] == "store_unavailable" and "unreachable for" in stored[-2]["detail"], "the owner's ending"
+        after = await asyncio.wait_for(stream(client, conv, {"input": "after the outage"}), RECOVERY_S)
+        assert text_of(after) == "after the outage"
+
+
+async def test_a_conversation_let_go_during_an_outage_takes_its_next_message(impatient: Convoy) -> None:
+    """Found by the soak's Redis outage: an activation that passivated while Redis was frozen could
+    not let go of its conversation (its lease and its host's entry stayed), so a message accepted
+    once Redis was back rang that host, which would not activate the conversation again while the
+    lease lingered, and the message waited for a reader to wake it (with none, for ever). Letting
+    go now waits for Redis, as an owner's writes do."""
+    server = impatient
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        conv = await new_conversation(client)
+        assert text_of(await stream(client, conv, {"input": "before"})) == "before"
+        pid = redis_pid(server)
+        os.kill(pid, signal.SIGSTOP)  # idle from now: it passivates after 1 s, Redis frozen
+        try:
+            await asyncio.sleep(LEAVING_OUTAGE_S)  # the outage (its lease, 10 s, outlives it), not a synchronisation
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # A background run nobody reads: only its owner can end it.
+        async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": "after", "background": True}) as source:
+            run_id = json.loads((await anext(source.aiter_sse())).data)["run_id"]
+        run = await eventually(lambda: _ended(client, run_id), 6, interval_s=0.1, message="the next message to be taken")
+        assert run["status"] == "completed", run  # type: ignore[index]
 
 
 # -- an API process killed mid-stream ------------------------------------------------------------
@@ -367,7 +529,7 @@ async def test_a_reader_that_never_takes_holds_a_bounded_buffer_and_loses_nothin
     await tailer.start()
     key = f"test:{uuid.uuid4()}"
     await client.set(f"{key}:epoch", 1)
-    writer = bus.ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=10_000, ttl_s=60)
+    writer = bus.ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=10_000, ttl_s=60, patience_s=5)
     payload = b"x" * 4096
     try:
         live = tailer.subscribe(key, 0)  # fed item by item as they are published
@@ -397,7 +559,9 @@ async def test_a_chunk_batch_sent_again_after_its_reply_was_lost_is_not_doubled(
     await client.set(f"{key}:epoch", 1)
 
     async def send(*payloads: bytes) -> None:
-        writer = bus.ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=100, ttl_s=60)
+        writer = bus.ChunkWriter(
+            client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=100, ttl_s=60, patience_s=5
+        )
         for payload in payloads:
             await writer.write("data", payload)
         await writer.flush()

@@ -1,22 +1,30 @@
-"""Directory leases, fencing epochs, the mailbox and run transitions on a real Redis."""
+"""Directory leases, fencing epochs, the mailbox and run transitions on a real Redis; and an
+owner's writes across a lost reply or an unreachable Redis (through a proxy in front of it)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
-from runtime import keys
-from runtime.errors import ConversationBusyError, FencedError, NotFoundError
+from runtime import bus, keys
+from runtime.errors import ConversationBusyError, FencedError, NotFoundError, StoreUnavailableError
+from runtime.history import HistoryStore
 from runtime.ids import new_id
+from runtime.redis_client import connect
 from runtime.runs import Fence, RunStore
-from runtime.schemas.messages import utcnow
+from runtime.schemas.messages import UserMessage, utcnow
 from runtime.schemas.runs import RunView
+from runtime.settings import Settings
 from tests.conftest import eventually
+from tests.fakes.proxy import SilencingProxy
 
 
 @pytest.fixture
@@ -66,6 +74,45 @@ async def test_a_lease_expires_when_not_renewed(redis: aioredis.Redis) -> None:
 
     await eventually(expired, 5, interval_s=0.05, message="the lease to expire")
     assert isinstance(await directory.acquire(conv, owner_id("h1", "b")), Lease)
+
+
+async def _lapsed(directory: Directory, conversation_id: str) -> None:
+    """Wait (bounded) until the conversation's lease has expired: its owner did not renew it in
+    time, as while Redis was unreachable."""
+
+    async def expired() -> bool:
+        return await directory.owner(conversation_id) is None
+
+    await eventually(expired, 5, interval_s=0.05, message="the lease to lapse")
+
+
+async def test_a_lapsed_lease_nobody_took_is_taken_back_by_its_owner(redis: aioredis.Redis) -> None:
+    """Issue 16: a lease that lapsed while Redis was unreachable was taken by nobody (its epoch is
+    still the owner's), so renewing it sets it again instead of reporting it lost."""
+    directory = Directory(redis, lease_ttl_ms=1000)
+    conv = new_id("conv")
+    lease = await directory.acquire(conv, owner_id("h0", "a", 1))
+    assert isinstance(lease, Lease)
+    await _lapsed(directory, conv)
+    assert await directory.renew([lease]) == [], "a lapse is not a change of owner"
+    assert await directory.owner(conv) == lease.owner
+    assert 0 < await redis.pttl(keys.lease(conv)) <= 1000, "taken back with its TTL"
+    assert int(await redis.get(keys.epoch(conv))) == lease.epoch, "taking it back is not a new acquisition"
+
+
+async def test_a_lapsed_lease_someone_else_acquired_meanwhile_is_lost(redis: aioredis.Redis) -> None:
+    directory = Directory(redis, lease_ttl_ms=1000)
+    held, moved = new_id("conv"), new_id("conv")
+    first = [await directory.acquire(c, owner_id("h0", "a", i)) for i, c in enumerate((held, moved))]
+    assert all(isinstance(lease, Lease) for lease in first)
+    for conv in (held, moved):
+        await _lapsed(directory, conv)
+    other = await directory.acquire(held, owner_id("h1", "b", 1))  # held by another owner now
+    gone = await directory.acquire(moved, owner_id("h1", "b", 2))  # taken, then let go: the epoch moved
+    assert isinstance(other, Lease) and isinstance(gone, Lease)
+    await directory.release(gone)
+    assert await directory.renew(first) == first
+    assert await directory.owner(held) == other.owner and await directory.owner(moved) is None
 
 
 async def _accept(redis: aioredis.Redis, mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "queue") -> str:
@@ -161,3 +208,118 @@ async def test_take_starts_the_oldest_entry_in_one_fenced_step(redis: aioredis.R
     cancelled = await mailbox.take(Fence(conv, 3, "h/a/1"))
     assert cancelled is not None and (cancelled.entry.run_id, cancelled.status) == (second, "cancel_requested")
     assert (await runs.get(second, tenant=None)).status == "created", "a run cancelled before it started never starts"
+
+
+# -- an owner's writes across a lost reply or an unreachable Redis -----------------------------------
+
+OWNER_PATIENCE_S = 10.0
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[SilencingProxy]:
+    async with SilencingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0])) as found:
+        yield found
+
+
+def _through(proxy: SilencingProxy) -> aioredis.Redis:
+    """A host's client (auto-pipelined, patient), connected to Redis through ``proxy``, noticing a
+    silent connection after half a second."""
+    return connect(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_socket_timeout_s=0.5, read_block_ms=100))
+
+
+async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
+    redis: aioredis.Redis, proxy: SilencingProxy
+) -> None:
+    """Every fenced write of an owner is idempotent and re-sent when its connection broke after it
+    left (it may have run): the take, a history append, a step trace, the chunk appends and the
+    run's end each land once."""
+    owner = _through(proxy)
+    mailbox, runs, history = Mailbox(owner), RunStore(owner, ttl_s=60, maxlen=100), HistoryStore(owner)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    run_id = await _accept(redis, Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100), conv)
+    fence = Fence(conv, 3, "h/a/1", patience_s=OWNER_PATIENCE_S)
+    try:
+        assert await owner.ping()  # its connection is open: from here on it loses replies
+        proxy.lose_replies()
+        taken = await mailbox.take(fence)
+        assert taken is not None and taken.entry.run_id == run_id and taken.status == "resumed", "started, then re-sent"
+
+        messages = [UserMessage(id=new_id("message"), content=f"m{i}", run_id=run_id) for i in range(2)]
+        proxy.lose_replies()
+        await history.append(fence, messages)
+        assert [m.id for m in await history.recent(conv, limit=10)] == [m.id for m in messages]
+
+        proxy.lose_replies()
+        await runs.add_step(fence, run_id, {"id": "step-1", "status": "success"})
+        assert await runs.steps(conv, run_id) == [{"id": "step-1", "status": "success"}]
+
+        writer = bus.ChunkWriter(
+            owner, stream_key=keys.run_stream(conv, run_id), epoch_key=keys.epoch(conv), epoch=3, next_seq=2,
+            maxlen=100, ttl_s=60, patience_s=OWNER_PATIENCE_S,
+        )
+        await writer.write("data", b"a")
+        await writer.flush()  # the writer has its own connection: open it first
+        proxy.lose_replies()
+        for word in (b"b", b"c"):
+            await writer.write("data", word)
+        await writer.flush()
+
+        proxy.lose_replies()
+        done = await runs.finish(
+            run_id, conversation_id=conv, status="completed", stop_reason="end_turn", fence=fence,
+            items=[(5, "data", b"stop"), (6, "done", b"[DONE]")], mailbox_entry=taken.entry.entry_id,
+        )
+        assert done, "a re-sent end that had landed counts as done"
+        stored = await bus.read_after(redis, keys.run_stream(conv, run_id), 1)
+        assert [(i.seq, i.payload) for i in stored] == [(2, b"a"), (3, b"b"), (4, b"c"), (5, b"stop"), (6, b"[DONE]")]
+        assert (await runs.get(run_id, tenant=None)).status == "completed" and await Mailbox(redis).depth(conv) == 0
+        assert len(proxy.connections) > 5, "every write above lost its first reply and was sent again"
+    finally:
+        await owner.aclose()
+
+
+async def test_an_owner_stops_waiting_for_an_unreachable_redis_after_its_patience(
+    redis: aioredis.Redis, proxy: SilencingProxy
+) -> None:
+    owner = _through(proxy)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    fence = Fence(conv, 3, "h/a/1", patience_s=1.5)
+    try:
+        assert await owner.ping()
+        proxy.silence_all()
+        proxy.refuse_new()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=r"unreachable for \d+ s"):
+            await HistoryStore(owner).append(fence, [UserMessage(id=new_id("message"), content="lost", run_id="run-x")])
+        assert 1.4 <= time.monotonic() - started < 3.0, "it waits its patience, no more, no less"
+    finally:
+        await owner.aclose()
+
+
+async def test_a_run_whose_owner_died_right_after_ending_it_keeps_no_key_for_a_week(
+    redis: aioredis.Redis, proxy: SilencingProxy
+) -> None:
+    """Found by the soak (a host SIGKILLed 13 ms after four of its runs ended): a run's end and its
+    reference's lifetime went out in two round trips, so a process that died between them left the
+    reference for a week (``UNFINISHED_RUN_TTL_S``) instead of the ended run's ``stream_ttl_s``.
+    Both now leave together."""
+    owner = _through(proxy)
+    conv = new_id("conv")
+    await redis.set(keys.epoch(conv), 3)
+    earlier, run_id = [await _accept(redis, Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100), conv) for _ in range(2)]
+    runs = RunStore(owner, ttl_s=60, maxlen=100)
+    try:
+        for ended, lost in ((earlier, False), (run_id, True)):  # the first loads the script, as in any owner
+            if lost:
+                proxy.lose_replies()  # the owner is gone before it hears back: nothing it would send next leaves
+            with pytest.raises(RedisTimeoutError) if lost else contextlib.nullcontext():
+                await runs.finish(
+                    ended, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3, "h/a/1"),
+                    items=[(2, "done", b"[DONE]")],
+                )
+        assert (await RunStore(redis, ttl_s=60, maxlen=100).get(run_id, tenant=None)).status == "completed"
+        assert 0 < await redis.ttl(keys.run_ref(run_id)) <= 60, "the reference expires with the ended run"
+    finally:
+        await owner.aclose()

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime.redis_client import connect
+from runtime.redis_client import RECONNECT_PATIENCE_S, connect
 from runtime.redis_mux import MultiplexedRedis
 from runtime.settings import Settings
 from tests.conftest import eventually
@@ -133,5 +133,27 @@ async def test_a_connection_gone_silent_times_out_and_is_replaced(redis_url: str
                 await client.ping()
             assert time.monotonic() - started < 3.0
             assert await client.ping(), "a fresh connection after the silent one"
+        finally:
+            await client.aclose()
+
+
+async def test_a_frozen_redis_fails_commands_within_the_connection_patience(redis_url: str) -> None:
+    """A Redis stopped with SIGSTOP accepts connections and answers nothing: each connection try
+    lasts the socket timeout, and a command waited for sixteen of them (about a minute here, three
+    by default) before it failed. The patience is bounded in time instead, so an API request meets
+    a 503 it can retry, not a hang."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with SilencingProxy(port) as proxy:
+        settings = Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_socket_timeout_s=3, read_block_ms=100)
+        client = connect(settings)
+        try:
+            assert await client.ping()
+            proxy.freeze()
+            with pytest.raises(RedisTimeoutError):
+                await client.ping()  # owed on the connection that went silent: its timeout
+            started = time.monotonic()
+            with pytest.raises(RedisConnectionError, match="not reachable within"):
+                await client.ping()  # a new connection, never answered
+            assert time.monotonic() - started < RECONNECT_PATIENCE_S + 2, "bounded in time, not per try"
         finally:
             await client.aclose()

@@ -17,6 +17,10 @@ its invariants (``ledger.INVARIANTS``; see ``checks``, ``keyspace``, ``memory`` 
 how). It measures and prints (``figures``, ``serverlog``); it asserts nothing, but it says PASS or
 FAIL for each invariant and exits 1 if any failed.
 
+With ``--redis-outage-s N`` (off by default), the embedded Redis is also frozen for N seconds
+once, halfway through, then killed, so ``convoy serve`` must restart it (``outage``); requests
+refused meanwhile (503 ``store_unavailable``) are sent again, and every invariant must still hold.
+
 Faults are on by default (``--no-faults`` turns them off): a host process dying (OOM killer, a
 lost node, a deploy) is an ordinary event for a Ray deployment, and recovery is the code path
 that rots first when nothing exercises it; a soak that says "PASS" should mean "PASS while hosts
@@ -38,12 +42,13 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from api.bench import Progress, Report
 from api.bench.providers import Serve
-from api.bench.soak import checks, faults, keyspace, memory
+from api.bench.soak import checks, faults, keyspace, memory, outage
 from api.bench.soak.figures import Outcome, add_figures, add_log, add_verdicts
-from api.bench.soak.ledger import FAULTS, Ledger
+from api.bench.soak.ledger import FAULTS, OUTAGE, Ledger
 from api.bench.soak.serverlog import summarize
 from api.bench.soak.upstream import ScriptedUpstream
 from api.bench.soak.workload import SoakClient
@@ -77,12 +82,15 @@ class SoakOptions:
     seed: int = 1
     faults: bool = True
     fault_every_s: float = 30.0
+    redis_outage_s: float = 0.0  # 0: no Redis outage
 
     def __post_init__(self) -> None:
         if self.minutes <= 0 or self.clients < 1:
             raise ConvoyError(f"a soak needs minutes > 0 and clients >= 1 (got {self.minutes:g} and {self.clients})")
         if self.fault_every_s <= 0:
             raise ConvoyError(f"faults need --fault-every-s > 0 (got {self.fault_every_s:g})")
+        if self.redis_outage_s < 0:
+            raise ConvoyError(f"--redis-outage-s must be >= 0 (got {self.redis_outage_s:g})")
 
 
 def run(options: SoakOptions) -> int:
@@ -110,6 +118,8 @@ def run(options: SoakOptions) -> int:
         upstream.stop()
         add_log(report, summarize(home / "serve.log"))
         skipped = {} if options.faults else {FAULTS: "--no-faults"}
+        if not options.redis_outage_s:
+            skipped[OUTAGE] = "no --redis-outage-s"
         held = add_verdicts(report, ledger, skipped) if complete else False
         if held:
             shutil.rmtree(home, ignore_errors=True)
@@ -130,9 +140,10 @@ async def _soak(
     pool = 4 * options.clients + 16
     limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     timeout = httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    transport = outage.StoreRetry(httpx.AsyncHTTPTransport(limits=limits), ledger)  # see api.bench.soak.outage
     try:
-        async with httpx.AsyncClient(base_url=serve.url, timeout=timeout, limits=limits) as http:
-            session = _Session(http, redis, serve.pid, await _agents(http), options, ledger, say)
+        async with httpx.AsyncClient(base_url=serve.url, timeout=timeout, transport=transport) as http:
+            session = _Session(http, redis, home, serve.pid, await _agents(http), options, ledger, say)
             return await session.run(upstream)
     finally:
         await redis.aclose()
@@ -152,6 +163,7 @@ async def _agents(http: httpx.AsyncClient) -> dict[str, str]:
 class _Session:
     http: httpx.AsyncClient
     redis: aioredis.Redis
+    home: Path
     api_pid: int
     agents: dict[str, str]  # model -> agent id
     options: SoakOptions
@@ -174,9 +186,13 @@ class _Session:
         await self._watch(started, started + WARMUP_SHARE * (ends - started))
         self.tracking = True
         first = await self._sample()
+        serialized = asyncio.Lock()  # host faults and the Redis outage, one at a time
         if opts.faults:
-            injector = faults.Injector(self.http, self.redis, self.ledger, self.agents["echo"], self.say)
+            injector = faults.Injector(self.http, self.redis, self.ledger, self.agents["echo"], serialized, self.say)
             workers.append(asyncio.create_task(injector.run(started, ends, opts.fault_every_s)))
+        if opts.redis_outage_s:
+            freezer = outage.Injector(self.http, self.home, self.ledger, self.agents["echo"], serialized, self.say)
+            workers.append(asyncio.create_task(freezer.run(started, ends, opts.redis_outage_s)))
         await self._watch(started, ends)
         self.say("waiting for the clients' last operations" + (" and the last fault" if opts.faults else ""))
         await asyncio.gather(*workers)
@@ -228,7 +244,12 @@ class _Session:
 
     async def _progress(self, started: float) -> None:
         ops = sum(self.ledger.ops.values())
+        try:
+            async with asyncio.timeout(PROGRESS_PERIOD_S):
+                sampled = memory.short(await self._sample())
+        except (TimeoutError, RedisError):  # during the Redis outage
+            sampled = "memory not sampled: Redis unreachable"
         self.say(
             f"{ops} operations ({ops / (time.monotonic() - started):.1f}/s), {len(self.ledger.runs)} runs accepted,"
-            f" {self.ledger.count_violations()} violations; {memory.short(await self._sample())}"
+            f" {self.ledger.count_violations()} violations; {sampled}"
         )

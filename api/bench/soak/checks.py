@@ -6,7 +6,8 @@
   terminal status consistent with what the client did (``Ledger.runs[...].expect``; a foreground
   run whose client left is ``cancelled``, or ``completed`` if it had ended before the client
   left), or ``failed`` with ``owner_lost`` if a fault excuses it (``faults.excused``; a run the
-  client saw fail that way must be excused by one); the server lists no run of those
+  client saw fail that way must be excused by one), or ``store_unavailable`` if the Redis outage
+  was longer than owners wait (``outage.excused``); the server lists no run of those
   conversations that no client saw accepted;
 - **history**: per conversation, the user inputs in ``GET /v1/conversations/{id}/messages`` are
   inputs the client sent and the server accepted, each once, in acceptance order, and the inputs
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from api.bench.soak import faults
+from api.bench.soak import faults, outage
 from api.bench.soak.ledger import (
     ACCEPTED_PROCESSED,
     HISTORY,
@@ -106,9 +107,9 @@ def _processed(ledger: Ledger, record: RunRecord, statuses: dict[str, dict[str, 
     status = view["status"]
     if not record.lost and (status in record.expect or _ended_before_client_left(record, view)):
         return True
-    if faults.excused(ledger.faults, record.conversation_id, view):
+    if faults.excused(ledger.faults, record.conversation_id, view) or outage.excused(ledger.outage, view):
         return True
-    seen = "; the client saw it fail owner_lost" if record.lost else ""
+    seen = "; the client saw it fail" if record.lost else ""
     ledger.violate(
         ACCEPTED_PROCESSED,
         f"{record.op} run {record.run_id} ended {status} ({view.get('stop_reason')}),"

@@ -16,7 +16,7 @@ One fault (``Injector.inject``):
 A fault is survived when 3 and 4 happen (``FAULTS``). The canary must end ``failed`` with
 ``owner_lost``; the injector's conversations and runs are in the ledger like the clients', so every
 other invariant covers them too. Faults never overlap: each is resolved before the next is due (a
-slow recovery delays the next one).
+slow recovery delays the next one), and none runs during the Redis outage (``outage``).
 
 What a fault excuses (``excused``), and nothing else: a run that ended ``failed`` with
 ``error_type`` ``owner_lost`` whose conversation the killed host held and whose lifetime spans the
@@ -82,12 +82,13 @@ def excused(faults: list[Fault], conversation_id: str, view: dict[str, Any]) -> 
 
 class Injector:
     def __init__(
-        self, http: httpx.AsyncClient, redis: aioredis.Redis, ledger: Ledger, echo_agent: str, say: Progress
+        self, http: httpx.AsyncClient, redis: aioredis.Redis, ledger: Ledger, echo_agent: str, lock: asyncio.Lock, say: Progress
     ) -> None:
         self._http = http
         self._redis = redis
         self._ledger = ledger
         self._agent = echo_agent
+        self._lock = lock  # held by the Redis outage too (``outage``): the two never overlap
         self._say = say
         self._turns = Turns(http, ledger)
         self._canaries: dict[str, Conversation] = {}  # host -> the injector's conversation placed there
@@ -97,7 +98,8 @@ class Injector:
         due = time.monotonic()
         while due < ends:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await self.inject(started)
+            async with self._lock:
+                await self.inject(started)
             due += every_s
 
     async def inject(self, started: float) -> None:

@@ -49,6 +49,7 @@ def add_figures(report: Report, outcome: Outcome) -> None:
     report.section(
         f"convoy bench soak   minutes={opts.minutes:g} clients={opts.clients} seed={opts.seed}"
         f" faults={f'every {opts.fault_every_s:g} s' if opts.faults else 'off'}"
+        f" redis_outage={f'{opts.redis_outage_s:g} s' if opts.redis_outage_s else 'off'}"
         f"  cpus={os.cpu_count()}  load avg (1 min) at the end {os.getloadavg()[0]:.2f}"
     )
     ops = sum(ledger.ops.values())
@@ -59,6 +60,7 @@ def add_figures(report: Report, outcome: Outcome) -> None:
     _requests(report, ledger)
     _runs(report, outcome)
     _faults(report, outcome)
+    _outage(report, outcome)
     _latency(report, ledger, opts.faults)
     _memory(report, outcome)
     _keys(report, outcome)
@@ -110,6 +112,23 @@ def _faults(report: Report, outcome: Outcome) -> None:
         )
     canaries = sum(1 for r in outcome.ledger.runs.values() if r.op == "fault canary")
     report.add("runs failed owner_lost", f"{outcome.runs.owner_lost} (the faults' canaries: {canaries})")
+
+
+def _outage(report: Report, outcome: Outcome) -> None:
+    outage, refusals = outcome.ledger.outage, outcome.ledger.store_refusals
+    if outage is None:
+        return
+    report.section(f"redis outage: frozen {outage.seconds:g} s (SIGSTOP), then SIGKILL; convoy serve restarts it")
+    report.add("  frozen at", f"{outage.at_s:5.1f} s into the workload, pid {outage.pid}")
+    back = f"pid {outage.new_pid} {outage.back_s:.1f} s after the kill" if outage.back_s is not None else "no new pid"
+    report.add("  Redis back", back)
+    healthy = f"{outage.healthy_s:.1f} s after the kill" if outage.healthy_s is not None else "never"
+    report.add("  API healthy again", healthy)
+    probe = f"done {outage.probe_s:.1f} s after the kill" if outage.probe_s is not None else f"FAILED: {outage.problem}"
+    report.add("  fresh turn", probe)
+    report.add("  requests refused 503 store_unavailable, sent again", f"{sum(refusals.values())}")
+    for request, count in refusals.most_common():
+        report.add(f"    {request}", str(count))
 
 
 def _latency(report: Report, ledger: Ledger, faults: bool) -> None:

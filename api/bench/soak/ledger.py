@@ -4,8 +4,9 @@ Every run a client saw accepted is recorded with the terminal statuses that are 
 what the client did to it (``expect``); every conversation keeps its runs in acceptance order
 (one client owns a conversation and sends one message at a time, except the queued pairs, which
 are sent one after the other). Anything a client noticed on the spot that breaks an invariant is
-recorded under that invariant's name. A run the client saw fail ``owner_lost`` is marked ``lost``
-instead: whether a fault excuses it is only known at the end (``faults.excused``).
+recorded under that invariant's name. A run the client saw fail ``owner_lost`` (or
+``store_unavailable``) is marked ``lost`` instead: whether a fault (or the Redis outage) excuses it
+is only known at the end (``faults.excused``, ``outage.excused``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PASSIVATED = "idle conversations passivated (no lease, no host entry)"
 KEYS = "no leaked keys (each has a TTL or a live owner; nothing unbounded)"
 MEMORY = "memory flat"
 FAULTS = "every fault survived (host back with a new pid, then a turn on a conversation it held completed)"
+OUTAGE = "the Redis outage survived (serve restarted Redis, the API healthy again, then a fresh turn completed)"
 INVARIANTS = (
     RUNS_TERMINAL,
     STREAMS_END,
@@ -36,13 +38,15 @@ INVARIANTS = (
     KEYS,
     MEMORY,
     FAULTS,
+    OUTAGE,
 )
 
 COMPLETED = frozenset({"completed"})
 CANCELLED = frozenset({"cancelled"})
 LOST_ONLY: frozenset[str] = frozenset()  # a fault's canary: only failing owner_lost in its fault is right
 OWNER_LOST = "owner_lost"
-LOST_STATUS = 503  # how a non-streaming send answers when its run failed owner_lost
+STORE_UNAVAILABLE = "store_unavailable"
+LOST_STATUS = 503  # how a non-streaming send answers when its run failed owner_lost (or store_unavailable)
 
 
 @dataclass
@@ -60,7 +64,7 @@ class RunRecord:
     input_text: str | None  # the user input it carried; None for an approval answer
     expect: frozenset[str] = COMPLETED
     left_at_s: float | None = None  # wall clock when a foreground client left before the end
-    lost: bool = False  # the client saw it fail owner_lost (judged at the end against the faults)
+    lost: bool = False  # the client saw it fail owner_lost or store_unavailable (judged at the end)
 
 
 @dataclass
@@ -75,6 +79,26 @@ class Fault:
     new_pid: int | None = None
     recovered_s: float | None = None  # kill -> a new pid heartbeating
     probe_s: float | None = None  # kill -> a fresh turn on one of ``held`` completed
+    problem: str | None = None
+
+    @property
+    def survived(self) -> bool:
+        return self.problem is None and self.probe_s is not None
+
+
+@dataclass
+class Outage:
+    """The soak's Redis outage (``outage``), and what became of it."""
+
+    seconds: float
+    pid: int
+    at_s: float  # into the timed workload
+    frozen_at_s: float  # wall clock, to compare with the server's run timestamps
+    killed_at_s: float | None = None  # wall clock
+    new_pid: int | None = None
+    back_s: float | None = None  # kill -> serve recorded a new Redis
+    healthy_s: float | None = None  # kill -> the API answered healthy
+    probe_s: float | None = None  # kill -> a fresh turn completed
     problem: str | None = None
 
     @property
@@ -109,6 +133,8 @@ class Ledger:
     cancel_ms: list[float] = field(default_factory=list)
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     faults: list[Fault] = field(default_factory=list)
+    outage: Outage | None = None
+    store_refusals: Counter[str] = field(default_factory=Counter)  # requests refused 503 store_unavailable, sent again
 
     def conversation(self, conversation_id: str, model: str) -> Conversation:
         conv = Conversation(conversation_id, model)
@@ -127,8 +153,9 @@ class Ledger:
 
     def answer(self, request: str, status: int, body: str = "") -> bool:
         """Count the answer to a valid request; anything but a 2xx breaks ``ANSWERS``, except the
-        answer to a send whose run failed ``owner_lost`` (``lost_run``): that run is judged at the
-        end, against the faults (a client that does not record it leaves a run no client saw)."""
+        answer to a send whose run failed ``owner_lost`` or ``store_unavailable`` (``lost_run``):
+        that run is judged at the end, against the faults and the outage (a client that does not
+        record it leaves a run no client saw)."""
         self.answers[request][status] += 1
         if 200 <= status < 300:
             return True
@@ -144,12 +171,13 @@ class Ledger:
 
 
 def lost_run(status: int, body: str) -> str | None:
-    """The run a non-streaming send was answered for, if it failed ``owner_lost``
-    (``LOST_STATUS``, the run's error item in ``error``); None for any other answer."""
+    """The run a non-streaming send was answered for, if it failed ``owner_lost`` or
+    ``store_unavailable`` (``LOST_STATUS``, the run's error item in ``error``); None for any other
+    answer."""
     if status != LOST_STATUS:
         return None
     try:
         error = json.loads(body)["error"]
-        return str(error["run_id"]) if error["error_type"] == OWNER_LOST else None
+        return str(error["run_id"]) if error["error_type"] in (OWNER_LOST, STORE_UNAVAILABLE) else None
     except (ValueError, KeyError, TypeError):
         return None

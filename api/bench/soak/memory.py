@@ -11,8 +11,8 @@ the sample taken then; a host Ray restarted after a fault (a new pid under the s
 its first sample at least ``RESTART_WARMUP_S`` after it was first seen, because a fresh host
 imports the provider SDKs on its first turns and recovers its conversations (growth that is not a
 leak). A restarted host killed or ended before that is shown, not judged. A killed host is judged
-up to its last sample. A new process that no fault explains, or a process not there at the end,
-breaks the invariant (a host that died on its own). Redis is shown, not judged: it keeps every ended run for ``stream_ttl_s``
+up to its last sample. A new process that no fault (or the Redis outage) explains, or a process
+not there at the end, breaks the invariant (a host that died on its own). Redis is shown, not judged: it keeps every ended run for ``stream_ttl_s``
 (6 h by default), so its data set grows with the runs by design (the report shows how much per
 run; leaks there are the key check's).
 """
@@ -99,6 +99,8 @@ def judge(ledger: Ledger, tracker: Tracker, end: MemorySample) -> None:
         if not rss:
             ledger.violate(MEMORY, f"{label}: not measurable at the end (gone?)")
     restarts = {(f"host {f.host}", f.new_pid) for f in ledger.faults}
+    if ledger.outage is not None:
+        restarts.add((REDIS, ledger.outage.new_pid))  # serve restarted it after the outage's SIGKILL
     for proc in tracker.processes.values():
         if proc.restarted and (proc.label, proc.pid) not in restarts:
             ledger.violate(MEMORY, f"{proc.label}: a new process (pid {proc.pid}) that no fault explains")

@@ -1,9 +1,11 @@
 """The HTTP side of one soak client's turns: opening SSE requests, reading them to their end and
-judging what was read (``api.bench.soak.sse``), recording what breaks an invariant in the ledger."""
+judging what was read (``api.bench.soak.sse``), recording what breaks an invariant in the ledger.
+Every send carries an ``Idempotency-Key`` of its own (``idempotent``)."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -15,6 +17,7 @@ from api.bench.soak.ledger import (
     COMPLETED,
     OWNER_LOST,
     RESUMES_EXACT,
+    STORE_UNAVAILABLE,
     STREAMS_END,
     Conversation,
     Ledger,
@@ -24,6 +27,12 @@ from api.bench.soak.ledger import (
 from api.bench.soak.sse import Transcript, sse_events
 
 Opened = AbstractAsyncContextManager[Transcript | None]
+
+
+def idempotent() -> dict[str, str]:
+    """Headers of a send: a key of its own, so that sending it again (``outage.StoreRetry``, after
+    a refusal whose cause may have come after the send was accepted) joins its run."""
+    return {"Idempotency-Key": f"soak-{uuid.uuid4().hex}"}
 
 
 class Turns:
@@ -58,7 +67,7 @@ class Turns:
                 await events.aclose()
 
     def send(self, conv: Conversation, body: dict[str, Any], label: str = "send stream") -> Opened:
-        return self.open(label, f"/v1/conversations/{conv.id}/messages", body)
+        return self.open(label, f"/v1/conversations/{conv.id}/messages", body, headers=idempotent())
 
     def resume_from(self, run_id: str, cursor: int) -> Opened:
         return self.open("resume run", f"/v1/runs/{run_id}/stream", {"starting_after": cursor}, after=cursor)
@@ -69,7 +78,7 @@ class Turns:
         """A non-streaming send: its run, recorded as ``op``, and its stop reason (None when the run
         failed ``owner_lost``: it is marked lost); None if the send was refused."""
         url = f"/v1/conversations/{conv.id}/messages"
-        reply = await self._http.post(url, json={**body, "streaming": False})
+        reply = await self._http.post(url, json={**body, "streaming": False}, headers=idempotent())
         if self._ledger.answer(label, reply.status_code, reply.text):
             stop = reply.json()["stop_reason"]
             return self._ledger.accept(stop["run_id"], conv, op, text, COMPLETED), str(stop["stop_reason"])
@@ -88,8 +97,8 @@ class Turns:
             tally.ended += 1
         if want is not None and transcript.stop_reason != want:
             errors = [e.doc.get("error_type") for e in transcript.read if e.kind == "error"]
-            if errors == [OWNER_LOST]:
-                record.lost = True  # its host died under it: judged at the end, against the faults
+            if errors in ([OWNER_LOST], [STORE_UNAVAILABLE]):
+                record.lost = True  # its host died (or Redis was away) under it: judged at the end
                 return
             self._ledger.violate(
                 ACCEPTED_PROCESSED,

@@ -46,7 +46,7 @@ from api.bench.soak.ledger import (
     lost_run,
 )
 from api.bench.soak.sse import Transcript
-from api.bench.soak.turns import Turns
+from api.bench.soak.turns import Turns, idempotent
 
 OPS: dict[str, int] = {
     "stream": 20,
@@ -319,7 +319,7 @@ class SoakClient:
                 return
             record = self._accept(turn, conv, "busy", text)
             body = {"input": refused, "on_busy": "reject", "streaming": False}
-            reply = await self._http.post(f"/v1/conversations/{conv.id}/messages", json=body)
+            reply = await self._http.post(f"/v1/conversations/{conv.id}/messages", json=body, headers=idempotent())
             self._ledger.bad[BUSY_REJECT][reply.status_code] += 1
             lost = lost_run(reply.status_code, reply.text)  # accepted, then its host died under it
             if reply.status_code == 200 or lost is not None:  # accepted: right only if the first had ended
