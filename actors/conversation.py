@@ -12,7 +12,7 @@ mailbox entries strictly in order and runs each turn to a terminal status. Guara
 - **A stale activation cannot write.** Every write carries this activation's epoch; on
   ``FencedError`` the activation stops at once without touching anything.
 - **A Redis outage pauses a turn; only a long one fails it.** Every write of the owner is
-  idempotent and sent again while Redis is unreachable (``runtime.runs.through_outage``: the take,
+  idempotent and sent again while Redis is unreachable (``runtime.store.runs.through_outage``: the take,
   chunk appends, step traces, history appends, the run's end), and the reads a turn starts with
   wait too, each for up to ``CONVOY_STORE_OUTAGE_S``; so a turn streams through an outage shorter
   than that, and the lease it lapsed meanwhile is taken back (``actors.directory``). A longer
@@ -42,18 +42,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Lease
 from actors.mailbox import Mailbox, MailboxEntry, Taken
-from runtime import bus, keys, wire
-from runtime.agents import AgentStore, ConversationStore
-from runtime.chat_history import ChatCache
+from runtime.agent.loop import Emit, ModelFactory, run_turn
+from runtime.agent.prompt import ChatCache
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
-from runtime.history import HistoryStore
-from runtime.loop import Emit, ModelFactory, run_turn
-from runtime.runs import Fence, RunStore, through_outage
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, StreamItem
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
-from runtime.tools import ToolRegistry
+from runtime.store import keyspace
+from runtime.store.agents import AgentStore, ConversationStore
+from runtime.store.history import HistoryStore
+from runtime.store.runs import Fence, RunStore, through_outage
+from runtime.stream import bus, wire
+from runtime.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class Activation:
                 s.agents.get(agent_id, tenant=None),
                 s.conversations.get(self.conversation_id, tenant=None),
                 self._recent_history(),
-                s.redis.hexists(keys.pending_approval(self.conversation_id), "request"),
+                s.redis.hexists(keyspace.pending_approval(self.conversation_id), "request"),
             )
 
         try:
@@ -216,13 +217,13 @@ class Activation:
 
     async def _execute(self, turn: TurnRequest, entry: MailboxEntry, loaded: _Loaded | Exception, *, fresh: bool) -> None:
         conv_id = self.conversation_id
-        stream_key = keys.run_stream(conv_id, turn.run_id)
+        stream_key = keyspace.run_stream(conv_id, turn.run_id)
         # A run this call started holds only its accept-time ping (seq 1): no need to ask Redis.
         last = 1 if fresh else await self._last_seq(turn.run_id)
         writer = bus.ChunkWriter(
             self._s.redis,
             stream_key=stream_key,
-            epoch_key=keys.epoch(conv_id),
+            epoch_key=keyspace.epoch(conv_id),
             epoch=self._fence.epoch,
             next_seq=last + 1,
             maxlen=self._s.settings.stream_maxlen,
@@ -357,14 +358,14 @@ class Activation:
     async def _last_seq(self, run_id: str) -> int:
         """The run stream's last seq, read however long Redis is away (a turn cannot go on, nor end,
         without it)."""
-        stream_key = keys.run_stream(self.conversation_id, run_id)
+        stream_key = keyspace.run_stream(self.conversation_id, run_id)
         return await through_outage(
             lambda: bus.last_seq(self._s.redis, stream_key), patience_s=math.inf, what="reading where a stream ends"
         )
 
     async def _drop(self, entry: MailboxEntry) -> None:
         """Remove a mailbox entry whose run has ended (idempotent; however long Redis is away)."""
-        mailbox = keys.mailbox(self.conversation_id)
+        mailbox = keyspace.mailbox(self.conversation_id)
         await through_outage(
             lambda: self._s.redis.xdel(mailbox, entry.entry_id), patience_s=math.inf, what="dropping a mailbox entry"
         )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from runtime import keys
+from runtime.store import keyspace
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Directory:
         """Take the conversation for ``owner`` (or keep it, if already ours)."""
         host, incarnation, _ = owner.split("/", 2)
         reply = await self._acquire(
-            keys=[keys.lease(conversation_id), keys.epoch(conversation_id)],
+            keys=[keyspace.lease(conversation_id), keyspace.epoch(conversation_id)],
             args=[owner, self._ttl_ms, f"{host}/", f"{host}/{incarnation}/"],
         )
         ok, value = int(reply[0]), reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
@@ -129,7 +129,7 @@ class Directory:
         for start in range(0, len(leases), RENEW_CHUNK):
             chunk = leases[start : start + RENEW_CHUNK]
             gone, retaken = await self._renew(
-                keys=[k for lease in chunk for k in (keys.lease(lease.conversation_id), keys.epoch(lease.conversation_id))],
+                keys=[k for lease in chunk for k in (keyspace.lease(lease.conversation_id), keyspace.epoch(lease.conversation_id))],
                 args=[self._ttl_ms, *(v for lease in chunk for v in (lease.owner, lease.epoch))],
             )
             lost.extend(chunk[int(i) - 1] for i in gone)
@@ -141,8 +141,8 @@ class Directory:
         return lost
 
     async def release(self, lease: Lease) -> None:
-        await self._release(keys=[keys.lease(lease.conversation_id)], args=[lease.owner])
+        await self._release(keys=[keyspace.lease(lease.conversation_id)], args=[lease.owner])
 
     async def owner(self, conversation_id: str) -> str | None:
-        value = await self._redis.get(keys.lease(conversation_id))
+        value = await self._redis.get(keyspace.lease(conversation_id))
         return value.decode() if value else None

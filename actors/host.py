@@ -43,14 +43,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
-from runtime import heap, keys, tools
-from runtime.agents import AgentStore, ConversationStore
-from runtime.history import HistoryStore
+from runtime import heap, tools
 from runtime.logs import configure_logging
 from runtime.providers.registry import Providers
-from runtime.redis_client import connect, dedicated, reraise_if_cancelling
-from runtime.runs import RunStore, through_outage
 from runtime.settings import Settings
+from runtime.store import keyspace
+from runtime.store.agents import AgentStore, ConversationStore
+from runtime.store.connection import connect, dedicated, reraise_if_cancelling
+from runtime.store.history import HistoryStore
+from runtime.store.runs import RunStore, through_outage
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class HostCore:
         got = await self._directory.acquire(conversation_id, owner_id(self.name, self.incarnation, self._activation_seq))
         if isinstance(got, Held):
             return f"owner:{got.owner}"
-        await self._services.redis.sadd(keys.host_conversations(self.name), conversation_id)
+        await self._services.redis.sadd(keyspace.host_conversations(self.name), conversation_id)
         self._start_worker(got)
         return "ok"
 
@@ -215,7 +216,7 @@ class HostCore:
         services, directory = self._services, self._directory
 
         async def let_go() -> int:  # each step idempotent: done again while Redis is unreachable
-            await services.redis.srem(keys.host_conversations(self.name), lease.conversation_id)
+            await services.redis.srem(keyspace.host_conversations(self.name), lease.conversation_id)
             await directory.release(lease)
             return await services.mailbox.depth(lease.conversation_id)
 
@@ -225,8 +226,8 @@ class HostCore:
             await self._deliver(lease.conversation_id)
         elif self._exit_when_idle and not self._activations and not self._activating:
             self._closing = True  # from here on, new work is refused (the caller re-creates us)
-            await self._services.redis.hdel(keys.hosts(), self.name)
-            await self._services.redis.delete(keys.host_bell(self.name))
+            await self._services.redis.hdel(keyspace.hosts(), self.name)
+            await self._services.redis.delete(keyspace.host_bell(self.name))
             # A dedicated host has nothing left to do: leave for good (no restart).
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
@@ -235,7 +236,7 @@ class HostCore:
         assert self._services is not None
         while True:
             try:
-                members = await self._services.redis.smembers(keys.host_conversations(self.name))
+                members = await self._services.redis.smembers(keyspace.host_conversations(self.name))
                 break
             except Exception:
                 reraise_if_cancelling()
@@ -279,7 +280,7 @@ class HostCore:
         """Read this host's doorbell: each ring names a conversation with new mail. Rings from
         before this incarnation started are skipped: recovery covers those conversations."""
         assert self._services is not None
-        bell = keys.host_bell(self.name)
+        bell = keyspace.host_bell(self.name)
         reader = dedicated(self._services.redis)
         cursor: str | None = None
         try:
@@ -333,7 +334,7 @@ class HostCore:
                     "ts": time.time(),
                     "activations": len(self._activations),
                 }
-                await self._services.redis.hset(keys.hosts(), self.name, json.dumps(beat))
+                await self._services.redis.hset(keyspace.hosts(), self.name, json.dumps(beat))
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 reraise_if_cancelling()
                 log.warning("heartbeat could not reach Redis", extra={"error": str(exc)})

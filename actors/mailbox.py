@@ -13,7 +13,7 @@ Guarantees:
   ``Idempotency-Key`` header) that was already accepted returns the earlier run, in the same
   atomic step, so a retried POST joins the existing turn instead of starting a second one.
 - **Only unfinished entries stay.** An entry is deleted in the same fenced script that records its
-  run's terminal status (see ``runtime.runs``), so the stream length is the queue depth.
+  run's terminal status (see ``runtime.store.runs``), so the stream length is the queue depth.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from runtime import keys
 from runtime.errors import (
     ConflictError,
     ConversationBusyError,
@@ -30,7 +29,8 @@ from runtime.errors import (
     NotFoundError,
     PendingApprovalError,
 )
-from runtime.runs import START_RUN_LUA, Fence, call_fenced, now_ms
+from runtime.store import keyspace
+from runtime.store.runs import START_RUN_LUA, Fence, call_fenced, now_ms
 
 # Accepting a turn is one atomic step: idempotency check, approval check, busy check, run record,
 # the run stream's first item and the mailbox entry are all written, or none is.
@@ -156,16 +156,16 @@ class Mailbox:
         flat: list[str | int] = []
         for name, value in run_fields.items():
             flat.extend((name, value))
-        idem_key = keys.idempotency(conversation_id, idempotency_key) if idempotency_key else keys.mailbox(conversation_id)
+        idem_key = keyspace.idempotency(conversation_id, idempotency_key) if idempotency_key else keyspace.mailbox(conversation_id)
         code, value, *rest = await self._accept(
             keys=[
-                keys.mailbox(conversation_id),
-                keys.run(conversation_id, run_id),
-                keys.run_stream(conversation_id, run_id),
+                keyspace.mailbox(conversation_id),
+                keyspace.run(conversation_id, run_id),
+                keyspace.run_stream(conversation_id, run_id),
                 idem_key,
-                keys.lease(conversation_id),
-                keys.pending_approval(conversation_id),
-                keys.conversation(conversation_id),
+                keyspace.lease(conversation_id),
+                keyspace.pending_approval(conversation_id),
+                keyspace.conversation(conversation_id),
             ],
             args=[
                 on_busy,
@@ -210,8 +210,8 @@ class Mailbox:
         reply = await call_fenced(
             self._take,
             fence=fence,
-            keys=[keys.epoch(conv), keys.mailbox(conv)],
-            args=[fence.epoch, now_ms(), fence.owner, keys.run_prefix(conv)],
+            keys=[keyspace.epoch(conv), keyspace.mailbox(conv)],
+            args=[fence.epoch, now_ms(), fence.owner, keyspace.run_prefix(conv)],
             refused=f"take refused for a stale owner of {conv}",
         )
         if reply is None:
@@ -220,9 +220,9 @@ class Mailbox:
         return Taken(MailboxEntry(entry_id.decode(), run_id.decode(), payload), status.decode())
 
     async def depth(self, conversation_id: str) -> int:
-        return int(await self._redis.xlen(keys.mailbox(conversation_id)))
+        return int(await self._redis.xlen(keyspace.mailbox(conversation_id)))
 
     async def run_ids(self, conversation_id: str, *, before: str | None = None) -> list[str]:
         """Run ids of every unfinished entry (accepted before entry ``before``), oldest first."""
-        entries = await self._redis.xrange(keys.mailbox(conversation_id), max=f"({before}" if before else "+")
+        entries = await self._redis.xrange(keyspace.mailbox(conversation_id), max=f"({before}" if before else "+")
         return [fields[b"r"].decode() for _, fields in entries]

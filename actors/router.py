@@ -20,10 +20,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from actors import placement
 from actors.directory import Directory, host_of
 from actors.supervisor import dedicated_host, dedicated_name, host_names
-from runtime import keys
 from runtime.errors import UnavailableError
-from runtime.redis_client import reraise_if_cancelling
 from runtime.settings import Settings
+from runtime.store import keyspace
+from runtime.store.connection import reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class ConversationRouter:
         """Wake a conversation that is already active: one append to its host's doorbell stream,
         which the host reads with a blocking XREAD (no Ray call). If that host is gone, the
         conversation is recovered like any other of its conversations (see ``actors.host``)."""
-        await self._redis.xadd(keys.host_bell(host_of(owner)), {"c": conversation_id}, maxlen=BELL_MAXLEN)
+        await self._redis.xadd(keyspace.host_bell(host_of(owner)), {"c": conversation_id}, maxlen=BELL_MAXLEN)
 
     async def _deliver_dedicated(self, conversation_id: str) -> str:
         name = dedicated_name(conversation_id)

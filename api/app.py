@@ -16,7 +16,8 @@ from api import errors
 from api.auth import authenticate
 from api.limits import RequestLimits
 from api.metrics import HTTP_LATENCY, HTTP_REQUESTS, TailerMetrics
-from api.routes import agents, chat, conversations, health, runs
+from api.openai import routes as chat
+from api.routes import agents, conversations, health, runs
 from api.state import AppState
 from runtime import heap
 from runtime.settings import Settings

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 
 from api.state import AppState
-from runtime import bus, keys, wire
-from runtime.runs import through_outage
+from runtime.store import keyspace
+from runtime.store.runs import through_outage
+from runtime.stream import bus, wire
 
 TERMINAL = ("completed", "failed", "cancelled")
 WAIT_TERMINAL_S = 10.0
@@ -33,7 +34,7 @@ async def cancel_run(state: AppState, conversation_id: str, run_id: str) -> str:
         return status
     await state.runs.request_cancel(conversation_id, run_id)
     if status == "created":
-        first = await bus.last_seq(state.redis, keys.run_stream(conversation_id, run_id)) + 1
+        first = await bus.last_seq(state.redis, keyspace.run_stream(conversation_id, run_id)) + 1
         ended = await state.runs.finish(
             run_id,
             conversation_id=conversation_id,
@@ -62,7 +63,7 @@ async def cancel_abandoned(state: AppState, conversation_id: str, run_id: str) -
 
 async def wait_terminal(state: AppState, conversation_id: str, run_id: str, timeout_s: float = WAIT_TERMINAL_S) -> str:
     """The run's status once terminal, or its current status after ``timeout_s``."""
-    stream_key = keys.run_stream(conversation_id, run_id)
+    stream_key = keyspace.run_stream(conversation_id, run_id)
     sub = state.tailers.subscribe(stream_key, max(0, await bus.last_seq(state.redis, stream_key) - 1))
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
@@ -84,7 +85,7 @@ async def cancel_conversation(state: AppState, conversation_id: str) -> dict[str
     is never stuck; run id -> status."""
     run_ids = await state.mailbox.run_ids(conversation_id)
     statuses = await asyncio.gather(*(cancel_run(state, conversation_id, r) for r in run_ids))
-    await state.redis.delete(keys.pending_approval(conversation_id))
+    await state.redis.delete(keyspace.pending_approval(conversation_id))
     return dict(zip(run_ids, statuses, strict=True))
 
 

@@ -3,7 +3,7 @@
 ``convoy serve`` on a laptop: embedded Redis (unless ``CONVOY_REDIS_URL``), a local Ray (unless
 ``RAY_ADDRESS``), the conversation hosts, and the API on 127.0.0.1:8283. The embedded Redis is
 supervised: if it dies, it is started again at once on the same port and data (see
-``runtime.embedded_redis``). Ctrl-C (or SIGTERM) stops the API, then Ray, then Redis, in that
+``runtime.store.embedded``). Ctrl-C (or SIGTERM) stops the API, then Ray, then Redis, in that
 order (Redis is not started again then), and leaves no process behind.
 
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
@@ -38,10 +38,10 @@ from collections.abc import Callable, Sequence
 import uvicorn
 
 from api import keys_cli
-from runtime.embedded_redis import EmbeddedRedis, recorded_url
 from runtime.errors import ConfigurationError, ConvoyError
 from runtime.logs import configure_logging
 from runtime.settings import Settings
+from runtime.store.embedded import EmbeddedRedis, recorded_url
 
 log = logging.getLogger("convoy")
 KEEP_ALIVE_S = 75

@@ -2,7 +2,7 @@
 
 An error raised before a response started gets a status from ``STATUS`` and a JSON body with a
 human-readable ``detail``. Once an SSE stream has started the status cannot change: failures
-then end the stream with an error item instead (see ``runtime.wire``).
+then end the stream with an error item instead (see ``runtime.stream.wire``).
 
 The OpenAI-compatible route answers in OpenAI's shape instead (``openai_error``): ``{"error":
 {"message", "type", "code", "param"}}``, always with ``x-should-retry: false``, because the

@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-from runtime.apikeys import KeyStore
-from runtime.embedded_redis import EmbeddedRedis, recorded_url
-from runtime.redis_client import connect
 from runtime.schemas.auth import DEFAULT_TENANT, TENANT_PATTERN
 from runtime.settings import Settings
+from runtime.store.api_keys import KeyStore
+from runtime.store.connection import connect
+from runtime.store.embedded import EmbeddedRedis, recorded_url
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 

@@ -36,12 +36,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
-from runtime import bus, keys
-from runtime.bus import StreamItem
 from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, OwnerLostError, RunFailure, StreamGoneError
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
-from runtime.wire import encode, error_message, failure_items
+from runtime.store import keyspace
+from runtime.stream import bus
+from runtime.stream.bus import StreamItem
+from runtime.stream.wire import encode, error_message, failure_items
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ async def check_cursor(state: AppState, conversation_id: str, run_id: str, after
     """Refuse a resume cursor that cannot be honoured exactly (before anything is sent)."""
     if after < 0:
         raise InvalidRequestError(f"starting_after must be >= 0, got {after}")
-    stream_key = keys.run_stream(conversation_id, run_id)
+    stream_key = keyspace.run_stream(conversation_id, run_id)
     last = await bus.last_seq(state.redis, stream_key)
     if last == 0:
         if not await state.runs.raw(conversation_id, run_id):
@@ -109,9 +110,9 @@ async def run_batches(
     ending with a terminal item; ``None`` marks each ``ping_interval_s`` of silence. ``stored`` is
     False for items the reader made up itself."""
     settings = state.settings
-    if after > 0 and await _has_everything(state, keys.run_stream(conversation_id, run_id), after):
+    if after > 0 and await _has_everything(state, keyspace.run_stream(conversation_id, run_id), after):
         return  # the client already has everything, [DONE] included
-    sub = state.tailers.subscribe(keys.run_stream(conversation_id, run_id), after)
+    sub = state.tailers.subscribe(keyspace.run_stream(conversation_id, run_id), after)
     watch = _Liveness()
     try:
         while True:
@@ -191,7 +192,7 @@ async def _stalled_ending(
         # Bounded: a frozen Redis accepts connections and never answers, and a client's patient
         # reconnects would hold this check (and so the reader's giving up) for minutes.
         async with asyncio.timeout(idle_s):
-            exists = await state.redis.exists(keys.run_stream(conversation_id, run_id))
+            exists = await state.redis.exists(keyspace.run_stream(conversation_id, run_id))
     except TimeoutError as exc:
         raise RedisTimeoutError(f"Redis did not answer within {idle_s:g} s") from exc
     if not exists:
@@ -204,7 +205,7 @@ async def _stalled_ending(
     if status not in ("created", "running"):
         return None  # ended: its terminal items are already in the stream
     entry = raw.get("mailbox_entry", "")
-    if not entry or not await state.redis.xrange(keys.mailbox(conversation_id), min=entry, max=entry):
+    if not entry or not await state.redis.xrange(keyspace.mailbox(conversation_id), min=entry, max=entry):
         # Unfinished, yet out of the mailbox: no owner will ever run or end it. End it here, in
         # the same atomic step an owner would use, so every reader sees the same ending.
         await _end_orphan(state, conversation_id, run_id, status)
@@ -224,7 +225,7 @@ async def _stalled_ending(
 
 
 async def _end_orphan(state: AppState, conversation_id: str, run_id: str, status: str) -> None:
-    first = await bus.last_seq(state.redis, keys.run_stream(conversation_id, run_id)) + 1
+    first = await bus.last_seq(state.redis, keyspace.run_stream(conversation_id, run_id)) + 1
     failure = OwnerLostError("the run is no longer in its conversation's mailbox")
     await state.runs.finish(
         run_id,

@@ -13,15 +13,15 @@ from fastapi import Depends, Request
 from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
-from runtime.agents import AgentStore, ConversationStore
-from runtime.apikeys import Gate, KeyStore
-from runtime.bus import TailerPool
-from runtime.history import HistoryStore
 from runtime.providers.registry import Providers
-from runtime.redis_client import connect
-from runtime.runs import RunStore
 from runtime.settings import Settings
-from runtime.tools import ToolRegistry, load
+from runtime.store.agents import AgentStore, ConversationStore
+from runtime.store.api_keys import Gate, KeyStore
+from runtime.store.connection import connect
+from runtime.store.history import HistoryStore
+from runtime.store.runs import RunStore
+from runtime.stream.bus import TailerPool
+from runtime.tools.registry import ToolRegistry, load
 
 TAILERS_PER_PROCESS = 2
 

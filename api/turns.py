@@ -17,16 +17,16 @@ from redis.exceptions import RedisError
 from api.cancel import cancel_ahead_of
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
 from api.state import AppState
-from runtime import wire
 from runtime.errors import RateLimitedError, UnavailableError
 from runtime.ids import new_id
-from runtime.runs import UNFINISHED_RUN_TTL_S
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.messages import Ping, utcnow
 from runtime.schemas.requests import SendMessageRequest
 from runtime.schemas.runs import RequestConfig, RunView
 from runtime.schemas.turns import TurnRequest
+from runtime.store.runs import UNFINISHED_RUN_TTL_S
+from runtime.stream import wire
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import redis
 
-from runtime.embedded_redis import EmbeddedRedis
+from runtime.store.embedded import EmbeddedRedis
 from tests.fakes.providers import FakeProvider
 
 SERVE_START_TIMEOUT_S = 120.0

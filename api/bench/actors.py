@@ -44,13 +44,13 @@ from actors.directory import Lease
 from api.bench import GIB, KIB, MIB, Progress, Report, percentile, process_memory
 from api.state import AppState
 from api.turns import accept_turn
-from runtime import keys
-from runtime.embedded_redis import EmbeddedRedis
 from runtime.errors import ConvoyError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.auth import DEFAULT_TENANT, OPEN
 from runtime.schemas.requests import SendMessageRequest
 from runtime.settings import ECHO_MODEL_HANDLE, Settings
+from runtime.store import keyspace
+from runtime.store.embedded import EmbeddedRedis
 
 PASSIVATE_NEVER_S = 7 * 24 * 3600.0
 TURN_TEXT = "bench ping"
@@ -318,7 +318,7 @@ async def _turn(state: AppState, conv: ConversationRecord) -> _Turn:
     t0 = time.perf_counter()
     view = await accept_turn(state, OPEN, conv.ref(), SendMessageRequest(input=TURN_TEXT))
     call_s = time.perf_counter() - t0
-    sub = state.tailers.subscribe(keys.run_stream(view.conversation_id, view.id), after=1)  # seq 1 is the ping written on accept
+    sub = state.tailers.subscribe(keyspace.run_stream(view.conversation_id, view.id), after=1)  # seq 1 is the ping written on accept
     first_s: float | None = None
     try:
         while True:

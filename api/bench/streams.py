@@ -75,18 +75,20 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors import ray_boot, supervisor
 from api.bench import Progress, Report, percentile
 from api.state import TAILERS_PER_PROCESS, AppState
-from runtime import bus, heap, keys, wire
-from runtime.embedded_redis import EmbeddedRedis
+from runtime import heap
 from runtime.errors import ConvoyError
 from runtime.ids import new_id, segment_otid
-from runtime.redis_client import connect
-from runtime.runs import UNFINISHED_RUN_TTL_S, Fence, RunStore
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.messages import AssistantMessage, Ping, UsageStatistics, utcnow
 from runtime.schemas.requests import SendMessageRequest
 from runtime.schemas.runs import RunView
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import ECHO_MODEL_HANDLE, Settings
+from runtime.store import keyspace
+from runtime.store.connection import connect
+from runtime.store.embedded import EmbeddedRedis
+from runtime.store.runs import UNFINISHED_RUN_TTL_S, Fence, RunStore
+from runtime.stream import bus, wire
 
 # The baseline bus (Letta-style): batched writes, polled reads.
 FLUSH_ITEMS = 50
@@ -181,7 +183,7 @@ class Target:
 
     @property
     def stream_key(self) -> str:
-        return keys.run_stream(self.conversation_id, self.run_id)
+        return keyspace.run_stream(self.conversation_id, self.run_id)
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,7 @@ class Producer:
         return bus.ChunkWriter(
             redis,
             stream_key=target.stream_key,
-            epoch_key=keys.epoch(target.conversation_id),
+            epoch_key=keyspace.epoch(target.conversation_id),
             epoch=target.epoch,
             next_seq=await bus.last_seq(redis, target.stream_key) + 1,
             maxlen=self._settings.stream_maxlen,
@@ -869,7 +871,7 @@ async def _world(
     for start in range(0, count, CREATE_BATCH):
         batch = min(CREATE_BATCH, count - start)
         convs = await asyncio.gather(*(state.conversations.create(agent) for _ in range(batch)))
-        epochs = await asyncio.gather(*(state.redis.incr(keys.epoch(c.id)) for c in convs))
+        epochs = await asyncio.gather(*(state.redis.incr(keyspace.epoch(c.id)) for c in convs))
         world.conversations += [(c.id, int(e)) for c, e in zip(convs, epochs, strict=True)]
     say(f"created {count} conversations (agent {agent.id}), each with a fencing epoch")
     return world
@@ -1031,19 +1033,19 @@ async def _forget(world: World) -> None:
     redis = world.state.redis
     async with redis.pipeline(transaction=False) as pipe:
         for target in world.made_runs:
-            pipe.delete(keys.run(target.conversation_id, target.run_id), target.stream_key)  # one hash slot
-            pipe.delete(keys.run_ref(target.run_id))
-            pipe.zrem(keys.runs_index(DEFAULT_TENANT), target.run_id)
+            pipe.delete(keyspace.run(target.conversation_id, target.run_id), target.stream_key)  # one hash slot
+            pipe.delete(keyspace.run_ref(target.run_id))
+            pipe.zrem(keyspace.runs_index(DEFAULT_TENANT), target.run_id)
         for conversation_id, _ in world.conversations:
             pipe.delete(
-                keys.conversation(conversation_id),
-                keys.mailbox(conversation_id),
-                keys.epoch(conversation_id),
-                keys.conversation_runs(conversation_id),
+                keyspace.conversation(conversation_id),
+                keyspace.mailbox(conversation_id),
+                keyspace.epoch(conversation_id),
+                keyspace.conversation_runs(conversation_id),
             )
-            pipe.zrem(keys.conversations_index(DEFAULT_TENANT), conversation_id)
+            pipe.zrem(keyspace.conversations_index(DEFAULT_TENANT), conversation_id)
         pipe.delete(
-            keys.agent(world.agent_id), keys.agent_conversations(world.agent_id), keys.agent_runs(world.agent_id)
+            keyspace.agent(world.agent_id), keyspace.agent_conversations(world.agent_id), keyspace.agent_runs(world.agent_id)
         )
-        pipe.zrem(keys.agents_index(DEFAULT_TENANT), world.agent_id)
+        pipe.zrem(keyspace.agents_index(DEFAULT_TENANT), world.agent_id)
         await pipe.execute()

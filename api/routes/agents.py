@@ -15,7 +15,6 @@ from api.routes.conversations import send
 from api.sse import SSE_RESPONSES
 from api.state import AppState, State
 from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery
-from runtime.agents import default_conversation_id
 from runtime.errors import NotFoundError
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import (
@@ -23,6 +22,7 @@ from runtime.schemas.requests import (
     CreateAgentRequest,
     SendMessageRequest,
 )
+from runtime.store.agents import default_conversation_id
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 IdempotencyKey = Annotated[str | None, Header(max_length=256)]

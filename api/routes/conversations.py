@@ -14,11 +14,11 @@ from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
 from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
-from runtime import keys
 from runtime.errors import NotFoundError
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, ResumeRequest, SendMessageRequest
+from runtime.store import keyspace
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -127,7 +127,7 @@ async def resume(
     await state.conversations.get(conversation_id, tenant=caller.tenant)
     run_id = body.run_id
     if run_id is None and body.otid is not None:
-        found = await state.redis.get(keys.idempotency(conversation_id, f"otid:{body.otid}"))
+        found = await state.redis.get(keyspace.idempotency(conversation_id, f"otid:{body.otid}"))
         if found is None:
             raise NotFoundError(f"no run of conversation {conversation_id} was started by otid {body.otid}")
         run_id = found.decode()

@@ -20,7 +20,7 @@ Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
 
 
 class ApiKeyRecord(BaseModel):
-    """One key as stored (its secret never is: only its SHA-256 digest, see ``runtime.apikeys``)."""
+    """One key as stored (its secret never is: only its SHA-256 digest, see ``runtime.store.api_keys``)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 from httpx_sse import aconnect_sse
 
-from runtime import keys
+from runtime.store import keyspace
 from tests.conftest import eventually, wait_until
 
 LONG_WORDS = 1500  # the session server's echo model takes ~2 ms per word: a run of ~3 s
@@ -92,9 +92,9 @@ async def test_fifty_concurrent_sends_run_one_at_a_time_in_acceptance_order(
     runs = [(await client.get(f"/v1/runs/{rid}")).json() for rid in run_ids]
     assert all(run["status"] == "completed" for run in runs)
     # Acceptance order is the order of the runs' mailbox entries (Redis stream ids).
-    entry = {rid: store.hget(keys.run(conv, rid), "mailbox_entry") for rid in run_ids}
+    entry = {rid: store.hget(keyspace.run(conv, rid), "mailbox_entry") for rid in run_ids}
     accepted = sorted(run_ids, key=lambda rid: tuple(int(p) for p in entry[rid].split("-")))
-    ms = {rid: [int(v) for v in store.hmget(keys.run(conv, rid), "started_at_ms", "completed_at_ms")] for rid in run_ids}
+    ms = {rid: [int(v) for v in store.hmget(keyspace.run(conv, rid), "started_at_ms", "completed_at_ms")] for rid in run_ids}
     for earlier, later in itertools.pairwise(accepted):
         assert ms[earlier][1] <= ms[later][0], f"{later} started before {earlier} ended"
     history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 200})).json()
@@ -115,7 +115,7 @@ async def test_reject_answers_409_with_retry_after_while_busy(client: httpx.Asyn
     assert body["run_id"] == run_id
     items = await task
     assert stop_of(items) == "end_turn" and items[-1]["message_type"] == "[DONE]"
-    assert store.zrange(keys.conversation_runs(conv), 0, -1) == [run_id], "a refused send leaves no index entry"
+    assert store.zrange(keyspace.conversation_runs(conv), 0, -1) == [run_id], "a refused send leaves no index entry"
 
 
 async def test_queue_waits_for_the_active_run(client: httpx.AsyncClient) -> None:
@@ -172,7 +172,7 @@ async def test_cancel_a_queued_run_removes_it_from_the_mailbox(client: httpx.Asy
     _third_id, third = await first_item(client, conv, {"input": "runs next"})
     reply = await client.post(f"/v1/runs/{queued_id}/cancel")
     assert reply.json()["status"] == "cancelled"
-    mailbox = [f["r"] for _, f in store.xrange(keys.mailbox(conv))]
+    mailbox = [f["r"] for _, f in store.xrange(keyspace.mailbox(conv))]
     assert queued_id not in mailbox
     queued_items = await queued
     assert stop_of(queued_items) == "cancelled" and text_of(queued_items) == ""
@@ -205,10 +205,10 @@ async def test_idle_conversations_are_passivated_and_reactivate_with_history(
 ) -> None:
     conv = await new_conversation(client)
     assert text_of(await stream(client, conv, {"input": "remember me"})) == "remember me"
-    assert store.get(keys.lease(conv)) is not None, "active right after a turn"
+    assert store.get(keyspace.lease(conv)) is not None, "active right after a turn"
     # The session server passivates after CONVOY_IDLE_PASSIVATE_S=2.
-    await asyncio.to_thread(wait_until, lambda: store.get(keys.lease(conv)) is None, 15, 0.1, "passivation")
-    owners = store.smembers(keys.host_conversations("convoy-host-0")) | store.smembers(keys.host_conversations("convoy-host-1"))
+    await asyncio.to_thread(wait_until, lambda: store.get(keyspace.lease(conv)) is None, 15, 0.1, "passivation")
+    owners = store.smembers(keyspace.host_conversations("convoy-host-0")) | store.smembers(keyspace.host_conversations("convoy-host-1"))
     assert conv not in owners, "the host forgot it"
     items = await stream(client, conv, {"input": "again"})
     assert text_of(items) == "again"
@@ -222,8 +222,8 @@ async def test_killing_a_host_mid_run_fails_the_run_and_the_conversation_recover
     conv = await new_conversation(client)
     run_id, task = await first_item(client, conv, {"input": long_text("k", 5000)})
     await wait_running(client, run_id)
-    host = store.get(keys.lease(conv)).split("/")[0]
-    pid = json.loads(store.hget(keys.hosts(), host))["pid"]
+    host = store.get(keyspace.lease(conv)).split("/")[0]
+    pid = json.loads(store.hget(keyspace.hosts(), host))["pid"]
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
 
@@ -238,5 +238,5 @@ async def test_killing_a_host_mid_run_fails_the_run_and_the_conversation_recover
 
     items = await stream(client, conv, {"input": "are you back"})
     assert text_of(items) == "are you back" and stop_of(items) == "end_turn"
-    beat = json.loads(store.hget(keys.hosts(), host))
+    beat = json.loads(store.hget(keyspace.hosts(), host))
     assert beat["pid"] != pid, "Ray restarted the host"

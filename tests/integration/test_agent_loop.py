@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from runtime import keys
+from runtime.store import keyspace
 from tests.conftest import eventually
 from tests.fakes import gemini as fg
 from tests.fakes import providers as fp
@@ -419,12 +419,12 @@ async def test_an_answer_whose_host_dies_mid_run_closes_its_approval(
         lambda: len(fake_provider.calls(model)) >= 2 or answering.done(), 15, interval_s=0.02, message="the answer's step"
     )
     assert len(fake_provider.calls(model)) >= 2, "the answer's step never reached the model"
-    host = store.get(keys.lease(conv)).split("/")[0]
-    os.kill(json.loads(store.hget(keys.hosts(), host))["pid"], signal.SIGKILL)
+    host = store.get(keyspace.lease(conv)).split("/")[0]
+    os.kill(json.loads(store.hget(keyspace.hosts(), host))["pid"], signal.SIGKILL)
 
     died = await asyncio.wait_for(answering, 30)
     assert [e["error_type"] for e in died.errors] == ["owner_lost"] and died.run["status"] == "failed"
-    assert not store.exists(keys.pending_approval(conv)), "the failed answer must close its approval"
+    assert not store.exists(keyspace.pending_approval(conv)), "the failed answer must close its approval"
     turn = await send(client, conv, "still there?")
     assert turn.text == "Back again." and turn.stop_reason == "end_turn"
     sent = fake_provider.calls(model)[-1].body["messages"]

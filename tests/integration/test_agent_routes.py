@@ -17,8 +17,8 @@ import redis
 from httpx_sse import aconnect_sse
 from letta_client import Letta
 
-from runtime import keys
 from runtime.schemas.auth import DEFAULT_TENANT
+from runtime.store import keyspace
 from tests.conftest import Convoy
 from tests.fakes import providers as fp
 
@@ -196,8 +196,8 @@ async def test_delete_cancels_runs_and_removes_everything(
     for conv in (other.id, default_conversation(agent.id)):
         with pytest.raises(letta_client.NotFoundError):
             letta.conversations.retrieve(conv)
-        assert not store.exists(keys.conversation(conv), keys.history(conv), keys.mailbox(conv), keys.conversation_runs(conv))
-        assert store.zscore(keys.conversations_index(DEFAULT_TENANT), conv) is None
+        assert not store.exists(keyspace.conversation(conv), keyspace.history(conv), keyspace.mailbox(conv), keyspace.conversation_runs(conv))
+        assert store.zscore(keyspace.conversations_index(DEFAULT_TENANT), conv) is None
     assert agent.id not in [a.id for a in letta.agents.list(limit=1000)]
-    assert not store.exists(keys.agent(agent.id), keys.agent_conversations(agent.id), keys.agent_runs(agent.id))
-    assert store.zscore(keys.agents_index(DEFAULT_TENANT), agent.id) is None
+    assert not store.exists(keyspace.agent(agent.id), keyspace.agent_conversations(agent.id), keyspace.agent_runs(agent.id))
+    assert store.zscore(keyspace.agents_index(DEFAULT_TENANT), agent.id) is None

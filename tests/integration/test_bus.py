@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from runtime import bus
 from runtime.errors import FencedError
+from runtime.stream import bus
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 

@@ -13,7 +13,7 @@ import pytest
 from letta_client import Letta
 from openai import OpenAI
 
-from runtime.schemas.openai_chat import ChatTranslator
+from api.openai.schemas import ChatTranslator
 from tests.conftest import Convoy, wait_until
 from tests.fakes import gemini as fg
 from tests.fakes import providers as fp

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from runtime import keys
+from runtime.store import keyspace
 from tests.conftest import Convoy, start_convoy, stop_convoy, wait_until
 
 
@@ -32,16 +32,16 @@ def test_each_conversation_gets_its_own_process_until_passivated(dedicated: Conv
             reply = client.post(f"/v1/conversations/{conv}/messages", json={"input": "alone", "streaming": False})
             assert reply.status_code == 200 and reply.json()["messages"][0]["content"] == "alone"
             # Read at once: the conversation is passivated after 2 s of idleness.
-            owner = store.get(keys.lease(conv))
+            owner = store.get(keyspace.lease(conv))
             assert owner is not None, "a conversation is active right after its turn"
             hosts.append(owner.split("/")[0])
-            pids.add(json.loads(store.hget(keys.hosts(), hosts[-1]))["pid"])
+            pids.add(json.loads(store.hget(keyspace.hosts(), hosts[-1]))["pid"])
         assert hosts == [f"convoy-conv-{conv}" for conv in convs]
         assert len(pids) == 2, "two processes"
 
         # Passivated (CONVOY_IDLE_PASSIVATE_S=2 in tests): the actor leaves and frees its process.
-        wait_until(lambda: not store.hexists(keys.hosts(), hosts[0]), 20, 0.1, "the dedicated host to exit")
-        assert store.get(keys.lease(convs[0])) is None
+        wait_until(lambda: not store.hexists(keyspace.hosts(), hosts[0]), 20, 0.1, "the dedicated host to exit")
+        assert store.get(keyspace.lease(convs[0])) is None
         reply = client.post(f"/v1/conversations/{convs[0]}/messages", json={"input": "back", "streaming": False})
         assert reply.status_code == 200
         assert reply.json()["usage"]["prompt_tokens"] == len("alone alone back".split()), "history intact"

@@ -26,8 +26,9 @@ import redis
 import redis.asyncio as aioredis
 from httpx_sse import aconnect_sse
 
-from runtime import bus, keys
 from runtime.errors import FencedError
+from runtime.store import keyspace
+from runtime.stream import bus
 from tests.conftest import (
     Convoy,
     alive,
@@ -140,7 +141,7 @@ async def _going(server: Convoy, conv: str, run_id: str) -> None:
     store = redis.Redis.from_url(server.redis_url)
     try:
         await asyncio.to_thread(
-            wait_until, lambda: store.xlen(keys.run_stream(conv, run_id)) > 50, 15, 0.02, "the run to get going"
+            wait_until, lambda: store.xlen(keyspace.run_stream(conv, run_id)) > 50, 15, 0.02, "the run to get going"
         )
     finally:
         store.close()
@@ -150,7 +151,7 @@ def _held(server: Convoy, conv: str) -> tuple[str | None, str | None]:
     """The conversation's lease holder and fencing epoch (a fresh client: Redis may have restarted)."""
     store = redis.Redis.from_url(server.redis_url, decode_responses=True)
     try:
-        return store.get(keys.lease(conv)), store.get(keys.epoch(conv))
+        return store.get(keyspace.lease(conv)), store.get(keyspace.epoch(conv))
     finally:
         store.close()
 
@@ -175,11 +176,11 @@ async def _live_run_through_a_restart(server: Convoy, client: httpx.AsyncClient,
     run_id, live = await first_item(client, conv, {"input": text, "background": True})
     _, queued = await first_item(client, conv, {"input": f"queued before {how.name}"})
     await _going(server, conv, run_id)
-    owner = store.get(keys.lease(conv))
+    owner = store.get(keyspace.lease(conv))
     kill_redis(server, how)
 
     def subscribed() -> int:
-        return int(store.pubsub_shardnumsub(keys.run_stream(conv, run_id))[0][1])
+        return int(store.pubsub_shardnumsub(keyspace.run_stream(conv, run_id))[0][1])
 
     # The API's tailer listens to the stream's notifications again.
     await asyncio.to_thread(wait_until, subscribed, RECOVERY_S, 0.05, "the tailer to subscribe again")
@@ -192,7 +193,7 @@ async def _live_run_through_a_restart(server: Convoy, client: httpx.AsyncClient,
     resumed = [e for e in await read_events(client, f"/v1/runs/{run_id}/stream", {"starting_after": 0}) if "seq_id" in e]
     assert [i["seq_id"] for i in resumed] == seqs and text_of(resumed) == text
     # The run outlived the lease TTL: the owner kept renewing it through the restart.
-    assert store.get(keys.lease(conv)) == owner
+    assert store.get(keyspace.lease(conv)) == owner
 
 
 async def read_events(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -235,7 +236,7 @@ async def test_a_killed_redis_is_restarted_by_serve_and_runs_stream_through(rest
             assert health.status_code == 200, health.text
 
             def beating(since: float = restarted_at) -> bool:
-                return all(json.loads(b)["ts"] > since + 1 for b in store.hgetall(keys.hosts()).values())
+                return all(json.loads(b)["ts"] > since + 1 for b in store.hgetall(keyspace.hosts()).values())
 
             await asyncio.to_thread(wait_until, beating, 10, 0.1, "heartbeats after the restart")
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from runtime import keys
+from runtime.store import keyspace
 from tests.conftest import Convoy, start_convoy, stop_convoy, wait_until
 from tests.ray_cluster import RayCluster, RayNode, add_node, start_cluster
 
@@ -97,7 +97,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def heartbeats(store: redis.Redis) -> dict[str, dict[str, Any]]:
-    return {name: json.loads(raw) for name, raw in store.hgetall(keys.hosts()).items()}
+    return {name: json.loads(raw) for name, raw in store.hgetall(keyspace.hosts()).items()}
 
 
 def node_of(setup: Setup, pid: int) -> str | None:
@@ -120,7 +120,7 @@ def host_nodes(setup: Setup) -> dict[str, str]:
 
 def owner_of(store: redis.Redis, conversation_id: str) -> tuple[str, str] | None:
     """(host name, incarnation) from the conversation's lease ('<host>/<incarnation>[/...]')."""
-    value = store.get(keys.lease(conversation_id))
+    value = store.get(keyspace.lease(conversation_id))
     if not value:
         return None
     host, incarnation = value.split("/")[:2]

@@ -14,15 +14,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
-from runtime import bus, keys
 from runtime.errors import ConversationBusyError, FencedError, NotFoundError, StoreUnavailableError
-from runtime.history import HistoryStore
 from runtime.ids import new_id
-from runtime.redis_client import connect
-from runtime.runs import Fence, RunStore
 from runtime.schemas.messages import UserMessage, utcnow
 from runtime.schemas.runs import RunView
 from runtime.settings import Settings
+from runtime.store import keyspace
+from runtime.store.connection import connect
+from runtime.store.history import HistoryStore
+from runtime.store.runs import Fence, RunStore
+from runtime.stream import bus
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 
@@ -96,8 +97,8 @@ async def test_a_lapsed_lease_nobody_took_is_taken_back_by_its_owner(redis: aior
     await _lapsed(directory, conv)
     assert await directory.renew([lease]) == [], "a lapse is not a change of owner"
     assert await directory.owner(conv) == lease.owner
-    assert 0 < await redis.pttl(keys.lease(conv)) <= 1000, "taken back with its TTL"
-    assert int(await redis.get(keys.epoch(conv))) == lease.epoch, "taking it back is not a new acquisition"
+    assert 0 < await redis.pttl(keyspace.lease(conv)) <= 1000, "taken back with its TTL"
+    assert int(await redis.get(keyspace.epoch(conv))) == lease.epoch, "taking it back is not a new acquisition"
 
 
 async def test_a_lapsed_lease_someone_else_acquired_meanwhile_is_lost(redis: aioredis.Redis) -> None:
@@ -116,7 +117,7 @@ async def test_a_lapsed_lease_someone_else_acquired_meanwhile_is_lost(redis: aio
 
 
 async def _accept(redis: aioredis.Redis, mailbox: Mailbox, runs: RunStore, conv: str, on_busy: str = "queue") -> str:
-    await redis.set(keys.conversation(conv), b"{}", nx=True)  # a turn needs its conversation to exist
+    await redis.set(keyspace.conversation(conv), b"{}", nx=True)  # a turn needs its conversation to exist
     run_id = new_id("run")
     view = RunView(id=run_id, agent_id="agent-x", conversation_id=conv, created_at=utcnow())
     await runs.index(view)
@@ -143,22 +144,22 @@ async def test_a_conversation_that_is_gone_takes_no_turn(redis: aioredis.Redis) 
     mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
     conv = new_id("conv")
     await _accept(redis, mailbox, runs, conv)
-    await redis.delete(keys.conversation(conv))
+    await redis.delete(keyspace.conversation(conv))
     run_id = new_id("run")
     view = RunView(id=run_id, agent_id="agent-x", conversation_id=conv, created_at=utcnow())
     with pytest.raises(NotFoundError):
         await mailbox.accept(
             conv, run_id, b"{}", on_busy="queue", run_fields=runs.initial_fields(view), first_item=b"{}", stream_ttl_s=60, run_ttl_s=60
         )
-    assert await mailbox.depth(conv) == 1 and not await redis.exists(keys.run(conv, run_id), keys.run_stream(conv, run_id))
+    assert await mailbox.depth(conv) == 1 and not await redis.exists(keyspace.run(conv, run_id), keyspace.run_stream(conv, run_id))
 
 
 async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redis: aioredis.Redis) -> None:
     mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
     conv = new_id("conv")
-    await redis.set(keys.epoch(conv), 3)
+    await redis.set(keyspace.epoch(conv), 3)
     run_id = await _accept(redis, mailbox, runs, conv)
-    entry_id = (await redis.xrange(keys.mailbox(conv)))[0][0].decode()
+    entry_id = (await redis.xrange(keyspace.mailbox(conv)))[0][0].decode()
 
     with pytest.raises(FencedError):
         await runs.start(Fence(conv, 2), run_id)
@@ -185,7 +186,7 @@ async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redi
 async def test_take_starts_the_oldest_entry_in_one_fenced_step(redis: aioredis.Redis) -> None:
     mailbox, runs = Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100)
     conv = new_id("conv")
-    await redis.set(keys.epoch(conv), 3)
+    await redis.set(keyspace.epoch(conv), 3)
     assert await mailbox.take(Fence(conv, 3, "h/a/1")) is None, "nothing to take"
     first, second = await _accept(redis, mailbox, runs, conv), await _accept(redis, mailbox, runs, conv)
 
@@ -236,7 +237,7 @@ async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
     owner = _through(proxy)
     mailbox, runs, history = Mailbox(owner), RunStore(owner, ttl_s=60, maxlen=100), HistoryStore(owner)
     conv = new_id("conv")
-    await redis.set(keys.epoch(conv), 3)
+    await redis.set(keyspace.epoch(conv), 3)
     run_id = await _accept(redis, Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100), conv)
     fence = Fence(conv, 3, "h/a/1", patience_s=OWNER_PATIENCE_S)
     try:
@@ -255,7 +256,7 @@ async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
         assert await runs.steps(conv, run_id) == [{"id": "step-1", "status": "success"}]
 
         writer = bus.ChunkWriter(
-            owner, stream_key=keys.run_stream(conv, run_id), epoch_key=keys.epoch(conv), epoch=3, next_seq=2,
+            owner, stream_key=keyspace.run_stream(conv, run_id), epoch_key=keyspace.epoch(conv), epoch=3, next_seq=2,
             maxlen=100, ttl_s=60, patience_s=OWNER_PATIENCE_S,
         )
         await writer.write("data", b"a")
@@ -271,7 +272,7 @@ async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
             items=[(5, "data", b"stop"), (6, "done", b"[DONE]")], mailbox_entry=taken.entry.entry_id,
         )
         assert done, "a re-sent end that had landed counts as done"
-        stored = await bus.read_after(redis, keys.run_stream(conv, run_id), 1)
+        stored = await bus.read_after(redis, keyspace.run_stream(conv, run_id), 1)
         assert [(i.seq, i.payload) for i in stored] == [(2, b"a"), (3, b"b"), (4, b"c"), (5, b"stop"), (6, b"[DONE]")]
         assert (await runs.get(run_id, tenant=None)).status == "completed" and await Mailbox(redis).depth(conv) == 0
         assert len(proxy.connections) > 5, "every write above lost its first reply and was sent again"
@@ -284,7 +285,7 @@ async def test_an_owner_stops_waiting_for_an_unreachable_redis_after_its_patienc
 ) -> None:
     owner = _through(proxy)
     conv = new_id("conv")
-    await redis.set(keys.epoch(conv), 3)
+    await redis.set(keyspace.epoch(conv), 3)
     fence = Fence(conv, 3, "h/a/1", patience_s=1.5)
     try:
         assert await owner.ping()
@@ -307,7 +308,7 @@ async def test_a_run_whose_owner_died_right_after_ending_it_keeps_no_key_for_a_w
     Both now leave together."""
     owner = _through(proxy)
     conv = new_id("conv")
-    await redis.set(keys.epoch(conv), 3)
+    await redis.set(keyspace.epoch(conv), 3)
     earlier, run_id = [await _accept(redis, Mailbox(redis), RunStore(redis, ttl_s=60, maxlen=100), conv) for _ in range(2)]
     runs = RunStore(owner, ttl_s=60, maxlen=100)
     try:
@@ -320,6 +321,6 @@ async def test_a_run_whose_owner_died_right_after_ending_it_keeps_no_key_for_a_w
                     items=[(2, "done", b"[DONE]")],
                 )
         assert (await RunStore(redis, ttl_s=60, maxlen=100).get(run_id, tenant=None)).status == "completed"
-        assert 0 < await redis.ttl(keys.run_ref(run_id)) <= 60, "the reference expires with the ended run"
+        assert 0 < await redis.ttl(keyspace.run_ref(run_id)) <= 60, "the reference expires with the ended run"
     finally:
         await owner.aclose()

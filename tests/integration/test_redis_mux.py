@@ -13,9 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime.redis_client import RECONNECT_PATIENCE_S, connect
-from runtime.redis_mux import MultiplexedRedis
 from runtime.settings import Settings
+from runtime.store.connection import RECONNECT_PATIENCE_S, connect
+from runtime.store.mux import MultiplexedRedis
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 

@@ -12,7 +12,7 @@ import httpx
 import redis
 from httpx_sse import aconnect_sse
 
-from runtime import keys
+from runtime.store import keyspace
 from tests.conftest import Convoy, eventually
 from tests.integration.test_actors import first_item, long_text, new_conversation, stop_of, text_of
 
@@ -58,7 +58,7 @@ async def test_resume_a_live_run_at_several_cursors_gives_the_same_items_once(
 ) -> None:
     conv = await new_conversation(client)
     run_id, original = await first_item(client, conv, {"input": long_text("live", 600), "background": True})
-    await eventually(lambda: store.xlen(keys.run_stream(conv, run_id)) >= 60, 15, message="the run to get going")
+    await eventually(lambda: store.xlen(keyspace.run_stream(conv, run_id)) >= 60, 15, message="the run to get going")
     cursors = [0, 1, 5, 50]
     resumes = [
         asyncio.create_task(read(client, "POST", f"/v1/runs/{run_id}/stream", json={"starting_after": c}))
@@ -95,7 +95,7 @@ async def test_two_replicas_racing_to_activate_one_conversation(client: httpx.As
             texts = sorted(r.json()["messages"][0]["content"] for r in replies)
             assert texts == sorted([f"from one {attempt}", f"from two {attempt}"])
             run_ids = [r.json()["messages"][0]["run_id"] for r in replies]
-            owners = {store.hget(keys.run(conv, rid), "owner") for rid in run_ids}
+            owners = {store.hget(keyspace.run(conv, rid), "owner") for rid in run_ids}
             assert len(owners) == 1, f"one activation ran both turns: {owners}"
 
 
@@ -144,7 +144,7 @@ async def _stream(client: httpx.AsyncClient, conv: str, text: str | None, **extr
 
 async def test_trimmed_and_expired_cursors_are_refused_not_skipped(client: httpx.AsyncClient, store: redis.Redis) -> None:
     conv, run_id, full = await finished_run(client, words=30)
-    stream_key = keys.run_stream(conv, run_id)
+    stream_key = keyspace.run_stream(conv, run_id)
     store.xtrim(stream_key, minid="0-10", approximate=False)  # what MAXLEN trimming does to a long run
     gone = await client.post(f"/v1/runs/{run_id}/stream", json={"starting_after": 3})
     assert gone.status_code == 410 and "trimmed" in gone.json()["detail"]
@@ -172,10 +172,10 @@ async def _ownerless_run(client: httpx.AsyncClient, store: redis.Redis) -> tuple
     """A run whose producer is gone for good: running, one item, and no process owning it."""
     run_id = f"run-{uuid.uuid4()}"
     conv = await new_conversation(client)
-    store.hset(keys.run(conv, run_id), mapping={"status": "running"})
-    store.hset(keys.run(conv, run_id), "doc", json.dumps({"id": run_id, "agent_id": "agent-x", "conversation_id": conv, "created_at": "2026-01-01T00:00:00Z"}))
-    store.set(keys.run_ref(run_id), conv)
-    store.xadd(keys.run_stream(conv, run_id), {"k": "data", "p": json.dumps({"message_type": "ping", "run_id": run_id, "seq_id": 1})}, id="0-1")
+    store.hset(keyspace.run(conv, run_id), mapping={"status": "running"})
+    store.hset(keyspace.run(conv, run_id), "doc", json.dumps({"id": run_id, "agent_id": "agent-x", "conversation_id": conv, "created_at": "2026-01-01T00:00:00Z"}))
+    store.set(keyspace.run_ref(run_id), conv)
+    store.xadd(keyspace.run_stream(conv, run_id), {"k": "data", "p": json.dumps({"message_type": "ping", "run_id": run_id, "seq_id": 1})}, id="0-1")
     return conv, run_id
 
 
@@ -185,7 +185,7 @@ async def test_a_reader_whose_stream_vanishes_ends_with_an_error(client: httpx.A
         events = source.aiter_sse()
         first = await anext(events)
         assert first.id == "1"
-        store.delete(keys.run_stream(conv, run_id))  # expired under a waiting reader
+        store.delete(keyspace.run_stream(conv, run_id))  # expired under a waiting reader
         rest = [sse async for sse in events]
     error = next(e for e in rest if e.event == "error")
     assert json.loads(error.data)["error_type"] == "stream_lost"
@@ -220,7 +220,7 @@ async def test_same_otid_joins_the_existing_run(client: httpx.AsyncClient, store
     resumed = stored(await read(client, "POST", f"/v1/conversations/{conv}/stream", json={"otid": body["messages"][0]["otid"]}))
     assert json.loads(resumed[0][2])["run_id"] == first[0]["run_id"]
     # The retries left no trace: the conversation's index holds exactly its two runs.
-    assert sorted(store.zrange(keys.conversation_runs(conv), 0, -1)) == sorted([first[0]["run_id"], one.json()["messages"][0]["run_id"]])
+    assert sorted(store.zrange(keyspace.conversation_runs(conv), 0, -1)) == sorted([first[0]["run_id"], one.json()["messages"][0]["run_id"]])
 
 
 async def test_runs_list_and_history_pages(client: httpx.AsyncClient) -> None:

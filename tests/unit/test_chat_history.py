@@ -3,7 +3,7 @@ conversion of the whole history."""
 
 from __future__ import annotations
 
-from runtime.chat_history import ChatCache, to_chat
+from runtime.agent.prompt import ChatCache, to_chat
 from runtime.ids import new_id
 from runtime.schemas.messages import (
     ApprovalRequestMessage,

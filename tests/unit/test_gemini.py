@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from runtime.chat_history import to_chat
+from runtime.agent.prompt import to_chat
+from runtime.agent.step import StepAssembler
 from runtime.errors import (
     LLMAuthenticationError,
     LLMBadRequestError,
@@ -45,7 +46,6 @@ from runtime.providers.gemini import GeminiAdapter, contents, make_client
 from runtime.providers.gemini_schema import function_parameters
 from runtime.providers.stream import StreamPolicy, guarded
 from runtime.schemas.messages import HistoryMessage, StreamItem, ToolReturnMessage, UserMessage
-from runtime.step import StepAssembler
 from tests.fakes import gemini as fg
 from tests.fakes.providers import OAUTH_TOKEN, FakeProvider, Hang, Stream, paced
 from tests.fakes.providers import Usage as WireUsage

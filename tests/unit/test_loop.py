@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from runtime.agent.loop import model_for, run_turn
 from runtime.errors import InvalidRequestError, LLMEmptyResponseError
 from runtime.ids import new_id, segment_otid
-from runtime.loop import model_for, run_turn
 from runtime.providers.echo import EchoAdapter
 from runtime.providers.events import Finish, LLMEvent, LLMRequest, ResponseInfo, Usage
 from runtime.providers.handles import split_handle
@@ -23,7 +23,7 @@ from runtime.schemas.messages import AssistantMessage, StreamItem, UserMessage, 
 from runtime.schemas.requests import MessageCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
-from runtime.tools import ToolRegistry
+from runtime.tools.registry import ToolRegistry
 
 
 def _agent(model: str = "echo/echo") -> AgentRecord:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from runtime.chat_history import to_chat
+from runtime.agent.prompt import to_chat
+from runtime.agent.step import StepAssembler
 from runtime.errors import (
     LLMAuthenticationError,
     LLMBadRequestError,
@@ -27,7 +28,6 @@ from runtime.schemas.messages import (
     ToolReturnMessage,
     UserMessage,
 )
-from runtime.step import StepAssembler
 
 EVENTS = [
     ReasoningDelta("think"),

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.context import fit, render_system
+from runtime.agent.context import fit, render_system
 from runtime.errors import InputOverflowError, InvalidRequestError, SystemPromptOverflowError
 from runtime.ids import new_id
 from runtime.providers.events import ChatMessage
 from runtime.schemas.agents import AgentRecord
 from runtime.schemas.messages import utcnow
 from runtime.schemas.requests import MemoryBlock
-from runtime.tools import ToolRegistry
+from runtime.tools.registry import ToolRegistry
 
 
 async def test_schema_from_type_hints_and_results_for_every_failure() -> None:

@@ -52,9 +52,9 @@ from api.bench.soak.ledger import FAULTS, OUTAGE, Ledger
 from api.bench.soak.serverlog import summarize
 from api.bench.soak.upstream import ScriptedUpstream
 from api.bench.soak.workload import SoakClient
-from runtime.embedded_redis import recorded_url
 from runtime.errors import ConvoyError
 from runtime.settings import Settings
+from runtime.store.embedded import recorded_url
 
 IDLE_PASSIVATE_S = 2.0
 PING_INTERVAL_S = 2.0

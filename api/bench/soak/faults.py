@@ -55,7 +55,7 @@ from api.bench.soak.ledger import (
 )
 from api.bench.soak.sse import Transcript
 from api.bench.soak.turns import Turns
-from runtime import keys
+from runtime.store import keyspace
 
 RECOVERY_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 30.0
@@ -141,7 +141,7 @@ class Injector:
         return self._canaries.get(target) or next(iter(self._canaries.values()), None)
 
     async def _kill(self, conversation_id: str, target: str, started: float) -> Fault:
-        owner = await self._redis.get(keys.lease(conversation_id))
+        owner = await self._redis.get(keyspace.lease(conversation_id))
         holder = host_of(owner.decode()) if owner else target
         hosts = await host_names(self._redis)
         host = holder if holder in hosts else target
@@ -159,7 +159,7 @@ class Injector:
         return fault
 
     async def _held(self, host: str) -> set[str]:
-        return {m.decode() for m in await self._redis.smembers(keys.host_conversations(host))}
+        return {m.decode() for m in await self._redis.smembers(keyspace.host_conversations(host))}
 
     async def _recover(self, fault: Fault) -> None:
         """Wait (bounded) for the host to heartbeat with a new pid."""

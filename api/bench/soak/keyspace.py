@@ -1,6 +1,6 @@
 """The Redis invariants: idle conversations passivated, and no leaked keys.
 
-Key names come from ``runtime.keys`` (the one module that spells them), derived from the ids the
+Key names come from ``runtime.store.keyspace`` (the one module that spells them), derived from the ids the
 soak knows: its agents, conversations and runs, and the live hosts. After the settle wait:
 
 - **passivated**: within a bounded wait, no conversation of the soak holds a lease and every
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from api.bench.soak.ledger import KEYS, PASSIVATED, Ledger, RunRecord, near_kill
-from runtime import keys
+from runtime.store import keyspace
 
 SCAN_COUNT = 1000
 PIPELINE = 500
@@ -42,12 +42,12 @@ class KeyFigures:
 
 
 async def scan(redis: aioredis.Redis) -> set[str]:
-    return {k.decode() async for k in redis.scan_iter(match=f"{keys.PREFIX}:*", count=SCAN_COUNT)}
+    return {k.decode() async for k in redis.scan_iter(match=f"{keyspace.PREFIX}:*", count=SCAN_COUNT)}
 
 
 async def host_names(redis: aioredis.Redis) -> dict[str, int]:
     """Live hosts: name -> pid (from their heartbeats)."""
-    beats = await redis.hgetall(keys.hosts())
+    beats = await redis.hgetall(keyspace.hosts())
     return {name.decode(): int(json.loads(beat)["pid"]) for name, beat in beats.items()}
 
 
@@ -70,11 +70,11 @@ async def _active(redis: aioredis.Redis, ledger: Ledger) -> tuple[list[str], dic
     ids = list(ledger.conversations)
     async with redis.pipeline(transaction=False) as pipe:
         for conv in ids:
-            pipe.exists(keys.lease(conv))
+            pipe.exists(keyspace.lease(conv))
         leased = await pipe.execute()
     held: dict[str, set[bytes]] = {}
     for host in await host_names(redis):
-        members = await redis.smembers(keys.host_conversations(host))
+        members = await redis.smembers(keyspace.host_conversations(host))
         if members:
             held[host] = members
     return [c for c, found in zip(ids, leased, strict=True) if found], held
@@ -130,17 +130,17 @@ async def _owned(redis: aioredis.Redis, ledger: Ledger, agents: Iterable[str]) -
     """Keys with an owner: key -> whether that owner is alive."""
     owners: dict[str, list[str]] = {}
     for agent in agents:
-        owners[keys.agent(agent)] = [keys.agent(agent), keys.agent_conversations(agent), keys.agent_runs(agent)]
+        owners[keyspace.agent(agent)] = [keyspace.agent(agent), keyspace.agent_conversations(agent), keyspace.agent_runs(agent)]
     for conv in ledger.conversations:
-        owners[keys.conversation(conv)] = [
-            keys.conversation(conv),
-            keys.mailbox(conv),
-            keys.mailbox_cursor(conv),
-            keys.epoch(conv),
-            keys.history(conv),
-            keys.history_index(conv),
-            keys.conversation_runs(conv),
-            keys.pending_approval(conv),
+        owners[keyspace.conversation(conv)] = [
+            keyspace.conversation(conv),
+            keyspace.mailbox(conv),
+            keyspace.mailbox_cursor(conv),
+            keyspace.epoch(conv),
+            keyspace.history(conv),
+            keyspace.history_index(conv),
+            keyspace.conversation_runs(conv),
+            keyspace.pending_approval(conv),
         ]
     records = list(owners)
     async with redis.pipeline(transaction=False) as pipe:
@@ -150,9 +150,9 @@ async def _owned(redis: aioredis.Redis, ledger: Ledger, agents: Iterable[str]) -
     live = {record for record, present in zip(records, alive, strict=True) if present}
     owned = {key: record in live for record, owned_keys in owners.items() for key in owned_keys}
     hosts = await host_names(redis)
-    owned[keys.hosts()] = bool(hosts)
+    owned[keyspace.hosts()] = bool(hosts)
     for host in hosts:
-        owned[keys.host_conversations(host)] = owned[keys.host_bell(host)] = True
+        owned[keyspace.host_conversations(host)] = owned[keyspace.host_bell(host)] = True
     return owned
 
 
@@ -161,15 +161,15 @@ def _run_keys(ledger: Ledger) -> dict[str, RunRecord]:
     found: dict[str, RunRecord] = {}
     for run in ledger.runs.values():
         conv = run.conversation_id
-        for key in (keys.run(conv, run.run_id), keys.run_stream(conv, run.run_id), keys.run_steps(conv, run.run_id)):
+        for key in (keyspace.run(conv, run.run_id), keyspace.run_stream(conv, run.run_id), keyspace.run_steps(conv, run.run_id)):
             found[key] = run
-        found[keys.run_ref(run.run_id)] = run
+        found[keyspace.run_ref(run.run_id)] = run
     return found
 
 
 async def _ended_near_kill(redis: aioredis.Redis, ledger: Ledger, run: RunRecord) -> str:
     """For a violation's text: when the run ended, next to the nearest fault's kill (if any)."""
-    ended_ms = await redis.hget(keys.run(run.conversation_id, run.run_id), "completed_at_ms")
+    ended_ms = await redis.hget(keyspace.run(run.conversation_id, run.run_id), "completed_at_ms")
     return "" if ended_ms is None else near_kill(ledger.faults, int(ended_ms) / 1000, f"{run.op} run ended")
 
 
@@ -178,8 +178,8 @@ async def _check_conversations(redis: aioredis.Redis, ledger: Ledger) -> None:
     ids = list(ledger.conversations)
     async with redis.pipeline(transaction=False) as pipe:
         for conv in ids:
-            pipe.xlen(keys.mailbox(conv))
-            pipe.exists(keys.pending_approval(conv))
+            pipe.xlen(keyspace.mailbox(conv))
+            pipe.exists(keyspace.pending_approval(conv))
         replies = await pipe.execute()
     for i, conv in enumerate(ids):
         depth, pending = replies[2 * i], replies[2 * i + 1]
@@ -193,10 +193,10 @@ async def _dangling(redis: aioredis.Redis, ledger: Ledger) -> int:
     """Entries of the soak's conversations' run indexes whose run does not exist."""
     count = 0
     for conv in ledger.conversations:
-        members = [m.decode() for m in await redis.zrange(keys.conversation_runs(conv), 0, -1)]
+        members = [m.decode() for m in await redis.zrange(keyspace.conversation_runs(conv), 0, -1)]
         async with redis.pipeline(transaction=False) as pipe:
             for run_id in members:
-                pipe.exists(keys.run(conv, run_id))
+                pipe.exists(keyspace.run(conv, run_id))
             found = await pipe.execute()
         count += sum(1 for present in found if not present)
     return count

@@ -21,7 +21,7 @@ from runtime.ids import new_id
 from runtime.providers.events import ToolCall, ToolSpec
 from runtime.schemas.messages import ApprovalRequestMessage, ToolReturnMessage
 from runtime.schemas.requests import ApprovalCreate, ApprovalReturn, ClientTool, ToolReturnCreate
-from runtime.tools import ToolRegistry, ToolResult
+from runtime.tools.registry import ToolRegistry, ToolResult
 
 NO_PARAMETERS = {"type": "object", "properties": {}}
 

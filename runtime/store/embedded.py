@@ -14,7 +14,7 @@ Started by ``convoy serve`` when ``CONVOY_REDIS_URL`` is unset. Guarantees:
   started again after a growing, bounded pause (``RESTART_BACKOFF_S`` doubling up to
   ``RESTART_BACKOFF_MAX_S``). It is never started again once ``stop()`` began. Clients ride
   through the gap: they reconnect patiently, and a conversation's owner sends its writes again
-  (``runtime.redis_client``, ``runtime.runs``);
+  (``runtime.store.connection``, ``runtime.store.runs``);
 - it never outlives Convoy: ``stop()`` ends it, and on Linux the kernel ends it too if the
   Convoy process dies without cleaning up (parent-death signal);
 - two Convoys cannot share one data directory: the second is refused with the owner's pid; a
@@ -31,8 +31,8 @@ window at the price of an fsync per turn of Redis's event loop, and every stream
 write; the Convoy processes running those turns die in a machine crash anyway, and their runs end
 as ``owner_lost``.
 
-What Convoy does while Redis is away is described in ``runtime.redis_client`` (clients wait and
-reconnect), ``runtime.runs`` (an owner's writes are sent again) and ``runtime.bus`` (a streaming
+What Convoy does while Redis is away is described in ``runtime.store.connection`` (clients wait and
+reconnect), ``runtime.store.runs`` (an owner's writes are sent again) and ``runtime.stream.bus`` (a streaming
 run carries on).
 """
 

@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from runtime import keys
 from runtime.errors import NotFoundError
 from runtime.ids import new_id
 from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
 from runtime.schemas.messages import utcnow
+from runtime.store import keyspace
 
 MAX_PAGE = 1000
 CONVERSATION_REFS_MAX = 100_000
@@ -61,18 +61,18 @@ class AgentStore:
             **extra,  # type: ignore[arg-type]
         )
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.agent(agent_id), record.model_dump_json())
-            pipe.zadd(keys.agents_index(tenant), {agent_id: now.timestamp()})
+            pipe.set(keyspace.agent(agent_id), record.model_dump_json())
+            pipe.zadd(keyspace.agents_index(tenant), {agent_id: now.timestamp()})
             await pipe.execute()
         return record
 
     async def get(self, agent_id: str, *, tenant: str | None) -> AgentRecord:
         """The agent; 404 if it is unknown or another tenant's (``tenant=None``: any tenant, for
         Convoy's own processes)."""
-        return _owned(await self._redis.get(keys.agent(agent_id)), AgentRecord, tenant, f"agent {agent_id}")
+        return _owned(await self._redis.get(keyspace.agent(agent_id)), AgentRecord, tenant, f"agent {agent_id}")
 
     async def list(self, *, tenant: str, limit: int = 50, after: str | None = None) -> list[AgentRecord]:
-        raws = await _page(self._redis, keys.agents_index(tenant), keys.agent, limit, after)
+        raws = await _page(self._redis, keyspace.agents_index(tenant), keyspace.agent, limit, after)
         return [AgentRecord.model_validate_json(raw) for raw in raws]
 
     async def update(self, agent_id: str, changes: dict[str, Any]) -> AgentRecord:
@@ -81,7 +81,7 @@ class AgentStore:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
-        key = keys.agent(agent_id)
+        key = keyspace.agent(agent_id)
         updated: list[AgentRecord] = []
 
         async def apply(pipe: Pipeline) -> None:
@@ -100,7 +100,7 @@ class AgentStore:
         """Remove the agent, its conversations and every index entry of theirs in one step; the
         ids of the conversations removed. 404 if the agent is already gone. A conversation created
         for the agent meanwhile is removed too (its index is watched)."""
-        agent_key, index = keys.agent(agent_id), keys.agent_conversations(agent_id)
+        agent_key, index = keyspace.agent(agent_id), keyspace.agent_conversations(agent_id)
         removed: list[str] = []
 
         async def remove(pipe: Pipeline) -> None:
@@ -110,13 +110,13 @@ class AgentStore:
             tenant = AgentRecord.model_validate_json(raw).tenant
             conversation_ids = [i.decode() for i in await pipe.zrange(index, 0, -1)]
             pipe.multi()
-            pipe.delete(agent_key, index, keys.agent_runs(agent_id))
-            pipe.zrem(keys.agents_index(tenant), agent_id)
+            pipe.delete(agent_key, index, keyspace.agent_runs(agent_id))
+            pipe.zrem(keyspace.agents_index(tenant), agent_id)
             if conversation_ids:
-                pipe.zrem(keys.conversations_index(tenant), *conversation_ids)
+                pipe.zrem(keyspace.conversations_index(tenant), *conversation_ids)
             for conv_id in conversation_ids:
                 pipe.delete(*_conversation_keys(conv_id))
-                pipe.expire(keys.epoch(conv_id), epoch_ttl_s)
+                pipe.expire(keyspace.epoch(conv_id), epoch_ttl_s)
             removed[:] = conversation_ids
 
         await self._redis.transaction(remove, agent_key, index)
@@ -159,9 +159,9 @@ class ConversationStore:
             id=conv_id, agent_id=agent_id, tenant=agent.tenant, summary=summary, model=model, created_at=now, updated_at=now
         )
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.conversation(conv_id), record.model_dump_json())
-            pipe.zadd(keys.conversations_index(agent.tenant), {conv_id: now.timestamp()})
-            pipe.zadd(keys.agent_conversations(agent_id), {conv_id: now.timestamp()})
+            pipe.set(keyspace.conversation(conv_id), record.model_dump_json())
+            pipe.zadd(keyspace.conversations_index(agent.tenant), {conv_id: now.timestamp()})
+            pipe.zadd(keyspace.agent_conversations(agent_id), {conv_id: now.timestamp()})
             await pipe.execute()
         return record
 
@@ -171,30 +171,30 @@ class ConversationStore:
         (see the module docstring)."""
         agent_id = agent.id
         conv_id = default_conversation_id(agent_id)
-        raw = await self._redis.get(keys.conversation(conv_id))
+        raw = await self._redis.get(keyspace.conversation(conv_id))
         if raw is not None:
             return ConversationRecord.model_validate_json(raw)
 
         async def create(pipe: Pipeline) -> None:
-            if not await pipe.exists(keys.agent(agent_id)):
+            if not await pipe.exists(keyspace.agent(agent_id)):
                 raise NotFoundError(f"agent {agent_id} not found")
             now = utcnow()
             record = ConversationRecord(id=conv_id, agent_id=agent_id, tenant=agent.tenant, created_at=now, updated_at=now)
             pipe.multi()
-            pipe.set(keys.conversation(conv_id), record.model_dump_json(), nx=True)
-            pipe.zadd(keys.conversations_index(agent.tenant), {conv_id: now.timestamp()}, nx=True)
-            pipe.zadd(keys.agent_conversations(agent_id), {conv_id: now.timestamp()}, nx=True)
-            pipe.get(keys.conversation(conv_id))
+            pipe.set(keyspace.conversation(conv_id), record.model_dump_json(), nx=True)
+            pipe.zadd(keyspace.conversations_index(agent.tenant), {conv_id: now.timestamp()}, nx=True)
+            pipe.zadd(keyspace.agent_conversations(agent_id), {conv_id: now.timestamp()}, nx=True)
+            pipe.get(keyspace.conversation(conv_id))
 
         # WATCH the agent: a delete that lands in between aborts this and the retry sees it gone.
-        results = await self._redis.transaction(create, keys.agent(agent_id))
+        results = await self._redis.transaction(create, keyspace.agent(agent_id))
         return ConversationRecord.model_validate_json(results[-1])  # the winner's record
 
     async def default_of(self, agent_id: str, *, tenant: str | None) -> ConversationRecord:
         """The agent's default conversation (created on first use), in one round trip once it
         exists; 404 if the agent is unknown or another tenant's."""
         raw_agent, raw_conversation = await self._redis.mget(
-            keys.agent(agent_id), keys.conversation(default_conversation_id(agent_id))
+            keyspace.agent(agent_id), keyspace.conversation(default_conversation_id(agent_id))
         )
         agent = _owned(raw_agent, AgentRecord, tenant, f"agent {agent_id}")
         if raw_conversation is None:
@@ -203,12 +203,12 @@ class ConversationStore:
 
     async def ids_of(self, agent_id: str) -> list[str]:
         """Every conversation id of the agent, oldest first."""
-        return [i.decode() for i in await self._redis.zrange(keys.agent_conversations(agent_id), 0, -1)]
+        return [i.decode() for i in await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1)]
 
     async def get(self, conversation_id: str, *, tenant: str | None) -> ConversationRecord:
         """The conversation; 404 if it is unknown or another tenant's (``tenant=None``: any
         tenant, for Convoy's own processes)."""
-        raw = await self._redis.get(keys.conversation(conversation_id))
+        raw = await self._redis.get(keyspace.conversation(conversation_id))
         return _owned(raw, ConversationRecord, tenant, f"conversation {conversation_id}")
 
     async def list(
@@ -216,8 +216,8 @@ class ConversationStore:
     ) -> list[ConversationRecord]:
         """The tenant's conversations, or those of ``agent_id`` (an agent the caller has checked is
         the tenant's)."""
-        index = keys.agent_conversations(agent_id) if agent_id else keys.conversations_index(tenant)
-        return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keys.conversation, limit, after)]
+        index = keyspace.agent_conversations(agent_id) if agent_id else keyspace.conversations_index(tenant)
+        return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keyspace.conversation, limit, after)]
 
 
 def _owned(raw: bytes | None, kind: type[Owned], tenant: str | None, what: str) -> Owned:
@@ -234,12 +234,12 @@ def _owned(raw: bytes | None, kind: type[Owned], tenant: str | None, what: str) 
 def _conversation_keys(conversation_id: str) -> list[str]:
     """What a conversation owns and a delete removes (its lease expires on its own)."""
     return [
-        keys.conversation(conversation_id),
-        keys.mailbox(conversation_id),
-        keys.mailbox_cursor(conversation_id),
-        keys.history(conversation_id),
-        keys.history_index(conversation_id),
-        keys.conversation_runs(conversation_id),
+        keyspace.conversation(conversation_id),
+        keyspace.mailbox(conversation_id),
+        keyspace.mailbox_cursor(conversation_id),
+        keyspace.history(conversation_id),
+        keyspace.history_index(conversation_id),
+        keyspace.conversation_runs(conversation_id),
     ]
 
 

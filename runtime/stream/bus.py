@@ -20,7 +20,7 @@ into the next pipeline (one fenced script call per run), never delayed by a time
 a time also keeps each run's items in order. Every script call checks the owner's fencing epoch
 first. A pipeline that could not leave (Redis restarting, unreachable or frozen) or whose
 connection broke before its replies came back is sent again, with jittered backoff, for as long as
-its writers' patience allows (``CONVOY_STORE_OUTAGE_S``, through ``runtime.runs.through_outage``):
+its writers' patience allows (``CONVOY_STORE_OUTAGE_S``, through ``runtime.store.runs.through_outage``):
 appends are idempotent (an item is stored under its seq id once, and a re-sent batch that had
 landed appends nothing), so a run streaming through a Redis outage carries on, without a gap or a
 doubled item. Past that patience the writer fails with ``StoreUnavailableError``.
@@ -60,9 +60,9 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.errors import FencedError, StoreUnavailableError
-from runtime.redis_client import DirectConnection, reraise_if_cancelling
-from runtime.redis_mux import own_connection
-from runtime.runs import through_outage
+from runtime.store.connection import DirectConnection, reraise_if_cancelling
+from runtime.store.mux import own_connection
+from runtime.store.runs import through_outage
 
 log = logging.getLogger(__name__)
 

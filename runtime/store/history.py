@@ -4,7 +4,7 @@ Appends come from the conversation's owner and are fenced by its epoch, so a sta
 add to the history after a takeover. The agent loop appends a turn step by step, each step's
 messages in one script call, so a crash never leaves half a step. An append is idempotent: one
 whose first message is already indexed had run (a script runs whole) and is skipped, so the owner
-sends it again while Redis is unreachable (``runtime.runs.through_outage``) without ever doubling
+sends it again while Redis is unreachable (``runtime.store.runs.through_outage``) without ever doubling
 a message.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
-from runtime import keys
 from runtime.errors import NotFoundError
-from runtime.runs import Fence, call_fenced
 from runtime.schemas.messages import HistoryMessage
+from runtime.store import keyspace
+from runtime.store.runs import Fence, call_fenced
 
 # KEYS: epoch, history stream, message id -> entry id index. ARGV: epoch, then (message id, json) pairs.
 # Returns how many messages were appended: 0 when this append had run already (sent again).
@@ -51,9 +51,9 @@ class HistoryStore:
             self._append,
             fence=fence,
             keys=[
-                keys.epoch(fence.conversation_id),
-                keys.history(fence.conversation_id),
-                keys.history_index(fence.conversation_id),
+                keyspace.epoch(fence.conversation_id),
+                keyspace.history(fence.conversation_id),
+                keyspace.history_index(fence.conversation_id),
             ],
             args=args,
             refused="history append refused for a stale owner",
@@ -61,7 +61,7 @@ class HistoryStore:
 
     async def recent(self, conversation_id: str, *, limit: int) -> list[HistoryMessage]:
         """The last ``limit`` messages, oldest first (what a model is shown)."""
-        entries = await self._redis.xrevrange(keys.history(conversation_id), count=limit)
+        entries = await self._redis.xrevrange(keyspace.history(conversation_id), count=limit)
         return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in reversed(entries)]
 
     async def page(
@@ -79,14 +79,14 @@ class HistoryStore:
         for cursor, is_after in ((after, True), (before, False)):
             if cursor is None:
                 continue
-            entry = await self._redis.hget(keys.history_index(conversation_id), cursor)
+            entry = await self._redis.hget(keyspace.history_index(conversation_id), cursor)
             if entry is None:
                 raise NotFoundError(f"message {cursor} not found in conversation {conversation_id}")
             if is_after:
                 lo = "(" + entry.decode()
             else:
                 hi = "(" + entry.decode()
-        key = keys.history(conversation_id)
+        key = keyspace.history(conversation_id)
         if order == "desc":
             entries = await self._redis.xrevrange(key, max=hi, min=lo, count=limit)
         else:

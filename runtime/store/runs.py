@@ -37,11 +37,11 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_before_delay, wait_random_exponential
 
-from runtime import keys
 from runtime.errors import FencedError, NotFoundError, StoreUnavailableError
-from runtime.redis_client import reraise_if_cancelling
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.runs import RunQuery, RunStatus, RunView
+from runtime.store import keyspace
+from runtime.store.connection import reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,7 +104,7 @@ end
 if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
 for i = 9 + nfields, #ARGV, 3 do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
-  redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.bus)
+  redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.stream.bus)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 local fields = {}
@@ -236,35 +236,35 @@ class RunStore:
         undone (a crash in between) leaves an index entry pointing at nothing, which readers skip."""
         at = now_ms()
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S)
-            pipe.zadd(keys.runs_index(view.tenant), {view.id: at})
-            pipe.zadd(keys.conversation_runs(view.conversation_id), {view.id: at})
-            pipe.zadd(keys.agent_runs(view.agent_id), {view.id: at})
+            pipe.set(keyspace.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S)
+            pipe.zadd(keyspace.runs_index(view.tenant), {view.id: at})
+            pipe.zadd(keyspace.conversation_runs(view.conversation_id), {view.id: at})
+            pipe.zadd(keyspace.agent_runs(view.agent_id), {view.id: at})
             await pipe.execute()
 
     async def unindex(self, view: RunView) -> None:
         """Undo ``index`` for a run that was then refused or found to be a retry of another."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(keys.run_ref(view.id))
-            pipe.zrem(keys.runs_index(view.tenant), view.id)
-            pipe.zrem(keys.conversation_runs(view.conversation_id), view.id)
-            pipe.zrem(keys.agent_runs(view.agent_id), view.id)
+            pipe.delete(keyspace.run_ref(view.id))
+            pipe.zrem(keyspace.runs_index(view.tenant), view.id)
+            pipe.zrem(keyspace.conversation_runs(view.conversation_id), view.id)
+            pipe.zrem(keyspace.agent_runs(view.agent_id), view.id)
             await pipe.execute()
 
     async def latest(self, conversation_id: str) -> str | None:
         """The conversation's most recently accepted run."""
-        ids = await self._redis.zrevrange(keys.conversation_runs(conversation_id), 0, 0)
+        ids = await self._redis.zrevrange(keyspace.conversation_runs(conversation_id), 0, 0)
         return ids[0].decode() if ids else None
 
     async def list(self, query: RunQuery, *, tenant: str) -> list[RunView]:
         """The tenant's runs matching ``query``, newest first unless ascending; scans at most
         ``LIST_SCAN_MAX`` candidates of the narrowest index (conversation, agent, or the tenant's)."""
         if query.conversation_id:
-            index = keys.conversation_runs(query.conversation_id)
+            index = keyspace.conversation_runs(query.conversation_id)
         elif query.agent_id:
-            index = keys.agent_runs(query.agent_id)
+            index = keyspace.agent_runs(query.agent_id)
         else:
-            index = keys.runs_index(tenant)
+            index = keyspace.runs_index(tenant)
         ids = [i.decode() for i in await self._redis.zrange(index, 0, LIST_SCAN_MAX - 1, desc=not query.ascending)]
         if query.after is not None:
             ids = ids[ids.index(query.after) + 1 :] if query.after in ids else []
@@ -275,12 +275,12 @@ class RunStore:
             chunk = ids[start : start + 200]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in chunk:
-                    pipe.get(keys.run_ref(run_id))
+                    pipe.get(keyspace.run_ref(run_id))
                 convs = await pipe.execute()
             async with self._redis.pipeline(transaction=False) as pipe:
                 live = [(r, c.decode()) for r, c in zip(chunk, convs, strict=True) if c is not None]
                 for run_id, conv in live:
-                    pipe.hgetall(keys.run(conv, run_id))
+                    pipe.hgetall(keyspace.run(conv, run_id))
                 raws = await pipe.execute()
             for raw in raws:
                 if raw:
@@ -292,7 +292,7 @@ class RunStore:
         return found
 
     async def conversation_of(self, run_id: str) -> str:
-        conv = await self._redis.get(keys.run_ref(run_id))
+        conv = await self._redis.get(keyspace.run_ref(run_id))
         if conv is None:
             raise NotFoundError(f"run {run_id} not found")
         return conv.decode()
@@ -301,7 +301,7 @@ class RunStore:
         """The run; 404 if it is unknown or belongs to another tenant (``tenant=None``: any tenant,
         for Convoy's own processes)."""
         conversation_id = conversation_id or await self.conversation_of(run_id)
-        raw = await self._redis.hgetall(keys.run(conversation_id, run_id))
+        raw = await self._redis.hgetall(keyspace.run(conversation_id, run_id))
         if not raw:
             raise NotFoundError(f"run {run_id} not found")
         view = _view(raw)
@@ -310,7 +310,7 @@ class RunStore:
         return view
 
     async def raw(self, conversation_id: str, run_id: str) -> dict[str, str]:
-        raw = await self._redis.hgetall(keys.run(conversation_id, run_id))
+        raw = await self._redis.hgetall(keyspace.run(conversation_id, run_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def start(self, fence: Fence, run_id: str) -> str:
@@ -322,7 +322,7 @@ class RunStore:
         return await self._fenced(
             self._start,
             fence,
-            keys=[keys.epoch(fence.conversation_id), keys.run(fence.conversation_id, run_id)],
+            keys=[keyspace.epoch(fence.conversation_id), keyspace.run(fence.conversation_id, run_id)],
             args=[fence.epoch, now_ms(), fence.owner],
         )
 
@@ -371,24 +371,24 @@ class RunStore:
                 self._finish,
                 fence,
                 keys=[
-                    keys.epoch(conversation_id),
-                    keys.run(conversation_id, run_id),
-                    keys.mailbox(conversation_id),
-                    keys.run_stream(conversation_id, run_id),
-                    keys.run_steps(conversation_id, run_id),
-                    keys.pending_approval(conversation_id),
+                    keyspace.epoch(conversation_id),
+                    keyspace.run(conversation_id, run_id),
+                    keyspace.mailbox(conversation_id),
+                    keyspace.run_stream(conversation_id, run_id),
+                    keyspace.run_steps(conversation_id, run_id),
+                    keyspace.pending_approval(conversation_id),
                 ],
                 args=args,
             ),
             through_outage(
-                lambda: self._redis.expire(keys.run_ref(run_id), self._ttl_s), patience_s=patience_s, what="a run's reference"
+                lambda: self._redis.expire(keyspace.run_ref(run_id), self._ttl_s), patience_s=patience_s, what="a run's reference"
             ),
         )
         if not reply.startswith("ok "):
             return False
         if key_id := reply[3:]:
-            await through_outage(  # its concurrency slot (runtime.apikeys; it expires on its own if this never runs)
-                lambda: self._redis.zrem(keys.api_key_runs(key_id), run_id), patience_s=patience_s, what="a run's slot"
+            await through_outage(  # its concurrency slot (runtime.store.api_keys; it expires on its own if this never runs)
+                lambda: self._redis.zrem(keyspace.api_key_runs(key_id), run_id), patience_s=patience_s, what="a run's slot"
             )
         return True
 
@@ -397,18 +397,18 @@ class RunStore:
         await self._fenced(
             self._add_step,
             fence,
-            keys=[keys.epoch(fence.conversation_id), keys.run_steps(fence.conversation_id, run_id)],
+            keys=[keyspace.epoch(fence.conversation_id), keyspace.run_steps(fence.conversation_id, run_id)],
             args=[fence.epoch, UNFINISHED_RUN_TTL_S, json.dumps(step, default=str)],
         )
 
     async def steps(self, conversation_id: str, run_id: str) -> list[dict[str, Any]]:
         """A run's step traces, oldest first."""
-        raw = await self._redis.lrange(keys.run_steps(conversation_id, run_id), 0, -1)
+        raw = await self._redis.lrange(keyspace.run_steps(conversation_id, run_id), 0, -1)
         return [json.loads(r) for r in raw]
 
     async def request_cancel(self, conversation_id: str, run_id: str) -> None:
         """Mark a run as to be cancelled; an owner about to start it will not (see ``start``)."""
-        await self._redis.hset(keys.run(conversation_id, run_id), "cancel_requested", now_ms())
+        await self._redis.hset(keyspace.run(conversation_id, run_id), "cancel_requested", now_ms())
 
     async def _fenced(self, script: Any, fence: Fence | None, *, keys: list[str], args: list[Any]) -> str:
         reply = await call_fenced(

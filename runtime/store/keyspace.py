@@ -14,7 +14,7 @@ Lifetimes (nothing lives forever by accident):
 - leases: expire on their own (``lease_ttl_ms``) unless their owner renews them.
 - idempotency entries: expire with the run they point to.
 - API keys: until revoked; a key's rate-limit state expires once the key is idle, and its
-  active-run entries expire on their own if a run's end never removed them (see ``runtime.apikeys``).
+  active-run entries expire on their own if a run's end never removed them (see ``runtime.store.api_keys``).
 - the mailbox: entries are trimmed once processed.
 """
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from runtime import keys
 from runtime.errors import AuthenticationError, NotFoundError, RateLimitedError
 from runtime.schemas.auth import OPEN, ApiKeyRecord, Principal
 from runtime.schemas.messages import utcnow
+from runtime.store import keyspace
 
 SECRET_PREFIX = "cvy-"
 SHOWN_PREFIX_CHARS = 12
@@ -104,29 +104,29 @@ class KeyStore:
         )
         hashed = digest(secret)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.api_key(hashed), record.model_dump_json())
-            pipe.hset(keys.api_keys(), record.id, hashed)
-            pipe.set(keys.auth_closed(), "1")
+            pipe.set(keyspace.api_key(hashed), record.model_dump_json())
+            pipe.hset(keyspace.api_keys(), record.id, hashed)
+            pipe.set(keyspace.auth_closed(), "1")
             await pipe.execute()
         return secret, record
 
     async def list(self) -> list[ApiKeyRecord]:
-        digests = await self._redis.hgetall(keys.api_keys())
+        digests = await self._redis.hgetall(keyspace.api_keys())
         if not digests:
             return []
-        raws = await self._redis.mget([keys.api_key(d.decode()) for d in digests.values()])
+        raws = await self._redis.mget([keyspace.api_key(d.decode()) for d in digests.values()])
         records = [ApiKeyRecord.model_validate_json(raw) for raw in raws if raw is not None]
         return sorted(records, key=lambda r: r.created_at)
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
         """Delete the key at once: the next request carrying it is refused."""
-        hashed = await self._redis.hget(keys.api_keys(), key_id)
+        hashed = await self._redis.hget(keyspace.api_keys(), key_id)
         if hashed is None:
             raise NotFoundError(f"no API key {key_id}")
-        raw = await self._redis.get(keys.api_key(hashed.decode()))
+        raw = await self._redis.get(keyspace.api_key(hashed.decode()))
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.api_key(hashed.decode()), keys.api_key_rate(hashed.decode()), keys.api_key_runs(key_id))
-            pipe.hdel(keys.api_keys(), key_id)
+            pipe.delete(keyspace.api_key(hashed.decode()), keyspace.api_key_rate(hashed.decode()), keyspace.api_key_runs(key_id))
+            pipe.hdel(keyspace.api_keys(), key_id)
             await pipe.execute()
         if raw is None:
             raise NotFoundError(f"no API key {key_id}")
@@ -134,13 +134,13 @@ class KeyStore:
 
     async def closed(self) -> bool:
         """Whether any key was ever created (then every request needs one)."""
-        return bool(await self._redis.exists(keys.auth_closed()))
+        return bool(await self._redis.exists(keyspace.auth_closed()))
 
     async def authenticate(self, secret: str, *, now_ms: int, default_requests_per_minute: int) -> Authenticated | None:
         """The key ``secret`` names, charged one request; None if there is no such key."""
         hashed = digest(secret)
         reply = await self._authenticate(
-            keys=[keys.api_key(hashed), keys.api_key_rate(hashed)], args=[now_ms, default_requests_per_minute]
+            keys=[keyspace.api_key(hashed), keyspace.api_key_rate(hashed)], args=[now_ms, default_requests_per_minute]
         )
         if reply is None:
             return None
@@ -155,34 +155,34 @@ class KeyStore:
         refusing, the holders are checked and those already ended are let go. A client that sees
         its run end and sends at once is therefore never refused for it."""
         args = [run_id, limit, now_ms, RUN_SLOT_TTL_MS]
-        if await self._take_slot(keys=[keys.api_key_runs(key_id)], args=args):
+        if await self._take_slot(keys=[keyspace.api_key_runs(key_id)], args=args):
             return True
         if not await self._release_ended(key_id, now_ms=now_ms):
             return False
-        return bool(await self._take_slot(keys=[keys.api_key_runs(key_id)], args=args))
+        return bool(await self._take_slot(keys=[keyspace.api_key_runs(key_id)], args=args))
 
     async def _release_ended(self, key_id: str, *, now_ms: int) -> bool:
         """Give back the slots of the key's runs that have ended; whether any was. A slot whose run
         cannot be found is given back only once it is older than ``SLOT_ACCEPT_GRACE_MS``: the slot
         is taken before its run is accepted, which may still be on its way."""
-        holders = await self._redis.zrange(keys.api_key_runs(key_id), 0, -1, withscores=True)
+        holders = await self._redis.zrange(keyspace.api_key_runs(key_id), 0, -1, withscores=True)
         run_ids = [h.decode() for h, _ in holders]
-        conversations = await self._redis.mget([keys.run_ref(r) for r in run_ids]) if run_ids else []
+        conversations = await self._redis.mget([keyspace.run_ref(r) for r in run_ids]) if run_ids else []
         ended: list[str] = []
         for (run_id, (_, expires_ms)), conversation in zip(zip(run_ids, holders, strict=True), conversations, strict=True):
             if conversation is None:
                 if now_ms - (expires_ms - RUN_SLOT_TTL_MS) > SLOT_ACCEPT_GRACE_MS:
                     ended.append(run_id)
                 continue
-            status = await self._redis.hget(keys.run(conversation.decode(), run_id), "status")
+            status = await self._redis.hget(keyspace.run(conversation.decode(), run_id), "status")
             if status is None or status.decode() in ("completed", "failed", "cancelled"):
                 ended.append(run_id)
         if ended:
-            await self._redis.zrem(keys.api_key_runs(key_id), *ended)
+            await self._redis.zrem(keyspace.api_key_runs(key_id), *ended)
         return bool(ended)
 
     async def release_run_slot(self, key_id: str, run_id: str) -> None:
-        await self._redis.zrem(keys.api_key_runs(key_id), run_id)
+        await self._redis.zrem(keyspace.api_key_runs(key_id), run_id)
 
 
 class Gate:

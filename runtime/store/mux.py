@@ -15,7 +15,7 @@ registered scripts (``NOSCRIPT`` loads and calls again). What keeps using the po
   reply back;
 - pipelines and transactions (``pipeline()``), pub/sub, and ``dedicated`` clients.
 
-Guarantees, as for Convoy's pooled connections (``runtime.redis_client``):
+Guarantees, as for Convoy's pooled connections (``runtime.store.connection``):
 
 - a command is sent at most once: if the connection breaks or a reply is late by more than the
   socket timeout, every command still waiting fails with a connection or timeout error (it may or
@@ -61,7 +61,7 @@ def connection_kwargs(pool: aioredis.ConnectionPool) -> dict[str, Any]:
 
 def own_connection(pool: aioredis.ConnectionPool, **overrides: Any) -> AbstractConnection:
     """A connection of its own, not in ``pool``, configured as ``pool``'s are (and ``overrides``);
-    patient when it connects if the pool's connections are (``runtime.redis_client``)."""
+    patient when it connects if the pool's connections are (``runtime.store.connection``)."""
     return pool.connection_class(**{**connection_kwargs(pool), **overrides})
 
 
@@ -215,7 +215,7 @@ class MultiplexedRedis(aioredis.Redis):
                 pool = self.connection_pool
                 conn = own_connection(pool)
                 try:
-                    await conn.connect()  # patient: waits for a restarting Redis (runtime.redis_client)
+                    await conn.connect()  # patient: waits for a restarting Redis (runtime.store.connection)
                 except BaseException:  # given up, or its caller's deadline passed: close what was opened
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)

@@ -2,7 +2,7 @@
 
 ``model`` is an agent id (its default conversation, the one Letta's agent routes use) or a
 conversation id. Convoy keeps the history, so only the trailing user messages of ``messages`` are
-sent (see ``runtime.schemas.openai_chat``); the turn goes through the same ``accept_turn`` as
+sent (see ``api.openai.schemas``); the turn goes through the same ``accept_turn`` as
 every other send and its run's stream is read with the same reader (``api.sse.run_batches``).
 
 Errors are never a normal stop:
@@ -40,14 +40,7 @@ from api.errors import (
     run_error_status,
     validation_summary,
 )
-from api.sse import SSE_RESPONSES, in_background, run_batches, sse_response
-from api.state import AppState, State
-from api.turns import accept_turn
-from api.validation import AGENT_ID, CONVERSATION_ID
-from runtime.errors import ConvoyError, NotFoundError
-from runtime.schemas.agents import ConversationRef
-from runtime.schemas.auth import Principal
-from runtime.schemas.openai_chat import (
+from api.openai.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatTranslator,
@@ -56,6 +49,13 @@ from runtime.schemas.openai_chat import (
     completion_id,
     sse_data,
 )
+from api.sse import SSE_RESPONSES, in_background, run_batches, sse_response
+from api.state import AppState, State
+from api.turns import accept_turn
+from api.validation import AGENT_ID, CONVERSATION_ID
+from runtime.errors import ConvoyError, NotFoundError
+from runtime.schemas.agents import ConversationRef
+from runtime.schemas.auth import Principal
 from runtime.schemas.requests import SendMessageRequest
 from runtime.schemas.runs import RunView
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.chat_history import ChatCache
-from runtime.context import fit, render_system
+from runtime.agent.context import fit, render_system
+from runtime.agent.prompt import ChatCache
+from runtime.agent.step import StepAssembler, StepResult
 from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, RunFailure
 from runtime.ids import new_id
 from runtime.providers.events import LLMRequest
@@ -42,9 +43,8 @@ from runtime.schemas.messages import (
 )
 from runtime.schemas.requests import ApprovalCreate, MessageCreate
 from runtime.schemas.turns import TurnRequest
-from runtime.step import StepAssembler, StepResult
-from runtime.toolbox import Toolbox
-from runtime.tools import ToolRegistry
+from runtime.tools.registry import ToolRegistry
+from runtime.tools.turn import Toolbox
 
 Emit = Callable[[StreamItem], Awaitable[None]]
 RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
@@ -405,7 +405,7 @@ def _summary(result: StepResult | None) -> dict[str, Any] | None:
         "reasoning_chars": sum(len(r.text) for r in result.reasoning),
         "redacted_reasoning_blocks": sum(1 for r in result.reasoning if r.redacted),
         "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
-        # Calls of a response cut by the token limit: neither run nor sent for approval (runtime.step).
+        # Calls of a response cut by the token limit: neither run nor sent for approval (runtime.agent.step).
         "cut_tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments} for c in result.cut_tool_calls],
         "usage": {
             "prompt_tokens": result.usage.prompt_tokens,

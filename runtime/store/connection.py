@@ -16,7 +16,7 @@
 - **A command that was sent is never re-sent by the client.** If its connection breaks after it
   left, it may have run, and most of Convoy's writes are scripts that must run once. The caller
   decides: a conversation's owner sends its writes again, all of them idempotent, for up to
-  ``CONVOY_STORE_OUTAGE_S`` (``runtime.runs.through_outage``; the chunk appends of ``runtime.bus``
+  ``CONVOY_STORE_OUTAGE_S`` (``runtime.store.runs.through_outage``; the chunk appends of ``runtime.stream.bus``
   too); every other caller (an API request: 503 with ``Retry-After``) reports the failure.
 """
 
@@ -37,8 +37,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from runtime.redis_mux import MultiplexedRedis, connection_kwargs, own_connection
 from runtime.settings import Settings
+from runtime.store.mux import MultiplexedRedis, connection_kwargs, own_connection
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ _PATIENT: dict[type[AbstractConnection], type[AbstractConnection]] = {
 
 def connect(settings: Settings, url: str | None = None, *, max_connections: int | None = None) -> aioredis.Redis:
     """An asyncio client for ``url`` (default: the configured Redis): its plain commands share one
-    auto-pipelined connection (``runtime.redis_mux``), the rest use its pool."""
+    auto-pipelined connection (``runtime.store.mux``), the rest use its pool."""
     target = url or settings.redis_url
     if not target:
         raise ValueError("no Redis URL: set CONVOY_REDIS_URL or start the embedded Redis first")
