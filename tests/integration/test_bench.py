@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api.bench.soak.ledger import INVARIANTS
+from bench.soak.ledger import INVARIANTS
 
 CONVOY = str(Path(sys.executable).parent / "convoy")
 BENCH_TIMEOUT_S = 240

@@ -1,12 +1,12 @@
 """``convoy bench soak``: a mixed workload against a real Convoy for N minutes, then its invariants.
 
 Setup, in a temporary home removed at the end (kept, with the server's log, when an invariant failed): a scripted OpenAI-compatible upstream in this
-process (``api.bench.soak.upstream``; it calls the client's tool when offered one), and
+process (``bench.soak.upstream``; it calls the client's tool when offered one), and
 ``convoy serve`` in a subprocess (its own Redis, Ray, hosts and API) with that upstream declared as
 provider ``bench``, conversations passivated after ``IDLE_PASSIVATE_S`` and keepalive pings every
 ``PING_INTERVAL_S``. Two agents: ``echo/echo`` and ``bench/soak``.
 
-Then ``--clients`` clients (``api.bench.soak.workload``) each warm up (two conversations, one turn
+Then ``--clients`` clients (``bench.soak.workload``) each warm up (two conversations, one turn
 each) and do random things until ``--minutes`` have passed: streaming, non-streaming and tool
 turns, cancels, resumes, disconnects in the foreground and in the background, queued pairs,
 idempotent retries, busy rejections, bad inputs (``bad``). Clients read streams strictly
@@ -44,14 +44,14 @@ import httpx
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from api.bench import Progress, Report
-from api.bench.providers import Serve
-from api.bench.soak import checks, faults, keyspace, memory, outage
-from api.bench.soak.figures import Outcome, add_figures, add_log, add_verdicts
-from api.bench.soak.ledger import FAULTS, OUTAGE, Ledger
-from api.bench.soak.serverlog import summarize
-from api.bench.soak.upstream import ScriptedUpstream
-from api.bench.soak.workload import SoakClient
+from bench import Progress, Report
+from bench.providers import Serve
+from bench.soak import checks, faults, keyspace, memory, outage
+from bench.soak.figures import Outcome, add_figures, add_log, add_verdicts
+from bench.soak.ledger import FAULTS, OUTAGE, Ledger
+from bench.soak.serverlog import summarize
+from bench.soak.upstream import ScriptedUpstream
+from bench.soak.workload import SoakClient
 from runtime.errors import ConvoyError
 from runtime.settings import Settings
 from runtime.store.embedded import recorded_url
@@ -140,7 +140,7 @@ async def _soak(
     pool = 4 * options.clients + 16
     limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     timeout = httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    transport = outage.StoreRetry(httpx.AsyncHTTPTransport(limits=limits), ledger)  # see api.bench.soak.outage
+    transport = outage.StoreRetry(httpx.AsyncHTTPTransport(limits=limits), ledger)  # see bench.soak.outage
     try:
         async with httpx.AsyncClient(base_url=serve.url, timeout=timeout, transport=transport) as http:
             session = _Session(http, redis, home, serve.pid, await _agents(http), options, ledger, say)

@@ -41,9 +41,9 @@ from ray.actor import ActorHandle
 
 from actors import ray_boot, supervisor
 from actors.directory import Lease
-from api.bench import GIB, KIB, MIB, Progress, Report, percentile, process_memory
 from api.state import AppState
 from api.turns import accept_turn
+from bench import GIB, KIB, MIB, Progress, Report, percentile, process_memory
 from runtime.errors import ConvoyError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.auth import DEFAULT_TENANT, OPEN

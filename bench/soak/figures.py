@@ -6,12 +6,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from api.bench import KIB, MIB, Report, percentile
-from api.bench.soak.bad import EXPECTED
-from api.bench.soak.checks import RunFigures
-from api.bench.soak.keyspace import KeyFigures
-from api.bench.soak.ledger import INVARIANTS, Ledger
-from api.bench.soak.memory import (
+from bench import KIB, MIB, Report, percentile
+from bench.soak.bad import EXPECTED
+from bench.soak.checks import RunFigures
+from bench.soak.keyspace import KeyFigures
+from bench.soak.ledger import INVARIANTS, Ledger
+from bench.soak.memory import (
     REDIS,
     RESTART_WARMUP_S,
     MemorySample,
@@ -19,11 +19,11 @@ from api.bench.soak.memory import (
     Tracker,
     allowed_growth,
 )
-from api.bench.soak.serverlog import LogSummary
-from api.bench.soak.upstream import UpstreamCounts
+from bench.soak.serverlog import LogSummary
+from bench.soak.upstream import UpstreamCounts
 
 if TYPE_CHECKING:
-    from api.bench.soak import SoakOptions
+    from bench.soak import SoakOptions
 
 DETAILS_SHOWN = 5
 LOG_MESSAGES_SHOWN = 8

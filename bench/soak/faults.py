@@ -40,9 +40,9 @@ import redis.asyncio as aioredis
 
 from actors import placement
 from actors.directory import host_of
-from api.bench import Progress
-from api.bench.soak.keyspace import host_names
-from api.bench.soak.ledger import (
+from bench import Progress
+from bench.soak.keyspace import host_names
+from bench.soak.ledger import (
     COMPLETED,
     FAULTS,
     LOST_ONLY,
@@ -53,8 +53,8 @@ from api.bench.soak.ledger import (
     Ledger,
     RunRecord,
 )
-from api.bench.soak.sse import Transcript
-from api.bench.soak.turns import Turns
+from bench.soak.sse import Transcript
+from bench.soak.turns import Turns
 from runtime.store import keyspace
 
 RECOVERY_TIMEOUT_S = 60.0

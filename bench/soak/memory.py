@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from api.bench import MIB, process_memory
-from api.bench.soak.keyspace import host_names
-from api.bench.soak.ledger import MEMORY, Ledger
+from bench import MIB, process_memory
+from bench.soak.keyspace import host_names
+from bench.soak.ledger import MEMORY, Ledger
 
 GROWTH_SLACK_BYTES = 24 * MIB
 GROWTH_SLACK_SHARE = 0.15

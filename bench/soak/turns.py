@@ -1,5 +1,5 @@
 """The HTTP side of one soak client's turns: opening SSE requests, reading them to their end and
-judging what was read (``api.bench.soak.sse``), recording what breaks an invariant in the ledger.
+judging what was read (``bench.soak.sse``), recording what breaks an invariant in the ledger.
 Every send carries an ``Idempotency-Key`` of its own (``idempotent``)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from api.bench.soak.ledger import (
+from bench.soak.ledger import (
     ACCEPTED_PROCESSED,
     COMPLETED,
     OWNER_LOST,
@@ -24,7 +24,7 @@ from api.bench.soak.ledger import (
     RunRecord,
     lost_run,
 )
-from api.bench.soak.sse import Transcript, sse_events
+from bench.soak.sse import Transcript, sse_events
 
 Opened = AbstractAsyncContextManager[Transcript | None]
 

@@ -15,7 +15,7 @@ What a client may do (``OPS``, weighted; the generator is seeded per client):
 - ``retry``: a streaming turn sent again (non-streaming) with the same ``Idempotency-Key`` while
   it runs: the retry must join the run, not start a second one;
 - ``busy``: a turn, and while it runs another with ``on_busy: reject`` (must be a 409);
-- ``bad``: one of the bad inputs of ``api.bench.soak.bad``;
+- ``bad``: one of the bad inputs of ``bench.soak.bad``;
 - ``new_conversation``: one more conversation for this client (older ones go idle and passivate).
 
 A stream left on purpose is always resumed afterwards to its end, so every run's ending is read.
@@ -33,8 +33,8 @@ from typing import Any
 
 import httpx
 
-from api.bench.soak.bad import BUSY_REJECT, BadInputs
-from api.bench.soak.ledger import (
+from bench.soak.bad import BUSY_REJECT, BadInputs
+from bench.soak.ledger import (
     ACCEPTED_PROCESSED,
     ANSWERS,
     CANCELLED,
@@ -45,8 +45,8 @@ from api.bench.soak.ledger import (
     RunRecord,
     lost_run,
 )
-from api.bench.soak.sse import Transcript
-from api.bench.soak.turns import Turns, idempotent
+from bench.soak.sse import Transcript
+from bench.soak.turns import Turns, idempotent
 
 OPS: dict[str, int] = {
     "stream": 20,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from api.bench.soak.ledger import KEYS, PASSIVATED, Ledger, RunRecord, near_kill
+from bench.soak.ledger import KEYS, PASSIVATED, Ledger, RunRecord, near_kill
 from runtime.store import keyspace
 
 SCAN_COUNT = 1000

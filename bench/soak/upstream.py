@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from api.bench.providers import LocalServer
+from bench.providers import LocalServer
 
 MIN_REPLY_WORDS = 3
 

@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from api.bench import Progress, Report, percentile
+from bench import Progress, Report, percentile
 from runtime.errors import ConvoyError
 
 SERVE_START_TIMEOUT_S = 180.0

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from api.bench.soak import faults, outage
-from api.bench.soak.ledger import (
+from bench.soak import faults, outage
+from bench.soak.ledger import (
     ACCEPTED_PROCESSED,
     HISTORY,
     RUNS_TERMINAL,

@@ -73,8 +73,8 @@ from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors import ray_boot, supervisor
-from api.bench import Progress, Report, percentile
 from api.state import TAILERS_PER_PROCESS, AppState
+from bench import Progress, Report, percentile
 from runtime import heap
 from runtime.errors import ConvoyError
 from runtime.ids import new_id, segment_otid

@@ -1,7 +1,7 @@
 """Benchmarks behind ``convoy bench ...``: they measure and print figures, and assert nothing.
 
-Each benchmark is one module (``api.bench.actors``: what a conversation costs as a virtual actor;
-``api.bench.streams``: what a chunk's trip from writer to client costs). This package holds what
+Each benchmark is one module (``bench.actors``: what a conversation costs as a virtual actor;
+``bench.streams``: what a chunk's trip from writer to client costs). This package holds what
 they share: nearest-rank percentiles, a progress printer (stderr, so the figures on stdout stay
 clean enough to paste), a report that prints what was measured also when a run stops early, and
 memory readings of the current process.

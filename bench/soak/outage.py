@@ -14,7 +14,7 @@ outage longer than that (``excused``).
 
 Requests the API refused meanwhile (503 ``store_unavailable`` with ``Retry-After``) are sent again
 by the clients' transport (``StoreRetry``) after ``Retry-After``, unchanged: every send carries an
-``Idempotency-Key`` (``api.bench.soak.turns``), so a send whose first answer was lost joins the
+``Idempotency-Key`` (``bench.soak.turns``), so a send whose first answer was lost joins the
 run it had started. The refusals are counted, not judged.
 """
 
@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 
-from api.bench import Progress
-from api.bench.soak.ledger import COMPLETED, OUTAGE, STORE_UNAVAILABLE, Conversation, Ledger, Outage
-from api.bench.soak.turns import Turns
+from bench import Progress
+from bench.soak.ledger import COMPLETED, OUTAGE, STORE_UNAVAILABLE, Conversation, Ledger, Outage
+from bench.soak.turns import Turns
 from runtime.settings import Settings
 
 RECOVERY_TIMEOUT_S = 60.0

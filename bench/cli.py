@@ -1,0 +1,156 @@
+"""``convoy bench ...``: the benchmarks' command line. The server's CLI (``api.cli``) adds this parser
+and hands the parsed arguments to ``run``; nothing here is imported by a server process.
+
+The benchmarks are clients of Convoy (HTTP, SSE): their libraries are the ``bench`` extra
+(``pip install 'convoy[bench]'``), and ``run`` says so when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from runtime.settings import Settings
+
+EXTRA_HINT = "convoy bench needs its client libraries: pip install 'convoy[bench]'"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    text = "measure and print figures; `soak` also checks invariants (PASS/FAIL each, exit 1 if one failed)"
+    bench = sub.add_parser("bench", help=text, description=text).add_subparsers(dest="bench", required=True)
+    text = "cold/warm activation, turn dispatch, memory and capacity of conversations, against a Ray actor each"
+    cmd = bench.add_parser("actors", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--cold", int, 2000, "conversations activated one at a time for the latency figures"),
+        ("--conversations", int, 10_000, "capacity target: conversations active at once"),
+        ("--budget-gib", float, 8.0, "stop adding activations once the hosts' summed RSS reaches this"),
+        ("--turns", int, 200, "turns timed on cold and on active conversations, each"),
+        ("--baseline", int, 20, "plain Ray actors created for the baseline"),
+        ("--step", int, 1000, "activations added per capacity step"),
+        ("--concurrency", int, 32, "deliver calls in flight during capacity steps"),
+        ("--hold-s", float, 12.0, "keep everything active this long at the end (longer than the lease TTL)"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    cmd.add_argument("--hosts", type=int, default=None, help="conversation hosts (default: CONVOY_HOSTS, else 2)")
+    text = "per-chunk latency writer -> SSE client at steady rates and many streams, against a batched, polled bus"
+    cmd = bench.add_parser("streams", help=text, description=text)
+    flags: tuple[tuple[str, Callable[[str], object], object, str], ...] = (
+        ("--streams", int, 2, "concurrent streams in the per-rate scenarios"),
+        ("--rates", _rates, "20,200", "chunks/s per stream, one scenario each (comma-separated)"),
+        ("--many", int, 1000, "concurrent streams in the many-streams scenario (0: skip it)"),
+        ("--many-rate", float, 0.5, "chunks/s per stream in the many-streams scenario (2 cores: keep the total low)"),
+        ("--warmup-s", float, 3.0, "seconds streamed before measuring, per phase"),
+        ("--measure-s", float, 12.0, "seconds measured per phase"),
+    )
+    for flag, parse, value, about in flags:
+        cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
+    cmd.add_argument("--no-http", action="store_true", help="skip the HTTP SSE phases (no API replica)")
+    cmd.add_argument("--no-baseline", action="store_true", help="skip the batched/polled baseline phases")
+    text = "time to first token and per-token lag through Convoy, against a direct SDK call to the same upstream"
+    cmd = bench.add_parser("providers", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--turns", int, 40, "turns measured (each made once directly and once through Convoy)"),
+        ("--tokens", int, 20, "tokens the upstream streams per response"),
+        ("--rate", float, 100.0, "tokens per second the upstream streams at"),
+        ("--warmup", int, 3, "turns made before measuring"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    text = "a mixed workload for N minutes, then invariants (PASS/FAIL each; exit 1 if one failed) and figures"
+    cmd = bench.add_parser("soak", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--minutes", float, 5.0, "how long the workload runs"),
+        ("--clients", int, 8, "concurrent clients, each doing one thing at a time"),
+        ("--seed", int, 1, "seed of the clients' random choices"),
+        ("--fault-every-s", float, 30.0, "seconds between two faults, the first one right after the warm-up"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    cmd.add_argument(
+        "--faults",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="SIGKILL a conversation host now and then, round-robin; each fault must be survived (default on)",
+    )
+    cmd.add_argument(
+        "--redis-outage-s",
+        type=float,
+        default=0.0,
+        help="once, halfway: freeze the embedded Redis this long, then SIGKILL it (serve must restart it); "
+        "every invariant must still hold (default 0: off)",
+    )
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the benchmark ``args`` names; 2 with a hint when the ``bench`` extra is not installed."""
+    try:
+        return _dispatch(settings, args)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("httpx", "httpx_sse"):
+            print(f"convoy: {EXTRA_HINT} (missing {exc.name})", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    if args.bench == "streams":
+        return bench_streams(settings, args)
+    if args.bench == "soak":
+        from bench.soak import SoakOptions
+        from bench.soak import run as run_soak
+
+        return run_soak(
+            SoakOptions(
+                minutes=args.minutes,
+                clients=args.clients,
+                seed=args.seed,
+                faults=args.faults,
+                fault_every_s=args.fault_every_s,
+                redis_outage_s=args.redis_outage_s,
+            )
+        )
+    if args.bench == "providers":
+        from bench.providers import ProvidersOptions
+        from bench.providers import run as run_providers
+
+        return run_providers(
+            ProvidersOptions(turns=args.turns, tokens=args.tokens, rate_hz=args.rate, warmup=args.warmup)
+        )
+    from bench.actors import BenchOptions, run
+
+    options = BenchOptions(
+        cold=args.cold,
+        conversations=args.conversations,
+        budget_bytes=int(args.budget_gib * 1024**3),
+        turns=args.turns,
+        baseline=args.baseline,
+        step=args.step,
+        concurrency=args.concurrency,
+        hold_s=args.hold_s,
+        hosts=args.hosts,
+    )
+    return run(settings, options)
+
+
+def bench_streams(settings: Settings, args: argparse.Namespace) -> int:
+    from bench.streams import StreamsOptions, run
+
+    options = StreamsOptions(
+        streams=args.streams,
+        rates_hz=args.rates,
+        many=args.many,
+        many_rate_hz=args.many_rate,
+        warmup_s=args.warmup_s,
+        measure_s=args.measure_s,
+        http=not args.no_http,
+        baseline=not args.no_baseline,
+    )
+    return run(settings, options)
+
+
