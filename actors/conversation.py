@@ -46,14 +46,16 @@ from runtime.agent.loop import Emit, ModelFactory, run_turn
 from runtime.agent.prompt import ChatCache
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
-from runtime.schemas.messages import HistoryMessage, StreamItem
+from runtime.schemas.messages import HistoryMessage, WireItem
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.history import HistoryStore
 from runtime.store.runs import Fence, RunStore, through_outage
-from runtime.stream import bus, wire
+from runtime.stream import wire
+from runtime.stream.items import last_seq
+from runtime.stream.writer import ChunkWriter
 from runtime.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -220,7 +222,7 @@ class Activation:
         stream_key = keyspace.run_stream(conv_id, turn.run_id)
         # A run this call started holds only its accept-time ping (seq 1): no need to ask Redis.
         last = 1 if fresh else await self._last_seq(turn.run_id)
-        writer = bus.ChunkWriter(
+        writer = ChunkWriter(
             self._s.redis,
             stream_key=stream_key,
             epoch_key=keyspace.epoch(conv_id),
@@ -231,7 +233,7 @@ class Activation:
             patience_s=self._fence.patience_s,
         )
 
-        async def emit(item: StreamItem) -> None:
+        async def emit(item: WireItem) -> None:
             item.run_id = turn.run_id
             item.seq_id = writer.reserve()
             await writer.write("data", wire.encode(item))
@@ -248,7 +250,7 @@ class Activation:
             self._turn = None
 
     async def _turn_body(
-        self, turn: TurnRequest, entry: MailboxEntry, loaded: _Loaded | Exception, writer: bus.ChunkWriter, emit: Emit
+        self, turn: TurnRequest, entry: MailboxEntry, loaded: _Loaded | Exception, writer: ChunkWriter, emit: Emit
     ) -> None:
         s = self._s
         try:
@@ -318,7 +320,7 @@ class Activation:
         *,
         failure: RunFailure | None = None,
         cancelled: bool = False,
-        writer: bus.ChunkWriter | None = None,
+        writer: ChunkWriter | None = None,
         turn: TurnRequest | None = None,
         skip_missing: bool = False,
         expect: str | None = None,
@@ -360,7 +362,7 @@ class Activation:
         without it)."""
         stream_key = keyspace.run_stream(self.conversation_id, run_id)
         return await through_outage(
-            lambda: bus.last_seq(self._s.redis, stream_key), patience_s=math.inf, what="reading where a stream ends"
+            lambda: last_seq(self._s.redis, stream_key), patience_s=math.inf, what="reading where a stream ends"
         )
 
     async def _drop(self, entry: MailboxEntry) -> None:

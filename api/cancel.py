@@ -19,7 +19,8 @@ import asyncio
 from api.state import AppState
 from runtime.store import keyspace
 from runtime.store.runs import through_outage
-from runtime.stream import bus, wire
+from runtime.stream import wire
+from runtime.stream.items import last_seq
 
 TERMINAL = ("completed", "failed", "cancelled")
 WAIT_TERMINAL_S = 10.0
@@ -34,7 +35,7 @@ async def cancel_run(state: AppState, conversation_id: str, run_id: str) -> str:
         return status
     await state.runs.request_cancel(conversation_id, run_id)
     if status == "created":
-        first = await bus.last_seq(state.redis, keyspace.run_stream(conversation_id, run_id)) + 1
+        first = await last_seq(state.redis, keyspace.run_stream(conversation_id, run_id)) + 1
         ended = await state.runs.finish(
             run_id,
             conversation_id=conversation_id,
@@ -64,7 +65,7 @@ async def cancel_abandoned(state: AppState, conversation_id: str, run_id: str) -
 async def wait_terminal(state: AppState, conversation_id: str, run_id: str, timeout_s: float = WAIT_TERMINAL_S) -> str:
     """The run's status once terminal, or its current status after ``timeout_s``."""
     stream_key = keyspace.run_stream(conversation_id, run_id)
-    sub = state.tailers.subscribe(stream_key, max(0, await bus.last_seq(state.redis, stream_key) - 1))
+    sub = state.tailers.subscribe(stream_key, max(0, await last_seq(state.redis, stream_key) - 1))
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
         while True:

@@ -8,7 +8,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from runtime.stream.bus import TailerPool
+from runtime.stream.tailer import TailerPool
 
 RUNS_ACCEPTED = Counter("convoy_runs_accepted_total", "Turns accepted into a conversation's mailbox.", ["mode"])
 RUNS_DEDUPLICATED = Counter("convoy_runs_deduplicated_total", "Retried sends joined to the run they already started.")

@@ -40,8 +40,7 @@ from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, Owne
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
 from runtime.store import keyspace
-from runtime.stream import bus
-from runtime.stream.bus import StreamItem
+from runtime.stream.items import StoredItem, first_seq, last_seq, read_after
 from runtime.stream.wire import encode, error_message, failure_items
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class StreamStalled(RunFailure):
     public_message = "The run produced nothing for too long and no process owns it; the reader gave up."
 
 
-def frame(item: StreamItem, *, with_id: bool = True) -> bytes:
+def frame(item: StoredItem, *, with_id: bool = True) -> bytes:
     head = b"id: %d\n" % item.seq if with_id else b""
     if item.kind == "done":
         return head + b"data: [DONE]\n\n"
@@ -85,7 +84,7 @@ async def check_cursor(state: AppState, conversation_id: str, run_id: str, after
     if after < 0:
         raise InvalidRequestError(f"starting_after must be >= 0, got {after}")
     stream_key = keyspace.run_stream(conversation_id, run_id)
-    last = await bus.last_seq(state.redis, stream_key)
+    last = await last_seq(state.redis, stream_key)
     if last == 0:
         if not await state.runs.raw(conversation_id, run_id):
             raise NotFoundError(f"run {run_id} not found")
@@ -95,7 +94,7 @@ async def check_cursor(state: AppState, conversation_id: str, run_id: str, after
         )
     if after > last:
         raise InvalidRequestError(f"starting_after {after} is past the end of run {run_id} (last seq_id {last})")
-    first = await bus.first_seq(state.redis, stream_key)
+    first = await first_seq(state.redis, stream_key)
     if first is not None and first > after + 1:
         raise StreamGoneError(
             f"items {after + 1}..{first - 1} of run {run_id} were trimmed (streams keep at most "
@@ -105,7 +104,7 @@ async def check_cursor(state: AppState, conversation_id: str, run_id: str, after
 
 async def run_batches(
     state: AppState, conversation_id: str, run_id: str, *, after: int
-) -> AsyncIterator[tuple[list[StreamItem], bool] | None]:
+) -> AsyncIterator[tuple[list[StoredItem], bool] | None]:
     """``(items, stored)``: the items after ``after`` in the batches they arrive in, the last one
     ending with a terminal item; ``None`` marks each ``ping_interval_s`` of silence. ``stored`` is
     False for items the reader made up itself."""
@@ -151,11 +150,11 @@ async def _has_everything(state: AppState, stream_key: str, after: int) -> bool:
     """Whether the item at ``after`` is the run's terminal item. Only a shortcut: should Redis fail
     to answer, the subscription reads the stream itself (and ends however the run ends)."""
     try:
-        if after != await bus.last_seq(state.redis, stream_key):
+        if after != await last_seq(state.redis, stream_key):
             return False
         # Only the item at the cursor: the run may append more between these two reads, and then
         # the last item is no longer the one the cursor points at (found by `convoy bench soak`).
-        at_cursor = await bus.read_after(state.redis, stream_key, after - 1, count=1)
+        at_cursor = await read_after(state.redis, stream_key, after - 1, count=1)
     except RedisError:
         log.warning("could not check a resume cursor; reading the stream instead", exc_info=True)
         return False
@@ -178,7 +177,7 @@ class _Liveness:
 
 async def _stalled_ending(
     state: AppState, conversation_id: str, run_id: str, cursor: int, watch: _Liveness
-) -> list[StreamItem] | None:
+) -> list[StoredItem] | None:
     """A terminal sequence to send if the run can no longer produce one itself, else None.
 
     A run's terminal items are written in the same atomic step as its terminal status, so a stream
@@ -225,7 +224,7 @@ async def _stalled_ending(
 
 
 async def _end_orphan(state: AppState, conversation_id: str, run_id: str, status: str) -> None:
-    first = await bus.last_seq(state.redis, keyspace.run_stream(conversation_id, run_id)) + 1
+    first = await last_seq(state.redis, keyspace.run_stream(conversation_id, run_id)) + 1
     failure = OwnerLostError("the run is no longer in its conversation's mailbox")
     await state.runs.finish(
         run_id,
@@ -239,8 +238,8 @@ async def _end_orphan(state: AppState, conversation_id: str, run_id: str, status
     )
 
 
-def _synthetic(run_id: str, cursor: int, failure: RunFailure) -> list[StreamItem]:
-    return [StreamItem(seq, kind, payload) for seq, kind, payload in failure_items(run_id, cursor + 1, failure)]  # type: ignore[arg-type]
+def _synthetic(run_id: str, cursor: int, failure: RunFailure) -> list[StoredItem]:
+    return [StoredItem(seq, kind, payload) for seq, kind, payload in failure_items(run_id, cursor + 1, failure)]  # type: ignore[arg-type]
 
 
 async def run_events(

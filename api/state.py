@@ -20,7 +20,7 @@ from runtime.store.api_keys import Gate, KeyStore
 from runtime.store.connection import connect
 from runtime.store.history import HistoryStore
 from runtime.store.runs import RunStore
-from runtime.stream.bus import TailerPool
+from runtime.stream.tailer import TailerPool
 from runtime.tools.registry import ToolRegistry, load
 
 TAILERS_PER_PROCESS = 2

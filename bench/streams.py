@@ -88,7 +88,10 @@ from runtime.store import keyspace
 from runtime.store.connection import connect
 from runtime.store.embedded import EmbeddedRedis
 from runtime.store.runs import UNFINISHED_RUN_TTL_S, Fence, RunStore
-from runtime.stream import bus, wire
+from runtime.stream import wire
+from runtime.stream.items import last_seq
+from runtime.stream.tailer import TailerPool
+from runtime.stream.writer import ChunkWriter
 
 # The baseline bus (Letta-style): batched writes, polled reads.
 FLUSH_ITEMS = 50
@@ -260,7 +263,7 @@ class Producer:
         """Take ownership of every run (created -> running) and open its writer, before any clock starts."""
         redis = connect(self._settings)
         runs = RunStore(redis, ttl_s=self._settings.stream_ttl_s, maxlen=self._settings.stream_maxlen)
-        writers: list[bus.ChunkWriter | BatchedWriter] = []
+        writers: list[ChunkWriter | BatchedWriter] = []
         for start in range(0, len(plan.targets), CREATE_BATCH):
             chunk = plan.targets[start : start + CREATE_BATCH]
             await asyncio.gather(*(runs.start(_fence(t), t.run_id) for t in chunk))
@@ -296,14 +299,14 @@ class Producer:
             await phase.redis.aclose()
         return done
 
-    async def _chunk_writer(self, redis: aioredis.Redis, target: Target) -> bus.ChunkWriter:
+    async def _chunk_writer(self, redis: aioredis.Redis, target: Target) -> ChunkWriter:
         """A run's writer, opened exactly as a conversation activation opens it."""
-        return bus.ChunkWriter(
+        return ChunkWriter(
             redis,
             stream_key=target.stream_key,
             epoch_key=keyspace.epoch(target.conversation_id),
             epoch=target.epoch,
-            next_seq=await bus.last_seq(redis, target.stream_key) + 1,
+            next_seq=await last_seq(redis, target.stream_key) + 1,
             maxlen=self._settings.stream_maxlen,
             ttl_s=self._settings.stream_ttl_s,
             patience_s=self._settings.store_outage_s,
@@ -317,7 +320,7 @@ class Producer:
         self,
         phase: _ProducerPhase,
         target: Target,
-        writer: bus.ChunkWriter | BatchedWriter,
+        writer: ChunkWriter | BatchedWriter,
         first_ns: int,
         period_ns: int,
         warm_end_ns: int,
@@ -342,7 +345,7 @@ class Producer:
                     done.late += 1
                     next_ns = tick_ns
                 measured = tick_ns >= warm_end_ns
-                message.seq_id = writer.reserve() if isinstance(writer, bus.ChunkWriter) else seq
+                message.seq_id = writer.reserve() if isinstance(writer, ChunkWriter) else seq
                 body = wire.encode(message)
                 sent_ns = time.perf_counter_ns()
                 head = _MEASURED if measured else _WARMUP
@@ -355,10 +358,10 @@ class Producer:
         except Exception as exc:  # measured, not hidden: reported with the figures
             done.errors.append(f"producer {target.run_id}: {type(exc).__name__}: {exc}")
 
-    async def _finish(self, runs: RunStore, target: Target, writer: bus.ChunkWriter | BatchedWriter) -> None:
+    async def _finish(self, runs: RunStore, target: Target, writer: ChunkWriter | BatchedWriter) -> None:
         """End the run as its owner would: the terminal items and status in one fenced step."""
         items: list[tuple[int, str, bytes]] = []
-        if isinstance(writer, bus.ChunkWriter):
+        if isinstance(writer, ChunkWriter):
             await writer.flush()
             usage = UsageStatistics(run_ids=[target.run_id])
             items = wire.success_items(target.run_id, writer.reserve(), "end_turn", usage)
@@ -381,7 +384,7 @@ class _ProducerPhase:
     plan: Plan
     redis: aioredis.Redis
     runs: RunStore
-    writers: list[bus.ChunkWriter | BatchedWriter]
+    writers: list[ChunkWriter | BatchedWriter]
 
 
 def _fence(target: Target) -> Fence:
@@ -472,7 +475,7 @@ async def read_sse(
         await response.aclose()
 
 
-async def read_bus(pool: bus.TailerPool, target: Target, samples: Samples) -> None:
+async def read_bus(pool: TailerPool, target: Target, samples: Samples) -> None:
     """One subscription on a ``TailerPool``: what an API replica's SSE handler gets, minus HTTP."""
     sub = pool.subscribe(target.stream_key, after=1)
     try:
@@ -990,7 +993,7 @@ async def _start_readers(
     reader: Callable[[Target], Coroutine[Any, Any, None]]
     if mode == "convoy":
         # Built as an API replica builds its own (api.state.AppState).
-        pool = bus.TailerPool(world.state.redis, block_ms=world.settings.read_block_ms, size=TAILERS_PER_PROCESS)
+        pool = TailerPool(world.state.redis, block_ms=world.settings.read_block_ms, size=TAILERS_PER_PROCESS)
         await pool.start()
         stack.push_async_callback(pool.stop)
 

@@ -36,17 +36,17 @@ from runtime.schemas.messages import (
     ApprovalResponseMessage,
     HistoryMessage,
     LettaMessage,
-    StreamItem,
     ToolReturnMessage,
     UsageStatistics,
     UserMessage,
+    WireItem,
 )
 from runtime.schemas.requests import ApprovalCreate, MessageCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.tools.registry import ToolRegistry
 from runtime.tools.turn import Toolbox
 
-Emit = Callable[[StreamItem], Awaitable[None]]
+Emit = Callable[[WireItem], Awaitable[None]]
 RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
 Persist = Callable[[list[HistoryMessage]], Awaitable[None]]
 Cancelled = Callable[[], bool]
@@ -254,7 +254,7 @@ def _filtered(emit: Emit, types: list[str] | None) -> Emit:
         return emit
     allowed = set(types)
 
-    async def send(item: StreamItem) -> None:
+    async def send(item: WireItem) -> None:
         if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]
             await emit(item)
 

@@ -47,12 +47,12 @@ from runtime.schemas.messages import (
     HiddenReasoningMessage,
     HistoryMessage,
     ReasoningMessage,
-    StreamItem,
     ToolCallMessage,
+    WireItem,
 )
 from runtime.schemas.messages import ToolCall as WireToolCall
 
-Emit = Callable[[StreamItem], Awaitable[None]]
+Emit = Callable[[WireItem], Awaitable[None]]
 SegmentKind = Literal["reasoning", "hidden", "text", "tool"]
 WaitsForClient = Callable[[str], bool]
 

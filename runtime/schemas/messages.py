@@ -17,7 +17,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class StreamItem(BaseModel):
+class WireItem(BaseModel):
     """Fields every stream item may carry."""
 
     model_config = ConfigDict(extra="ignore")
@@ -26,7 +26,7 @@ class StreamItem(BaseModel):
     seq_id: int | None = None
 
 
-class LettaMessage(StreamItem):
+class LettaMessage(WireItem):
     id: str
     date: datetime = Field(default_factory=utcnow)
     otid: str | None = None
@@ -107,12 +107,12 @@ class Ping(LettaMessage):
     message_type: Literal["ping"] = "ping"
 
 
-class StopReasonItem(StreamItem):
+class StopReasonItem(WireItem):
     message_type: Literal["stop_reason"] = "stop_reason"
     stop_reason: str
 
 
-class UsageStatistics(StreamItem):
+class UsageStatistics(WireItem):
     message_type: Literal["usage_statistics"] = "usage_statistics"
     completion_tokens: int = 0
     prompt_tokens: int = 0
@@ -124,7 +124,7 @@ class UsageStatistics(StreamItem):
     run_ids: list[str] | None = None
 
 
-class ErrorMessage(StreamItem):
+class ErrorMessage(WireItem):
     message_type: Literal["error_message"] = "error_message"
     run_id: str
     error_type: str

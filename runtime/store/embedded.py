@@ -32,7 +32,7 @@ write; the Convoy processes running those turns die in a machine crash anyway, a
 as ``owner_lost``.
 
 What Convoy does while Redis is away is described in ``runtime.store.connection`` (clients wait and
-reconnect), ``runtime.store.runs`` (an owner's writes are sent again) and ``runtime.stream.bus`` (a streaming
+reconnect), ``runtime.store.runs`` (an owner's writes are sent again) and ``runtime.stream.writer`` (a streaming
 run carries on).
 """
 

@@ -104,7 +104,7 @@ end
 if ARGV[2] ~= '' and status ~= ARGV[2] then return status end
 for i = 9 + nfields, #ARGV, 3 do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
-  redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.stream.bus)
+  redis.call('SPUBLISH', KEYS[4], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])  -- to readers (runtime.stream.writer)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 local fields = {}

@@ -9,18 +9,18 @@ A stream ends exactly one of these ways, and nothing follows ``[DONE]``:
 from __future__ import annotations
 
 from runtime.errors import RunFailure
-from runtime.schemas.messages import ErrorMessage, StopReasonItem, StreamItem, UsageStatistics
+from runtime.schemas.messages import ErrorMessage, StopReasonItem, UsageStatistics, WireItem
 from runtime.schemas.runs import STATUS_FOR_STOP_REASON, RunStatus
 
 Item = tuple[int, str, bytes]
 DONE_PAYLOAD = b"[DONE]"
 
 
-def encode(item: StreamItem) -> bytes:
+def encode(item: WireItem) -> bytes:
     return item.model_dump_json(exclude_none=True).encode()
 
 
-def _stamp(item: StreamItem, run_id: str, seq: int) -> StreamItem:
+def _stamp(item: WireItem, run_id: str, seq: int) -> WireItem:
     item.run_id = run_id
     item.seq_id = seq
     return item

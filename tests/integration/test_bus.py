@@ -12,7 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from runtime.errors import FencedError
-from runtime.stream import bus
+from runtime.stream.items import StoredItem, last_seq, read_after
+from runtime.stream.tailer import SUBSCRIPTION_BUFFER_BATCHES, StreamTailer, Subscription
+from runtime.stream.writer import ChunkWriter
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 
@@ -27,21 +29,21 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def tailer(redis: aioredis.Redis) -> AsyncIterator[bus.StreamTailer]:
-    t = bus.StreamTailer(redis, block_ms=1000)
+async def tailer(redis: aioredis.Redis) -> AsyncIterator[StreamTailer]:
+    t = StreamTailer(redis, block_ms=1000)
     await t.start()
     yield t
     await t.stop()
 
 
-async def _writer(redis: aioredis.Redis, key: str, epoch: int = 1, next_seq: int = 1) -> bus.ChunkWriter:
+async def _writer(redis: aioredis.Redis, key: str, epoch: int = 1, next_seq: int = 1) -> ChunkWriter:
     epoch_key = f"{key}:epoch"
     await redis.set(epoch_key, epoch, nx=True)
-    return bus.ChunkWriter(redis, stream_key=key, epoch_key=epoch_key, epoch=epoch, next_seq=next_seq, maxlen=1000, ttl_s=60, patience_s=5)
+    return ChunkWriter(redis, stream_key=key, epoch_key=epoch_key, epoch=epoch, next_seq=next_seq, maxlen=1000, ttl_s=60, patience_s=5)
 
 
-async def _collect(sub: bus.Subscription, count: int) -> list[bus.StreamItem]:
-    items: list[bus.StreamItem] = []
+async def _collect(sub: Subscription, count: int) -> list[StoredItem]:
+    items: list[StoredItem] = []
     deadline = time.monotonic() + WAIT_S
     while len(items) < count:
         batch = await sub.get(timeout_s=max(0.01, deadline - time.monotonic()))
@@ -50,7 +52,7 @@ async def _collect(sub: bus.Subscription, count: int) -> list[bus.StreamItem]:
     return items
 
 
-async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
+async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.Redis, tailer: StreamTailer) -> None:
     key = f"test:{uuid.uuid4()}"
     writer = await _writer(redis, key)
     sub = tailer.subscribe(key, 0)
@@ -62,7 +64,7 @@ async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.
     assert [i.seq for i in items] == list(range(1, 202))
     assert [i.payload for i in items[:3]] == [b"x0", b"x1", b"x2"]
     assert items[-1].terminal
-    assert await bus.last_seq(redis, key) == 201
+    assert await last_seq(redis, key) == 201
     assert 0 < await redis.ttl(key) <= 60
     sub.close()
 
@@ -76,7 +78,7 @@ async def test_a_stale_epoch_cannot_write(redis: aioredis.Redis) -> None:
     await stale.write("data", b"after takeover")
     with pytest.raises(FencedError):
         await stale.flush()
-    assert [i.payload for i in await bus.read_after(redis, key, 0)] == [b"before takeover"]
+    assert [i.payload for i in await read_after(redis, key, 0)] == [b"before takeover"]
 
 
 async def test_a_seq_id_is_never_reused(redis: aioredis.Redis) -> None:
@@ -90,7 +92,7 @@ async def test_a_seq_id_is_never_reused(redis: aioredis.Redis) -> None:
         await again.flush()
 
 
-async def test_subscribing_after_the_fact_replays_from_the_cursor(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
+async def test_subscribing_after_the_fact_replays_from_the_cursor(redis: aioredis.Redis, tailer: StreamTailer) -> None:
     key = f"test:{uuid.uuid4()}"
     writer = await _writer(redis, key)
     for i in range(10):
@@ -102,7 +104,7 @@ async def test_subscribing_after_the_fact_replays_from_the_cursor(redis: aioredi
     sub.close()
 
 
-async def test_one_tailer_serves_many_streams(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
+async def test_one_tailer_serves_many_streams(redis: aioredis.Redis, tailer: StreamTailer) -> None:
     keys = [f"test:{uuid.uuid4()}" for _ in range(50)]
     writers = [await _writer(redis, k) for k in keys]
     subs = [tailer.subscribe(k, 0) for k in keys]
@@ -120,7 +122,7 @@ async def test_one_tailer_serves_many_streams(redis: aioredis.Redis, tailer: bus
 
 
 async def test_a_new_subscription_does_not_wait_for_the_block_timeout(redis: aioredis.Redis) -> None:
-    slow = bus.StreamTailer(redis, block_ms=5000)
+    slow = StreamTailer(redis, block_ms=5000)
     await slow.start()
     try:
         idle = slow.subscribe(f"test:{uuid.uuid4()}", 0)
@@ -139,12 +141,12 @@ async def test_a_new_subscription_does_not_wait_for_the_block_timeout(redis: aio
         await slow.stop()
 
 
-async def test_a_slow_reader_is_paused_not_dropped_and_others_keep_flowing(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
+async def test_a_slow_reader_is_paused_not_dropped_and_others_keep_flowing(redis: aioredis.Redis, tailer: StreamTailer) -> None:
     slow_key, fast_key = f"test:{uuid.uuid4()}", f"test:{uuid.uuid4()}"
     slow_writer, fast_writer = await _writer(redis, slow_key), await _writer(redis, fast_key)
     slow = tailer.subscribe(slow_key, 0)
     fast = tailer.subscribe(fast_key, 0)
-    total = bus.SUBSCRIPTION_BUFFER_BATCHES * 3
+    total = SUBSCRIPTION_BUFFER_BATCHES * 3
     for i in range(total):
         await slow_writer.write("data", b"%d" % i)
         await slow_writer.flush()  # one batch per item, so the slow reader's buffer overflows
@@ -157,7 +159,7 @@ async def test_a_slow_reader_is_paused_not_dropped_and_others_keep_flowing(redis
     fast.close()
 
 
-async def test_a_late_reader_with_an_older_cursor_misses_nothing(redis: aioredis.Redis, tailer: bus.StreamTailer) -> None:
+async def test_a_late_reader_with_an_older_cursor_misses_nothing(redis: aioredis.Redis, tailer: StreamTailer) -> None:
     """Regression: a subscription that joined while a read for a reader further ahead was in
     flight used to receive that read's items and skip the ones before them."""
     key = f"test:{uuid.uuid4()}"
@@ -179,7 +181,7 @@ async def test_a_late_reader_with_an_older_cursor_misses_nothing(redis: aioredis
 
 async def test_an_item_appended_without_a_notification_still_arrives(redis: aioredis.Redis) -> None:
     """Notifications are only a shortcut: the periodic sweep reads the stream itself."""
-    quick = bus.StreamTailer(redis, block_ms=200)
+    quick = StreamTailer(redis, block_ms=200)
     await quick.start()
     try:
         key = f"test:{uuid.uuid4()}"
@@ -196,7 +198,7 @@ async def test_an_item_appended_without_a_notification_still_arrives(redis: aior
 
 
 async def test_items_published_while_the_listener_reconnects_are_not_lost(
-    redis: aioredis.Redis, tailer: bus.StreamTailer
+    redis: aioredis.Redis, tailer: StreamTailer
 ) -> None:
     key = f"test:{uuid.uuid4()}"
     writer = await _writer(redis, key)
@@ -227,17 +229,17 @@ async def test_a_writer_needs_no_pool_connection(redis_url: str) -> None:
             await writer.flush()
         finally:
             await pool.release(held)
-        assert [i.payload for i in await bus.read_after(client, key, 0)] == [b"patient"]
+        assert [i.payload for i in await read_after(client, key, 0)] == [b"patient"]
     finally:
         await client.aclose()
 
 
 @contextlib.asynccontextmanager
-async def _tailer_behind_a_proxy(redis_url: str, block_ms: int) -> AsyncIterator[tuple[bus.StreamTailer, SilencingProxy]]:
+async def _tailer_behind_a_proxy(redis_url: str, block_ms: int) -> AsyncIterator[tuple[StreamTailer, SilencingProxy]]:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with SilencingProxy(port) as proxy:
         proxied = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
-        tailer = bus.StreamTailer(proxied, block_ms=block_ms)
+        tailer = StreamTailer(proxied, block_ms=block_ms)
         await tailer.start()
         try:
             yield tailer, proxy

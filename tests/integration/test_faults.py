@@ -28,7 +28,9 @@ from httpx_sse import aconnect_sse
 
 from runtime.errors import FencedError
 from runtime.store import keyspace
-from runtime.stream import bus
+from runtime.stream.items import StoredItem, read_after
+from runtime.stream.tailer import SUBSCRIPTION_BUFFER_BYTES, StreamTailer
+from runtime.stream.writer import ChunkWriter
 from tests.conftest import (
     Convoy,
     alive,
@@ -526,11 +528,11 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
 
 async def test_a_reader_that_never_takes_holds_a_bounded_buffer_and_loses_nothing(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
-    tailer = bus.StreamTailer(client, block_ms=200)
+    tailer = StreamTailer(client, block_ms=200)
     await tailer.start()
     key = f"test:{uuid.uuid4()}"
     await client.set(f"{key}:epoch", 1)
-    writer = bus.ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=10_000, ttl_s=60, patience_s=5)
+    writer = ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=10_000, ttl_s=60, patience_s=5)
     payload = b"x" * 4096
     try:
         live = tailer.subscribe(key, 0)  # fed item by item as they are published
@@ -540,9 +542,9 @@ async def test_a_reader_that_never_takes_holds_a_bounded_buffer_and_loses_nothin
         late = tailer.subscribe(key, 0)  # fed by reading the stream, 512 items at a time
         for sub in (live, late):
             await asyncio.to_thread(wait_until, lambda s=sub: s.paused, 10, 0.01, "the reader to be paused")
-            assert sub.buffered_bytes <= bus.SUBSCRIPTION_BUFFER_BYTES + len(payload) + 5
+            assert sub.buffered_bytes <= SUBSCRIPTION_BUFFER_BYTES + len(payload) + 5
         for sub in (live, late):
-            got: list[bus.StreamItem] = []
+            got: list[StoredItem] = []
             while len(got) < 1000:
                 batch = await sub.get(timeout_s=5)
                 assert batch is not None, f"only {len(got)} items arrived"
@@ -560,7 +562,7 @@ async def test_a_chunk_batch_sent_again_after_its_reply_was_lost_is_not_doubled(
     await client.set(f"{key}:epoch", 1)
 
     async def send(*payloads: bytes) -> None:
-        writer = bus.ChunkWriter(
+        writer = ChunkWriter(
             client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=100, ttl_s=60, patience_s=5
         )
         for payload in payloads:
@@ -570,9 +572,9 @@ async def test_a_chunk_batch_sent_again_after_its_reply_was_lost_is_not_doubled(
     try:
         await send(b"a", b"b", b"c")
         await send(b"a", b"b", b"c")  # the same batch again: it had landed
-        assert [i.payload for i in await bus.read_after(client, key, 0)] == [b"a", b"b", b"c"]
+        assert [i.payload for i in await read_after(client, key, 0)] == [b"a", b"b", b"c"]
         with pytest.raises(FencedError):  # a different item under a taken id is refused as before
             await send(b"a", b"b", b"x")
-        assert [i.payload for i in await bus.read_after(client, key, 0)] == [b"a", b"b", b"c"]
+        assert [i.payload for i in await read_after(client, key, 0)] == [b"a", b"b", b"c"]
     finally:
         await client.aclose()

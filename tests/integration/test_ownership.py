@@ -23,7 +23,8 @@ from runtime.store import keyspace
 from runtime.store.connection import connect
 from runtime.store.history import HistoryStore
 from runtime.store.runs import Fence, RunStore
-from runtime.stream import bus
+from runtime.stream.items import read_after
+from runtime.stream.writer import ChunkWriter
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 
@@ -255,7 +256,7 @@ async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
         await runs.add_step(fence, run_id, {"id": "step-1", "status": "success"})
         assert await runs.steps(conv, run_id) == [{"id": "step-1", "status": "success"}]
 
-        writer = bus.ChunkWriter(
+        writer = ChunkWriter(
             owner, stream_key=keyspace.run_stream(conv, run_id), epoch_key=keyspace.epoch(conv), epoch=3, next_seq=2,
             maxlen=100, ttl_s=60, patience_s=OWNER_PATIENCE_S,
         )
@@ -272,7 +273,7 @@ async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
             items=[(5, "data", b"stop"), (6, "done", b"[DONE]")], mailbox_entry=taken.entry.entry_id,
         )
         assert done, "a re-sent end that had landed counts as done"
-        stored = await bus.read_after(redis, keyspace.run_stream(conv, run_id), 1)
+        stored = await read_after(redis, keyspace.run_stream(conv, run_id), 1)
         assert [(i.seq, i.payload) for i in stored] == [(2, b"a"), (3, b"b"), (4, b"c"), (5, b"stop"), (6, b"[DONE]")]
         assert (await runs.get(run_id, tenant=None)).status == "completed" and await Mailbox(redis).depth(conv) == 0
         assert len(proxy.connections) > 5, "every write above lost its first reply and was sent again"

@@ -45,7 +45,7 @@ from runtime.providers.events import (
 from runtime.providers.gemini import GeminiAdapter, contents, make_client
 from runtime.providers.gemini_schema import function_parameters
 from runtime.providers.stream import StreamPolicy, guarded
-from runtime.schemas.messages import HistoryMessage, StreamItem, ToolReturnMessage, UserMessage
+from runtime.schemas.messages import HistoryMessage, ToolReturnMessage, UserMessage, WireItem
 from tests.fakes import gemini as fg
 from tests.fakes.providers import OAUTH_TOKEN, FakeProvider, Hang, Stream, paced
 from tests.fakes.providers import Usage as WireUsage
@@ -53,10 +53,10 @@ from tests.fakes.providers import Usage as WireUsage
 SIG_TEXT, SIG_CALL, SIG_END = fg.signature(), fg.signature(), fg.signature()
 
 
-async def assemble(events: list[LLMEvent], *, stream_tokens: bool) -> tuple[list[StreamItem], list[HistoryMessage]]:
-    emitted: list[StreamItem] = []
+async def assemble(events: list[LLMEvent], *, stream_tokens: bool) -> tuple[list[WireItem], list[HistoryMessage]]:
+    emitted: list[WireItem] = []
 
-    async def emit(item: StreamItem) -> None:
+    async def emit(item: WireItem) -> None:
         emitted.append(item)
 
     assembler = StepAssembler(message_id=new_id("message"), step_id=new_id("step"), run_id="run-x", stream_tokens=stream_tokens, emit=emit)

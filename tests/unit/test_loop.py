@@ -19,7 +19,7 @@ from runtime.providers.handles import split_handle
 from runtime.providers.registry import Model, Providers
 from runtime.providers.stream import StreamPolicy
 from runtime.schemas.agents import AgentRecord, ConversationRecord
-from runtime.schemas.messages import AssistantMessage, StreamItem, UserMessage, utcnow
+from runtime.schemas.messages import AssistantMessage, UserMessage, WireItem, utcnow
 from runtime.schemas.requests import MessageCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
@@ -48,9 +48,9 @@ def _turn(text: str, **kw: object) -> TurnRequest:
 
 
 async def test_echo_streams_word_deltas_sharing_one_id() -> None:
-    emitted: list[StreamItem] = []
+    emitted: list[WireItem] = []
 
-    async def emit(item: StreamItem) -> None:
+    async def emit(item: WireItem) -> None:
         emitted.append(item)
 
     agent = _agent()
@@ -76,9 +76,9 @@ async def test_echo_streams_word_deltas_sharing_one_id() -> None:
 
 
 async def test_step_streaming_emits_one_complete_message() -> None:
-    emitted: list[StreamItem] = []
+    emitted: list[WireItem] = []
 
-    async def emit(item: StreamItem) -> None:
+    async def emit(item: WireItem) -> None:
         emitted.append(item)
 
     agent = _agent()
@@ -109,7 +109,7 @@ class _Silent:
 
 
 async def test_a_model_that_says_nothing_is_an_empty_response_error() -> None:
-    async def emit(item: StreamItem) -> None:
+    async def emit(item: WireItem) -> None:
         raise AssertionError("nothing to emit")
 
     agent = _agent()

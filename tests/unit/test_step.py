@@ -23,10 +23,10 @@ from runtime.schemas.messages import (
     AssistantMessage,
     HiddenReasoningMessage,
     ReasoningMessage,
-    StreamItem,
     ToolCallMessage,
     ToolReturnMessage,
     UserMessage,
+    WireItem,
 )
 
 EVENTS = [
@@ -45,10 +45,10 @@ EVENTS = [
 ]
 
 
-async def _assemble(stream_tokens: bool) -> tuple[list[StreamItem], object]:
-    emitted: list[StreamItem] = []
+async def _assemble(stream_tokens: bool) -> tuple[list[WireItem], object]:
+    emitted: list[WireItem] = []
 
-    async def emit(item: StreamItem) -> None:
+    async def emit(item: WireItem) -> None:
         emitted.append(item)
 
     assembler = StepAssembler(

@@ -1,41 +1,18 @@
-"""The chunk bus: one Redis stream per run, written by the conversation's owner, tailed by any API replica.
+"""Reading run streams for clients: many subscriptions per process, pushed to, with Redis as the truth.
 
-Entries carry their seq id as the stream entry id (``0-<seq>``), so:
+One pub/sub connection listens to the streams of every subscription of a tailer. A published item
+(``runtime.stream.writer``) that directly follows a subscription's cursor is handed to it at once;
+any other case (a gap, an empty message: "read me") marks the stream, and the next non-blocking
+``XREAD`` round on a second connection reads every marked stream after its subscriptions' cursor,
+in one command. So the work per item does not grow with the number of streams watched. A stream is
+also read when a subscription starts, when the server confirms a (re)subscription (after a
+reconnect too, so nothing published while it was away is missed), when a paused subscription
+resumes, and by a sweep that reads every stream once each ``block_ms`` (a slice at a time), which
+bounds the delay should a message ever be lost. The reading connection is a ``DirectConnection`` (no
+pool, no per-command machinery).
 
-- seq ids are per run, start at 1, and can never be reused: Redis refuses an id that is not
-  greater than the last one, which also stops a stale owner from writing into a run a newer
-  owner already continued;
-- a resume cursor *is* a stream id, and ``XREAD`` after it yields exactly the later items.
-
-Every append also publishes the item (``SPUBLISH`` on the stream's own key, a shard channel, so
-it stays on the stream's shard in Redis Cluster; Redis >= 7.0) as ``<seq> <kind> <payload>``. Pub/sub
-is not durable, so a published item is only a shortcut: a reader takes it when it is the very next
-one after its cursor, and otherwise reads the stream, which stays the one source of truth. An empty
-message (other writers' scripts may send one) just says "read me".
-
-Writer (``ChunkWriter``): each item is queued and sent at once. The writers of a process that share
-a Redis client send through one pipeliner with one pipeline in flight at a time: when none is in
-flight a write leaves at once; while one is, the items every run produces meanwhile are coalesced
-into the next pipeline (one fenced script call per run), never delayed by a timer. One pipeline at
-a time also keeps each run's items in order. Every script call checks the owner's fencing epoch
-first. A pipeline that could not leave (Redis restarting, unreachable or frozen) or whose
-connection broke before its replies came back is sent again, with jittered backoff, for as long as
-its writers' patience allows (``CONVOY_STORE_OUTAGE_S``, through ``runtime.store.runs.through_outage``):
-appends are idempotent (an item is stored under its seq id once, and a re-sent batch that had
-landed appends nothing), so a run streaming through a Redis outage carries on, without a gap or a
-doubled item. Past that patience the writer fails with ``StoreUnavailableError``.
-
-Reader (``StreamTailer``): one pub/sub connection listens to the streams of every subscription of
-the tailer. A published item that directly follows a subscription's cursor is handed to it at once;
-any other case (a gap, an empty message) marks the stream, and the next non-blocking ``XREAD`` round
-on a second connection reads every marked stream after its subscriptions' cursor, in one command.
-So the work per item does not grow with the number of streams watched. A stream is also read when a
-subscription starts, when the server confirms a (re)subscription (after a reconnect too, so nothing
-published while it was away is missed), when a paused subscription resumes, and by a sweep that reads
-every stream once each ``block_ms`` (a slice at a time), which bounds the delay should a message ever
-be lost. The reading connection is a ``DirectConnection`` (no pool, no per-command machinery). A
-subscription's buffer is bounded (``SUBSCRIPTION_BUFFER_BYTES`` of payload, or one item if that is
-larger); a consumer that falls behind is paused at its cursor (Redis keeps the data) and resumed
+A subscription's buffer is bounded (``SUBSCRIPTION_BUFFER_BYTES`` of payload, or one item if that
+is larger); a consumer that falls behind is paused at its cursor (Redis keeps the data) and resumed
 once it drains, so a slow client never slows the loop or the other clients, costs the process a
 bounded amount of memory however long its run, and loses nothing.
 """
@@ -44,56 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime.errors import FencedError, StoreUnavailableError
 from runtime.store.connection import DirectConnection, reraise_if_cancelling
 from runtime.store.mux import own_connection
-from runtime.store.runs import through_outage
+from runtime.stream.items import StoredItem, raw_item
 
 log = logging.getLogger(__name__)
 
-ItemKind = Literal["data", "error", "done"]
-
-# One script call appends a batch of items after checking the writer still owns the conversation.
-# KEYS: epoch key, stream key. ARGV: epoch, maxlen, ttl_s, then (seq, kind, payload) triples.
-# Sending a batch again is harmless: ids only grow, so only the batch's first XADD can be refused;
-# if the item stored under the batch's last id is the batch's last item, the whole batch landed
-# before (a script runs whole): nothing is appended and 0 is returned. Other refusals stay errors.
-_FENCED_XADD = """
-local current = redis.call('GET', KEYS[1])
-if current ~= ARGV[1] then
-  return redis.error_reply('FENCED epoch ' .. tostring(current) .. ' is not ' .. ARGV[1])
-end
-for i = 4, #ARGV, 3 do
-  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
-  if type(added) == 'table' and added.err then
-    local last = '0-' .. ARGV[#ARGV - 2]
-    local held = redis.call('XRANGE', KEYS[2], last, last)
-    if i == 4 and #held == 1 and held[1][2][4] == ARGV[#ARGV] then return 0 end
-    return added
-  end
-  redis.call('SPUBLISH', KEYS[2], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
-end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return (#ARGV - 3) / 3
-"""
-_FENCED_XADD_SHA = hashlib.sha1(_FENCED_XADD.encode()).hexdigest()
-
-WRITE_BACKLOG_MAX = 512
 SUBSCRIPTION_BUFFER_BATCHES = 64
 SUBSCRIPTION_BUFFER_BYTES = 256 * 1024  # payload a subscription holds before it is paused
 XREAD_COUNT = 512
@@ -101,192 +45,6 @@ SWEEP_SLICE = 64  # streams marked per step of the periodic sweep
 SUBSCRIBE_BATCH = 1000  # channels per SSUBSCRIBE command when (re)subscribing everything
 RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class StreamItem:
-    seq: int
-    kind: ItemKind
-    payload: bytes
-
-    @property
-    def terminal(self) -> bool:
-        return self.kind == "done"
-
-
-def seq_of(entry_id: bytes | str) -> int:
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(raw.split("-", 1)[1])
-
-
-def _item(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamItem:
-    kind = fields.get(b"k", b"data").decode()
-    return StreamItem(seq=seq_of(entry_id), kind=kind, payload=fields.get(b"p", b""))  # type: ignore[arg-type]
-
-
-def _raw_item(entry_id: bytes, fields: list[bytes]) -> StreamItem:
-    """An entry of a raw XREAD reply: its fields as the flat list Redis sends."""
-    return _item(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
-
-
-async def last_seq(redis: aioredis.Redis, key: str) -> int:
-    """The highest seq written to ``key`` (0 if the stream does not exist)."""
-    entries = await redis.xrevrange(key, count=1)
-    return seq_of(entries[0][0]) if entries else 0
-
-
-async def first_seq(redis: aioredis.Redis, key: str) -> int | None:
-    """The lowest seq still held (None if the stream does not exist or is empty)."""
-    entries = await redis.xrange(key, count=1)
-    return seq_of(entries[0][0]) if entries else None
-
-
-async def read_after(redis: aioredis.Redis, key: str, after: int, count: int = 1000) -> list[StreamItem]:
-    entries = await redis.xrange(key, min=f"(0-{after}", count=count)
-    return [_item(eid, fields) for eid, fields in entries]
-
-
-class ChunkWriter:
-    """Appends one run's items in order, fenced by the owner's epoch; see the module docstring."""
-
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        *,
-        stream_key: str,
-        epoch_key: str,
-        epoch: int,
-        next_seq: int,
-        maxlen: int,
-        ttl_s: int,
-        patience_s: float,
-    ) -> None:
-        """``patience_s``: how long a write is sent again while Redis is unreachable (the owner's
-        ``CONVOY_STORE_OUTAGE_S``; 0: never)."""
-        self._redis = redis
-        self.patience_s = patience_s
-        self._pipeliner = _pipeliner(redis)
-        # EVALSHA's arguments after the sha: numkeys, KEYS, then ARGV up to the item triples.
-        self._call_head: tuple[int | str, ...] = (2, epoch_key, stream_key, str(epoch), str(maxlen), str(ttl_s))
-        self._next_seq = next_seq
-        self._pending: list[int | str | bytes] = []  # flat (seq, kind, payload) triples
-        self._idle = asyncio.Event()  # set when nothing written is still unsent or in flight
-        self._idle.set()
-        self._failure: BaseException | None = None
-
-    @property
-    def last_seq(self) -> int:
-        return self._next_seq - 1
-
-    def reserve(self) -> int:
-        """The seq the next item will get (for payloads that carry their own seq_id)."""
-        return self._next_seq
-
-    async def write(self, kind: ItemKind, payload: bytes) -> int:
-        """Queue one item and start sending it; waits only when the backlog is full."""
-        if self._failure is not None:
-            raise self._failure
-        seq = self._next_seq
-        self._next_seq += 1
-        self._pending += (seq, kind, payload)
-        self._idle.clear()
-        self._pipeliner.submit(self)
-        if len(self._pending) >= 3 * WRITE_BACKLOG_MAX:
-            await self.flush()
-        return seq
-
-    async def flush(self) -> None:
-        """Wait until everything written so far is in Redis (re-raises a write failure)."""
-        await self._idle.wait()
-        if self._failure is not None:
-            raise self._failure
-
-    def _take(self) -> list[int | str | bytes] | None:
-        if self._failure is not None or not self._pending:
-            return None
-        batch, self._pending = self._pending, []
-        return batch
-
-    def _landed(self, error: BaseException | None) -> None:
-        """The pipeliner's report on the batch it took last."""
-        if error is not None and self._failure is None:
-            text = str(error)
-            fenced = isinstance(error, ResponseError) and ("FENCED" in text or "equal or smaller" in text)
-            self._failure = FencedError(f"stream write refused: {text}") if fenced else error
-        if self._failure is not None:
-            self._pending.clear()
-        if not self._pending:
-            self._idle.set()
-
-
-class _Pipeliner:
-    """Sends the fenced appends of every ``ChunkWriter`` on one Redis client, one pipeline at a time,
-    on a connection of its own (``DirectConnection``: a chunk's write is the hottest path there is)."""
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._conn = DirectConnection(redis)
-        self._ready: dict[ChunkWriter, None] = {}  # writers with unsent items, in arrival order
-        self._task: asyncio.Task[None] | None = None
-
-    def submit(self, writer: ChunkWriter) -> None:
-        self._ready[writer] = None
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="chunk-pipeliner")
-
-    async def _run(self) -> None:
-        sent: list[tuple[ChunkWriter, list[int | str | bytes]]] = []
-        try:
-            while self._ready:
-                writers = list(self._ready)
-                self._ready.clear()
-                sent = [(w, batch) for w in writers if (batch := w._take()) is not None]
-                if sent:
-                    for (writer, _), error in zip(sent, await self._send(sent), strict=True):
-                        writer._landed(error)
-                    sent = []
-        except BaseException as exc:  # never leave a writer waiting in flush()
-            stopped = RedisConnectionError(f"chunk writer stopped: {exc!r}")
-            for writer in [*(w for w, _ in sent), *self._ready]:
-                writer._landed(stopped)
-            self._ready.clear()
-            raise
-        finally:
-            self._task = None
-
-    async def _send(self, sent: list[tuple[ChunkWriter, list[int | str | bytes]]]) -> list[BaseException | None]:
-        """One pipeline of script calls: each call's error, or None.
-
-        A pipeline that could not be sent or whose connection broke before its replies came back
-        is sent again (``through_outage``), until the longest patience among its writers has passed:
-        a call that had landed finds its items already stored and appends nothing (see
-        ``_FENCED_XADD``), so nothing is ever doubled. After that, every call fails with
-        ``StoreUnavailableError``."""
-        commands = [("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch) for writer, batch in sent]
-
-        async def send() -> list[object]:
-            results = await self._conn.execute(commands)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:  # a restarted or flushed Redis: load the script and send those calls again
-                loaded, *again = await self._conn.execute([("SCRIPT", "LOAD", _FENCED_XADD), *(commands[i] for i in missing)])
-                for i, reply in zip(missing, again, strict=True):
-                    results[i] = loaded if isinstance(loaded, Exception) else reply
-            return results
-
-        try:
-            results = await through_outage(send, patience_s=max(w.patience_s for w, _ in sent), what=f"{len(sent)} chunk append(s)")
-        except StoreUnavailableError as exc:
-            results = [exc] * len(sent)
-        return [r if isinstance(r, BaseException) else None for r in results]
-
-
-_pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, _Pipeliner] = weakref.WeakKeyDictionary()
-
-
-def _pipeliner(redis: aioredis.Redis) -> _Pipeliner:
-    found = _pipeliners.get(redis)
-    if found is None:
-        found = _pipeliners[redis] = _Pipeliner(redis)
-    return found
 
 
 @dataclass(eq=False)
@@ -304,7 +62,7 @@ class Subscription:
     _tailer: StreamTailer
     paused: bool = False
     closed: bool = False
-    _batches: list[list[StreamItem]] = field(default_factory=list)
+    _batches: list[list[StoredItem]] = field(default_factory=list)
     _buffered_bytes: int = 0
     _waiter: asyncio.Future[None] | None = None
     _deadline: float = 0.0  # loop time at which the waiting ``get`` gives up
@@ -315,7 +73,7 @@ class Subscription:
         """Payload received for this reader and not yet taken by it."""
         return self._buffered_bytes
 
-    async def get(self, timeout_s: float) -> list[StreamItem] | None:
+    async def get(self, timeout_s: float) -> list[StoredItem] | None:
         """Every item after the cursor that has arrived (waiting for one if none has), or None
         after ``timeout_s`` of silence."""
         if not self._batches:
@@ -348,7 +106,7 @@ class Subscription:
                 self._timer = None
             self._tailer._remove(self)
 
-    def _push(self, batch: list[StreamItem]) -> None:
+    def _push(self, batch: list[StoredItem]) -> None:
         self._batches.append(batch)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -535,7 +293,7 @@ class StreamTailer:
             return
         try:
             seq, kind, payload = message.split(b" ", 2)
-            item = StreamItem(int(seq), kind.decode(), payload)  # type: ignore[arg-type]
+            item = StoredItem(int(seq), kind.decode(), payload)  # type: ignore[arg-type]
         except ValueError:  # an empty message: "read me"
             self._mark(key)
             return
@@ -622,7 +380,7 @@ class StreamTailer:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if len(entries) >= XREAD_COUNT:
                 self._mark(key)  # there may be more
-            items = [_raw_item(eid, fields) for eid, fields in entries]
+            items = [raw_item(eid, fields) for eid, fields in entries]
             start = read_from.get(key, 0)
             for sub in list(self._subs.get(key, ())):
                 if sub.paused or sub.closed or sub.cursor < start:
@@ -632,7 +390,7 @@ class StreamTailer:
                     _offer(sub, fresh)
 
 
-def _offer(sub: Subscription, items: list[StreamItem]) -> None:
+def _offer(sub: Subscription, items: list[StoredItem]) -> None:
     """Queue the items that directly follow ``sub``'s cursor, as many as its buffer takes: up to
     ``SUBSCRIPTION_BUFFER_BYTES`` of payload (at least one item, however large), in at most
     ``SUBSCRIPTION_BUFFER_BATCHES`` batches. If any is left over, pause it at its cursor."""

@@ -1,0 +1,63 @@
+"""A run's stream as Redis holds it: one entry per item, its seq id as the entry id (``0-<seq>``).
+
+So seq ids are per run, start at 1, and can never be reused: Redis refuses an id that is not
+greater than the last one, which also stops a stale owner from writing into a run a newer owner
+already continued; and a resume cursor *is* a stream id, so ``XREAD`` after it yields exactly the
+later items. Each entry holds the item's kind (``data``, ``error``, ``done``: the terminal
+``[DONE]``) and its payload (the item's JSON). Writing is ``runtime.stream.writer``'s and, for a
+run's last items, ``RunStore.end``'s; reading for clients is ``runtime.stream.tailer``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import redis.asyncio as aioredis
+
+ItemKind = Literal["data", "error", "done"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    seq: int
+    kind: ItemKind
+    payload: bytes
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind == "done"
+
+
+def seq_of(entry_id: bytes | str) -> int:
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(raw.split("-", 1)[1])
+
+
+def entry_item(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredItem:
+    kind = fields.get(b"k", b"data").decode()
+    return StoredItem(seq=seq_of(entry_id), kind=kind, payload=fields.get(b"p", b""))  # type: ignore[arg-type]
+
+
+def raw_item(entry_id: bytes, fields: list[bytes]) -> StoredItem:
+    """An entry of a raw XREAD reply: its fields as the flat list Redis sends."""
+    return entry_item(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+
+
+async def last_seq(redis: aioredis.Redis, key: str) -> int:
+    """The highest seq written to ``key`` (0 if the stream does not exist)."""
+    entries = await redis.xrevrange(key, count=1)
+    return seq_of(entries[0][0]) if entries else 0
+
+
+async def first_seq(redis: aioredis.Redis, key: str) -> int | None:
+    """The lowest seq still held (None if the stream does not exist or is empty)."""
+    entries = await redis.xrange(key, count=1)
+    return seq_of(entries[0][0]) if entries else None
+
+
+async def read_after(redis: aioredis.Redis, key: str, after: int, count: int = 1000) -> list[StoredItem]:
+    entries = await redis.xrange(key, min=f"(0-{after}", count=count)
+    return [entry_item(eid, fields) for eid, fields in entries]
+
+

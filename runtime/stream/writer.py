@@ -1,0 +1,209 @@
+"""Writing a run's stream: the conversation owner's appends, fenced, in order, and never twice.
+
+Each item is queued and sent at once. The writers of a process that share a Redis client send
+through one pipeliner with one pipeline in flight at a time: when none is in flight a write leaves
+at once; while one is, the items every run produces meanwhile are coalesced into the next pipeline
+(one fenced script call per run), never delayed by a timer. One pipeline at a time also keeps each
+run's items in order. Every script call checks the owner's fencing epoch first.
+
+Every append also publishes the item (``SPUBLISH`` on the stream's own key, a shard channel, so it
+stays on the stream's shard in Redis Cluster; Redis >= 7.0) as ``<seq> <kind> <payload>``, for the
+tailers (``runtime.stream.tailer``); pub/sub is only a shortcut, the stream stays the truth.
+
+A pipeline that could not leave (Redis restarting, unreachable or frozen) or whose connection broke
+before its replies came back is sent again, with jittered backoff, for as long as its writers'
+patience allows (``CONVOY_STORE_OUTAGE_S``, through ``runtime.store.fencing.through_outage``):
+appends are idempotent (an item is stored under its seq id once, and a re-sent batch that had landed
+appends nothing), so a run streaming through a Redis outage carries on, without a gap or a doubled
+item. Past that patience the writer fails with ``StoreUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import weakref
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from runtime.errors import FencedError, StoreUnavailableError
+from runtime.store.connection import DirectConnection
+from runtime.store.runs import through_outage
+from runtime.stream.items import ItemKind
+
+log = logging.getLogger(__name__)
+
+# One script call appends a batch of items after checking the writer still owns the conversation.
+# KEYS: epoch key, stream key. ARGV: epoch, maxlen, ttl_s, then (seq, kind, payload) triples.
+# Sending a batch again is harmless: ids only grow, so only the batch's first XADD can be refused;
+# if the item stored under the batch's last id is the batch's last item, the whole batch landed
+# before (a script runs whole): nothing is appended and 0 is returned. Other refusals stay errors.
+_FENCED_XADD = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then
+  return redis.error_reply('FENCED epoch ' .. tostring(current) .. ' is not ' .. ARGV[1])
+end
+for i = 4, #ARGV, 3 do
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. ARGV[i], 'k', ARGV[i + 1], 'p', ARGV[i + 2])
+  if type(added) == 'table' and added.err then
+    local last = '0-' .. ARGV[#ARGV - 2]
+    local held = redis.call('XRANGE', KEYS[2], last, last)
+    if i == 4 and #held == 1 and held[1][2][4] == ARGV[#ARGV] then return 0 end
+    return added
+  end
+  redis.call('SPUBLISH', KEYS[2], ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return (#ARGV - 3) / 3
+"""
+_FENCED_XADD_SHA = hashlib.sha1(_FENCED_XADD.encode()).hexdigest()
+
+WRITE_BACKLOG_MAX = 512
+
+
+class ChunkWriter:
+    """Appends one run's items in order, fenced by the owner's epoch; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        stream_key: str,
+        epoch_key: str,
+        epoch: int,
+        next_seq: int,
+        maxlen: int,
+        ttl_s: int,
+        patience_s: float,
+    ) -> None:
+        """``patience_s``: how long a write is sent again while Redis is unreachable (the owner's
+        ``CONVOY_STORE_OUTAGE_S``; 0: never)."""
+        self._redis = redis
+        self.patience_s = patience_s
+        self._pipeliner = _pipeliner(redis)
+        # EVALSHA's arguments after the sha: numkeys, KEYS, then ARGV up to the item triples.
+        self._call_head: tuple[int | str, ...] = (2, epoch_key, stream_key, str(epoch), str(maxlen), str(ttl_s))
+        self._next_seq = next_seq
+        self._pending: list[int | str | bytes] = []  # flat (seq, kind, payload) triples
+        self._idle = asyncio.Event()  # set when nothing written is still unsent or in flight
+        self._idle.set()
+        self._failure: BaseException | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    def reserve(self) -> int:
+        """The seq the next item will get (for payloads that carry their own seq_id)."""
+        return self._next_seq
+
+    async def write(self, kind: ItemKind, payload: bytes) -> int:
+        """Queue one item and start sending it; waits only when the backlog is full."""
+        if self._failure is not None:
+            raise self._failure
+        seq = self._next_seq
+        self._next_seq += 1
+        self._pending += (seq, kind, payload)
+        self._idle.clear()
+        self._pipeliner.submit(self)
+        if len(self._pending) >= 3 * WRITE_BACKLOG_MAX:
+            await self.flush()
+        return seq
+
+    async def flush(self) -> None:
+        """Wait until everything written so far is in Redis (re-raises a write failure)."""
+        await self._idle.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def _take(self) -> list[int | str | bytes] | None:
+        if self._failure is not None or not self._pending:
+            return None
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _landed(self, error: BaseException | None) -> None:
+        """The pipeliner's report on the batch it took last."""
+        if error is not None and self._failure is None:
+            text = str(error)
+            fenced = isinstance(error, ResponseError) and ("FENCED" in text or "equal or smaller" in text)
+            self._failure = FencedError(f"stream write refused: {text}") if fenced else error
+        if self._failure is not None:
+            self._pending.clear()
+        if not self._pending:
+            self._idle.set()
+
+
+class _Pipeliner:
+    """Sends the fenced appends of every ``ChunkWriter`` on one Redis client, one pipeline at a time,
+    on a connection of its own (``DirectConnection``: a chunk's write is the hottest path there is)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._conn = DirectConnection(redis)
+        self._ready: dict[ChunkWriter, None] = {}  # writers with unsent items, in arrival order
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, writer: ChunkWriter) -> None:
+        self._ready[writer] = None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="chunk-pipeliner")
+
+    async def _run(self) -> None:
+        sent: list[tuple[ChunkWriter, list[int | str | bytes]]] = []
+        try:
+            while self._ready:
+                writers = list(self._ready)
+                self._ready.clear()
+                sent = [(w, batch) for w in writers if (batch := w._take()) is not None]
+                if sent:
+                    for (writer, _), error in zip(sent, await self._send(sent), strict=True):
+                        writer._landed(error)
+                    sent = []
+        except BaseException as exc:  # never leave a writer waiting in flush()
+            stopped = RedisConnectionError(f"chunk writer stopped: {exc!r}")
+            for writer in [*(w for w, _ in sent), *self._ready]:
+                writer._landed(stopped)
+            self._ready.clear()
+            raise
+        finally:
+            self._task = None
+
+    async def _send(self, sent: list[tuple[ChunkWriter, list[int | str | bytes]]]) -> list[BaseException | None]:
+        """One pipeline of script calls: each call's error, or None.
+
+        A pipeline that could not be sent or whose connection broke before its replies came back
+        is sent again (``through_outage``), until the longest patience among its writers has passed:
+        a call that had landed finds its items already stored and appends nothing (see
+        ``_FENCED_XADD``), so nothing is ever doubled. After that, every call fails with
+        ``StoreUnavailableError``."""
+        commands = [("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch) for writer, batch in sent]
+
+        async def send() -> list[object]:
+            results = await self._conn.execute(commands)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # a restarted or flushed Redis: load the script and send those calls again
+                loaded, *again = await self._conn.execute([("SCRIPT", "LOAD", _FENCED_XADD), *(commands[i] for i in missing)])
+                for i, reply in zip(missing, again, strict=True):
+                    results[i] = loaded if isinstance(loaded, Exception) else reply
+            return results
+
+        try:
+            results = await through_outage(send, patience_s=max(w.patience_s for w, _ in sent), what=f"{len(sent)} chunk append(s)")
+        except StoreUnavailableError as exc:
+            results = [exc] * len(sent)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+
+_pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, _Pipeliner] = weakref.WeakKeyDictionary()
+
+
+def _pipeliner(redis: aioredis.Redis) -> _Pipeliner:
+    found = _pipeliners.get(redis)
+    if found is None:
+        found = _pipeliners[redis] = _Pipeliner(redis)
+    return found
+
+
