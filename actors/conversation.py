@@ -12,7 +12,7 @@ mailbox entries strictly in order and runs each turn to a terminal status. Guara
 - **A stale activation cannot write.** Every write carries this activation's epoch; on
   ``FencedError`` the activation stops at once without touching anything.
 - **A Redis outage pauses a turn; only a long one fails it.** Every write of the owner is
-  idempotent and sent again while Redis is unreachable (``runtime.store.runs.through_outage``: the take,
+  idempotent and sent again while Redis is unreachable (``runtime.store.fencing.through_outage``: the take,
   chunk appends, step traces, history appends, the run's end), and the reads a turn starts with
   wait too, each for up to ``CONVOY_STORE_OUTAGE_S``; so a turn streams through an outage shorter
   than that, and the lease it lapsed meanwhile is taken back (``actors.directory``). A longer
@@ -51,8 +51,9 @@ from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.agents import AgentStore, ConversationStore
+from runtime.store.fencing import Fence, through_outage
 from runtime.store.history import HistoryStore
-from runtime.store.runs import Fence, RunStore, through_outage
+from runtime.store.runs import RunStore
 from runtime.stream import wire
 from runtime.stream.items import last_seq
 from runtime.stream.writer import ChunkWriter
@@ -273,14 +274,12 @@ class Activation:
                 chat=self._chat,
             )
             await writer.flush()
-            first = writer.reserve()
-            await s.runs.finish(
+            await s.runs.end(
                 turn.run_id,
                 conversation_id=self.conversation_id,
-                status=wire.status_for(outcome.stop_reason),
-                stop_reason=outcome.stop_reason,
+                ending=wire.Completed(outcome.stop_reason, outcome.usage),
                 fence=self._fence,
-                items=wire.success_items(turn.run_id, first, outcome.stop_reason, outcome.usage),
+                next_seq=writer.reserve(),
                 mailbox_entry=entry.entry_id,
                 extra=_timings(turn, outcome.ttft_ns) | ({"finish_reason": outcome.finish_reason} if outcome.finish_reason else {}),
                 pending_approval=outcome.approval_request_id or "",
@@ -331,27 +330,23 @@ class Activation:
             with contextlib.suppress(Exception):
                 await writer.flush()
                 first = writer.reserve()
-        if first is None:  # a failed writer dropped what it had not sent: go on after what is stored
-            first = await self._last_seq(run_id) + 1
+        # ``first`` None: a failed writer dropped what it had not sent; the end follows what is stored.
+        ending: wire.Ending
         if cancelled:
-            items, status, stop, error = wire.cancel_items(run_id, first), "cancelled", "cancelled", None
+            ending = wire.Cancelled()
         else:
             assert failure is not None
-            items = wire.failure_items(run_id, first, failure)
-            status, stop = "failed", failure.stop_reason
-            error = wire.error_message(run_id, failure).model_dump(exclude_none=True)
-        done = await self._s.runs.finish(
+            ending = wire.Failed(failure)
+        done = await self._s.runs.end(
             run_id,
             conversation_id=self.conversation_id,
-            status=status,  # type: ignore[arg-type]
-            stop_reason=stop,
+            ending=ending,
             fence=self._until_landed,
-            items=items,
+            next_seq=first,
             mailbox_entry=entry.entry_id,
-            error=error,
             expect=expect,  # type: ignore[arg-type]
             extra=_timings(turn, None) if turn else None,
-            # A failed answer closes its approval (``RunStore.finish``); a failed ordinary turn
+            # A failed answer closes its approval (``RunStore.end``); a failed ordinary turn
             # leaves an approval requested meanwhile open.
         )
         if not done and skip_missing:

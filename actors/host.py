@@ -50,8 +50,9 @@ from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.connection import connect, dedicated, reraise_if_cancelling
+from runtime.store.fencing import through_outage
 from runtime.store.history import HistoryStore
-from runtime.store.runs import RunStore, through_outage
+from runtime.store.runs import RunStore
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from runtime.errors import (
     PendingApprovalError,
 )
 from runtime.store import keyspace
-from runtime.store.runs import START_RUN_LUA, Fence, call_fenced, now_ms
+from runtime.store.fencing import Fence, call_fenced
+from runtime.store.runs import START_RUN_LUA, now_ms
 
 # Accepting a turn is one atomic step: idempotency check, approval check, busy check, run record,
 # the run stream's first item and the mailbox entry are all written, or none is.
@@ -218,6 +219,10 @@ class Mailbox:
             return None
         entry_id, run_id, payload, status = reply
         return Taken(MailboxEntry(entry_id.decode(), run_id.decode(), payload), status.decode())
+
+    async def holds(self, conversation_id: str, entry_id: str) -> bool:
+        """Whether entry ``entry_id`` is still in the mailbox (its run has not ended)."""
+        return bool(await self._redis.xrange(keyspace.mailbox(conversation_id), min=entry_id, max=entry_id))
 
     async def depth(self, conversation_id: str) -> int:
         return int(await self._redis.xlen(keyspace.mailbox(conversation_id)))

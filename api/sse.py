@@ -34,14 +34,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from actors.client import Nudge
 from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
-from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, OwnerLostError, RunFailure, StreamGoneError
+from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, RunFailure, StreamGoneError
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
 from runtime.store import keyspace
 from runtime.stream.items import StoredItem, first_seq, last_seq, read_after
-from runtime.stream.wire import encode, error_message, failure_items
+from runtime.stream.wire import encode, failure_items
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,10 @@ async def _stalled_ending(
 ) -> list[StoredItem] | None:
     """A terminal sequence to send if the run can no longer produce one itself, else None.
 
-    A run's terminal items are written in the same atomic step as its terminal status, so a stream
-    that still exists delivers them as long as someone owns the run. A run nobody owns is woken up
-    (its next owner ends it as ``owner_lost`` or runs it); the reader gives up only after the run
-    has stayed ownerless for ``2 * stream_idle_timeout_s`` in spite of that, i.e. no host at all
-    could take it.
+    A stream that vanished (expired) ends at once. A run silent for ``stream_idle_timeout_s`` is
+    nudged (``ConversationClient.nudge``: an orphan is ended, an ownerless run's conversation
+    woken); the reader gives up only after the run has stayed ownerless for
+    ``2 * stream_idle_timeout_s`` in spite of that, i.e. no host at all could take it.
     """
     idle_s = state.settings.stream_idle_timeout_s
     try:
@@ -192,50 +192,23 @@ async def _stalled_ending(
         # reconnects would hold this check (and so the reader's giving up) for minutes.
         async with asyncio.timeout(idle_s):
             exists = await state.redis.exists(keyspace.run_stream(conversation_id, run_id))
+            now = time.monotonic()
+            if not exists or now - watch.last_item_at < idle_s:
+                nudge = None
+            else:
+                nudge = await state.client.nudge(conversation_id, run_id)
     except TimeoutError as exc:
         raise RedisTimeoutError(f"Redis did not answer within {idle_s:g} s") from exc
     if not exists:
         return _synthetic(run_id, cursor, StreamLost())
-    now = time.monotonic()
-    if now - watch.last_item_at < idle_s:
-        return None
-    raw = await state.runs.raw(conversation_id, run_id)
-    status = raw.get("status")
-    if status not in ("created", "running"):
-        return None  # ended: its terminal items are already in the stream
-    entry = raw.get("mailbox_entry", "")
-    if not entry or not await state.redis.xrange(keyspace.mailbox(conversation_id), min=entry, max=entry):
-        # Unfinished, yet out of the mailbox: no owner will ever run or end it. End it here, in
-        # the same atomic step an owner would use, so every reader sees the same ending.
-        await _end_orphan(state, conversation_id, run_id, status)
-        return None
-    if await state.directory.owner(conversation_id) is not None:
+    if nudge not in (Nudge.WOKEN, Nudge.NO_HOST):
         watch.ownerless_since = None
         return None
     if watch.ownerless_since is None:
         watch.ownerless_since = now
     elif now - watch.ownerless_since > 2 * idle_s:
         return _synthetic(run_id, cursor, StreamStalled(f"no owner for {now - watch.ownerless_since:.0f} s"))
-    try:
-        await state.router.deliver(conversation_id)
-    except Exception:  # noqa: BLE001 - still nobody: the next silence check tries again or gives up
-        log.warning("could not wake a stalled conversation", extra={"run_id": run_id})
     return None
-
-
-async def _end_orphan(state: AppState, conversation_id: str, run_id: str, status: str) -> None:
-    first = await last_seq(state.redis, keyspace.run_stream(conversation_id, run_id)) + 1
-    failure = OwnerLostError("the run is no longer in its conversation's mailbox")
-    await state.runs.finish(
-        run_id,
-        conversation_id=conversation_id,
-        status="failed",
-        stop_reason=failure.stop_reason,
-        fence=None,
-        expect=status,  # type: ignore[arg-type]
-        items=failure_items(run_id, first, failure),
-        error=error_message(run_id, failure).model_dump(exclude_none=True),
-    )
 
 
 def _synthetic(run_id: str, cursor: int, failure: RunFailure) -> list[StoredItem]:

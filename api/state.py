@@ -1,18 +1,18 @@
-"""Everything a request handler needs, built once per API process by the app's lifespan."""
+"""Everything a request handler needs, built once per API process by the app's lifespan.
+
+The read side (agents, conversations, runs, history, the stream tailers) is read directly; every
+write to a conversation goes through ``client``, the one door (``actors.client``).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
-from actors.directory import Directory
-from actors.mailbox import Mailbox
-from actors.router import ConversationRouter
+from actors.client import ConversationClient
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
 from runtime.store.agents import AgentStore, ConversationStore
@@ -21,7 +21,7 @@ from runtime.store.connection import connect
 from runtime.store.history import HistoryStore
 from runtime.store.runs import RunStore
 from runtime.stream.tailer import TailerPool
-from runtime.tools.registry import ToolRegistry, load
+from runtime.tools import ToolRegistry, load
 
 TAILERS_PER_PROCESS = 2
 
@@ -34,32 +34,28 @@ class AppState:
     conversations: ConversationStore
     runs: RunStore
     history: HistoryStore
-    mailbox: Mailbox
-    directory: Directory
-    router: ConversationRouter
     tailers: TailerPool
+    client: ConversationClient
     providers: Providers
     tools: ToolRegistry
     keys: KeyStore
     gate: Gate
-    _watch: asyncio.Task[None] = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         redis = connect(settings)
-        directory = Directory(redis, lease_ttl_ms=settings.lease_ttl_ms)
+        runs = RunStore(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        tailers = TailerPool(redis, block_ms=settings.read_block_ms, size=TAILERS_PER_PROCESS)
         key_store = KeyStore(redis)
         return cls(
             settings=settings,
             redis=redis,
             agents=AgentStore(redis),
             conversations=ConversationStore(redis),
-            runs=RunStore(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen),
+            runs=runs,
             history=HistoryStore(redis),
-            mailbox=Mailbox(redis),
-            directory=directory,
-            router=ConversationRouter(settings, directory, redis),
-            tailers=TailerPool(redis, block_ms=settings.read_block_ms, size=TAILERS_PER_PROCESS),
+            tailers=tailers,
+            client=ConversationClient(settings, redis, runs, tailers),
             providers=Providers(settings),
             tools=load(settings.tool_modules),
             keys=key_store,
@@ -72,12 +68,10 @@ class AppState:
 
     async def start(self) -> None:
         await self.tailers.start()
-        self._watch = asyncio.create_task(self.router.watch(), name="host-watch")
+        await self.client.start()
 
     async def stop(self) -> None:
-        self._watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._watch
+        await self.client.stop()
         await self.tailers.stop()
         await self.redis.aclose()
 

@@ -87,7 +87,8 @@ from runtime.settings import ECHO_MODEL_HANDLE, Settings
 from runtime.store import keyspace
 from runtime.store.connection import connect
 from runtime.store.embedded import EmbeddedRedis
-from runtime.store.runs import UNFINISHED_RUN_TTL_S, Fence, RunStore
+from runtime.store.fencing import Fence
+from runtime.store.runs import UNFINISHED_RUN_TTL_S, RunStore
 from runtime.stream import wire
 from runtime.stream.items import last_seq
 from runtime.stream.tailer import TailerPool
@@ -359,22 +360,20 @@ class Producer:
             done.errors.append(f"producer {target.run_id}: {type(exc).__name__}: {exc}")
 
     async def _finish(self, runs: RunStore, target: Target, writer: ChunkWriter | BatchedWriter) -> None:
-        """End the run as its owner would: the terminal items and status in one fenced step."""
-        items: list[tuple[int, str, bytes]] = []
-        if isinstance(writer, ChunkWriter):
-            await writer.flush()
-            usage = UsageStatistics(run_ids=[target.run_id])
-            items = wire.success_items(target.run_id, writer.reserve(), "end_turn", usage)
-        else:  # the baseline's entry ids are Redis's own: its end marker goes through its writer
+        """End the run as its owner would: the terminal items and status in one fenced step (the
+        baseline's entry ids are Redis's own, so its end marker goes through its own writer, and
+        its run, which nothing else reads, is left as it is)."""
+        if isinstance(writer, BatchedWriter):
             await writer.write("done", wire.DONE_PAYLOAD)
             await writer.flush()
-        await runs.finish(
+            return
+        await writer.flush()
+        await runs.end(
             target.run_id,
             conversation_id=target.conversation_id,
-            status="completed",
-            stop_reason="end_turn",
+            ending=wire.Completed("end_turn", UsageStatistics(run_ids=[target.run_id])),
             fence=_fence(target),
-            items=items,
+            next_seq=writer.reserve(),
             mailbox_entry=target.entry_id,
         )
 

@@ -32,7 +32,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from api.auth import Caller
-from api.cancel import cancel_run
 from api.errors import (
     openai_error,
     openai_error_body,
@@ -198,7 +197,7 @@ async def _complete(reply: _Reply) -> Response:
 
 async def _stream(request: Request, state: AppState, run: RunView, reply: _Reply) -> Response:
     async def abandon() -> object:
-        return await cancel_run(state, run.conversation_id, run.id)
+        return await state.client.cancel_abandoned(run.conversation_id, run.id)
 
     try:
         head = await _first_deltas(request, reply)

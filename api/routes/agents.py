@@ -10,7 +10,6 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
 from api.auth import Caller
-from api.cancel import cancel_conversation, cancel_run
 from api.routes.conversations import send
 from api.sse import SSE_RESPONSES
 from api.state import AppState, State
@@ -167,7 +166,7 @@ async def cancel_agent_runs(
             conversation_id = await state.runs.conversation_of(run_id)
             if (await state.runs.get(run_id, conversation_id, tenant=caller.tenant)).agent_id != agent_id:
                 raise NotFoundError(f"run {run_id} not found for agent {agent_id}")
-            runs[run_id] = await cancel_run(state, conversation_id, run_id)
+            runs[run_id] = await state.client.cancel_run(conversation_id, run_id)
         return {"agent_id": agent_id, "runs": runs}
     return {"agent_id": agent_id, "runs": await _cancel_all(state, agent_id)}
 
@@ -184,6 +183,6 @@ async def _cancel_all(state: AppState, agent_id: str) -> dict[str, str]:
     """Cancel every unfinished run of every conversation of the agent; run id -> status."""
     runs: dict[str, str] = {}
     conversation_ids = await state.conversations.ids_of(agent_id)
-    for cancelled in await asyncio.gather(*(cancel_conversation(state, c) for c in conversation_ids)):
+    for cancelled in await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids)):
         runs.update(cancelled)
     return runs

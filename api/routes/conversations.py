@@ -8,7 +8,6 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
-from api.cancel import cancel_abandoned, cancel_conversation
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
 from api.state import AppState, State
@@ -18,7 +17,6 @@ from runtime.errors import NotFoundError
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, ResumeRequest, SendMessageRequest
-from runtime.store import keyspace
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -84,7 +82,7 @@ async def send(
     if body.streaming:
 
         async def abandon() -> object:
-            return await cancel_abandoned(state, conversation.id, run.id)
+            return await state.client.cancel_abandoned(conversation.id, run.id)
 
         return sse_response(
             run_events(
@@ -127,10 +125,10 @@ async def resume(
     await state.conversations.get(conversation_id, tenant=caller.tenant)
     run_id = body.run_id
     if run_id is None and body.otid is not None:
-        found = await state.redis.get(keyspace.idempotency(conversation_id, f"otid:{body.otid}"))
+        found = await state.client.run_of_otid(conversation_id, body.otid)
         if found is None:
             raise NotFoundError(f"no run of conversation {conversation_id} was started by otid {body.otid}")
-        run_id = found.decode()
+        run_id = found
     if run_id is None:
         run_id = await state.runs.latest(conversation_id)
         if run_id is None:
@@ -146,4 +144,4 @@ async def resume(
 @router.post("/{conversation_id}/cancel", summary="Cancel the conversation's running and queued runs")
 async def cancel(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
     await state.conversations.get(conversation_id, tenant=caller.tenant)
-    return {"conversation_id": conversation_id, "runs": await cancel_conversation(state, conversation_id)}
+    return {"conversation_id": conversation_id, "runs": await state.client.cancel_conversation(conversation_id)}

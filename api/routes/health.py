@@ -25,9 +25,9 @@ async def _redis_ok(state: AppState) -> bool:
 @router.get("/v1/health", summary="Health: Redis and Ray reachable")
 @router.get("/v1/health/", include_in_schema=False)
 async def health(state: State) -> JSONResponse:
-    redis_ok, hosts = await asyncio.gather(_redis_ok(state), state.router.hosts_alive())
+    redis_ok, hosts = await asyncio.gather(_redis_ok(state), state.client.hosts_alive())
     if state.settings.placement == "dedicated":
-        ray_ok = await state.router.ray_alive()
+        ray_ok = await state.client.ray_alive()
     else:
         ray_ok = hosts > 0
     ok = redis_ok and ray_ok

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
 from api.auth import Caller
-from api.cancel import cancel_run
 from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
 from api.state import State
 from api.validation import AgentIdQuery, ConversationIdQuery, Limit, RunId, RunIdQuery
@@ -134,5 +133,5 @@ async def resume_get(
 @router.post("/{run_id}/cancel", summary="Cancel a run (running or queued)")
 async def cancel(run_id: RunId, state: State, caller: Caller) -> dict[str, Any]:
     conversation_id = (await state.runs.get(run_id, tenant=caller.tenant)).conversation_id
-    await cancel_run(state, conversation_id, run_id)
+    await state.client.cancel_run(conversation_id, run_id)
     return (await state.runs.get(run_id, conversation_id, tenant=caller.tenant)).model_dump(mode="json")

@@ -16,7 +16,7 @@
 - **A command that was sent is never re-sent by the client.** If its connection breaks after it
   left, it may have run, and most of Convoy's writes are scripts that must run once. The caller
   decides: a conversation's owner sends its writes again, all of them idempotent, for up to
-  ``CONVOY_STORE_OUTAGE_S`` (``runtime.store.runs.through_outage``; the chunk appends of ``runtime.stream.writer``
+  ``CONVOY_STORE_OUTAGE_S`` (``runtime.store.fencing.through_outage``; the chunk appends of ``runtime.stream.writer``
   too); every other caller (an API request: 503 with ``Retry-After``) reports the failure.
 """
 

@@ -4,7 +4,7 @@ Appends come from the conversation's owner and are fenced by its epoch, so a sta
 add to the history after a takeover. The agent loop appends a turn step by step, each step's
 messages in one script call, so a crash never leaves half a step. An append is idempotent: one
 whose first message is already indexed had run (a script runs whole) and is skipped, so the owner
-sends it again while Redis is unreachable (``runtime.store.runs.through_outage``) without ever doubling
+sends it again while Redis is unreachable (``runtime.store.fencing.through_outage``) without ever doubling
 a message.
 """
 
@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from runtime.errors import NotFoundError
 from runtime.schemas.messages import HistoryMessage
 from runtime.store import keyspace
-from runtime.store.runs import Fence, call_fenced
+from runtime.store.fencing import Fence, call_fenced
 
 # KEYS: epoch, history stream, message id -> entry id index. ARGV: epoch, then (message id, json) pairs.
 # Returns how many messages were appended: 0 when this append had run already (sent again).

@@ -10,14 +10,7 @@ out of a terminal status. Transitions made by the conversation's owner are also 
 epoch (see ``actors.directory``), and the terminal transition deletes the run's mailbox entry in
 the same script: "finished" and "no longer queued" can never disagree.
 
-**An owner's writes outlast a Redis outage.** Every fenced script of an owner (the mailbox's take,
-a run's start and end, a step trace, a history append) and the chunk appends are idempotent:
-sending one again after it ran changes nothing and reports what the first sending did (a take or
-start answers ``resumed``, an end that had landed says so, a trace or an append that is already
-stored is skipped). So ``through_outage`` sends them again, with jittered exponential backoff,
-when their connection failed or timed out (they may or may not have run), for as long as the
-owner's patience (``Fence.patience_s``: ``CONVOY_STORE_OUTAGE_S``) allows, each try bounded by
-what is left of it; then ``StoreUnavailableError`` says for how long Redis was unreachable.
+The owner's writes are fenced and outlast a Redis outage: see ``runtime.store.fencing``.
 """
 
 from __future__ import annotations
@@ -25,33 +18,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_before_delay, wait_random_exponential
 
-from runtime.errors import FencedError, NotFoundError, StoreUnavailableError
+from runtime.errors import NotFoundError
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.runs import RunQuery, RunStatus, RunView
 from runtime.store import keyspace
-from runtime.store.connection import reraise_if_cancelling
+from runtime.store.fencing import Fence, call_fenced, through_outage
+from runtime.stream.items import last_seq
+from runtime.stream.wire import Ending, terminal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-# What an owner's write may meet while Redis is unreachable: a refused, broken or silent connection
-# (a try cut short by the owner's own deadline is a TimeoutError, an OSError).
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-RESEND_BACKOFF_S = 0.05  # first wait between two sendings of an owner's write, doubling...
-RESEND_BACKOFF_MAX_S = 1.0  # ...up to this (jittered)
 
 # Runs that never reach a terminal status (a bug) still expire eventually.
 UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
@@ -137,82 +120,13 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class Fence:
-    """An owner's proof of ownership, carried by every write it makes, and how long the owner keeps
-    sending a write again while Redis is unreachable (``through_outage``; 0: never, ``math.inf``:
-    until it lands)."""
-
-    conversation_id: str
-    epoch: int
-    owner: str = ""
-    patience_s: float = 0.0
-
-
-async def through_outage(call: Callable[[], Awaitable[T]], *, patience_s: float, what: str) -> T:
-    """``call()``, made again while Redis cannot be reached, for at most ``patience_s`` in all.
-
-    Only for idempotent calls (see the module docstring): a try whose connection failed or timed
-    out may have run. Tries are spaced by jittered exponential backoff, and each is cut short when
-    the patience runs out (a frozen Redis holds a connection without ever answering). Raises
-    ``StoreUnavailableError`` saying for how long Redis was unreachable; any other error at once."""
-    if patience_s <= 0:
-        return await call()
-    started = time.monotonic()
-
-    async def attempt() -> T:
-        left_s = started + patience_s - time.monotonic()
-        async with asyncio.timeout(left_s if math.isfinite(left_s) else None):
-            return await call()
-
-    def again(state: RetryCallState) -> None:
-        reraise_if_cancelling()  # redis-py may turn a cancellation into a ConnectionError
-        error = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "Redis unreachable; sending again",
-            extra={"what": what, "tries": state.attempt_number, "waited_s": round(time.monotonic() - started, 1), "error": repr(error)},
-        )
-
-    retrying = AsyncRetrying(
-        stop=stop_before_delay(patience_s),
-        wait=wait_random_exponential(multiplier=RESEND_BACKOFF_S, max=RESEND_BACKOFF_MAX_S),
-        retry=retry_if_exception_type(UNREACHABLE),
-        before_sleep=again,
-        reraise=True,
-    )
-    try:
-        return await retrying(attempt)
-    except UNREACHABLE as exc:
-        reraise_if_cancelling()
-        waited_s = time.monotonic() - started
-        raise StoreUnavailableError(
-            f"Redis was unreachable for {waited_s:.0f} s ({what}; an owner waits at most {patience_s:g} s, "
-            f"CONVOY_STORE_OUTAGE_S): {exc!r}"
-        ) from exc
-
-
-async def call_fenced(script: Any, *, fence: Fence | None, keys: list[str], args: list[Any], refused: str) -> Any:
-    """Run one of an owner's fenced scripts (idempotent, see the module docstring), sent again
-    while Redis is unreachable for ``fence.patience_s`` (none without a fence): its reply, or
-    ``FencedError(refused)`` when Redis turned a stale owner away (the script's ``FENCED`` error,
-    or a stream entry id at or below the last one, which only a newer owner can have written)."""
-    try:
-        return await through_outage(
-            lambda: script(keys=keys, args=args), patience_s=fence.patience_s if fence else 0.0, what=f"a write to {keys[1]}"
-        )
-    except ResponseError as exc:
-        if "FENCED" in str(exc) or "equal or smaller" in str(exc):
-            raise FencedError(refused) from exc
-        raise
-
-
 class RunStore:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: int, maxlen: int) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._maxlen = maxlen
         self._start = redis.register_script(_START)
-        self._finish = redis.register_script(_FINISH)
+        self._finish_script = redis.register_script(_FINISH)
         self._add_step = redis.register_script(_ADD_STEP)
 
     def initial_fields(self, view: RunView, *, key_id: str | None = None) -> dict[str, str | int]:
@@ -326,7 +240,50 @@ class RunStore:
             args=[fence.epoch, now_ms(), fence.owner],
         )
 
-    async def finish(
+    async def end(
+        self,
+        run_id: str,
+        *,
+        conversation_id: str,
+        ending: Ending,
+        fence: Fence | None,
+        next_seq: int | None = None,
+        mailbox_entry: str = "",
+        expect: RunStatus | None = None,
+        extra: dict[str, Any] | None = None,
+        pending_approval: str | None = None,
+    ) -> bool:
+        """End a run, the one way every run ends (its owner's success, failure or cancel; a queued
+        run cancelled; a run no owner will finish): its terminal items (``runtime.stream.wire``), its
+        terminal status, the removal of its mailbox entry and the bookkeeping of the conversation's
+        pending approval, in one atomic step; then its run reference's lifetime and its key's slot.
+
+        ``fence``: the owner's (None for a run no owner holds: then ``expect`` names the status it
+        must still be in). ``next_seq``: the seq of the first terminal item, when the caller's writer
+        knows it; else it follows the last item stored. False if the run was already terminal,
+        unknown, or not in status ``expect``. ``pending_approval``: None leaves the conversation's
+        pending approval alone (unless this run was its answer: then it is closed), "" clears it,
+        an id opens it (clients may then answer that approval request)."""
+        if next_seq is None:
+            stream = keyspace.run_stream(conversation_id, run_id)
+            patience_s = fence.patience_s if fence else 0.0
+            next_seq = await through_outage(lambda: last_seq(self._redis, stream), patience_s=patience_s, what="where a stream ends") + 1
+        done = terminal(run_id, next_seq, ending)
+        return await self._finish(
+            run_id,
+            conversation_id=conversation_id,
+            status=done.status,
+            stop_reason=done.stop_reason,
+            fence=fence,
+            items=done.items,
+            mailbox_entry=mailbox_entry,
+            expect=expect,
+            error=done.error,
+            extra=extra,
+            pending_approval=pending_approval,
+        )
+
+    async def _finish(
         self,
         run_id: str,
         *,
@@ -335,17 +292,12 @@ class RunStore:
         stop_reason: str,
         fence: Fence | None,
         items: list[tuple[int, str, bytes]],
-        mailbox_entry: str = "",
-        expect: RunStatus | None = None,
-        error: dict[str, Any] | None = None,
-        extra: dict[str, Any] | None = None,
-        pending_approval: str | None = None,
+        mailbox_entry: str,
+        expect: RunStatus | None,
+        error: dict[str, Any] | None,
+        extra: dict[str, Any] | None,
+        pending_approval: str | None,
     ) -> bool:
-        """End a run: append its final ``items`` (seq, kind, payload), set its terminal status and
-        drop its mailbox entry, all at once. False if the run was already terminal, unknown, or
-        not in status ``expect``. ``pending_approval``: None leaves the conversation's pending approval
-        alone (unless this run was its answer: then it is closed), "" clears it, an id opens it
-        (clients may then answer that approval request)."""
         assert status in TERMINAL
         fields: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "completed_at_ms": now_ms()}
         if error is not None:
@@ -368,7 +320,7 @@ class RunStore:
         # took a run over sets it again when it ends the run.)
         reply, _ = await asyncio.gather(
             self._fenced(
-                self._finish,
+                self._finish_script,
                 fence,
                 keys=[
                     keyspace.epoch(conversation_id),

@@ -4,9 +4,15 @@ A stream ends exactly one of these ways, and nothing follows ``[DONE]``:
 
 - success or cancel: ``stop_reason``, ``usage_statistics``, ``[DONE]``
 - failure:           ``stop_reason``, ``event: error`` (``error_message``), ``[DONE]``
+
+How a run ended is an ``Ending`` (``Completed``, ``Cancelled``, ``Failed``); ``terminal`` turns it
+into those items and the run's final record. ``RunStore.end`` is the one place that writes them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from runtime.errors import RunFailure
 from runtime.schemas.messages import ErrorMessage, StopReasonItem, UsageStatistics, WireItem
@@ -58,3 +64,46 @@ def cancel_items(run_id: str, first_seq: int, usage: UsageStatistics | None = No
 
 def status_for(stop_reason: str) -> RunStatus:
     return STATUS_FOR_STOP_REASON.get(stop_reason, "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The turn ran to a stop reason (``end_turn``, ``max_steps``, ``requires_approval``...)."""
+
+    stop_reason: str
+    usage: UsageStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    usage: UsageStatistics | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    failure: RunFailure
+
+
+Ending = Completed | Cancelled | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class Terminal:
+    """What ending a run writes: its last items, its status and stop reason, and its error."""
+
+    items: list[Item]
+    status: RunStatus
+    stop_reason: str
+    error: dict[str, Any] | None
+
+
+def terminal(run_id: str, first_seq: int, ending: Ending) -> Terminal:
+    """The terminal sequence of ``ending``, its first item at ``first_seq``."""
+    if isinstance(ending, Completed):
+        items = success_items(run_id, first_seq, ending.stop_reason, ending.usage)
+        return Terminal(items, status_for(ending.stop_reason), ending.stop_reason, None)
+    if isinstance(ending, Cancelled):
+        return Terminal(cancel_items(run_id, first_seq, ending.usage), "cancelled", "cancelled", None)
+    failure = ending.failure
+    error = error_message(run_id, failure).model_dump(exclude_none=True)
+    return Terminal(failure_items(run_id, first_seq, failure), "failed", failure.stop_reason, error)

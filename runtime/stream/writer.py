@@ -31,7 +31,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from runtime.errors import FencedError, StoreUnavailableError
 from runtime.store.connection import DirectConnection
-from runtime.store.runs import through_outage
+from runtime.store.fencing import through_outage
 from runtime.stream.items import ItemKind
 
 log = logging.getLogger(__name__)

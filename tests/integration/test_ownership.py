@@ -14,19 +14,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
-from runtime.errors import ConversationBusyError, FencedError, NotFoundError, StoreUnavailableError
+from runtime.errors import ConversationBusyError, FencedError, InternalRunError, NotFoundError, StoreUnavailableError
 from runtime.ids import new_id
-from runtime.schemas.messages import UserMessage, utcnow
+from runtime.schemas.messages import UsageStatistics, UserMessage, utcnow
 from runtime.schemas.runs import RunView
 from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.connection import connect
+from runtime.store.fencing import Fence
 from runtime.store.history import HistoryStore
-from runtime.store.runs import Fence, RunStore
+from runtime.store.runs import RunStore
+from runtime.stream import wire
 from runtime.stream.items import read_after
 from runtime.stream.writer import ChunkWriter
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
+
+END_TURN = wire.Completed("end_turn", UsageStatistics())
 
 
 @pytest.fixture
@@ -170,15 +174,10 @@ async def test_run_transitions_are_fenced_and_never_leave_a_terminal_status(redi
     assert await runs.start(Fence(conv, 3, "h/a/1"), run_id) == "resumed"
     assert await runs.start(Fence(conv, 3, "h/b/1"), run_id) == "running"
 
-    done = await runs.finish(
-        run_id, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3),
-        items=[(2, "done", b"[DONE]")], mailbox_entry=entry_id,
-    )
+    done = await runs.end(run_id, conversation_id=conv, ending=END_TURN, fence=Fence(conv, 3), mailbox_entry=entry_id)
     assert done
     assert await mailbox.depth(conv) == 0, "finishing a run removes its mailbox entry"
-    again = await runs.finish(
-        run_id, conversation_id=conv, status="failed", stop_reason="error", fence=None, items=[(3, "done", b"[DONE]")]
-    )
+    again = await runs.end(run_id, conversation_id=conv, ending=wire.Failed(InternalRunError("late")), fence=None)
     assert not again
     view = await runs.get(run_id, tenant=None)
     assert view.status == "completed" and view.stop_reason == "end_turn"
@@ -202,10 +201,7 @@ async def test_take_starts_the_oldest_entry_in_one_fenced_step(redis: aioredis.R
     other = await mailbox.take(Fence(conv, 3, "h/b/1"))
     assert other is not None and other.status == "running", "another owner finds it taken"
 
-    await runs.finish(
-        first, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3),
-        items=[(2, "done", b"[DONE]")], mailbox_entry=taken.entry.entry_id,
-    )
+    await runs.end(first, conversation_id=conv, ending=END_TURN, fence=Fence(conv, 3), mailbox_entry=taken.entry.entry_id)
     await runs.request_cancel(conv, second)
     cancelled = await mailbox.take(Fence(conv, 3, "h/a/1"))
     assert cancelled is not None and (cancelled.entry.run_id, cancelled.status) == (second, "cancel_requested")
@@ -268,13 +264,13 @@ async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
         await writer.flush()
 
         proxy.lose_replies()
-        done = await runs.finish(
-            run_id, conversation_id=conv, status="completed", stop_reason="end_turn", fence=fence,
-            items=[(5, "data", b"stop"), (6, "done", b"[DONE]")], mailbox_entry=taken.entry.entry_id,
+        done = await runs.end(
+            run_id, conversation_id=conv, ending=END_TURN, fence=fence, next_seq=5, mailbox_entry=taken.entry.entry_id
         )
         assert done, "a re-sent end that had landed counts as done"
         stored = await read_after(redis, keyspace.run_stream(conv, run_id), 1)
-        assert [(i.seq, i.payload) for i in stored] == [(2, b"a"), (3, b"b"), (4, b"c"), (5, b"stop"), (6, b"[DONE]")]
+        assert [(i.seq, i.payload) for i in stored[:3]] == [(2, b"a"), (3, b"b"), (4, b"c")]
+        assert [i.seq for i in stored] == [2, 3, 4, 5, 6, 7] and stored[-1].terminal, "the terminal sequence, once"
         assert (await runs.get(run_id, tenant=None)).status == "completed" and await Mailbox(redis).depth(conv) == 0
         assert len(proxy.connections) > 5, "every write above lost its first reply and was sent again"
     finally:
@@ -317,10 +313,7 @@ async def test_a_run_whose_owner_died_right_after_ending_it_keeps_no_key_for_a_w
             if lost:
                 proxy.lose_replies()  # the owner is gone before it hears back: nothing it would send next leaves
             with pytest.raises(RedisTimeoutError) if lost else contextlib.nullcontext():
-                await runs.finish(
-                    ended, conversation_id=conv, status="completed", stop_reason="end_turn", fence=Fence(conv, 3, "h/a/1"),
-                    items=[(2, "done", b"[DONE]")],
-                )
+                await runs.end(ended, conversation_id=conv, ending=END_TURN, fence=Fence(conv, 3, "h/a/1"), next_seq=2)
         assert (await RunStore(redis, ttl_s=60, maxlen=100).get(run_id, tenant=None)).status == "completed"
         assert 0 < await redis.ttl(keyspace.run_ref(run_id)) <= 60, "the reference expires with the ended run"
     finally:

@@ -1,0 +1,275 @@
+"""The one door into conversations: everything another process asks of them, in plain Python.
+
+An API replica (or a benchmark) never runs a turn, never ends a run and never calls Ray itself: it
+builds the turn from its request and hands it here. ``ConversationClient``:
+
+- **accepts** a turn: the run is indexed and the turn appended to the conversation's mailbox in one
+  atomic step (idempotency, busy policy, pending approval: ``actors.mailbox``), then the owner is
+  woken, through its host's doorbell when the conversation is active, else by a Ray call that
+  activates it (``actors.router``). Once accepted, a turn is durable: a failure to wake anyone is
+  logged, never returned (a client would send again and run it twice), and a reader that hears
+  nothing wakes the conversation itself (``nudge``).
+- **cancels** out of band: a queued run is ended here (``RunStore.end``, the one terminal write); a
+  running one at its owner, by a direct call that cancels the turn's task. Either way the run is
+  first marked ``cancel_requested``, so an owner about to start it ends it as cancelled instead.
+  ``interrupt`` cancels everything accepted before the new turn.
+- **nudges** a silent run for a reader: a run that left the mailbox without ending is ended as
+  ``owner_lost``; a run nobody owns gets its conversation woken up.
+
+Ray's errors stop here: what leaves is ``runtime.errors`` (``UnavailableError`` when no host could
+be reached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from ray.exceptions import RayError
+from redis.exceptions import RedisError
+
+from actors.directory import Directory
+from actors.mailbox import Mailbox
+from actors.router import ConversationRouter
+from runtime.errors import OwnerLostError, UnavailableError
+from runtime.schemas.agents import ConversationRef
+from runtime.schemas.messages import Ping
+from runtime.schemas.requests import OnBusy
+from runtime.schemas.runs import RunView
+from runtime.schemas.turns import TurnRequest
+from runtime.settings import Settings
+from runtime.store import keyspace
+from runtime.store.fencing import through_outage
+from runtime.store.runs import TERMINAL, UNFINISHED_RUN_TTL_S, RunStore
+from runtime.stream import wire
+from runtime.stream.items import last_seq
+from runtime.stream.tailer import TailerPool
+
+log = logging.getLogger(__name__)
+
+WAIT_TERMINAL_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The run a send belongs to; ``duplicate`` when it joined an earlier run (same idempotency key)."""
+
+    run: RunView
+    duplicate: bool
+
+
+class Nudge(enum.Enum):
+    """What a nudge found about a silent run (``ConversationClient.nudge``)."""
+
+    ENDED = "ended"  # terminal: its last items are in its stream
+    OWNED = "owned"  # someone owns its conversation and will run or end it
+    ORPHAN_ENDED = "orphan_ended"  # it had left the mailbox without ending: ended here, owner_lost
+    WOKEN = "woken"  # nobody owned it: a host was asked to take its conversation
+    NO_HOST = "no_host"  # nobody owns it and no host could be reached
+
+
+def idempotency_key(header: str | None, otid: str | None) -> str | None:
+    """What makes a retried send recognisable: the client's ``Idempotency-Key`` header, else the
+    ``otid`` of its first input message (Letta SDKs reuse otids when they retry)."""
+    if header:
+        return f"key:{header}"
+    return f"otid:{otid}" if otid else None
+
+
+class ConversationClient:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, runs: RunStore, tailers: TailerPool) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._runs = runs
+        self._tailers = tailers
+        self._mailbox = Mailbox(redis)
+        self._directory = Directory(redis, lease_ttl_ms=settings.lease_ttl_ms)
+        self._router = ConversationRouter(settings, self._directory, redis)
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Keep the hosts awake: a host Ray restarted recovers its conversations when first called."""
+        self._watch = asyncio.create_task(self._router.watch(), name="host-watch")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+
+    # -- accepting ------------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        conversation: ConversationRef,
+        turn: TurnRequest,
+        run: RunView,
+        *,
+        on_busy: OnBusy,
+        idempotency: str | None,
+        answers_approval: str | None,
+        key_id: str | None,
+    ) -> Accepted:
+        """Accept ``turn`` (its run described by ``run``) into the conversation's mailbox and wake its
+        owner. ``idempotency``: ``idempotency_key(...)``; ``answers_approval``: the approval request
+        the turn answers ("" whichever is pending), None for ordinary messages; ``key_id``: the API
+        key whose concurrent-run slot the run holds. Refusals (busy, approval pending, unknown
+        conversation) raise the mailbox's errors and leave no trace."""
+        first = wire.encode(Ping(id=f"ping-{turn.run_id[4:]}", run_id=turn.run_id, seq_id=1))
+        # Indexing and accepting go out together; both are done before the client hears anything.
+        # A run refused, or found to retry an earlier one, is unindexed again.
+        indexing = asyncio.ensure_future(self._runs.index(run))
+        accepting = asyncio.ensure_future(
+            self._mailbox.accept(
+                conversation.id,
+                turn.run_id,
+                turn.model_dump_json().encode(),
+                on_busy="reject" if on_busy == "reject" else "queue",
+                run_fields=self._runs.initial_fields(run, key_id=key_id),
+                first_item=first,
+                stream_ttl_s=self._settings.stream_ttl_s,
+                run_ttl_s=UNFINISHED_RUN_TTL_S,
+                idempotency_key=idempotency,
+                answers_approval=answers_approval,
+            )
+        )
+        try:
+            await asyncio.gather(indexing, accepting)
+        except BaseException:
+            await asyncio.gather(indexing, accepting, return_exceptions=True)
+            if accepting.done() and not accepting.cancelled() and accepting.exception() is not None:
+                await self._runs.unindex(run)  # refused: nothing was accepted, leave no trace
+            raise
+        accepted = accepting.result()
+        if accepted.duplicate:
+            await self._runs.unindex(run)
+            return Accepted(await self._runs.get(accepted.run_id, conversation.id, tenant=None), duplicate=True)
+        try:
+            if on_busy == "interrupt":
+                assert accepted.entry_id is not None
+                await self._cancel_ahead_of(conversation.id, accepted.entry_id)
+            if accepted.owner:
+                await self._router.ring(accepted.owner, conversation.id)
+            else:
+                await self._router.deliver(conversation.id)
+        except (UnavailableError, RedisError, RayError) as exc:
+            log.warning("accepted a turn but could not wake its owner", extra={"run_id": turn.run_id, "error": repr(exc)})
+        return Accepted(run, duplicate=False)
+
+    async def run_of_otid(self, conversation_id: str, otid: str) -> str | None:
+        """The run a send with this ``otid`` started in the conversation, if any (still known)."""
+        found = await self._redis.get(keyspace.idempotency(conversation_id, idempotency_key(None, otid) or ""))
+        return found.decode() if found else None
+
+    # -- cancelling -----------------------------------------------------------------------------
+
+    async def cancel_run(self, conversation_id: str, run_id: str) -> str:
+        """Cancel one run; its status afterwards (``cancelled``, another terminal status if it ended
+        first, or ``running`` if its owner could not be reached yet; "" for an unknown run)."""
+        raw = await self._runs.raw(conversation_id, run_id)
+        status = raw.get("status", "")
+        if status in TERMINAL or not status:
+            return status
+        await self._runs.request_cancel(conversation_id, run_id)
+        if status == "created":
+            ended = await self._runs.end(
+                run_id,
+                conversation_id=conversation_id,
+                ending=wire.Cancelled(),
+                fence=None,
+                expect="created",
+                mailbox_entry=raw.get("mailbox_entry", ""),
+            )
+            if ended:
+                return "cancelled"
+        try:
+            await self._router.cancel(conversation_id, run_id, raw.get("owner") or None)
+        except RayError as exc:
+            log.warning("cancel: the owner could not be asked", extra={"run_id": run_id, "error": repr(exc)})
+        return await self.wait_terminal(conversation_id, run_id)
+
+    async def cancel_abandoned(self, conversation_id: str, run_id: str) -> str:
+        """``cancel_run`` for a foreground client that left, done again while Redis is unreachable
+        (every step of it can be done twice) for up to ``CONVOY_STORE_OUTAGE_S``: a client that
+        leaves during an outage must not leave its run to complete."""
+        return await through_outage(
+            lambda: self.cancel_run(conversation_id, run_id),
+            patience_s=self._settings.store_outage_s,
+            what="cancelling the run of a client that left",
+        )
+
+    async def cancel_conversation(self, conversation_id: str) -> dict[str, str]:
+        """Cancel every unfinished run of a conversation (running and queued), then close an approval
+        request still waiting (its calls get error results in the next request), so the conversation
+        is never stuck; run id -> status."""
+        run_ids = await self._mailbox.run_ids(conversation_id)
+        statuses = await asyncio.gather(*(self.cancel_run(conversation_id, r) for r in run_ids))
+        await self._redis.delete(keyspace.pending_approval(conversation_id))
+        return dict(zip(run_ids, statuses, strict=True))
+
+    async def _cancel_ahead_of(self, conversation_id: str, entry_id: str) -> None:
+        """For ``on_busy=interrupt``: cancel everything accepted before mailbox entry ``entry_id``
+        (compared by entry id, so messages accepted after it are never touched)."""
+        ahead = await self._mailbox.run_ids(conversation_id, before=entry_id)
+        await asyncio.gather(*(self.cancel_run(conversation_id, r) for r in ahead))
+
+    async def wait_terminal(self, conversation_id: str, run_id: str, timeout_s: float = WAIT_TERMINAL_S) -> str:
+        """The run's status once terminal, or its current status after ``timeout_s``."""
+        stream_key = keyspace.run_stream(conversation_id, run_id)
+        sub = self._tailers.subscribe(stream_key, max(0, await last_seq(self._redis, stream_key) - 1))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            while True:
+                status = (await self._runs.raw(conversation_id, run_id)).get("status", "")
+                remaining = deadline - asyncio.get_running_loop().time()
+                if status in TERMINAL or remaining <= 0:
+                    return status
+                batch = await sub.get(timeout_s=min(remaining, 1.0))
+                if batch and any(item.terminal for item in batch):
+                    return (await self._runs.raw(conversation_id, run_id)).get("status", "")
+        finally:
+            sub.close()
+
+    # -- a reader's silent run -------------------------------------------------------------------
+
+    async def nudge(self, conversation_id: str, run_id: str) -> Nudge:
+        """Make sure a run that has gone silent will end. A run's terminal items are written in the
+        same atomic step as its terminal status, so its stream delivers them as long as someone owns
+        it; a run that is out of the mailbox yet unfinished will never be run or ended by an owner,
+        so it is ended here (``owner_lost``), in the same step an owner would use; a run nobody owns
+        gets its conversation delivered to a host (its next owner ends it as ``owner_lost`` or runs
+        it)."""
+        raw = await self._runs.raw(conversation_id, run_id)
+        status = raw.get("status")
+        if status not in ("created", "running"):
+            return Nudge.ENDED
+        entry = raw.get("mailbox_entry", "")
+        if not entry or not await self._mailbox.holds(conversation_id, entry):
+            await self._runs.end(
+                run_id,
+                conversation_id=conversation_id,
+                ending=wire.Failed(OwnerLostError("the run is no longer in its conversation's mailbox")),
+                fence=None,
+                expect=status,  # type: ignore[arg-type]
+            )
+            return Nudge.ORPHAN_ENDED
+        if await self._directory.owner(conversation_id) is not None:
+            return Nudge.OWNED
+        try:
+            await self._router.deliver(conversation_id)
+        except (UnavailableError, RayError) as exc:
+            log.warning("could not wake a stalled conversation", extra={"run_id": run_id, "error": repr(exc)})
+            return Nudge.NO_HOST
+        return Nudge.WOKEN
+
+    # -- health ----------------------------------------------------------------------------------
+
+    async def hosts_alive(self) -> int:
+        """How many conversation hosts answer a trivial call (for health checks)."""
+        return await self._router.hosts_alive()
+
+    async def ray_alive(self) -> bool:
+        """Whether the Ray cluster answers (dedicated placement has no standing hosts to ask)."""
+        return await self._router.ray_alive()
