@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -37,19 +38,18 @@ from typing import Any
 
 import ray
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
 from runtime import heap, tools
+from runtime.background import forever
 from runtime.logs import configure_logging
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.agents import AgentStore, ConversationStore
-from runtime.store.connection import connect, dedicated, reraise_if_cancelling
+from runtime.store.connection import connect, dedicated
 from runtime.store.fencing import through_outage
 from runtime.store.history import HistoryStore
 from runtime.store.runs import RunStore
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 2.0
 BELL_BATCH = 512
-BELL_RETRY_S = 0.2
+BELL_RETRY = EqualJitterBackoff(cap=0.2, base=0.05)
 # After a renewal that failed, the next one comes after this backoff (jittered, doubling), not a period.
 RENEW_RETRY = EqualJitterBackoff(cap=0.5, base=0.05)
 
@@ -116,8 +116,8 @@ class HostCore:
             self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
             heap.freeze()  # set up: keep what it made out of every later collection (runtime.heap)
             self._background = [
-                asyncio.create_task(self._renew_loop(), name="lease-renewal"),
-                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(forever("lease renewal", self._renew, retry=RENEW_RETRY), name="lease-renewal"),
+                asyncio.create_task(forever("heartbeat", self._heartbeat), name="heartbeat"),
                 asyncio.create_task(self._recover(), name="recovery"),
                 asyncio.create_task(self._bell_loop(), name="doorbell"),
             ]
@@ -235,14 +235,10 @@ class HostCore:
     async def _recover(self) -> None:
         """Take over what earlier incarnations of this host owned (see the module docstring)."""
         assert self._services is not None
-        while True:
-            try:
-                members = await self._services.redis.smembers(keyspace.host_conversations(self.name))
-                break
-            except Exception:
-                reraise_if_cancelling()
-                log.warning("recovery could not read its conversations, retrying", exc_info=True)
-                await asyncio.sleep(BELL_RETRY_S)
+        redis = self._services.redis
+        members = await through_outage(
+            lambda: redis.smembers(keyspace.host_conversations(self.name)), patience_s=math.inf, what="recovery"
+        )
         for raw in members:
             conv = raw.decode()
             try:
@@ -252,63 +248,48 @@ class HostCore:
 
     # -- background loops -------------------------------------------------------------------
 
-    async def _renew_loop(self) -> None:
-        period_s = self._settings.lease_ttl_ms / 3000
-        failures = 0
-        while True:
-            await asyncio.sleep(RENEW_RETRY.compute(failures) if failures else period_s)
-            try:
-                assert self._directory is not None
-                lost = await self._directory.renew([a.lease for a in self._activations.values()])
-                failures = 0
-                for lease in lost:
-                    activation = self._activations.get(lease.conversation_id)
-                    task = self._workers.get(lease.conversation_id)
-                    # Only the activation that held this lease: it may have been replaced meanwhile.
-                    if activation is not None and activation.lease == lease and task is not None:
-                        log.warning("lease lost to another owner", extra={"conversation_id": lease.conversation_id})
-                        task.cancel()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                reraise_if_cancelling()
-                failures += 1
-                log.warning("lease renewal could not reach Redis; trying again soon", extra={"error": str(exc), "failures": failures})
-            except Exception:
-                reraise_if_cancelling()
-                failures += 1
-                log.exception("lease renewal failed")
+    async def _renew(self) -> float:
+        """One renewal of every lease this host holds; an activation whose lease another owner took
+        is stopped (see ``actors.directory``). A failed renewal is tried again within a fraction
+        of a second (``RENEW_RETRY``), so the owner takes a lapsed lease back before anyone else."""
+        assert self._directory is not None
+        lost = await self._directory.renew([a.lease for a in self._activations.values()])
+        for lease in lost:
+            activation = self._activations.get(lease.conversation_id)
+            task = self._workers.get(lease.conversation_id)
+            # Only the activation that held this lease: it may have been replaced meanwhile.
+            if activation is not None and activation.lease == lease and task is not None:
+                log.warning("lease lost to another owner", extra={"conversation_id": lease.conversation_id})
+                task.cancel()
+        return self._settings.lease_ttl_ms / 3000
 
     async def _bell_loop(self) -> None:
         """Read this host's doorbell: each ring names a conversation with new mail. Rings from
         before this incarnation started are skipped: recovery covers those conversations."""
         assert self._services is not None
+        redis = self._services.redis
         bell = keyspace.host_bell(self.name)
-        reader = dedicated(self._services.redis)
+        reader = dedicated(redis)
         cursor: str | None = None
+
+        async def ring() -> float:
+            nonlocal cursor
+            if cursor is None:
+                last = await redis.xrevrange(bell, count=1)
+                cursor = last[0][0].decode() if last else "0-0"
+            reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
+            for _, entries in reply or ():
+                cursor = entries[-1][0].decode()
+                for conv in {fields[b"c"].decode() for _, fields in entries}:
+                    activation = self._activations.get(conv)
+                    if activation is not None:
+                        activation.poke()
+                    else:
+                        self._spawn(self._deliver(conv), name=f"ring:{conv}")
+            return 0.0
+
         try:
-            while True:
-                try:
-                    if cursor is None:
-                        last = await self._services.redis.xrevrange(bell, count=1)
-                        cursor = last[0][0].decode() if last else "0-0"
-                    reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    reraise_if_cancelling()
-                    log.warning("doorbell could not reach Redis, retrying", extra={"error": str(exc)})
-                    await asyncio.sleep(BELL_RETRY_S)
-                    continue
-                except Exception:  # the loop must never die: a dead doorbell strands messages
-                    reraise_if_cancelling()
-                    log.warning("doorbell read failed, retrying", exc_info=True)
-                    await asyncio.sleep(BELL_RETRY_S)
-                    continue
-                for _, entries in reply or ():
-                    cursor = entries[-1][0].decode()
-                    for conv in {fields[b"c"].decode() for _, fields in entries}:
-                        activation = self._activations.get(conv)
-                        if activation is not None:
-                            activation.poke()
-                        else:
-                            self._spawn(self._deliver(conv), name=f"ring:{conv}")
+            await forever("doorbell", ring, retry=BELL_RETRY)  # a dead doorbell would strand messages
         finally:
             await reader.aclose()
             await reader.connection_pool.disconnect()
@@ -325,24 +306,11 @@ class HostCore:
 
         task.add_done_callback(done)
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                assert self._services is not None
-                beat = {
-                    "incarnation": self.incarnation,
-                    "pid": os.getpid(),
-                    "ts": time.time(),
-                    "activations": len(self._activations),
-                }
-                await self._services.redis.hset(keyspace.hosts(), self.name, json.dumps(beat))
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                reraise_if_cancelling()
-                log.warning("heartbeat could not reach Redis", extra={"error": str(exc)})
-            except Exception:
-                reraise_if_cancelling()
-                log.exception("heartbeat failed")
-            await asyncio.sleep(HEARTBEAT_PERIOD_S)
+    async def _heartbeat(self) -> float:
+        assert self._services is not None
+        beat = {"incarnation": self.incarnation, "pid": os.getpid(), "ts": time.time(), "activations": len(self._activations)}
+        await self._services.redis.hset(keyspace.hosts(), self.name, json.dumps(beat))
+        return HEARTBEAT_PERIOD_S
 
 
 @ray.remote

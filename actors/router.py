@@ -20,10 +20,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from actors import placement
 from actors.directory import Directory, host_of
 from actors.supervisor import dedicated_host, dedicated_name, host_names
+from runtime.background import forever
 from runtime.errors import UnavailableError
 from runtime.settings import Settings
 from runtime.store import keyspace
-from runtime.store.connection import reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,9 @@ class ConversationRouter:
     async def watch(self, period_s: float = WATCH_PERIOD_S) -> None:
         """Keep every host awake: a host Ray restarted after a crash recovers its conversations
         when it is first called, so this loop makes that happen within ``period_s``."""
-        while True:
-            try:
-                await self.hosts_alive()
-            except Exception:
-                reraise_if_cancelling()
-                log.exception("host watch failed")
-            await asyncio.sleep(period_s)
+
+        async def call_every_host() -> float:
+            await self.hosts_alive()
+            return period_s
+
+        await forever("host watch", call_every_host)

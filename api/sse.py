@@ -277,3 +277,12 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def resume_response(
+    state: AppState, conversation_id: str, run_id: str, *, after: int, include_pings: bool, retry_ms: int | None = None
+) -> StreamingResponse:
+    """What every resume route answers once it has found its run: the items after ``after``,
+    the cursor checked first (``check_cursor``). Resuming never cancels: the reader may leave."""
+    await check_cursor(state, conversation_id, run_id, after)
+    return sse_response(run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=retry_ms))

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
 from api.responses import collect_response
-from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
+from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response
 from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
@@ -135,10 +135,7 @@ async def resume(
             raise NotFoundError(f"conversation {conversation_id} has no run to resume")
     elif await state.runs.conversation_of(run_id) != conversation_id:
         raise NotFoundError(f"run {run_id} not found in conversation {conversation_id}")
-    await check_cursor(state, conversation_id, run_id, body.starting_after)
-    return sse_response(
-        run_events(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
-    )
+    return await resume_response(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
 
 
 @router.post("/{conversation_id}/cancel", summary="Cancel the conversation's running and queued runs")

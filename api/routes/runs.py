@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
 from api.auth import Caller
-from api.sse import SSE_RESPONSES, check_cursor, run_events, sse_response
+from api.sse import SSE_RESPONSES, resume_response
 from api.state import State
 from api.validation import AgentIdQuery, ConversationIdQuery, Limit, RunId, RunIdQuery
 from runtime.errors import InvalidRequestError
@@ -98,10 +98,7 @@ async def resume(
 ) -> Response:
     body = body or ResumeRequest()
     conversation_id = (await state.runs.get(run_id, tenant=caller.tenant)).conversation_id
-    await check_cursor(state, conversation_id, run_id, body.starting_after)
-    return sse_response(
-        run_events(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
-    )
+    return await resume_response(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
 
 
 @router.get(
@@ -124,10 +121,7 @@ async def resume_get(
             raise InvalidRequestError(f"Last-Event-ID must be a seq_id (a non-negative integer), got {last_event_id!r}")
         after = int(last_event_id)
     conversation_id = (await state.runs.get(run_id, tenant=caller.tenant)).conversation_id
-    await check_cursor(state, conversation_id, run_id, after)
-    return sse_response(
-        run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=EVENTSOURCE_RETRY_MS)
-    )
+    return await resume_response(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=EVENTSOURCE_RETRY_MS)
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run (running or queued)")
