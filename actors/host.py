@@ -122,6 +122,18 @@ class HostCore:
                 asyncio.create_task(self._bell_loop(), name="doorbell"),
             ]
 
+    async def stop(self) -> None:
+        """Stop every activation and background loop and close the connections; an activation
+        stopped mid-turn leaves its run to its conversation's next owner (``owner_lost``). (A Ray
+        host is simply killed; this is for a host run in plain Python.)"""
+        self._closing = True
+        tasks = [*self._background, *self._workers.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._services is not None:
+            await self._services.redis.aclose()
+
     # -- messages from the API -------------------------------------------------------------
 
     async def deliver(self, conversation_id: str) -> str:

@@ -40,7 +40,8 @@ import ray
 from ray.actor import ActorHandle
 
 from actors import ray_boot, supervisor
-from actors.directory import Lease
+from actors.directory import Directory, Lease
+from actors.router import ConversationRouter
 from api.state import AppState
 from api.turns import accept_turn
 from bench import GIB, KIB, MIB, Progress, Report, percentile, process_memory
@@ -161,9 +162,20 @@ def _kill_quietly(name: str, namespace: str) -> None:
         ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
 
 
+@dataclass(frozen=True)
+class _Conversations:
+    """What the benchmark drives directly, beside the API's state: it activates conversations with
+    no message (``deliver``) and reads leases, which no API does."""
+
+    router: ConversationRouter
+    directory: Directory
+
+
 async def _measure(settings: Settings, opts: BenchOptions, report: Report, say: Progress) -> None:
     state = AppState.build(settings)
     await state.start()
+    directory = Directory(state.redis, lease_ttl_ms=settings.lease_ttl_ms)
+    convs_ = _Conversations(ConversationRouter(settings, directory, state.redis), directory)
     try:
         hosts = _Hosts(settings)
         cpus = ray.cluster_resources().get("CPU", 0)
@@ -183,11 +195,11 @@ async def _measure(settings: Settings, opts: BenchOptions, report: Report, say: 
         cold_ids = [c.id for c in convs[: opts.cold]]
 
         idle = await hosts.sample()
-        cold_ms = await _deliver_timed(state, cold_ids, report, say, "cold activation")
+        cold_ms = await _deliver_timed(convs_, cold_ids, report, say, "cold activation")
         active = await hosts.sample()
         report.section("virtual actors: ConversationRouter.deliver, one call at a time")
         report.add("cold activation latency", _dist(cold_ms))
-        warm_ms = await _deliver_timed(state, cold_ids, report, say, "warm dispatch")
+        warm_ms = await _deliver_timed(convs_, cold_ids, report, say, "warm dispatch")
         report.add("warm dispatch latency", _dist(warm_ms))
 
         report.section("memory per idle activated conversation")
@@ -203,8 +215,8 @@ async def _measure(settings: Settings, opts: BenchOptions, report: Report, say: 
 
         delivered = cold_ids + [c.id for c in cold_turns]
         rest = [c.id for c in convs[opts.cold + opts.turns :]]
-        per_cap = await _capacity(state, hosts, idle, delivered, rest, opts, report, say)
-        await _hold(state, hosts, delivered, opts.hold_s, report, say)
+        per_cap = await _capacity(state, convs_, hosts, idle, delivered, rest, opts, report, say)
+        await _hold(state, convs_, hosts, delivered, opts.hold_s, report, say)
         _compare(baseline, cold_ms, {"idle": per_conv, "at capacity": per_cap}, report)
     finally:
         await state.stop()
@@ -263,14 +275,14 @@ async def _create_conversations(state: AppState, agent: AgentRecord, count: int,
     return convs
 
 
-async def _deliver_timed(state: AppState, ids: Sequence[str], report: Report, say: Progress, what: str) -> list[float]:
+async def _deliver_timed(convs: _Conversations, ids: Sequence[str], report: Report, say: Progress, what: str) -> list[float]:
     """``deliver`` to each conversation in turn; the wall time of each successful call, in ms."""
     times: list[float] = []
     tick = max(1, len(ids) // 5)
     for i, cid in enumerate(ids, 1):
         t0 = time.perf_counter()
         try:
-            await state.router.deliver(cid)
+            await convs.router.deliver(cid)
         except Exception as exc:  # measured, not hidden: reported with the figures
             report.errors.append(f"{what} {cid}: {type(exc).__name__}: {exc}")
         else:
@@ -280,7 +292,7 @@ async def _deliver_timed(state: AppState, ids: Sequence[str], report: Report, sa
     return times
 
 
-async def _deliver_many(state: AppState, ids: Sequence[str], concurrency: int, report: Report) -> int:
+async def _deliver_many(state: AppState, convs: _Conversations, ids: Sequence[str], concurrency: int, report: Report) -> int:
     """``deliver`` to all of ``ids``, ``concurrency`` calls in flight; returns the failures.
 
     In flight is capped at half the Redis pool: the pool raises when exhausted, it does not wait."""
@@ -291,7 +303,7 @@ async def _deliver_many(state: AppState, ids: Sequence[str], concurrency: int, r
         nonlocal failed
         async with gate:
             try:
-                await state.router.deliver(cid)
+                await convs.router.deliver(cid)
             except Exception as exc:
                 failed += 1
                 report.errors.append(f"capacity {cid}: {type(exc).__name__}: {exc}")
@@ -356,6 +368,7 @@ async def _turns(state: AppState, convs: Sequence[ConversationRecord], report: R
 
 async def _capacity(
     state: AppState,
+    convs: _Conversations,
     hosts: _Hosts,
     idle: _HostSample,
     delivered: list[str],
@@ -371,7 +384,7 @@ async def _capacity(
     while rest and best.activations < opts.conversations:
         batch, rest[:] = rest[: opts.step], rest[opts.step :]
         t0 = time.perf_counter()
-        failed = await _deliver_many(state, batch, opts.concurrency, report)
+        failed = await _deliver_many(state, convs, batch, opts.concurrency, report)
         rate = len(batch) / (time.perf_counter() - t0)
         rates.append(rate)
         delivered += batch
@@ -403,7 +416,7 @@ async def _capacity(
     return per
 
 
-async def _hold(state: AppState, hosts: _Hosts, delivered: list[str], hold_s: float, report: Report, say: Progress) -> None:
+async def _hold(state: AppState, convs: _Conversations, hosts: _Hosts, delivered: list[str], hold_s: float, report: Report, say: Progress) -> None:
     """Keep everything active for ``hold_s`` (longer than a lease TTL): are all leases renewed, and
     what does dispatch cost meanwhile? Warm ``deliver`` calls run back to back the whole time, so
     the hosts' renewal passes (every TTL/3, one pipeline over all their leases) show in the tail."""
@@ -421,7 +434,7 @@ async def _hold(state: AppState, hosts: _Hosts, delivered: list[str], hold_s: fl
         i += 1
         t0 = time.perf_counter()
         try:
-            await state.router.deliver(cid)
+            await convs.router.deliver(cid)
             warm_ms.append(_ms(time.perf_counter() - t0))
         except Exception as exc:
             report.errors.append(f"hold {cid}: {type(exc).__name__}: {exc}")
@@ -430,10 +443,10 @@ async def _hold(state: AppState, hosts: _Hosts, delivered: list[str], hold_s: fl
             next_poll = time.monotonic() + HOLD_POLL_S
     lowest = min(lowest, (await hosts.sample()).activations)
     sample = delivered[:: max(1, len(delivered) // OWNER_SAMPLE)]
-    owners = [await state.directory.owner(cid) for cid in sample]
+    owners = [await convs.directory.owner(cid) for cid in sample]
     probe = [Lease(cid, "bench/probe", 0) for cid in delivered]  # wrong owner: renews nothing
     t0 = time.perf_counter()
-    await state.directory.renew(probe)
+    await convs.directory.renew(probe)
     renew_s = time.perf_counter() - t0
     say(f"hold {hold_s:g} s: lowest {lowest}/{expected} active, {len(warm_ms)} warm deliveries")
     ttl_s = state.settings.lease_ttl_ms / 1000

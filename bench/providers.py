@@ -1,6 +1,6 @@
 """``convoy bench providers``: what Convoy adds between a model and the client, per provider API.
 
-An upstream runs in this process (uvicorn in a thread) and streams a fixed number of tokens at a
+An upstream runs in this process (the one fake provider, ``bench.upstream``, in a thread) and streams a fixed number of tokens at a
 fixed rate, stamping the moment it writes each one; it speaks OpenAI Chat Completions and Gemini's
 ``streamGenerateContent`` (CRLF-framed SSE). ``convoy serve`` runs in a subprocess with a private
 home (its own Redis, Ray, hosts and API), the upstream declared as provider ``bench`` and as the
@@ -30,7 +30,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -38,21 +37,16 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import uvicorn
 from google import genai
 from google.genai import types as genai_types
 from openai import AsyncOpenAI
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import StreamingResponse
-from starlette.routing import Route
 
 from bench import Progress, Report, percentile
+from bench.upstream import Call, FakeProvider, Reply, Stream
 from runtime.errors import ConvoyError
 
 SERVE_START_TIMEOUT_S = 180.0
 SERVE_STOP_TIMEOUT_S = 60.0
-UPSTREAM_START_TIMEOUT_S = 10.0
 MODEL = "fixed-rate"
 
 
@@ -67,21 +61,43 @@ class ProvidersOptions:
 # -- the upstream -------------------------------------------------------------------------------------
 
 
-@dataclass
 class Upstream:
-    """A Chat Completions server streaming ``tokens`` tokens at ``rate_hz``; token i of the request
-    whose last user message is ``marker`` is written at ``written[marker][i]`` (perf_counter_ns)."""
+    """The one fake provider (``bench.upstream``), streaming ``tokens`` tokens at ``rate_hz`` to any
+    request; token i of the request whose last user message is ``marker`` is written at
+    ``written[marker][i]`` (perf_counter_ns). It speaks OpenAI Chat Completions and Gemini's
+    ``streamGenerateContent``."""
 
-    tokens: int
-    rate_hz: float
-    written: dict[str, list[int]] = field(default_factory=dict)
-    url: str = ""
-    _local: LocalServer | None = None
+    def __init__(self, tokens: int, rate_hz: float) -> None:
+        self.tokens = tokens
+        self.rate_hz = rate_hz
+        self.written: dict[str, list[int]] = {}
+        self._fake = FakeProvider(respond=self._respond)
+        self.url = ""
 
-    async def _chat(self, request: Request) -> StreamingResponse:
-        body = await request.json()
-        marker = str(body["messages"][-1]["content"])
+    def start(self) -> None:
+        self.url = self._fake.start().url
+
+    def stop(self) -> None:
+        self._fake.stop()
+
+    def _respond(self, call: Call) -> Reply:
+        body = call.body
+        if call.path.endswith(":streamGenerateContent"):
+            model = call.path.rsplit("/", 1)[-1].partition(":")[0]
+            marker = str(body["contents"][-1]["parts"][-1]["text"])
+            return Stream(self._gemini(model, marker))
+        return Stream(self._chat(body["model"], str(body["messages"][-1]["content"])))
+
+    async def _paced(self, marker: str) -> AsyncIterator[int]:
+        """Token indexes at ``rate_hz``, each stamped as it is handed out (then written at once)."""
         stamps = self.written.setdefault(marker, [])
+        interval, start = 1 / self.rate_hz, time.perf_counter()
+        for i in range(self.tokens):
+            await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
+            stamps.append(time.perf_counter_ns())
+            yield i
+
+    async def _chat(self, model: str, marker: str) -> AsyncIterator[bytes]:
         created = int(time.time())
 
         def chunk(delta: dict[str, object], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
@@ -89,32 +105,20 @@ class Upstream:
                 "id": f"chatcmpl-{marker}",
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": body["model"],
+                "model": model,
                 "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
                 "usage": usage,
             }
             return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
-        async def frames() -> AsyncIterator[bytes]:
-            interval = 1 / self.rate_hz
-            yield chunk({"role": "assistant", "content": ""})
-            start = time.perf_counter()
-            for i in range(self.tokens):
-                await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
-                stamps.append(time.perf_counter_ns())
-                yield chunk({"content": f"t{i} "})
-            yield chunk({}, finish="stop")
-            yield chunk({}, usage={"prompt_tokens": 1, "completion_tokens": self.tokens, "total_tokens": self.tokens + 1})
-            yield b"data: [DONE]\n\n"
+        yield chunk({"role": "assistant", "content": ""})
+        async for i in self._paced(marker):
+            yield chunk({"content": f"t{i} "})
+        yield chunk({}, finish="stop")
+        yield chunk({}, usage={"prompt_tokens": 1, "completion_tokens": self.tokens, "total_tokens": self.tokens + 1})
+        yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(frames(), media_type="text/event-stream")
-
-    async def _gemini(self, request: Request) -> StreamingResponse:
-        body = await request.json()
-        model = request.path_params["target"].partition(":")[0]
-        marker = str(body["contents"][-1]["parts"][-1]["text"])
-        stamps = self.written.setdefault(marker, [])
-
+    async def _gemini(self, model: str, marker: str) -> AsyncIterator[bytes]:
         def chunk(text: str, finish: str | None = None) -> bytes:
             candidate: dict[str, object] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
             usage: dict[str, int] = {"promptTokenCount": 1, "totalTokenCount": 1}
@@ -124,53 +128,9 @@ class Upstream:
             doc = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": marker}
             return b"data: " + json.dumps(doc).encode() + b"\r\n\r\n"
 
-        async def frames() -> AsyncIterator[bytes]:
-            interval = 1 / self.rate_hz
-            start = time.perf_counter()
-            for i in range(self.tokens):
-                await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
-                stamps.append(time.perf_counter_ns())
-                yield chunk(f"t{i} ")
-            yield chunk("", finish="STOP")
-
-        return StreamingResponse(frames(), media_type="text/event-stream")
-
-    def start(self) -> None:
-        routes = [
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
-            Route("/v1beta/models/{target}", self._gemini, methods=["POST"]),  # {model}:streamGenerateContent
-        ]
-        self._local = LocalServer(Starlette(routes=routes))
-        self.url = self._local.start()
-
-    def stop(self) -> None:
-        if self._local is not None:
-            self._local.stop()
-
-
-class LocalServer:
-    """An ASGI app served by uvicorn in a daemon thread of this process, on a free loopback port."""
-
-    def __init__(self, app: Starlette, name: str = "bench-upstream") -> None:
-        port = _free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self) -> str:
-        """Start serving; returns the server's root URL."""
-        self._thread.start()
-        deadline = time.monotonic() + UPSTREAM_START_TIMEOUT_S
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise ConvoyError("the benchmark's upstream did not start")
-            time.sleep(0.01)
-        return self.url
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        async for i in self._paced(marker):
+            yield chunk(f"t{i} ")
+        yield chunk("", finish="STOP")
 
 
 # -- Convoy in a subprocess ---------------------------------------------------------------------------

@@ -26,8 +26,8 @@ import httpx
 import pytest
 import redis
 
+from bench.upstream import FakeProvider
 from runtime.store.embedded import EmbeddedRedis
-from tests.fakes.providers import FakeProvider
 
 SERVE_START_TIMEOUT_S = 120.0
 SERVE_STOP_TIMEOUT_S = 60.0

@@ -17,10 +17,10 @@ import httpx
 import pytest
 import redis
 
+from bench import upstream as fp
+from bench.upstream import gemini as fg
 from runtime.store import keyspace
 from tests.conftest import eventually
-from tests.fakes import gemini as fg
-from tests.fakes import providers as fp
 from tests.integration.test_providers import Turn, send, steps, unique
 
 

@@ -17,10 +17,10 @@ import redis
 from httpx_sse import aconnect_sse
 from letta_client import Letta
 
+from bench import upstream as fp
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.store import keyspace
 from tests.conftest import Convoy
-from tests.fakes import providers as fp
 
 
 def unique(prefix: str) -> str:

@@ -14,9 +14,9 @@ from letta_client import Letta
 from openai import OpenAI
 
 from api.openai.schemas import ChatTranslator
+from bench import upstream as fp
+from bench.upstream import gemini as fg
 from tests.conftest import Convoy, wait_until
-from tests.fakes import gemini as fg
-from tests.fakes import providers as fp
 
 
 def unique(prefix: str) -> str:

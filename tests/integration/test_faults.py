@@ -26,6 +26,7 @@ import redis
 import redis.asyncio as aioredis
 from httpx_sse import aconnect_sse
 
+from bench import upstream as fp
 from runtime.errors import FencedError
 from runtime.store import keyspace
 from runtime.stream.items import StoredItem, read_after
@@ -40,7 +41,6 @@ from tests.conftest import (
     stop_convoy,
     wait_until,
 )
-from tests.fakes import providers as fp
 from tests.integration.test_actors import (
     first_item,
     long_text,

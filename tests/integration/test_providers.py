@@ -1,5 +1,5 @@
 """Provider adapters end to end: Convoy's HTTP API -> conversation actor -> real openai/anthropic/google-genai
-SDK -> a local server speaking each provider's wire format (``tests/fakes/providers.py``, ``tests/fakes/gemini.py``).
+SDK -> a local server speaking each provider's wire format (``bench/upstream/``, ``bench/upstream/gemini.py``).
 
 Every test scripts the fake under its own model name, so tests never see each other's traffic.
 The session server runs with short provider deadlines and one retry of each kind (conftest).
@@ -17,9 +17,9 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
+from bench import upstream as fp
+from bench.upstream import gemini as fg
 from tests.conftest import Convoy, eventually
-from tests.fakes import gemini as fg
-from tests.fakes import providers as fp
 
 
 def unique(prefix: str) -> str:

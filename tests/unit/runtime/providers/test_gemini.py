@@ -16,6 +16,9 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
+from bench.upstream import OAUTH_TOKEN, FakeProvider, Hang, Stream, paced
+from bench.upstream import Usage as WireUsage
+from bench.upstream import gemini as fg
 from runtime.agent.prompt import to_chat
 from runtime.agent.step import StepAssembler
 from runtime.errors import (
@@ -46,9 +49,6 @@ from runtime.providers.gemini import GeminiAdapter, contents, make_client
 from runtime.providers.gemini_schema import function_parameters
 from runtime.providers.stream import StreamPolicy, guarded
 from runtime.schemas.messages import HistoryMessage, ToolReturnMessage, UserMessage, WireItem
-from tests.fakes import gemini as fg
-from tests.fakes.providers import OAUTH_TOKEN, FakeProvider, Hang, Stream, paced
-from tests.fakes.providers import Usage as WireUsage
 
 SIG_TEXT, SIG_CALL, SIG_END = fg.signature(), fg.signature(), fg.signature()
 
@@ -428,7 +428,7 @@ def test_vertex_ai_with_a_service_account(fake: FakeProvider, model: str, tmp_pa
             "CONVOY_GOOGLE_VERTEX_LOCATION": "europe-west4",
             "GOOGLE_VERTEX_BASE_URL": fake.url,
             "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[4]),
         }
     )
     done = subprocess.run([sys.executable, "-c", VERTEX_CLIENT, model], env=env, capture_output=True, text=True, timeout=60)

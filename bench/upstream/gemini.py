@@ -1,4 +1,4 @@
-"""Gemini's wire format for the fake provider (``tests/fakes/providers.py`` serves it).
+"""Gemini's wire format for the fake provider (``bench/upstream/`` serves it).
 
 Streams are what ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` answers: one
 ``data: <json>`` event per chunk, CRLF-framed, each chunk a whole ``GenerateContentResponse``
@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tests.fakes.providers import Cut, Frame, Status, Stream, Usage
+from bench.upstream.script import Cut, Frame, Status, Stream, Usage
 
 _ROUTE = re.compile(r"/models/(?P<model>[^/:]+):streamGenerateContent$")
 _ID_CHARS = string.ascii_letters + string.digits + "-_"

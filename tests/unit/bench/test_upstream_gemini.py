@@ -1,5 +1,5 @@
 """The fake Gemini server is faithful: the real ``google-genai`` SDK parses what it sends, over real
-HTTP, and it refuses second steps the way the real API does (``tests/fakes/gemini.py``)."""
+HTTP, and it refuses second steps the way the real API does (``bench/upstream/gemini.py``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
+from bench.upstream import FakeProvider, Stream, Usage, cut_after, split_frames
+from bench.upstream import gemini as fg
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import translate
-from tests.fakes import gemini as fg
-from tests.fakes.providers import FakeProvider, Stream, Usage, cut_after, split_frames
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,7 @@ import openai
 import pytest
 from openai.types.responses import ResponseErrorEvent
 
-from runtime.errors import LLMUnavailableError
-from runtime.providers.errors import translate
-from tests.fakes.providers import (
+from bench.upstream import (
     KEEPALIVE,
     Call,
     FakeProvider,
@@ -52,6 +50,8 @@ from tests.fakes.providers import (
     split_frames,
     with_keepalives,
 )
+from runtime.errors import LLMUnavailableError
+from runtime.providers.errors import translate
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

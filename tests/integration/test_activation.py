@@ -1,0 +1,161 @@
+"""The conversation logic is plain Python: an ``Activation`` and a ``HostCore`` run turns on a real
+Redis with no Ray at all (the Ray actor, ``ConversationHost``, is a thin shell around ``HostCore``).
+
+Turns are accepted exactly as the API accepts them (``Mailbox.accept``, the run's first item,
+its record), then a host is told to look at the conversation, as a doorbell ring would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import ray
+import redis.asyncio as aioredis
+
+from actors.conversation import Activation, Services
+from actors.directory import Directory, owner_id
+from actors.host import HostCore
+from actors.mailbox import Mailbox
+from runtime.ids import new_id
+from runtime.providers.registry import Providers
+from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.messages import Ping, utcnow
+from runtime.schemas.requests import MessageCreate
+from runtime.schemas.runs import RunView
+from runtime.schemas.turns import TurnRequest
+from runtime.settings import Settings
+from runtime.store import keyspace
+from runtime.store.agents import AgentStore, ConversationStore
+from runtime.store.connection import connect
+from runtime.store.history import HistoryStore
+from runtime.store.runs import UNFINISHED_RUN_TTL_S, RunStore
+from runtime.stream import wire
+from runtime.stream.items import read_after
+from runtime.tools import ToolRegistry
+from tests.conftest import eventually
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, echo_delay_ms=0, idle_passivate_s=60, lease_ttl_ms=5_000, hosts=1)
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = connect(settings)
+    yield client
+    await client.aclose()
+
+
+async def _conversation(redis: aioredis.Redis) -> tuple[AgentRecord, ConversationRecord]:
+    agent = await AgentStore(redis).create(tenant="t", name="plain", model="echo/echo", system="Echo.")
+    return agent, await ConversationStore(redis).create(agent)
+
+
+async def _accept(redis: aioredis.Redis, agent: AgentRecord, conversation: ConversationRecord, text: str) -> str:
+    """Accept one turn as the API does: run record, first item, mailbox entry, in one step."""
+    runs = RunStore(redis, ttl_s=600, maxlen=1000)
+    run_id = new_id("run")
+    view = RunView(id=run_id, agent_id=agent.id, conversation_id=conversation.id, tenant="t", created_at=utcnow())
+    turn = TurnRequest(
+        run_id=run_id,
+        agent_id=agent.id,
+        conversation_id=conversation.id,
+        messages=[MessageCreate(content=text)],
+        accepted_at_ns=time.time_ns(),
+    )
+    await runs.index(view)
+    await Mailbox(redis).accept(
+        conversation.id,
+        run_id,
+        turn.model_dump_json().encode(),
+        on_busy="queue",
+        run_fields=runs.initial_fields(view),
+        first_item=wire.encode(Ping(id=f"ping-{run_id[4:]}", run_id=run_id, seq_id=1)),
+        stream_ttl_s=600,
+        run_ttl_s=UNFINISHED_RUN_TTL_S,
+    )
+    return run_id
+
+
+async def _items(redis: aioredis.Redis, conversation_id: str, run_id: str) -> list[dict[str, Any]]:
+    stored = await read_after(redis, keyspace.run_stream(conversation_id, run_id), 0)
+    return [{"done": True} if i.terminal else json.loads(i.payload) for i in stored]
+
+
+def _text(items: list[dict[str, Any]]) -> str:
+    return "".join(i["content"] for i in items if i.get("message_type") == "assistant_message")
+
+
+async def _finished(redis: aioredis.Redis, run_ids: list[str]) -> bool:
+    runs = RunStore(redis, ttl_s=600, maxlen=1000)
+    return all([(await runs.get(r, tenant=None)).status == "completed" for r in run_ids])
+
+
+async def test_an_activation_runs_its_mailbox_in_order_without_ray(settings: Settings, redis: aioredis.Redis) -> None:
+    assert not ray.is_initialized()
+    agent, conversation = await _conversation(redis)
+    first, second = [await _accept(redis, agent, conversation, f"turn {n} of two") for n in ("one", "two")]
+    services = Services(
+        redis=redis,
+        settings=settings,
+        mailbox=Mailbox(redis),
+        runs=RunStore(redis, ttl_s=600, maxlen=1000),
+        history=HistoryStore(redis),
+        agents=AgentStore(redis),
+        conversations=ConversationStore(redis),
+        models=Providers(settings).model,
+        tools=ToolRegistry(),
+    )
+    lease = await Directory(redis, lease_ttl_ms=settings.lease_ttl_ms).acquire(conversation.id, owner_id("plain", "i1", 1))
+    assert not isinstance(lease, str) and hasattr(lease, "epoch")
+    activation = Activation(lease, services)  # type: ignore[arg-type]
+    worker = asyncio.create_task(activation.run())
+    try:
+        await eventually(lambda: _finished(redis, [first, second]), 10, message="both turns to complete")
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    one, two = await _items(redis, conversation.id, first), await _items(redis, conversation.id, second)
+    assert _text(one) == "turn one of two" and _text(two) == "turn two of two"
+    assert [i.get("message_type") for i in one[-3:-1]] == ["stop_reason", "usage_statistics"] and one[-1] == {"done": True}
+    history = await HistoryStore(redis).page(conversation.id)
+    assert [m.message_type for m in history] == ["user_message", "assistant_message"] * 2, "one turn after the other"
+    assert await Mailbox(redis).depth(conversation.id) == 0
+
+
+async def test_a_host_core_takes_over_what_its_dead_predecessor_held_without_ray(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """What Ray's restart of a host amounts to, in plain Python: a new incarnation under the same
+    name ends the run its predecessor left running (``owner_lost``) and runs what waits behind it."""
+    agent, conversation = await _conversation(redis)
+    interrupted = await _accept(redis, agent, conversation, "left running")
+    waiting = await _accept(redis, agent, conversation, "waiting behind it")
+    name = f"plain-host-{new_id('run')[4:12]}"
+    # The predecessor: it took the conversation and started the first run, then died.
+    lease = await Directory(redis, lease_ttl_ms=settings.lease_ttl_ms).acquire(conversation.id, owner_id(name, "dead", 1))
+    assert not isinstance(lease, str)
+    await redis.sadd(keyspace.host_conversations(name), conversation.id)
+    fence_epoch = lease.epoch  # type: ignore[union-attr]
+    from runtime.store.fencing import Fence
+
+    taken = await Mailbox(redis).take(Fence(conversation.id, fence_epoch, lease.owner))  # type: ignore[union-attr]
+    assert taken is not None and taken.status == "started"
+
+    core = HostCore(name, settings)
+    try:
+        await core.start()  # recovery: takes over the predecessor's conversations at once
+        await eventually(lambda: _finished(redis, [waiting]), 15, message="the waiting turn to complete")
+        lost = await RunStore(redis, ttl_s=600, maxlen=1000).get(interrupted, tenant=None)
+        assert lost.status == "failed" and lost.metadata and lost.metadata["error"]["error_type"] == "owner_lost"
+        assert _text(await _items(redis, conversation.id, waiting)) == "waiting behind it"
+        stats = await core.stats()
+        assert stats["activations"] == 1 and stats["name"] == name
+    finally:
+        await core.stop()
