@@ -1,5 +1,14 @@
-"""The code's shape: the dependency direction api -> actors -> runtime holds (and runtime imports
-neither), Redis keys are spelled in one module, and the lint rules in pyproject.toml pass."""
+"""The code's shape, enforced: which room may import and change what (see ARCHITECTURE.md).
+
+- Dependencies point one way: ``api -> actors -> runtime``; ``bench`` is a client of them all, and
+  only the ``convoy`` CLI (``api/cli.py``, the composition root) reaches into it.
+- Inside ``runtime/``: the provider adapters know nothing of the store, the streams or the agent
+  loop; the store knows nothing of the agent loop, the tools or the providers.
+- ``ray`` is imported only under ``actors/`` (and by the benchmarks).
+- Redis keys are spelled only in ``runtime/store/keyspace.py``.
+- No route writes a run's state or reaches a conversation but through ``actors.client``.
+- The provider SDKs are loaded only by a process that calls a provider; the lint rules pass.
+"""
 
 from __future__ import annotations
 
@@ -10,40 +19,93 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY_LITERAL = re.compile(r"[\"']convoy:[^\s\"']")
-FORBIDDEN = {"runtime": {"actors", "api"}, "actors": {"api"}}
+PACKAGES = ("runtime", "actors", "api", "bench")
+KEY_LITERAL = re.compile(r"[\"']convoy:[^\s\"']|\{PREFIX\}")
+KEYSPACE = ROOT / "runtime" / "store" / "keyspace.py"
+
+# (importing module prefix, imported module prefix) pairs that are refused.
+FORBIDDEN = [
+    ("runtime", "actors"),
+    ("runtime", "api"),
+    ("runtime", "bench"),
+    ("actors", "api"),
+    ("actors", "bench"),
+    ("api", "bench"),
+    ("runtime.providers", "runtime.store"),
+    ("runtime.providers", "runtime.stream"),
+    ("runtime.providers", "runtime.agent"),
+    ("runtime.providers", "runtime.tools"),
+    ("runtime.store", "runtime.agent"),
+    ("runtime.store", "runtime.tools"),
+    ("runtime.store", "runtime.providers"),
+]
+ALLOWED = {("api.cli", "bench")}  # the composition root adds `convoy bench` to the command line
+# What only the conversations' door may touch: the mailbox, the directory, the router, the hosts.
+CONVERSATION_INTERNALS = ("actors.mailbox", "actors.directory", "actors.router", "actors.host", "actors.conversation")
+RUN_WRITES = re.compile(r"\bruns\.(end|_finish|request_cancel|add_step|start)\(")
+
+
+def _modules() -> list[tuple[str, Path]]:
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            found.append((name, path))
+    return found
 
 
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def test_dependencies_point_one_way() -> None:
     violations = []
-    for package, banned in FORBIDDEN.items():
-        for path in sorted((ROOT / package).rglob("*.py")):
-            bad = _imports(path) & banned
-            if bad:
-                violations.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
-    assert not violations, "\n".join(violations)
+    for module, path in _modules():
+        for imported in _imports(path):
+            for importer, banned in FORBIDDEN:
+                if _within(module, importer) and _within(imported, banned) and (module, banned) not in ALLOWED:
+                    violations.append(f"{path.relative_to(ROOT)} imports {imported} ({importer} may not use {banned})")
+    assert not violations, "\n".join(sorted(set(violations)))
 
 
-def test_only_keys_module_spells_redis_keys() -> None:
-    offenders = []
-    for package in ("runtime", "actors", "api"):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            if path.name == "keys.py":
-                continue
-            if KEY_LITERAL.search(path.read_text()):
-                offenders.append(str(path.relative_to(ROOT)))
+def test_ray_is_imported_only_by_the_actors_and_the_benchmarks() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}: {imported}"
+        for module, path in _modules()
+        if not (_within(module, "actors") or _within(module, "bench"))
+        for imported in _imports(path)
+        if _within(imported, "ray")
+    ]
     assert not offenders, offenders
+
+
+def test_only_the_keyspace_module_spells_redis_keys() -> None:
+    offenders = [
+        str(path.relative_to(ROOT)) for _, path in _modules() if path != KEYSPACE and KEY_LITERAL.search(path.read_text())
+    ]
+    assert not offenders, offenders
+
+
+def test_the_api_reaches_conversations_only_through_their_door() -> None:
+    offenders = []
+    for module, path in _modules():
+        if not _within(module, "api"):
+            continue
+        text = path.read_text()
+        offenders += [f"{path.relative_to(ROOT)} imports {i}" for i in _imports(path) if i.startswith(CONVERSATION_INTERNALS)]
+        offenders += [f"{path.relative_to(ROOT)} writes run state: {m.group(0)}" for m in RUN_WRITES.finditer(text)]
+    assert not offenders, "\n".join(offenders)
 
 
 def test_processes_that_never_call_a_provider_never_load_its_sdk() -> None:
