@@ -233,7 +233,10 @@ class HostCore:
             await directory.release(lease)
             return await services.mailbox.depth(lease.conversation_id)
 
-        depth = await through_outage(let_go, patience_s=self._settings.store_outage_s, what="letting a conversation go")
+        # However long Redis is away: until the lease is gone, a message for this conversation rings
+        # this host, which will not activate it again while its own stale lease lingers; the depth
+        # read afterwards delivers whatever was accepted meanwhile.
+        depth = await through_outage(let_go, patience_s=math.inf, what="letting a conversation go")
         # A message accepted while we were letting go must not wait for the next sender.
         if depth:
             await self._deliver(lease.conversation_id)
