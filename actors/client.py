@@ -37,7 +37,7 @@ from actors.router import ConversationRouter
 from runtime.errors import OwnerLostError, UnavailableError
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.messages import Ping
-from runtime.schemas.requests import OnBusy
+from runtime.schemas.requests import ApprovalCreate, OnBusy
 from runtime.schemas.runs import RunView
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
@@ -109,12 +109,12 @@ class ConversationClient:
         *,
         on_busy: OnBusy,
         idempotency: str | None,
-        answers_approval: str | None,
+        approval: ApprovalCreate | None,
         key_id: str | None,
     ) -> Accepted:
         """Accept ``turn`` (its run described by ``run``) into the conversation's mailbox and wake its
-        owner. ``idempotency``: ``idempotency_key(...)``; ``answers_approval``: the approval request
-        the turn answers ("" whichever is pending), None for ordinary messages; ``key_id``: the API
+        owner. ``idempotency``: ``idempotency_key(...)``; ``approval``: the answer to the pending
+        approval the turn starts with, if any (checked against it here); ``key_id``: the API
         key whose concurrent-run slot the run holds. Refusals (busy, approval pending, unknown
         conversation) raise the mailbox's errors and leave no trace."""
         first = wire.encode(Ping(id=f"ping-{turn.run_id[4:]}", run_id=turn.run_id, seq_id=1))
@@ -132,7 +132,9 @@ class ConversationClient:
                 stream_ttl_s=self._settings.stream_ttl_s,
                 run_ttl_s=UNFINISHED_RUN_TTL_S,
                 idempotency_key=idempotency,
-                answers_approval=answers_approval,
+                answers_approval=None if approval is None else (approval.approval_request_id or ""),
+                answered_calls=tuple(a.tool_call_id for a in approval.approvals or ()) if approval else (),
+                answers_all_calls=approval is not None and approval.approve is None,
             )
         )
         try:

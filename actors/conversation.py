@@ -53,7 +53,7 @@ from runtime.store import keyspace
 from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.fencing import Fence, through_outage
 from runtime.store.history import HistoryStore
-from runtime.store.runs import RunStore
+from runtime.store.runs import PendingApproval, RunStore
 from runtime.stream import wire
 from runtime.stream.items import last_seq
 from runtime.stream.writer import ChunkWriter
@@ -282,7 +282,9 @@ class Activation:
                 next_seq=writer.reserve(),
                 mailbox_entry=entry.entry_id,
                 extra=_timings(turn, outcome.ttft_ns) | ({"finish_reason": outcome.finish_reason} if outcome.finish_reason else {}),
-                pending_approval=outcome.approval_request_id or "",
+                pending_approval=PendingApproval(outcome.approval_request[0], tuple(outcome.approval_request[1]))
+                if outcome.approval_request
+                else "",
             )
         except asyncio.CancelledError:
             if turn.run_id not in self._cancel_requested:

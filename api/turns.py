@@ -42,9 +42,9 @@ async def accept_turn(
             conversation,
             _turn(conversation, body, run_id),
             _run(conversation, body, run_id),
-            on_busy=body.on_busy,
-            idempotency=idempotency_key(idempotency_header, body.input_messages()[0].otid),
-            answers_approval=None if body.approval is None else (body.approval.approval_request_id or ""),
+            on_busy=body.on_busy or state.settings.on_busy_default,
+            idempotency=idempotency_key(idempotency_header, body.first_otid()),
+            approval=body.approval,
             key_id=slot,
         )
     except BaseException:
@@ -96,11 +96,14 @@ def _turn(conversation: ConversationRef, body: SendMessageRequest, run_id: str) 
         agent_id=conversation.agent_id,
         conversation_id=conversation.id,
         messages=body.input_messages(),
-        stream_tokens=body.stream_tokens,
+        # A reply read whole is built from whole messages: token deltas are for streams only.
+        stream_tokens=body.stream_tokens and body.streaming,
         max_steps=body.max_steps,
         use_assistant_message=body.use_assistant_message,
         include_return_message_types=body.include_return_message_types,
         override_model=body.override_model,
         client_tools=body.client_tools,
+        override_system=body.override_system,
+        client_skills=body.client_skills,
         accepted_at_ns=time.time_ns(),
     )

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="A reader gives up on a silent run whose owner is gone after this long."
     )
 
+    on_busy_default: Literal["queue", "reject", "interrupt"] = Field(
+        default="queue",
+        description="What a message to a busy conversation does unless it says (on_busy): queue, or reject "
+        "with 409 as Letta does, or interrupt the active run.",
+    )
+
     # Agents and models.
     default_model: str | None = Field(default=None, description="Model handle for agents that name none.")
     echo_delay_ms: float = Field(default=20.0, ge=0, description="Pause between words of the offline echo model.")

@@ -271,7 +271,13 @@ class ChatTranslator:
             text = _text(doc.get("content"))
             return self._emit(Delta(content=text)) if text else []
         elif kind == "approval_request_message":
-            return self._emit(self._tool_call(doc))
+            calls = doc.get("tool_calls")
+            if isinstance(calls, list):  # a whole message (step streaming): every call at once
+                heads = [self._tool_call(c, key=c.get("tool_call_id") or "") for c in calls if isinstance(c, dict)]
+                return self._emit(Delta(tool_calls=heads)) if heads else []
+            call = doc.get("tool_call") or {}
+            key = doc.get("otid") or call.get("tool_call_id") or doc.get("id") or ""
+            return self._emit(Delta(tool_calls=[self._tool_call(call, key=key)]))
         return []
 
     @property
@@ -300,11 +306,9 @@ class ChatTranslator:
             self._role_sent = True
         return [delta]
 
-    def _tool_call(self, doc: dict[str, Any]) -> Delta:
-        """One approval request delta: the first piece of a call (per ``otid``) carries its id and
-        name, later pieces more arguments."""
-        call = doc.get("tool_call") or {}
-        key = doc.get("otid") or call.get("tool_call_id") or doc.get("id") or ""
+    def _tool_call(self, call: dict[str, Any], *, key: str) -> ToolCallDelta:
+        """One piece of a call the client must run: the first piece of a call (per ``key``) carries
+        its id and name, later pieces more arguments."""
         known = self.tool_calls.get(key)
         if known is None:
             known = ToolCall(id=call.get("tool_call_id") or key, function=ToolCallFunction(name=call.get("name"), arguments=""))
@@ -315,7 +319,7 @@ class ChatTranslator:
             index = list(self.tool_calls).index(key)
             head = ToolCallDelta(index=index, function=ToolCallFunction(arguments=call.get("arguments") or ""))
         known.function.arguments = (known.function.arguments or "") + (call.get("arguments") or "")
-        return Delta(tool_calls=[head])
+        return head
 
 
 def _text(content: object) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.agent.context import fit, render_system
+from runtime.agent.context import fit, render_system, with_skills
 from runtime.agent.prompt import ChatCache
 from runtime.agent.step import StepAssembler, StepResult
 from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, RunFailure
@@ -36,15 +36,14 @@ from runtime.schemas.messages import (
     ApprovalResponseMessage,
     HistoryMessage,
     LettaMessage,
-    ToolReturnMessage,
     UsageStatistics,
     UserMessage,
     WireItem,
 )
-from runtime.schemas.requests import ApprovalCreate, MessageCreate
+from runtime.schemas.requests import ApprovalCreate, MessageCreate, ToolReturnCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.tools.registry import ToolRegistry
-from runtime.tools.turn import Toolbox
+from runtime.tools.turn import Toolbox, Waiting, returned, waiting_calls
 
 Emit = Callable[[WireItem], Awaitable[None]]
 RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
@@ -63,7 +62,8 @@ class TurnOutcome:
     new_messages: list[HistoryMessage] = field(default_factory=list)
     ttft_ns: int | None = None
     finish_reason: str | None = None
-    approval_request_id: str | None = None  # set when the turn stopped to wait for the client
+    # Set when the turn stopped to wait for the client: the approval request's id and the calls it asks about.
+    approval_request: tuple[str, list[str]] | None = None
 
 
 def model_for(turn: TurnRequest, conversation: ConversationRecord, agent: AgentRecord) -> str:
@@ -77,18 +77,6 @@ def user_messages(turn: TurnRequest) -> list[HistoryMessage]:
         for m in turn.messages
         if isinstance(m, MessageCreate)
     ]
-
-
-def unanswered_calls(history: Sequence[HistoryMessage]) -> list[ApprovalRequestMessage]:
-    """Approval requests at the end of the history that no tool return answers yet."""
-    answered = {m.tool_call_id for m in history if isinstance(m, ToolReturnMessage)}
-    waiting: list[ApprovalRequestMessage] = []
-    for message in reversed(history):
-        if isinstance(message, UserMessage):
-            break
-        if isinstance(message, ApprovalRequestMessage) and message.tool_call.tool_call_id not in answered:
-            waiting.append(message)
-    return list(reversed(waiting))
 
 
 @dataclass
@@ -157,24 +145,26 @@ async def run_turn(
     model = models(model_for(turn, conversation, agent))
     box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()))
     approval = next((m for m in turn.messages if isinstance(m, ApprovalCreate)), None)
-    waiting = unanswered_calls(history) if approval_pending else []
-    new: list[HistoryMessage]
+    waiting = waiting_calls(history) if approval_pending else []
+    gated = [w for w in waiting if w.gated]
+    new: list[HistoryMessage] = []
     if approval is not None:
-        new = [_approval_message(turn, approval)]
-        for result in await box.resolve(approval, waiting, run_id=turn.run_id):
-            await emit(result.model_copy())
-            new.append(result)
-    elif waiting:
-        raise ApprovalStillPendingError(f"approval request {waiting[0].id} is waiting for an answer")
-    else:
-        new = user_messages(turn)
-    system = render_system(agent)
+        # The answer first: its step's results (the first thing the client hears), then any
+        # message sent with it, which the model sees after them.
+        results = returned(await box.resolve(approval, waiting), run_id=turn.run_id, step_id=waiting[0].step_id)
+        await emit(results.model_copy())
+        new = [_approval_message(turn, approval, gated), results]
+    elif gated:
+        raise ApprovalStillPendingError(f"tool calls {[w.call.call_id for w in gated]} are waiting for an answer")
+    new += user_messages(turn)
+    system = turn.override_system if turn.override_system is not None else render_system(agent)
+    system = with_skills(system, turn.client_skills or [])
     specs = box.specs()
     totals = _Totals()
     ttft_ns: int | None = None
     stop_reason = "max_steps"
     finish_reason: str | None = None
-    approval_request_id: str | None = None
+    approval_request: tuple[str, list[str]] | None = None  # (request id, the call ids it waits for)
     inputs = sum(isinstance(m, UserMessage) for m in new)
     record = _Record(persist, new)  # the input goes to the history now, alongside the first request
     try:
@@ -194,16 +184,18 @@ async def run_turn(
             new += step.messages
             finish_reason = step.finish.raw if step.finish else None
             if step.tool_calls:
-                now = [c for c in step.tool_calls if not box.waits_for_client(c.name)]
-                step_id = step.messages[0].step_id if step.messages else None
-                for result in await box.run_all(now, run_id=turn.run_id, step_id=step_id):
-                    await emit(result.model_copy())
-                    new.append(result)
-                await record.save()
-                if len(now) < len(step.tool_calls):
+                if any(box.waits_for_client(c.name) for c in step.tool_calls):
+                    # The step's calls wait for the client's decisions, all of them (module docstring
+                    # of runtime.tools.turn): nothing runs now.
+                    await record.save()
                     stop_reason = "requires_approval"
-                    approval_request_id = next(m.id for m in step.messages if isinstance(m, ApprovalRequestMessage))
+                    request = next(m for m in step.messages if isinstance(m, ApprovalRequestMessage))
+                    approval_request = (request.id, [c.tool_call_id or "" for c in request.calls()])
                     break
+                results = returned(await box.run_all(step.tool_calls), run_id=turn.run_id, step_id=step.messages[0].step_id)
+                await emit(results.model_copy())
+                new.append(results)
+                await record.save()
                 continue
             await record.save()
             stop_reason = "max_tokens_exceeded" if step.truncated else "end_turn"
@@ -216,7 +208,7 @@ async def run_turn(
         new_messages=new,
         ttft_ns=ttft_ns,
         finish_reason=finish_reason,
-        approval_request_id=approval_request_id,
+        approval_request=approval_request,
     )
 
 
@@ -261,15 +253,32 @@ def _filtered(emit: Emit, types: list[str] | None) -> Emit:
     return send
 
 
-def _approval_message(turn: TurnRequest, approval: ApprovalCreate) -> ApprovalResponseMessage:
+def _approval_message(turn: TurnRequest, approval: ApprovalCreate, gated: Sequence[Waiting]) -> ApprovalResponseMessage:
+    """The client's answer, as the history keeps it (and Letta lists it): one decision per call it
+    answered in ``approvals`` (a whole-request ``approve`` applies to each), and, as in Letta,
+    ``approval_request_id`` naming the first call."""
+    decisions = {d.tool_call_id: d for d in approval.approvals or ()}
+    approvals: list[dict[str, object]] = []
+    for waiting in gated:
+        decision = decisions.get(waiting.call.call_id)
+        if isinstance(decision, ToolReturnCreate):
+            approvals.append(decision.model_dump(exclude_none=True) | {"tool_return": decision.text()})
+        else:
+            approve = decision.approve if decision is not None else approval.approve
+            reason = (decision.reason if decision is not None else None) or approval.reason
+            entry: dict[str, object] = {"type": "approval", "tool_call_id": waiting.call.call_id, "approve": approve}
+            if reason is not None:
+                entry["reason"] = reason
+            approvals.append(entry)
+    approved = [a["approve"] for a in approvals if a.get("type") == "approval"]
     return ApprovalResponseMessage(
         id=new_id("message"),
         run_id=turn.run_id,
         otid=approval.otid,
-        approval_request_id=approval.approval_request_id,
-        approve=approval.approve,
+        approval_request_id=gated[0].call.call_id if gated else approval.approval_request_id,
+        approve=approval.approve if approval.approve is not None else (all(approved) if approved else None),  # type: ignore[arg-type]
         reason=approval.reason,
-        approvals=[a.model_dump(exclude_none=True) for a in approval.approvals] if approval.approvals else None,
+        approvals=approvals,
     )
 
 

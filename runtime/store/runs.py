@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -99,8 +100,9 @@ redis.call('EXPIRE', KEYS[5], ARGV[4])
 if ARGV[7] == '' or (ARGV[7] == '-' and redis.call('HGET', KEYS[6], 'answered') == ARGV[8]) then
   redis.call('DEL', KEYS[6])
 elseif ARGV[7] ~= '-' then
+  local request, calls = string.match(ARGV[7], '^([^ ]*) ?(.*)$')
   redis.call('DEL', KEYS[6])
-  redis.call('HSET', KEYS[6], 'request', ARGV[7])
+  redis.call('HSET', KEYS[6], 'request', request, 'calls', calls)
 end
 return 'ok ' .. (redis.call('HGET', KEYS[2], 'key_id') or '')
 """
@@ -118,6 +120,17 @@ return 'ok'
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApproval:
+    """The approval request a run ends waiting on, and the tool calls it asks about."""
+
+    request_id: str
+    call_ids: tuple[str, ...]
+
+    def encode(self) -> str:
+        return " ".join((self.request_id, ",".join(self.call_ids)))
 
 
 class RunStore:
@@ -251,7 +264,7 @@ class RunStore:
         mailbox_entry: str = "",
         expect: RunStatus | None = None,
         extra: dict[str, Any] | None = None,
-        pending_approval: str | None = None,
+        pending_approval: PendingApproval | str | None = None,
     ) -> bool:
         """End a run, the one way every run ends (its owner's success, failure or cancel; a queued
         run cancelled; a run no owner will finish): its terminal items (``runtime.stream.wire``), its
@@ -263,7 +276,7 @@ class RunStore:
         knows it; else it follows the last item stored. False if the run was already terminal,
         unknown, or not in status ``expect``. ``pending_approval``: None leaves the conversation's
         pending approval alone (unless this run was its answer: then it is closed), "" clears it,
-        an id opens it (clients may then answer that approval request)."""
+        a ``PendingApproval`` opens it (clients may then answer that approval request)."""
         if next_seq is None:
             stream = keyspace.run_stream(conversation_id, run_id)
             patience_s = fence.patience_s if fence else 0.0
@@ -296,7 +309,7 @@ class RunStore:
         expect: RunStatus | None,
         error: dict[str, Any] | None,
         extra: dict[str, Any] | None,
-        pending_approval: str | None,
+        pending_approval: PendingApproval | str | None,
     ) -> bool:
         assert status in TERMINAL
         fields: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "completed_at_ms": now_ms()}
@@ -306,7 +319,10 @@ class RunStore:
         flat: list[Any] = []
         for name, value in fields.items():
             flat.extend((name, value))
-        pending = "-" if pending_approval is None else pending_approval
+        if pending_approval is None:
+            pending = "-"
+        else:
+            pending = pending_approval.encode() if isinstance(pending_approval, PendingApproval) else pending_approval
         args: list[Any] = [
             fence.epoch if fence else "", expect or "", mailbox_entry, self._ttl_s, self._maxlen, len(flat), pending, run_id, *flat
         ]
