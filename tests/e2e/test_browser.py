@@ -120,7 +120,7 @@ def test_eventsource_resumes_a_dropped_stream_exactly_once(convoy: Convoy, brows
     with httpx.Client(base_url=convoy.url, timeout=60) as client:
         agent = client.post("/v1/agents", json={"name": "browser"}).json()
         conv = client.post("/v1/conversations", params={"agent_id": agent["id"]}).json()["id"]
-        body = {"input": text, "background": True}
+        body = {"input": text, "background": True, "stream_tokens": True}
         with client.stream("POST", f"/v1/conversations/{conv}/messages", json=body) as response:
             first = next(line for line in response.iter_lines() if line.startswith("data: "))
         run_id = json.loads(first.removeprefix("data: "))["run_id"]
