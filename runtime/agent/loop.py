@@ -181,8 +181,8 @@ async def run_turn(
         for index in range(turn.max_steps):
             if cancelled():
                 raise asyncio.CancelledError
-            chat = chats.convert([*history, *new])
-            messages, dropped = fit(system, specs, chat, window=agent.context_window, reserve=agent.max_tokens, inputs=inputs)
+            converted = chats.convert([*history, *new])
+            messages, dropped = fit(system, specs, converted, window=agent.context_window, reserve=agent.max_tokens, inputs=inputs)
             request = LLMRequest(model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=agent.max_tokens)
             step = await _step(
                 turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
@@ -255,7 +255,7 @@ def _filtered(emit: Emit, types: list[str] | None) -> Emit:
     allowed = set(types)
 
     async def send(item: WireItem) -> None:
-        if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]
+        if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]  # each concrete message declares it (a Literal), their base does not
             await emit(item)
 
     return send
@@ -301,7 +301,7 @@ async def _step(
     )
     try:
         stream = model.stream(request, attempts)
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async with contextlib.aclosing(stream):
             async for event in stream:
                 if cancelled():
                     raise asyncio.CancelledError

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from runtime.ids import segment_otid
 from runtime.providers.events import (
@@ -46,6 +46,7 @@ from runtime.schemas.messages import (
     AssistantMessage,
     HiddenReasoningMessage,
     HistoryMessage,
+    LettaMessage,
     ReasoningMessage,
     ToolCallMessage,
     WireItem,
@@ -55,6 +56,7 @@ from runtime.schemas.messages import ToolCall as WireToolCall
 Emit = Callable[[WireItem], Awaitable[None]]
 SegmentKind = Literal["reasoning", "hidden", "text", "tool"]
 WaitsForClient = Callable[[str], bool]
+Message = TypeVar("Message", bound=LettaMessage)
 
 
 @dataclass
@@ -231,21 +233,21 @@ class StepAssembler:
         if self._stream_tokens:
             await self._emit(self._message(AssistantMessage, segment, content=text))
 
-    def _message(self, cls: type, segment: _Segment, **fields: object):  # type: ignore[no-untyped-def]
+    def _message(self, cls: type[Message], segment: _Segment, **fields: Any) -> Message:
         return cls(id=self._id, otid=segment.otid, step_id=self._step_id, run_id=self._run_id, **fields)
 
     def _hidden(self, segment: _Segment) -> HiddenReasoningMessage:
-        return self._message(HiddenReasoningMessage, segment, state="redacted", hidden_reasoning=segment.text)  # type: ignore[no-any-return]
+        return self._message(HiddenReasoningMessage, segment, state="redacted", hidden_reasoning=segment.text)
 
     def _complete(self, segment: _Segment) -> HistoryMessage:
         if segment.kind == "text":
-            return self._message(AssistantMessage, segment, content=segment.text)  # type: ignore[no-any-return]
+            return self._message(AssistantMessage, segment, content=segment.text)
         if segment.kind == "reasoning":
-            return self._message(ReasoningMessage, segment, reasoning=segment.text, signature=segment.signature)  # type: ignore[no-any-return]
+            return self._message(ReasoningMessage, segment, reasoning=segment.text, signature=segment.signature)
         if segment.kind == "hidden":
             return self._hidden(segment)
         call = WireToolCall(name=segment.name, arguments=segment.text, tool_call_id=segment.call_id)
-        return self._message(self._call_type(segment), segment, tool_call=call)  # type: ignore[no-any-return]
+        return self._message(self._call_type(segment), segment, tool_call=call)
 
-    def _call_type(self, segment: _Segment) -> type:
+    def _call_type(self, segment: _Segment) -> type[ApprovalRequestMessage] | type[ToolCallMessage]:
         return ApprovalRequestMessage if segment.name and self._waits(segment.name) else ToolCallMessage

@@ -66,7 +66,7 @@ class Toolbox:
         if not waiting:
             raise InvalidApprovalError("no tool call is waiting for approval in this conversation")
         decisions: dict[str, ApprovalReturn | ToolReturnCreate] = {d.tool_call_id: d for d in approval.approvals or ()}
-        known = {w.tool_call.tool_call_id for w in waiting}
+        known = {w.tool_call.tool_call_id or "" for w in waiting}
         stray = sorted(set(decisions) - known)
         if stray:
             raise InvalidApprovalError(f"tool_call_id {stray} are not waiting; waiting: {sorted(known)}")
