@@ -30,7 +30,7 @@ from runtime.schemas.runs import RunQuery, RunStatus, RunView
 from runtime.store import keyspace, replies
 from runtime.store.fencing import Fence, call_fenced, through_outage
 from runtime.stream.items import last_seq
-from runtime.stream.wire import Ending, terminal
+from runtime.stream.wire import Ending, Item, terminal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -291,7 +291,7 @@ class RunStore:
         status: RunStatus,
         stop_reason: str,
         fence: Fence | None,
-        items: builtins.list[tuple[int, str, bytes]],
+        items: builtins.list[Item],
         mailbox_entry: str,
         expect: RunStatus | None,
         error: dict[str, Any] | None,
