@@ -296,7 +296,7 @@ class StreamTailer:
         try:
             seq, kind, payload = message.split(b" ", 2)
             item = StoredItem(int(seq), kind_of(kind), payload)
-        except ValueError:  # an empty message: "read me"
+        except ValueError:  # an empty message ("read me"), or one not in the item format: read the stream
             self._mark(key)
             return
         for sub in subs:

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("runtime", "actors", "api", "bench")
 KEY_LITERAL = re.compile(r"[\"']convoy:[^\s\"']|\{PREFIX\}")
@@ -132,7 +134,8 @@ def test_lint_rules_pass() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_types_check() -> None:
-    """Cold (no ``.mypy_cache``, as in CI) this takes about half a minute; warm, a few seconds."""
+    """Cold (no ``.mypy_cache``, as in CI) this takes about 30 s of CPU; warm, a few seconds."""
     out = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True, check=False, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
