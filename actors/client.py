@@ -26,6 +26,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import Literal, TypeGuard
 
 import redis.asyncio as aioredis
 from ray.exceptions import RayError
@@ -41,7 +42,7 @@ from runtime.schemas.requests import ApprovalCreate, OnBusy
 from runtime.schemas.runs import RunView
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.fencing import through_outage
 from runtime.store.runs import TERMINAL, UNFINISHED_RUN_TTL_S, RunStore
 from runtime.stream import wire
@@ -163,7 +164,7 @@ class ConversationClient:
     async def run_of_otid(self, conversation_id: str, otid: str) -> str | None:
         """The run a send with this ``otid`` started in the conversation, if any (still known)."""
         found = await self._redis.get(keyspace.idempotency(conversation_id, idempotency_key(None, otid) or ""))
-        return found.decode() if found else None
+        return replies.text(found) if found else None
 
     # -- cancelling -----------------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class ConversationClient:
         it)."""
         raw = await self._runs.raw(conversation_id, run_id)
         status = raw.get("status")
-        if status not in ("created", "running"):
+        if not _unfinished(status):
             return Nudge.ENDED
         entry = raw.get("mailbox_entry", "")
         if not entry or not await self._mailbox.holds(conversation_id, entry):
@@ -254,7 +255,7 @@ class ConversationClient:
                 conversation_id=conversation_id,
                 ending=wire.Failed(OwnerLostError("the run is no longer in its conversation's mailbox")),
                 fence=None,
-                expect=status,  # type: ignore[arg-type]
+                expect=status,
             )
             return Nudge.ORPHAN_ENDED
         if await self._directory.owner(conversation_id) is not None:
@@ -275,3 +276,8 @@ class ConversationClient:
     async def ray_alive(self) -> bool:
         """Whether the Ray cluster answers (dedicated placement has no standing hosts to ask)."""
         return await self._router.ray_alive()
+
+
+def _unfinished(status: str | None) -> TypeGuard[Literal["created", "running"]]:
+    """Whether a stored run status is one no end has written yet (what ``RunStore.end`` may expect)."""
+    return status in ("created", "running")

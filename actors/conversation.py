@@ -47,6 +47,7 @@ from runtime.agent.prompt import ChatCache
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, WireItem
+from runtime.schemas.runs import RunStatus
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
 from runtime.store import keyspace
@@ -324,7 +325,7 @@ class Activation:
         writer: ChunkWriter | None = None,
         turn: TurnRequest | None = None,
         skip_missing: bool = False,
-        expect: str | None = None,
+        expect: RunStatus | None = None,
     ) -> None:
         """Write the terminal sequence for a run that did not succeed."""
         first: int | None = None
@@ -346,7 +347,7 @@ class Activation:
             fence=self._until_landed,
             next_seq=first,
             mailbox_entry=entry.entry_id,
-            expect=expect,  # type: ignore[arg-type]
+            expect=expect,
             extra=_timings(turn, None) if turn else None,
             # A failed answer closes its approval (``RunStore.end``); a failed ordinary turn
             # leaves an approval requested meanwhile open.

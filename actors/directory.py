@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 
 log = logging.getLogger(__name__)
 
@@ -145,4 +145,4 @@ class Directory:
 
     async def owner(self, conversation_id: str) -> str | None:
         value = await self._redis.get(keyspace.lease(conversation_id))
-        return value.decode() if value else None
+        return replies.text(value) if value else None

@@ -47,7 +47,7 @@ from runtime.background import forever
 from runtime.logs import configure_logging
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.connection import connect, dedicated
 from runtime.store.fencing import through_outage
@@ -255,7 +255,7 @@ class HostCore:
             lambda: redis.smembers(keyspace.host_conversations(self.name)), patience_s=math.inf, what="recovery"
         )
         for raw in members:
-            conv = raw.decode()
+            conv = replies.text(raw)
             try:
                 await self._deliver(conv)
             except Exception:
@@ -290,10 +290,10 @@ class HostCore:
         async def ring() -> float:
             nonlocal cursor
             if cursor is None:
-                last = await redis.xrevrange(bell, count=1)
+                last = replies.entries(await redis.xrevrange(bell, count=1))
                 cursor = last[0][0].decode() if last else "0-0"
             reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
-            for _, entries in reply or ():
+            for _, entries in replies.streams(reply):
                 cursor = entries[-1][0].decode()
                 for conv in {fields[b"c"].decode() for _, fields in entries}:
                     activation = self._activations.get(conv)

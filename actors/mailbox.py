@@ -29,7 +29,7 @@ from runtime.errors import (
     NotFoundError,
     PendingApprovalError,
 )
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.fencing import Fence, call_fenced
 from runtime.store.runs import START_RUN_LUA, now_ms
 
@@ -251,5 +251,5 @@ class Mailbox:
 
     async def run_ids(self, conversation_id: str, *, before: str | None = None) -> list[str]:
         """Run ids of every unfinished entry (accepted before entry ``before``), oldest first."""
-        entries = await self._redis.xrange(keyspace.mailbox(conversation_id), max=f"({before}" if before else "+")
+        entries = replies.entries(await self._redis.xrange(keyspace.mailbox(conversation_id), max=f"({before}" if before else "+"))
         return [fields[b"r"].decode() for _, fields in entries]

@@ -33,7 +33,8 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -43,6 +44,9 @@ from runtime.errors import ConfigurationError, ConvoyError
 from runtime.logs import configure_logging
 from runtime.settings import Settings
 from runtime.store.embedded import EmbeddedRedis, recorded_url
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("convoy")
 KEEP_ALIVE_S = 75
@@ -129,9 +133,9 @@ def _check_auth(settings: Settings) -> None:
          "`convoy keys create` closes open mode at once")
 
 
-def _run_api(settings: Settings, create_app: object) -> None:
+def _run_api(settings: Settings, create_app: Callable[[Settings], FastAPI]) -> None:
     config = uvicorn.Config(
-        create_app(settings),  # type: ignore[operator]
+        create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -149,7 +153,7 @@ def _run_api(settings: Settings, create_app: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**overrides)
     configure_logging(settings)
     try:
         if args.command == "serve":

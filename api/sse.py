@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -105,7 +105,7 @@ async def check_cursor(state: AppState, conversation_id: str, run_id: str, after
 
 async def run_batches(
     state: AppState, conversation_id: str, run_id: str, *, after: int
-) -> AsyncIterator[tuple[list[StoredItem], bool] | None]:
+) -> AsyncGenerator[tuple[list[StoredItem], bool] | None, None]:
     """``(items, stored)``: the items after ``after`` in the batches they arrive in, the last one
     ending with a terminal item; ``None`` marks each ``ping_interval_s`` of silence. ``stored`` is
     False for items the reader made up itself."""
@@ -212,7 +212,7 @@ async def _stalled_ending(
 
 
 def _synthetic(run_id: str, cursor: int, failure: RunFailure) -> list[StoredItem]:
-    return [StoredItem(seq, kind, payload) for seq, kind, payload in failure_items(run_id, cursor + 1, failure)]  # type: ignore[arg-type]
+    return [StoredItem(seq, kind, payload) for seq, kind, payload in failure_items(run_id, cursor + 1, failure)]
 
 
 async def run_events(

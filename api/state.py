@@ -77,7 +77,7 @@ class AppState:
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.convoy  # type: ignore[no-any-return]
+    return request.app.state.convoy
 
 
 async def _state_dependency(request: Request) -> AppState:

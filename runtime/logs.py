@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from runtime.settings import Settings
 
@@ -50,14 +50,17 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _Handler(logging.StreamHandler[TextIO]):
+    """Convoy's own handler: the one configuring logging again replaces."""
+
+
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
-        if getattr(existing, "_convoy", False):
+        if isinstance(existing, _Handler):
             root.removeHandler(existing)
-    handler._convoy = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     for name in _CHATTY:

@@ -74,7 +74,7 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
             return [resolve(item) for item in node]
         return node
 
-    return resolve(schema)  # type: ignore[no-any-return]
+    return resolve(schema)
 
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])

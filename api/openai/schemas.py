@@ -26,6 +26,7 @@ from runtime.schemas.requests import (
     MAX_PARTS,
     MAX_TEXT_CHARS,
     MAX_TOOLS,
+    InputMessage,
     JsonObject,
     MessageCreate,
 )
@@ -128,7 +129,7 @@ class ChatCompletionRequest(BaseModel):
             start -= 1
         return self.messages[start:]
 
-    def input_messages(self) -> list[MessageCreate]:
+    def input_messages(self) -> list[InputMessage]:
         return [MessageCreate(role="user", content=m.text(), name=m.name) for m in self.new_messages()]
 
 

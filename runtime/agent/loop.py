@@ -171,8 +171,8 @@ async def run_turn(
         for index in range(turn.max_steps):
             if cancelled():
                 raise asyncio.CancelledError
-            chat = chats.convert([*history, *new])
-            messages, dropped = fit(system, specs, chat, window=agent.context_window, reserve=agent.max_tokens, inputs=inputs)
+            converted = chats.convert([*history, *new])
+            messages, dropped = fit(system, specs, converted, window=agent.context_window, reserve=agent.max_tokens, inputs=inputs)
             request = LLMRequest(model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=agent.max_tokens)
             step = await _step(
                 turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
@@ -189,8 +189,8 @@ async def run_turn(
                     # of runtime.tools.turn): nothing runs now.
                     await record.save()
                     stop_reason = "requires_approval"
-                    request = next(m for m in step.messages if isinstance(m, ApprovalRequestMessage))
-                    approval_request = (request.id, [c.tool_call_id or "" for c in request.calls()])
+                    asked = next(m for m in step.messages if isinstance(m, ApprovalRequestMessage))
+                    approval_request = (asked.id, [c.tool_call_id or "" for c in asked.calls()])
                     break
                 results = returned(await box.run_all(step.tool_calls), run_id=turn.run_id, step_id=step.messages[0].step_id)
                 await emit(results.model_copy())
@@ -247,7 +247,7 @@ def _filtered(emit: Emit, types: list[str] | None) -> Emit:
     allowed = set(types)
 
     async def send(item: WireItem) -> None:
-        if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]
+        if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]  # each concrete message declares it (a Literal), their base does not
             await emit(item)
 
     return send
@@ -276,7 +276,7 @@ def _approval_message(turn: TurnRequest, approval: ApprovalCreate, gated: Sequen
         run_id=turn.run_id,
         otid=approval.otid,
         approval_request_id=gated[0].call.call_id if gated else approval.approval_request_id,
-        approve=approval.approve if approval.approve is not None else (all(approved) if approved else None),  # type: ignore[arg-type]
+        approve=approval.approve if approval.approve is not None else (all(approved) if approved else None),
         reason=approval.reason,
         approvals=approvals,
     )
@@ -310,7 +310,7 @@ async def _step(
     )
     try:
         stream = model.stream(request, attempts)
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async with contextlib.aclosing(stream):
             async for event in stream:
                 if cancelled():
                     raise asyncio.CancelledError

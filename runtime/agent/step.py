@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from runtime.ids import segment_otid
 from runtime.providers.events import (
@@ -51,6 +51,7 @@ from runtime.schemas.messages import (
     CallsMessage,
     HiddenReasoningMessage,
     HistoryMessage,
+    LettaMessage,
     ReasoningMessage,
     ToolCallMessage,
     WireItem,
@@ -60,6 +61,7 @@ from runtime.schemas.messages import ToolCall as WireToolCall
 Emit = Callable[[WireItem], Awaitable[None]]
 SegmentKind = Literal["reasoning", "hidden", "text", "tool"]
 WaitsForClient = Callable[[str], bool]
+Message = TypeVar("Message", bound=LettaMessage)
 
 
 @dataclass
@@ -238,11 +240,11 @@ class StepAssembler:
         if self._stream_tokens:
             await self._emit(self._message(AssistantMessage, segment, content=text))
 
-    def _message(self, cls: type, segment: _Segment, **fields: object):  # type: ignore[no-untyped-def]
+    def _message(self, cls: type[Message], segment: _Segment, **fields: Any) -> Message:
         return cls(id=self._id, otid=segment.otid, step_id=self._step_id, run_id=self._run_id, **fields)
 
     def _hidden(self, segment: _Segment) -> HiddenReasoningMessage:
-        return self._message(HiddenReasoningMessage, segment, state="redacted", hidden_reasoning=segment.text)  # type: ignore[no-any-return]
+        return self._message(HiddenReasoningMessage, segment, state="redacted", hidden_reasoning=segment.text)
 
     def _complete(self, segments: list[_Segment]) -> list[HistoryMessage]:
         """One complete message per segment, the calls gathered (see the module docstring)."""
@@ -268,5 +270,5 @@ class StepAssembler:
                     messages.append(message)  # type: ignore[arg-type]
         return messages
 
-    def _call_type(self, segment: _Segment) -> type:
+    def _call_type(self, segment: _Segment) -> type[ApprovalRequestMessage] | type[ToolCallMessage]:
         return ApprovalRequestMessage if segment.name and self._waits(segment.name) else ToolCallMessage

@@ -8,7 +8,7 @@ counts in ``message_start``, the cumulative output count in ``message_delta``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from anthropic import AsyncAnthropic, AsyncStream
@@ -99,10 +99,10 @@ class AnthropicAdapter:
             ]
         return body
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         # ``post`` with events as JSON objects, as the OpenAI adapters do (see openai_chat.py):
         # the SDK still decodes the stream, raises its ``event: error`` and handles auth and retries.
-        stream = await self._client.post(
+        stream: AsyncStream[Any] = await self._client.post(
             "/v1/messages", body=self.payload(request), cast_to=Message, stream=True, stream_cls=AsyncStream[object]
         )
         input_usage: dict[str, Any] | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from runtime.providers.events import Finish, LLMEvent, LLMRequest, ResponseInfo, TextDelta, Usage
@@ -30,7 +30,7 @@ class EchoAdapter:
     def payload(self, request: LLMRequest) -> dict[str, Any]:
         return {"model": request.model, "system": request.system, "messages": len(request.messages)}
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         words = _tokens(last_user)
         yield ResponseInfo(None, request.model)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -162,8 +162,11 @@ class GeminiAdapter:
             body["generationConfig"] = generation
         return body
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        config = {"http_options": {"extra_body": self.payload(request)}, "automatic_function_calling": {"disable": True}}
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
+        config: types.GenerateContentConfigDict = {
+            "http_options": {"extra_body": self.payload(request)},
+            "automatic_function_calling": {"disable": True},
+        }
         held: list[Any] = []
         _RESPONSES.set(held)  # the SDK sends this stream's requests from this task (see _hold)
         chunks: AsyncIterator[types.GenerateContentResponse] | None = None
@@ -178,7 +181,7 @@ class GeminiAdapter:
             for response in held:
                 await response.aclose()
             if chunks is not None:
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await chunks.aclose()  # type: ignore[attr-defined]  # google-genai declares an AsyncIterator, returns an async generator
         usage = reader.usage()
         if usage is not None:
             yield usage

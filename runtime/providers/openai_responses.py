@@ -6,7 +6,7 @@ the whole input each time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
@@ -75,9 +75,9 @@ class OpenAIResponsesAdapter:
             ]
         return body
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         # ``post`` rather than ``responses.create``, events as JSON objects: see openai_chat.py.
-        stream = await self._client.post(
+        stream: AsyncStream[Any] = await self._client.post(
             "/responses", body=self.payload(request), cast_to=Response, stream=True, stream_cls=AsyncStream[object]
         )
         finish: Finish | None = None

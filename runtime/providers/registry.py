@@ -23,9 +23,9 @@ so a process that never calls a provider, like the API or an echo-only host, nev
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 from runtime import heap
 from runtime.errors import InvalidRequestError, LLMAuthenticationError
@@ -50,7 +50,15 @@ class ModelAdapter(Protocol):
         """The request body sent to the provider (recorded in the run's step traces)."""
         ...
 
-    def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]: ...
+    def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]: ...
+
+
+class _ClientOptions(TypedDict):
+    """What the OpenAI and Anthropic clients are both made with."""
+
+    api_key: str | None
+    base_url: str | None
+    max_retries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +86,7 @@ class Model:
     adapter: ModelAdapter
     policy: StreamPolicy
 
-    def stream(self, request: LLMRequest, attempts: Attempts | None = None) -> AsyncIterator[LLMEvent]:
+    def stream(self, request: LLMRequest, attempts: Attempts | None = None) -> AsyncGenerator[LLMEvent, None]:
         return guarded(self.adapter.stream, request, provider=self.provider, policy=self.policy, attempts=attempts)
 
 
@@ -175,7 +183,7 @@ class Providers:
                 max_retries=s.llm_max_retries,
             )
             return GeminiAdapter(gemini_client, provider=provider.name, include_thoughts=s.gemini_include_thoughts)
-        common = {"api_key": provider.api_key, "base_url": provider.base_url, "max_retries": s.llm_max_retries}
+        common: _ClientOptions = {"api_key": provider.api_key, "base_url": provider.base_url, "max_retries": s.llm_max_retries}
         if provider.api == "anthropic":
             import anthropic
 

@@ -18,8 +18,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import builtins
 import uuid
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -28,7 +30,8 @@ from runtime.errors import NotFoundError
 from runtime.ids import new_id
 from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
 from runtime.schemas.messages import utcnow
-from runtime.store import keyspace
+from runtime.schemas.requests import MemoryBlock
+from runtime.store import keyspace, replies
 
 MAX_PAGE = 1000
 CONVERSATION_REFS_MAX = 100_000
@@ -36,6 +39,19 @@ Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens"}
 )
+
+
+class AgentOptions(TypedDict, total=False):
+    """What an agent may be created with besides its name, model and system prompt (``AgentRecord``'s
+    other fields; left out, a field takes the record's default)."""
+
+    description: str | None
+    tags: list[str]
+    metadata: dict[str, Any] | None
+    tools: list[str]
+    memory_blocks: list[MemoryBlock]
+    context_window_limit: int | None
+    max_tokens: int | None
 
 
 def default_conversation_id(agent_id: str) -> str:
@@ -47,7 +63,7 @@ class AgentStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
 
-    async def create(self, *, tenant: str, name: str | None, model: str, system: str, **extra: object) -> AgentRecord:
+    async def create(self, *, tenant: str, name: str | None, model: str, system: str, **extra: Unpack[AgentOptions]) -> AgentRecord:
         now = utcnow()
         agent_id = new_id("agent")
         record = AgentRecord(
@@ -58,7 +74,7 @@ class AgentStore:
             system=system,
             created_at=now,
             updated_at=now,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keyspace.agent(agent_id), record.model_dump_json())
@@ -96,19 +112,19 @@ class AgentStore:
         await self._redis.transaction(apply, key)
         return updated[0]
 
-    async def delete(self, agent_id: str, *, epoch_ttl_s: int) -> list[str]:
+    async def delete(self, agent_id: str, *, epoch_ttl_s: int) -> builtins.list[str]:
         """Remove the agent, its conversations and every index entry of theirs in one step; the
         ids of the conversations removed. 404 if the agent is already gone. A conversation created
         for the agent meanwhile is removed too (its index is watched)."""
         agent_key, index = keyspace.agent(agent_id), keyspace.agent_conversations(agent_id)
-        removed: list[str] = []
+        removed: builtins.list[str] = []
 
         async def remove(pipe: Pipeline) -> None:
             raw = await pipe.get(agent_key)
             if raw is None:
                 raise NotFoundError(f"agent {agent_id} not found")
             tenant = AgentRecord.model_validate_json(raw).tenant
-            conversation_ids = [i.decode() for i in await pipe.zrange(index, 0, -1)]
+            conversation_ids = replies.members(await pipe.zrange(index, 0, -1))
             pipe.multi()
             pipe.delete(agent_key, index, keyspace.agent_runs(agent_id))
             pipe.zrem(keyspace.agents_index(tenant), agent_id)
@@ -203,7 +219,7 @@ class ConversationStore:
 
     async def ids_of(self, agent_id: str) -> list[str]:
         """Every conversation id of the agent, oldest first."""
-        return [i.decode() for i in await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1)]
+        return replies.members(await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1))
 
     async def get(self, conversation_id: str, *, tenant: str | None) -> ConversationRecord:
         """The conversation; 404 if it is unknown or another tenant's (``tenant=None``: any
@@ -220,7 +236,7 @@ class ConversationStore:
         return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keyspace.conversation, limit, after)]
 
 
-def _owned(raw: bytes | None, kind: type[Owned], tenant: str | None, what: str) -> Owned:
+def _owned(raw: bytes | str | None, kind: type[Owned], tenant: str | None, what: str) -> Owned:
     """The record in ``raw``; 404 (``what`` not found) when there is none or it is another
     tenant's (``tenant=None``: any tenant)."""
     if raw is None:
@@ -243,17 +259,17 @@ def _conversation_keys(conversation_id: str) -> list[str]:
     ]
 
 
-async def _page(redis: aioredis.Redis, index: str, key_of: object, limit: int, after: str | None) -> list[bytes]:
+async def _page(redis: aioredis.Redis, index: str, key_of: Callable[[str], str], limit: int, after: str | None) -> list[bytes | str]:
     """Records in creation order, ``limit`` at most, starting after the id ``after``."""
     limit = max(1, min(limit, MAX_PAGE))
     start = 0
     if after is not None:
         rank = await redis.zrank(index, after)
-        if rank is None:
+        if not isinstance(rank, int):  # None: not in the index (a rank read without its score is an int)
             return []
         start = rank + 1
-    ids = await redis.zrange(index, start, start + limit - 1)
+    ids = replies.members(await redis.zrange(index, start, start + limit - 1))
     if not ids:
         return []
-    raws = await redis.mget([key_of(i.decode()) for i in ids])  # type: ignore[operator]
+    raws = await redis.mget([key_of(i) for i in ids])
     return [raw for raw in raws if raw is not None]

@@ -160,7 +160,7 @@ class DirectConnection:
         try:
             if not conn.is_connected:
                 await conn.connect()
-            await conn.send_packed_command(b"".join([pack_command(tuple(c)) for c in commands]), check_health=False)
+            await conn.send_packed_command(b"".join([pack_command(tuple(c)) for c in commands]), check_health=False)  # type: ignore[arg-type]  # hiredis's stub types a command as a 1-tuple
             replies: list[object] = []
             for _ in commands:
                 try:

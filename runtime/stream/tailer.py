@@ -25,7 +25,9 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -34,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.store.connection import DirectConnection, reraise_if_cancelling
 from runtime.store.mux import own_connection
-from runtime.stream.items import StoredItem, raw_item
+from runtime.stream.items import StoredItem, kind_of, raw_item
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +295,8 @@ class StreamTailer:
             return
         try:
             seq, kind, payload = message.split(b" ", 2)
-            item = StoredItem(int(seq), kind.decode(), payload)  # type: ignore[arg-type]
-        except ValueError:  # an empty message: "read me"
+            item = StoredItem(int(seq), kind_of(kind), payload)
+        except ValueError:  # an empty message ("read me"), or one not in the item format: read the stream
             self._mark(key)
             return
         for sub in subs:
@@ -324,7 +326,7 @@ class StreamTailer:
                 cursors = self._cursors()
                 if not cursors:
                     continue
-                command = ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *cursors, *(f"0-{c}" for c in cursors.values()))
+                command: tuple[str | int, ...] = ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *cursors, *(f"0-{c}" for c in cursors.values()))
                 self._dispatch(await self._reader.call(*command), cursors)
                 self.reads += 1
                 backoff_s = RECONNECT_BACKOFF_MIN_S
@@ -375,8 +377,8 @@ class StreamTailer:
         subscription that joined while this read was in flight, with a cursor before the position
         read from, gets nothing now: joining marked its stream, so the next round reads from its
         cursor and it misses nothing."""
-        streams = reply.items() if isinstance(reply, dict) else (reply or ())
-        for raw_key, entries in streams:  # type: ignore[union-attr]
+        streams: Iterable[Any] = reply.items() if isinstance(reply, dict) else reply if isinstance(reply, list) else ()
+        for raw_key, entries in streams:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if len(entries) >= XREAD_COUNT:
                 self._mark(key)  # there may be more

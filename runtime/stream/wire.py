@@ -17,8 +17,9 @@ from typing import Any
 from runtime.errors import RunFailure
 from runtime.schemas.messages import ErrorMessage, StopReasonItem, UsageStatistics, WireItem
 from runtime.schemas.runs import STATUS_FOR_STOP_REASON, RunStatus
+from runtime.stream.items import ItemKind
 
-Item = tuple[int, str, bytes]
+Item = tuple[int, ItemKind, bytes]
 DONE_PAYLOAD = b"[DONE]"
 
 

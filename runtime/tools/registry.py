@@ -69,7 +69,7 @@ def describe(fn: Callable[..., Any], name: str | None = None) -> tuple[str, str,
         annotation = hints.get(param.name, Any)
         default = param.default if param.default is not inspect.Parameter.empty else ...
         fields[param.name] = (annotation, default)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"{fn.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields
     )
     doc = inspect.getdoc(fn) or ""
