@@ -107,7 +107,9 @@ async def chat_completions(
     except NotFoundError:
         message = f"The model `{body.model}` does not exist: use an agent id (agent-…) or a conversation id (conv-…)"
         return openai_error(404, message, "model_not_found", param="model")
-    turn = SendMessageRequest(messages=body.input_messages(), streaming=body.streaming, include_pings=False)
+    turn = SendMessageRequest(
+        messages=body.input_messages(), streaming=body.streaming, include_pings=False, model_settings=body.model_settings()
+    )
     try:
         run = await accept_turn(state, caller, conversation, turn, idempotency_header=idempotency_key)
     except ConvoyError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from runtime.schemas.model_settings import ModelSettings
 from runtime.schemas.requests import ClientTool, InputMessage
 
 
@@ -20,4 +21,5 @@ class TurnRequest(BaseModel):
     include_return_message_types: list[str] | None = None
     override_model: str | None = None
     client_tools: list[ClientTool] | None = None
+    model_settings: ModelSettings | None = None
     accepted_at_ns: int
