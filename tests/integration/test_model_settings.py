@@ -325,6 +325,14 @@ async def test_letta_client_creates_and_updates_an_agent_with_model_settings(con
     conversation = await letta.conversations.create(agent_id=agent.id, model_settings={"provider_type": "anthropic", "max_output_tokens": 2000})
     changed = await letta.conversations.update(conversation.id, model_settings={"provider_type": "anthropic", "max_output_tokens": 3000})
     assert changed.api_model_settings is not None and changed.api_model_settings.max_output_tokens == 3000
+    echo = await letta.agents.create(name="echo", model="echo/echo")
+    stream = await letta.conversations.messages.create(
+        (await letta.conversations.create(agent_id=echo.id)).id,
+        messages=[{"role": "user", "content": "one two three"}],
+        extra_body={"model_settings": {"max_output_tokens": 2}},  # a send's own settings, through the SDK
+    )
+    words = [event.content async for event in stream if event.message_type == "assistant_message"]  # type: ignore[union-attr]
+    assert "".join(words) == "one two "
     with pytest.raises(BadRequestError) as refused:  # thinking is on (the agent's): no temperature
         await letta.conversations.update(conversation.id, model_settings={"provider_type": "anthropic", "temperature": 0.2})
     assert "model_settings.temperature (set on the conversation)" in str(refused.value)
