@@ -12,6 +12,7 @@ import time
 
 from actors.client import idempotency_key
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
+from api.model_settings import check_turn
 from api.state import AppState
 from runtime.errors import RateLimitedError
 from runtime.ids import new_id
@@ -35,6 +36,7 @@ async def accept_turn(
     key with a concurrent-runs limit gets the run counted first (429 when it has none left)."""
     if body.override_model:
         state.providers.validate(body.override_model)
+    await check_turn(state, conversation, body)
     run_id = new_id("run")
     slot = await _take_slot(state, caller, run_id)
     try:
@@ -105,5 +107,6 @@ def _turn(conversation: ConversationRef, body: SendMessageRequest, run_id: str) 
         client_tools=body.client_tools,
         override_system=body.override_system,
         client_skills=body.client_skills,
+        model_settings=body.model_settings,
         accepted_at_ns=time.time_ns(),
     )

@@ -28,7 +28,8 @@ class CompatibleProvider(BaseModel):
 
     Declared in ``CONVOY_PROVIDERS`` as JSON, e.g.
     ``{"vllm": {"base_url": "http://gpu-1:8000/v1"}, "openrouter": {"base_url": "https://openrouter.ai/api/v1",
-    "api_key": "sk-or-..."}}``; models are then addressed as ``vllm/<model>``.
+    "api_key": "sk-or-...", "models": ["anthropic/claude-sonnet-4.5"]}}``; models are then addressed as
+    ``vllm/<model>``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,6 +37,10 @@ class CompatibleProvider(BaseModel):
     base_url: str = Field(description="The server's OpenAI API root, usually ending in /v1.")
     api_key: str | None = Field(default=None, description="Sent as the bearer token; many local servers need none.")
     api: Literal["chat", "responses"] = Field(default="chat", description="Which OpenAI API the server speaks.")
+    models: list[str] | None = Field(
+        default=None,
+        description="The models to list (GET /v1/models); when unset, the server's own GET /models is asked.",
+    )
 
 
 class Settings(BaseSettings):

@@ -196,6 +196,9 @@ def stop_convoy(convoy: Convoy) -> set[int]:
     return {p for p in started if alive(p)}
 
 
+# The models CONVOY_PROVIDERS configures for its provider ``listed`` (GET /v1/models lists them).
+LISTED_MODELS = ("alpha-1", "beta-2")
+
 # Deadlines and retries of provider calls, short enough for tests to exercise them quickly.
 PROVIDER_POLICY_ENV = {
     "CONVOY_LLM_CONNECT_TIMEOUT_S": "2",
@@ -218,8 +221,9 @@ def fake_provider() -> Iterator[FakeProvider]:
 
 
 def provider_env(fake: FakeProvider) -> dict[str, str]:
-    """What points a Convoy process at the fake providers: the SDKs' own variables, plus a named
-    OpenAI-compatible provider ``compat``, and ``unreachable`` whose port nothing listens on."""
+    """What points a Convoy process at the fake providers: the SDKs' own variables, plus named
+    OpenAI-compatible providers ``compat``, ``listed`` (with a configured model list), and
+    ``unreachable`` whose port nothing listens on."""
     return {
         "OPENAI_API_KEY": "sk-test-openai",
         "OPENAI_BASE_URL": fake.openai_base_url,
@@ -229,7 +233,8 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
         "GOOGLE_GEMINI_BASE_URL": fake.gemini_base_url,
         "CONVOY_PROVIDERS": json.dumps(
             {
-                "compat": {"base_url": f"{fake.url}/compat/v1"},
+                "compat": {"base_url": f"{fake.url}/compat/v1"},  # lists what the fake's GET /models answers
+                "listed": {"base_url": f"{fake.url}/listed/v1", "models": list(LISTED_MODELS)},
                 "unreachable": {"base_url": f"http://127.0.0.1:{free_port()}/v1"},  # nothing listens there
             }
         ),

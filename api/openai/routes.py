@@ -109,7 +109,11 @@ async def chat_completions(
         return openai_error(404, message, "model_not_found", param="model")
     # An OpenAI stream is a chunk per token, so a streamed answer streams the model's tokens.
     turn = SendMessageRequest(
-        messages=body.input_messages(), streaming=body.streaming, stream_tokens=body.streaming, include_pings=False
+        messages=body.input_messages(),
+        streaming=body.streaming,
+        stream_tokens=body.streaming,
+        include_pings=False,
+        model_settings=body.model_settings(),
     )
     try:
         run = await accept_turn(state, caller, conversation, turn, idempotency_header=idempotency_key)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from runtime.schemas.model_settings import ModelSettings, Reasoning, ResponseFormatIn
 from runtime.schemas.requests import (
     MAX_CONTEXT_TOKENS,
     MAX_MESSAGES,
@@ -75,9 +76,11 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """Body of ``POST /v1/chat/completions``. ``model`` names an agent (its default conversation)
-    or a conversation. Sampling options (``temperature``, ``max_tokens``...) are accepted and
-    ignored: the agent's model settings apply. Those modelled are still checked against OpenAI's
-    ranges, so a request OpenAI would refuse is refused here too."""
+    or a conversation. ``temperature``, ``max_completion_tokens`` (or ``max_tokens``),
+    ``response_format``, ``reasoning_effort``, ``verbosity`` and ``parallel_tool_calls`` are this
+    request's model settings, over the conversation's and the agent's (``model_settings()``), and are
+    refused (400) where the model cannot honour them; ``top_p`` is accepted and ignored. Every field
+    modelled is checked against OpenAI's ranges, so a request OpenAI would refuse is refused here too."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -92,6 +95,10 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    response_format: ResponseFormatIn | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
@@ -131,6 +138,19 @@ class ChatCompletionRequest(BaseModel):
 
     def input_messages(self) -> list[InputMessage]:
         return [MessageCreate(role="user", content=m.text(), name=m.name) for m in self.new_messages()]
+
+    def model_settings(self) -> ModelSettings | None:
+        """This request's model settings, in Letta's shape (None when it sets none)."""
+        given: dict[str, Any] = {
+            "temperature": self.temperature,
+            "max_output_tokens": self.max_completion_tokens or self.max_tokens,
+            "parallel_tool_calls": self.parallel_tool_calls,
+            "verbosity": self.verbosity,
+            "response_format": self.response_format,
+            "reasoning": None if self.reasoning_effort is None else Reasoning(reasoning_effort=self.reasoning_effort),
+        }
+        given = {name: value for name, value in given.items() if value is not None}
+        return ModelSettings(**given) if given else None
 
 
 # -- answers ---------------------------------------------------------------------------------------

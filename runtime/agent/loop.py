@@ -40,6 +40,7 @@ from runtime.schemas.messages import (
     UserMessage,
     WireItem,
 )
+from runtime.schemas.model_settings import ModelSettings, Origin, ResolvedSettings, resolve
 from runtime.schemas.requests import ApprovalCreate, MessageCreate, ToolReturnCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.tools.registry import ToolRegistry
@@ -69,6 +70,16 @@ class TurnOutcome:
 def model_for(turn: TurnRequest, conversation: ConversationRecord, agent: AgentRecord) -> str:
     """Per request, then per conversation, then per agent."""
     return turn.override_model or conversation.model or agent.model
+
+
+def settings_for(turn: TurnRequest, conversation: ConversationRecord, agent: AgentRecord) -> ResolvedSettings:
+    """Per request, then per conversation, then per agent, field by field (``runtime.schemas.model_settings``)."""
+    layers: tuple[tuple[Origin, ModelSettings | None], ...] = (
+        ("request", turn.model_settings),
+        ("conversation", conversation.model_settings),
+        ("agent", agent.model_settings),
+    )
+    return resolve(layers, agent_max_tokens=agent.max_tokens)
 
 
 def user_messages(turn: TurnRequest) -> list[HistoryMessage]:
@@ -143,6 +154,8 @@ async def run_turn(
     emit = _filtered(emit, turn.include_return_message_types)
     chats = chat or ChatCache()
     model = models(model_for(turn, conversation, agent))
+    settings = settings_for(turn, conversation, agent)
+    generation = settings.generation()
     box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()))
     approval = next((m for m in turn.messages if isinstance(m, ApprovalCreate)), None)
     waiting = waiting_calls(history) if approval_pending else []
@@ -172,10 +185,22 @@ async def run_turn(
             if cancelled():
                 raise asyncio.CancelledError
             converted = chats.convert([*history, *new])
-            messages, dropped = fit(system, specs, converted, window=agent.context_window, reserve=agent.max_tokens, inputs=inputs)
-            request = LLMRequest(model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=agent.max_tokens)
+            reserve = settings.max_output_tokens
+            messages, dropped = fit(system, specs, converted, window=agent.context_window, reserve=reserve, inputs=inputs)
+            request = LLMRequest(
+                model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=reserve, settings=generation
+            )
             step = await _step(
-                turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
+                turn,
+                model,
+                request,
+                box,
+                index=index,
+                dropped=dropped,
+                settings=settings,
+                emit=emit,
+                record_step=record_step,
+                cancelled=cancelled,
             )
             totals.steps += 1
             totals.add(step)
@@ -290,6 +315,7 @@ async def _step(
     *,
     index: int,
     dropped: int,
+    settings: ResolvedSettings,
     emit: Emit,
     record_step: RecordStep | None,
     cancelled: Cancelled,
@@ -306,7 +332,15 @@ async def _step(
     attempts = Attempts()
     started_ns = time.time_ns()
     trace = _StepTrace(
-        turn, model, request, step_id=step_id, index=index, started_ns=started_ns, attempts=attempts, dropped=dropped
+        turn,
+        model,
+        request,
+        step_id=step_id,
+        index=index,
+        started_ns=started_ns,
+        attempts=attempts,
+        dropped=dropped,
+        settings=settings.summary(),
     )
     try:
         stream = model.stream(request, attempts)
@@ -345,6 +379,7 @@ class _StepTrace:
     started_ns: int
     attempts: Attempts
     dropped: int
+    settings: dict[str, Any]  # the model settings in force, each with the layer it came from
 
     async def record(
         self,
@@ -393,6 +428,7 @@ class _StepTrace:
                 else None,
                 "attempts": self.attempts.count,
                 "history_messages_dropped": self.dropped,
+                "model_settings": self.settings,
             },
         }
         if failure is not None:

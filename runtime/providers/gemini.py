@@ -44,6 +44,7 @@ from google import genai
 from google.genai import types
 
 from runtime.errors import LLMBadRequestError, LLMInvalidResponseError, LLMUnavailableError
+from runtime.providers.capabilities import gemini_version
 from runtime.providers.errors import require_event_stream
 from runtime.providers.events import (
     ChatMessage,
@@ -69,6 +70,7 @@ SYNTHETIC_CALL_ID = "gemini-"  # prefix of the ids Convoy gives calls Gemini sen
 RETRY_INITIAL_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 8.0
 RETRY_JITTER_S = 0.25
+JSON_SCHEMA_SINCE = 2.5  # Gemini takes a plain JSON Schema (responseJsonSchema) from this version on
 _STAND_IN = "."  # the SDK insists on typed contents; the body's own replace them
 
 _FINISH: dict[str, FinishReason] = {
@@ -141,11 +143,7 @@ class GeminiAdapter:
         self._include_thoughts = include_thoughts
 
     def payload(self, request: LLMRequest) -> dict[str, Any]:
-        generation: dict[str, Any] = {}
-        if request.max_output_tokens:
-            generation["maxOutputTokens"] = request.max_output_tokens
-        if self._include_thoughts:
-            generation["thinkingConfig"] = {"includeThoughts": True}
+        generation = self._generation(request)
         body: dict[str, Any] = {"contents": contents(request.messages)}
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
@@ -161,6 +159,34 @@ class GeminiAdapter:
         if generation:
             body["generationConfig"] = generation
         return body
+
+    def _generation(self, request: LLMRequest) -> dict[str, Any]:
+        """``generationConfig``: the output limit, ``temperature``, ``thinkingConfig`` (thought
+        summaries, ``thinkingBudget``) and JSON output (``responseMimeType``, with the schema as
+        ``responseJsonSchema`` on Gemini 2.5 and later, as ``responseSchema`` in Gemini's dialect before)."""
+        s = request.settings
+        generation: dict[str, Any] = {}
+        if request.max_output_tokens:
+            generation["maxOutputTokens"] = request.max_output_tokens
+        if s.temperature is not None:
+            generation["temperature"] = s.temperature
+        thinking: dict[str, Any] = {}
+        if s.include_thoughts if s.include_thoughts is not None else self._include_thoughts:
+            thinking["includeThoughts"] = True
+        if s.thinking_budget_tokens is not None:
+            thinking["thinkingBudget"] = s.thinking_budget_tokens
+        if thinking:
+            generation["thinkingConfig"] = thinking
+        rf = s.response_format
+        if rf is not None:
+            generation["responseMimeType"] = "text/plain" if rf.kind == "text" else "application/json"
+            if rf.kind == "json_schema" and rf.schema is not None:
+                version = gemini_version(request.model)
+                if version is None or version >= JSON_SCHEMA_SINCE:
+                    generation["responseJsonSchema"] = rf.schema
+                elif (dialect := function_parameters(rf.schema)) is not None:  # an object schema (older models)
+                    generation["responseSchema"] = dialect
+        return generation
 
     async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         config: types.GenerateContentConfigDict = {

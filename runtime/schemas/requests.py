@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from runtime.schemas.model_settings import ModelSettings
+
 MAX_TEXT_CHARS = 1_000_000
 MAX_MESSAGES = 256
 MAX_PARTS = 256
@@ -279,6 +281,9 @@ class SendMessageRequest(BaseModel):
     return_logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     return_token_ids: bool = False
+    # This request's own model settings (a Convoy extension: Letta's send has none), over the
+    # conversation's and the agent's, field by field (runtime.schemas.model_settings).
+    model_settings: ModelSettings | None = None
 
     @model_validator(mode="after")
     def _has_input(self) -> SendMessageRequest:
@@ -364,6 +369,17 @@ class CreateAgentRequest(BaseModel):
     memory_blocks: Annotated[list[MemoryBlock], Field(max_length=MAX_MEMORY_BLOCKS)] | None = None
     context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    model_settings: ModelSettings | None = None
+
+    @model_validator(mode="after")
+    def _output_fits(self) -> CreateAgentRequest:
+        limit = self.model_settings.max_output_tokens if self.model_settings else None
+        if limit and self.context_window_limit and limit >= self.context_window_limit:
+            raise ValueError(
+                f"model_settings.max_output_tokens ({limit}) must be smaller than context_window_limit "
+                f"({self.context_window_limit}): the answer is part of the context window"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> CreateAgentRequest:
@@ -390,6 +406,7 @@ class CreateConversationRequest(BaseModel):
 
     summary: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    model_settings: ModelSettings | None = None
 
 
 MAX_SEQ = 2**53  # larger cursors are nonsense, and are refused as such

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from runtime.schemas.model_settings import ModelSettings
 from runtime.schemas.requests import ClientSkill, ClientTool, TurnMessage
 
 
@@ -22,4 +23,5 @@ class TurnRequest(BaseModel):
     client_tools: list[ClientTool] | None = None
     override_system: str | None = None
     client_skills: list[ClientSkill] | None = None
+    model_settings: ModelSettings | None = None
     accepted_at_ns: int

@@ -30,6 +30,7 @@ from runtime.errors import NotFoundError
 from runtime.ids import new_id
 from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
 from runtime.schemas.messages import utcnow
+from runtime.schemas.model_settings import ModelSettings
 from runtime.schemas.requests import MemoryBlock
 from runtime.store import keyspace, replies
 
@@ -37,8 +38,10 @@ MAX_PAGE = 1000
 CONVERSATION_REFS_MAX = 100_000
 Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
-    {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens"}
-)
+    {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens",
+     "model_settings"}
+)  # fmt: skip
+CONVERSATION_UPDATABLE = frozenset({"summary", "model", "model_settings"})
 
 
 class AgentOptions(TypedDict, total=False):
@@ -52,6 +55,7 @@ class AgentOptions(TypedDict, total=False):
     memory_blocks: list[MemoryBlock]
     context_window_limit: int | None
     max_tokens: int | None
+    model_settings: ModelSettings | None
 
 
 def default_conversation_id(agent_id: str) -> str:
@@ -165,14 +169,21 @@ class ConversationStore:
         return ref
 
     async def create(
-        self, agent: AgentRecord, *, summary: str | None = None, model: str | None = None
+        self, agent: AgentRecord, *, summary: str | None = None, model: str | None = None, **extra: object
     ) -> ConversationRecord:
         """A new conversation with ``agent``, in the agent's tenant."""
         now = utcnow()
         conv_id = new_id("conv")
         agent_id = agent.id
         record = ConversationRecord(
-            id=conv_id, agent_id=agent_id, tenant=agent.tenant, summary=summary, model=model, created_at=now, updated_at=now
+            id=conv_id,
+            agent_id=agent_id,
+            tenant=agent.tenant,
+            summary=summary,
+            model=model,
+            created_at=now,
+            updated_at=now,
+            **extra,  # type: ignore[arg-type]
         )
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keyspace.conversation(conv_id), record.model_dump_json())
@@ -216,6 +227,27 @@ class ConversationStore:
         if raw_conversation is None:
             return await self.default_for(agent)
         return ConversationRecord.model_validate_json(raw_conversation)
+
+    async def update(self, conversation_id: str, changes: dict[str, Any]) -> ConversationRecord:
+        """Apply ``changes`` (fields of ``CONVERSATION_UPDATABLE``) as ``AgentStore.update`` does: a
+        compare-and-set of the whole record, 404 if the conversation is gone meanwhile."""
+        unknown = set(changes) - CONVERSATION_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        key = keyspace.conversation(conversation_id)
+        updated: list[ConversationRecord] = []
+
+        async def apply(pipe: Pipeline) -> None:
+            raw = await pipe.get(key)
+            if raw is None:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            record = ConversationRecord.model_validate_json(raw).model_copy(update={**changes, "updated_at": utcnow()})
+            pipe.multi()
+            pipe.set(key, record.model_dump_json(), xx=True)
+            updated[:] = [record]
+
+        await self._redis.transaction(apply, key)
+        return updated[0]
 
     async def ids_of(self, agent_id: str) -> list[str]:
         """Every conversation id of the agent, oldest first."""
