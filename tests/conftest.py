@@ -198,6 +198,9 @@ def stop_convoy(convoy: Convoy) -> set[int]:
 
 # The models CONVOY_PROVIDERS configures for its provider ``listed`` (GET /v1/models lists them).
 LISTED_MODELS = ("alpha-1", "beta-2")
+# What the fake's own GET /models answers, read by provider ``compat`` (set once: Convoy keeps a
+# server's list for a minute, so a test changing it would see whatever an earlier test cached).
+COMPAT_MODELS = ("qwen-7b", "llama-8b")
 
 # Deadlines and retries of provider calls, short enough for tests to exercise them quickly.
 PROVIDER_POLICY_ENV = {
@@ -216,7 +219,9 @@ TOOLS_ENV = {"CONVOY_TOOL_MODULES": "tests.fakes.tools", "PYTHONPATH": str(Path(
 @pytest.fixture(scope="session")
 def fake_provider() -> Iterator[FakeProvider]:
     """Local servers speaking OpenAI Chat, OpenAI Responses, Anthropic Messages and Gemini wire formats."""
-    with FakeProvider().start() as fake:
+    fake = FakeProvider()
+    fake.listed_models = list(COMPAT_MODELS)
+    with fake.start():
         yield fake
 
 

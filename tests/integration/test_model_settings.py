@@ -19,7 +19,7 @@ import redis
 from letta_client import AsyncLetta, BadRequestError
 
 from bench import upstream as fp
-from tests.conftest import LISTED_MODELS, Convoy, redis_snapshot
+from tests.conftest import COMPAT_MODELS, LISTED_MODELS, Convoy, redis_snapshot
 from tests.integration.test_providers import Turn, send, steps, unique
 
 SCHEMA = {
@@ -342,12 +342,11 @@ async def test_letta_client_creates_and_updates_an_agent_with_model_settings(con
 
 
 async def test_openai_and_letta_listings_show_the_handles_that_work(convoy: Convoy, fake_provider: fp.FakeProvider) -> None:
-    fake_provider.listed_models = ["qwen-7b", "llama-8b"]
     listed = await openai.AsyncOpenAI(base_url=f"{convoy.url}/v1", api_key="local", max_retries=0).models.list()
     ids = [m.id for m in listed.data]
     assert ids[0] == "echo/echo" and all(m.object == "model" for m in listed.data)
     for handle in ("openai/gpt-4o", "openai-responses/gpt-5", "anthropic/claude-sonnet-4-5", "google/gemini-2.5-flash",
-                   "compat/qwen-7b", "compat/llama-8b", *(f"listed/{m}" for m in LISTED_MODELS)):  # fmt: skip
+                   *(f"compat/{m}" for m in COMPAT_MODELS), *(f"listed/{m}" for m in LISTED_MODELS)):  # fmt: skip
         assert handle in ids, handle
     assert not any(i.startswith("unreachable/") for i in ids), "a server that does not answer lists nothing"
     assert {m.owned_by for m in listed.data if m.id.startswith("compat/")} == {"compat"}
