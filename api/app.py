@@ -17,7 +17,7 @@ from api.auth import authenticate
 from api.limits import RequestLimits
 from api.metrics import HTTP_LATENCY, HTTP_REQUESTS, TailerMetrics
 from api.openai import routes as chat
-from api.routes import agents, conversations, health, runs, tools
+from api.routes import agents, conversations, health, page, runs, tools
 from api.state import AppState
 from runtime import heap
 from runtime.settings import Settings
@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (conversations, runs, chat, agents, tools):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
+    page.install(app)  # the chat page at / (no key: it asks for one when the API does)
     app.add_middleware(RequestLimits, max_request_bytes=settings.max_request_bytes, max_header_bytes=settings.max_header_bytes)
     app.add_middleware(MetricsMiddleware)
     return app
