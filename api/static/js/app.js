@@ -55,7 +55,7 @@ let keyAsked = null;
 onKeyNeeded((reason) => {
   if (!keyAsked) {
     keyAsked = new Promise((resolve) => {
-      $("key-reason").textContent = apiKey() ? `That key was refused: ${reason}` : reason;
+      $("key-reason").textContent = apiKey() ? `That key was refused: ${reason}` : "";
       $("key-input").value = "";
       $("key-dialog").showModal();
       $("key-form").onsubmit = () => {

@@ -21,12 +21,33 @@ function formatArguments(raw) {
   }
 }
 
+// What a failed run's error_type means, in words; others are shown as they are named.
+const ERROR_TITLES = {
+  llm_rate_limit: "The model provider is rate limiting requests",
+  llm_timeout: "The model provider did not answer in time",
+  llm_unavailable: "The model provider is unavailable",
+  llm_authentication: "The model provider refused Convoy's credentials",
+  llm_context_window_exceeded: "The conversation no longer fits the model's context window",
+  llm_content_filter: "The model provider's content filter stopped the answer",
+  llm_bad_request: "The model provider refused the request",
+  store_unavailable: "Convoy's store (Redis) is unreachable",
+  owner_lost: "The process running this answer stopped",
+  stream_stalled: "The answer stalled",
+  stream_lost: "The answer's stream is gone",
+};
+
+const errorTitle = (type) => {
+  if (ERROR_TITLES[type]) return ERROR_TITLES[type];
+  const words = (type || "error").replaceAll("_", " ");
+  return words[0].toUpperCase() + words.slice(1);
+};
+
 export function describeRun(run, usage) {
   const parts = [run.status];
   if (run.stop_reason && run.stop_reason !== run.status) parts.push(run.stop_reason.replaceAll("_", " "));
   if (run.ttft_ns) parts.push(`first token ${Math.round(run.ttft_ns / 1e6)} ms`);
   if (run.total_duration_ns) parts.push(`${(run.total_duration_ns / 1e9).toFixed(2)} s`);
-  if (usage) parts.push(`${usage.prompt_tokens} in · ${usage.completion_tokens} out tokens`);
+  if (usage && usage.total_tokens) parts.push(`${usage.prompt_tokens} in · ${usage.completion_tokens} out tokens`);
   return parts.join(" · ");
 }
 
@@ -204,6 +225,7 @@ export class Transcript {
     const note = card.querySelector(".decision") || el("div", "decision");
     note.className = `decision ${approve ? "approved" : "denied"}`;
     note.textContent = approve ? "Approved" : `Denied${reason ? `: ${reason}` : ""}`;
+    card.querySelector(".badge").textContent = "Tool";
     card.insertBefore(note, card.querySelector(".card-result"));
   }
 
@@ -258,7 +280,8 @@ export class Transcript {
 
   error(run, item) {
     const box = el("div", "card error");
-    box.append(el("strong", "", item.error_type ? item.error_type.replaceAll("_", " ") : "error"), el("p", "", item.message));
+    box.dataset.errorType = item.error_type || "error";
+    box.append(el("strong", "", errorTitle(item.error_type)), el("p", "", item.message));
     if (item.detail) box.append(el("p", "meta", item.detail));
     run.body.append(box);
   }
