@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         le=86_400,
         description="Lifetime of a stream token (GET /v1/runs/{id}/stream?token=, for a browser's EventSource).",
     )
+    api_key: str | None = Field(
+        default=None,
+        description="The key `convoy chat` sends (a client's setting: servers never read it).",
+    )
 
     # Conversation hosting (see actors/): hosts are Ray actors that each hold many conversations.
     placement: Literal["shared", "dedicated"] = Field(
