@@ -77,7 +77,7 @@ def conversation_of(page: Page) -> str:
 
 def test_send_and_watch_the_answer_stream_in(page: Page, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot) -> None:
     pieces = words(40, "token")
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(model, paced_text(model, pieces, reasoning=("Let me ", "think about ", "the question.")))
     agent = make_agent(api, f"openai/{model}")
     page.goto(f"{convoy.url}/#/{agent}")
@@ -119,9 +119,9 @@ def test_a_reload_mid_answer_picks_up_the_running_stream(
     page: Page, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot
 ) -> None:
     pieces = words(70)
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(model, paced_text(model, pieces))
-    agent = make_agent(api, f"openai/{model}")
+    agent = make_agent(api, f"openai/{model}", name="Counter")
     page.goto(f"{convoy.url}/#/{agent}")
     send(page, "Count for me.")
     expect(page.locator(".turn.assistant .text")).to_contain_text("w5", timeout=WAIT_MS)
@@ -149,9 +149,9 @@ def test_two_tabs_show_the_same_live_answer(
     page: Page, browser: Browser, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot
 ) -> None:
     first, second = words(60, "a"), words(40, "b")
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(model, paced_text(model, first), paced_text(model, second))
-    agent = make_agent(api, f"openai/{model}")
+    agent = make_agent(api, f"openai/{model}", name="Narrator")
     page.goto(f"{convoy.url}/#/{agent}")
     send(page, "First question")
     expect(page.locator(".turn.assistant .text")).to_contain_text("a3", timeout=WAIT_MS)
@@ -183,13 +183,13 @@ def test_two_tabs_show_the_same_live_answer(
 
 
 def test_approve_a_tool_call(page: Page, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot) -> None:
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(
         model,
-        fp.Stream(fp.chat_tool_calls(model, [("t1", "transfer", '{"amount": 5,', ' "to": "bob"}')])),
-        paced_text(model, ["Sent ", "5 ", "to ", "Bob."]),
+        fp.Stream(fp.chat_tool_calls(model, [("t1", "transfer", '{"amount": 5,', ' "to": "bob"}')], content=["I'll ", "send ", "it now."])),
+        paced_text(model, ["Done: ", "5 ", "went ", "to ", "Bob."]),
     )
-    agent = make_agent(api, f"openai/{model}", tools=["transfer", "add"])
+    agent = make_agent(api, f"openai/{model}", tools=["transfer", "add"], name="Treasurer")
     page.goto(f"{convoy.url}/#/{agent}")
     send(page, "Pay Bob 5.")
     card = page.locator(".card.approval")
@@ -211,7 +211,7 @@ def test_approve_a_tool_call(page: Page, api: httpx.Client, convoy: Convoy, fake
     expect(card.locator(".decision")).to_have_text("Approved")
     expect(card.locator(".card-result")).to_contain_text("sent 5 to bob", timeout=WAIT_MS)
     expect(page.locator(".turn.assistant").nth(1).locator(".run-foot")).to_contain_text("completed", timeout=WAIT_MS)
-    assert answer(page, 1) == "Sent 5 to Bob."
+    assert answer(page, 0) == "I'll send it now." and answer(page, 1) == "Done: 5 went to Bob."
     shot(page, "approved")
 
     runs = api.get("/v1/runs", params={"conversation_id": conversation_of(page)}).json()
@@ -223,13 +223,13 @@ def test_approve_a_tool_call(page: Page, api: httpx.Client, convoy: Convoy, fake
 
 
 def test_deny_a_tool_call_with_a_reason(page: Page, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot) -> None:
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(
         model,
         fp.Stream(fp.chat_tool_calls(model, [("t1", "transfer", '{"amount": 900, "to": "eve"}')])),
         fp.Stream(fp.chat_text(model, ["Understood, ", "no transfer."])),
     )
-    agent = make_agent(api, f"openai/{model}", tools=["transfer"])
+    agent = make_agent(api, f"openai/{model}", tools=["transfer"], name="Cashier")
     page.goto(f"{convoy.url}/#/{agent}")
     send(page, "Pay Eve 900.")
     card = page.locator(".card.approval")
@@ -249,9 +249,9 @@ def test_deny_a_tool_call_with_a_reason(page: Page, api: httpx.Client, convoy: C
 
 def test_stop_cancels_the_answer_at_once(page: Page, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot) -> None:
     pieces = words(300)
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(model, paced_text(model, pieces))
-    agent = make_agent(api, f"openai/{model}")
+    agent = make_agent(api, f"openai/{model}", name="Storyteller")
     page.goto(f"{convoy.url}/#/{agent}")
     send(page, "Go on for a while.")
     expect(page.locator(".turn.assistant .text")).to_contain_text("w5", timeout=WAIT_MS)
@@ -269,7 +269,7 @@ def test_stop_cancels_the_answer_at_once(page: Page, api: httpx.Client, convoy: 
 
 
 def test_errors_are_shown_as_messages(page: Page, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot) -> None:
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(model, fp.openai_error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded"), repeat=True)
     agent = make_agent(api, f"openai/{model}", name="Limited")
     page.goto(f"{convoy.url}/#/{agent}")
@@ -283,6 +283,7 @@ def test_errors_are_shown_as_messages(page: Page, api: httpx.Client, convoy: Con
 
     down = make_agent(api, "unreachable/model", name="Unreachable")
     page.goto(f"{convoy.url}/#/{down}")
+    expect(page.locator("#title")).to_have_text("Unreachable")
     send(page, "Hello?")
     expect(page.locator(".card.error")).to_contain_text("The model provider is unavailable", timeout=WAIT_MS)
     shot(page, "provider-down")
@@ -296,7 +297,7 @@ def test_errors_are_shown_as_messages(page: Page, api: httpx.Client, convoy: Con
 def test_with_keys_on_the_page_asks_for_a_key_once_per_tab(
     page: Page, keyed_convoy: KeyedConvoy, fake_provider: fp.FakeProvider, shot: Shot
 ) -> None:
-    model = unique("page")
+    model = unique("gpt-4o")
     fake_provider.script(model, paced_text(model, words(30, "k")))
     with keyed_convoy.client(keyed_convoy.acme) as acme:
         agent = make_agent(acme, f"openai/{model}", name="Keyed")

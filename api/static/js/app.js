@@ -93,6 +93,10 @@ async function show() {
   const view = ++state.view;
   stopFollowing();
   clearError();
+  // Until the new view is loaded, nothing typed can go to the conversation being left.
+  state.conversation = null;
+  $("input").disabled = true;
+  $("send").disabled = true;
   try {
     if (!state.agents.length) await loadAgents();
     if (view !== state.view) return;
