@@ -13,8 +13,8 @@ Guarantees:
   goes on, a reconnection after the expiry is refused (401) and the page mints a new one.
 - **Stateless.** A token is its claims and an HMAC-SHA256 of them, keyed by a secret every replica
   shares: any replica checks any token with no per-token state and no Redis round trip (once it
-  holds the secret). The secret, 256 random bits, is made once by whichever process needs it first
-  (``SET NX``, so racing replicas agree on one) and kept in Redis for good.
+  holds the secret). The secret, 256 random bits, is made by the first mint (``SET NX``, so racing
+  replicas agree on one) and kept in Redis for good; checking a token never writes.
 - **No revocation per token.** A revoked key's tokens live out their few minutes. Deleting the
   secret's key (``keyspace.stream_token_secret``) and restarting the API replicas voids them all.
 
@@ -89,7 +89,7 @@ class StreamTokens:
         issued = int(time.time() if now_s is None else now_s)
         grant = StreamGrant(scope, id, tenant, issued + self._ttl_s)
         claims = _b64(json.dumps({"scope": scope, "id": id, "tenant": tenant, "exp": grant.expires_at_s}).encode())
-        return f"{TOKEN_PREFIX}{claims}.{_b64(self._sign(await self._key(), claims))}", grant
+        return f"{TOKEN_PREFIX}{claims}.{_b64(self._sign(await self._key(create=True), claims))}", grant
 
     async def verify(self, token: str, *, now_s: float | None = None) -> StreamGrant:
         """The grant ``token`` carries; ``StreamTokenError`` (401) if it is malformed, forged or expired."""
@@ -100,7 +100,10 @@ class StreamTokens:
             given = _unb64(signature)
         except (binascii.Error, ValueError):
             given = b""
-        if not hmac.compare_digest(given, self._sign(await self._key(), claims)):
+        key = await self._key(create=False)
+        if key is None:
+            raise StreamTokenError("the stream token is not valid: this Convoy has never minted one")
+        if not hmac.compare_digest(given, self._sign(key, claims)):
             raise StreamTokenError(
                 "the stream token is not valid: its signature does not match (altered, or minted by another Convoy)"
             )
@@ -114,14 +117,18 @@ class StreamTokens:
     def _sign(key: bytes, claims: str) -> bytes:
         return hmac.new(key, claims.encode(), hashlib.sha256).digest()
 
-    async def _key(self) -> bytes:
-        """The shared secret: made by the first process that needs it, then read once per process."""
+    async def _key(self, *, create: bool) -> bytes | None:
+        """The shared secret, read once per process. Only minting makes it (so a refused token
+        writes nothing); None if no token was ever minted."""
         if self._secret is None:
             name = keyspace.stream_token_secret()
-            await self._redis.set(name, secrets.token_bytes(SECRET_BYTES), nx=True)
+            if create:
+                await self._redis.set(name, secrets.token_bytes(SECRET_BYTES), nx=True)
             secret = await self._redis.get(name)
             if not secret:
-                raise UnavailableError("the stream-token secret could not be read from Redis; try again")
+                if create:
+                    raise UnavailableError("the stream-token secret could not be read from Redis; try again")
+                return None
             self._secret = bytes(secret)
         return self._secret
 

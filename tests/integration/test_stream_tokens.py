@@ -16,10 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from runtime.store.stream_tokens import StreamTokens
-from tests.conftest import Convoy, KeyedConvoy
+from tests.conftest import Convoy, KeyedConvoy, redis_snapshot
 
 
 def start_run(client: httpx.Client, text: str = "one two three four", conversation: str | None = None) -> tuple[str, str]:
@@ -159,3 +160,15 @@ def test_a_token_minted_on_one_replica_opens_the_stream_on_another(convoy: Convo
     events = read_stream(replica.url, run_id, token)
     assert events[-1] == "[DONE]"
     refused(httpx.get(f"{replica.url}/v1/runs/{run_id}/stream", params={"token": token[:-4] + "AAAA"}), "signature")
+
+
+def test_a_refused_token_writes_nothing(convoy: Convoy, store: redis.Redis) -> None:
+    """Checking a token never writes, not even the secret a first mint makes."""
+    with httpx.Client(base_url=convoy.url, timeout=30) as client:
+        _, run_id = start_run(client)
+    claims = base64.urlsafe_b64encode(json.dumps({"scope": "run", "id": run_id, "tenant": "default", "exp": 2**40}).encode())
+    forged = f"cvst-{claims.rstrip(b'=').decode()}.{base64.urlsafe_b64encode(bytes(32)).rstrip(b'=').decode()}"
+    before = redis_snapshot(store)
+    refused(httpx.get(f"{convoy.url}/v1/runs/{run_id}/stream", params={"token": forged}), "not valid")
+    refused(httpx.get(f"{convoy.url}/v1/runs/{run_id}/stream", params={"token": "cvst-nothing"}), "malformed")
+    assert redis_snapshot(store) == before
