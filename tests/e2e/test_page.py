@@ -80,6 +80,8 @@ def test_send_and_watch_the_answer_stream_in(page: Page, api: httpx.Client, conv
     model = unique("gpt-4o")
     fake_provider.script(model, paced_text(model, pieces, reasoning=("Let me ", "think about ", "the question.")))
     agent = make_agent(api, f"openai/{model}")
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
     page.goto(f"{convoy.url}/#/{agent}")
     expect(page.locator("#title")).to_have_text("Atlas")
     expect(page.locator("#subtitle")).to_contain_text(f"openai/{model}")
@@ -104,6 +106,8 @@ def test_send_and_watch_the_answer_stream_in(page: Page, api: httpx.Client, conv
     reasoning.locator("summary").click()
     expect(reasoning).to_contain_text("think about the question.")
     shot(page, "done")
+    elsewhere = [url for url in fetched if not url.startswith((convoy.url, "data:"))]
+    assert not elsewhere, f"the page must work offline, yet it fetched {elsewhere}"
     page.emulate_media(color_scheme="dark")
     shot(page, "done-dark")
     page.emulate_media(color_scheme="light")
