@@ -9,7 +9,9 @@ the run's outcome through the API.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -329,3 +331,26 @@ def test_with_keys_on_the_page_asks_for_a_key_once_per_tab(
     page.reload()  # the key is kept for the tab
     expect(page.locator(".run-foot")).to_contain_text("completed", timeout=WAIT_MS)
     expect(dialog).to_be_hidden()
+
+
+def test_redis_unreachable_is_said_in_words(page: Page, keyed_convoy: KeyedConvoy, shot: Shot) -> None:
+    with keyed_convoy.client(keyed_convoy.globex) as globex:
+        agent = make_agent(globex, "echo/echo", name="Patient")
+    page.goto(f"{keyed_convoy.url}/#/{agent}")
+    page.fill("#key-input", keyed_convoy.globex)
+    page.click("#key-dialog button")
+    expect(page.locator("#title")).to_have_text("Patient")
+
+    redis_pid = int((keyed_convoy.server.home / "redis" / "server.pid").read_text())
+    os.kill(redis_pid, signal.SIGSTOP)  # frozen: requests meet timeouts, not refusals
+    try:
+        page.click("#new-conversation")
+        expect(page.locator("#banner-title")).to_have_text("Convoy is unavailable", timeout=WAIT_MS)
+        expect(page.locator("#banner-detail")).to_contain_text("store (Redis) is unreachable")
+        shot(page, "redis-unreachable")
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    page.click("#banner-close")
+    page.click("#new-conversation")  # Redis is back: the same click works
+    expect(page).to_have_url(re.compile(r"conv-[0-9a-f-]{36}$"), timeout=WAIT_MS)
+    expect(page.locator("#banner")).to_be_hidden()
