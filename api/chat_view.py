@@ -88,8 +88,13 @@ class RunView:
             self._out(text, style)
 
     def _call(self, item: dict[str, Any], *, approval: bool) -> None:
-        call = item.get("tool_call") or (item.get("tool_calls") or [{}])[0]
-        key = str(item.get("otid") or item.get("id"))
+        """One call (``tool_call``), or several in one message (``tool_calls``): a line for each."""
+        calls = item.get("tool_calls") or [item.get("tool_call") or {}]
+        for index, call in enumerate(calls):
+            self._one_call(item, call, approval=approval, part=index if len(calls) > 1 else None)
+
+    def _one_call(self, item: dict[str, Any], call: dict[str, Any], *, approval: bool, part: int | None) -> None:
+        key = str(item.get("otid") or item.get("id")) + ("" if part is None else f":{part}")
         pending = self._calls_by_segment.get(key)
         if pending is None:
             pending = self._calls_by_segment[key] = PendingCall(tool_call_id="")

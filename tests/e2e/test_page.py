@@ -354,3 +354,39 @@ def test_redis_unreachable_is_said_in_words(page: Page, keyed_convoy: KeyedConvo
     page.click("#new-conversation")  # Redis is back: the same click works
     expect(page).to_have_url(re.compile(r"conv-[0-9a-f-]{36}$"), timeout=WAIT_MS)
     expect(page.locator("#banner")).to_be_hidden()
+
+
+def test_create_an_agent_and_move_between_its_conversations(page: Page, convoy: Convoy, shot: Shot) -> None:
+    page.goto(convoy.url)
+    page.click("#new-agent")
+    dialog = page.locator("#agent-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#model-options option[value='echo/echo']")).to_have_count(1)
+    assert page.input_value("#agent-model"), "a model is offered"
+    tools = dialog.locator("label.check")
+    expect(tools.filter(has_text="transfer").locator(".badge")).to_have_text("approval")
+    page.fill("#agent-name", "Scout")
+    page.fill("#agent-model", "echo/echo")
+    page.fill("#agent-system", "You repeat what you hear.")
+    tools.filter(has_text="add").locator("input").check()
+    shot(page, "new-agent")
+    page.click("#agent-create")
+    expect(page.locator("#title")).to_have_text("Scout")
+    expect(page.locator("#subtitle")).to_have_text("echo/echo · tools: add")
+
+    send(page, "first conversation")  # the first message makes the conversation
+    expect(page.locator(".run-foot")).to_contain_text("completed", timeout=WAIT_MS)
+    first = conversation_of(page)
+    page.click("#new-conversation")
+    expect(page).not_to_have_url(re.compile(first))
+    send(page, "second conversation")
+    expect(page.locator(".run-foot")).to_contain_text("completed", timeout=WAIT_MS)
+    assert answer(page) == "second conversation"
+    conversations = page.locator("#conversation-list .item")
+    expect(conversations).to_have_count(2)
+    shot(page, "two-conversations")
+
+    conversations.filter(has_text="first conversation").click()
+    expect(page).to_have_url(re.compile(first))
+    expect(page.locator(".turn.user .bubble")).to_have_text("first conversation")
+    assert answer(page) == "first conversation"

@@ -141,8 +141,8 @@ export class Transcript {
     });
   }
 
-  segment(run, item, make) {
-    const key = `${item.message_type}:${item.otid || item.id}`;
+  segment(run, item, make, part = null) {
+    const key = `${item.message_type}:${item.otid || item.id}${part === null ? "" : `:${part}`}`;
     let node = run.segments.get(key);
     if (!node) {
       node = make();
@@ -170,8 +170,13 @@ export class Transcript {
   }
 
   call(run, item) {
+    // One call (`tool_call`), or several in one message (`tool_calls`): a card for each.
+    const calls = item.tool_calls && item.tool_calls.length ? item.tool_calls : [item.tool_call || {}];
+    calls.forEach((call, index) => this.oneCall(run, item, call, calls.length > 1 ? index : null));
+  }
+
+  oneCall(run, item, call, part) {
     const approval = item.message_type === "approval_request_message";
-    const call = item.tool_call || (item.tool_calls && item.tool_calls[0]) || {};
     const card = this.segment(run, item, () => {
       const box = el("div", approval ? "card tool approval" : "card tool");
       const head = el("div", "card-head");
@@ -181,7 +186,7 @@ export class Transcript {
       box.append(head, args, el("div", "card-result"));
       box.requestId = item.id;
       return box;
-    });
+    }, part);
     if (call.name) card.querySelector(".tool-name").textContent = call.name;
     if (call.tool_call_id && !card.dataset.toolCallId) {
       card.dataset.toolCallId = call.tool_call_id;
