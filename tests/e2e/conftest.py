@@ -30,8 +30,10 @@ def browser_available() -> None:
         pytest.skip("needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module: Playwright's sync API holds an event loop on the main thread while it runs, and
+    no asyncio test can run until it stops."""
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing in CI: .ci/run must install it")
