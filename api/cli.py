@@ -9,6 +9,8 @@ order (Redis is not started again then), and leaves no process behind.
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
 Ray); it starts nothing else.
 
+``convoy chat`` talks to an agent from the terminal, over HTTP only (see ``api.chat_cli``).
+
 ``convoy keys create|list|revoke`` manages API keys (see ``api.keys_cli``). With no key ever
 created, ``serve`` and ``api`` run open, and only on a loopback address; they refuse to start on
 any other address until a key exists.
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from api import keys_cli
+from api import chat_cli, keys_cli
 from bench import cli as bench_cli
 from runtime.errors import ConfigurationError, ConvoyError
 from runtime.logs import configure_logging
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
         cmd.add_argument("--port", type=int, default=None, help="port to listen on (default 8283)")
+    chat_cli.add_parser(sub)
     bench_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     return parser
@@ -162,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench_cli.run(settings, args)
         if args.command == "keys":
             return keys_cli.run(settings, args, _say)
+        if args.command == "chat":
+            return chat_cli.run(settings, args)
         return api_only(settings)
     except ConvoyError as exc:
         print(f"convoy: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -41,6 +42,7 @@ from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, RunF
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
 from runtime.store import keyspace
+from runtime.store.stream_tokens import StreamGrant
 from runtime.stream.items import StoredItem, first_seq, last_seq, read_after
 from runtime.stream.wire import encode, failure_items
 
@@ -286,3 +288,9 @@ async def resume_response(
     the cursor checked first (``check_cursor``). Resuming never cancels: the reader may leave."""
     await check_cursor(state, conversation_id, run_id, after)
     return sse_response(run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=retry_ms))
+
+
+def stream_token_view(token: str, grant: StreamGrant, **scope: str) -> dict[str, Any]:
+    """What a stream-token route answers: the token, when it expires, and what it opens."""
+    expires = datetime.fromtimestamp(grant.expires_at_s, UTC)
+    return {"token": token, "expires_at": expires.isoformat(), "expires_in_s": max(0, grant.expires_at_s - int(time.time())), **scope}

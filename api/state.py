@@ -20,6 +20,7 @@ from runtime.store.api_keys import Gate, KeyStore
 from runtime.store.connection import connect
 from runtime.store.history import HistoryStore
 from runtime.store.runs import RunStore
+from runtime.store.stream_tokens import StreamTokens
 from runtime.stream.tailer import TailerPool
 from runtime.tools import ToolRegistry, load
 
@@ -40,6 +41,7 @@ class AppState:
     tools: ToolRegistry
     keys: KeyStore
     gate: Gate
+    stream_tokens: StreamTokens
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -64,6 +66,7 @@ class AppState:
                 default_requests_per_minute=settings.key_requests_per_minute,
                 default_concurrent_runs=settings.key_concurrent_runs,
             ),
+            stream_tokens=StreamTokens(redis, ttl_s=settings.stream_token_ttl_s),
         )
 
     async def start(self) -> None:

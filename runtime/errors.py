@@ -7,6 +7,7 @@
     ├── InvalidRequestError           well-formed but unacceptable input
     │   └── RequestTooLargeError      a body (or HeadersTooLargeError: headers) over its size limit
     ├── AuthenticationError           no API key, or one that does not exist (any more)
+    │   └── StreamTokenError          a stream token that is forged, expired, or for another stream or route
     ├── RateLimitedError              a key over its request rate or concurrent runs (carries retry_after_s)
     ├── ConflictError
     │   ├── ConversationBusyError     on_busy=reject while a run is active (carries retry_after_s)
@@ -69,6 +70,13 @@ class HeadersTooLargeError(RequestTooLargeError):
 
 class AuthenticationError(ConvoyError):
     code = "unauthenticated"
+
+
+class StreamTokenError(AuthenticationError):
+    """A stream token (``?token=``) that cannot open what it was sent to: malformed, forged,
+    expired, scoped to another run or conversation, or sent to a route that takes none."""
+
+    code = "invalid_stream_token"
 
 
 class RateLimitedError(ConvoyError):

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     key_concurrent_runs: int = Field(
         default=32, ge=0, description="Default unfinished (queued or running) runs per API key; 0: unlimited."
     )
+    stream_token_ttl_s: int = Field(
+        default=300,
+        ge=10,
+        le=86_400,
+        description="Lifetime of a stream token (GET /v1/runs/{id}/stream?token=, for a browser's EventSource).",
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="The key `convoy chat` sends (a client's setting: servers never read it).",
+    )
 
     # Conversation hosting (see actors/): hosts are Ray actors that each hold many conversations.
     placement: Literal["shared", "dedicated"] = Field(

@@ -305,3 +305,41 @@ def redis_snapshot(store: redis.Redis) -> dict[str, int]:
         elif kind == "string":
             sizes[key] = 1
     return sizes
+
+
+@dataclass
+class KeyedConvoy:
+    """A ``convoy serve`` with API keys on: one key for tenant ``acme``, one for ``globex``."""
+
+    server: Convoy
+    acme: str
+    globex: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self, key: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def create_key(server: Convoy, tenant: str) -> str:
+    """``convoy keys create`` against ``server``'s Redis, as a user runs it; the key is the last word."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "convoy"), "keys", "create", "--tenant", tenant],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return out.split()[-1]
+
+
+@pytest.fixture(scope="session")
+def keyed_convoy(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[KeyedConvoy]:
+    """A second server, with keys on (creating a key ends open mode for good, so never the session's)."""
+    server = start_convoy(tmp_path_factory.mktemp("keyed-home"), {**provider_env(fake_provider), **TOOLS_ENV})
+    yield KeyedConvoy(server, create_key(server, "acme"), create_key(server, "globex"))
+    assert not stop_convoy(server), "processes left behind by the keyed server"

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from api.auth import Caller
 from api.model_settings import check_conversation
 from api.responses import collect_response
-from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response
+from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
 from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
@@ -166,3 +166,14 @@ async def resume(
 async def cancel(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
     await state.conversations.get(conversation_id, tenant=caller.tenant)
     return {"conversation_id": conversation_id, "runs": await state.client.cancel_conversation(conversation_id)}
+
+
+@router.post(
+    "/{conversation_id}/stream-token", summary="Mint a short-lived token that opens the GET streams of this conversation's runs"
+)
+async def stream_token(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
+    """For a page that follows a conversation with ``EventSource``: one token opens
+    ``GET /v1/runs/{id}/stream?token=`` for any run of this conversation until it expires."""
+    await state.conversations.get(conversation_id, tenant=caller.tenant)
+    token, grant = await state.stream_tokens.mint("conversation", conversation_id, caller.tenant)
+    return stream_token_view(token, grant, conversation_id=conversation_id)
