@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import httpx2
 from google import genai
 from google.genai import types as genai_types
 from openai import AsyncOpenAI
@@ -299,7 +300,14 @@ async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, rep
     openai_path = Measured("OpenAI Chat Completions (openai SDK)", f"bench/{MODEL}")
     gemini_path = Measured("Gemini streamGenerateContent (google-genai SDK)", f"google/{MODEL}")
     sdk = AsyncOpenAI(base_url=f"{upstream.url}/v1", api_key="bench", max_retries=0)
-    options = genai_types.HttpOptions(base_url=upstream.url, api_version="v1beta", retry_options=genai_types.HttpRetryOptions(attempts=1))
+    # The transport Convoy's own client uses (runtime.providers.gemini.make_client), so both paths read
+    # through the same HTTP client (with aiohttp installed the SDK would otherwise pick aiohttp).
+    options = genai_types.HttpOptions(
+        base_url=upstream.url,
+        api_version="v1beta",
+        retry_options=genai_types.HttpRetryOptions(attempts=1),
+        async_client_args={"transport": httpx2.AsyncHTTPTransport()},
+    )
     gemini = genai.Client(api_key="bench", http_options=options).aio
     async with httpx.AsyncClient(base_url=serve.url, timeout=60) as client:
         conversations = {}
