@@ -271,7 +271,8 @@ class Trip:
 async def _convoy(
     client: httpx.AsyncClient, conversation_id: str, marker: str, trips: dict[str, Trip]
 ) -> tuple[int, list[int]]:
-    body = {"messages": [{"role": "user", "content": marker}]}
+    # Token streaming: each token as it comes (the default, as in Letta, is one message per step).
+    body = {"messages": [{"role": "user", "content": marker}], "stream_tokens": True}
     sent_wall = time.time()
     sent = time.perf_counter_ns()
     arrivals: list[int] = []
