@@ -3,6 +3,7 @@
 A key arrives as ``Authorization: Bearer <key>``, which is what ``letta-client`` and the
 ``openai`` SDK send. One script looks the key up and charges its rate limit; the request then
 acts for the key's tenant (``Principal``), and every store checks records against that tenant.
+Every line the request logs afterwards carries that ``tenant`` (``runtime.logs.bind``).
 
 While no key was ever created (open mode, loopback only: see ``api.cli``), every request acts for
 the default tenant, whatever it sends. Each API process asks Redis whether the first key has been
@@ -17,6 +18,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.state import get_state
+from runtime import logs
 from runtime.schemas.auth import Principal
 
 bearer = HTTPBearer(
@@ -29,7 +31,9 @@ bearer = HTTPBearer(
 async def authenticate(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> Principal:
-    return await get_state(request).gate.principal(credentials.credentials if credentials else None)
+    principal = await get_state(request).gate.principal(credentials.credentials if credentials else None)
+    logs.bind(tenant=principal.tenant)  # on every line the rest of the request logs
+    return principal
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
