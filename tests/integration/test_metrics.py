@@ -205,6 +205,8 @@ async def test_a_scrape_of_both_nodes_shows_the_hosts_metrics_with_real_values(
     setup.store.set(keyspace.lease(taken), "intruder/elsewhere/1", px=60_000)
 
     found = targets(setup)
+    said = next(line for line in setup.convoy.log().splitlines() if line.startswith("metrics "))
+    assert all(f"http://{target}/metrics" in said for target in found.values()), "convoy serve says where they are"
     runs = {"completed": sum(completed.values()) + 2, "cancelled": 1, "failed": 1}  # + the tool turn and `taken`
 
     def scraped() -> dict[str, Samples] | None:
