@@ -36,6 +36,7 @@ from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
 from runtime.errors import OwnerLostError, UnavailableError
+from runtime.metrics import QUIET, Recorder
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.messages import Ping
 from runtime.schemas.requests import ApprovalCreate, OnBusy
@@ -81,8 +82,13 @@ def idempotency_key(header: str | None, otid: str | None) -> str | None:
 
 
 class ConversationClient:
-    def __init__(self, settings: Settings, redis: aioredis.Redis, runs: RunStore, tailers: TailerPool) -> None:
+    def __init__(
+        self, settings: Settings, redis: aioredis.Redis, runs: RunStore, tailers: TailerPool, metrics: Recorder = QUIET
+    ) -> None:
+        """``metrics`` counts the runs this door ends itself (cancelled while queued, orphans); their
+        owners count the rest."""
         self._settings = settings
+        self._metrics = metrics
         self._redis = redis
         self._runs = runs
         self._tailers = tailers
@@ -186,6 +192,7 @@ class ConversationClient:
                 mailbox_entry=raw.get("mailbox_entry", ""),
             )
             if ended:
+                self._metrics.run_ended("cancelled", "cancelled")
                 return "cancelled"
         try:
             await self._router.cancel(conversation_id, run_id, raw.get("owner") or None)
@@ -250,13 +257,9 @@ class ConversationClient:
             return Nudge.ENDED
         entry = raw.get("mailbox_entry", "")
         if not entry or not await self._mailbox.holds(conversation_id, entry):
-            await self._runs.end(
-                run_id,
-                conversation_id=conversation_id,
-                ending=wire.Failed(OwnerLostError("the run is no longer in its conversation's mailbox")),
-                fence=None,
-                expect=status,
-            )
+            ending = wire.Failed(OwnerLostError("the run is no longer in its conversation's mailbox"))
+            if await self._runs.end(run_id, conversation_id=conversation_id, ending=ending, fence=None, expect=status):
+                self._metrics.run_ended(*wire.outcome(ending))
             return Nudge.ORPHAN_ENDED
         if await self._directory.owner(conversation_id) is not None:
             return Nudge.OWNED

@@ -97,7 +97,7 @@ return {1, id, redis.call('GET', KEYS[5]) or ''}
 
 # The owner takes the oldest entry and starts its run, in one step. KEYS: epoch, mailbox.
 # ARGV: epoch, now_ms, owner, the conversation's run key prefix. Returns nil when the mailbox is
-# empty, else {entry id, run id, payload, outcome of start_run}.
+# empty, else {entry id, run id, payload, outcome of start_run, entries in the mailbox}.
 _TAKE = START_RUN_LUA + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -107,7 +107,7 @@ local run_id, payload = '', ''
 for i = 1, #fields, 2 do
   if fields[i] == 'r' then run_id = fields[i + 1] elseif fields[i] == 'p' then payload = fields[i + 1] end
 end
-return {id, run_id, payload, start_run(ARGV[4] .. run_id, ARGV[2], ARGV[3])}
+return {id, run_id, payload, start_run(ARGV[4] .. run_id, ARGV[2], ARGV[3]), redis.call('XLEN', KEYS[2])}
 """
 
 
@@ -137,6 +137,7 @@ class Taken:
 
     entry: MailboxEntry
     status: str
+    depth: int  # entries in the mailbox when it was taken, this one included
 
 
 class Mailbox:
@@ -239,8 +240,8 @@ class Mailbox:
         )
         if reply is None:
             return None
-        entry_id, run_id, payload, status = reply
-        return Taken(MailboxEntry(entry_id.decode(), run_id.decode(), payload), status.decode())
+        entry_id, run_id, payload, status, depth = reply
+        return Taken(MailboxEntry(entry_id.decode(), run_id.decode(), payload), status.decode(), int(depth))
 
     async def holds(self, conversation_id: str, entry_id: str) -> bool:
         """Whether entry ``entry_id`` is still in the mailbox (its run has not ended)."""

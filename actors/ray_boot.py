@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -77,6 +78,13 @@ def connect(settings: Settings, *, start_local: bool) -> str:
     address = str(ctx.address_info.get("gcs_address", ""))  # type: ignore[attr-defined]  # ray.init's RayContext, typed as its base
     log.info("ray connected", extra={"gcs_address": address})
     return address
+
+
+def metrics_exporters() -> list[str]:
+    """``host:port`` of every live node's Ray metrics agent, which serves the conversation hosts' metrics
+    (what Ray's dashboard writes into its Prometheus service discovery file)."""
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # Ray leaves ray.nodes unannotated
+    return [f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}" for node in nodes if node.get("Alive")]
 
 
 def disconnect() -> None:

@@ -3,6 +3,7 @@
 A key arrives as ``Authorization: Bearer <key>``, which is what ``letta-client`` and the
 ``openai`` SDK send. One script looks the key up and charges its rate limit; the request then
 acts for the key's tenant (``Principal``), and every store checks records against that tenant.
+Every line the request logs afterwards carries that ``tenant`` (``runtime.logs.bind``).
 
 While no key was ever created (open mode, loopback only: see ``api.cli``), every request acts for
 the default tenant, whatever it sends. Each API process asks Redis whether the first key has been
@@ -24,6 +25,7 @@ from fastapi import Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.state import get_state
+from runtime import logs
 from runtime.errors import AuthenticationError, StreamTokenError
 from runtime.schemas.auth import Principal
 from runtime.store.stream_tokens import MAX_TOKEN_CHARS, StreamGrant, looks_like_token
@@ -43,11 +45,13 @@ async def authenticate(
 ) -> Principal:
     secret = credentials.credentials if credentials else None
     try:
-        return await get_state(request).gate.principal(secret)
+        principal = await get_state(request).gate.principal(secret)
     except AuthenticationError as exc:
         if (secret and looks_like_token(secret)) or (not secret and "token" in request.query_params):
             raise StreamTokenError(TOKEN_ONLY_ON_STREAMS) from exc
         raise
+    logs.bind(tenant=principal.tenant)  # on every line the rest of the request logs
+    return principal
 
 
 Caller = Annotated[Principal, Depends(authenticate)]

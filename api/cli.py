@@ -97,6 +97,8 @@ def serve(settings: Settings) -> int:
         else:
             _say(f"hosts   {len(hosts)} conversation host(s) ready")
         _say(f"model   default {settings.resolved_default_model()}")
+        exporters = ", ".join(f"http://{a}/metrics" for a in ray_boot.metrics_exporters())
+        _say(f"metrics hosts at {exporters or 'no node yet'} (Ray's metrics agents); API at /metrics")
         _say(f"api     listening on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
         _run_api(settings, create_app)
         return 0

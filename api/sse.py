@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.client import Nudge
 from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
+from runtime import logs
 from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, RunFailure, StreamGoneError
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
@@ -286,6 +287,7 @@ async def resume_response(
 ) -> StreamingResponse:
     """What every resume route answers once it has found its run: the items after ``after``,
     the cursor checked first (``check_cursor``). Resuming never cancels: the reader may leave."""
+    logs.bind(run_id=run_id, conversation_id=conversation_id)
     await check_cursor(state, conversation_id, run_id, after)
     return sse_response(run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=retry_ms))
 

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from actors.client import ConversationClient
+from api.metrics import ApiRecorder
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
 from runtime.store.agents import AgentStore, ConversationStore
@@ -57,7 +58,7 @@ class AppState:
             runs=runs,
             history=HistoryStore(redis),
             tailers=tailers,
-            client=ConversationClient(settings, redis, runs, tailers),
+            client=ConversationClient(settings, redis, runs, tailers, ApiRecorder()),
             providers=Providers(settings),
             tools=load(settings.tool_modules),
             keys=key_store,

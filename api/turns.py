@@ -14,6 +14,7 @@ from actors.client import idempotency_key
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
 from api.model_settings import check_turn
 from api.state import AppState
+from runtime import logs
 from runtime.errors import RateLimitedError
 from runtime.ids import new_id
 from runtime.schemas.agents import ConversationRef
@@ -38,6 +39,7 @@ async def accept_turn(
         state.providers.validate(body.override_model)
     await check_turn(state, conversation, body)
     run_id = new_id("run")
+    logs.bind(run_id=run_id, conversation_id=conversation.id, tenant=conversation.tenant)
     slot = await _take_slot(state, caller, run_id)
     try:
         accepted = await state.client.accept(
@@ -54,6 +56,7 @@ async def accept_turn(
             await state.keys.release_run_slot(slot, run_id)
         raise
     if accepted.duplicate:
+        logs.bind(run_id=accepted.run.id)  # the run this retry joins
         RUNS_DEDUPLICATED.inc()
         if slot:
             await state.keys.release_run_slot(slot, run_id)

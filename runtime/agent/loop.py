@@ -25,9 +25,10 @@ from typing import Any
 from runtime.agent.context import fit, render_system, with_skills
 from runtime.agent.prompt import ChatCache
 from runtime.agent.step import StepAssembler, StepResult
-from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, RunFailure
+from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, LLMError, RunFailure
 from runtime.ids import new_id
-from runtime.providers.events import LLMRequest
+from runtime.metrics import QUIET, Recorder
+from runtime.providers.events import CONTENT_EVENTS, LLMRequest
 from runtime.providers.registry import Model
 from runtime.providers.stream import Attempts
 from runtime.schemas.agents import AgentRecord, ConversationRecord
@@ -138,6 +139,7 @@ async def run_turn(
     cancelled: Cancelled = lambda: False,
     approval_pending: bool = False,
     chat: ChatCache | None = None,
+    metrics: Recorder = QUIET,
 ) -> TurnOutcome:
     """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
 
@@ -150,13 +152,14 @@ async def run_turn(
     because a cancellation that lands inside a Redis command can be absorbed by the client
     library's reconnect-and-retry and never reach this code. ``chat``: the conversation's
     ``ChatCache``, kept by its owner from turn to turn (each step converts only what is new).
+    ``metrics``: where each step's model latency, provider errors and tool calls are recorded.
     """
     emit = _filtered(emit, turn.include_return_message_types)
     chats = chat or ChatCache()
     model = models(model_for(turn, conversation, agent))
     settings = settings_for(turn, conversation, agent)
     generation = settings.generation()
-    box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()))
+    box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()), metrics)
     approval = next((m for m in turn.messages if isinstance(m, ApprovalCreate)), None)
     waiting = waiting_calls(history) if approval_pending else []
     gated = [w for w in waiting if w.gated]
@@ -201,6 +204,7 @@ async def run_turn(
                 emit=emit,
                 record_step=record_step,
                 cancelled=cancelled,
+                metrics=metrics,
             )
             totals.steps += 1
             totals.add(step)
@@ -319,6 +323,7 @@ async def _step(
     emit: Emit,
     record_step: RecordStep | None,
     cancelled: Cancelled,
+    metrics: Recorder,
 ) -> StepResult:
     step_id = new_id("step")
     assembler = StepAssembler(
@@ -342,12 +347,23 @@ async def _step(
         dropped=dropped,
         settings=settings.summary(),
     )
+    meter = metrics.model(model.provider, model.name)
+    last = time.perf_counter()  # the request; then the latest content event
+    first = True
     try:
         stream = model.stream(request, attempts)
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if cancelled():
                     raise asyncio.CancelledError
+                if isinstance(event, CONTENT_EVENTS):
+                    now = time.perf_counter()
+                    if first:
+                        meter.first_token(now - last)
+                        first = False
+                    else:
+                        meter.token_gap(now - last)
+                    last = now
                 await assembler.feed(event)
         result = await assembler.close()
         _check(result)
@@ -355,6 +371,8 @@ async def _step(
         await trace.record(record_step, assembler.snapshot(), status="cancelled", stop_reason="cancelled")
         raise
     except RunFailure as failure:
+        if isinstance(failure, LLMError):
+            metrics.provider_error(model.provider, failure.error_type)
         await trace.record(record_step, assembler.snapshot(), status="failed", failure=failure)
         raise
     await trace.record(record_step, result, status="success")

@@ -40,6 +40,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
+import httpx2
 from google import genai
 from google.genai import types
 
@@ -107,7 +108,9 @@ def make_client(
     The SDK gives a request one timeout for connect and read alike; an httpx request hook sets
     Convoy's connect and read timeouts instead, and a response hook hands each response to the
     stream reading it (``_hold``). Retries: ``max_retries`` after the first attempt, on the SDK's
-    retryable statuses (408, 429, 5xx) and connection errors.
+    retryable statuses (408, 429, 5xx) and connection errors. The transport is given explicitly (the
+    SDK's own default, httpx2): with ``aiohttp`` installed, which Ray's metrics agent needs, the SDK
+    would otherwise read streams through aiohttp, where these hooks do not exist.
     """
     limits = {"connect": connect_timeout_s, "read": read_timeout_s, "write": connect_timeout_s, "pool": connect_timeout_s}
 
@@ -123,7 +126,10 @@ def make_client(
             max_delay=RETRY_MAX_DELAY_S,
             jitter=RETRY_JITTER_S,
         ),
-        async_client_args={"event_hooks": {"request": [deadlines], "response": [_hold]}},
+        async_client_args={
+            "event_hooks": {"request": [deadlines], "response": [_hold]},
+            "transport": httpx2.AsyncHTTPTransport(),
+        },
     )
     if vertex_project:
         return genai.Client(vertexai=True, project=vertex_project, location=vertex_location, http_options=http)

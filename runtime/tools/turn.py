@@ -10,6 +10,8 @@ call is resolved: run now, or wait for the client (approval, or a client-side to
   runs), deny with a reason (the model gets an error result saying so), or return a client tool's
   result. All of the step's results then go out as one ``tool_return_message``.
 - A tool the agent does not have is an error result for the model, not a crashed run.
+- Every server tool call that runs here (or is refused as unavailable) is timed and counted by its
+  outcome (``runtime.metrics``); decisions and client results are not tool runs and are not.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from runtime.errors import InvalidApprovalError
 from runtime.ids import new_id, segment_otid
+from runtime.metrics import QUIET, UNREGISTERED_TOOL, Recorder
 from runtime.providers.events import ToolCall, ToolSpec
 from runtime.schemas.messages import (
     ApprovalRequestMessage,
@@ -68,6 +71,7 @@ class Toolbox:
     registry: ToolRegistry
     agent_tools: tuple[str, ...]
     client_tools: tuple[ClientTool, ...] = ()
+    metrics: Recorder = QUIET
 
     def specs(self) -> tuple[ToolSpec, ...]:
         specs = [
@@ -89,8 +93,13 @@ class Toolbox:
 
     async def run(self, call: ToolCall) -> ToolResult:
         if call.name not in self.agent_tools:
-            return ToolResult("error", f"tool {call.name!r} is not available to this agent")
-        return await self.registry.run(call.name, call.arguments)
+            result = ToolResult("error", f"tool {call.name!r} is not available to this agent", failure="unavailable")
+        else:
+            result = await self.registry.run(call.name, call.arguments)
+        # The name is a label only when registered: a model may call any name it makes up.
+        label = call.name if self.registry.get(call.name) is not None else UNREGISTERED_TOOL
+        self.metrics.tool_call(label, result.outcome, result.duration_ms / 1000)
+        return result
 
     async def run_all(self, calls: Sequence[ToolCall]) -> list[tuple[str, ToolResult]]:
         """Run ``calls`` in parallel; (call id, result) each, in their order."""
