@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from actors.client import ConversationClient
+from api.callbacks import Callbacks
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
 from runtime.store.agents import AgentStore, ConversationStore
@@ -42,6 +43,7 @@ class AppState:
     keys: KeyStore
     gate: Gate
     stream_tokens: StreamTokens
+    callbacks: Callbacks
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -67,6 +69,7 @@ class AppState:
                 default_concurrent_runs=settings.key_concurrent_runs,
             ),
             stream_tokens=StreamTokens(redis, ttl_s=settings.stream_token_ttl_s),
+            callbacks=Callbacks(),
         )
 
     async def start(self) -> None:
@@ -74,6 +77,7 @@ class AppState:
         await self.client.start()
 
     async def stop(self) -> None:
+        await self.callbacks.stop()
         await self.client.stop()
         await self.tailers.stop()
         await self.redis.aclose()
