@@ -26,6 +26,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, TypeGuard
 
 import redis.asyncio as aioredis
@@ -35,16 +36,20 @@ from redis.exceptions import RedisError
 from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
-from runtime.errors import OwnerLostError, UnavailableError
+from runtime.agent.context import HISTORY_WINDOW
+from runtime.errors import NotFoundError, OwnerLostError, UnavailableError
 from runtime.metrics import QUIET, Recorder
-from runtime.schemas.agents import ConversationRef
-from runtime.schemas.messages import Ping
+from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
+from runtime.schemas.messages import ApprovalRequestMessage, Ping
+from runtime.schemas.model_settings import ModelSettings
 from runtime.schemas.requests import ApprovalCreate, OnBusy
 from runtime.schemas.runs import RunView
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
 from runtime.store import keyspace, replies
+from runtime.store.agents import ConversationStore
 from runtime.store.fencing import through_outage
+from runtime.store.history import HistoryStore
 from runtime.store.runs import TERMINAL, UNFINISHED_RUN_TTL_S, RunStore
 from runtime.stream import wire
 from runtime.stream.items import last_seq
@@ -61,6 +66,19 @@ class Accepted:
 
     run: RunView
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """What a conversation's cancel did: each unfinished run's status after it, and whether it closed
+    an approval request that was waiting for an answer."""
+
+    runs: dict[str, str]
+    approval_closed: bool
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.runs) or self.approval_closed
 
 
 class Nudge(enum.Enum):
@@ -91,6 +109,8 @@ class ConversationClient:
         self._metrics = metrics
         self._redis = redis
         self._runs = runs
+        self._history = HistoryStore(redis)
+        self._conversations = ConversationStore(redis)
         self._tailers = tailers
         self._mailbox = Mailbox(redis)
         self._directory = Directory(redis, lease_ttl_ms=settings.lease_ttl_ms)
@@ -210,14 +230,54 @@ class ConversationClient:
             what="cancelling the run of a client that left",
         )
 
-    async def cancel_conversation(self, conversation_id: str) -> dict[str, str]:
+    async def cancel_conversation(self, conversation_id: str) -> Cancelled:
         """Cancel every unfinished run of a conversation (running and queued), then close an approval
         request still waiting (its calls get error results in the next request), so the conversation
-        is never stuck; run id -> status."""
+        is never stuck."""
         run_ids = await self._mailbox.run_ids(conversation_id)
         statuses = await asyncio.gather(*(self.cancel_run(conversation_id, r) for r in run_ids))
-        await self._redis.delete(keyspace.pending_approval(conversation_id))
-        return dict(zip(run_ids, statuses, strict=True))
+        closed = await self._redis.delete(keyspace.pending_approval(conversation_id))
+        return Cancelled(dict(zip(run_ids, statuses, strict=True)), approval_closed=bool(closed))
+
+    async def record_callback(
+        self, conversation_id: str, run_id: str, *, sent_at: datetime, status_code: int | None, error: str | None
+    ) -> None:
+        """Note on an ended run that its callback was sent, and what came back."""
+        await self._runs.note_callback(
+            conversation_id, run_id, sent_at_ms=int(sent_at.timestamp() * 1000), status_code=status_code, error=error
+        )
+
+    async def pending_approval(self, conversation_id: str) -> ApprovalRequestMessage | None:
+        """The approval request the conversation waits on an answer to, if any."""
+        request_id = await self._redis.hget(keyspace.pending_approval(conversation_id), "request")
+        if request_id is None:
+            return None
+        try:
+            parts = await self._history.parts(conversation_id, replies.text(request_id))
+        except NotFoundError:
+            return None
+        return next((m for m in parts if isinstance(m, ApprovalRequestMessage)), None)
+
+    async def fork(
+        self,
+        agent: AgentRecord,
+        source_id: str,
+        *,
+        up_to: str | None,
+        model: str | None,
+        model_settings: ModelSettings | None,
+    ) -> ConversationRecord:
+        """A new conversation of ``agent`` that starts with the messages of ``source_id`` the model is
+        shown (``HISTORY_WINDOW``), up to and including ``up_to``; 404 if ``up_to`` is not one of
+        them. Written before anyone can know the new id, so no owner can be writing it."""
+        messages = await self._history.window(source_id, limit=HISTORY_WINDOW, through=up_to)
+        record = await self._conversations.create(agent, model=model, model_settings=model_settings)
+        try:
+            await self._history.seed(record.id, messages)
+        except BaseException:
+            await self._conversations.delete(record, epoch_ttl_s=1)
+            raise
+        return record
 
     async def _cancel_ahead_of(self, conversation_id: str, entry_id: str) -> None:
         """For ``on_busy=interrupt``: cancel everything accepted before mailbox entry ``entry_id``

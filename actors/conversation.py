@@ -46,6 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.directory import Lease
 from actors.mailbox import Mailbox, MailboxEntry, Taken
+from runtime.agent.context import HISTORY_WINDOW
 from runtime.agent.loop import Emit, ModelFactory, run_turn
 from runtime.agent.prompt import ChatCache
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
@@ -67,9 +68,6 @@ from runtime.stream.writer import ChunkWriter
 from runtime.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
-
-# How many past messages a turn shows the model (context-window policy comes with the agent loop).
-HISTORY_WINDOW = 1000
 
 
 @dataclass(frozen=True, slots=True)

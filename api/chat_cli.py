@@ -265,7 +265,8 @@ class Chat:
     def _cancel(self, run_id: str | None) -> None:
         """Ctrl-C during an answer: cancel it now (a second Ctrl-C leaves at once)."""
         if run_id is None:
-            self.api.call("POST", f"/v1/conversations/{self.conversation}/cancel")
+            with contextlib.suppress(ChatError):  # 409: nothing was running any more
+                self.api.call("POST", f"/v1/conversations/{self.conversation}/cancel")
         else:
             self.api.call("POST", f"/v1/runs/{run_id}/cancel")
         self.console.print("[yellow]cancelled[/]")

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from actors.client import ConversationClient
+from api.callbacks import Callbacks
 from api.metrics import ApiRecorder
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
@@ -43,6 +44,7 @@ class AppState:
     keys: KeyStore
     gate: Gate
     stream_tokens: StreamTokens
+    callbacks: Callbacks
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -68,6 +70,7 @@ class AppState:
                 default_concurrent_runs=settings.key_concurrent_runs,
             ),
             stream_tokens=StreamTokens(redis, ttl_s=settings.stream_token_ttl_s),
+            callbacks=Callbacks(),
         )
 
     async def start(self) -> None:
@@ -75,6 +78,7 @@ class AppState:
         await self.client.start()
 
     async def stop(self) -> None:
+        await self.callbacks.stop()
         await self.client.stop()
         await self.tailers.stop()
         await self.redis.aclose()

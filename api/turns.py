@@ -32,6 +32,8 @@ async def accept_turn(
     body: SendMessageRequest,
     *,
     idempotency_header: str | None = None,
+    run_type: str | None = None,
+    callback_url: str | None = None,
 ) -> RunView:
     """Accept a turn; returns its run (an earlier run when this send is a retry of it). A caller's
     key with a concurrent-runs limit gets the run counted first (429 when it has none left)."""
@@ -45,7 +47,7 @@ async def accept_turn(
         accepted = await state.client.accept(
             conversation,
             _turn(conversation, body, run_id),
-            _run(conversation, body, run_id),
+            _run(conversation, body, run_id, run_type=run_type, callback_url=callback_url),
             on_busy=body.on_busy or state.settings.on_busy_default,
             idempotency=idempotency_key(idempotency_header, body.first_otid()),
             approval=body.approval,
@@ -78,7 +80,9 @@ async def _take_slot(state: AppState, caller: Principal, run_id: str) -> str | N
     return caller.key_id
 
 
-def _run(conversation: ConversationRef, body: SendMessageRequest, run_id: str) -> RunView:
+def _run(
+    conversation: ConversationRef, body: SendMessageRequest, run_id: str, *, run_type: str | None, callback_url: str | None
+) -> RunView:
     return RunView(
         id=run_id,
         agent_id=conversation.agent_id,
@@ -87,7 +91,8 @@ def _run(conversation: ConversationRef, body: SendMessageRequest, run_id: str) -
         status="created",
         background=body.background,
         created_at=utcnow(),
-        metadata={"run_type": "streaming" if body.streaming else "blocking"},
+        metadata={"run_type": run_type or ("streaming" if body.streaming else "blocking")},
+        callback_url=callback_url,
         request_config=RequestConfig(
             use_assistant_message=body.use_assistant_message,
             include_return_message_types=body.include_return_message_types,

@@ -4,25 +4,41 @@ and Letta's agent-level message routes, which use the agent's default conversati
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
+from pydantic import AnyHttpUrl, UrlConstraints, model_validator
 
 from api.auth import Caller
+from api.callbacks import Owed
+from api.errors import RunErrorResponse
+from api.history import listing, system_message_id
 from api.model_settings import check_agent, check_agent_update
+from api.responses import collect_response
 from api.routes.conversations import send
+from api.routes.tools import tool_view
 from api.sse import SSE_RESPONSES
 from api.state import AppState, State
+from api.turns import accept_turn
 from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery
-from runtime.errors import NotFoundError
+from runtime.agent.context import HISTORY_WINDOW, overview
+from runtime.errors import ConflictError, NotFoundError
+from runtime.schemas.agents import AgentRecord
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import (
+    MAX_NAME_CHARS,
+    MAX_TAGS,
+    TOOL_RULE,
     CancelRunsRequest,
     CreateAgentRequest,
+    MessageType,
     SendMessageRequest,
 )
+from runtime.schemas.runs import RunQuery
 from runtime.store.agents import default_conversation_id
+from runtime.tools.turn import Toolbox
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 IdempotencyKey = Annotated[str | None, Header(max_length=256)]
@@ -33,6 +49,15 @@ class AgentMessageRequest(SendMessageRequest):
     ``streaming`` is true (the conversation route streams by default)."""
 
     streaming: bool = False
+
+    @model_validator(mode="after")
+    def _streaming_options(self) -> AgentMessageRequest:
+        if not self.streaming and (self.stream_tokens or self.background):
+            raise ValueError(
+                "Streaming options set without streaming enabled: stream_tokens and background apply only "
+                "with streaming: true"
+            )
+        return self
 
 
 class UpdateAgentRequest(CreateAgentRequest):
@@ -53,6 +78,7 @@ class UpdateAgentRequest(CreateAgentRequest):
 async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
     check_agent(state, model=model, settings=body.model_settings, max_tokens=body.max_tokens)
+    tools = state.tools.check(body.tool_names() or [])
     record = await state.agents.create(
         tenant=caller.tenant,
         name=body.name,
@@ -61,13 +87,14 @@ async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -
         description=body.description,
         tags=body.tags or [],
         metadata=body.metadata,
-        tools=state.tools.check(body.tools or []),
+        tools=tools,
+        tool_approvals=body.tool_approvals(tools) or {},
         memory_blocks=body.memory_blocks or [],
         context_window_limit=body.context_window_limit,
         max_tokens=body.max_tokens,
         model_settings=body.model_settings,
     )
-    return record.state()
+    return await agent_state(state, record)
 
 
 @router.get("", summary="List agents")
@@ -77,13 +104,70 @@ async def list_agents(
     caller: Caller,
     limit: Limit = 50,
     after: AgentIdQuery | None = None,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    name: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
+    tags: Annotated[list[Annotated[str, Query(max_length=MAX_NAME_CHARS)]] | None, Query(max_length=MAX_TAGS)] = None,
+    match_all_tags: bool = False,
 ) -> list[dict[str, Any]]:
-    return [record.state() for record in await state.agents.list(tenant=caller.tenant, limit=limit, after=after)]
+    """Newest first unless ``order=asc``, as Letta; ``name``: only agents of that name; ``tags``:
+    only those with any of them (all of them with ``match_all_tags``)."""
+
+    def wanted(record: AgentRecord) -> bool:
+        if name is not None and record.name != name:
+            return False
+        if not tags:
+            return True
+        held = set(record.tags)
+        return all(t in held for t in tags) if match_all_tags else any(t in held for t in tags)
+
+    found: list[AgentRecord] = []
+    while len(found) < limit:
+        batch = await state.agents.list(tenant=caller.tenant, limit=max(limit, 100), after=after, order=order)
+        found += [r for r in batch if wanted(r)]
+        if len(batch) < max(limit, 100):
+            break
+        after = batch[-1].id
+    return list(await asyncio.gather(*(agent_state(state, r, message_ids=False) for r in found[:limit])))
 
 
 @router.get("/{agent_id}", summary="Get an agent")
-async def get_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[str, Any]:
-    return (await state.agents.get(agent_id, tenant=caller.tenant)).state()
+async def get_agent(
+    agent_id: AgentId,
+    state: State,
+    caller: Caller,
+    include: Annotated[list[Annotated[str, Query(max_length=64)]] | None, Query(max_length=16)] = None,
+) -> dict[str, Any]:
+    """With ``include=agent.pending_approval``: the approval request the agent's own history waits
+    on (null when none). Tools, tags and memory blocks are always included."""
+    record = await state.agents.get(agent_id, tenant=caller.tenant)
+    return await agent_state(state, record, pending_approval="agent.pending_approval" in (include or ()))
+
+
+async def agent_state(
+    state: AppState, agent: AgentRecord, *, pending_approval: bool = False, message_ids: bool = True
+) -> dict[str, Any]:
+    """The agent as Letta's ``AgentState``, with what only the registry, the runs and the history
+    know: its tools and approval rules, ``message_ids`` (its own history's system message, then the
+    messages the model is shown; null in listings, where reading every agent's history would cost
+    too much), and its last finished run's stop reason and time."""
+    conversation_id = default_conversation_id(agent.id)
+    ids, runs, pending = await asyncio.gather(
+        state.history.recent_ids(conversation_id, limit=HISTORY_WINDOW) if message_ids else asyncio.sleep(0, None),
+        state.runs.list(RunQuery(agent_id=agent.id, statuses=["completed", "failed", "cancelled"], limit=1), tenant=agent.tenant),
+        state.client.pending_approval(conversation_id) if pending_approval else asyncio.sleep(0, None),
+    )
+    tools = [(tool, agent.tool_approvals.get(name, tool.requires_approval)) for name in agent.tools if (tool := state.tools.get(name))]
+    extra: dict[str, Any] = {
+        "tools": [tool_view(tool, requires_approval=approves) for tool, approves in tools],
+        "tool_rules": [{"type": TOOL_RULE, "tool_name": tool.name} for tool, approves in tools if approves],
+        "message_ids": [system_message_id(conversation_id), *ids] if ids is not None else None,
+        "last_stop_reason": runs[0].stop_reason if runs else None,
+        "last_run_completion": runs[0].completed_at.isoformat() if runs and runs[0].completed_at else None,
+        "last_run_duration_ms": runs[0].total_duration_ns // 1_000_000 if runs and runs[0].total_duration_ns else None,
+    }
+    if pending_approval:
+        extra["pending_approval"] = pending.model_dump(mode="json", exclude_none=True) if pending else None
+    return agent.state(**extra)
 
 
 @router.patch("/{agent_id}", summary="Update an agent (name, system, model, model settings, description, tags, metadata)")
@@ -95,11 +179,18 @@ async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State
     changes = body.changes()
     if "model" in changes:
         state.providers.validate(changes["model"])
-    if "tools" in changes:
-        changes["tools"] = state.tools.check(changes["tools"])
+    names = body.tool_names()
+    changes.pop("tool_ids", None)
+    changes.pop("tool_rules", None)
+    if names is not None:
+        changes["tools"] = state.tools.check(names)
+    tools = changes.get("tools", current.tools)
+    approvals = body.tool_approvals(tools)
+    if approvals is not None:
+        changes["tool_approvals"] = approvals
     if changes.keys() & {"model", "model_settings", "max_tokens"}:
         await check_agent_update(state, current.model_copy(update=changes))
-    return (await state.agents.update(agent_id, changes)).state()
+    return await agent_state(state, await state.agents.update(agent_id, changes))
 
 
 @router.delete("/{agent_id}", summary="Delete an agent and its conversations")
@@ -108,6 +199,7 @@ async def delete_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[
     histories from records and indexes in one step. Its runs stay readable until they expire."""
     await state.agents.get(agent_id, tenant=caller.tenant)
     runs = await _cancel_all(state, agent_id)
+    await asyncio.gather(*(state.history.forget(c) for c in await state.conversations.ids_of(agent_id)))
     await state.agents.delete(agent_id, epoch_ttl_s=state.settings.stream_ttl_s)
     return {"message": f"Agent id={agent_id} successfully deleted", "agent_id": agent_id, "runs": runs}
 
@@ -138,6 +230,42 @@ async def stream_agent_message(
     return await _send_to_default(state, caller, agent_id, streaming, idempotency_key)
 
 
+class AsyncMessageRequest(SendMessageRequest):
+    """Body of ``POST /v1/agents/{id}/messages/async``: a send whose run is answered at once;
+    ``callback_url`` is POSTed the result once the run ends (``api.callbacks``)."""
+
+    callback_url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)] | None = None
+
+
+@router.post("/{agent_id}/messages/async", summary="Send a message and get its run at once; the run goes on in the background")
+async def send_agent_message_async(
+    agent_id: AgentId, body: AsyncMessageRequest, state: State, caller: Caller, idempotency_key: IdempotencyKey = None
+) -> dict[str, Any]:
+    """Letta's ``Run`` (``metadata.run_type``: ``send_message_async``). Poll ``GET /v1/runs/{id}``
+    until it ends, then read ``GET /v1/runs/{id}/messages``; or resume its stream."""
+    conversation = (await state.conversations.default_of(agent_id, tenant=caller.tenant)).ref()
+    turn = body.model_copy(update={"streaming": False, "background": True, "stream_tokens": False})
+    url = str(body.callback_url) if body.callback_url else None
+    run = await accept_turn(
+        state, caller, conversation, turn, idempotency_header=idempotency_key, run_type="send_message_async", callback_url=url
+    )
+    if url is not None:
+
+        async def result() -> dict[str, Any]:
+            try:
+                return await collect_response(state, run)
+            except RunErrorResponse as failed:
+                return {"messages": [], "error": failed.body}
+
+        async def record(sent_at: datetime, status_code: int | None, error: str | None) -> None:
+            await state.client.record_callback(conversation.id, run.id, sent_at=sent_at, status_code=status_code, error=error)
+
+        state.callbacks.schedule(
+            run, Owed(url, result, lambda: state.runs.get(run.id, conversation.id, tenant=None), record)
+        )
+    return run.model_dump(mode="json")
+
+
 @router.get("/{agent_id}/messages", summary="List the messages of the agent's default conversation (or of conversation_id)")
 async def list_agent_messages(
     agent_id: AgentId,
@@ -148,24 +276,43 @@ async def list_agent_messages(
     after: MessageIdQuery | None = None,
     before: MessageIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    include_return_message_types: Annotated[list[MessageType] | None, Query()] = None,
 ) -> list[dict[str, Any]]:
-    """Newest first unless ``order=asc``, as Letta. The default conversation needs no creating to
-    be read: before the agent's first message it simply has no history."""
-    await state.agents.get(agent_id, tenant=caller.tenant)
+    """As Letta: ``desc`` (the default) gives the newest ``limit`` messages, ``asc`` the oldest,
+    both oldest first, the system message before all (``api.history``). The agent's own history
+    needs no creating to be read: before its first message it holds only the system message."""
+    agent = await state.agents.get(agent_id, tenant=caller.tenant)
     if conversation_id is not None:
         conversation = await state.conversations.get(conversation_id, tenant=caller.tenant)
         if conversation.agent_id != agent_id:
             raise NotFoundError(f"conversation {conversation_id} not found for agent {agent_id}")
     target = conversation_id or default_conversation_id(agent_id)
-    messages = await state.history.page(target, limit=limit, after=after, before=before, order=order)
-    return [m.model_dump(mode="json", exclude_none=True) for m in messages]
+    return await listing(
+        state, agent, target, route="agent", limit=limit, after=after, before=before, order=order, types=include_return_message_types
+    )
+
+
+@router.get("/{agent_id}/context", summary="What the agent's next request would hold, and its size in tokens")
+async def context_window(
+    agent_id: AgentId, state: State, caller: Caller, conversation_id: ConversationIdQuery | None = None
+) -> dict[str, Any]:
+    """Letta's ``ContextWindowOverview`` for the agent's own history, or ``conversation_id``'s:
+    token counts are Convoy's estimates (``runtime.agent.context``), the same that decide what
+    the model is shown."""
+    agent = await state.agents.get(agent_id, tenant=caller.tenant)
+    if conversation_id is not None and (await state.conversations.get(conversation_id, tenant=caller.tenant)).agent_id != agent_id:
+        raise NotFoundError(f"conversation {conversation_id} not found for agent {agent_id}")
+    history = await state.history.recent(conversation_id or default_conversation_id(agent_id), limit=HISTORY_WINDOW)
+    return overview(agent, Toolbox(state.tools, tuple(agent.tools)).specs(), history)
 
 
 @router.post("/{agent_id}/messages/cancel", summary="Cancel the agent's running and queued runs")
 async def cancel_agent_runs(
     agent_id: AgentId, state: State, caller: Caller, body: Annotated[CancelRunsRequest | None, Body()] = None
 ) -> dict[str, Any]:
-    """All unfinished runs of all the agent's conversations, or only ``run_ids`` when given."""
+    """All unfinished runs of all the agent's conversations (and their waiting approval
+    requests), or only ``run_ids`` when given. Letta's answer: run id -> its status after the
+    cancel; 409 when there was nothing to cancel."""
     await state.agents.get(agent_id, tenant=caller.tenant)
     runs: dict[str, str] = {}
     if body is not None and body.run_ids:
@@ -174,8 +321,12 @@ async def cancel_agent_runs(
             if (await state.runs.get(run_id, conversation_id, tenant=caller.tenant)).agent_id != agent_id:
                 raise NotFoundError(f"run {run_id} not found for agent {agent_id}")
             runs[run_id] = await state.client.cancel_run(conversation_id, run_id)
-        return {"agent_id": agent_id, "runs": runs}
-    return {"agent_id": agent_id, "runs": await _cancel_all(state, agent_id)}
+        return dict(runs)
+    conversation_ids = await state.conversations.ids_of(agent_id)
+    cancelled = await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids))
+    if not any(c.anything for c in cancelled):
+        raise ConflictError(f"No active runs to cancel for agent {agent_id}")
+    return {run_id: status for c in cancelled for run_id, status in c.runs.items()}
 
 
 async def _send_to_default(
@@ -188,8 +339,6 @@ async def _send_to_default(
 
 async def _cancel_all(state: AppState, agent_id: str) -> dict[str, str]:
     """Cancel every unfinished run of every conversation of the agent; run id -> status."""
-    runs: dict[str, str] = {}
     conversation_ids = await state.conversations.ids_of(agent_id)
-    for cancelled in await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids)):
-        runs.update(cancelled)
-    return runs
+    cancelled = await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids))
+    return {run_id: status for c in cancelled for run_id, status in c.runs.items()}

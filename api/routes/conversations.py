@@ -1,25 +1,35 @@
-"""``/v1/conversations``: create and read conversations, send messages, resume, cancel, history."""
+"""``/v1/conversations``: create, read, update, delete and fork conversations; send messages,
+resume, cancel, list history.
+
+Every route that Letta lets name an agent's own history (``default`` with ``agent_id``, or the
+agent's id) takes that form too (``api.targets``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
+from api.history import listing, system_message_id
 from api.model_settings import check_conversation
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
 from api.state import AppState, State
+from api.targets import ConversationPath, agent_of, target
+from api.targets import conversation as conversation_of
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
-from runtime.errors import NotFoundError
-from runtime.schemas.agents import ConversationRef
+from runtime.agent.context import HISTORY_WINDOW, render_system
+from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
+from runtime.schemas.agents import ConversationRecord, ConversationRef
 from runtime.schemas.auth import Principal
-from runtime.schemas.requests import CreateConversationRequest, ResumeRequest, SendMessageRequest
+from runtime.schemas.requests import CreateConversationRequest, MessageType, ResumeRequest, SendMessageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+ACTIVE = ("created", "running")
 
 
 @router.post("", summary="Create a conversation with an agent")
@@ -36,7 +46,7 @@ async def create_conversation(
         state.providers.validate(body.model)
     check_conversation(state, agent, body.model, body.model_settings)
     record = await state.conversations.create(agent, summary=body.summary, model=body.model, model_settings=body.model_settings)
-    return record.view()
+    return await _view(state, record, caller)
 
 
 class UpdateConversationRequest(CreateConversationRequest):
@@ -58,7 +68,18 @@ async def update_conversation(
         after = current.model_copy(update=changes)
         agent = await state.agents.get(current.agent_id, tenant=caller.tenant)
         check_conversation(state, agent, after.model, after.model_settings)
-    return (await state.conversations.update(conversation_id, changes)).view()
+    return await _view(state, await state.conversations.update(conversation_id, changes), caller)
+
+
+@router.delete("/{conversation_id}", summary="Delete a conversation and its history")
+async def delete_conversation(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
+    """Cancels its unfinished runs, then removes it, its history and its index entries; its runs
+    stay readable until they expire. A second delete is a 404."""
+    record = await state.conversations.get(conversation_id, tenant=caller.tenant)
+    cancelled = await state.client.cancel_conversation(conversation_id)
+    await state.history.forget(conversation_id)
+    await state.conversations.delete(record, epoch_ttl_s=state.settings.stream_ttl_s)
+    return {"message": f"Conversation id={conversation_id} successfully deleted", "runs": cancelled.runs}
 
 
 @router.get("", summary="List conversations")
@@ -69,16 +90,75 @@ async def list_conversations(
     agent_id: AgentIdQuery | None = None,
     limit: Limit = 50,
     after: ConversationIdQuery | None = None,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    order_by: Annotated[Literal["created_at", "last_message_at"], Query()] = "created_at",
 ) -> list[dict[str, Any]]:
+    """Newest first unless ``order=asc``, by creation or by last message (never messaged: last).
+    An agent's own history (its default conversation) is not listed, as in Letta, where it is no
+    conversation at all."""
     if agent_id is not None:
         await state.agents.get(agent_id, tenant=caller.tenant)
-    conversations = await state.conversations.list(tenant=caller.tenant, agent_id=agent_id, limit=limit, after=after)
-    return [c.view() for c in conversations]
+    found: list[ConversationRecord] = []
+    cursor = after
+    while len(found) < limit:
+        page = await state.conversations.list(
+            tenant=caller.tenant, agent_id=agent_id, limit=limit, after=cursor, order=order, order_by=order_by
+        )
+        found += [c for c in page if not c.is_default]
+        if len(page) < limit:
+            break
+        cursor = page[-1].id
+    found = found[:limit]
+    last = await state.conversations.last_message_at([c.id for c in found], tenant=caller.tenant)
+    return [c.view(last_message_at=last.get(c.id)) for c in found]
 
 
 @router.get("/{conversation_id}", summary="Get a conversation")
 async def get_conversation(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
-    return (await state.conversations.get(conversation_id, tenant=caller.tenant)).view()
+    """With ``in_context_message_ids``: the system message's, then those of the messages the model
+    is shown (the newest ``HISTORY_WINDOW``)."""
+    record = await state.conversations.get(conversation_id, tenant=caller.tenant)
+    return await _view(state, record, caller, in_context=True)
+
+
+@router.post("/{conversation_id}/fork", summary="Fork a conversation: a new one starting from its messages")
+async def fork_conversation(
+    conversation_id: ConversationPath,
+    state: State,
+    caller: Caller,
+    agent_id: AgentIdQuery | None = None,
+    message_id: MessageIdQuery | None = None,
+) -> dict[str, Any]:
+    """A new conversation of the same agent holding the source's messages (those the model is
+    shown), up to and including ``message_id`` when given; the source is unchanged."""
+    where = target(conversation_id, agent_id)
+    agent, source = await agent_of(state, caller, where)
+    record = await state.client.fork(
+        agent,
+        where.conversation_id,
+        up_to=None if message_id == system_message_id(where.conversation_id) else message_id,
+        model=source.model if source else None,
+        model_settings=source.model_settings if source else None,
+    )
+    return await _view(state, record, caller)
+
+
+@router.post("/{conversation_id}/recompile", summary="The conversation's system prompt, compiled")
+async def recompile(
+    conversation_id: ConversationPath,
+    state: State,
+    caller: Caller,
+    dry_run: bool = False,
+    body: Annotated[dict[str, Any] | None, Body()] = None,
+) -> str:
+    """Convoy compiles the system prompt from the agent for every request, so it is always
+    current: this returns it as the next request will send it (``dry_run`` changes nothing
+    either way)."""
+    agent_id = (body or {}).get("agent_id")
+    if agent_id is not None and not isinstance(agent_id, str):
+        raise InvalidRequestError("agent_id must be a string")
+    agent, _ = await agent_of(state, caller, target(conversation_id, agent_id))
+    return render_system(agent)
 
 
 @router.post(
@@ -88,13 +168,17 @@ async def get_conversation(conversation_id: ConversationId, state: State, caller
     responses=SSE_RESPONSES,
 )
 async def send_message(
-    conversation_id: ConversationId,
+    conversation_id: ConversationPath,
     body: SendMessageRequest,
     state: State,
     caller: Caller,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
-    conversation = await state.conversations.ref(conversation_id, tenant=caller.tenant)
+    where = target(conversation_id, body.agent_id)
+    if where.agent_direct:
+        conversation = (await conversation_of(state, caller, where)).ref()
+    else:
+        conversation = await state.conversations.ref(conversation_id, tenant=caller.tenant)
     return await send(state, caller, conversation, body, idempotency_key)
 
 
@@ -123,49 +207,78 @@ async def send(
 
 @router.get("/{conversation_id}/messages", summary="List the conversation's messages")
 async def list_messages(
-    conversation_id: ConversationId,
+    conversation_id: ConversationPath,
     state: State,
     caller: Caller,
+    agent_id: AgentIdQuery | None = None,
     limit: Limit = 100,
     after: MessageIdQuery | None = None,
     before: MessageIdQuery | None = None,
-    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    include_return_message_types: Annotated[list[MessageType] | None, Query()] = None,
 ) -> list[dict[str, Any]]:
-    await state.conversations.get(conversation_id, tenant=caller.tenant)
-    messages = await state.history.page(conversation_id, limit=limit, after=after, before=before, order=order)
-    return [m.model_dump(mode="json", exclude_none=True) for m in messages]
+    """The system message first, then the stored messages; newest first unless ``order=asc``
+    (an agent's own history is listed as ``GET /v1/agents/{id}/messages`` lists it; see
+    ``api.history``)."""
+    where = target(conversation_id, agent_id)
+    agent, _ = await agent_of(state, caller, where)
+    return await listing(
+        state,
+        agent,
+        where.conversation_id,
+        route="agent" if where.agent_direct else "conversation",
+        limit=limit,
+        after=after,
+        before=before,
+        order=order,
+        types=include_return_message_types,
+    )
 
 
 @router.post(
     "/{conversation_id}/stream",
-    summary="Resume a run's stream (by run_id, otid, or the latest run)",
+    summary="Resume a run's stream (by run_id, otid, or the active run)",
     response_class=Response,
     responses=SSE_RESPONSES,
 )
 async def resume(
-    conversation_id: ConversationId, state: State, caller: Caller, body: Annotated[ResumeRequest | None, Body()] = None
+    conversation_id: ConversationPath, state: State, caller: Caller, body: Annotated[ResumeRequest | None, Body()] = None
 ) -> Response:
+    """``run_id`` (any run of the conversation, finished or not: every run's stream is kept), else
+    the run ``otid`` started, else the conversation's active run (400 when none is active)."""
     body = body or ResumeRequest()
-    await state.conversations.get(conversation_id, tenant=caller.tenant)
+    where = target(conversation_id, body.agent_id)
+    conversation = (await agent_of(state, caller, where))[1]
+    conv_id = where.conversation_id
     run_id = body.run_id
+    if conversation is None:
+        raise InvalidRequestError("No active runs found for this conversation.")
     if run_id is None and body.otid is not None:
-        found = await state.client.run_of_otid(conversation_id, body.otid)
+        found = await state.client.run_of_otid(conv_id, body.otid)
         if found is None:
-            raise NotFoundError(f"no run of conversation {conversation_id} was started by otid {body.otid}")
+            raise NotFoundError(f"No run found for otid={body.otid} in conversation {conv_id}")
         run_id = found
     if run_id is None:
-        run_id = await state.runs.latest(conversation_id)
-        if run_id is None:
-            raise NotFoundError(f"conversation {conversation_id} has no run to resume")
-    elif await state.runs.conversation_of(run_id) != conversation_id:
-        raise NotFoundError(f"run {run_id} not found in conversation {conversation_id}")
-    return await resume_response(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
+        run_id = await state.runs.latest(conv_id)
+        if run_id is None or (await state.runs.get(run_id, conv_id, tenant=caller.tenant)).status not in ACTIVE:
+            raise InvalidRequestError("No active runs found for this conversation.")
+    elif await state.runs.conversation_of(run_id) != conv_id:
+        raise NotFoundError(f"run {run_id} not found in conversation {conv_id}")
+    return await resume_response(state, conv_id, run_id, after=body.starting_after, include_pings=body.include_pings)
 
 
 @router.post("/{conversation_id}/cancel", summary="Cancel the conversation's running and queued runs")
-async def cancel(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
-    await state.conversations.get(conversation_id, tenant=caller.tenant)
-    return {"conversation_id": conversation_id, "runs": await state.client.cancel_conversation(conversation_id)}
+async def cancel(
+    conversation_id: ConversationPath, state: State, caller: Caller, agent_id: AgentIdQuery | None = None
+) -> dict[str, Any]:
+    """Letta's answer: run id -> its status after the cancel. Also closes an approval request
+    still waiting. 409 when there was nothing to cancel."""
+    where = target(conversation_id, agent_id)
+    conversation = (await agent_of(state, caller, where))[1]
+    cancelled = await state.client.cancel_conversation(where.conversation_id) if conversation else None
+    if cancelled is None or not cancelled.anything:
+        raise ConflictError(f"No active runs to cancel for conversation {conversation_id}")
+    return dict(cancelled.runs)
 
 
 @router.post(
@@ -177,3 +290,14 @@ async def stream_token(conversation_id: ConversationId, state: State, caller: Ca
     await state.conversations.get(conversation_id, tenant=caller.tenant)
     token, grant = await state.stream_tokens.mint("conversation", conversation_id, caller.tenant)
     return stream_token_view(token, grant, conversation_id=conversation_id)
+
+
+async def _view(state: AppState, record: ConversationRecord, caller: Principal, *, in_context: bool = False) -> dict[str, Any]:
+    last, ids = await asyncio.gather(
+        state.conversations.last_message_at([record.id], tenant=caller.tenant),
+        state.history.recent_ids(record.id, limit=HISTORY_WINDOW) if in_context else asyncio.sleep(0, None),
+    )
+    view = record.view(last_message_at=last.get(record.id))
+    if in_context:
+        view["in_context_message_ids"] = [system_message_id(record.id), *(ids or [])]
+    return view

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from api.auth import Caller, StreamReader
 from api.sse import SSE_RESPONSES, resume_response, stream_token_view
 from api.state import State
-from api.validation import AgentIdQuery, ConversationIdQuery, Limit, RunId, RunIdQuery
+from api.validation import AGENT_ID, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery, RunId, RunIdQuery
 from runtime.errors import InvalidRequestError
 from runtime.schemas.requests import MAX_SEQ, ResumeRequest
 from runtime.schemas.runs import RunQuery, RunStatus, StopReason
@@ -32,17 +32,22 @@ async def list_runs(
     state: State,
     caller: Caller,
     agent_id: AgentIdQuery | None = None,
+    agent_ids: Annotated[list[Annotated[str, Query(pattern=AGENT_ID)]] | None, Query(max_length=1)] = None,
     conversation_id: ConversationIdQuery | None = None,
     statuses: Annotated[list[RunStatus] | None, Query()] = None,
     active: bool | None = None,
     background: bool | None = None,
     stop_reason: StopReason | None = None,
-    limit: Limit = 50,
+    limit: Limit = 100,
     after: RunIdQuery | None = None,
     before: RunIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
     ascending: bool | None = None,
 ) -> list[dict[str, Any]]:
+    if agent_ids:
+        if agent_id is not None and agent_id != agent_ids[0]:
+            raise InvalidRequestError("agent_id and agent_ids name different agents; send one of them")
+        agent_id = agent_ids[0]
     if agent_id is not None:
         await state.agents.get(agent_id, tenant=caller.tenant)
     if conversation_id is not None:
@@ -65,6 +70,32 @@ async def list_runs(
 @router.get("/{run_id}", summary="Get a run")
 async def get_run(run_id: RunId, state: State, caller: Caller) -> dict[str, Any]:
     return (await state.runs.get(run_id, tenant=caller.tenant)).model_dump(mode="json")
+
+
+@router.get("/{run_id}/messages", summary="List the messages a run wrote (its input among them)")
+async def list_run_messages(
+    run_id: RunId,
+    state: State,
+    caller: Caller,
+    limit: Limit = 100,
+    after: MessageIdQuery | None = None,
+    before: MessageIdQuery | None = None,
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+) -> list[dict[str, Any]]:
+    """Oldest first unless ``order=desc`` (Letta's default for this route); ``after``/``before``:
+    message ids. Each part of a model response is its own item, as in the history listings."""
+    run = await state.runs.get(run_id, tenant=caller.tenant)
+    since_ms = int(run.created_at.timestamp() * 1000)
+    messages = await state.history.of_run(run.conversation_id, run_id, since_ms=since_ms)
+    ids = [m.id for m in messages]
+    if after is not None:
+        messages = messages[len(ids) - ids[::-1].index(after) :] if after in ids else []
+    if before is not None:
+        messages = messages[: ids.index(before)] if before in ids else messages
+    if order == "desc":
+        messages.reverse()
+    types = (run.request_config.include_return_message_types if run.request_config else None) or None
+    return [m.model_dump(mode="json", exclude_none=True) for m in messages[:limit] if types is None or m.message_type in types]
 
 
 @router.get("/{run_id}/steps", summary="List a run's steps with their provider traces")

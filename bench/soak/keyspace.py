@@ -6,7 +6,8 @@ soak knows: its agents, conversations and runs, and the live hosts. After the se
 - **passivated**: within a bounded wait, no conversation of the soak holds a lease and every
   live host's set of held conversations is empty;
 - **no leaked keys**: a scan of ``convoy:*`` finds every key either with a TTL, or owned by a live
-  record (an agent's or conversation's keys while it exists, a host's while it is live), or one of
+  record (an agent's or conversation's keys while it exists, a host's while it is live, a message's
+  reference while the history it points into exists), or one of
   the global keys that were already there before the workload (the indexes). Beyond that: every
   mailbox is empty (processed entries are removed), no approval is left pending, and the keys of
   ended runs expire within ``stream_ttl_s`` (not the week an unfinished run is given).
@@ -149,10 +150,26 @@ async def _owned(redis: aioredis.Redis, ledger: Ledger, agents: Iterable[str]) -
         alive = await pipe.execute()
     live = {record for record, present in zip(records, alive, strict=True) if present}
     owned = {key: record in live for record, owned_keys in owners.items() for key in owned_keys}
+    owned.update(await _message_refs(redis))
     hosts = await host_names(redis)
     owned[keyspace.hosts()] = bool(hosts)
     for host in hosts:
         owned[keyspace.host_conversations(host)] = owned[keyspace.host_bell(host)] = True
+    return owned
+
+
+async def _message_refs(redis: aioredis.Redis) -> dict[str, bool]:
+    """A message's reference is owned by the history it points into: alive while that exists."""
+    refs = [k.decode() async for k in redis.scan_iter(match=keyspace.message_ref("*"), count=SCAN_COUNT)]
+    owned: dict[str, bool] = {}
+    for start in range(0, len(refs), PIPELINE):
+        chunk = refs[start : start + PIPELINE]
+        conversations = await redis.mget(chunk)
+        async with redis.pipeline(transaction=False) as pipe:
+            for conv in conversations:
+                pipe.exists(keyspace.history(conv.decode() if conv else ""))
+            alive = await pipe.execute()
+        owned.update({ref: bool(conv) and bool(a) for ref, conv, a in zip(chunk, conversations, alive, strict=True)})
     return owned
 
 

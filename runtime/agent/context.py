@@ -24,12 +24,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
+from runtime.agent.prompt import to_chat
 from runtime.errors import InputOverflowError, SystemPromptOverflowError
 from runtime.providers.events import ChatMessage, ToolSpec
 from runtime.schemas.agents import AgentRecord
+from runtime.schemas.messages import HistoryMessage, UserMessage
 from runtime.schemas.requests import ClientSkill
 
+# How many past messages a turn reads to show the model (the window is then cut to fit, above).
+HISTORY_WINDOW = 1000
 CHARS_PER_TOKEN = 3
 LENIENT_CHARS_PER_TOKEN = 4  # a generous count, for refusing only what cannot fit
 DEFAULT_OUTPUT_RESERVE = 4096
@@ -131,3 +136,43 @@ def _check_input(input_messages: Sequence[ChatMessage], room: int, window: int, 
             f"context window of {window} tokens keeps {reserve} for the answer and about {fixed} for the system prompt "
             "and tools. Send less at once, or raise the agent's context_window_limit if the model allows more"
         )
+
+
+def overview(agent: AgentRecord, tools: Sequence[ToolSpec], history: Sequence[HistoryMessage]) -> dict[str, Any]:
+    """What the agent's next request would hold, counted as the cut above counts it: Letta's
+    ``ContextWindowOverview`` (``GET /v1/agents/{id}/context``). ``history``: the messages a turn
+    reads (``HISTORY_WINDOW``); those the cut would leave out are not in ``messages``."""
+    system = render_system(agent)
+    core = system.removeprefix(agent.system).strip()
+    chat = to_chat(history)
+    try:
+        kept, cut = fit(system, tools, chat, window=agent.context_window, reserve=agent.max_output_tokens, inputs=0)
+    except SystemPromptOverflowError:
+        kept, cut = [], len(chat)
+    users_cut = sum(m.role == "user" for m in chat[:cut])
+    starts = [i for i, m in enumerate(history) if isinstance(m, UserMessage)]
+    first = starts[users_cut] if cut and users_cut < len(starts) else (len(history) if cut else 0)
+    functions = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools]
+    tokens_system = estimate(agent.system)
+    tokens_core = estimate(core) if core else 0
+    tokens_functions = sum(estimate(json.dumps(f)) for f in functions)
+    tokens_messages = sum(_chars(m) // CHARS_PER_TOKEN + 1 for m in kept)
+    return {
+        "context_window_size_max": agent.context_window,
+        "context_window_size_current": tokens_system + tokens_core + tokens_functions + tokens_messages,
+        "num_messages": len(history) - first,
+        "num_archival_memory": 0,
+        "num_recall_memory": len(history),
+        "num_tokens_external_memory_summary": 0,
+        "external_memory_summary": "",
+        "num_tokens_system": tokens_system,
+        "system_prompt": agent.system,
+        "num_tokens_core_memory": tokens_core,
+        "core_memory": core,
+        "num_tokens_summary_memory": 0,
+        "summary_memory": None,
+        "num_tokens_functions_definitions": tokens_functions,
+        "functions_definitions": [{"type": "function", "function": f} for f in functions],
+        "num_tokens_messages": tokens_messages,
+        "messages": [m.model_dump(mode="json", exclude_none=True) for m in history[first:]],
+    }

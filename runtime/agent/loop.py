@@ -159,7 +159,7 @@ async def run_turn(
     model = models(model_for(turn, conversation, agent))
     settings = settings_for(turn, conversation, agent)
     generation = settings.generation()
-    box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()), metrics)
+    box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()), agent.tool_approvals, metrics)
     approval = next((m for m in turn.messages if isinstance(m, ApprovalCreate)), None)
     waiting = waiting_calls(history) if approval_pending else []
     gated = [w for w in waiting if w.gated]

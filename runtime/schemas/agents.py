@@ -33,6 +33,9 @@ class AgentRecord(BaseModel):
     context_window_limit: int | None = None
     max_tokens: int | None = None
     model_settings: ModelSettings | None = None
+    # Which tools a person approves, as this agent chose (tool name -> approves; Letta's
+    # requires_approval tool rules), over each tool's own default.
+    tool_approvals: dict[str, bool] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
 
@@ -46,8 +49,9 @@ class AgentRecord(BaseModel):
     def context_window(self) -> int:
         return self.context_window_limit or DEFAULT_CONTEXT_WINDOW
 
-    def state(self) -> dict[str, Any]:
-        """The agent as Letta's ``AgentState`` (every field the SDK requires is present)."""
+    def state(self, **extra: Any) -> dict[str, Any]:
+        """The agent as Letta's ``AgentState`` (every field the SDK requires is present); ``extra``:
+        fields only the caller can fill (from the tool registry, the runs, the history)."""
         provider, model_name = split_handle(self.model)
         blocks = [
             {"id": f"block-{self.id[6:]}-{b.label}", "label": b.label, "value": b.value, "description": b.description,
@@ -78,6 +82,7 @@ class AgentRecord(BaseModel):
             "metadata": self.metadata,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            **extra,
         }
 
 
@@ -106,7 +111,15 @@ class ConversationRecord(BaseModel):
     def ref(self) -> ConversationRef:
         return ConversationRef(self.id, self.tenant, self.agent_id)
 
-    def view(self) -> dict[str, Any]:
+    @property
+    def is_default(self) -> bool:
+        """Whether this is its agent's default conversation (the agent's own history: its id is
+        derived from the agent's, ``runtime.store.agents.default_conversation_id``)."""
+        return self.id.removeprefix("conv-") == self.agent_id.removeprefix("agent-")
+
+    def view(self, *, last_message_at: datetime | None = None) -> dict[str, Any]:
+        """The conversation as Letta's ``Conversation``."""
         view = self.model_dump(mode="json", exclude={"tenant", "model_settings"})
         view["model_settings"] = self.model_settings.model_dump(mode="json", exclude_none=True) if self.model_settings else None
+        view["last_message_at"] = last_message_at.isoformat() if last_message_at else None
         return view

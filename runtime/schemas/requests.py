@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from runtime.errors import InvalidRequestError
 from runtime.schemas.model_settings import ModelSettings
 
 MAX_TEXT_CHARS = 1_000_000
@@ -354,6 +355,28 @@ class MemoryBlock(BaseModel):
 
 
 ToolName = Annotated[str, Field(min_length=1, max_length=64)]
+# A server tool's id, as GET /v1/tools shows it: its name after "tool-".
+ToolId = Annotated[str, Field(pattern=r"^tool-[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
+TOOL_RULE = "requires_approval"
+
+
+class ToolRule(BaseModel):
+    """One of Letta's tool rules. Convoy keeps ``requires_approval`` (a person approves each call of
+    the tool); the others shape the agent loop in ways Convoy does not, and are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Name
+    tool_name: ToolName
+
+    @model_validator(mode="after")
+    def _kept(self) -> ToolRule:
+        if self.type != TOOL_RULE:
+            raise ValueError(
+                f"tool_rules: a rule of type {self.type!r} is not supported; Convoy keeps only "
+                f"{TOOL_RULE!r} rules (a person approves each call of the tool)"
+            )
+        return self
 
 
 class CreateAgentRequest(BaseModel):
@@ -366,6 +389,8 @@ class CreateAgentRequest(BaseModel):
     tags: Annotated[list[Name], Field(max_length=MAX_TAGS)] | None = None
     metadata: JsonObject | None = None
     tools: Annotated[list[ToolName], Field(max_length=MAX_TOOLS)] | None = None
+    tool_ids: Annotated[list[ToolId], Field(max_length=MAX_TOOLS)] | None = None
+    tool_rules: Annotated[list[ToolRule], Field(max_length=MAX_TOOLS)] | None = None
     memory_blocks: Annotated[list[MemoryBlock], Field(max_length=MAX_MEMORY_BLOCKS)] | None = None
     context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -389,7 +414,7 @@ class CreateAgentRequest(BaseModel):
                 "the answer is part of the context window"
             )
         labels = [block.label for block in self.memory_blocks or ()]
-        for what, names in (("memory_blocks: label", labels), ("tools: name", self.tools or [])):
+        for what, names in (("memory_blocks: label", labels), ("tools: name", self.tool_names() or [])):
             doubled = _doubled(names)
             if doubled:
                 raise ValueError(f"{what}s must be unique; sent more than once: {doubled}")
@@ -399,6 +424,24 @@ class CreateAgentRequest(BaseModel):
                     f"memory block {block.label!r}: its value has {len(block.value)} characters, over its limit of {block.limit}"
                 )
         return self
+
+
+    def tool_names(self) -> list[str] | None:
+        """The tools asked for, by name (``tools``) and by id (``tool_ids``); None if neither was sent."""
+        if self.tools is None and self.tool_ids is None:
+            return None
+        return [*(self.tools or ()), *(i.removeprefix("tool-") for i in self.tool_ids or ())]
+
+    def tool_approvals(self, tools: list[str]) -> dict[str, bool] | None:
+        """Letta's ``requires_approval`` rules as the agent's choices for ``tools`` (a rule: approved
+        by a person; no rule: not); None if no rules were sent (each tool's default then holds)."""
+        if self.tool_rules is None:
+            return None
+        ruled = {rule.tool_name for rule in self.tool_rules}
+        unknown = sorted(ruled - set(tools))
+        if unknown:
+            raise InvalidRequestError(f"tool_rules name tools the agent does not have: {unknown}")
+        return {name: name in ruled for name in tools}
 
 
 class CreateConversationRequest(BaseModel):

@@ -67,6 +67,11 @@ class RunView(BaseModel):
     request_config: RequestConfig | None = None
     ttft_ns: int | None = None
     total_duration_ns: int | None = None
+    # Letta's async sends: where the result is POSTed once the run ends, and how that went.
+    callback_url: str | None = None
+    callback_sent_at: datetime | None = None
+    callback_status_code: int | None = None
+    callback_error: str | None = None
     # Convoy extensions (ignored by Letta clients): when the owner started the run, and which
     # activation (``<host>/<incarnation>``) ran it.
     started_at: datetime | None = None

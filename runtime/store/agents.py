@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Callable
-from typing import Any, TypedDict, TypeVar, Unpack
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -35,11 +36,12 @@ from runtime.schemas.requests import MemoryBlock
 from runtime.store import keyspace, replies
 
 MAX_PAGE = 1000
+MAX_SCAN = 10_000  # conversations ordered by their last message: at most this many read per listing
 CONVERSATION_REFS_MAX = 100_000
 Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens",
-     "model_settings"}
+     "model_settings", "tool_approvals"}
 )  # fmt: skip
 CONVERSATION_UPDATABLE = frozenset({"summary", "model", "model_settings"})
 
@@ -56,6 +58,7 @@ class AgentOptions(TypedDict, total=False):
     context_window_limit: int | None
     max_tokens: int | None
     model_settings: ModelSettings | None
+    tool_approvals: dict[str, bool]
 
 
 def default_conversation_id(agent_id: str) -> str:
@@ -91,16 +94,21 @@ class AgentStore:
         Convoy's own processes)."""
         return _owned(await self._redis.get(keyspace.agent(agent_id)), AgentRecord, tenant, f"agent {agent_id}")
 
-    async def list(self, *, tenant: str, limit: int = 50, after: str | None = None) -> list[AgentRecord]:
-        raws = await _page(self._redis, keyspace.agents_index(tenant), keyspace.agent, limit, after)
+    async def list(
+        self, *, tenant: str, limit: int = 50, after: str | None = None, order: Literal["asc", "desc"] = "asc"
+    ) -> list[AgentRecord]:
+        """The tenant's agents by creation, oldest first unless ``order="desc"``."""
+        raws = await _page(self._redis, keyspace.agents_index(tenant), keyspace.agent, limit, after, desc=order == "desc")
         return [AgentRecord.model_validate_json(raw) for raw in raws]
 
     async def update(self, agent_id: str, changes: dict[str, Any]) -> AgentRecord:
         """Apply ``changes`` (fields of ``UPDATABLE``) and move ``updated_at``; 404 if the agent is
         gone, including when it is deleted while this update is being applied."""
-        unknown = set(changes) - UPDATABLE
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
+        return await self.modify(agent_id, lambda _: changes)
+
+    async def modify(self, agent_id: str, change: Callable[[AgentRecord], dict[str, Any]]) -> AgentRecord:
+        """``update`` with the changes worked out from the record as it is (``change`` is called
+        again if another write got in first), so an attach never loses a concurrent one."""
         key = keyspace.agent(agent_id)
         updated: list[AgentRecord] = []
 
@@ -108,7 +116,12 @@ class AgentStore:
             raw = await pipe.get(key)
             if raw is None:
                 raise NotFoundError(f"agent {agent_id} not found")
-            record = AgentRecord.model_validate_json(raw).model_copy(update={**changes, "updated_at": utcnow()})
+            current = AgentRecord.model_validate_json(raw)
+            changes = change(current)
+            unknown = set(changes) - UPDATABLE
+            if unknown:
+                raise ValueError(f"not updatable: {sorted(unknown)}")
+            record = current.model_copy(update={**changes, "updated_at": utcnow()})
             pipe.multi()
             pipe.set(key, record.model_dump_json(), xx=True)
             updated[:] = [record]
@@ -130,10 +143,11 @@ class AgentStore:
             tenant = AgentRecord.model_validate_json(raw).tenant
             conversation_ids = replies.members(await pipe.zrange(index, 0, -1))
             pipe.multi()
-            pipe.delete(agent_key, index, keyspace.agent_runs(agent_id))
+            pipe.delete(agent_key, index, keyspace.agent_runs(agent_id), keyspace.agent_conversations_activity(agent_id))
             pipe.zrem(keyspace.agents_index(tenant), agent_id)
             if conversation_ids:
                 pipe.zrem(keyspace.conversations_index(tenant), *conversation_ids)
+                pipe.zrem(keyspace.conversations_activity(tenant), *conversation_ids)
             for conv_id in conversation_ids:
                 pipe.delete(*_conversation_keys(conv_id))
                 pipe.expire(keyspace.epoch(conv_id), epoch_ttl_s)
@@ -260,12 +274,62 @@ class ConversationStore:
         return _owned(raw, ConversationRecord, tenant, f"conversation {conversation_id}")
 
     async def list(
-        self, *, tenant: str, agent_id: str | None = None, limit: int = 50, after: str | None = None
-    ) -> list[ConversationRecord]:
+        self,
+        *,
+        tenant: str,
+        agent_id: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+        order_by: Literal["created_at", "last_message_at"] = "created_at",
+    ) -> builtins.list[ConversationRecord]:
         """The tenant's conversations, or those of ``agent_id`` (an agent the caller has checked is
-        the tenant's)."""
-        index = keyspace.agent_conversations(agent_id) if agent_id else keyspace.conversations_index(tenant)
-        return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keyspace.conversation, limit, after)]
+        the tenant's), by creation or by their last message (those never messaged last, by
+        creation)."""
+        if order_by == "created_at":
+            index = keyspace.agent_conversations(agent_id) if agent_id else keyspace.conversations_index(tenant)
+            raws = await _page(self._redis, index, keyspace.conversation, limit, after, desc=order == "desc")
+            return [ConversationRecord.model_validate_json(raw) for raw in raws]
+        created = keyspace.agent_conversations(agent_id) if agent_id else keyspace.conversations_index(tenant)
+        active = keyspace.agent_conversations_activity(agent_id) if agent_id else keyspace.conversations_activity(tenant)
+        messaged = replies.members(await self._redis.zrange(active, 0, MAX_SCAN - 1, desc=order == "desc"))
+        seen = set(messaged)
+        quiet = [c for c in replies.members(await self._redis.zrange(created, 0, MAX_SCAN - 1)) if c not in seen]
+        ids = messaged + quiet
+        if after is not None:
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
+        return await self._records(ids[: max(1, min(limit, MAX_PAGE))])
+
+    async def last_message_at(self, ids: Sequence[str], *, tenant: str) -> dict[str, datetime]:
+        """When each conversation was last sent a message (absent: never)."""
+        scores = await self._redis.zmscore(keyspace.conversations_activity(tenant), list(ids)) if ids else []
+        return {i: datetime.fromtimestamp(s / 1000, UTC) for i, s in zip(ids, scores, strict=True) if s is not None}
+
+    async def delete(self, conversation: ConversationRecord, *, epoch_ttl_s: int) -> None:
+        """Remove the conversation, its history and mailbox, then its index entries; its runs
+        expire on their own and its fencing epoch with them (as an agent's delete does). 404 if it
+        is gone already."""
+        key = keyspace.conversation(conversation.id)
+
+        async def remove(pipe: Pipeline) -> None:
+            if not await pipe.exists(key):
+                raise NotFoundError(f"conversation {conversation.id} not found")
+            pipe.multi()
+            pipe.delete(*_conversation_keys(conversation.id))
+            pipe.expire(keyspace.epoch(conversation.id), epoch_ttl_s)
+
+        await self._redis.transaction(remove, key)
+        self._refs.pop(conversation.id, None)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(keyspace.conversations_index(conversation.tenant), conversation.id)
+            pipe.zrem(keyspace.conversations_activity(conversation.tenant), conversation.id)
+            pipe.zrem(keyspace.agent_conversations(conversation.agent_id), conversation.id)
+            pipe.zrem(keyspace.agent_conversations_activity(conversation.agent_id), conversation.id)
+            await pipe.execute()
+
+    async def _records(self, ids: Sequence[str]) -> builtins.list[ConversationRecord]:
+        raws = await self._redis.mget([keyspace.conversation(i) for i in ids]) if ids else []
+        return [ConversationRecord.model_validate_json(raw) for raw in raws if raw is not None]
 
 
 def _owned(raw: bytes | str | None, kind: type[Owned], tenant: str | None, what: str) -> Owned:
@@ -291,16 +355,25 @@ def _conversation_keys(conversation_id: str) -> list[str]:
     ]
 
 
-async def _page(redis: aioredis.Redis, index: str, key_of: Callable[[str], str], limit: int, after: str | None) -> list[bytes | str]:
-    """Records in creation order, ``limit`` at most, starting after the id ``after``."""
+async def _page(
+    redis: aioredis.Redis,
+    index: str,
+    key_of: Callable[[str], str],
+    limit: int,
+    after: str | None,
+    *,
+    desc: bool = False,
+) -> list[bytes | str]:
+    """Records in creation order (newest first if ``desc``), ``limit`` at most, starting after the
+    id ``after``."""
     limit = max(1, min(limit, MAX_PAGE))
     start = 0
     if after is not None:
-        rank = await redis.zrank(index, after)
+        rank = await (redis.zrevrank(index, after) if desc else redis.zrank(index, after))
         if not isinstance(rank, int):  # None: not in the index (a rank read without its score is an int)
             return []
         start = rank + 1
-    ids = replies.members(await redis.zrange(index, start, start + limit - 1))
+    ids = replies.members(await redis.zrange(index, start, start + limit - 1, desc=desc))
     if not ids:
         return []
     raws = await redis.mget([key_of(i) for i in ids])

@@ -6,11 +6,24 @@ messages in one script call, so a crash never leaves half a step. An append is i
 whose first message is already indexed had run (a script runs whole) and is skipped, so the owner
 sends it again while Redis is unreachable (``runtime.store.fencing.through_outage``) without ever doubling
 a message.
+
+The parts of one model response (reasoning, text, tool calls) are separate entries sharing one
+message id, as Letta's listings show them. The index keeps each id's first and last entry, so a
+cursor skips every part of its message: ``after`` starts past the last, ``before`` stops short
+of the first.
+
+Each stored message also gets a reference to its conversation (``GET /v1/messages/{id}`` finds it
+by id alone), written alongside the append (the same round trip). A reference whose append was
+refused (a stale owner) points at a history without the message and is read as missing; an owner
+that dies between the two writes can leave a message that is listed but not found by id alone.
+``forget`` removes a conversation's references with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Literal
 
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter
@@ -18,46 +31,117 @@ from pydantic import TypeAdapter
 from runtime.errors import NotFoundError
 from runtime.schemas.messages import HistoryMessage
 from runtime.store import keyspace, replies
-from runtime.store.fencing import Fence, call_fenced
+from runtime.store.fencing import Fence, call_fenced, through_outage
 
-# KEYS: epoch, history stream, message id -> entry id index. ARGV: epoch, then (message id, json) pairs.
-# Returns how many messages were appended: 0 when this append had run already (sent again).
+# KEYS: epoch, history stream, message id -> entry ids index. ARGV: epoch, then (message id, json)
+# pairs. Returns how many messages were appended: 0 when this append had run already (sent again).
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
 for i = 2, #ARGV, 2 do
   local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[i + 1])
-  redis.call('HSET', KEYS[3], ARGV[i], id)
+  local known = redis.call('HGET', KEYS[3], ARGV[i])
+  local first = known and string.match(known, '^(%S+)') or id
+  redis.call('HSET', KEYS[3], ARGV[i], first .. ' ' .. id)
 end
 return (#ARGV - 1) / 2
 """
 
+# KEYS: epoch, history stream, index. ARGV: (message id, json) pairs. A history is seeded only
+# while nobody has ever owned its conversation (no epoch) and it is empty; 0 when refused.
+_SEED = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 1, #ARGV, 2 do
+  local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[i + 1])
+  local known = redis.call('HGET', KEYS[3], ARGV[i])
+  local first = known and string.match(known, '^(%S+)') or id
+  redis.call('HSET', KEYS[3], ARGV[i], first .. ' ' .. id)
+end
+return 1
+"""
+
 _MESSAGE: TypeAdapter[HistoryMessage] = TypeAdapter(HistoryMessage)
 MAX_PAGE = 1000
+FORGET_BATCH = 500
+RUN_SCAN_BATCH = 200
+Order = Literal["asc", "desc"]
 
 
 class HistoryStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
         self._append = redis.register_script(_APPEND)
+        self._seed = redis.register_script(_SEED)
 
     async def append(self, fence: Fence, messages: Sequence[HistoryMessage]) -> None:
         if not messages:
             return
+        conversation_id = fence.conversation_id
         args: list[object] = [fence.epoch]
         for message in messages:
             args.extend((message.id, message.model_dump_json(exclude={"seq_id"})))
-        await call_fenced(
-            self._append,
-            fence=fence,
-            keys=[
-                keyspace.epoch(fence.conversation_id),
-                keyspace.history(fence.conversation_id),
-                keyspace.history_index(fence.conversation_id),
-            ],
-            args=args,
-            refused="history append refused for a stale owner",
+
+        async def refer() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for message_id in dict.fromkeys(m.id for m in messages):
+                    pipe.set(keyspace.message_ref(message_id), conversation_id)
+                await pipe.execute()
+
+        # Side by side, not one after the other: a turn's input is written while its first request
+        # is being made, and a second round trip would make it land later.
+        await asyncio.gather(
+            through_outage(refer, patience_s=fence.patience_s, what="a history's message references"),
+            call_fenced(
+                self._append,
+                fence=fence,
+                keys=[keyspace.epoch(conversation_id), keyspace.history(conversation_id), keyspace.history_index(conversation_id)],
+                args=args,
+                refused="history append refused for a stale owner",
+            ),
         )
+
+    async def seed(self, conversation_id: str, messages: Sequence[HistoryMessage]) -> None:
+        """Start a new conversation's history with ``messages`` (a fork's), before anyone owns it;
+        ``ValueError`` if it has a history or an owner already. The messages keep their ids (their
+        references still name the conversation they were first written to)."""
+        if not messages:
+            return
+        args: list[str] = []
+        for message in messages:
+            args.extend((message.id, message.model_dump_json(exclude={"seq_id"})))
+        keys = [keyspace.epoch(conversation_id), keyspace.history(conversation_id), keyspace.history_index(conversation_id)]
+        if not await self._seed(keys=keys, args=args):
+            raise ValueError(f"conversation {conversation_id} has a history already")
+
+    async def window(self, conversation_id: str, *, limit: int, through: str | None = None) -> list[HistoryMessage]:
+        """The last ``limit`` messages up to and including every part of ``through`` (a message id;
+        ``NotFoundError`` if it is not one of the conversation's), oldest first."""
+        newest = "+" if through is None else (await self._span(conversation_id, through))[1]
+        entries = replies.entries(await self._redis.xrevrange(keyspace.history(conversation_id), max=newest, count=limit))
+        return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in reversed(entries)]
+
+    async def of_run(self, conversation_id: str, run_id: str, *, since_ms: int) -> list[HistoryMessage]:
+        """The messages a run wrote (its input among them), oldest first. A conversation runs its
+        turns one at a time, so they are together, after the run was accepted (``since_ms``):
+        the scan starts there and stops at the first message of another run after them."""
+        key = keyspace.history(conversation_id)
+        found: list[HistoryMessage] = []
+        low = f"{since_ms}-0"
+        while True:
+            entries = replies.entries(await self._redis.xrange(key, min=low, count=RUN_SCAN_BATCH))
+            for _, fields in entries:
+                message = _MESSAGE.validate_json(fields[b"m"])
+                if message.run_id == run_id:
+                    found.append(message)
+                elif found:
+                    return found
+            if len(entries) < RUN_SCAN_BATCH:
+                return found
+            low = "(" + entries[-1][0].decode()
+
+    async def recent_ids(self, conversation_id: str, *, limit: int) -> list[str]:
+        """The ids of the last ``limit`` messages, oldest first, each once."""
+        return list(dict.fromkeys(m.id for m in await self.recent(conversation_id, limit=limit)))
 
     async def recent(self, conversation_id: str, *, limit: int) -> list[HistoryMessage]:
         """The last ``limit`` messages, oldest first (what a model is shown)."""
@@ -71,24 +155,72 @@ class HistoryStore:
         limit: int = 100,
         after: str | None = None,
         before: str | None = None,
-        order: str = "asc",
+        order: Order = "asc",
+        unknown_cursors: Literal["refuse", "ignore"] = "refuse",
     ) -> list[HistoryMessage]:
-        """One page of messages in ``order``, strictly after / before the given message ids."""
+        """Up to ``limit`` stored messages strictly after ``after`` and before ``before`` (message
+        ids; every part of a cursor's message is excluded), oldest first (``asc``) or newest first
+        (``desc``). A cursor that is not a message of this conversation is a ``NotFoundError``, or
+        no bound at all with ``unknown_cursors="ignore"``."""
         limit = max(1, min(limit, MAX_PAGE))
         lo, hi = "-", "+"
         for cursor, is_after in ((after, True), (before, False)):
             if cursor is None:
                 continue
-            entry = await self._redis.hget(keyspace.history_index(conversation_id), cursor)
-            if entry is None:
-                raise NotFoundError(f"message {cursor} not found in conversation {conversation_id}")
+            try:
+                first, last = await self._span(conversation_id, cursor)
+            except NotFoundError:
+                if unknown_cursors == "refuse":
+                    raise
+                continue
             if is_after:
-                lo = "(" + replies.text(entry)
+                lo = "(" + last
             else:
-                hi = "(" + replies.text(entry)
+                hi = "(" + first
         key = keyspace.history(conversation_id)
         if order == "desc":
             entries = replies.entries(await self._redis.xrevrange(key, max=hi, min=lo, count=limit))
         else:
             entries = replies.entries(await self._redis.xrange(key, min=lo, max=hi, count=limit))
         return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries]
+
+    async def message(self, message_id: str) -> tuple[str, list[HistoryMessage]] | None:
+        """The conversation a stored message belongs to and the message's parts, in order; None
+        if no history holds it."""
+        conversation_id = await self._redis.get(keyspace.message_ref(message_id))
+        if conversation_id is None:
+            return None
+        conversation_id = replies.text(conversation_id)
+        try:
+            return conversation_id, await self.parts(conversation_id, message_id)
+        except NotFoundError:
+            return None
+
+    async def parts(self, conversation_id: str, message_id: str) -> list[HistoryMessage]:
+        """The parts of one of the conversation's messages, in order; ``NotFoundError`` if it has none."""
+        first, last = await self._span(conversation_id, message_id)
+        entries = replies.entries(await self._redis.xrange(keyspace.history(conversation_id), min=first, max=last))
+        return [m for m in (_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries) if m.id == message_id]
+
+    async def forget(self, conversation_id: str) -> None:
+        """Remove the references of a conversation's messages (before the conversation is deleted)."""
+        index = keyspace.history_index(conversation_id)
+        cursor = 0
+        while True:
+            cursor, found = await self._redis.hscan(index, cursor, count=FORGET_BATCH)
+            ids = list(found)
+            if ids:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for message_id in ids:
+                        pipe.delete(keyspace.message_ref(replies.text(message_id)))
+                    await pipe.execute()
+            if cursor == 0:
+                return
+
+    async def _span(self, conversation_id: str, message_id: str) -> tuple[str, str]:
+        """The first and last history entry of a message's parts."""
+        raw = await self._redis.hget(keyspace.history_index(conversation_id), message_id)
+        if raw is None:
+            raise NotFoundError(f"message {message_id} not found in conversation {conversation_id}")
+        ids = replies.text(raw).split()
+        return ids[0], ids[-1]

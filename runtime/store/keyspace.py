@@ -9,7 +9,8 @@ Cluster puts them in one slot and multi-key scripts stay legal:
 
 Lifetimes (nothing lives forever by accident):
 
-- agents, conversations, history: owned by their record; deleted with it.
+- agents, conversations, history (and its messages' references): owned by their record; deleted
+  with it.
 - run records and run streams: expire ``stream_ttl_s`` after the run ends.
 - leases: expire on their own (``lease_ttl_ms``) unless their owner renews them.
 - idempotency entries: expire with the run they point to.
@@ -48,6 +49,16 @@ def conversations_index(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:conversations"
 
 
+def conversations_activity(tenant: str) -> str:
+    """Sorted set of a tenant's conversation ids by the time of their last message (ms)."""
+    return f"{PREFIX}:tenant:{tenant}:conversations:activity"
+
+
+def agent_conversations_activity(agent_id: str) -> str:
+    """Sorted set of an agent's conversation ids by the time of their last message (ms)."""
+    return f"{PREFIX}:{{agent:{agent_id}}}:conversations:activity"
+
+
 def mailbox(conversation_id: str) -> str:
     """Redis stream: accepted messages of one conversation, in acceptance order."""
     return f"{PREFIX}:{{conv:{conversation_id}}}:mailbox"
@@ -74,7 +85,7 @@ def history(conversation_id: str) -> str:
 
 
 def history_index(conversation_id: str) -> str:
-    """Hash: message id -> its history entry id (for paging by message id)."""
+    """Hash: message id -> "<first entry id> <last entry id>" of its parts (for paging by message id)."""
     return f"{PREFIX}:{{conv:{conversation_id}}}:history:index"
 
 
@@ -122,6 +133,11 @@ def hosts() -> str:
 def run_ref(run_id: str) -> str:
     """Which conversation a run belongs to (runs live in their conversation's hash slot)."""
     return f"{PREFIX}:runref:{run_id}"
+
+
+def message_ref(message_id: str) -> str:
+    """Which conversation a stored message belongs to (``GET /v1/messages/{id}``)."""
+    return f"{PREFIX}:msgref:{message_id}"
 
 
 def agent_runs(agent_id: str) -> str:

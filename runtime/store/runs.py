@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from runtime.errors import NotFoundError
 from runtime.schemas.auth import DEFAULT_TENANT
@@ -146,7 +147,10 @@ class RunStore:
     def initial_fields(self, view: RunView, *, key_id: str | None = None) -> dict[str, str | int]:
         """The run hash of a newly accepted run (written by the mailbox's accept step); ``key_id``:
         the API key whose concurrent-run slot the run holds."""
-        doc = view.model_dump(mode="json", exclude={"status", "stop_reason", "completed_at", "metadata"})
+        doc = view.model_dump(
+            mode="json",
+            exclude={"status", "stop_reason", "completed_at", "metadata", "callback_sent_at", "callback_status_code", "callback_error"},
+        )
         fields: dict[str, str | int] = {
             "doc": json.dumps(doc),
             "status": view.status,
@@ -168,6 +172,9 @@ class RunStore:
             pipe.zadd(keyspace.runs_index(view.tenant), {view.id: at})
             pipe.zadd(keyspace.conversation_runs(view.conversation_id), {view.id: at})
             pipe.zadd(keyspace.agent_runs(view.agent_id), {view.id: at})
+            # A conversation's last message is when its newest run was asked for (Letta's last_message_at).
+            pipe.zadd(keyspace.conversations_activity(view.tenant), {view.conversation_id: at})
+            pipe.zadd(keyspace.agent_conversations_activity(view.agent_id), {view.conversation_id: at})
             await pipe.execute()
 
     async def unindex(self, view: RunView) -> None:
@@ -218,6 +225,23 @@ class RunStore:
                         if len(found) >= query.limit:
                             return found
         return found
+
+    async def note_callback(
+        self, conversation_id: str, run_id: str, *, sent_at_ms: int, status_code: int | None, error: str | None
+    ) -> None:
+        """Record how a run's callback went (an ended run's record: nothing else writes it then)."""
+        fields: dict[FieldT, EncodableT] = {"callback_sent_at_ms": sent_at_ms}
+        if status_code is not None:
+            fields["callback_status_code"] = status_code
+        if error is not None:
+            fields["callback_error"] = error[:1000]
+        key = keyspace.run(conversation_id, run_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.hset(key, mapping=fields)
+            exists, _ = await pipe.execute()
+        if not exists:  # expired meanwhile: do not leave a record with no expiry
+            await self._redis.delete(key)
 
     async def conversation_of(self, run_id: str) -> str:
         conv = await self._redis.get(keyspace.run_ref(run_id))
@@ -402,7 +426,11 @@ def _view(raw: dict[bytes | str, bytes | str]) -> RunView:
         doc["started_at"] = int(fields["started_at_ms"]) / 1000
     doc["owner"] = fields.get("owner") or None
     doc["tenant"] = fields.get("tenant") or DEFAULT_TENANT
-    for name in ("ttft_ns", "total_duration_ns"):
+    for name in ("ttft_ns", "total_duration_ns", "callback_status_code"):
         if fields.get(name):
             doc[name] = int(fields[name])
+    if fields.get("callback_sent_at_ms"):
+        doc["callback_sent_at"] = int(fields["callback_sent_at_ms"]) / 1000
+    if fields.get("callback_error"):
+        doc["callback_error"] = fields["callback_error"]
     return RunView.model_validate(doc)

@@ -17,8 +17,8 @@ call is resolved: run now, or wait for the client (approval, or a client-side to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from runtime.errors import InvalidApprovalError
 from runtime.ids import new_id, segment_otid
@@ -71,6 +71,9 @@ class Toolbox:
     registry: ToolRegistry
     agent_tools: tuple[str, ...]
     client_tools: tuple[ClientTool, ...] = ()
+    # The agent's own choices of which tools a person approves (tool name -> approves), over each
+    # tool's ``requires_approval``.
+    approvals: Mapping[str, bool] = field(default_factory=dict)
     metrics: Recorder = QUIET
 
     def specs(self) -> tuple[ToolSpec, ...]:
@@ -89,7 +92,7 @@ class Toolbox:
         if self.is_client_tool(name):
             return True
         tool = self.registry.get(name) if name in self.agent_tools else None
-        return tool is not None and tool.requires_approval
+        return tool is not None and self.approvals.get(name, tool.requires_approval)
 
     async def run(self, call: ToolCall) -> ToolResult:
         if call.name not in self.agent_tools:

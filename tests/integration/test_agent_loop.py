@@ -61,8 +61,9 @@ async def test_a_two_step_tool_turn(client: httpx.AsyncClient, fake_provider: fp
     assert tool_messages(second) == [{"role": "tool", "tool_call_id": "c1", "content": "5"}]
     assert [s["status"] for s in await steps(client, turn.run_id)] == ["success", "success"]
 
-    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 50})).json()
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 50, "order": "asc"})).json()
     assert [m["message_type"] for m in history] == [
+        "system_message",
         "user_message",
         "tool_call_message",
         "tool_return_message",
@@ -254,7 +255,7 @@ async def test_a_tool_call_cut_by_the_token_limit_is_never_run_nor_sent_for_appr
     (step,) = await steps(client, turn.run_id)
     assert [c["name"] for c in step["trace"]["response"]["cut_tool_calls"]] == ["add", "transfer"]
     history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
-    assert {m["message_type"] for m in history} <= {"user_message", "assistant_message"}, history
+    assert {m["message_type"] for m in history} <= {"system_message", "user_message", "assistant_message"}, history
     # nothing waits for an approval: the next message is taken (no 409)
     assert (await send(client, conv, "and now?")).stop_reason == "end_turn"
 
@@ -299,7 +300,7 @@ async def test_the_input_stays_in_the_history_whatever_ends_the_turn(
     await eventually(lambda: len(fake_provider.calls(model)) >= 2, 15, message="the second turn to reach the model")
     assert (await client.post(f"/v1/conversations/{conv}/cancel")).status_code == 200
     assert (await asyncio.wait_for(cancelled, 15)).run["status"] == "cancelled"
-    history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"order": "asc"})).json()
     assert [m["content"] for m in history if m["message_type"] == "user_message"] == ["first, failing", "second, cancelled"]
 
 
@@ -362,8 +363,8 @@ async def test_a_failure_in_a_later_step_keeps_the_steps_that_ran(
     conv = await agent_conversation(client, model, tools=["add"])
     turn = await send(client, conv, "add, then fail")
     assert turn.run["status"] == "failed" and [e["error_type"] for e in turn.errors] == ["llm_bad_request"]
-    history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
-    assert [m["message_type"] for m in history] == ["user_message", "tool_call_message", "tool_return_message"]
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"order": "asc"})).json()
+    assert [m["message_type"] for m in history] == ["system_message", "user_message", "tool_call_message", "tool_return_message"]
     assert history[-1]["tool_return"] == "8", "the tool ran, so the history says so"
 
 
@@ -400,10 +401,10 @@ async def test_letta_client_denies_returns_a_client_tool_result_and_lists_histor
     done = await send_(messages=[{"type": "approval", "approvals": [result]}], client_tools=[location])
     assert "".join(c.content for c in done if c.message_type == "assistant_message") == "Paris it is."
 
-    history = [m async for m in letta.conversations.messages.list(conv.id, limit=100)]
+    history = (await letta.conversations.messages.list(conv.id, limit=100, order="asc")).items
     kinds = [m.message_type for m in history]
     assert kinds.count("approval_request_message") == 2 and kinds.count("approval_response_message") == 2
-    assert kinds.count("tool_return_message") == 2 and kinds[0] == "user_message"
+    assert kinds.count("tool_return_message") == 2 and kinds[:2] == ["system_message", "user_message"]
 
 
 async def test_an_answer_whose_host_dies_mid_run_closes_its_approval(

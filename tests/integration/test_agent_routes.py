@@ -50,21 +50,25 @@ def test_messages_create_answers_json_from_the_default_conversation(letta: Letta
     assert response.stop_reason.stop_reason == "end_turn" and response.usage.completion_tokens == 2
     run = http.get("/v1/runs", params={"agent_id": agent.id}).json()[0]
     assert run["conversation_id"] == default_conversation(agent.id) and run["status"] == "completed"
-    listed = letta.conversations.list(agent_id=agent.id)
-    assert [c.id for c in listed] == [default_conversation(agent.id)]
+    assert list(letta.conversations.list(agent_id=agent.id)) == []  # the agent's own history is no conversation
 
 
-def test_agent_messages_list_reads_the_default_conversation_newest_first(letta: Letta, http: httpx.Client) -> None:
-    agent = letta.agents.create(name="history")
-    assert list(letta.agents.messages.list(agent.id)) == []  # nothing sent yet, nothing created
+def test_agent_messages_list_reads_the_default_conversation_as_letta_orders_it(letta: Letta, http: httpx.Client) -> None:
+    agent = letta.agents.create(name="history", system="Be brief.")
+    (system,) = letta.agents.messages.list(agent.id).items  # nothing sent yet: the system message alone
+    assert system.message_type == "system_message" and system.content == "Be brief." and system.id == agent.message_ids[0]
     for text in ("first words", "second words"):
         letta.agents.messages.create(agent.id, messages=[{"role": "user", "content": text}])
-    newest = letta.agents.messages.list(agent.id, limit=2).items  # one page (iterating pages on)
-    assert [(m.message_type, m.content) for m in newest] == [("assistant_message", "second words"), ("user_message", "second words")]
-    oldest = letta.agents.messages.list(agent.id, order="asc", limit=1).items
-    assert [(m.message_type, m.content) for m in oldest] == [("user_message", "first words")]
+    newest = letta.agents.messages.list(agent.id, limit=2).items  # the newest two, oldest first
+    assert [(m.message_type, m.content) for m in newest] == [("user_message", "second words"), ("assistant_message", "second words")]
+    oldest = letta.agents.messages.list(agent.id, order="asc", limit=2).items
+    assert [(m.message_type, m.content) for m in oldest] == [("system_message", "Be brief."), ("user_message", "first words")]
+    after = letta.agents.messages.list(agent.id, after=oldest[1].id).items
+    assert [m.content for m in after] == ["first words", "second words", "second words"]
+    unknown = http.get(f"/v1/agents/{agent.id}/messages", params={"after": f"message-{uuid.uuid4()}"})
+    assert unknown.status_code == 404 and "No message found with id" in unknown.json()["detail"]
     other = letta.conversations.create(agent_id=agent.id)
-    assert list(letta.agents.messages.list(agent.id, conversation_id=other.id)) == []
+    assert [m.message_type for m in letta.agents.messages.list(agent.id, conversation_id=other.id)] == ["system_message"]
     stranger = letta.agents.create(name="stranger")
     missing = http.get(f"/v1/agents/{stranger.id}/messages", params={"conversation_id": other.id})
     assert missing.status_code == 404
@@ -107,8 +111,7 @@ async def test_concurrent_first_sends_share_one_default_conversation(convoy: Con
             )
         )
         assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
-        conversations = (await client.get("/v1/conversations", params={"agent_id": agent})).json()
-        assert [c["id"] for c in conversations] == [default_conversation(agent)]
+        assert (await client.get("/v1/conversations", params={"agent_id": agent})).json() == []
         runs = (await client.get("/v1/runs", params={"agent_id": agent})).json()
         assert len(runs) == 8 and {r["conversation_id"] for r in runs} == {default_conversation(agent)}
 

@@ -208,7 +208,7 @@ def test_history_is_shared_with_the_agent_routes(convoy: Convoy, oai: OpenAI, ht
 
     conversations = {r["conversation_id"] for r in runs_of(http, agent)}
     assert conversations == {"conv-" + agent.removeprefix("agent-")}, "both went to the default conversation"
-    history = http.get(f"/v1/conversations/{conversations.pop()}/messages").json()
+    history = http.get(f"/v1/conversations/{conversations.pop()}/messages", params={"order": "asc"}).json()
     said = [(m["message_type"], m["content"]) for m in history if m["message_type"] in ("user_message", "assistant_message")]
     assert said == [
         ("user_message", "one from letta"),

@@ -244,7 +244,7 @@ async def test_a_killed_redis_is_restarted_by_serve_and_runs_stream_through(rest
 
         # Accepted messages and finished runs survived both restarts.
         assert (await client.get(f"/v1/runs/{before[0]['run_id']}")).json()["status"] == "completed"
-        history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 100})).json()
+        history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 100, "order": "asc"})).json()
         users = [m["content"] for m in history if m["message_type"] == "user_message"]
         assert users[0] == "kept across restarts" and len(users) == 7
         assert users[3] == "after SIGTERM" and users[6] == "after SIGKILL"

@@ -149,7 +149,8 @@ def test_a_token_opens_no_other_route(keyed_convoy: KeyedConvoy) -> None:
     for reply in elsewhere:
         refused(reply, "opens only GET /v1/runs/{id}/stream")
     with keyed_convoy.client(keyed_convoy.acme) as acme:
-        assert len(acme.get(f"/v1/conversations/{conversation}/messages").json()) == 2, "nothing was sent"
+        kinds = [m["message_type"] for m in acme.get(f"/v1/conversations/{conversation}/messages").json()]
+        assert kinds == ["assistant_message", "user_message", "system_message"], "nothing was sent"
 
 
 @pytest.mark.slow

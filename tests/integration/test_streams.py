@@ -76,8 +76,10 @@ async def test_resume_through_a_second_api_process(client: httpx.AsyncClient, re
     async with httpx.AsyncClient(base_url=replica.url, timeout=60) as other:
         resumed = stored(await read(other, "POST", f"/v1/runs/{run_id}/stream", json={"starting_after": 2}))
         assert resumed == full[2:]
-        by_conversation = stored(await read(other, "POST", f"/v1/conversations/{conv}/stream", json={}))
+        by_conversation = stored(await read(other, "POST", f"/v1/conversations/{conv}/stream", json={"run_id": run_id}))
         assert by_conversation == full
+        ended = await other.post(f"/v1/conversations/{conv}/stream", json={})
+        assert ended.status_code == 400, "without a run id it resumes only a running run, as Letta"
         # The replica also sends: the conversation's owner is found through the directory.
         items = await read(other, "POST", f"/v1/conversations/{conv}/messages", json={"input": "via replica"})
         texts = [json.loads(d)["content"] for _, e, d in items if d != "[DONE]" and '"assistant_message"' in d]
@@ -215,7 +217,7 @@ async def test_same_otid_joins_the_existing_run(client: httpx.AsyncClient, store
     one = await client.post(f"/v1/conversations/{conv}/messages", json={"input": "keyed", "streaming": False}, headers=headers)
     two = await client.post(f"/v1/conversations/{conv}/messages", json={"input": "keyed", "streaming": False}, headers=headers)
     assert one.json()["messages"][0]["run_id"] == two.json()["messages"][0]["run_id"]
-    history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"order": "asc"})).json()
     assert [m["content"] for m in history if m["message_type"] == "user_message"] == ["only once", "keyed"]
     resumed = stored(await read(client, "POST", f"/v1/conversations/{conv}/stream", json={"otid": body["messages"][0]["otid"]}))
     assert json.loads(resumed[0][2])["run_id"] == first[0]["run_id"]
@@ -232,12 +234,12 @@ async def test_runs_list_and_history_pages(client: httpx.AsyncClient) -> None:
     assert [r["created_at"] for r in runs] == sorted((r["created_at"] for r in runs), reverse=True)
     assert (await client.get("/v1/runs", params={"conversation_id": conv, "active": "true"})).json() == []
     assert len((await client.get("/v1/runs", params={"conversation_id": conv, "statuses": ["completed"], "limit": 2})).json()) == 2
-    history = (await client.get(f"/v1/conversations/{conv}/messages")).json()
-    assert [m["message_type"] for m in history] == ["user_message", "assistant_message"] * 3
-    page = (await client.get(f"/v1/conversations/{conv}/messages", params={"after": history[1]["id"], "limit": 2})).json()
-    assert [m["id"] for m in page] == [history[2]["id"], history[3]["id"]]
-    newest = (await client.get(f"/v1/conversations/{conv}/messages", params={"order": "desc", "limit": 1})).json()
-    assert newest[0]["id"] == history[-1]["id"]
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"order": "asc"})).json()
+    assert [m["message_type"] for m in history] == ["system_message"] + ["user_message", "assistant_message"] * 3
+    page = (await client.get(f"/v1/conversations/{conv}/messages", params={"order": "asc", "after": history[2]["id"], "limit": 2})).json()
+    assert [m["id"] for m in page] == [history[3]["id"], history[4]["id"]]
+    newest = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 1})).json()
+    assert newest[0]["id"] == history[-1]["id"], "newest first by default, as Letta"
 
 
 async def test_a_thousand_concurrent_sse_clients_on_one_api_worker(convoy: Convoy) -> None:

@@ -154,9 +154,22 @@ function renderAgents() {
   $("new-conversation").disabled = !state.agent;
 }
 
+/** The newest HISTORY_LIMIT messages, oldest first. The conversation route lists newest first,
+ * each message's parts (reasoning, text, tool calls: one id) in their own order: the messages are
+ * put back in order, their parts kept as they are. */
+async function pastMessages(conversationId) {
+  const newestFirst = await get(`/v1/conversations/${conversationId}/messages`, { limit: HISTORY_LIMIT });
+  const groups = [];
+  for (const message of newestFirst) {
+    const last = groups[groups.length - 1];
+    if (last && last[0].id === message.id) last.push(message);
+    else groups.push([message]);
+  }
+  return groups.reverse().flat();
+}
+
 async function loadConversations() {
-  const found = await get("/v1/conversations", { agent_id: state.agent.id, limit: 200 });
-  state.conversations = found.reverse(); // newest first
+  state.conversations = await get("/v1/conversations", { agent_id: state.agent.id, limit: 200 }); // newest first
 }
 
 const when = (iso) =>
@@ -209,7 +222,7 @@ async function openConversation(view) {
   // The active run first: its items are then read from its stream, never from the history too.
   const active = await get("/v1/runs", { conversation_id: id, active: true, order: "asc", limit: 10 });
   const [messages, runs] = await Promise.all([
-    get(`/v1/conversations/${id}/messages`, { limit: HISTORY_LIMIT }),
+    pastMessages(id),
     get("/v1/runs", { conversation_id: id, limit: 200 }),
   ]);
   if (view !== state.view) return;
@@ -266,7 +279,7 @@ async function ended(view, runId) {
   try {
     const [record, messages] = await Promise.all([
       get(`/v1/runs/${runId}`),
-      get(`/v1/conversations/${state.conversation}/messages`, { limit: HISTORY_LIMIT }),
+      pastMessages(state.conversation),
     ]);
     if (view !== state.view) return;
     transcript.footer(runId, record);

@@ -1,0 +1,131 @@
+"""Letta's views of a conversation's messages: the two listings, and one message by id.
+
+**The system message.** Letta stores a conversation's compiled system prompt as its first message
+and lists it like any other. Convoy compiles the prompt afresh for every request from the agent
+(``runtime.agent.context.render_system``), so the listed system message is that prompt as it
+reads now, never stored: its id is derived from the conversation's (``conv-<uuid>`` ->
+``message-<uuid>``; the default conversation's is the agent's uuid), so it can be a cursor and be
+read back by ``GET /v1/messages/{id}``. It comes before every stored message.
+
+**Order, as Letta's two routes order it** (both filter with ``after``/``before`` the same way):
+
+- ``GET /v1/agents/{id}/messages`` (and a conversation route naming the agent's default
+  conversation): ``desc`` (the default) picks the newest ``limit`` messages and returns them
+  oldest first; ``asc`` the oldest ``limit``. A cursor that is not one of the conversation's
+  messages is a 404.
+- ``GET /v1/conversations/{id}/messages``: ``desc`` (the default) is newest first, the parts of one
+  model response (reasoning, text, tool calls: one message id) kept in their own order; ``asc``
+  oldest first. A cursor that is not one of its messages is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from api.state import AppState
+from runtime.agent.context import render_system
+from runtime.errors import NotFoundError
+from runtime.schemas.agents import AgentRecord
+from runtime.schemas.messages import HistoryMessage, SystemMessage
+from runtime.store.agents import default_conversation_id
+from runtime.store.history import Order
+
+Route = Literal["agent", "conversation"]
+
+
+def system_message_id(conversation_id: str) -> str:
+    return "message-" + conversation_id.removeprefix("conv-")
+
+
+def system_message(agent: AgentRecord, conversation_id: str, date: datetime) -> SystemMessage:
+    return SystemMessage(id=system_message_id(conversation_id), date=date, content=render_system(agent))
+
+
+async def listing(
+    state: AppState,
+    agent: AgentRecord,
+    conversation_id: str,
+    *,
+    route: Route,
+    limit: int,
+    after: str | None,
+    before: str | None,
+    order: Order,
+    types: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One page of the conversation's messages as ``route`` lists them (module docstring)."""
+    system_id = system_message_id(conversation_id)
+    if route == "conversation":  # Letta's conversation route reads an unknown cursor as none
+        after = await _known(state, conversation_id, after, system_id)
+        before = await _known(state, conversation_id, before, system_id)
+    if before == system_id:
+        return []  # nothing comes before the system message
+    with_system = after is None
+    after = None if after == system_id else after
+    room = limit - 1 if with_system and order == "asc" else limit
+    stored: list[HistoryMessage] = []
+    if room > 0:
+        try:
+            stored = await state.history.page(
+                conversation_id,
+                limit=room,
+                after=after,
+                before=before,
+                order=order,
+                unknown_cursors="refuse" if route == "agent" else "ignore",
+            )
+        except NotFoundError:
+            cursor = after if after is not None else before
+            raise NotFoundError(f"No message found with id '{cursor}' for agent '{agent.id}'.") from None
+    page: list[HistoryMessage] = list(stored)
+    if with_system and (order == "asc" or len(stored) < limit):
+        system = system_message(agent, conversation_id, agent.created_at)
+        page = [system, *page] if order == "asc" else [*page, system]
+    if order == "desc":
+        page = page[::-1] if route == "agent" else _parts_in_order(page)
+    return [m.model_dump(mode="json", exclude_none=True) for m in page if types is None or m.message_type in types]
+
+
+async def message(state: AppState, message_id: str, *, tenant: str) -> list[dict[str, Any]]:
+    """``GET /v1/messages/{id}``: the parts of a stored message, or a system message; 404 if the
+    caller's tenant has no message of that id."""
+    found = await state.history.message(message_id)
+    if found is not None:
+        conversation_id, parts = found
+        await state.conversations.get(conversation_id, tenant=tenant)
+        return [m.model_dump(mode="json", exclude_none=True) for m in parts]
+    uuid = message_id.removeprefix("message-")
+    try:
+        conversation = await state.conversations.get(f"conv-{uuid}", tenant=tenant)
+        agent = await state.agents.get(conversation.agent_id, tenant=tenant)
+    except NotFoundError:
+        try:  # the default conversation's, before its first message
+            agent = await state.agents.get(f"agent-{uuid}", tenant=tenant)
+        except NotFoundError:
+            raise NotFoundError(f"Message with id {message_id} not found.") from None
+        conversation_id = default_conversation_id(agent.id)
+    else:
+        conversation_id = conversation.id
+    return [system_message(agent, conversation_id, agent.created_at).model_dump(mode="json", exclude_none=True)]
+
+
+async def _known(state: AppState, conversation_id: str, cursor: str | None, system_id: str) -> str | None:
+    if cursor is None or cursor == system_id:
+        return cursor
+    found = await state.history.message(cursor)
+    return cursor if found is not None and found[0] == conversation_id else None
+
+
+def _parts_in_order(newest_first: list[HistoryMessage]) -> list[HistoryMessage]:
+    """Newest first by message, each message's parts in their own order."""
+    out: list[HistoryMessage] = []
+    start = 0
+    while start < len(newest_first):
+        end = start + 1
+        while end < len(newest_first) and newest_first[end].id == newest_first[start].id:
+            end += 1
+        out.extend(reversed(newest_first[start:end]))
+        start = end
+    return out

@@ -1,0 +1,83 @@
+"""Which conversation a conversation route's id names, as Letta reads it.
+
+Letta's conversation routes take three forms of id: a conversation's (``conv-<uuid>``); the word
+``default`` with an ``agent_id`` (in the body of a send, a resume or a recompile, in the query
+otherwise), for the agent's own history ("agent-direct mode"); or, deprecated, the agent's id
+itself. Convoy keeps an agent's own history in its default conversation
+(``runtime.store.agents.default_conversation_id``), so the last two name that conversation: a
+send there is a send to ``POST /v1/agents/{id}/messages``, one at a time as every conversation is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Path
+
+from api.state import AppState
+from api.validation import AGENT_ID, CONVERSATION_ID
+from runtime.errors import InvalidRequestError, NotFoundError
+from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.auth import Principal
+from runtime.store.agents import default_conversation_id
+
+DEFAULT = "default"
+ConversationPath = Annotated[
+    str,
+    Path(
+        pattern=rf"^({CONVERSATION_ID[1:-1]}|{AGENT_ID[1:-1]}|{DEFAULT})$",
+        description="conv-<uuid4>; or 'default' with agent_id, or (deprecated) agent-<uuid4>: the agent's own history",
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A conversation route's conversation: its id, and whether it is an agent's own history
+    (listed as Letta lists an agent's messages)."""
+
+    conversation_id: str
+    agent_id: str | None  # set when the id named the agent's own history
+
+    @property
+    def agent_direct(self) -> bool:
+        return self.agent_id is not None
+
+
+def target(conversation_id: str, agent_id: str | None) -> Target:
+    """What ``conversation_id`` (and ``agent_id``) name; 400 when they do not fit together."""
+    if conversation_id == DEFAULT:
+        if agent_id is None:
+            raise InvalidRequestError("conversation id 'default' names an agent's own history: send agent_id with it")
+        return Target(default_conversation_id(agent_id), agent_id)
+    if conversation_id.startswith("agent-"):
+        if agent_id is not None and agent_id != conversation_id:
+            raise InvalidRequestError(f"agent_id {agent_id} differs from the agent {conversation_id} in the path")
+        return Target(default_conversation_id(conversation_id), conversation_id)
+    if agent_id is not None:
+        raise InvalidRequestError(
+            f"agent_id is for the agent-direct form ('default' as the conversation id); {conversation_id} is a conversation's id"
+        )
+    return Target(conversation_id, None)
+
+
+async def conversation(state: AppState, caller: Principal, where: Target) -> ConversationRecord:
+    """The conversation, the agent's default one created on first use; 404 if it (or the agent) is
+    unknown or another tenant's."""
+    if where.agent_id is not None:
+        return await state.conversations.default_of(where.agent_id, tenant=caller.tenant)
+    return await state.conversations.get(where.conversation_id, tenant=caller.tenant)
+
+
+async def agent_of(state: AppState, caller: Principal, where: Target) -> tuple[AgentRecord, ConversationRecord | None]:
+    """The agent whose conversation it is, and the conversation record (None: an agent's default
+    conversation that has had no message yet, which reads as empty and is not created by a read)."""
+    if where.agent_id is not None:
+        agent = await state.agents.get(where.agent_id, tenant=caller.tenant)
+        try:
+            return agent, await state.conversations.get(where.conversation_id, tenant=caller.tenant)
+        except NotFoundError:
+            return agent, None
+    record = await state.conversations.get(where.conversation_id, tenant=caller.tenant)
+    return await state.agents.get(record.agent_id, tenant=caller.tenant), record
