@@ -10,6 +10,10 @@ Every append also publishes the item (``SPUBLISH`` on the stream's own key, a sh
 stays on the stream's shard in Redis Cluster; Redis >= 7.0) as ``<seq> <kind> <payload>``, for the
 tailers (``runtime.stream.tailer``); pub/sub is only a shortcut, the stream stays the truth.
 
+On a Redis Cluster each script call goes to the primary that serves its run's slot (its keys, the
+epoch and the stream, share the conversation's hash tag); one pipeline is then one write per
+primary, all sent at once (``runtime.store.direct.NodeConnections``).
+
 A pipeline that could not leave (Redis restarting, unreachable or frozen) or whose connection broke
 before its replies came back is sent again, with jittered backoff, for as long as its writers'
 patience allows (``CONVOY_STORE_OUTAGE_S``, through ``runtime.store.fencing.through_outage``):
@@ -30,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from runtime.errors import FencedError, StoreUnavailableError
-from runtime.store.connection import DirectConnection
+from runtime.store.direct import Direct
 from runtime.store.fencing import through_outage
 from runtime.stream.items import ItemKind
 
@@ -139,10 +143,11 @@ class ChunkWriter:
 
 class _Pipeliner:
     """Sends the fenced appends of every ``ChunkWriter`` on one Redis client, one pipeline at a time,
-    on a connection of its own (``DirectConnection``: a chunk's write is the hottest path there is)."""
+    on a connection of its own, one per primary on a cluster (``runtime.store.direct``: a chunk's
+    write is the hottest path there is)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._conn = DirectConnection(redis)
+        self._conn = Direct(redis)
         self._ready: dict[ChunkWriter, None] = {}  # writers with unsent items, in arrival order
         self._task: asyncio.Task[None] | None = None
 
@@ -180,13 +185,22 @@ class _Pipeliner:
         ``_FENCED_XADD``), so nothing is ever doubled. After that, every call fails with
         ``StoreUnavailableError``."""
         commands = [("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch) for writer, batch in sent]
+        keys = [str(writer._call_head[2]) for writer, _ in sent]  # each run's stream: its slot
 
         async def send() -> list[object]:
-            results = await self._conn.execute(commands)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:  # a restarted or flushed Redis: load the script and send those calls again
-                loaded, *again = await self._conn.execute([("SCRIPT", "LOAD", _FENCED_XADD), *(commands[i] for i in missing)])
-                for i, reply in zip(missing, again, strict=True):
+            results = await self._conn.execute(commands, keys)
+            # A restarted or flushed Redis: load the script where it was missing and send those again
+            # (twice at most: on a cluster, a call redirected meanwhile may meet a primary without it).
+            for _ in range(2):
+                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if not missing:
+                    break
+                load = [("SCRIPT", "LOAD", _FENCED_XADD)]
+                replies = await self._conn.execute(
+                    [*(load * len(missing)), *(commands[i] for i in missing)], [*(keys[i] for i in missing)] * 2
+                )
+                for n, i in enumerate(missing):
+                    loaded, reply = replies[n], replies[len(missing) + n]
                     results[i] = loaded if isinstance(loaded, Exception) else reply
             return results
 
