@@ -89,8 +89,10 @@ class NodeConnections:
         self._nodes: dict[str, DirectConnection] = {}
         self._stale = False  # a connection failed: refresh the map of the slots first
 
-    async def execute(self, commands: Sequence[Command], keys: Sequence[str]) -> list[object]:
-        """``DirectConnection.execute``, each command routed by its key in ``keys``."""
+    async def execute(self, commands: Sequence[Command], keys: Sequence[str], *, partial: bool = False) -> list[object]:
+        """``DirectConnection.execute``, each command routed by its key in ``keys``. ``partial``:
+        a primary that cannot be reached fails only its own commands (their reply is the
+        connection error) instead of the whole call."""
         cluster = self._cluster
         if not cluster.nodes_manager.slots_cache:
             await cluster.initialize()
@@ -111,20 +113,23 @@ class NodeConnections:
                 replies[i] = reply
 
         outcomes = await asyncio.gather(*(send(node, positions) for node, positions in groups.values()), return_exceptions=True)
-        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
-        if failed is not None:
-            self._stale = True
-            raise failed
+        for (_, positions), outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._stale = True
+                if not partial or not isinstance(outcome, Exception):
+                    raise outcome
+                for i in positions:
+                    replies[i] = outcome
         moved = [i for i, reply in enumerate(replies) if isinstance(reply, AskError)]  # MovedError is an AskError
         if moved:
             again = await asyncio.gather(*(cluster.execute_command(*commands[i]) for i in moved), return_exceptions=True)
             for i, reply in zip(moved, again, strict=True):
                 replies[i] = reply
-        for reply in replies:  # did not run; for the caller, Redis is away (see runtime.store.connection)
-            if isinstance(reply, Exception) and not isinstance(reply, (ResponseError, *SLOT_UNAVAILABLE)):
+        for i, reply in enumerate(replies):
+            if isinstance(reply, SLOT_UNAVAILABLE):  # did not run: for the caller, Redis is away
+                replies[i] = reply = RedisConnectionError(f"Redis Cluster cannot serve this slot now: {reply}")
+            if not partial and isinstance(reply, Exception) and not isinstance(reply, ResponseError):
                 raise reply
-            if isinstance(reply, SLOT_UNAVAILABLE):
-                raise RedisConnectionError(f"Redis Cluster cannot serve this slot now: {reply}") from reply
         return replies
 
     async def _refresh(self) -> None:
@@ -152,9 +157,9 @@ class Direct:
         self._nodes = NodeConnections(redis) if is_cluster(redis) else None
         self._one = None if self._nodes else DirectConnection(lambda: own_connection(redis.connection_pool))
 
-    async def execute(self, commands: Sequence[Command], keys: Sequence[str]) -> list[object]:
+    async def execute(self, commands: Sequence[Command], keys: Sequence[str], *, partial: bool = False) -> list[object]:
         if self._nodes is not None:
-            return await self._nodes.execute(commands, keys)
+            return await self._nodes.execute(commands, keys, partial=partial)
         assert self._one is not None
         return await self._one.execute(commands)
 

@@ -66,5 +66,5 @@ async def per_slot(redis: Any, script: Any, calls: Sequence[tuple[Sequence[str],
 async def _pipeline(redis: Any, script: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
         for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))

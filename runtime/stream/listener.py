@@ -4,7 +4,7 @@ Each run stream has a shard channel of its own name, published to by every appen
 (``runtime.stream.writer``). On a single Redis all of a tailer's channels share one connection; on a
 Redis Cluster a shard channel can only be subscribed to on the primary that serves its slot, so there
 is one connection per primary (a ``_Shard``) and each channel goes to its slot's, as redis-py's
-cluster client maps the slots. When that map is wrong (a resharding or a failover moved a slot),
+cluster client maps the slots (one ``SSUBSCRIBE`` per slot: a command's channels must share one). When that map is wrong (a resharding or a failover moved a slot),
 the primary says so: it refuses the subscription (``MOVED``), or it ends it itself (an unasked-for
 ``sunsubscribe``), or its connection fails. Any of these makes the listeners refresh redis-py's map
 and move every channel whose slot changed primary; a channel (re)subscribed is reported
@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from runtime.store.connection import is_cluster, reraise_if_cancelling
 from runtime.store.direct import own_connection_of
 from runtime.store.mux import own_connection
+from runtime.store.slots import by_slot
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class _Shard:
         self.assigned: set[str] = set()  # the channels this shard serves
         self._listening: set[str] = set()  # what its connection asked the server for
         self._conn: AbstractConnection | None = None
-        self._heard = 0  # messages received (the watchdog tells silence by it)
+        self.heard = 0  # messages received (the watchdog tells silence by it)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -74,12 +75,18 @@ class _Shard:
         add = list(self.assigned - self._listening)
         drop = list(self._listening - self.assigned)
         self._listening = set(self.assigned)
-        commands = [("SSUBSCRIBE", *add[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(add), SUBSCRIBE_BATCH)]
-        commands += [("SUNSUBSCRIBE", *drop[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(drop), SUBSCRIBE_BATCH)]
+        commands = [*self._batches("SSUBSCRIBE", add), *self._batches("SUNSUBSCRIBE", drop)]
         if commands:
             with contextlib.suppress(Exception):
                 # One write, and no reconnect: a broken connection is the listener's to replace.
                 await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+    def _batches(self, command: str, channels: list[str]) -> list[tuple[str, ...]]:
+        """``command`` for ``channels``: up to ``SUBSCRIBE_BATCH`` channels each on one server; on a
+        cluster one per hash slot (the channels of one command must share one, as keys do)."""
+        if self.name == ONE_SERVER:
+            return [(command, *channels[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(channels), SUBSCRIBE_BATCH)]
+        return [(command, *group) for group in by_slot(channels, lambda channel: channel)]
 
     async def _listen(self) -> None:
         backoff_s = RECONNECT_BACKOFF_MIN_S
@@ -90,8 +97,7 @@ class _Shard:
                 await conn.connect()
                 self._conn = conn
                 self._listening = set(self.assigned)
-                channels = list(self._listening)
-                batches = [("SSUBSCRIBE", *channels[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(channels), SUBSCRIBE_BATCH)]
+                batches = self._batches("SSUBSCRIBE", list(self._listening))
                 if batches:
                     await conn.send_packed_command(conn.pack_commands(batches), check_health=False)
                 backoff_s = RECONNECT_BACKOFF_MIN_S
@@ -126,7 +132,7 @@ class _Shard:
                 owner.topology_changed()
                 continue
             reraise_if_cancelling()  # redis-py can swallow a cancellation that lands mid-read
-            self._heard += 1
+            self.heard += 1
             if not isinstance(message, list):
                 continue
             kind = message[0]
@@ -147,14 +153,14 @@ class _Shard:
         ends the listener's read, and the listener connects again."""
         block_s = self.owner.block_s
         while True:
-            heard = self._heard
+            heard = self.heard
             await asyncio.sleep(block_s)
-            if self._heard != heard:
+            if self.heard != heard:
                 continue
             with contextlib.suppress(Exception):
                 await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
             await asyncio.sleep(block_s)
-            if self._heard == heard:
+            if self.heard == heard:
                 log.warning("stream tailer heard nothing within %.1f s of a PING; reconnecting", block_s)
                 await conn.disconnect(nowait=True)
                 return
@@ -187,6 +193,11 @@ class Listeners:
         self._changed: set[str] = set()
         self._sync_task: asyncio.Task[None] | None = None
         self._rerouting: asyncio.Task[None] | None = None
+
+    @property
+    def heard(self) -> int:
+        """Messages received on every connection so far (pongs included)."""
+        return sum(shard.heard for shard in self._shards.values())
 
     async def start(self) -> None:
         if self._cluster:

@@ -46,6 +46,7 @@ XREAD_COUNT = 512
 SWEEP_SLICE = 64  # streams marked per step of the periodic sweep
 RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 2.0
+UNREAD_LOG_PERIOD_S = 1.0  # while a primary is away, its streams' failed reads are logged this often
 
 
 @dataclass(eq=False)
@@ -144,6 +145,7 @@ class StreamTailer:
         self._sweep_ends = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREAD rounds done: subscriptions, gaps, resumes and sweep steps
+        self._unread_logged_at = -UNREAD_LOG_PERIOD_S
 
     @property
     def subscriptions(self) -> int:
@@ -233,11 +235,23 @@ class StreamTailer:
                     continue
                 groups = self._by_slot(cursors) if self._cluster else [cursors]
                 commands = [("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *g, *(f"0-{c}" for c in g.values())) for g in groups]
-                for reply in await self._reader.execute(commands, [next(iter(g)) for g in groups]):
+                replies = await self._reader.execute(commands, [next(iter(g)) for g in groups], partial=True)
+                unread: list[str] = []
+                for group, reply in zip(groups, replies, strict=True):
+                    if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
+                        unread.extend(group)  # its primary is away (a cluster's): the others are read
+                        continue
                     if isinstance(reply, Exception):
                         raise reply
-                    self._dispatch(reply, cursors)
+                    self._dispatch(reply, group)
                 self.reads += 1
+                if unread:
+                    if now - self._unread_logged_at >= UNREAD_LOG_PERIOD_S:
+                        self._unread_logged_at = now
+                        log.warning("stream tailer could not reach a primary; reading its streams again", extra={"streams": len(unread)})
+                    asyncio.get_running_loop().call_later(backoff_s, self._remark, unread)
+                    backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+                    continue
                 backoff_s = RECONNECT_BACKOFF_MIN_S
             except asyncio.CancelledError:
                 raise
@@ -251,6 +265,11 @@ class StreamTailer:
                 await self._reader.close()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+
+    def _remark(self, keys: list[str]) -> None:
+        for key in keys:
+            if key in self._subs:
+                self._mark(key)
 
     def _sweep_step(self, now: float) -> float:
         """Mark the next slice of the periodic sweep; returns when the step after it is due.

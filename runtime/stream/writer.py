@@ -11,8 +11,9 @@ stays on the stream's shard in Redis Cluster; Redis >= 7.0) as ``<seq> <kind> <p
 tailers (``runtime.stream.tailer``); pub/sub is only a shortcut, the stream stays the truth.
 
 On a Redis Cluster each script call goes to the primary that serves its run's slot (its keys, the
-epoch and the stream, share the conversation's hash tag); one pipeline is then one write per
-primary, all sent at once (``runtime.store.direct.NodeConnections``).
+epoch and the stream, share the conversation's hash tag; ``runtime.store.direct.NodeConnections``),
+and the writers of one primary's runs share a pipeliner of their own: a primary that cannot be
+reached holds back its own runs' appends (sent again as above), never the others'.
 
 A pipeline that could not leave (Redis restarting, unreachable or frozen) or whose connection broke
 before its replies came back is sent again, with jittered backoff, for as long as its writers'
@@ -25,15 +26,17 @@ item. Past that patience the writer fails with ``StoreUnavailableError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import weakref
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError, SlotNotCoveredError
 
 from runtime.errors import FencedError, StoreUnavailableError
+from runtime.store.connection import is_cluster
 from runtime.store.direct import Direct
 from runtime.store.fencing import through_outage
 from runtime.stream.items import ItemKind
@@ -87,7 +90,7 @@ class ChunkWriter:
         ``CONVOY_STORE_OUTAGE_S``; 0: never)."""
         self._redis = redis
         self.patience_s = patience_s
-        self._pipeliner = _pipeliner(redis)
+        self._pipeliner = _pipeliner(redis, stream_key)
         # EVALSHA's arguments after the sha: numkeys, KEYS, then ARGV up to the item triples.
         self._call_head: tuple[int | str, ...] = (2, epoch_key, stream_key, str(epoch), str(maxlen), str(ttl_s))
         self._next_seq = next_seq
@@ -211,13 +214,25 @@ class _Pipeliner:
         return [r if isinstance(r, BaseException) else None for r in results]
 
 
-_pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, _Pipeliner] = weakref.WeakKeyDictionary()
+_pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, dict[str, _Pipeliner]] = weakref.WeakKeyDictionary()
 
 
-def _pipeliner(redis: aioredis.Redis) -> _Pipeliner:
-    found = _pipeliners.get(redis)
+def _pipeliner(redis: aioredis.Redis, stream_key: str) -> _Pipeliner:
+    """The pipeliner a writer of ``stream_key`` uses for its whole life: the one of ``redis``, and on
+    a cluster the one of the primary serving that stream's slot when the writer starts, so that a
+    primary that cannot be reached holds back only its own runs' appends (each pipeliner has one
+    pipeline in flight). Should the slot move meanwhile, the writer's calls still go to the right
+    primary (``runtime.store.direct``); only the queue they wait in is another's."""
+    per_node = _pipeliners.get(redis)
+    if per_node is None:
+        per_node = _pipeliners[redis] = {}
+    node = ""
+    if is_cluster(redis) and redis.nodes_manager.slots_cache:  # else: before the first command, one queue
+        with contextlib.suppress(SlotNotCoveredError):
+            node = redis.get_node_from_key(stream_key).name
+    found = per_node.get(node)
     if found is None:
-        found = _pipeliners[redis] = _Pipeliner(redis)
+        found = per_node[node] = _Pipeliner(redis)
     return found
 
 

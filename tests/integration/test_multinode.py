@@ -23,9 +23,9 @@ import httpx
 import pytest
 import redis
 
+from bench.raycluster import RayCluster, RayNode, add_node, start_cluster
 from runtime.store import keyspace
 from tests.conftest import Convoy, start_convoy, stop_convoy, wait_until
-from tests.ray_cluster import RayCluster, RayNode, add_node, start_cluster
 
 pytestmark = pytest.mark.slow
 
