@@ -90,9 +90,11 @@ async def _streams(urls: list[str], conversations: list[str], start_at: float, m
     ramp_s = max(1.0, len(conversations) / 100)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=_limits(len(conversations) + 8)) as http:
         gc.freeze()  # what is set up stays out of the collections made while measuring
-        await asyncio.gather(
-            *(_one(http, turn, conv, start_at + ramp_s * i / len(conversations), measure, seen) for i, conv in enumerate(conversations))
-        )
+        runs = [_one(http, turn, conv, start_at + ramp_s * i / len(conversations), measure, seen) for i, conv in enumerate(conversations)]
+        # The turns still streaming when the window closes are left (their runs are cancelled).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(1.0, measure[1] + 1.0 - time.time())):
+                await asyncio.gather(*runs)
     return seen
 
 
