@@ -7,10 +7,11 @@
 
 ``--redis-cluster`` runs the same tests against a Redis Cluster: three Valkey primaries started for
 the session (``bench.rediscluster``), which ``redis_url`` then names (``redis+cluster://...``) and the
-session's ``convoy`` server (and its replica) uses. Only the tests that reach Redis through those
-fixtures run then (servers a test starts for itself keep their own embedded Redis, so that run
-would repeat the first), minus the ones marked ``single_redis`` (they exercise one server's
-connection: a proxy in front of it, its process frozen or killed).
+session's ``convoy`` server (and its replica) uses; ``private_redis`` gives a module's own server a
+cluster of its own. Only the tests that reach Redis through those fixtures run then (other servers a
+test starts for itself keep their own embedded Redis, so that run would repeat the first), minus
+the ones marked ``single_redis`` (they exercise one server's connection: a proxy in front of it,
+its process frozen or killed).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-CLUSTER_FIXTURES = frozenset({"convoy", "replica", "redis_url", "redis_cluster"})
+CLUSTER_FIXTURES = frozenset({"convoy", "replica", "redis_url", "redis_cluster", "private_redis"})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -151,6 +152,19 @@ def redis_url(redis_cluster: LocalCluster | None, tmp_path_factory: pytest.TempP
     url = server.start()
     yield url
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_redis(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """For a module whose server must have a Redis of its own (its API keys close open mode for
+    everyone on it): with ``--redis-cluster`` a cluster of its own, as ``CONVOY_REDIS_URL`` settings
+    to start that server with; else no settings (the server's embedded Redis)."""
+    if not request.config.getoption("--redis-cluster"):
+        yield {}
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("private-cluster")).start()
+    yield {"CONVOY_REDIS_URL": cluster.url}
+    cluster.stop()
 
 
 def async_client(url: str):  # type: ignore[no-untyped-def]
