@@ -46,7 +46,7 @@ KINDS = ("api", "host", "redis", "client", "upstream")
 class ScaleOptions:
     conversations: int = 100_000
     streams: int = 1_000
-    tokens: int = 10
+    tokens: int = 20
     rate_hz: float = 0.5
     shards: tuple[int, ...] = (1, 3)
     clients: int = 4
@@ -64,6 +64,8 @@ class Phase:
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds in the measured window, by kind
     client_peak: float = 0.0  # the busiest client process's share of a core
     window_s: float = 0.0
+    create_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds spent creating, by kind
+    machine_busy: float = 0.0  # cores busy on the whole machine just before streaming (others' work included)
 
 
 def _cpu_s(pid: int) -> float:
@@ -72,6 +74,18 @@ def _cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _machine_busy(seconds: float = 2.0) -> float:
+    """Cores busy on the whole machine over ``seconds`` (/proc/stat), whoever uses them."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    (total0, idle0), _ = sample(), time.sleep(seconds)
+    total1, idle1 = sample()
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, total1 - total0))
 
 
 def _split(items: list[Any], parts: int) -> list[list[Any]]:
@@ -96,6 +110,7 @@ def _merge(parts: list[client.Seen]) -> client.Seen:
         merged.turns += part.turns
         merged.errors += part.errors
         merged.error_count += part.error_count
+        merged.cpu_s += part.cpu_s
     return merged
 
 
@@ -120,8 +135,12 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
         ]
         for worker in workers:
             worker.start()
+        creating = {"api": pids["api"], "redis": pids["redis"]}
+        cpu_before = {kind: sum(_cpu_s(p) for p in group) for kind, group in creating.items()}
         created = _merge(_gather(workers, queue, timeout_s=max(600.0, opts.conversations / 50)))
         phase.create_s = time.monotonic() - started
+        phase.create_cpu_s = {kind: sum(_cpu_s(p) for p in group) - cpu_before[kind] for kind, group in creating.items()}
+        phase.create_cpu_s["client"] = created.cpu_s
         phase.created = len(created.created)
         phase.seen.errors += created.errors
         phase.seen.error_count += created.error_count
@@ -133,6 +152,7 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
                 **{k: (sum(process_memory(p)["rss_bytes"] for p in pids[k]) - rss_before[k]) / phase.created for k in rss_before},
             }
 
+        phase.machine_busy = _machine_busy()
         streams = created.created[: opts.streams]
         say(f"streaming on {len(streams):,} conversations: {opts.tokens} tokens per turn at {opts.rate_hz:g}/s each")
         start_at = time.time() + SPAWN_S
@@ -177,6 +197,9 @@ def _report(phases: list[Phase], opts: ScaleOptions, report: Report) -> None:
         report.section(f"{phase.shards} shard(s)")
         rate = phase.created / phase.create_s if phase.create_s else 0.0
         report.add("conversations created (idle)", f"{phase.created:,} in {phase.create_s:.1f} s ({rate:,.0f}/s)")
+        if phase.created:
+            costs = "  ".join(f"{k} {1e6 * v / phase.created:.0f}" for k, v in phase.create_cpu_s.items())
+            report.add("cpu per conversation created, us", costs)
         if phase.memory:
             report.add(
                 "memory per idle conversation",
@@ -192,6 +215,7 @@ def _report(phases: list[Phase], opts: ScaleOptions, report: Report) -> None:
             "time to first token (ms)",
             f"p50 {percentile(seen.ttfts_ms, 50):7.2f}   p99 {percentile(seen.ttfts_ms, 99):7.2f}   (n={len(seen.ttfts_ms):,})",
         )
+        report.add("machine busy before streaming (all processes)", f"{phase.machine_busy:.2f} of {os.cpu_count()} cores")
         cores = "  ".join(f"{k} {100 * phase.cpu_s.get(k, 0.0) / phase.window_s:.0f}" for k in KINDS) if phase.window_s else ""
         report.add("cpu, % of a core", f"{cores}   (busiest client process {100 * phase.client_peak:.0f})")
         if seen.items:

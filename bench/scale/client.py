@@ -41,6 +41,7 @@ class Seen:
     turns: int = 0  # turns ended inside the measured window
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
+    cpu_s: float = 0.0  # this process's CPU time, when it is done
 
     def error(self, text: str) -> None:
         self.error_count += 1
@@ -54,7 +55,9 @@ def _limits(n: int) -> httpx.Limits:
 
 def create(urls: list[str], agent_id: str, count: int, concurrency: int, out: Queue[Any]) -> None:
     """Create ``count`` conversations of ``agent_id``; puts a ``Seen`` with their ids on ``out``."""
-    out.put(asyncio.run(_create(urls, agent_id, count, concurrency)))
+    seen = asyncio.run(_create(urls, agent_id, count, concurrency))
+    seen.cpu_s = time.process_time()
+    out.put(seen)
 
 
 async def _create(urls: list[str], agent_id: str, count: int, concurrency: int) -> Seen:
