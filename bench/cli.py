@@ -61,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     for flag, parse, value, about in (
         ("--conversations", int, 100_000, "conversations created and left idle, per phase"),
         ("--streams", int, 1000, "conversations streaming at once"),
-        ("--tokens", int, 20, "tokens per turn"),
-        ("--rate", float, 0.5, "tokens per second per stream"),
+        ("--tokens", int, 10, "tokens per turn"),
+        ("--rate", float, 0.2, "tokens per second per stream"),
         ("--shards", _shards, "1,3", "Redis shards per phase, comma-separated (1: one server; N: a Redis Cluster of N primaries)"),
         ("--clients", int, 4, "client processes"),
         ("--warmup-s", float, 10.0, "seconds streamed before measuring"),

@@ -11,7 +11,7 @@ session's ``convoy`` server (and its replica) uses; ``private_redis`` gives a mo
 cluster of its own. Only the tests that reach Redis through those fixtures run then (other servers a
 test starts for itself keep their own embedded Redis, so that run would repeat the first), minus
 the ones marked ``single_redis`` (they exercise one server's connection: a proxy in front of it,
-its process frozen or killed).
+its process frozen or killed) and the modules in ``NOT_ON_CLUSTER``.
 """
 
 from __future__ import annotations
@@ -114,6 +114,9 @@ def alive(pid: int) -> bool:
 
 
 CLUSTER_FIXTURES = frozenset({"convoy", "replica", "redis_url", "redis_cluster", "private_redis"})
+# Modules whose subject is not what Redis holds, left out of the cluster run (it stays a few minutes):
+# provider wire formats and errors (test_providers), input refused at the edge (test_hostile).
+NOT_ON_CLUSTER = frozenset({"test_providers.py", "test_hostile.py"})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -127,7 +130,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not config.getoption("--redis-cluster"):
         return
-    kept = [i for i in items if CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ())) and not i.get_closest_marker("single_redis")]
+    kept = [
+        i
+        for i in items
+        if CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ()))
+        and not i.get_closest_marker("single_redis")
+        and i.path.name not in NOT_ON_CLUSTER
+    ]
     config.hook.pytest_deselected(items=[i for i in items if i not in kept])
     items[:] = kept
 

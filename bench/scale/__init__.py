@@ -46,8 +46,8 @@ KINDS = ("api", "host", "redis", "client", "upstream")
 class ScaleOptions:
     conversations: int = 100_000
     streams: int = 1_000
-    tokens: int = 20
-    rate_hz: float = 0.5
+    tokens: int = 10
+    rate_hz: float = 0.2
     shards: tuple[int, ...] = (1, 3)
     clients: int = 4
     warmup_s: float = 10.0
