@@ -8,8 +8,9 @@ every request over the two replicas, round-robin as a load balancer would, and
 
 1. create ``--conversations`` conversations of one agent and leave them idle: the memory each one
    costs (Redis ``used_memory`` and the replicas' and hosts' RSS, per conversation);
-2. stream turns on ``--streams`` of them at once, each turn ``--tokens`` tokens at ``--rate`` tokens/s
-   from a local upstream (``bench.scale.upstream``) that stamps every token with its write time:
+2. stream turns on ``--streams`` of them at once (their first turns started evenly over a turn's
+   length, so turns go on starting at a steady rate), each turn ``--tokens`` tokens at ``--rate``
+   tokens/s from a local upstream (``bench.scale.upstream``) that stamps every token with its write time:
    per-token latency (upstream write -> client read) p50/p99, time to first token, items/s, and the
    CPU each kind of process spent per item (API replicas, hosts, Redis, clients, and the upstream,
    which runs in this process), from /proc, over the measured window.
@@ -156,11 +157,13 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
         streams = created.created[: opts.streams]
         say(f"streaming on {len(streams):,} conversations: {opts.tokens} tokens per turn at {opts.rate_hz:g}/s each")
         start_at = time.time() + SPAWN_S
-        ramp_s = max(1.0, len(streams) / 100)
+        # The first turns start evenly over a whole turn, so that turns start at the same steady rate
+        # from then on (streams started together would start each later turn together too).
+        ramp_s = max(1.0, len(streams) / 100, opts.tokens / opts.rate_hz)
         begin = start_at + ramp_s + opts.warmup_s
         end = begin + opts.measure_s
         workers = [
-            ctx.Process(target=client.stream, args=(urls, part, start_at, (begin, end), queue))
+            ctx.Process(target=client.stream, args=(urls, part, start_at, ramp_s, (begin, end), queue))
             for part in _split(streams, opts.clients)
             if part
         ]

@@ -81,16 +81,17 @@ async def _create(urls: list[str], agent_id: str, count: int, concurrency: int) 
     return seen
 
 
-def stream(urls: list[str], conversations: list[str], start_at: float, measure: tuple[float, float], out: Queue[Any]) -> None:
-    """Stream turns on each of ``conversations`` from wall time ``start_at`` (spread over a second per
-    hundred streams) until ``measure[1]``; samples only inside ``measure``."""
-    out.put(asyncio.run(_streams(urls, conversations, start_at, measure)))
+def stream(
+    urls: list[str], conversations: list[str], start_at: float, ramp_s: float, measure: tuple[float, float], out: Queue[Any]
+) -> None:
+    """Stream turns on each of ``conversations``, the first ones started evenly over ``ramp_s`` from
+    wall time ``start_at``, until ``measure[1]``; samples only inside ``measure``."""
+    out.put(asyncio.run(_streams(urls, conversations, start_at, ramp_s, measure)))
 
 
-async def _streams(urls: list[str], conversations: list[str], start_at: float, measure: tuple[float, float]) -> Seen:
+async def _streams(urls: list[str], conversations: list[str], start_at: float, ramp_s: float, measure: tuple[float, float]) -> Seen:
     seen = Seen()
     turn = itertools.cycle(urls)
-    ramp_s = max(1.0, len(conversations) / 100)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=_limits(len(conversations) + 8)) as http:
         gc.freeze()  # what is set up stays out of the collections made while measuring
         runs = [_one(http, turn, conv, start_at + ramp_s * i / len(conversations), measure, seen) for i, conv in enumerate(conversations)]
