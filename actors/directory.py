@@ -28,6 +28,8 @@ import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.store import keyspace
 from runtime.store.connection import is_cluster
@@ -137,7 +139,11 @@ class Directory:
             unreached: Exception | None = None
             for start in range(0, len(groups), RENEW_CHUNK):
                 batch = groups[start : start + RENEW_CHUNK]
-                replies = await per_slot(self._redis, self._renew, [self._renew_call(group) for group in batch])
+                try:
+                    replies = await per_slot(self._redis, self._renew, [self._renew_call(group) for group in batch])
+                except (RedisConnectionError, RedisTimeoutError) as exc:  # sent to every primary; one did not answer
+                    unreached = unreached or exc
+                    continue
                 for group, reply in zip(batch, replies, strict=True):
                     if isinstance(reply, Exception):
                         unreached = unreached or reply

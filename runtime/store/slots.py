@@ -49,9 +49,10 @@ async def mget(redis: Any, keys: Sequence[str]) -> list[bytes | None]:
 
 async def per_slot(redis: Any, script: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
     """Run a registered ``script`` once per ``(keys, args)`` in ``calls`` (each call's keys in one
-    slot) on a cluster client, in one pipeline; each call's reply, or its error (returned, not
-    raised: a primary that cannot be reached fails only its own calls). A script a primary does not
-    hold yet (restarted, new) is loaded and its calls sent again."""
+    slot) on a cluster client, in one pipeline; each call's reply, or its error reply (returned,
+    not raised). A primary that cannot be reached raises its connection error, once every other
+    primary's calls have run. A script a primary does not hold yet (restarted, new) is loaded and
+    its calls sent again."""
     if not calls:
         return []
     replies = await _pipeline(redis, script, calls)

@@ -26,7 +26,7 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.store.connection import is_cluster, reraise_if_cancelling
@@ -241,7 +241,11 @@ class Listeners:
         touched: set[_Shard] = set()
         for channel in changed:
             current = self._where.get(channel)
-            target = self._route(channel) if channel in self._wanted else None
+            try:
+                target = self._route(channel) if channel in self._wanted else None
+            except SlotNotCoveredError:  # nobody serves its slot for the moment: try again after a refresh
+                self.topology_changed()
+                target = None
             if current is target:
                 continue
             if current is not None:
