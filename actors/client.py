@@ -26,6 +26,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import Literal, TypeGuard
 
 import redis.asyncio as aioredis
 from ray.exceptions import RayError
@@ -35,13 +36,14 @@ from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
 from runtime.errors import OwnerLostError, UnavailableError
+from runtime.metrics import QUIET, Recorder
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.messages import Ping
-from runtime.schemas.requests import OnBusy
+from runtime.schemas.requests import ApprovalCreate, OnBusy
 from runtime.schemas.runs import RunView
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.fencing import through_outage
 from runtime.store.runs import TERMINAL, UNFINISHED_RUN_TTL_S, RunStore
 from runtime.stream import wire
@@ -80,8 +82,13 @@ def idempotency_key(header: str | None, otid: str | None) -> str | None:
 
 
 class ConversationClient:
-    def __init__(self, settings: Settings, redis: aioredis.Redis, runs: RunStore, tailers: TailerPool) -> None:
+    def __init__(
+        self, settings: Settings, redis: aioredis.Redis, runs: RunStore, tailers: TailerPool, metrics: Recorder = QUIET
+    ) -> None:
+        """``metrics`` counts the runs this door ends itself (cancelled while queued, orphans); their
+        owners count the rest."""
         self._settings = settings
+        self._metrics = metrics
         self._redis = redis
         self._runs = runs
         self._tailers = tailers
@@ -109,12 +116,12 @@ class ConversationClient:
         *,
         on_busy: OnBusy,
         idempotency: str | None,
-        answers_approval: str | None,
+        approval: ApprovalCreate | None,
         key_id: str | None,
     ) -> Accepted:
         """Accept ``turn`` (its run described by ``run``) into the conversation's mailbox and wake its
-        owner. ``idempotency``: ``idempotency_key(...)``; ``answers_approval``: the approval request
-        the turn answers ("" whichever is pending), None for ordinary messages; ``key_id``: the API
+        owner. ``idempotency``: ``idempotency_key(...)``; ``approval``: the answer to the pending
+        approval the turn starts with, if any (checked against it here); ``key_id``: the API
         key whose concurrent-run slot the run holds. Refusals (busy, approval pending, unknown
         conversation) raise the mailbox's errors and leave no trace."""
         first = wire.encode(Ping(id=f"ping-{turn.run_id[4:]}", run_id=turn.run_id, seq_id=1))
@@ -132,7 +139,9 @@ class ConversationClient:
                 stream_ttl_s=self._settings.stream_ttl_s,
                 run_ttl_s=UNFINISHED_RUN_TTL_S,
                 idempotency_key=idempotency,
-                answers_approval=answers_approval,
+                answers_approval=None if approval is None else (approval.approval_request_id or ""),
+                answered_calls=tuple(a.tool_call_id for a in approval.approvals or ()) if approval else (),
+                answers_all_calls=approval is not None and approval.approve is None,
             )
         )
         try:
@@ -161,7 +170,7 @@ class ConversationClient:
     async def run_of_otid(self, conversation_id: str, otid: str) -> str | None:
         """The run a send with this ``otid`` started in the conversation, if any (still known)."""
         found = await self._redis.get(keyspace.idempotency(conversation_id, idempotency_key(None, otid) or ""))
-        return found.decode() if found else None
+        return replies.text(found) if found else None
 
     # -- cancelling -----------------------------------------------------------------------------
 
@@ -183,6 +192,7 @@ class ConversationClient:
                 mailbox_entry=raw.get("mailbox_entry", ""),
             )
             if ended:
+                self._metrics.run_ended("cancelled", "cancelled")
                 return "cancelled"
         try:
             await self._router.cancel(conversation_id, run_id, raw.get("owner") or None)
@@ -243,17 +253,13 @@ class ConversationClient:
         it)."""
         raw = await self._runs.raw(conversation_id, run_id)
         status = raw.get("status")
-        if status not in ("created", "running"):
+        if not _unfinished(status):
             return Nudge.ENDED
         entry = raw.get("mailbox_entry", "")
         if not entry or not await self._mailbox.holds(conversation_id, entry):
-            await self._runs.end(
-                run_id,
-                conversation_id=conversation_id,
-                ending=wire.Failed(OwnerLostError("the run is no longer in its conversation's mailbox")),
-                fence=None,
-                expect=status,  # type: ignore[arg-type]
-            )
+            ending = wire.Failed(OwnerLostError("the run is no longer in its conversation's mailbox"))
+            if await self._runs.end(run_id, conversation_id=conversation_id, ending=ending, fence=None, expect=status):
+                self._metrics.run_ended(*wire.outcome(ending))
             return Nudge.ORPHAN_ENDED
         if await self._directory.owner(conversation_id) is not None:
             return Nudge.OWNED
@@ -273,3 +279,8 @@ class ConversationClient:
     async def ray_alive(self) -> bool:
         """Whether the Ray cluster answers (dedicated placement has no standing hosts to ask)."""
         return await self._router.ray_alive()
+
+
+def _unfinished(status: str | None) -> TypeGuard[Literal["created", "running"]]:
+    """Whether a stored run status is one no end has written yet (what ``RunStore.end`` may expect)."""
+    return status in ("created", "running")

@@ -23,6 +23,10 @@ mailbox entries strictly in order and runs each turn to a terminal status. Guara
 - **Cancel is out of band.** ``cancel(run_id)`` cancels the running turn's task directly; it does
   not queue behind the mailbox or wait for the next chunk, and closing the task closes the
   provider's stream.
+- **Measured, and logged with its ids.** Each run this activation ends is counted once by its final
+  status and stop reason, each take records its mailbox's depth (``runtime.metrics``), and every
+  line logged while a run is processed carries its ``run_id`` and the conversation's ``tenant``
+  (``runtime.logs.log_context``; the host binds ``conversation_id`` for the whole activation).
 """
 
 from __future__ import annotations
@@ -45,15 +49,18 @@ from actors.mailbox import Mailbox, MailboxEntry, Taken
 from runtime.agent.loop import Emit, ModelFactory, run_turn
 from runtime.agent.prompt import ChatCache
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
+from runtime.logs import log_context
+from runtime.metrics import QUIET, DeactivationReason, Recorder
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, WireItem
+from runtime.schemas.runs import RunStatus
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.fencing import Fence, through_outage
 from runtime.store.history import HistoryStore
-from runtime.store.runs import RunStore
+from runtime.store.runs import PendingApproval, RunStore
 from runtime.stream import wire
 from runtime.stream.items import last_seq
 from runtime.stream.writer import ChunkWriter
@@ -86,6 +93,7 @@ class Services:
     conversations: ConversationStore
     models: ModelFactory
     tools: ToolRegistry
+    metrics: Recorder = QUIET
 
 
 class Activation:
@@ -103,6 +111,7 @@ class Activation:
         self._cancel_requested: set[str] = set()
         self._taking = False  # a take is on its way to Redis and back
         self._agent_id: str | None = None  # the conversation's agent, once a turn has loaded it
+        self._tenant: str | None = None  # the conversation's tenant, once a turn has loaded it
         self._history: list[HistoryMessage] | None = None
         self._chat = ChatCache()  # the history converted for the model, part by part
 
@@ -129,8 +138,9 @@ class Activation:
             self._turn.cancel()
         return True
 
-    async def run(self) -> None:
-        """The worker: process the mailbox until idle for ``idle_passivate_s`` (then return)."""
+    async def run(self) -> DeactivationReason:
+        """The worker: process the mailbox until idle for ``idle_passivate_s`` (then ``idle``), or
+        until a newer owner fences it out (``fenced``)."""
         idle_s = self._s.settings.idle_passivate_s
         expecting = True  # an entry is likely there: just activated, or poked
         while True:
@@ -143,14 +153,16 @@ class Activation:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
                 except TimeoutError:
-                    return
+                    return "idle"
                 expecting = True
                 continue
+            self._s.metrics.mailbox_depth(taken.depth)
             try:
-                await self._process(taken, loaded)
+                with log_context(run_id=taken.entry.run_id, tenant=self._tenant):
+                    await self._process(taken, loaded)
             except FencedError:
-                log.warning("activation fenced out", extra={"conversation_id": self.conversation_id})
-                return
+                log.warning("activation fenced out")
+                return "fenced"
             expecting = False  # the next take usually finds the mailbox empty: read nothing else
 
     async def _take(self, *, prefetch: bool) -> tuple[Taken | None, _Loaded | Exception | None]:
@@ -179,7 +191,8 @@ class Activation:
             if status in ("started", "resumed"):
                 if loaded is None or (isinstance(loaded, _Loaded) and loaded.agent.id != turn.agent_id):
                     loaded = await self._load(turn.agent_id)
-                await self._execute(turn, entry, loaded, fresh=status == "started")
+                with log_context(tenant=self._tenant):  # known once a turn has loaded the conversation
+                    await self._execute(turn, entry, loaded, fresh=status == "started")
                 return
         finally:
             self._current_run = None
@@ -216,6 +229,7 @@ class Activation:
         except Exception as exc:  # noqa: BLE001 - handed to the turn, which ends the run with it
             return exc
         self._agent_id = conversation.agent_id
+        self._tenant = conversation.tenant
         return _Loaded(agent, conversation, list(history), bool(pending))
 
     async def _execute(self, turn: TurnRequest, entry: MailboxEntry, loaded: _Loaded | Exception, *, fresh: bool) -> None:
@@ -272,18 +286,24 @@ class Activation:
                 cancelled=lambda: turn.run_id in self._cancel_requested,
                 approval_pending=loaded.approval_pending,
                 chat=self._chat,
+                metrics=s.metrics,
             )
             await writer.flush()
-            await s.runs.end(
+            ending = wire.Completed(outcome.stop_reason, outcome.usage)
+            ended = await s.runs.end(
                 turn.run_id,
                 conversation_id=self.conversation_id,
-                ending=wire.Completed(outcome.stop_reason, outcome.usage),
+                ending=ending,
                 fence=self._fence,
                 next_seq=writer.reserve(),
                 mailbox_entry=entry.entry_id,
                 extra=_timings(turn, outcome.ttft_ns) | ({"finish_reason": outcome.finish_reason} if outcome.finish_reason else {}),
-                pending_approval=outcome.approval_request_id or "",
+                pending_approval=PendingApproval(outcome.approval_request[0], tuple(outcome.approval_request[1]))
+                if outcome.approval_request
+                else "",
             )
+            if ended:
+                s.metrics.run_ended(*wire.outcome(ending))
         except asyncio.CancelledError:
             if turn.run_id not in self._cancel_requested:
                 raise
@@ -322,7 +342,7 @@ class Activation:
         writer: ChunkWriter | None = None,
         turn: TurnRequest | None = None,
         skip_missing: bool = False,
-        expect: str | None = None,
+        expect: RunStatus | None = None,
     ) -> None:
         """Write the terminal sequence for a run that did not succeed."""
         first: int | None = None
@@ -344,12 +364,14 @@ class Activation:
             fence=self._until_landed,
             next_seq=first,
             mailbox_entry=entry.entry_id,
-            expect=expect,  # type: ignore[arg-type]
+            expect=expect,
             extra=_timings(turn, None) if turn else None,
             # A failed answer closes its approval (``RunStore.end``); a failed ordinary turn
             # leaves an approval requested meanwhile open.
         )
-        if not done and skip_missing:
+        if done:
+            self._s.metrics.run_ended(*wire.outcome(ending))
+        elif skip_missing:
             await self._drop(entry)
 
     async def _last_seq(self, run_id: str) -> int:

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.connection import is_cluster
 from runtime.store.slots import by_slot, per_slot
 
@@ -140,11 +140,11 @@ class Directory:
             for start in range(0, len(groups), RENEW_CHUNK):
                 batch = groups[start : start + RENEW_CHUNK]
                 try:
-                    replies = await per_slot(self._redis, self._renew, [self._renew_call(group) for group in batch])
+                    answers = await per_slot(self._redis, self._renew, [self._renew_call(group) for group in batch])
                 except (RedisConnectionError, RedisTimeoutError) as exc:  # sent to every primary; one did not answer
                     unreached = unreached or exc
                     continue
-                for group, reply in zip(batch, replies, strict=True):
+                for group, reply in zip(batch, answers, strict=True):
                     if isinstance(reply, Exception):
                         unreached = unreached or reply
                     else:
@@ -163,7 +163,7 @@ class Directory:
             )
         return lost
 
-    def _renew_call(self, chunk: list[Lease]) -> tuple[list[str], list[object]]:
+    def _renew_call(self, chunk: list[Lease]) -> tuple[list[str], list[str | int]]:
         keys = [k for lease in chunk for k in (keyspace.lease(lease.conversation_id), keyspace.epoch(lease.conversation_id))]
         return keys, [self._ttl_ms, *(v for lease in chunk for v in (lease.owner, lease.epoch))]
 
@@ -172,11 +172,12 @@ class Directory:
 
     async def owner(self, conversation_id: str) -> str | None:
         value = await self._redis.get(keyspace.lease(conversation_id))
-        return value.decode() if value else None
+        return replies.text(value) if value else None
 
 
-def _sort(chunk: list[Lease], reply: list[list[object]], lost: list[Lease], retaken: list[Lease]) -> None:
-    """Add what ``_RENEW``'s reply for ``chunk`` says to ``lost`` and ``retaken``."""
+def _sort(chunk: list[Lease], reply: list[list[int]], lost: list[Lease], retaken: list[Lease]) -> None:
+    """Add what ``_RENEW``'s reply for ``chunk`` (two lists of 1-based positions in it) says to
+    ``lost`` and ``retaken``."""
     gone, again = reply
-    lost.extend(chunk[int(i) - 1] for i in gone)  # type: ignore[call-overload]
-    retaken.extend(chunk[int(i) - 1] for i in again)  # type: ignore[call-overload]
+    lost.extend(chunk[int(i) - 1] for i in gone)
+    retaken.extend(chunk[int(i) - 1] for i in again)

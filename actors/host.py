@@ -20,6 +20,9 @@ Guarantees:
   When Ray restarts a dead host (same name, new incarnation), it takes those conversations over
   at once (bumping their epochs, which fences out anything the old process might still write)
   and ends their interrupted runs as ``owner_lost``.
+- **Measured.** Activations (how long each took, how many are active, why each ended), lease
+  renewals and losses, and everything its conversations measure go to the host's ``Recorder``
+  (``actors.metrics.RayRecorder`` in a Ray host; ``runtime.metrics``).
 """
 
 from __future__ import annotations
@@ -42,12 +45,14 @@ from redis.backoff import EqualJitterBackoff
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, owner_id
 from actors.mailbox import Mailbox
+from actors.metrics import RayRecorder
 from runtime import heap, tools
 from runtime.background import forever
-from runtime.logs import configure_logging
+from runtime.logs import configure_logging, log_context
+from runtime.metrics import QUIET, Recorder
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.connection import close_dedicated, connect, dedicated
 from runtime.store.fencing import through_outage
@@ -79,8 +84,9 @@ def _rss_bytes() -> int:
 
 
 class HostCore:
-    def __init__(self, name: str, settings: Settings, *, exit_when_idle: bool = False) -> None:
+    def __init__(self, name: str, settings: Settings, *, exit_when_idle: bool = False, metrics: Recorder = QUIET) -> None:
         self.name = name
+        self._metrics = metrics
         self._exit_when_idle = exit_when_idle
         self.incarnation = uuid.uuid4().hex[:12]
         self._activation_seq = 0
@@ -112,6 +118,7 @@ class HostCore:
                 conversations=ConversationStore(redis),
                 models=Providers(s).model,
                 tools=tools.load(s.tool_modules),
+                metrics=self._metrics,
             )
             self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
             heap.freeze()  # set up: keep what it made out of every later collection (runtime.heap)
@@ -190,28 +197,33 @@ class HostCore:
 
     async def _activate(self, conversation_id: str) -> str:
         assert self._directory is not None and self._services is not None
+        started = time.perf_counter()
         self._activation_seq += 1
         got = await self._directory.acquire(conversation_id, owner_id(self.name, self.incarnation, self._activation_seq))
         if isinstance(got, Held):
             return f"owner:{got.owner}"
         await self._services.redis.sadd(keyspace.host_conversations(self.name), conversation_id)
         self._start_worker(got)
+        self._metrics.activated(time.perf_counter() - started)
         return "ok"
 
     def _start_worker(self, lease: Lease) -> None:
         assert self._services is not None
         activation = Activation(lease, self._services)
         self._activations[lease.conversation_id] = activation
-        task = asyncio.create_task(self._work(activation), name=f"conv:{lease.conversation_id}")
+        self._metrics.conversations_active(len(self._activations))
+        with log_context(conversation_id=lease.conversation_id):  # every line of the activation's task
+            task = asyncio.create_task(self._work(activation), name=f"conv:{lease.conversation_id}")
         self._workers[lease.conversation_id] = task
 
     async def _work(self, activation: Activation) -> None:
         try:
-            await activation.run()
+            self._metrics.deactivated(await activation.run())
         except asyncio.CancelledError:
-            raise
+            raise  # a lease lost (counted by the renewal that found it) or the host stopping
         except Exception:
-            log.exception("activation crashed", extra={"conversation_id": activation.conversation_id})
+            self._metrics.deactivated("crashed")
+            log.exception("activation crashed")
         finally:
             await self._deactivate(activation)
 
@@ -220,6 +232,7 @@ class HostCore:
         if self._activations.get(conv) is activation:
             del self._activations[conv]
             self._workers.pop(conv, None)
+            self._metrics.conversations_active(len(self._activations))
         assert self._directory is not None and self._services is not None
         with contextlib.suppress(Exception):
             await asyncio.shield(self._release(activation.lease))
@@ -255,7 +268,7 @@ class HostCore:
             lambda: redis.smembers(keyspace.host_conversations(self.name)), patience_s=math.inf, what="recovery"
         )
         for raw in members:
-            conv = raw.decode()
+            conv = replies.text(raw)
             try:
                 await self._deliver(conv)
             except Exception:
@@ -268,13 +281,16 @@ class HostCore:
         is stopped (see ``actors.directory``). A failed renewal is tried again within a fraction
         of a second (``RENEW_RETRY``), so the owner takes a lapsed lease back before anyone else."""
         assert self._directory is not None
-        lost = await self._directory.renew([a.lease for a in self._activations.values()])
+        held = [a.lease for a in self._activations.values()]
+        lost = await self._directory.renew(held)
+        self._metrics.leases_renewed(len(held) - len(lost), len(lost))
         for lease in lost:
             activation = self._activations.get(lease.conversation_id)
             task = self._workers.get(lease.conversation_id)
             # Only the activation that held this lease: it may have been replaced meanwhile.
             if activation is not None and activation.lease == lease and task is not None:
                 log.warning("lease lost to another owner", extra={"conversation_id": lease.conversation_id})
+                self._metrics.deactivated("lease_lost")
                 task.cancel()
         return self._settings.lease_ttl_ms / 3000
 
@@ -290,10 +306,10 @@ class HostCore:
         async def ring() -> float:
             nonlocal cursor
             if cursor is None:
-                last = await redis.xrevrange(bell, count=1)
+                last = replies.entries(await redis.xrevrange(bell, count=1))
                 cursor = last[0][0].decode() if last else "0-0"
             reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
-            for _, entries in reply or ():
+            for _, entries in replies.streams(reply):
                 cursor = entries[-1][0].decode()
                 for conv in {fields[b"c"].decode() for _, fields in entries}:
                     activation = self._activations.get(conv)
@@ -333,7 +349,7 @@ class ConversationHost:
 
     def __init__(self, name: str, settings: Settings, exit_when_idle: bool = False) -> None:
         configure_logging(settings)
-        self._core = HostCore(name, settings, exit_when_idle=exit_when_idle)
+        self._core = HostCore(name, settings, exit_when_idle=exit_when_idle, metrics=RayRecorder())
 
     async def ready(self) -> dict[str, Any]:
         return await self._core.stats()

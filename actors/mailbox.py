@@ -29,7 +29,7 @@ from runtime.errors import (
     NotFoundError,
     PendingApprovalError,
 )
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.fencing import Fence, call_fenced
 from runtime.store.runs import START_RUN_LUA, now_ms
 
@@ -40,11 +40,13 @@ from runtime.store.runs import START_RUN_LUA, now_ms
 #       conversation from earlier, and a deleted one takes no turn).
 # ARGV: on_busy, run id, turn payload, stream ttl_s, run ttl_s, first item payload,
 #       use idempotency ('1'/'0'), kind ('m' messages, 'a' an approval), the approval request id
-#       it answers ('' any), then the run hash's field/value pairs.
+#       it answers ('' any), the tool call ids it decides on (comma-separated, '' none), whether
+#       those must be all the pending calls ('1': no decision for the rest) or some ('0'), then
+#       the run hash's field/value pairs.
 # Returns {1, entry id, current owner or ''} accepted, {0, active run id} busy, {2, existing run id}
 # duplicate, {3, request id} an approval is pending, {4, ''} no approval is pending,
 # {5, run id} the approval was already answered, {6, request id} the answer names another request,
-# {7, ''} the conversation does not exist.
+# {7, ''} the conversation does not exist, {8, pending call ids} the answer names other calls.
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[7]) == 0 then return {7, ''} end
 if ARGV[7] == '1' then
@@ -57,6 +59,16 @@ if ARGV[8] == 'a' then
   if not pending then return {4, ''} end
   if answered then return {5, answered} end
   if ARGV[9] ~= '' and ARGV[9] ~= pending then return {6, pending} end
+  local calls = redis.call('HGET', KEYS[6], 'calls') or ''
+  if ARGV[10] ~= '' and calls ~= '' then
+    local named = 0
+    for id in string.gmatch(ARGV[10], '[^,]+') do
+      if not string.find(',' .. calls .. ',', ',' .. id .. ',', 1, true) then return {8, calls} end
+      named = named + 1
+    end
+    local _, commas = string.gsub(calls, ',', '')
+    if ARGV[11] == '1' and named ~= commas + 1 then return {8, calls} end
+  end
 elseif pending and not answered then
   return {3, pending}
 end
@@ -72,7 +84,7 @@ if ARGV[1] == 'reject' then
 end
 local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[2], 'p', ARGV[3])
 local fields = {'mailbox_entry', id}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 if ARGV[8] == 'a' then redis.call('HSET', KEYS[6], 'answered', ARGV[2]) end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -85,7 +97,7 @@ return {1, id, redis.call('GET', KEYS[5]) or ''}
 
 # The owner takes the oldest entry and starts its run, in one step. KEYS: epoch, mailbox.
 # ARGV: epoch, now_ms, owner, the conversation's run key prefix. Returns nil when the mailbox is
-# empty, else {entry id, run id, payload, outcome of start_run}.
+# empty, else {entry id, run id, payload, outcome of start_run, entries in the mailbox}.
 _TAKE = START_RUN_LUA + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -95,7 +107,7 @@ local run_id, payload = '', ''
 for i = 1, #fields, 2 do
   if fields[i] == 'r' then run_id = fields[i + 1] elseif fields[i] == 'p' then payload = fields[i + 1] end
 end
-return {id, run_id, payload, start_run(ARGV[4] .. run_id, ARGV[2], ARGV[3])}
+return {id, run_id, payload, start_run(ARGV[4] .. run_id, ARGV[2], ARGV[3]), redis.call('XLEN', KEYS[2])}
 """
 
 
@@ -125,6 +137,7 @@ class Taken:
 
     entry: MailboxEntry
     status: str
+    depth: int  # entries in the mailbox when it was taken, this one included
 
 
 class Mailbox:
@@ -146,6 +159,8 @@ class Mailbox:
         run_ttl_s: int,
         idempotency_key: str | None = None,
         answers_approval: str | None = None,
+        answered_calls: tuple[str, ...] = (),
+        answers_all_calls: bool = False,
     ) -> Accepted:
         """Create the run and append its turn. Raises ConversationBusyError for ``reject`` when the
         conversation has unfinished turns, NotFoundError when it does not exist (any more);
@@ -153,7 +168,9 @@ class Mailbox:
         send). In all these cases nothing is written.
 
         While an approval is pending only its answer gets in (``answers_approval``: the request id
-        it names, or "" for whichever is pending); other messages raise PendingApprovalError."""
+        it names, or "" for whichever is pending); other messages raise PendingApprovalError. An
+        answer that names calls (``answered_calls``) must name pending calls only, and all of them
+        when it decides nothing for the rest (``answers_all_calls``)."""
         flat: list[str | int] = []
         for name, value in run_fields.items():
             flat.extend((name, value))
@@ -178,6 +195,8 @@ class Mailbox:
                 "1" if idempotency_key else "0",
                 "m" if answers_approval is None else "a",
                 answers_approval or "",
+                ",".join(answered_calls),
+                "1" if answers_all_calls else "0",
                 *flat,
             ],
         )
@@ -188,13 +207,17 @@ class Mailbox:
             raise PendingApprovalError(conversation_id, text)
         if int(code) == 4:
             raise InvalidRequestError(
-                f"conversation {conversation_id} has no approval request waiting for an answer "
-                "(wait until the run that asks for approval has ended, with stop_reason requires_approval)"
+                "Cannot process approval response: No tool call is currently awaiting approval. "
+                "Please send a regular message to interact with the agent."
             )
         if int(code) == 5:
             raise ConflictError(f"this approval request was already answered by run {text}")
         if int(code) == 6:
             raise InvalidRequestError(f"approval_request_id does not match the pending approval request {text}")
+        if int(code) == 8:
+            raise InvalidRequestError(
+                f"Invalid tool call IDs. Expected '{text.replace(',', ', ')}', but received '{', '.join(answered_calls)}'."
+            )
         if int(code) == 7:
             raise NotFoundError(f"conversation {conversation_id} not found")
         if int(code) == 2:
@@ -217,8 +240,8 @@ class Mailbox:
         )
         if reply is None:
             return None
-        entry_id, run_id, payload, status = reply
-        return Taken(MailboxEntry(entry_id.decode(), run_id.decode(), payload), status.decode())
+        entry_id, run_id, payload, status, depth = reply
+        return Taken(MailboxEntry(entry_id.decode(), run_id.decode(), payload), status.decode(), int(depth))
 
     async def holds(self, conversation_id: str, entry_id: str) -> bool:
         """Whether entry ``entry_id`` is still in the mailbox (its run has not ended)."""
@@ -229,5 +252,5 @@ class Mailbox:
 
     async def run_ids(self, conversation_id: str, *, before: str | None = None) -> list[str]:
         """Run ids of every unfinished entry (accepted before entry ``before``), oldest first."""
-        entries = await self._redis.xrange(keyspace.mailbox(conversation_id), max=f"({before}" if before else "+")
+        entries = replies.entries(await self._redis.xrange(keyspace.mailbox(conversation_id), max=f"({before}" if before else "+"))
         return [fields[b"r"].decode() for _, fields in entries]

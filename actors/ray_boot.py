@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -51,7 +52,7 @@ def _use_token(settings: Settings, *, fresh: bool) -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     # This process may already have loaded (and cached) a token: make Ray read it again.
-    from ray._raylet import AuthenticationTokenLoader, Config  # Ray's own reset hook
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # Ray's own reset hook; the compiled module's stub omits it
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
@@ -74,9 +75,16 @@ def connect(settings: Settings, *, start_local: bool) -> str:
         )
     else:
         ctx = ray.init(address="auto", namespace=settings.ray_namespace, logging_level=logging.WARNING)
-    address = str(ctx.address_info.get("gcs_address", ""))
+    address = str(ctx.address_info.get("gcs_address", ""))  # type: ignore[attr-defined]  # ray.init's RayContext, typed as its base
     log.info("ray connected", extra={"gcs_address": address})
     return address
+
+
+def metrics_exporters() -> list[str]:
+    """``host:port`` of every live node's Ray metrics agent, which serves the conversation hosts' metrics
+    (what Ray's dashboard writes into its Prometheus service discovery file)."""
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # Ray leaves ray.nodes unannotated
+    return [f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}" for node in nodes if node.get("Alive")]
 
 
 def disconnect() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import ray
 import redis.asyncio as aioredis
@@ -40,9 +41,9 @@ class ConversationRouter:
         self._settings = settings
         self._directory = directory
         self._redis = redis
-        self._handles: dict[str, ActorHandle] = {}
+        self._handles: dict[str, ActorHandle[Any]] = {}  # hosts, called by method name
 
-    async def _handle(self, name: str) -> ActorHandle:
+    async def _handle(self, name: str) -> ActorHandle[Any]:
         handle = self._handles.get(name)
         if handle is None:
             # ray.get_actor is a blocking GCS lookup: keep it off the event loop.

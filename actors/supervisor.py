@@ -53,7 +53,7 @@ def dedicated_host(settings: Settings, conversation_id: str) -> Any:
 
 
 def _options(settings: Settings, name: str, *, max_concurrency: int) -> Any:
-    return ConversationHost.options(  # type: ignore[attr-defined]
+    return ConversationHost.options(  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy does not apply class decorators
         name=name,
         namespace=settings.ray_namespace,
         lifetime="detached",

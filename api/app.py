@@ -17,7 +17,7 @@ from api.auth import authenticate
 from api.limits import RequestLimits
 from api.metrics import HTTP_LATENCY, HTTP_REQUESTS, TailerMetrics
 from api.openai import routes as chat
-from api.routes import agents, conversations, health, runs
+from api.routes import agents, conversations, health, models, page, runs, tools
 from api.state import AppState
 from runtime import heap
 from runtime.settings import Settings
@@ -73,9 +73,11 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     # Routes are matched in order, one after the other: the streaming ones, which carry the
     # traffic, come first. Health checks and metrics need no key.
-    for module in (conversations, runs, chat, agents):
+    app.include_router(runs.stream_router)  # takes a key or a stream token (api.auth.StreamReader)
+    for module in (conversations, runs, chat, agents, models, tools):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
+    page.install(app)  # the chat page at / (no key: it asks for one when the API does)
     app.add_middleware(RequestLimits, max_request_bytes=settings.max_request_bytes, max_header_bytes=settings.max_header_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -9,6 +9,8 @@ order (Redis is not started again then), and leaves no process behind.
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
 Ray); it starts nothing else.
 
+``convoy chat`` talks to an agent from the terminal, over HTTP only (see ``api.chat_cli``).
+
 ``convoy keys create|list|revoke`` manages API keys (see ``api.keys_cli``). With no key ever
 created, ``serve`` and ``api`` run open, and only on a loopback address; they refuse to start on
 any other address until a key exists.
@@ -33,16 +35,20 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import uvicorn
 
-from api import keys_cli
+from api import chat_cli, keys_cli
 from bench import cli as bench_cli
 from runtime.errors import ConfigurationError, ConvoyError
 from runtime.logs import configure_logging
 from runtime.settings import Settings
 from runtime.store.embedded import EmbeddedRedis, recorded_url
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("convoy")
 KEEP_ALIVE_S = 75
@@ -58,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
         cmd.add_argument("--port", type=int, default=None, help="port to listen on (default 8283)")
+    chat_cli.add_parser(sub)
     bench_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     return parser
@@ -90,6 +97,8 @@ def serve(settings: Settings) -> int:
         else:
             _say(f"hosts   {len(hosts)} conversation host(s) ready")
         _say(f"model   default {settings.resolved_default_model()}")
+        exporters = ", ".join(f"http://{a}/metrics" for a in ray_boot.metrics_exporters())
+        _say(f"metrics hosts at {exporters or 'no node yet'} (Ray's metrics agents); API at /metrics")
         _say(f"api     listening on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
         _run_api(settings, create_app)
         return 0
@@ -129,9 +138,9 @@ def _check_auth(settings: Settings) -> None:
          "`convoy keys create` closes open mode at once")
 
 
-def _run_api(settings: Settings, create_app: object) -> None:
+def _run_api(settings: Settings, create_app: Callable[[Settings], FastAPI]) -> None:
     config = uvicorn.Config(
-        create_app(settings),  # type: ignore[operator]
+        create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -149,7 +158,7 @@ def _run_api(settings: Settings, create_app: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**overrides)
     configure_logging(settings)
     try:
         if args.command == "serve":
@@ -158,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench_cli.run(settings, args)
         if args.command == "keys":
             return keys_cli.run(settings, args, _say)
+        if args.command == "chat":
+            return chat_cli.run(settings, args)
         return api_only(settings)
     except ConvoyError as exc:
         print(f"convoy: {exc}", file=sys.stderr)

@@ -118,7 +118,7 @@ class RunErrorResponse(Exception):
 def status_for(exc: ConvoyError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 
@@ -337,7 +337,7 @@ def _document_errors(app: FastAPI) -> None:
                 )
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to amend its schema
 
 
 STORE_RETRY_AFTER_S = 2

@@ -29,7 +29,7 @@ from runtime.store.embedded import EmbeddedRedis, recorded_url
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = "create, list or revoke API keys (each bound to one tenant)"
     keys = sub.add_parser("keys", help=text, description=text).add_subparsers(dest="keys", required=True)
     text = "create a key and print it (shown once, as the last word of the output)"

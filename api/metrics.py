@@ -8,6 +8,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from runtime.metrics import Recorder
 from runtime.stream.tailer import TailerPool
 
 RUNS_ACCEPTED = Counter("convoy_runs_accepted_total", "Turns accepted into a conversation's mailbox.", ["mode"])
@@ -15,6 +16,11 @@ RUNS_DEDUPLICATED = Counter("convoy_runs_deduplicated_total", "Retried sends joi
 SSE_STREAMS = Gauge("convoy_sse_streams_active", "SSE responses currently open.")
 SSE_ITEMS = Counter("convoy_sse_items_total", "Stream items written to SSE clients.")
 SSE_DISCONNECTS = Counter("convoy_sse_disconnects_total", "SSE clients gone before the end of their run.", ["mode"])
+RUNS_ENDED = Counter(
+    "convoy_runs_ended_total",
+    "Runs this API process ended itself (cancelled while queued, orphans); their owners count the rest.",
+    ["status", "stop_reason"],
+)
 HTTP_REQUESTS = Counter("convoy_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
     "convoy_http_request_seconds",
@@ -22,6 +28,13 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+class ApiRecorder(Recorder):
+    """What the conversations' door measures in an API process (``actors.client``)."""
+
+    def run_ended(self, status: str, stop_reason: str) -> None:
+        RUNS_ENDED.labels(status, stop_reason).inc()
 
 
 class TailerMetrics(Collector):

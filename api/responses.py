@@ -1,4 +1,7 @@
-"""Non-streaming answers: wait for a run's terminal item and build Letta's ``LettaResponse``."""
+"""Non-streaming answers: wait for a run's terminal item and build Letta's ``LettaResponse``.
+
+A run answered this way is always step-streamed (``api.turns``), so its stream holds whole
+messages, one per segment, as Letta's non-streaming reply does."""
 
 from __future__ import annotations
 
@@ -35,23 +38,4 @@ async def collect_response(state: AppState, run: RunView) -> dict[str, Any]:
                 messages.append(doc)
     if error is not None:
         raise RunErrorResponse(run_error_status(error["error_type"]), error)
-    return {"messages": _merge(messages), "stop_reason": stop_reason, "usage": usage}
-
-
-def _merge(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Token deltas of one message (same id and otid) joined into one message."""
-    merged: list[dict[str, Any]] = []
-    for doc in deltas:
-        last = merged[-1] if merged else None
-        if (
-            last is not None
-            and last.get("id") == doc.get("id")
-            and last.get("otid") == doc.get("otid")
-            and last.get("message_type") == doc.get("message_type")
-            and isinstance(last.get("content"), str)
-            and isinstance(doc.get("content"), str)
-        ):
-            last["content"] += doc["content"]
-        else:
-            merged.append(dict(doc))
-    return merged
+    return {"messages": messages, "stop_reason": stop_reason, "usage": usage}

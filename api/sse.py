@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -37,10 +38,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.client import Nudge
 from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
+from runtime import logs
 from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, RunFailure, StreamGoneError
 from runtime.ids import new_id
 from runtime.schemas.messages import Ping
 from runtime.store import keyspace
+from runtime.store.stream_tokens import StreamGrant
 from runtime.stream.items import StoredItem, first_seq, last_seq, read_after
 from runtime.stream.wire import encode, failure_items
 
@@ -105,7 +108,7 @@ async def check_cursor(state: AppState, conversation_id: str, run_id: str, after
 
 async def run_batches(
     state: AppState, conversation_id: str, run_id: str, *, after: int
-) -> AsyncIterator[tuple[list[StoredItem], bool] | None]:
+) -> AsyncGenerator[tuple[list[StoredItem], bool] | None, None]:
     """``(items, stored)``: the items after ``after`` in the batches they arrive in, the last one
     ending with a terminal item; ``None`` marks each ``ping_interval_s`` of silence. ``stored`` is
     False for items the reader made up itself."""
@@ -212,7 +215,7 @@ async def _stalled_ending(
 
 
 def _synthetic(run_id: str, cursor: int, failure: RunFailure) -> list[StoredItem]:
-    return [StoredItem(seq, kind, payload) for seq, kind, payload in failure_items(run_id, cursor + 1, failure)]  # type: ignore[arg-type]
+    return [StoredItem(seq, kind, payload) for seq, kind, payload in failure_items(run_id, cursor + 1, failure)]
 
 
 async def run_events(
@@ -284,5 +287,12 @@ async def resume_response(
 ) -> StreamingResponse:
     """What every resume route answers once it has found its run: the items after ``after``,
     the cursor checked first (``check_cursor``). Resuming never cancels: the reader may leave."""
+    logs.bind(run_id=run_id, conversation_id=conversation_id)
     await check_cursor(state, conversation_id, run_id, after)
     return sse_response(run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=retry_ms))
+
+
+def stream_token_view(token: str, grant: StreamGrant, **scope: str) -> dict[str, Any]:
+    """What a stream-token route answers: the token, when it expires, and what it opens."""
+    expires = datetime.fromtimestamp(grant.expires_at_s, UTC)
+    return {"token": token, "expires_at": expires.isoformat(), "expires_in_s": max(0, grant.expires_at_s - int(time.time())), **scope}

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from actors.client import ConversationClient
+from api.metrics import ApiRecorder
 from runtime.providers.registry import Providers
 from runtime.settings import Settings
 from runtime.store.agents import AgentStore, ConversationStore
@@ -20,6 +21,7 @@ from runtime.store.api_keys import Gate, KeyStore
 from runtime.store.connection import connect
 from runtime.store.history import HistoryStore
 from runtime.store.runs import RunStore
+from runtime.store.stream_tokens import StreamTokens
 from runtime.stream.tailer import TailerPool
 from runtime.tools import ToolRegistry, load
 
@@ -40,6 +42,7 @@ class AppState:
     tools: ToolRegistry
     keys: KeyStore
     gate: Gate
+    stream_tokens: StreamTokens
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -55,7 +58,7 @@ class AppState:
             runs=runs,
             history=HistoryStore(redis),
             tailers=tailers,
-            client=ConversationClient(settings, redis, runs, tailers),
+            client=ConversationClient(settings, redis, runs, tailers, ApiRecorder()),
             providers=Providers(settings),
             tools=load(settings.tool_modules),
             keys=key_store,
@@ -64,6 +67,7 @@ class AppState:
                 default_requests_per_minute=settings.key_requests_per_minute,
                 default_concurrent_runs=settings.key_concurrent_runs,
             ),
+            stream_tokens=StreamTokens(redis, ttl_s=settings.stream_token_ttl_s),
         )
 
     async def start(self) -> None:
@@ -77,7 +81,7 @@ class AppState:
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.convoy  # type: ignore[no-any-return]
+    return request.app.state.convoy
 
 
 async def _state_dependency(request: Request) -> AppState:

@@ -12,7 +12,9 @@ import time
 
 from actors.client import idempotency_key
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
+from api.model_settings import check_turn
 from api.state import AppState
+from runtime import logs
 from runtime.errors import RateLimitedError
 from runtime.ids import new_id
 from runtime.schemas.agents import ConversationRef
@@ -35,16 +37,18 @@ async def accept_turn(
     key with a concurrent-runs limit gets the run counted first (429 when it has none left)."""
     if body.override_model:
         state.providers.validate(body.override_model)
+    await check_turn(state, conversation, body)
     run_id = new_id("run")
+    logs.bind(run_id=run_id, conversation_id=conversation.id, tenant=conversation.tenant)
     slot = await _take_slot(state, caller, run_id)
     try:
         accepted = await state.client.accept(
             conversation,
             _turn(conversation, body, run_id),
             _run(conversation, body, run_id),
-            on_busy=body.on_busy,
-            idempotency=idempotency_key(idempotency_header, body.input_messages()[0].otid),
-            answers_approval=None if body.approval is None else (body.approval.approval_request_id or ""),
+            on_busy=body.on_busy or state.settings.on_busy_default,
+            idempotency=idempotency_key(idempotency_header, body.first_otid()),
+            approval=body.approval,
             key_id=slot,
         )
     except BaseException:
@@ -52,6 +56,7 @@ async def accept_turn(
             await state.keys.release_run_slot(slot, run_id)
         raise
     if accepted.duplicate:
+        logs.bind(run_id=accepted.run.id)  # the run this retry joins
         RUNS_DEDUPLICATED.inc()
         if slot:
             await state.keys.release_run_slot(slot, run_id)
@@ -96,11 +101,15 @@ def _turn(conversation: ConversationRef, body: SendMessageRequest, run_id: str) 
         agent_id=conversation.agent_id,
         conversation_id=conversation.id,
         messages=body.input_messages(),
-        stream_tokens=body.stream_tokens,
+        # A reply read whole is built from whole messages: token deltas are for streams only.
+        stream_tokens=body.stream_tokens and body.streaming,
         max_steps=body.max_steps,
         use_assistant_message=body.use_assistant_message,
         include_return_message_types=body.include_return_message_types,
         override_model=body.override_model,
         client_tools=body.client_tools,
+        override_system=body.override_system,
+        client_skills=body.client_skills,
+        model_settings=body.model_settings,
         accepted_at_ns=time.time_ns(),
     )

@@ -1,19 +1,15 @@
 """``convoy bench ...``: the benchmarks' command line. The server's CLI (``api.cli``) adds this parser
 and hands the parsed arguments to ``run``; nothing here is imported by a server process.
 
-The benchmarks are clients of Convoy (HTTP, SSE): their libraries are the ``bench`` extra
-(``pip install 'convoy[bench]'``), and ``run`` says so when they are missing.
+The benchmarks are clients of Convoy (HTTP, SSE), through the same libraries as ``convoy chat``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 from runtime.settings import Settings
-
-EXTRA_HINT = "convoy bench needs its client libraries: pip install 'convoy[bench]'"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -111,17 +107,7 @@ def _shards(text: str) -> tuple[int, ...]:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the benchmark ``args`` names; 2 with a hint when the ``bench`` extra is not installed."""
-    try:
-        return _dispatch(settings, args)
-    except ModuleNotFoundError as exc:
-        if exc.name in ("httpx", "httpx_sse"):
-            print(f"convoy: {EXTRA_HINT} (missing {exc.name})", file=sys.stderr)
-            return 2
-        raise
-
-
-def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the benchmark ``args`` names."""
     if args.bench == "streams":
         return bench_streams(settings, args)
     if args.bench == "soak":

@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import httpx2
 from google import genai
 from google.genai import types as genai_types
 from openai import AsyncOpenAI
@@ -270,7 +271,8 @@ class Trip:
 async def _convoy(
     client: httpx.AsyncClient, conversation_id: str, marker: str, trips: dict[str, Trip]
 ) -> tuple[int, list[int]]:
-    body = {"messages": [{"role": "user", "content": marker}]}
+    # Token streaming: each token as it comes (the default, as in Letta, is one message per step).
+    body = {"messages": [{"role": "user", "content": marker}], "stream_tokens": True}
     sent_wall = time.time()
     sent = time.perf_counter_ns()
     arrivals: list[int] = []
@@ -299,7 +301,14 @@ async def _measure(serve: Serve, upstream: Upstream, opts: ProvidersOptions, rep
     openai_path = Measured("OpenAI Chat Completions (openai SDK)", f"bench/{MODEL}")
     gemini_path = Measured("Gemini streamGenerateContent (google-genai SDK)", f"google/{MODEL}")
     sdk = AsyncOpenAI(base_url=f"{upstream.url}/v1", api_key="bench", max_retries=0)
-    options = genai_types.HttpOptions(base_url=upstream.url, api_version="v1beta", retry_options=genai_types.HttpRetryOptions(attempts=1))
+    # The transport Convoy's own client uses (runtime.providers.gemini.make_client), so both paths read
+    # through the same HTTP client (with aiohttp installed the SDK would otherwise pick aiohttp).
+    options = genai_types.HttpOptions(
+        base_url=upstream.url,
+        api_version="v1beta",
+        retry_options=genai_types.HttpRetryOptions(attempts=1),
+        async_client_args={"transport": httpx2.AsyncHTTPTransport()},
+    )
     gemini = genai.Client(api_key="bench", http_options=options).aio
     async with httpx.AsyncClient(base_url=serve.url, timeout=60) as client:
         conversations = {}

@@ -22,6 +22,11 @@ Mechanics that matter on one machine (found empirically, Ray 2.60):
   so draining is turned off and a stop is what ``ray stop`` does: SIGTERM to every process.
 - Ray binds to the machine's address; both nodes get the same IP, and a driver on this machine
   attaches to the head's raylet (``get_node_to_connect_for_driver`` prefers the head).
+- each node's metrics agent serves Prometheus on its ``--metrics-export-port``; only the head's
+  dashboard writes the service discovery file that lists them (``dashboard=True``; it is off
+  otherwise, to start faster). The dashboard's and the autoscaler's own metrics ports are fixed by
+  Ray (44227, 44217) unless ``DASHBOARD_METRIC_PORT`` / ``AUTOSCALER_METRIC_PORT`` say otherwise:
+  each cluster gets free ones.
 """
 
 from __future__ import annotations
@@ -101,6 +106,10 @@ def command_of(pid: int) -> str:
         return ""
 
 
+def _port_of(args: list[str], name: str) -> int:
+    return int(next(a for a in args if a.startswith(f"--{name}=")).split("=", 1)[1])
+
+
 def _ports() -> list[str]:
     # No Ray Client server port: that needs `ray[client]`, and Convoy depends on plain `ray`.
     names = [
@@ -120,6 +129,7 @@ class RayNode:
     process: subprocess.Popen[bytes]
     log_path: Path
     temp_dir: Path
+    metrics_port: int
     seen: set[int] = field(default_factory=set)
 
     @property
@@ -133,6 +143,10 @@ class RayNode:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def worker_logs(self) -> list[Path]:
+        """The stderr files of this node's Ray workers (where a host's log lines go)."""
+        return sorted((self.temp_dir / "session_latest" / "logs").glob("worker-*.err"))
 
     def started(self) -> bool:
         if self.process.poll() is not None:
@@ -196,6 +210,13 @@ class RayCluster:
     env: dict[str, str]
     nodes: list[RayNode] = field(default_factory=list)
 
+    @property
+    def service_discovery(self) -> Path:
+        """Prometheus' file-based service discovery of this cluster's metrics exporters, written by
+        the head's dashboard (``start_cluster(dashboard=True)``): Ray's
+        ``/tmp/ray/prom_metrics_service_discovery.json``, under the head's own temp dir."""
+        return self.head.temp_dir / "prom_metrics_service_discovery.json"
+
     def client_env(self) -> dict[str, str]:
         """What a process joining as a driver (``convoy serve``) needs in its environment."""
         return {"RAY_ADDRESS": self.address, **{k: v for k, v in self.env.items() if k.startswith("RAY_AUTH_")}}
@@ -231,21 +252,22 @@ def _start(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Ra
             env=env,
             start_new_session=True,
         )
-    return RayNode(name=name, process=process, log_path=log_path, temp_dir=temp_dir)
+    metrics_port = _port_of(args, "metrics-export-port")
+    return RayNode(name=name, process=process, log_path=log_path, temp_dir=temp_dir, metrics_port=metrics_port)
 
 
-def start_cluster(log_dir: Path, *, head_cpus: int = 1) -> RayCluster:
+def start_cluster(log_dir: Path, *, head_cpus: int = 1, dashboard: bool = False) -> RayCluster:
+    """A head node; with ``dashboard``, Ray's dashboard too (on a free loopback port), which writes
+    the Prometheus service discovery file (``RayCluster.service_discovery``)."""
     env = _env()
+    if dashboard:
+        env.update({"DASHBOARD_METRIC_PORT": str(free_port()), "AUTOSCALER_METRIC_PORT": str(free_port())})
+        ui = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+    else:
+        ui = ["--include-dashboard=false"]
     head = _start(
         "head",
-        [
-            "--head",
-            f"--port={free_port()}",
-            f"--num-cpus={head_cpus}",
-            f"--object-store-memory={OBJECT_STORE_BYTES}",
-            "--include-dashboard=false",
-            *_ports(),
-        ],
+        ["--head", f"--port={free_port()}", f"--num-cpus={head_cpus}", f"--object-store-memory={OBJECT_STORE_BYTES}", *ui, *_ports()],
         env,
         log_dir,
     )

@@ -7,6 +7,7 @@
     ├── InvalidRequestError           well-formed but unacceptable input
     │   └── RequestTooLargeError      a body (or HeadersTooLargeError: headers) over its size limit
     ├── AuthenticationError           no API key, or one that does not exist (any more)
+    │   └── StreamTokenError          a stream token that is forged, expired, or for another stream or route
     ├── RateLimitedError              a key over its request rate or concurrent runs (carries retry_after_s)
     ├── ConflictError
     │   ├── ConversationBusyError     on_busy=reject while a run is active (carries retry_after_s)
@@ -71,6 +72,13 @@ class AuthenticationError(ConvoyError):
     code = "unauthenticated"
 
 
+class StreamTokenError(AuthenticationError):
+    """A stream token (``?token=``) that cannot open what it was sent to: malformed, forged,
+    expired, scoped to another run or conversation, or sent to a route that takes none."""
+
+    code = "invalid_stream_token"
+
+
 class RateLimitedError(ConvoyError):
     code = "rate_limited"
 
@@ -88,8 +96,9 @@ class ConversationBusyError(ConflictError):
 
     def __init__(self, conversation_id: str, active_run_id: str | None, retry_after_s: int = 1) -> None:
         super().__init__(
-            f"conversation {conversation_id} is processing run {active_run_id}; retry later, "
-            "or send with on_busy='queue' to wait in line or 'interrupt' to cancel the active run"
+            "Cannot send a new message: Another request is currently being processed for this conversation. "
+            f"Please wait for the current request to complete (run {active_run_id}), or send with on_busy='queue' "
+            "to wait in line or 'interrupt' to cancel the active run."
         )
         self.conversation_id = conversation_id
         self.active_run_id = active_run_id
@@ -101,8 +110,9 @@ class PendingApprovalError(ConflictError):
 
     def __init__(self, conversation_id: str, pending_request_id: str) -> None:
         super().__init__(
-            f"conversation {conversation_id} is waiting for an answer to approval request {pending_request_id}: "
-            "approve or deny it (a message of type 'approval'), or cancel the conversation's runs, first"
+            "Cannot send a new message: The agent is waiting for approval on a tool call. Please approve or deny "
+            f"the pending request before continuing (approval request {pending_request_id}; or cancel the "
+            "conversation's runs)."
         )
         self.pending_request_id = pending_request_id
 

@@ -28,7 +28,8 @@ class CompatibleProvider(BaseModel):
 
     Declared in ``CONVOY_PROVIDERS`` as JSON, e.g.
     ``{"vllm": {"base_url": "http://gpu-1:8000/v1"}, "openrouter": {"base_url": "https://openrouter.ai/api/v1",
-    "api_key": "sk-or-..."}}``; models are then addressed as ``vllm/<model>``.
+    "api_key": "sk-or-...", "models": ["anthropic/claude-sonnet-4.5"]}}``; models are then addressed as
+    ``vllm/<model>``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,6 +37,10 @@ class CompatibleProvider(BaseModel):
     base_url: str = Field(description="The server's OpenAI API root, usually ending in /v1.")
     api_key: str | None = Field(default=None, description="Sent as the bearer token; many local servers need none.")
     api: Literal["chat", "responses"] = Field(default="chat", description="Which OpenAI API the server speaks.")
+    models: list[str] | None = Field(
+        default=None,
+        description="The models to list (GET /v1/models); when unset, the server's own GET /models is asked.",
+    )
 
 
 class Settings(BaseSettings):
@@ -83,6 +88,16 @@ class Settings(BaseSettings):
     key_concurrent_runs: int = Field(
         default=32, ge=0, description="Default unfinished (queued or running) runs per API key; 0: unlimited."
     )
+    stream_token_ttl_s: int = Field(
+        default=300,
+        ge=10,
+        le=86_400,
+        description="Lifetime of a stream token (GET /v1/runs/{id}/stream?token=, for a browser's EventSource).",
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="The key `convoy chat` sends (a client's setting: servers never read it).",
+    )
 
     # Conversation hosting (see actors/): hosts are Ray actors that each hold many conversations.
     placement: Literal["shared", "dedicated"] = Field(
@@ -101,6 +116,12 @@ class Settings(BaseSettings):
     ping_interval_s: float = Field(default=15.0, gt=0, description="Keepalive ping after this much silence.")
     stream_idle_timeout_s: float = Field(
         default=60.0, gt=0, description="A reader gives up on a silent run whose owner is gone after this long."
+    )
+
+    on_busy_default: Literal["queue", "reject", "interrupt"] = Field(
+        default="queue",
+        description="What a message to a busy conversation does unless it says (on_busy): queue, or reject "
+        "with 409 as Letta does, or interrupt the active run.",
     )
 
     # Agents and models.

@@ -275,6 +275,12 @@ def stop_convoy(convoy: Convoy) -> set[int]:
     return {p for p in started if alive(p)}
 
 
+# The models CONVOY_PROVIDERS configures for its provider ``listed`` (GET /v1/models lists them).
+LISTED_MODELS = ("alpha-1", "beta-2")
+# What the fake's own GET /models answers, read by provider ``compat`` (set once: Convoy keeps a
+# server's list for a minute, so a test changing it would see whatever an earlier test cached).
+COMPAT_MODELS = ("qwen-7b", "llama-8b")
+
 # Deadlines and retries of provider calls, short enough for tests to exercise them quickly.
 PROVIDER_POLICY_ENV = {
     "CONVOY_LLM_CONNECT_TIMEOUT_S": "2",
@@ -292,13 +298,16 @@ TOOLS_ENV = {"CONVOY_TOOL_MODULES": "tests.fakes.tools", "PYTHONPATH": str(Path(
 @pytest.fixture(scope="session")
 def fake_provider() -> Iterator[FakeProvider]:
     """Local servers speaking OpenAI Chat, OpenAI Responses, Anthropic Messages and Gemini wire formats."""
-    with FakeProvider().start() as fake:
+    fake = FakeProvider()
+    fake.listed_models = list(COMPAT_MODELS)
+    with fake.start():
         yield fake
 
 
 def provider_env(fake: FakeProvider) -> dict[str, str]:
-    """What points a Convoy process at the fake providers: the SDKs' own variables, plus a named
-    OpenAI-compatible provider ``compat``, and ``unreachable`` whose port nothing listens on."""
+    """What points a Convoy process at the fake providers: the SDKs' own variables, plus named
+    OpenAI-compatible providers ``compat``, ``listed`` (with a configured model list), and
+    ``unreachable`` whose port nothing listens on."""
     return {
         "OPENAI_API_KEY": "sk-test-openai",
         "OPENAI_BASE_URL": fake.openai_base_url,
@@ -308,7 +317,8 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
         "GOOGLE_GEMINI_BASE_URL": fake.gemini_base_url,
         "CONVOY_PROVIDERS": json.dumps(
             {
-                "compat": {"base_url": f"{fake.url}/compat/v1"},
+                "compat": {"base_url": f"{fake.url}/compat/v1"},  # lists what the fake's GET /models answers
+                "listed": {"base_url": f"{fake.url}/listed/v1", "models": list(LISTED_MODELS)},
                 "unreachable": {"base_url": f"http://127.0.0.1:{free_port()}/v1"},  # nothing listens there
             }
         ),
@@ -377,3 +387,41 @@ def redis_snapshot(store: redis.Redis) -> dict[str, int]:
         elif kind == "string":
             sizes[key] = 1
     return sizes
+
+
+@dataclass
+class KeyedConvoy:
+    """A ``convoy serve`` with API keys on: one key for tenant ``acme``, one for ``globex``."""
+
+    server: Convoy
+    acme: str
+    globex: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self, key: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def create_key(server: Convoy, tenant: str) -> str:
+    """``convoy keys create`` against ``server``'s Redis, as a user runs it; the key is the last word."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "convoy"), "keys", "create", "--tenant", tenant],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return out.split()[-1]
+
+
+@pytest.fixture(scope="session")
+def keyed_convoy(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[KeyedConvoy]:
+    """A second server, with keys on (creating a key ends open mode for good, so never the session's)."""
+    server = start_convoy(tmp_path_factory.mktemp("keyed-home"), {**provider_env(fake_provider), **TOOLS_ENV})
+    yield KeyedConvoy(server, create_key(server, "acme"), create_key(server, "globex"))
+    assert not stop_convoy(server), "processes left behind by the keyed server"

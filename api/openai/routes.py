@@ -74,7 +74,7 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
             return [resolve(item) for item in node]
         return node
 
-    return resolve(schema)  # type: ignore[no-any-return]
+    return resolve(schema)
 
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
@@ -107,7 +107,14 @@ async def chat_completions(
     except NotFoundError:
         message = f"The model `{body.model}` does not exist: use an agent id (agent-…) or a conversation id (conv-…)"
         return openai_error(404, message, "model_not_found", param="model")
-    turn = SendMessageRequest(messages=body.input_messages(), streaming=body.streaming, include_pings=False)
+    # An OpenAI stream is a chunk per token, so a streamed answer streams the model's tokens.
+    turn = SendMessageRequest(
+        messages=body.input_messages(),
+        streaming=body.streaming,
+        stream_tokens=body.streaming,
+        include_pings=False,
+        model_settings=body.model_settings(),
+    )
     try:
         run = await accept_turn(state, caller, conversation, turn, idempotency_header=idempotency_key)
     except ConvoyError as exc:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from runtime.schemas.model_settings import ModelSettings, Reasoning, ResponseFormatIn
 from runtime.schemas.requests import (
     MAX_CONTEXT_TOKENS,
     MAX_MESSAGES,
@@ -26,6 +27,7 @@ from runtime.schemas.requests import (
     MAX_PARTS,
     MAX_TEXT_CHARS,
     MAX_TOOLS,
+    InputMessage,
     JsonObject,
     MessageCreate,
 )
@@ -74,9 +76,11 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """Body of ``POST /v1/chat/completions``. ``model`` names an agent (its default conversation)
-    or a conversation. Sampling options (``temperature``, ``max_tokens``...) are accepted and
-    ignored: the agent's model settings apply. Those modelled are still checked against OpenAI's
-    ranges, so a request OpenAI would refuse is refused here too."""
+    or a conversation. ``temperature``, ``max_completion_tokens`` (or ``max_tokens``),
+    ``response_format``, ``reasoning_effort``, ``verbosity`` and ``parallel_tool_calls`` are this
+    request's model settings, over the conversation's and the agent's (``model_settings()``), and are
+    refused (400) where the model cannot honour them; ``top_p`` is accepted and ignored. Every field
+    modelled is checked against OpenAI's ranges, so a request OpenAI would refuse is refused here too."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -91,6 +95,10 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    response_format: ResponseFormatIn | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
@@ -128,8 +136,21 @@ class ChatCompletionRequest(BaseModel):
             start -= 1
         return self.messages[start:]
 
-    def input_messages(self) -> list[MessageCreate]:
+    def input_messages(self) -> list[InputMessage]:
         return [MessageCreate(role="user", content=m.text(), name=m.name) for m in self.new_messages()]
+
+    def model_settings(self) -> ModelSettings | None:
+        """This request's model settings, in Letta's shape (None when it sets none)."""
+        given: dict[str, Any] = {
+            "temperature": self.temperature,
+            "max_output_tokens": self.max_completion_tokens or self.max_tokens,
+            "parallel_tool_calls": self.parallel_tool_calls,
+            "verbosity": self.verbosity,
+            "response_format": self.response_format,
+            "reasoning": None if self.reasoning_effort is None else Reasoning(reasoning_effort=self.reasoning_effort),
+        }
+        given = {name: value for name, value in given.items() if value is not None}
+        return ModelSettings(**given) if given else None
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -271,7 +292,13 @@ class ChatTranslator:
             text = _text(doc.get("content"))
             return self._emit(Delta(content=text)) if text else []
         elif kind == "approval_request_message":
-            return self._emit(self._tool_call(doc))
+            calls = doc.get("tool_calls")
+            if isinstance(calls, list):  # a whole message (step streaming): every call at once
+                heads = [self._tool_call(c, key=c.get("tool_call_id") or "") for c in calls if isinstance(c, dict)]
+                return self._emit(Delta(tool_calls=heads)) if heads else []
+            call = doc.get("tool_call") or {}
+            key = doc.get("otid") or call.get("tool_call_id") or doc.get("id") or ""
+            return self._emit(Delta(tool_calls=[self._tool_call(call, key=key)]))
         return []
 
     @property
@@ -300,11 +327,9 @@ class ChatTranslator:
             self._role_sent = True
         return [delta]
 
-    def _tool_call(self, doc: dict[str, Any]) -> Delta:
-        """One approval request delta: the first piece of a call (per ``otid``) carries its id and
-        name, later pieces more arguments."""
-        call = doc.get("tool_call") or {}
-        key = doc.get("otid") or call.get("tool_call_id") or doc.get("id") or ""
+    def _tool_call(self, call: dict[str, Any], *, key: str) -> ToolCallDelta:
+        """One piece of a call the client must run: the first piece of a call (per ``key``) carries
+        its id and name, later pieces more arguments."""
         known = self.tool_calls.get(key)
         if known is None:
             known = ToolCall(id=call.get("tool_call_id") or key, function=ToolCallFunction(name=call.get("name"), arguments=""))
@@ -315,7 +340,7 @@ class ChatTranslator:
             index = list(self.tool_calls).index(key)
             head = ToolCallDelta(index=index, function=ToolCallFunction(arguments=call.get("arguments") or ""))
         known.function.arguments = (known.function.arguments or "") + (call.get("arguments") or "")
-        return Delta(tool_calls=[head])
+        return head
 
 
 def _text(content: object) -> str:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
 from api.auth import Caller
+from api.model_settings import check_agent, check_agent_update
 from api.routes.conversations import send
 from api.sse import SSE_RESPONSES
 from api.state import AppState, State
@@ -51,6 +52,7 @@ class UpdateAgentRequest(CreateAgentRequest):
 @router.post("/", include_in_schema=False)
 async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
+    check_agent(state, model=model, settings=body.model_settings, max_tokens=body.max_tokens)
     record = await state.agents.create(
         tenant=caller.tenant,
         name=body.name,
@@ -63,6 +65,7 @@ async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -
         memory_blocks=body.memory_blocks or [],
         context_window_limit=body.context_window_limit,
         max_tokens=body.max_tokens,
+        model_settings=body.model_settings,
     )
     return record.state()
 
@@ -83,15 +86,19 @@ async def get_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[str
     return (await state.agents.get(agent_id, tenant=caller.tenant)).state()
 
 
-@router.patch("/{agent_id}", summary="Update an agent (name, system, model, description, tags, metadata)")
+@router.patch("/{agent_id}", summary="Update an agent (name, system, model, model settings, description, tags, metadata)")
 async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
-    """Later turns use the new values (an owner reads its agent at the start of every turn)."""
-    await state.agents.get(agent_id, tenant=caller.tenant)
+    """Later turns use the new values (an owner reads its agent at the start of every turn).
+    ``model_settings`` is replaced as a whole (``{}`` clears it) and checked, with the agent's model,
+    against the agent's conversations too (``api.model_settings``)."""
+    current = await state.agents.get(agent_id, tenant=caller.tenant)
     changes = body.changes()
     if "model" in changes:
         state.providers.validate(changes["model"])
     if "tools" in changes:
         changes["tools"] = state.tools.check(changes["tools"])
+    if changes.keys() & {"model", "model_settings", "max_tokens"}:
+        await check_agent_update(state, current.model_copy(update=changes))
     return (await state.agents.update(agent_id, changes)).state()
 
 

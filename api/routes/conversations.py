@@ -8,8 +8,9 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
+from api.model_settings import check_conversation
 from api.responses import collect_response
-from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response
+from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
 from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
@@ -33,8 +34,31 @@ async def create_conversation(
     body = body or CreateConversationRequest()
     if body.model:
         state.providers.validate(body.model)
-    record = await state.conversations.create(agent, summary=body.summary, model=body.model)
+    check_conversation(state, agent, body.model, body.model_settings)
+    record = await state.conversations.create(agent, summary=body.summary, model=body.model, model_settings=body.model_settings)
     return record.view()
+
+
+class UpdateConversationRequest(CreateConversationRequest):
+    """Body of ``PATCH /v1/conversations/{id}``: only the fields sent change (``null``: unchanged);
+    ``model_settings`` is replaced as a whole (``{}`` clears it)."""
+
+
+@router.patch("/{conversation_id}", summary="Update a conversation (summary, model, model settings)")
+async def update_conversation(
+    conversation_id: ConversationId, body: UpdateConversationRequest, state: State, caller: Caller
+) -> dict[str, Any]:
+    """Later turns use the new values; a model or settings the provider cannot honour is a 400 and
+    changes nothing."""
+    current = await state.conversations.get(conversation_id, tenant=caller.tenant)
+    changes = {name: getattr(body, name) for name in body.model_fields_set if getattr(body, name) is not None}
+    if "model" in changes:
+        state.providers.validate(changes["model"])
+    if changes.keys() & {"model", "model_settings"}:
+        after = current.model_copy(update=changes)
+        agent = await state.agents.get(current.agent_id, tenant=caller.tenant)
+        check_conversation(state, agent, after.model, after.model_settings)
+    return (await state.conversations.update(conversation_id, changes)).view()
 
 
 @router.get("", summary="List conversations")
@@ -142,3 +166,14 @@ async def resume(
 async def cancel(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
     await state.conversations.get(conversation_id, tenant=caller.tenant)
     return {"conversation_id": conversation_id, "runs": await state.client.cancel_conversation(conversation_id)}
+
+
+@router.post(
+    "/{conversation_id}/stream-token", summary="Mint a short-lived token that opens the GET streams of this conversation's runs"
+)
+async def stream_token(conversation_id: ConversationId, state: State, caller: Caller) -> dict[str, Any]:
+    """For a page that follows a conversation with ``EventSource``: one token opens
+    ``GET /v1/runs/{id}/stream?token=`` for any run of this conversation until it expires."""
+    await state.conversations.get(conversation_id, tenant=caller.tenant)
+    token, grant = await state.stream_tokens.mint("conversation", conversation_id, caller.tenant)
+    return stream_token_view(token, grant, conversation_id=conversation_id)

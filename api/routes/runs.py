@@ -1,4 +1,8 @@
-"""``/v1/runs``: read, list, resume and cancel runs."""
+"""``/v1/runs``: read, list, resume and cancel runs; mint stream tokens.
+
+``GET /v1/runs/{id}/stream`` is on a router of its own (``stream_router``): it is the one route
+that also takes a stream token (``?token=``) instead of a key, for a browser's ``EventSource``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
-from api.auth import Caller
-from api.sse import SSE_RESPONSES, resume_response
+from api.auth import Caller, StreamReader
+from api.sse import SSE_RESPONSES, resume_response, stream_token_view
 from api.state import State
 from api.validation import AgentIdQuery, ConversationIdQuery, Limit, RunId, RunIdQuery
 from runtime.errors import InvalidRequestError
@@ -17,6 +21,7 @@ from runtime.schemas.requests import MAX_SEQ, ResumeRequest
 from runtime.schemas.runs import RunQuery, RunStatus, StopReason
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+stream_router = APIRouter(prefix="/v1/runs", tags=["runs"])
 SEQ_ID = re.compile(r"[0-9]{1,16}")  # ASCII digits only (str.isdigit() also accepts '²')
 EVENTSOURCE_RETRY_MS = 1000
 
@@ -101,16 +106,16 @@ async def resume(
     return await resume_response(state, conversation_id, run_id, after=body.starting_after, include_pings=body.include_pings)
 
 
-@router.get(
+@stream_router.get(
     "/{run_id}/stream",
-    summary="Resume a run's stream (EventSource: honours Last-Event-ID)",
+    summary="Resume a run's stream (EventSource: honours Last-Event-ID; takes ?token= instead of a key)",
     response_class=Response,
     responses=SSE_RESPONSES,
 )
 async def resume_get(
     run_id: RunId,
     state: State,
-    caller: Caller,
+    caller: StreamReader,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
     starting_after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     include_pings: bool = True,
@@ -120,8 +125,19 @@ async def resume_get(
         if not SEQ_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_SEQ:
             raise InvalidRequestError(f"Last-Event-ID must be a seq_id (a non-negative integer), got {last_event_id!r}")
         after = int(last_event_id)
-    conversation_id = (await state.runs.get(run_id, tenant=caller.tenant)).conversation_id
+    conversation_id = (await state.runs.get(run_id, tenant=caller.principal.tenant)).conversation_id
+    caller.check(run_id, conversation_id)
     return await resume_response(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=EVENTSOURCE_RETRY_MS)
+
+
+@router.post("/{run_id}/stream-token", summary="Mint a short-lived token that opens this run's GET stream")
+async def stream_token(run_id: RunId, state: State, caller: Caller) -> dict[str, Any]:
+    """For a browser's ``EventSource``, which cannot send ``Authorization``: the token goes in the
+    stream's URL as ``?token=``, opens only this run's stream, and expires after
+    ``CONVOY_STREAM_TOKEN_TTL_S``."""
+    await state.runs.get(run_id, tenant=caller.tenant)
+    token, grant = await state.stream_tokens.mint("run", run_id, caller.tenant)
+    return stream_token_view(token, grant, run_id=run_id)
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run (running or queued)")

@@ -67,7 +67,8 @@ class Turns:
                 await events.aclose()
 
     def send(self, conv: Conversation, body: dict[str, Any], label: str = "send stream") -> Opened:
-        return self.open(label, f"/v1/conversations/{conv.id}/messages", body, headers=idempotent())
+        """A streaming send, token by token (the soak's cancels and disconnects land mid-message)."""
+        return self.open(label, f"/v1/conversations/{conv.id}/messages", {"stream_tokens": True, **body}, headers=idempotent())
 
     def resume_from(self, run_id: str, cursor: int) -> Opened:
         return self.open("resume run", f"/v1/runs/{run_id}/stream", {"starting_after": cursor}, after=cursor)

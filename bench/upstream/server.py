@@ -4,8 +4,9 @@ It serves the tests, the benchmarks and the soak alike: requests to ``.../chat/c
 ``.../responses``, ``.../messages`` and ``.../models/{model}:streamGenerateContent`` (any base-URL
 prefix, e.g. ``/compat/v1`` for an OpenAI-compatible named provider) are answered from per-model
 scripts (``script``) or, for a model with none, by a ``respond`` function given the request (the
-soak's model, the benchmarks' paced streams). Every request is recorded as a ``Call``. Gemini
-requests are also checked as the real API checks them (``bench.upstream.gemini``) and refused with
+soak's model, the benchmarks' paced streams); ``GET .../models`` lists ``listed_models``, as a
+compatible server lists its own. Every request is recorded as a ``Call``. Gemini requests are also
+checked as the real API checks them (``bench.upstream.gemini``) and refused with
 its 400 when they are not what it takes.
 
 The server is plain asyncio with ``h11`` for HTTP/1.1 (keep-alive, chunked bodies), in a daemon
@@ -40,7 +41,8 @@ from bench.upstream.openai_chat import openai_error
 from bench.upstream.script import Call, Cut, Hang, Pause, Reply, Status, Stream
 
 ROUTES = ("/chat/completions", "/responses", "/messages")
-OAUTH_TOKEN = "ya29.convoy-fake-token"  # what the fake's /token grants any service account
+OAUTH_TOKEN = "ya29.convoy-fake-token"
+LISTED_CREATED = 1_700_000_000  # the ``created`` of every model GET .../models lists  # what the fake's /token grants any service account
 START_TIMEOUT_S = 10.0
 READ_BYTES = 64 * 1024
 CUT_FLUSH_TIMEOUT_S = 1.0
@@ -61,6 +63,7 @@ class FakeProvider:
 
     def __init__(self, respond: Respond | None = None) -> None:
         self._respond = respond
+        self.listed_models: list[str] = []  # what GET .../models answers (OpenAI's list shape)
         self._gemini = GeminiLedger()
         self._cond = threading.Condition()
         self._scripts: dict[str, _Script] = {}
@@ -194,6 +197,9 @@ class FakeProvider:
                     self._gemini.issue(gemini, reply)
             elif path.endswith(ROUTES):
                 reply = self._next_reply(call, model)
+            elif path.endswith("/models"):  # an OpenAI-compatible server's model list
+                listed = [{"id": m, "object": "model", "created": LISTED_CREATED, "owned_by": "fake"} for m in self.listed_models]
+                reply = Status(200, {"object": "list", "data": listed})
             elif path == "/token":  # Google's OAuth token endpoint, for Vertex AI's service accounts
                 reply = Status(200, {"access_token": OAUTH_TOKEN, "expires_in": 3600, "token_type": "Bearer"})
             else:

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from runtime.errors import InputOverflowError, SystemPromptOverflowError
 from runtime.providers.events import ChatMessage, ToolSpec
 from runtime.schemas.agents import AgentRecord
+from runtime.schemas.requests import ClientSkill
 
 CHARS_PER_TOKEN = 3
 LENIENT_CHARS_PER_TOKEN = 4  # a generous count, for refusing only what cannot fit
@@ -47,6 +48,17 @@ def render_system(agent: AgentRecord) -> str:
         parts.append(f"</{block.label}>")
     parts.append("</memory_blocks>")
     return "\n".join(parts).strip()
+
+
+def with_skills(system: str, skills: Sequence[ClientSkill]) -> str:
+    """The system prompt of one request, with the client's skills listed after it (Letta's
+    ``client_skills``: they are the request's, never stored)."""
+    if not skills:
+        return system
+    lines = [system, "", "<available_skills>"]
+    lines += [f"- {s.name}: {s.description} ({s.location})" for s in skills]
+    lines.append("</available_skills>")
+    return "\n".join(lines).strip()
 
 
 def estimate(text: str) -> int:

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.agent.context import fit, render_system
+from runtime.agent.context import fit, render_system, with_skills
 from runtime.agent.prompt import ChatCache
 from runtime.agent.step import StepAssembler, StepResult
-from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, RunFailure
+from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, LLMError, RunFailure
 from runtime.ids import new_id
-from runtime.providers.events import LLMRequest
+from runtime.metrics import QUIET, Recorder
+from runtime.providers.events import CONTENT_EVENTS, LLMRequest
 from runtime.providers.registry import Model
 from runtime.providers.stream import Attempts
 from runtime.schemas.agents import AgentRecord, ConversationRecord
@@ -36,15 +37,15 @@ from runtime.schemas.messages import (
     ApprovalResponseMessage,
     HistoryMessage,
     LettaMessage,
-    ToolReturnMessage,
     UsageStatistics,
     UserMessage,
     WireItem,
 )
-from runtime.schemas.requests import ApprovalCreate, MessageCreate
+from runtime.schemas.model_settings import ModelSettings, Origin, ResolvedSettings, resolve
+from runtime.schemas.requests import ApprovalCreate, MessageCreate, ToolReturnCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.tools.registry import ToolRegistry
-from runtime.tools.turn import Toolbox
+from runtime.tools.turn import Toolbox, Waiting, returned, waiting_calls
 
 Emit = Callable[[WireItem], Awaitable[None]]
 RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
@@ -63,12 +64,23 @@ class TurnOutcome:
     new_messages: list[HistoryMessage] = field(default_factory=list)
     ttft_ns: int | None = None
     finish_reason: str | None = None
-    approval_request_id: str | None = None  # set when the turn stopped to wait for the client
+    # Set when the turn stopped to wait for the client: the approval request's id and the calls it asks about.
+    approval_request: tuple[str, list[str]] | None = None
 
 
 def model_for(turn: TurnRequest, conversation: ConversationRecord, agent: AgentRecord) -> str:
     """Per request, then per conversation, then per agent."""
     return turn.override_model or conversation.model or agent.model
+
+
+def settings_for(turn: TurnRequest, conversation: ConversationRecord, agent: AgentRecord) -> ResolvedSettings:
+    """Per request, then per conversation, then per agent, field by field (``runtime.schemas.model_settings``)."""
+    layers: tuple[tuple[Origin, ModelSettings | None], ...] = (
+        ("request", turn.model_settings),
+        ("conversation", conversation.model_settings),
+        ("agent", agent.model_settings),
+    )
+    return resolve(layers, agent_max_tokens=agent.max_tokens)
 
 
 def user_messages(turn: TurnRequest) -> list[HistoryMessage]:
@@ -77,18 +89,6 @@ def user_messages(turn: TurnRequest) -> list[HistoryMessage]:
         for m in turn.messages
         if isinstance(m, MessageCreate)
     ]
-
-
-def unanswered_calls(history: Sequence[HistoryMessage]) -> list[ApprovalRequestMessage]:
-    """Approval requests at the end of the history that no tool return answers yet."""
-    answered = {m.tool_call_id for m in history if isinstance(m, ToolReturnMessage)}
-    waiting: list[ApprovalRequestMessage] = []
-    for message in reversed(history):
-        if isinstance(message, UserMessage):
-            break
-        if isinstance(message, ApprovalRequestMessage) and message.tool_call.tool_call_id not in answered:
-            waiting.append(message)
-    return list(reversed(waiting))
 
 
 @dataclass
@@ -139,6 +139,7 @@ async def run_turn(
     cancelled: Cancelled = lambda: False,
     approval_pending: bool = False,
     chat: ChatCache | None = None,
+    metrics: Recorder = QUIET,
 ) -> TurnOutcome:
     """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
 
@@ -151,41 +152,59 @@ async def run_turn(
     because a cancellation that lands inside a Redis command can be absorbed by the client
     library's reconnect-and-retry and never reach this code. ``chat``: the conversation's
     ``ChatCache``, kept by its owner from turn to turn (each step converts only what is new).
+    ``metrics``: where each step's model latency, provider errors and tool calls are recorded.
     """
     emit = _filtered(emit, turn.include_return_message_types)
     chats = chat or ChatCache()
     model = models(model_for(turn, conversation, agent))
-    box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()))
+    settings = settings_for(turn, conversation, agent)
+    generation = settings.generation()
+    box = Toolbox(tools, tuple(agent.tools), tuple(turn.client_tools or ()), metrics)
     approval = next((m for m in turn.messages if isinstance(m, ApprovalCreate)), None)
-    waiting = unanswered_calls(history) if approval_pending else []
-    new: list[HistoryMessage]
+    waiting = waiting_calls(history) if approval_pending else []
+    gated = [w for w in waiting if w.gated]
+    new: list[HistoryMessage] = []
     if approval is not None:
-        new = [_approval_message(turn, approval)]
-        for result in await box.resolve(approval, waiting, run_id=turn.run_id):
-            await emit(result.model_copy())
-            new.append(result)
-    elif waiting:
-        raise ApprovalStillPendingError(f"approval request {waiting[0].id} is waiting for an answer")
-    else:
-        new = user_messages(turn)
-    system = render_system(agent)
+        # The answer first: its step's results (the first thing the client hears), then any
+        # message sent with it, which the model sees after them.
+        results = returned(await box.resolve(approval, waiting), run_id=turn.run_id, step_id=waiting[0].step_id)
+        await emit(results.model_copy())
+        new = [_approval_message(turn, approval, gated), results]
+    elif gated:
+        raise ApprovalStillPendingError(f"tool calls {[w.call.call_id for w in gated]} are waiting for an answer")
+    new += user_messages(turn)
+    system = turn.override_system if turn.override_system is not None else render_system(agent)
+    system = with_skills(system, turn.client_skills or [])
     specs = box.specs()
     totals = _Totals()
     ttft_ns: int | None = None
     stop_reason = "max_steps"
     finish_reason: str | None = None
-    approval_request_id: str | None = None
+    approval_request: tuple[str, list[str]] | None = None  # (request id, the call ids it waits for)
     inputs = sum(isinstance(m, UserMessage) for m in new)
     record = _Record(persist, new)  # the input goes to the history now, alongside the first request
     try:
         for index in range(turn.max_steps):
             if cancelled():
                 raise asyncio.CancelledError
-            chat = chats.convert([*history, *new])
-            messages, dropped = fit(system, specs, chat, window=agent.context_window, reserve=agent.max_tokens, inputs=inputs)
-            request = LLMRequest(model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=agent.max_tokens)
+            converted = chats.convert([*history, *new])
+            reserve = settings.max_output_tokens
+            messages, dropped = fit(system, specs, converted, window=agent.context_window, reserve=reserve, inputs=inputs)
+            request = LLMRequest(
+                model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=reserve, settings=generation
+            )
             step = await _step(
-                turn, model, request, box, index=index, dropped=dropped, emit=emit, record_step=record_step, cancelled=cancelled
+                turn,
+                model,
+                request,
+                box,
+                index=index,
+                dropped=dropped,
+                settings=settings,
+                emit=emit,
+                record_step=record_step,
+                cancelled=cancelled,
+                metrics=metrics,
             )
             totals.steps += 1
             totals.add(step)
@@ -194,16 +213,18 @@ async def run_turn(
             new += step.messages
             finish_reason = step.finish.raw if step.finish else None
             if step.tool_calls:
-                now = [c for c in step.tool_calls if not box.waits_for_client(c.name)]
-                step_id = step.messages[0].step_id if step.messages else None
-                for result in await box.run_all(now, run_id=turn.run_id, step_id=step_id):
-                    await emit(result.model_copy())
-                    new.append(result)
-                await record.save()
-                if len(now) < len(step.tool_calls):
+                if any(box.waits_for_client(c.name) for c in step.tool_calls):
+                    # The step's calls wait for the client's decisions, all of them (module docstring
+                    # of runtime.tools.turn): nothing runs now.
+                    await record.save()
                     stop_reason = "requires_approval"
-                    approval_request_id = next(m.id for m in step.messages if isinstance(m, ApprovalRequestMessage))
+                    asked = next(m for m in step.messages if isinstance(m, ApprovalRequestMessage))
+                    approval_request = (asked.id, [c.tool_call_id or "" for c in asked.calls()])
                     break
+                results = returned(await box.run_all(step.tool_calls), run_id=turn.run_id, step_id=step.messages[0].step_id)
+                await emit(results.model_copy())
+                new.append(results)
+                await record.save()
                 continue
             await record.save()
             stop_reason = "max_tokens_exceeded" if step.truncated else "end_turn"
@@ -216,7 +237,7 @@ async def run_turn(
         new_messages=new,
         ttft_ns=ttft_ns,
         finish_reason=finish_reason,
-        approval_request_id=approval_request_id,
+        approval_request=approval_request,
     )
 
 
@@ -255,21 +276,38 @@ def _filtered(emit: Emit, types: list[str] | None) -> Emit:
     allowed = set(types)
 
     async def send(item: WireItem) -> None:
-        if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]
+        if not isinstance(item, LettaMessage) or item.message_type in allowed:  # type: ignore[attr-defined]  # each concrete message declares it (a Literal), their base does not
             await emit(item)
 
     return send
 
 
-def _approval_message(turn: TurnRequest, approval: ApprovalCreate) -> ApprovalResponseMessage:
+def _approval_message(turn: TurnRequest, approval: ApprovalCreate, gated: Sequence[Waiting]) -> ApprovalResponseMessage:
+    """The client's answer, as the history keeps it (and Letta lists it): one decision per call it
+    answered in ``approvals`` (a whole-request ``approve`` applies to each), and, as in Letta,
+    ``approval_request_id`` naming the first call."""
+    decisions = {d.tool_call_id: d for d in approval.approvals or ()}
+    approvals: list[dict[str, object]] = []
+    for waiting in gated:
+        decision = decisions.get(waiting.call.call_id)
+        if isinstance(decision, ToolReturnCreate):
+            approvals.append(decision.model_dump(exclude_none=True) | {"tool_return": decision.text()})
+        else:
+            approve = decision.approve if decision is not None else approval.approve
+            reason = (decision.reason if decision is not None else None) or approval.reason
+            entry: dict[str, object] = {"type": "approval", "tool_call_id": waiting.call.call_id, "approve": approve}
+            if reason is not None:
+                entry["reason"] = reason
+            approvals.append(entry)
+    approved = [a["approve"] for a in approvals if a.get("type") == "approval"]
     return ApprovalResponseMessage(
         id=new_id("message"),
         run_id=turn.run_id,
         otid=approval.otid,
-        approval_request_id=approval.approval_request_id,
-        approve=approval.approve,
+        approval_request_id=gated[0].call.call_id if gated else approval.approval_request_id,
+        approve=approval.approve if approval.approve is not None else (all(approved) if approved else None),
         reason=approval.reason,
-        approvals=[a.model_dump(exclude_none=True) for a in approval.approvals] if approval.approvals else None,
+        approvals=approvals,
     )
 
 
@@ -281,9 +319,11 @@ async def _step(
     *,
     index: int,
     dropped: int,
+    settings: ResolvedSettings,
     emit: Emit,
     record_step: RecordStep | None,
     cancelled: Cancelled,
+    metrics: Recorder,
 ) -> StepResult:
     step_id = new_id("step")
     assembler = StepAssembler(
@@ -297,14 +337,33 @@ async def _step(
     attempts = Attempts()
     started_ns = time.time_ns()
     trace = _StepTrace(
-        turn, model, request, step_id=step_id, index=index, started_ns=started_ns, attempts=attempts, dropped=dropped
+        turn,
+        model,
+        request,
+        step_id=step_id,
+        index=index,
+        started_ns=started_ns,
+        attempts=attempts,
+        dropped=dropped,
+        settings=settings.summary(),
     )
+    meter = metrics.model(model.provider, model.name)
+    last = time.perf_counter()  # the request; then the latest content event
+    first = True
     try:
         stream = model.stream(request, attempts)
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async with contextlib.aclosing(stream):
             async for event in stream:
                 if cancelled():
                     raise asyncio.CancelledError
+                if isinstance(event, CONTENT_EVENTS):
+                    now = time.perf_counter()
+                    if first:
+                        meter.first_token(now - last)
+                        first = False
+                    else:
+                        meter.token_gap(now - last)
+                    last = now
                 await assembler.feed(event)
         result = await assembler.close()
         _check(result)
@@ -312,6 +371,8 @@ async def _step(
         await trace.record(record_step, assembler.snapshot(), status="cancelled", stop_reason="cancelled")
         raise
     except RunFailure as failure:
+        if isinstance(failure, LLMError):
+            metrics.provider_error(model.provider, failure.error_type)
         await trace.record(record_step, assembler.snapshot(), status="failed", failure=failure)
         raise
     await trace.record(record_step, result, status="success")
@@ -336,6 +397,7 @@ class _StepTrace:
     started_ns: int
     attempts: Attempts
     dropped: int
+    settings: dict[str, Any]  # the model settings in force, each with the layer it came from
 
     async def record(
         self,
@@ -384,6 +446,7 @@ class _StepTrace:
                 else None,
                 "attempts": self.attempts.count,
                 "history_messages_dropped": self.dropped,
+                "model_settings": self.settings,
             },
         }
         if failure is not None:

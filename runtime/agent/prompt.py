@@ -46,7 +46,7 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     def flush() -> None:
         if not group:
             return
-        parts = tuple(_part(m) for m in group)
+        parts = tuple(part for m in group for part in _parts(m))
         text = "".join(p for p in parts if isinstance(p, str))
         reasoning = tuple(p for p in parts if isinstance(p, ReasoningBlock))
         calls = tuple(p for p in parts if isinstance(p, ToolCall))
@@ -68,13 +68,12 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
             continue
         flush()
         if isinstance(message, ToolReturnMessage):
-            if message.tool_call_id in open_calls:
-                open_calls.remove(message.tool_call_id)
-            chat.append(
-                ChatMessage(
-                    "tool", message.tool_return, tool_call_id=message.tool_call_id, is_error=message.status == "error"
+            for result in message.returns():
+                if result.tool_call_id in open_calls:
+                    open_calls.remove(result.tool_call_id)
+                chat.append(
+                    ChatMessage("tool", result.tool_return, tool_call_id=result.tool_call_id, is_error=result.status == "error")
                 )
-            )
         elif isinstance(message, UserMessage):
             close_calls()
             chat.append(ChatMessage("user", _text(message.content)))
@@ -83,16 +82,22 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     return chat
 
 
-def _part(message: HistoryMessage) -> AssistantPart:
+def _parts(message: HistoryMessage) -> list[AssistantPart]:
+    """The parts of the model's response one stored message holds, in order. A call's signature
+    comes back as the signature part before it (``events.PartSignature``)."""
     if isinstance(message, HiddenReasoningMessage):
-        return ReasoningBlock(redacted=message.hidden_reasoning)
+        return [ReasoningBlock(redacted=message.hidden_reasoning)]
     if isinstance(message, ReasoningMessage):
-        return ReasoningBlock(message.reasoning, message.signature)
+        return [ReasoningBlock(message.reasoning, message.signature)]
     if isinstance(message, CALL_TYPES):
-        call = message.tool_call
-        return ToolCall(call.tool_call_id or "", call.name or "", call.arguments or "")
+        parts: list[AssistantPart] = []
+        for call in message.calls():
+            if call.signature:
+                parts.append(ReasoningBlock("", call.signature))
+            parts.append(ToolCall(call.tool_call_id or "", call.name or "", call.arguments or ""))
+        return parts
     assert isinstance(message, AssistantMessage)
-    return _text(message.content)
+    return [_text(message.content)]
 
 
 def _text(content: object) -> str:

@@ -7,11 +7,15 @@ has its own ``otid`` (``segment_otid(id, n)``), and all deltas of a segment shar
 - token streaming: each delta is emitted as it arrives (a reasoning signature is a delta too);
 - step streaming: one complete message per segment is emitted when the response ends.
 
-Either way the history receives one complete message per segment.
+Either way the history receives the complete messages. Tool calls are gathered as Letta does: one
+``tool_call_message`` for the calls Convoy runs itself and one ``approval_request_message`` for
+the calls that wait for the client, each holding all its calls in ``tool_calls`` (parallel calls)
+and the first in ``tool_call``, at the place of its first call.
 
 A ``PartSignature`` (Gemini's signature of one part) is a segment of its own, a reasoning message
 with the signature and no text, and the content event after it starts a segment of its own that
-nothing later joins, so the history keeps the signed part exactly as it came (``events.PartSignature``).
+nothing later joins, so the history keeps the signed part exactly as it came (``events.PartSignature``);
+a signature of a tool call travels on the call itself (``ToolCall.signature``).
 
 A response cut by its output-token limit (``Finish("max_tokens")``) asks for no tool: its calls are
 dropped from the result, the history and a step-streamed reply, because the last one is certainly
@@ -24,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from runtime.ids import segment_otid
 from runtime.providers.events import (
@@ -44,8 +48,10 @@ from runtime.providers.events import (
 from runtime.schemas.messages import (
     ApprovalRequestMessage,
     AssistantMessage,
+    CallsMessage,
     HiddenReasoningMessage,
     HistoryMessage,
+    LettaMessage,
     ReasoningMessage,
     ToolCallMessage,
     WireItem,
@@ -55,6 +61,7 @@ from runtime.schemas.messages import ToolCall as WireToolCall
 Emit = Callable[[WireItem], Awaitable[None]]
 SegmentKind = Literal["reasoning", "hidden", "text", "tool"]
 WaitsForClient = Callable[[str], bool]
+Message = TypeVar("Message", bound=LettaMessage)
 
 
 @dataclass
@@ -188,16 +195,18 @@ class StepAssembler:
         cut = self._finish is not None and self._finish.reason == "max_tokens"
         kept: list[_Segment] = []
         for segment in self._segments:
+            signs = kept[-1].signature if kept and kept[-1].marker else None
+            if segment.kind == "tool" and signs is not None:
+                kept.pop()  # a call's signature goes on the call (and away with it, if it is cut)
+                segment.signature = signs
             if cut and segment.kind == "tool":
-                if kept and kept[-1].marker:  # the signature of a call left out goes with it
-                    kept.pop()
                 continue
             kept.append(segment)
         calls = tuple(
             ToolCall(call_id=s.call_id or "", name=s.name or "", arguments=s.text) for s in self._segments if s.kind == "tool"
         )
         return StepResult(
-            messages=[self._complete(s) for s in kept],
+            messages=self._complete(kept),
             text="".join(s.text for s in kept if s.kind == "text"),
             refused=self._refused,
             reasoning=tuple(
@@ -231,21 +240,35 @@ class StepAssembler:
         if self._stream_tokens:
             await self._emit(self._message(AssistantMessage, segment, content=text))
 
-    def _message(self, cls: type, segment: _Segment, **fields: object):  # type: ignore[no-untyped-def]
+    def _message(self, cls: type[Message], segment: _Segment, **fields: Any) -> Message:
         return cls(id=self._id, otid=segment.otid, step_id=self._step_id, run_id=self._run_id, **fields)
 
     def _hidden(self, segment: _Segment) -> HiddenReasoningMessage:
-        return self._message(HiddenReasoningMessage, segment, state="redacted", hidden_reasoning=segment.text)  # type: ignore[no-any-return]
+        return self._message(HiddenReasoningMessage, segment, state="redacted", hidden_reasoning=segment.text)
 
-    def _complete(self, segment: _Segment) -> HistoryMessage:
-        if segment.kind == "text":
-            return self._message(AssistantMessage, segment, content=segment.text)  # type: ignore[no-any-return]
-        if segment.kind == "reasoning":
-            return self._message(ReasoningMessage, segment, reasoning=segment.text, signature=segment.signature)  # type: ignore[no-any-return]
-        if segment.kind == "hidden":
-            return self._hidden(segment)
-        call = WireToolCall(name=segment.name, arguments=segment.text, tool_call_id=segment.call_id)
-        return self._message(self._call_type(segment), segment, tool_call=call)  # type: ignore[no-any-return]
+    def _complete(self, segments: list[_Segment]) -> list[HistoryMessage]:
+        """One complete message per segment, the calls gathered (see the module docstring)."""
+        messages: list[HistoryMessage] = []
+        gathered: dict[type, CallsMessage] = {}
+        for segment in segments:
+            if segment.kind == "text":
+                messages.append(self._message(AssistantMessage, segment, content=segment.text))
+            elif segment.kind == "reasoning":
+                messages.append(self._message(ReasoningMessage, segment, reasoning=segment.text, signature=segment.signature))
+            elif segment.kind == "hidden":
+                messages.append(self._hidden(segment))
+            else:
+                call = WireToolCall(
+                    name=segment.name, arguments=segment.text, tool_call_id=segment.call_id, signature=segment.signature
+                )
+                kind = self._call_type(segment)
+                if kind in gathered:
+                    gathered[kind].calls_list.append(call)
+                else:
+                    message: CallsMessage = self._message(kind, segment, tool_call=call, tool_calls=[call])
+                    gathered[kind] = message
+                    messages.append(message)  # type: ignore[arg-type]
+        return messages
 
-    def _call_type(self, segment: _Segment) -> type:
+    def _call_type(self, segment: _Segment) -> type[ApprovalRequestMessage] | type[ToolCallMessage]:
         return ApprovalRequestMessage if segment.name and self._waits(segment.name) else ToolCallMessage

@@ -8,7 +8,7 @@ counts in ``message_start``, the cumulative output count in ``message_delta``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from anthropic import AsyncAnthropic, AsyncStream
@@ -97,12 +97,13 @@ class AnthropicAdapter:
             body["tools"] = [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
             ]
+        body.update(_settings(request))
         return body
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         # ``post`` with events as JSON objects, as the OpenAI adapters do (see openai_chat.py):
         # the SDK still decodes the stream, raises its ``event: error`` and handles auth and retries.
-        stream = await self._client.post(
+        stream: AsyncStream[Any] = await self._client.post(
             "/v1/messages", body=self.payload(request), cast_to=Message, stream=True, stream_cls=AsyncStream[object]
         )
         input_usage: dict[str, Any] | None = None
@@ -148,6 +149,30 @@ class AnthropicAdapter:
         if not stopped or finish is None:
             raise LLMUnavailableError(f"{self._provider}: the stream ended before message_stop")
         yield Finish(_FINISH.get(finish, "end_turn"), raw=finish)
+
+
+def _settings(request: LLMRequest) -> dict[str, Any]:
+    """The model settings as Messages parameters: ``thinking`` (a budget, or disabled for 0),
+    ``output_config`` (``effort``; a JSON schema as ``format``: Anthropic's structured outputs), and
+    no parallel tool use as ``tool_choice.disable_parallel_tool_use`` (only with tools)."""
+    s = request.settings
+    params: dict[str, Any] = {}
+    if s.temperature is not None:
+        params["temperature"] = s.temperature
+    if s.thinking_budget_tokens is not None:
+        budget = s.thinking_budget_tokens
+        params["thinking"] = {"type": "enabled", "budget_tokens": budget} if budget > 0 else {"type": "disabled"}
+    output: dict[str, Any] = {}
+    if s.effort is not None:
+        output["effort"] = s.effort
+    rf = s.response_format
+    if rf is not None and rf.kind == "json_schema":
+        output["format"] = {"type": "json_schema", "schema": rf.schema}
+    if output:
+        params["output_config"] = output
+    if s.parallel_tool_calls is False and request.tools:
+        params["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
+    return params
 
 
 def _usage(start: dict[str, Any] | None, final: dict[str, Any] | None) -> Usage:

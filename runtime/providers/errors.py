@@ -157,7 +157,8 @@ _BAD_REQUEST = {
 def error_fields(body: Any) -> tuple[str | None, str | None]:
     """(error type or code, message) from any provider's error body shape."""
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        error = body.get("error")
+        inner = error if isinstance(error, dict) else body
         kind = inner.get("code") or inner.get("type")
         if kind == "error" and isinstance(inner.get("error"), dict):
             return error_fields(inner["error"])

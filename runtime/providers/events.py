@@ -137,6 +137,39 @@ class ToolSpec:
     parameters: dict[str, Any]  # JSON schema of the arguments object
 
 
+ResponseKind = Literal["text", "json_object", "json_schema"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """The shape asked of the answer: plain text, any JSON object, or JSON valid against ``schema``
+    (``strict``: the provider must enforce it exactly, where it can be told so)."""
+
+    kind: ResponseKind
+    schema: dict[str, Any] | None = None
+    name: str = "response"
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSettings:
+    """How the model should answer, provider-neutral; None leaves a field to the provider's default.
+
+    Each adapter maps a field to its provider's own parameter, and only fields that provider has:
+    what a provider or model cannot do is refused before a request is accepted
+    (``runtime.providers.capabilities``), never dropped silently here.
+    """
+
+    temperature: float | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None  # OpenAI's reasoning effort: none, minimal, low, medium, high, xhigh
+    effort: str | None = None  # Anthropic's output effort: low, medium, high, xhigh, max
+    thinking_budget_tokens: int | None = None  # Anthropic's and Gemini's thinking budget; 0: off, -1: Gemini decides
+    include_thoughts: bool | None = None  # Gemini's thought summaries
+    verbosity: str | None = None  # OpenAI GPT-5's verbosity: low, medium, high
+    response_format: ResponseFormat | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LLMRequest:
     model: str
@@ -144,3 +177,4 @@ class LLMRequest:
     messages: list[ChatMessage] = field(default_factory=list)
     tools: tuple[ToolSpec, ...] = ()
     max_output_tokens: int | None = None
+    settings: GenerationSettings = field(default_factory=GenerationSettings)

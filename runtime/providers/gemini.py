@@ -36,14 +36,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
+import httpx2
 from google import genai
 from google.genai import types
 
 from runtime.errors import LLMBadRequestError, LLMInvalidResponseError, LLMUnavailableError
+from runtime.providers.capabilities import gemini_version
 from runtime.providers.errors import require_event_stream
 from runtime.providers.events import (
     ChatMessage,
@@ -69,6 +71,7 @@ SYNTHETIC_CALL_ID = "gemini-"  # prefix of the ids Convoy gives calls Gemini sen
 RETRY_INITIAL_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 8.0
 RETRY_JITTER_S = 0.25
+JSON_SCHEMA_SINCE = 2.5  # Gemini takes a plain JSON Schema (responseJsonSchema) from this version on
 _STAND_IN = "."  # the SDK insists on typed contents; the body's own replace them
 
 _FINISH: dict[str, FinishReason] = {
@@ -105,7 +108,9 @@ def make_client(
     The SDK gives a request one timeout for connect and read alike; an httpx request hook sets
     Convoy's connect and read timeouts instead, and a response hook hands each response to the
     stream reading it (``_hold``). Retries: ``max_retries`` after the first attempt, on the SDK's
-    retryable statuses (408, 429, 5xx) and connection errors.
+    retryable statuses (408, 429, 5xx) and connection errors. The transport is given explicitly (the
+    SDK's own default, httpx2): with ``aiohttp`` installed, which Ray's metrics agent needs, the SDK
+    would otherwise read streams through aiohttp, where these hooks do not exist.
     """
     limits = {"connect": connect_timeout_s, "read": read_timeout_s, "write": connect_timeout_s, "pool": connect_timeout_s}
 
@@ -121,7 +126,10 @@ def make_client(
             max_delay=RETRY_MAX_DELAY_S,
             jitter=RETRY_JITTER_S,
         ),
-        async_client_args={"event_hooks": {"request": [deadlines], "response": [_hold]}},
+        async_client_args={
+            "event_hooks": {"request": [deadlines], "response": [_hold]},
+            "transport": httpx2.AsyncHTTPTransport(),
+        },
     )
     if vertex_project:
         return genai.Client(vertexai=True, project=vertex_project, location=vertex_location, http_options=http)
@@ -141,11 +149,7 @@ class GeminiAdapter:
         self._include_thoughts = include_thoughts
 
     def payload(self, request: LLMRequest) -> dict[str, Any]:
-        generation: dict[str, Any] = {}
-        if request.max_output_tokens:
-            generation["maxOutputTokens"] = request.max_output_tokens
-        if self._include_thoughts:
-            generation["thinkingConfig"] = {"includeThoughts": True}
+        generation = self._generation(request)
         body: dict[str, Any] = {"contents": contents(request.messages)}
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
@@ -162,8 +166,39 @@ class GeminiAdapter:
             body["generationConfig"] = generation
         return body
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        config = {"http_options": {"extra_body": self.payload(request)}, "automatic_function_calling": {"disable": True}}
+    def _generation(self, request: LLMRequest) -> dict[str, Any]:
+        """``generationConfig``: the output limit, ``temperature``, ``thinkingConfig`` (thought
+        summaries, ``thinkingBudget``) and JSON output (``responseMimeType``, with the schema as
+        ``responseJsonSchema`` on Gemini 2.5 and later, as ``responseSchema`` in Gemini's dialect before)."""
+        s = request.settings
+        generation: dict[str, Any] = {}
+        if request.max_output_tokens:
+            generation["maxOutputTokens"] = request.max_output_tokens
+        if s.temperature is not None:
+            generation["temperature"] = s.temperature
+        thinking: dict[str, Any] = {}
+        if s.include_thoughts if s.include_thoughts is not None else self._include_thoughts:
+            thinking["includeThoughts"] = True
+        if s.thinking_budget_tokens is not None:
+            thinking["thinkingBudget"] = s.thinking_budget_tokens
+        if thinking:
+            generation["thinkingConfig"] = thinking
+        rf = s.response_format
+        if rf is not None:
+            generation["responseMimeType"] = "text/plain" if rf.kind == "text" else "application/json"
+            if rf.kind == "json_schema" and rf.schema is not None:
+                version = gemini_version(request.model)
+                if version is None or version >= JSON_SCHEMA_SINCE:
+                    generation["responseJsonSchema"] = rf.schema
+                elif (dialect := function_parameters(rf.schema)) is not None:  # an object schema (older models)
+                    generation["responseSchema"] = dialect
+        return generation
+
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
+        config: types.GenerateContentConfigDict = {
+            "http_options": {"extra_body": self.payload(request)},
+            "automatic_function_calling": {"disable": True},
+        }
         held: list[Any] = []
         _RESPONSES.set(held)  # the SDK sends this stream's requests from this task (see _hold)
         chunks: AsyncIterator[types.GenerateContentResponse] | None = None
@@ -178,7 +213,7 @@ class GeminiAdapter:
             for response in held:
                 await response.aclose()
             if chunks is not None:
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await chunks.aclose()  # type: ignore[attr-defined]  # google-genai declares an AsyncIterator, returns an async generator
         usage = reader.usage()
         if usage is not None:
             yield usage

@@ -6,7 +6,7 @@ the whole input each time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
@@ -43,6 +43,32 @@ def _items(m: ChatMessage) -> list[dict[str, Any]]:
     return items
 
 
+def _settings(request: LLMRequest) -> dict[str, Any]:
+    """The model settings as Responses parameters: ``reasoning.effort``, ``text.format`` and
+    ``text.verbosity``; ``parallel_tool_calls`` only with tools."""
+    s = request.settings
+    params: dict[str, Any] = {}
+    if s.temperature is not None:
+        params["temperature"] = s.temperature
+    if s.reasoning_effort is not None:
+        params["reasoning"] = {"effort": s.reasoning_effort}
+    if s.parallel_tool_calls is not None and request.tools:
+        params["parallel_tool_calls"] = s.parallel_tool_calls
+    text: dict[str, Any] = {}
+    rf = s.response_format
+    if rf is not None:
+        text["format"] = {"type": rf.kind}
+        if rf.kind == "json_schema":
+            text["format"].update({"name": rf.name, "schema": rf.schema})
+            if rf.strict is not None:
+                text["format"]["strict"] = rf.strict
+    if s.verbosity is not None:
+        text["verbosity"] = s.verbosity
+    if text:
+        params["text"] = text
+    return params
+
+
 def _usage(usage: dict[str, Any]) -> Usage:
     return Usage(
         prompt_tokens=usage.get("input_tokens") or 0,
@@ -73,11 +99,12 @@ class OpenAIResponsesAdapter:
                 {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
                 for t in request.tools
             ]
+        body.update(_settings(request))
         return body
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         # ``post`` rather than ``responses.create``, events as JSON objects: see openai_chat.py.
-        stream = await self._client.post(
+        stream: AsyncStream[Any] = await self._client.post(
             "/responses", body=self.payload(request), cast_to=Response, stream=True, stream_cls=AsyncStream[object]
         )
         finish: Finish | None = None

@@ -19,24 +19,56 @@ google             Gemini streamGenerateContent   GOOGLE_API_KEY or GEMINI_API_K
 Each process keeps one SDK client per provider, so connections to a provider are pooled and
 reused across conversations. The SDKs are imported on first use (each costs a second or more),
 so a process that never calls a provider, like the API or an echo-only host, never loads them.
+
+**The models listed** (``GET /v1/models``, OpenAI's and Letta's shapes) are computed here only
+(``Providers.list_models``): ``echo/echo``; for each first-party provider whose credentials are set,
+the current models of ``CATALOG`` (a handle of any other model the provider serves works too: the
+catalog is what a picker shows, not a limit); for each ``CONVOY_PROVIDERS`` server, its configured
+``models``, else what its own ``GET /models`` answers (asked at most every ``MODEL_LIST_TTL_S`` per
+process; a server that does not answer lists nothing). A provider without credentials lists nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol, TypedDict
+
+import httpx
 
 from runtime import heap
 from runtime.errors import InvalidRequestError, LLMAuthenticationError
+from runtime.providers import capabilities
+from runtime.providers.capabilities import Api, Describe
 from runtime.providers.echo import EchoAdapter
-from runtime.providers.events import LLMEvent, LLMRequest
+from runtime.providers.events import GenerationSettings, LLMEvent, LLMRequest
 from runtime.providers.handles import split_handle
 from runtime.providers.stream import Attempts, StreamPolicy, guarded
-from runtime.settings import DEFAULT_VERTEX_LOCATION, Settings
+from runtime.settings import DEFAULT_VERTEX_LOCATION, ECHO_MODEL_HANDLE, Settings
 
-Api = Literal["echo", "chat", "responses", "anthropic", "gemini"]
+log = logging.getLogger(__name__)
+
 NO_KEY = "convoy-no-key"  # the OpenAI SDK insists on a key; local servers ignore it
+MODEL_LIST_TTL_S = 60.0  # how long a compatible server's own model list is reused
+DEFAULT_CONTEXT_TOKENS = 128_000  # a listed model's context window when nobody says
+# What the first-party providers list: (model, context window in tokens). Current models only.
+CATALOG: dict[str, tuple[tuple[str, int], ...]] = {
+    "openai": (
+        ("gpt-5", 400_000), ("gpt-5-mini", 400_000), ("gpt-5-nano", 400_000), ("gpt-4.1", 1_047_576),
+        ("gpt-4.1-mini", 1_047_576), ("gpt-4o", 128_000), ("gpt-4o-mini", 128_000), ("o3", 200_000), ("o4-mini", 200_000),
+    ),
+    "anthropic": (
+        ("claude-opus-4-5", 200_000), ("claude-sonnet-4-5", 200_000), ("claude-haiku-4-5", 200_000), ("claude-opus-4-1", 200_000),
+    ),
+    "google": (
+        ("gemini-2.5-pro", 1_048_576), ("gemini-2.5-flash", 1_048_576), ("gemini-2.5-flash-lite", 1_048_576),
+        ("gemini-3-pro-preview", 1_048_576),
+    ),
+}  # fmt: skip
+CATALOG["openai-responses"] = CATALOG["openai"]
 
 
 class ModelAdapter(Protocol):
@@ -50,7 +82,15 @@ class ModelAdapter(Protocol):
         """The request body sent to the provider (recorded in the run's step traces)."""
         ...
 
-    def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]: ...
+    def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]: ...
+
+
+class _ClientOptions(TypedDict):
+    """What the OpenAI and Anthropic clients are both made with."""
+
+    api_key: str | None
+    base_url: str | None
+    max_retries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +108,19 @@ class Provider:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedModel:
+    """A model handle that works with this process's providers and credentials."""
+
+    handle: str
+    provider: str  # Convoy's provider name
+    name: str  # the provider's own model name
+    api: Api
+    context_window: int
+    endpoint: str | None
+    created: int = 0  # Unix seconds, when the provider says (its /models); 0: not known
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     """A handle resolved to its provider: what the agent loop calls."""
 
@@ -78,7 +131,7 @@ class Model:
     adapter: ModelAdapter
     policy: StreamPolicy
 
-    def stream(self, request: LLMRequest, attempts: Attempts | None = None) -> AsyncIterator[LLMEvent]:
+    def stream(self, request: LLMRequest, attempts: Attempts | None = None) -> AsyncGenerator[LLMEvent, None]:
         return guarded(self.adapter.stream, request, provider=self.provider, policy=self.policy, attempts=attempts)
 
 
@@ -113,6 +166,7 @@ class Providers:
         self._settings = settings
         self._table = _providers(settings)
         self._adapters: dict[str, ModelAdapter] = {}
+        self._model_lists: dict[str, tuple[float, list[ListedModel]]] = {}  # compatible servers': (expires, models)
         self._policy = StreamPolicy(
             first_token_s=settings.llm_first_token_timeout_s,
             idle_s=settings.llm_idle_timeout_s,
@@ -125,6 +179,88 @@ class Providers:
         if provider.key_hint and not provider.has_credentials:
             raise InvalidRequestError(f"model {handle!r} needs provider credentials: set {provider.key_hint}")
         return handle
+
+    def check_settings(
+        self,
+        handle: str,
+        settings: GenerationSettings,
+        *,
+        max_output_tokens: int | None,
+        provider_types: Sequence[tuple[str, str]] = (),
+        describe: Describe,
+    ) -> None:
+        """Refuse (400) settings the handle's provider or model cannot honour
+        (``runtime.providers.capabilities``); ``provider_types``: (where, Letta's provider_type)."""
+        provider, model_name = self._lookup(handle)
+        for where, provider_type in provider_types:
+            capabilities.check_provider_type(provider.api, provider.name, provider_type, where)
+        capabilities.check(
+            provider.api,
+            provider.name,
+            model_name,
+            settings,
+            max_output_tokens=max_output_tokens,
+            default_max_output_tokens=self._settings.llm_max_output_tokens,
+            describe=describe,
+        )
+
+    async def list_models(self) -> list[ListedModel]:
+        """The handles that work with the configured providers and credentials (module docstring)."""
+        listed = [ListedModel(ECHO_MODEL_HANDLE, "echo", "echo", "echo", DEFAULT_CONTEXT_TOKENS, None)]
+        compatible = []
+        for provider in self._table.values():
+            if provider.api == "echo" or (provider.key_hint and not provider.has_credentials):
+                continue
+            if provider.name in CATALOG:
+                listed += [
+                    ListedModel(f"{provider.name}/{name}", provider.name, name, provider.api, window, provider.base_url)
+                    for name, window in CATALOG[provider.name]
+                ]
+            else:
+                compatible.append(provider)
+        for found in await asyncio.gather(*(self._compatible_models(p) for p in compatible)):
+            listed += found
+        return listed
+
+    async def _compatible_models(self, provider: Provider) -> list[ListedModel]:
+        configured = self._settings.providers[provider.name].models
+        if configured is not None:
+            return [
+                ListedModel(f"{provider.name}/{name}", provider.name, name, provider.api, DEFAULT_CONTEXT_TOKENS, provider.base_url)
+                for name in configured
+            ]
+        cached = self._model_lists.get(provider.name)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        found = await self._ask_models(provider)
+        self._model_lists[provider.name] = (time.monotonic() + MODEL_LIST_TTL_S, found)
+        return found
+
+    async def _ask_models(self, provider: Provider) -> list[ListedModel]:
+        """A compatible server's ``GET /models`` (OpenAI's list shape), or nothing if it does not answer."""
+        url = f"{(provider.base_url or '').rstrip('/')}/models"
+        headers = {"Authorization": f"Bearer {provider.api_key}"} if provider.api_key and provider.api_key != NO_KEY else {}
+        try:
+            async with httpx.AsyncClient(timeout=self._settings.llm_connect_timeout_s) as client:
+                reply = await client.get(url, headers=headers)
+                reply.raise_for_status()
+                entries = reply.json()["data"]
+            return [
+                ListedModel(
+                    f"{provider.name}/{entry['id']}",
+                    provider.name,
+                    entry["id"],
+                    provider.api,
+                    int(entry.get("max_model_len") or entry.get("context_length") or DEFAULT_CONTEXT_TOKENS),
+                    provider.base_url,
+                    int(entry.get("created") or 0),
+                )
+                for entry in entries
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry["id"]
+            ]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("provider %s did not list its models", provider.name, extra={"url": url, "error": str(exc)})
+            return []
 
     def model(self, handle: str) -> Model:
         provider, model_name = self._lookup(handle)
@@ -175,7 +311,7 @@ class Providers:
                 max_retries=s.llm_max_retries,
             )
             return GeminiAdapter(gemini_client, provider=provider.name, include_thoughts=s.gemini_include_thoughts)
-        common = {"api_key": provider.api_key, "base_url": provider.base_url, "max_retries": s.llm_max_retries}
+        common: _ClientOptions = {"api_key": provider.api_key, "base_url": provider.base_url, "max_retries": s.llm_max_retries}
         if provider.api == "anthropic":
             import anthropic
 

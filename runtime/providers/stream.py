@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -24,7 +24,7 @@ from runtime.errors import LLMError, LLMTimeoutError
 from runtime.providers.errors import translate
 from runtime.providers.events import CONTENT_EVENTS, LLMEvent, LLMRequest
 
-Open = Callable[[LLMRequest], AsyncIterator[LLMEvent]]
+Open = Callable[[LLMRequest], AsyncGenerator[LLMEvent, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class Attempts:
 
 async def guarded(
     open_stream: Open, request: LLMRequest, *, provider: str, policy: StreamPolicy, attempts: Attempts | None = None
-) -> AsyncIterator[LLMEvent]:
+) -> AsyncGenerator[LLMEvent, None]:
     attempts = attempts if attempts is not None else Attempts()
     retrying = AsyncRetrying(
         stop=stop_after_attempt(1 + policy.retries),
@@ -53,7 +53,7 @@ async def guarded(
         retry=retry_if_exception(lambda exc: isinstance(exc, LLMError) and exc.retryable),
         reraise=True,
     )
-    events: AsyncIterator[LLMEvent] | None = None
+    events: AsyncGenerator[LLMEvent, None] | None = None
     head: list[LLMEvent] = []
     # Phase 1, retried: open the stream and read up to the first content event. Nothing is
     # yielded inside the attempt, so a retry can never repeat anything a reader saw.
@@ -70,10 +70,10 @@ async def guarded(
         async for event in events:
             yield event
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
-async def _until_content(events: AsyncIterator[LLMEvent]) -> list[LLMEvent]:
+async def _until_content(events: AsyncGenerator[LLMEvent, None]) -> list[LLMEvent]:
     head: list[LLMEvent] = []
     try:
         async for event in events:
@@ -82,12 +82,12 @@ async def _until_content(events: AsyncIterator[LLMEvent]) -> list[LLMEvent]:
                 break
     except BaseException:
         with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
         raise
     return head
 
 
-async def _deadlined(open_stream: Open, request: LLMRequest, *, provider: str, policy: StreamPolicy) -> AsyncIterator[LLMEvent]:
+async def _deadlined(open_stream: Open, request: LLMRequest, *, provider: str, policy: StreamPolicy) -> AsyncGenerator[LLMEvent, None]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.first_token_s
     waiting_for = f"no first token within {policy.first_token_s:g}s"
@@ -115,4 +115,4 @@ async def _deadlined(open_stream: Open, request: LLMRequest, *, provider: str, p
                 waiting_for = f"no token for {policy.idle_s:g}s"
             yield event
     finally:
-        await inner.aclose()  # type: ignore[attr-defined]
+        await inner.aclose()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.providers.handles import split_handle
 from runtime.schemas.auth import DEFAULT_TENANT
+from runtime.schemas.model_settings import ModelSettings, letta_view
 from runtime.schemas.requests import MemoryBlock
 
 DEFAULT_CONTEXT_WINDOW = 128_000
@@ -31,8 +32,15 @@ class AgentRecord(BaseModel):
     memory_blocks: list[MemoryBlock] = Field(default_factory=list)
     context_window_limit: int | None = None
     max_tokens: int | None = None
+    model_settings: ModelSettings | None = None
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """The agent's output limit: its model settings', else its ``max_tokens``."""
+        settings = self.model_settings
+        return (settings.max_output_tokens if settings else None) or self.max_tokens
 
     @property
     def context_window(self) -> int:
@@ -59,8 +67,9 @@ class AgentRecord(BaseModel):
                 "model_endpoint_type": provider,
                 "provider_name": provider,
                 "context_window": self.context_window,
-                "max_tokens": self.max_tokens,
+                "max_tokens": self.max_output_tokens,
             },
+            "model_settings": letta_view(self.model_settings, provider, max_output_tokens=self.max_output_tokens),
             "memory": {"blocks": blocks, "file_blocks": [], "prompt_template": ""},
             "blocks": blocks,
             "sources": [],
@@ -90,6 +99,7 @@ class ConversationRecord(BaseModel):
     tenant: str = DEFAULT_TENANT
     summary: str | None = None
     model: str | None = None
+    model_settings: ModelSettings | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -97,4 +107,6 @@ class ConversationRecord(BaseModel):
         return ConversationRef(self.id, self.tenant, self.agent_id)
 
     def view(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"tenant"})
+        view = self.model_dump(mode="json", exclude={"tenant", "model_settings"})
+        view["model_settings"] = self.model_settings.model_dump(mode="json", exclude_none=True) if self.model_settings else None
+        return view

@@ -67,23 +67,45 @@ class HiddenReasoningMessage(LettaMessage):
 
 
 class ToolCall(BaseModel):
-    """A tool call; in a streamed delta only the first piece has the name and id."""
+    """A tool call; in a streamed delta only the first piece has the name and id. ``signature``:
+    the provider's signature of the call (Gemini's), sent back with it unchanged."""
 
     name: str | None = None
     arguments: str | None = None
     tool_call_id: str | None = None
+    signature: str | None = None
 
 
-class ToolCallMessage(LettaMessage):
-    message_type: Literal["tool_call_message"] = "tool_call_message"
+class CallsMessage(LettaMessage):
+    """Tool calls of one model response. As in Letta, one message per response and kind:
+    ``tool_calls`` holds them all (parallel calls), ``tool_call`` the first (for clients that read
+    only that). A token delta carries one piece of one call in ``tool_call``."""
+
     tool_call: ToolCall
+    tool_calls: list[ToolCall] | None = None
+
+    def calls(self) -> list[ToolCall]:
+        """Every call the message holds (a message stored before ``tool_calls`` existed holds one)."""
+        return list(self.tool_calls) if self.tool_calls else [self.tool_call]
+
+    @property
+    def calls_list(self) -> list[ToolCall]:
+        """``tool_calls``, made a list when it is none yet (to add calls to a message being built)."""
+        if self.tool_calls is None:
+            self.tool_calls = [self.tool_call]
+        return self.tool_calls
 
 
-class ApprovalRequestMessage(LettaMessage):
-    """A tool call that waits for the client: approval of a server tool, or a client-side tool."""
+class ToolCallMessage(CallsMessage):
+    """Calls Convoy runs itself (server tools)."""
+
+    message_type: Literal["tool_call_message"] = "tool_call_message"
+
+
+class ApprovalRequestMessage(CallsMessage):
+    """Calls that wait for the client: approval of a server tool, or a client-side tool."""
 
     message_type: Literal["approval_request_message"] = "approval_request_message"
-    tool_call: ToolCall
 
 
 class ApprovalResponseMessage(LettaMessage):
@@ -94,13 +116,34 @@ class ApprovalResponseMessage(LettaMessage):
     approvals: list[dict[str, Any]] | None = None
 
 
+class ToolReturn(BaseModel):
+    """One call's result (Letta's ``ToolReturn``)."""
+
+    type: Literal["tool"] = "tool"
+    tool_call_id: str
+    status: Literal["success", "error"]
+    tool_return: str
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
+
+
 class ToolReturnMessage(LettaMessage):
+    """The results of one step's calls. As in Letta, one message per step: ``tool_returns`` holds
+    them all, and the top-level fields (which Letta's SDK requires) repeat the first."""
+
     message_type: Literal["tool_return_message"] = "tool_return_message"
     tool_return: str
     status: Literal["success", "error"]
     tool_call_id: str
     stdout: list[str] | None = None
     stderr: list[str] | None = None
+    tool_returns: list[ToolReturn] | None = None
+
+    def returns(self) -> list[ToolReturn]:
+        """Every result the message holds (a message stored before ``tool_returns`` existed holds one)."""
+        if self.tool_returns:
+            return list(self.tool_returns)
+        return [ToolReturn(tool_call_id=self.tool_call_id, status=self.status, tool_return=self.tool_return, stdout=self.stdout, stderr=self.stderr)]
 
 
 class Ping(LettaMessage):

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -25,6 +26,8 @@ from pydantic import (
     Tag,
     model_validator,
 )
+
+from runtime.schemas.model_settings import ModelSettings
 
 MAX_TEXT_CHARS = 1_000_000
 MAX_MESSAGES = 256
@@ -105,9 +108,19 @@ class MessageCreate(BaseModel):
     otid: Name | None = None
     name: Name | None = None
     sender_id: Name | None = None
+    # Letta's multi-agent groups and batches, which Convoy does not have (refused when set).
+    group_id: Name | None = None
+    batch_item_id: Name | None = None
 
     @model_validator(mode="after")
     def _has_text(self) -> MessageCreate:
+        if self.role != "user":
+            raise ValueError(
+                f"role {self.role!r}: a message sent to an agent is the user's; to change what the model is told, "
+                "set the agent's system prompt (or override_system for one request)"
+            )
+        if self.group_id is not None or self.batch_item_id is not None:
+            raise ValueError("group_id and batch_item_id name Letta groups and batches, which Convoy does not have")
         if not self.text():
             raise ValueError("a message needs text; its content is empty")
         return self
@@ -187,35 +200,90 @@ class ClientTool(BaseModel):
         return self
 
 
+class ToolReturnsCreate(BaseModel):
+    """Letta's ``tool_return`` message: client-side tool results, the same as an approval whose
+    ``approvals`` are those results (``as_approval``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["tool_return"]
+    tool_returns: Annotated[list[ToolReturnCreate], Field(min_length=1, max_length=MAX_MESSAGES)]
+    otid: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+
+    def as_approval(self) -> ApprovalCreate:
+        return ApprovalCreate(type="approval", approvals=list(self.tool_returns), otid=self.otid)
+
+
 def _input_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "approval" if kind == "approval" else "message"
+    if kind == "approval" or kind == "tool_return":
+        return str(kind)
+    if isinstance(value, dict) and "type" not in value and ("approve" in value or "approval_request_id" in value):
+        return "approval"  # as Letta: an item with approval fields and no type is an approval
+    return "message"
 
 
 # Told apart by ``type``, so an invalid message is reported against the one model it meant.
 InputMessage = Annotated[
+    Annotated[MessageCreate, Tag("message")]
+    | Annotated[ApprovalCreate, Tag("approval")]
+    | Annotated[ToolReturnsCreate, Tag("tool_return")],
+    Discriminator(_input_kind),
+]
+# What a turn holds: ``tool_return`` items become approvals (``SendMessageRequest.input_messages``).
+TurnMessage = Annotated[
     Annotated[MessageCreate, Tag("message")] | Annotated[ApprovalCreate, Tag("approval")], Discriminator(_input_kind)
 ]
 
 
-class SendMessageRequest(BaseModel):
-    """Body of ``POST /v1/conversations/{id}/messages`` (and the agent-direct routes)."""
+class ClientSkill(BaseModel):
+    """A skill of the client's environment, listed in the system prompt for one request."""
 
     model_config = ConfigDict(extra="ignore")
+
+    name: Name
+    description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+    location: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class SendMessageRequest(BaseModel):
+    """Body of ``POST /v1/conversations/{id}/messages`` (and the agent-direct routes).
+
+    Every field of Letta's request is either honoured or refused with a message that says why;
+    ``docs/letta-compatibility.md`` lists each. Deprecated fields that do nothing for Letta's own
+    current agents do nothing here either (``use_assistant_message``, ``assistant_message_tool_*``,
+    ``include_compaction_messages``: Convoy never compacts)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     messages: Annotated[list[InputMessage], Field(max_length=MAX_MESSAGES)] | None = None
     input: Text | Annotated[list[TextPart], Field(max_length=MAX_PARTS)] | None = None
     streaming: bool = True
-    stream_tokens: bool = True
+    stream_tokens: bool = False
     include_pings: bool = True
     background: bool = False
     max_steps: int = Field(default=50, ge=1, le=MAX_STEPS)
     use_assistant_message: bool = True
+    assistant_message_tool_name: Name | None = None
+    assistant_message_tool_kwarg: Name | None = None
     include_return_message_types: Annotated[list[MessageType], Field(max_length=MAX_MESSAGE_TYPES)] | None = None
+    include_compaction_messages: bool = False
     override_model: Name | None = None
-    agent_id: Name | None = None  # accepted for Letta compatibility; the route names the agent
-    on_busy: OnBusy = "queue"
+    override_system: Annotated[str, Field(max_length=MAX_SYSTEM_CHARS)] | None = Field(
+        default=None, validation_alias=AliasChoices("override_system", "system")
+    )
+    agent_id: Name | None = None  # agent-direct mode (``default`` as the conversation id)
+    on_busy: OnBusy | None = None  # None: the server's default (CONVOY_ON_BUSY_DEFAULT)
     client_tools: Annotated[list[ClientTool], Field(max_length=MAX_TOOLS)] | None = None
+    client_skills: Annotated[list[ClientSkill], Field(max_length=MAX_TOOLS)] | None = None
+    # Refused when asked for: Convoy does not do these (see _refused).
+    enable_thinking: str | bool | None = None
+    return_logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    return_token_ids: bool = False
+    # This request's own model settings (a Convoy extension: Letta's send has none), over the
+    # conversation's and the agent's, field by field (runtime.schemas.model_settings).
+    model_settings: ModelSettings | None = None
 
     @model_validator(mode="after")
     def _has_input(self) -> SendMessageRequest:
@@ -225,12 +293,17 @@ class SendMessageRequest(BaseModel):
             raise ValueError("send at least one message: 'messages' (a list) or 'input' (a string)")
         if self.input is not None and not self._input_text():
             raise ValueError("input: a message needs text; it is empty")
-        approvals = [m for m in self.messages or () if isinstance(m, ApprovalCreate)]
-        if approvals and len(self.messages or ()) != 1:
-            raise ValueError("an approval message must be sent alone")
+        answers = [i for i, m in enumerate(self.messages or ()) if not isinstance(m, MessageCreate)]
+        if answers and answers != [0]:
+            raise ValueError(
+                "an approval (or tool_return) message must come first, and only once; user messages may follow it"
+            )
         doubled = _doubled([tool.name for tool in self.client_tools or ()])
         if doubled:
             raise ValueError(f"client_tools: each tool name must be unique; sent more than once: {doubled}")
+        refused = _refused(self)
+        if refused:
+            raise ValueError(refused)
         return self
 
     def _input_text(self) -> str:
@@ -241,13 +314,32 @@ class SendMessageRequest(BaseModel):
     @property
     def approval(self) -> ApprovalCreate | None:
         first = self.messages[0] if self.messages else None
+        if isinstance(first, ToolReturnsCreate):
+            return first.as_approval()
         return first if isinstance(first, ApprovalCreate) else None
 
-    def input_messages(self) -> list[InputMessage]:
-        if self.messages:
-            return self.messages
-        assert self.input is not None
-        return [MessageCreate(role="user", content=self.input)]
+    def input_messages(self) -> list[TurnMessage]:
+        """What the turn is made of: the approval first if there is one, then the user's messages."""
+        if not self.messages:
+            assert self.input is not None
+            return [MessageCreate(role="user", content=self.input)]
+        approval = self.approval
+        rest = [m for m in self.messages if isinstance(m, MessageCreate)]
+        return [approval, *rest] if approval is not None else list(rest)
+
+    def first_otid(self) -> str | None:
+        """The otid of the first input message (Letta SDKs reuse otids when they retry)."""
+        first = self.input_messages()[0]
+        return first.otid
+
+
+def _refused(body: SendMessageRequest) -> str | None:
+    """What a request asks that Convoy does not do, said plainly; None when nothing."""
+    if body.return_logprobs or body.top_logprobs is not None or body.return_token_ids:
+        return "return_logprobs, top_logprobs and return_token_ids are not supported: Convoy does not return log probabilities or token ids"
+    if body.enable_thinking is not None and str(body.enable_thinking).lower() not in ("true", "1"):
+        return "enable_thinking is deprecated and cannot turn reasoning off here; set the agent's model_settings instead"
+    return None
 
 
 class MemoryBlock(BaseModel):
@@ -277,6 +369,17 @@ class CreateAgentRequest(BaseModel):
     memory_blocks: Annotated[list[MemoryBlock], Field(max_length=MAX_MEMORY_BLOCKS)] | None = None
     context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    model_settings: ModelSettings | None = None
+
+    @model_validator(mode="after")
+    def _output_fits(self) -> CreateAgentRequest:
+        limit = self.model_settings.max_output_tokens if self.model_settings else None
+        if limit and self.context_window_limit and limit >= self.context_window_limit:
+            raise ValueError(
+                f"model_settings.max_output_tokens ({limit}) must be smaller than context_window_limit "
+                f"({self.context_window_limit}): the answer is part of the context window"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> CreateAgentRequest:
@@ -303,6 +406,7 @@ class CreateConversationRequest(BaseModel):
 
     summary: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    model_settings: ModelSettings | None = None
 
 
 MAX_SEQ = 2**53  # larger cursors are nonsense, and are refused as such

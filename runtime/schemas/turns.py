@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.schemas.requests import ClientTool, InputMessage
+from runtime.schemas.model_settings import ModelSettings
+from runtime.schemas.requests import ClientSkill, ClientTool, TurnMessage
 
 
 class TurnRequest(BaseModel):
@@ -13,11 +14,14 @@ class TurnRequest(BaseModel):
     run_id: str
     agent_id: str
     conversation_id: str
-    messages: list[InputMessage]
-    stream_tokens: bool = True
+    messages: list[TurnMessage]
+    stream_tokens: bool = False
     max_steps: int = 50
     use_assistant_message: bool = True
     include_return_message_types: list[str] | None = None
     override_model: str | None = None
     client_tools: list[ClientTool] | None = None
+    override_system: str | None = None
+    client_skills: list[ClientSkill] | None = None
+    model_settings: ModelSettings | None = None
     accepted_at_ns: int

@@ -29,8 +29,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import builtins
 import uuid
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -39,7 +41,9 @@ from runtime.errors import NotFoundError
 from runtime.ids import new_id
 from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
 from runtime.schemas.messages import utcnow
-from runtime.store import keyspace
+from runtime.schemas.model_settings import ModelSettings
+from runtime.schemas.requests import MemoryBlock
+from runtime.store import keyspace, replies
 from runtime.store.slots import mget
 
 # KEYS: an agent's record, its conversations index. ARGV: conversation id, creation score.
@@ -70,8 +74,24 @@ MAX_PAGE = 1000
 CONVERSATION_REFS_MAX = 100_000
 Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
-    {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens"}
-)
+    {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens",
+     "model_settings"}
+)  # fmt: skip
+CONVERSATION_UPDATABLE = frozenset({"summary", "model", "model_settings"})
+
+
+class AgentOptions(TypedDict, total=False):
+    """What an agent may be created with besides its name, model and system prompt (``AgentRecord``'s
+    other fields; left out, a field takes the record's default)."""
+
+    description: str | None
+    tags: list[str]
+    metadata: dict[str, Any] | None
+    tools: list[str]
+    memory_blocks: list[MemoryBlock]
+    context_window_limit: int | None
+    max_tokens: int | None
+    model_settings: ModelSettings | None
 
 
 def default_conversation_id(agent_id: str) -> str:
@@ -84,7 +104,7 @@ class AgentStore:
         self._redis = redis
         self._drop = redis.register_script(_DROP_AGENT)
 
-    async def create(self, *, tenant: str, name: str | None, model: str, system: str, **extra: object) -> AgentRecord:
+    async def create(self, *, tenant: str, name: str | None, model: str, system: str, **extra: Unpack[AgentOptions]) -> AgentRecord:
         now = utcnow()
         agent_id = new_id("agent")
         record = AgentRecord(
@@ -95,7 +115,7 @@ class AgentStore:
             system=system,
             created_at=now,
             updated_at=now,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keyspace.agent(agent_id), record.model_dump_json())
@@ -133,14 +153,14 @@ class AgentStore:
         await self._redis.transaction(apply, key)
         return updated[0]
 
-    async def delete(self, agent_id: str, *, epoch_ttl_s: int) -> list[str]:
+    async def delete(self, agent_id: str, *, epoch_ttl_s: int) -> builtins.list[str]:
         """Remove the agent, its conversations and every index entry of theirs (see the module
         docstring); the ids of the conversations removed. 404 if the agent is already gone. A
         conversation created for the agent meanwhile is removed too."""
         tenant = (await self.get(agent_id, tenant=None)).tenant
         agent_keys = [keyspace.agent(agent_id), keyspace.agent_conversations(agent_id), keyspace.agent_runs(agent_id)]
-        removed: list[str] = []
-        left = [i.decode() for i in await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1)]
+        removed: builtins.list[str] = []
+        left = replies.members(await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1))
         while left:
             for conversation_id in left:
                 await _remove_conversation(self._redis, conversation_id, tenant=tenant, epoch_ttl_s=epoch_ttl_s)
@@ -148,7 +168,7 @@ class AgentStore:
             reply = await self._drop(keys=agent_keys, args=removed)
             if reply is None:
                 raise NotFoundError(f"agent {agent_id} not found")
-            left = [i.decode() for i in reply]
+            left = [replies.text(i) for i in reply]
         if not removed and await self._drop(keys=agent_keys, args=[]) is None:
             raise NotFoundError(f"agent {agent_id} not found")
         await self._redis.zrem(keyspace.agents_index(tenant), agent_id)
@@ -182,14 +202,21 @@ class ConversationStore:
         return ref
 
     async def create(
-        self, agent: AgentRecord, *, summary: str | None = None, model: str | None = None
+        self, agent: AgentRecord, *, summary: str | None = None, model: str | None = None, **extra: object
     ) -> ConversationRecord:
         """A new conversation with ``agent``, in the agent's tenant."""
         now = utcnow()
         conv_id = new_id("conv")
         agent_id = agent.id
         record = ConversationRecord(
-            id=conv_id, agent_id=agent_id, tenant=agent.tenant, summary=summary, model=model, created_at=now, updated_at=now
+            id=conv_id,
+            agent_id=agent_id,
+            tenant=agent.tenant,
+            summary=summary,
+            model=model,
+            created_at=now,
+            updated_at=now,
+            **extra,  # type: ignore[arg-type]
         )
         await self._redis.set(keyspace.conversation(conv_id), record.model_dump_json())
         await self._join_agent(record, created=True)
@@ -217,7 +244,7 @@ class ConversationStore:
             return ConversationRecord.model_validate_json(raw)
         now = utcnow()
         record = ConversationRecord(id=conv_id, agent_id=agent_id, tenant=agent.tenant, created_at=now, updated_at=now)
-        earlier = await self._redis.set(keyspace.conversation(conv_id), record.model_dump_json(), nx=True, get=True)
+        earlier = replies.previous(await self._redis.set(keyspace.conversation(conv_id), record.model_dump_json(), nx=True, get=True))
         winner = record if earlier is None else ConversationRecord.model_validate_json(earlier)
         await self._join_agent(winner, created=earlier is None)
         return winner
@@ -233,9 +260,30 @@ class ConversationStore:
             return await self.default_for(agent)
         return ConversationRecord.model_validate_json(raw_conversation)
 
+    async def update(self, conversation_id: str, changes: dict[str, Any]) -> ConversationRecord:
+        """Apply ``changes`` (fields of ``CONVERSATION_UPDATABLE``) as ``AgentStore.update`` does: a
+        compare-and-set of the whole record, 404 if the conversation is gone meanwhile."""
+        unknown = set(changes) - CONVERSATION_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        key = keyspace.conversation(conversation_id)
+        updated: list[ConversationRecord] = []
+
+        async def apply(pipe: Pipeline) -> None:
+            raw = await pipe.get(key)
+            if raw is None:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            record = ConversationRecord.model_validate_json(raw).model_copy(update={**changes, "updated_at": utcnow()})
+            pipe.multi()
+            pipe.set(key, record.model_dump_json(), xx=True)
+            updated[:] = [record]
+
+        await self._redis.transaction(apply, key)
+        return updated[0]
+
     async def ids_of(self, agent_id: str) -> list[str]:
         """Every conversation id of the agent, oldest first."""
-        return [i.decode() for i in await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1)]
+        return replies.members(await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1))
 
     async def get(self, conversation_id: str, *, tenant: str | None) -> ConversationRecord:
         """The conversation; 404 if it is unknown or another tenant's (``tenant=None``: any
@@ -252,7 +300,7 @@ class ConversationStore:
         return [ConversationRecord.model_validate_json(raw) for raw in await _page(self._redis, index, keyspace.conversation, limit, after)]
 
 
-def _owned(raw: bytes | None, kind: type[Owned], tenant: str | None, what: str) -> Owned:
+def _owned(raw: bytes | str | None, kind: type[Owned], tenant: str | None, what: str) -> Owned:
     """The record in ``raw``; 404 (``what`` not found) when there is none or it is another
     tenant's (``tenant=None``: any tenant)."""
     if raw is None:
@@ -284,17 +332,17 @@ def _conversation_keys(conversation_id: str) -> list[str]:
     ]
 
 
-async def _page(redis: aioredis.Redis, index: str, key_of: object, limit: int, after: str | None) -> list[bytes]:
+async def _page(redis: aioredis.Redis, index: str, key_of: Callable[[str], str], limit: int, after: str | None) -> list[bytes | str]:
     """Records in creation order, ``limit`` at most, starting after the id ``after``."""
     limit = max(1, min(limit, MAX_PAGE))
     start = 0
     if after is not None:
         rank = await redis.zrank(index, after)
-        if rank is None:
+        if not isinstance(rank, int):  # None: not in the index (a rank read without its score is an int)
             return []
         start = rank + 1
-    ids = await redis.zrange(index, start, start + limit - 1)
+    ids = replies.members(await redis.zrange(index, start, start + limit - 1))
     if not ids:
         return []
-    raws = await mget(redis, [key_of(i.decode()) for i in ids])  # type: ignore[operator]
+    raws = await mget(redis, [key_of(i) for i in ids])
     return [raw for raw in raws if raw is not None]

@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from runtime.errors import AuthenticationError, NotFoundError, RateLimitedError
 from runtime.schemas.auth import OPEN, ApiKeyRecord, Principal
 from runtime.schemas.messages import utcnow
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.slots import mget
 
 SECRET_PREFIX = "cvy-"
@@ -116,7 +116,7 @@ class KeyStore:
         digests = await self._redis.hgetall(keyspace.api_keys())
         if not digests:
             return []
-        raws = await mget(self._redis, [keyspace.api_key(d.decode()) for d in digests.values()])
+        raws = await mget(self._redis, [keyspace.api_key(replies.text(d)) for d in digests.values()])
         records = [ApiKeyRecord.model_validate_json(raw) for raw in raws if raw is not None]
         return sorted(records, key=lambda r: r.created_at)
 
@@ -125,9 +125,10 @@ class KeyStore:
         hashed = await self._redis.hget(keyspace.api_keys(), key_id)
         if hashed is None:
             raise NotFoundError(f"no API key {key_id}")
-        raw = await self._redis.get(keyspace.api_key(hashed.decode()))
+        digest = replies.text(hashed)
+        raw = await self._redis.get(keyspace.api_key(digest))
         # The record first (one slot, with its rate state): from then on the key is refused.
-        await self._redis.delete(keyspace.api_key(hashed.decode()), keyspace.api_key_rate(hashed.decode()))
+        await self._redis.delete(keyspace.api_key(digest), keyspace.api_key_rate(digest))
         await self._redis.delete(keyspace.api_key_runs(key_id))
         await self._redis.hdel(keyspace.api_keys(), key_id)
         if raw is None:
@@ -156,7 +157,7 @@ class KeyStore:
         its terminal status (they live in different hash slots, so not in one step), so before
         refusing, the holders are checked and those already ended are let go. A client that sees
         its run end and sends at once is therefore never refused for it."""
-        args = [run_id, limit, now_ms, RUN_SLOT_TTL_MS]
+        args: list[str | int] = [run_id, limit, now_ms, RUN_SLOT_TTL_MS]
         if await self._take_slot(keys=[keyspace.api_key_runs(key_id)], args=args):
             return True
         if not await self._release_ended(key_id, now_ms=now_ms):
@@ -167,8 +168,8 @@ class KeyStore:
         """Give back the slots of the key's runs that have ended; whether any was. A slot whose run
         cannot be found is given back only once it is older than ``SLOT_ACCEPT_GRACE_MS``: the slot
         is taken before its run is accepted, which may still be on its way."""
-        holders = await self._redis.zrange(keyspace.api_key_runs(key_id), 0, -1, withscores=True)
-        run_ids = [h.decode() for h, _ in holders]
+        holders = replies.scored(await self._redis.zrange(keyspace.api_key_runs(key_id), 0, -1, withscores=True))
+        run_ids = [h for h, _ in holders]
         conversations = await mget(self._redis, [keyspace.run_ref(r) for r in run_ids])
         ended: list[str] = []
         for (run_id, (_, expires_ms)), conversation in zip(zip(run_ids, holders, strict=True), conversations, strict=True):
@@ -176,8 +177,8 @@ class KeyStore:
                 if now_ms - (expires_ms - RUN_SLOT_TTL_MS) > SLOT_ACCEPT_GRACE_MS:
                     ended.append(run_id)
                 continue
-            status = await self._redis.hget(keyspace.run(conversation.decode(), run_id), "status")
-            if status is None or status.decode() in ("completed", "failed", "cancelled"):
+            status = await self._redis.hget(keyspace.run(replies.text(conversation), run_id), "status")
+            if status is None or replies.text(status) in ("completed", "failed", "cancelled"):
                 ended.append(run_id)
         if ended:
             await self._redis.zrem(keyspace.api_key_runs(key_id), *ended)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -132,7 +132,7 @@ def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
-def is_cluster(redis: object) -> bool:
+def is_cluster(redis: object) -> TypeGuard[RedisCluster]:
     """Whether ``redis`` is a cluster client (``connect`` on a ``redis+cluster://`` URL)."""
     return isinstance(redis, RedisCluster)
 

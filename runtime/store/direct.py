@@ -31,7 +31,7 @@ from typing import Any
 from hiredis import pack_command
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import AskError, ResponseError
+from redis.exceptions import AskError, ResponseError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runtime.store.connection import SLOT_UNAVAILABLE, is_cluster
@@ -58,7 +58,7 @@ class DirectConnection:
         try:
             if not conn.is_connected:
                 await conn.connect()
-            await conn.send_packed_command(b"".join([pack_command(tuple(c)) for c in commands]), check_health=False)
+            await conn.send_packed_command(b"".join([pack_command(tuple(c)) for c in commands]), check_health=False)  # type: ignore[arg-type]  # hiredis's stub types a command as a 1-tuple
             replies: list[object] = []
             for _ in commands:
                 try:
@@ -101,7 +101,7 @@ class NodeConnections:
             await self._refresh()
         groups: dict[str, tuple[ClusterNode, list[int]]] = {}
         for i, key in enumerate(keys):
-            node = cluster.get_node_from_key(key)
+            node = primary_of(cluster, key)
             groups.setdefault(node.name, (node, []))[1].append(i)
         replies: list[object] = [None] * len(commands)
 
@@ -144,6 +144,15 @@ class NodeConnections:
             await conn.close()
 
 
+def primary_of(cluster: RedisCluster, key: str) -> ClusterNode:
+    """The primary serving ``key``'s slot, as redis-py's cluster client knows it;
+    ``SlotNotCoveredError`` when no primary does."""
+    node = cluster.get_node_from_key(key)  # None is its answer for a replica only
+    if node is None:
+        raise SlotNotCoveredError(f"no primary serves the slot of {key}")
+    return node
+
+
 def own_connection_of(node: ClusterNode, **overrides: Any) -> AbstractConnection:
     """A connection of its own to a cluster node, configured as redis-py's own to it are."""
     return node.connection_class(**{**node.connection_kwargs, **overrides})
@@ -164,4 +173,7 @@ class Direct:
         return await self._one.execute(commands)
 
     async def close(self) -> None:
-        await (self._nodes or self._one).close()  # type: ignore[union-attr]
+        if self._nodes is not None:
+            await self._nodes.close()
+        elif self._one is not None:
+            await self._one.close()

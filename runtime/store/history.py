@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 
 from runtime.errors import NotFoundError
 from runtime.schemas.messages import HistoryMessage
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.fencing import Fence, call_fenced
 
 # KEYS: epoch, history stream, message id -> entry id index. ARGV: epoch, then (message id, json) pairs.
@@ -61,7 +61,7 @@ class HistoryStore:
 
     async def recent(self, conversation_id: str, *, limit: int) -> list[HistoryMessage]:
         """The last ``limit`` messages, oldest first (what a model is shown)."""
-        entries = await self._redis.xrevrange(keyspace.history(conversation_id), count=limit)
+        entries = replies.entries(await self._redis.xrevrange(keyspace.history(conversation_id), count=limit))
         return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in reversed(entries)]
 
     async def page(
@@ -83,12 +83,12 @@ class HistoryStore:
             if entry is None:
                 raise NotFoundError(f"message {cursor} not found in conversation {conversation_id}")
             if is_after:
-                lo = "(" + entry.decode()
+                lo = "(" + replies.text(entry)
             else:
-                hi = "(" + entry.decode()
+                hi = "(" + replies.text(entry)
         key = keyspace.history(conversation_id)
         if order == "desc":
-            entries = await self._redis.xrevrange(key, max=hi, min=lo, count=limit)
+            entries = replies.entries(await self._redis.xrevrange(key, max=hi, min=lo, count=limit))
         else:
-            entries = await self._redis.xrange(key, min=lo, max=hi, count=limit)
+            entries = replies.entries(await self._redis.xrange(key, min=lo, max=hi, count=limit))
         return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries]

@@ -16,6 +16,8 @@ Lifetimes (nothing lives forever by accident):
 - API keys: until revoked; a key's rate-limit state expires once the key is idle, and its
   active-run entries expire on their own if a run's end never removed them (see ``runtime.store.api_keys``).
 - the mailbox: entries are trimmed once processed.
+- the stream-token secret: kept for good, shared by every replica (deleting it voids every stream
+  token; see ``runtime.store.stream_tokens``).
 """
 
 from __future__ import annotations
@@ -166,3 +168,8 @@ def api_key_runs(key_id: str) -> str:
 def auth_closed() -> str:
     """Set once the first API key is created, and never unset: from then on every request needs a key."""
     return f"{PREFIX}:auth:closed"
+
+
+def stream_token_secret() -> str:
+    """The HMAC secret every API replica signs and checks stream tokens with (made once, never expires)."""
+    return f"{PREFIX}:stream-token:secret"

@@ -169,7 +169,7 @@ class MultiplexedRedis(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if _needs_the_pool(args):
-            return await super().execute_command(*args, **options)
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         name = args[0]
         if isinstance(name, str) and " " in name:  # "SCRIPT LOAD", "CLIENT KILL": words of their own
             packed = pack_command((*name.split(), *args[1:]))

@@ -16,9 +16,11 @@ The owner's writes are fenced and outlast a Redis outage: see ``runtime.store.fe
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -26,10 +28,10 @@ import redis.asyncio as aioredis
 from runtime.errors import NotFoundError
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.runs import RunQuery, RunStatus, RunView
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 from runtime.store.fencing import Fence, call_fenced, through_outage
 from runtime.stream.items import last_seq
-from runtime.stream.wire import Ending, terminal
+from runtime.stream.wire import Ending, Item, terminal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,8 +101,9 @@ redis.call('EXPIRE', KEYS[5], ARGV[4])
 if ARGV[7] == '' or (ARGV[7] == '-' and redis.call('HGET', KEYS[6], 'answered') == ARGV[8]) then
   redis.call('DEL', KEYS[6])
 elseif ARGV[7] ~= '-' then
+  local request, calls = string.match(ARGV[7], '^([^ ]*) ?(.*)$')
   redis.call('DEL', KEYS[6])
-  redis.call('HSET', KEYS[6], 'request', ARGV[7])
+  redis.call('HSET', KEYS[6], 'request', request, 'calls', calls)
 end
 return 'ok ' .. (redis.call('HGET', KEYS[2], 'key_id') or '')
 """
@@ -118,6 +121,17 @@ return 'ok'
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApproval:
+    """The approval request a run ends waiting on, and the tool calls it asks about."""
+
+    request_id: str
+    call_ids: tuple[str, ...]
+
+    def encode(self) -> str:
+        return " ".join((self.request_id, ",".join(self.call_ids)))
 
 
 class RunStore:
@@ -167,8 +181,8 @@ class RunStore:
 
     async def latest(self, conversation_id: str) -> str | None:
         """The conversation's most recently accepted run."""
-        ids = await self._redis.zrevrange(keyspace.conversation_runs(conversation_id), 0, 0)
-        return ids[0].decode() if ids else None
+        ids = replies.members(await self._redis.zrevrange(keyspace.conversation_runs(conversation_id), 0, 0))
+        return ids[0] if ids else None
 
     async def list(self, query: RunQuery, *, tenant: str) -> list[RunView]:
         """The tenant's runs matching ``query``, newest first unless ascending; scans at most
@@ -179,7 +193,7 @@ class RunStore:
             index = keyspace.agent_runs(query.agent_id)
         else:
             index = keyspace.runs_index(tenant)
-        ids = [i.decode() for i in await self._redis.zrange(index, 0, LIST_SCAN_MAX - 1, desc=not query.ascending)]
+        ids = replies.members(await self._redis.zrange(index, 0, LIST_SCAN_MAX - 1, desc=not query.ascending))
         if query.after is not None:
             ids = ids[ids.index(query.after) + 1 :] if query.after in ids else []
         if query.before is not None:
@@ -209,7 +223,7 @@ class RunStore:
         conv = await self._redis.get(keyspace.run_ref(run_id))
         if conv is None:
             raise NotFoundError(f"run {run_id} not found")
-        return conv.decode()
+        return replies.text(conv)
 
     async def get(self, run_id: str, conversation_id: str | None = None, *, tenant: str | None) -> RunView:
         """The run; 404 if it is unknown or belongs to another tenant (``tenant=None``: any tenant,
@@ -224,8 +238,7 @@ class RunStore:
         return view
 
     async def raw(self, conversation_id: str, run_id: str) -> dict[str, str]:
-        raw = await self._redis.hgetall(keyspace.run(conversation_id, run_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return replies.fields(await self._redis.hgetall(keyspace.run(conversation_id, run_id)))
 
     async def start(self, fence: Fence, run_id: str) -> str:
         """created -> running. Returns ``"started"`` if this call started it (its stream then holds
@@ -251,7 +264,7 @@ class RunStore:
         mailbox_entry: str = "",
         expect: RunStatus | None = None,
         extra: dict[str, Any] | None = None,
-        pending_approval: str | None = None,
+        pending_approval: PendingApproval | str | None = None,
     ) -> bool:
         """End a run, the one way every run ends (its owner's success, failure or cancel; a queued
         run cancelled; a run no owner will finish): its terminal items (``runtime.stream.wire``), its
@@ -263,7 +276,7 @@ class RunStore:
         knows it; else it follows the last item stored. False if the run was already terminal,
         unknown, or not in status ``expect``. ``pending_approval``: None leaves the conversation's
         pending approval alone (unless this run was its answer: then it is closed), "" clears it,
-        an id opens it (clients may then answer that approval request)."""
+        a ``PendingApproval`` opens it (clients may then answer that approval request)."""
         if next_seq is None:
             stream = keyspace.run_stream(conversation_id, run_id)
             patience_s = fence.patience_s if fence else 0.0
@@ -291,12 +304,12 @@ class RunStore:
         status: RunStatus,
         stop_reason: str,
         fence: Fence | None,
-        items: list[tuple[int, str, bytes]],
+        items: builtins.list[Item],
         mailbox_entry: str,
         expect: RunStatus | None,
         error: dict[str, Any] | None,
         extra: dict[str, Any] | None,
-        pending_approval: str | None,
+        pending_approval: PendingApproval | str | None,
     ) -> bool:
         assert status in TERMINAL
         fields: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "completed_at_ms": now_ms()}
@@ -306,7 +319,10 @@ class RunStore:
         flat: list[Any] = []
         for name, value in fields.items():
             flat.extend((name, value))
-        pending = "-" if pending_approval is None else pending_approval
+        if pending_approval is None:
+            pending = "-"
+        else:
+            pending = pending_approval.encode() if isinstance(pending_approval, PendingApproval) else pending_approval
         args: list[Any] = [
             fence.epoch if fence else "", expect or "", mailbox_entry, self._ttl_s, self._maxlen, len(flat), pending, run_id, *flat
         ]
@@ -353,7 +369,7 @@ class RunStore:
             args=[fence.epoch, UNFINISHED_RUN_TTL_S, json.dumps(step, default=str)],
         )
 
-    async def steps(self, conversation_id: str, run_id: str) -> list[dict[str, Any]]:
+    async def steps(self, conversation_id: str, run_id: str) -> builtins.list[dict[str, Any]]:
         """A run's step traces, oldest first."""
         raw = await self._redis.lrange(keyspace.run_steps(conversation_id, run_id), 0, -1)
         return [json.loads(r) for r in raw]
@@ -362,15 +378,15 @@ class RunStore:
         """Mark a run as to be cancelled; an owner about to start it will not (see ``start``)."""
         await self._redis.hset(keyspace.run(conversation_id, run_id), "cancel_requested", now_ms())
 
-    async def _fenced(self, script: Any, fence: Fence | None, *, keys: list[str], args: list[Any]) -> str:
+    async def _fenced(self, script: Any, fence: Fence | None, *, keys: builtins.list[str], args: builtins.list[Any]) -> str:
         reply = await call_fenced(
             script, fence=fence, keys=keys, args=args, refused=f"write refused for a stale owner ({keys[1]})"
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
-def _view(raw: dict[bytes, bytes]) -> RunView:
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
+def _view(raw: dict[bytes | str, bytes | str]) -> RunView:
+    fields = replies.fields(raw)
     doc = json.loads(fields["doc"])
     doc["status"] = fields["status"]
     doc["stop_reason"] = fields.get("stop_reason") or None

@@ -11,11 +11,14 @@ run's last items, ``RunStore.end``'s; reading for clients is ``runtime.stream.ta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import redis.asyncio as aioredis
 
+from runtime.store import replies
+
 ItemKind = Literal["data", "error", "done"]
+_KINDS: dict[bytes, ItemKind] = {kind.encode(): kind for kind in get_args(ItemKind)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +37,16 @@ def seq_of(entry_id: bytes | str) -> int:
     return int(raw.split("-", 1)[1])
 
 
+def kind_of(raw: bytes) -> ItemKind:
+    """An item's kind as stored; ``ValueError`` for anything else (nothing writes another)."""
+    kind = _KINDS.get(raw)
+    if kind is None:
+        raise ValueError(f"not a stream item's kind: {raw!r}")
+    return kind
+
+
 def entry_item(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredItem:
-    kind = fields.get(b"k", b"data").decode()
-    return StoredItem(seq=seq_of(entry_id), kind=kind, payload=fields.get(b"p", b""))  # type: ignore[arg-type]
+    return StoredItem(seq=seq_of(entry_id), kind=kind_of(fields.get(b"k", b"data")), payload=fields.get(b"p", b""))
 
 
 def raw_item(entry_id: bytes, fields: list[bytes]) -> StoredItem:
@@ -46,18 +56,18 @@ def raw_item(entry_id: bytes, fields: list[bytes]) -> StoredItem:
 
 async def last_seq(redis: aioredis.Redis, key: str) -> int:
     """The highest seq written to ``key`` (0 if the stream does not exist)."""
-    entries = await redis.xrevrange(key, count=1)
+    entries = replies.entries(await redis.xrevrange(key, count=1))
     return seq_of(entries[0][0]) if entries else 0
 
 
 async def first_seq(redis: aioredis.Redis, key: str) -> int | None:
     """The lowest seq still held (None if the stream does not exist or is empty)."""
-    entries = await redis.xrange(key, count=1)
+    entries = replies.entries(await redis.xrange(key, count=1))
     return seq_of(entries[0][0]) if entries else None
 
 
 async def read_after(redis: aioredis.Redis, key: str, after: int, count: int = 1000) -> list[StoredItem]:
-    entries = await redis.xrange(key, min=f"(0-{after}", count=count)
+    entries = replies.entries(await redis.xrange(key, min=f"(0-{after}", count=count))
     return [entry_item(eid, fields) for eid, fields in entries]
 
 

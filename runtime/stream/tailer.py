@@ -26,7 +26,9 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
@@ -35,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.store.connection import is_cluster, reraise_if_cancelling
 from runtime.store.direct import Direct
-from runtime.stream.items import StoredItem, raw_item
+from runtime.stream.items import StoredItem, kind_of, raw_item
 from runtime.stream.listener import Listeners
 
 log = logging.getLogger(__name__)
@@ -202,8 +204,8 @@ class StreamTailer:
             return
         try:
             seq, kind, payload = message.split(b" ", 2)
-            item = StoredItem(int(seq), kind.decode(), payload)  # type: ignore[arg-type]
-        except ValueError:  # an empty message: "read me"
+            item = StoredItem(int(seq), kind_of(kind), payload)
+        except ValueError:  # an empty message ("read me"), or one not in the item format: read the stream
             self._mark(key)
             return
         for sub in subs:
@@ -234,7 +236,9 @@ class StreamTailer:
                 if not cursors:
                     continue
                 groups = self._by_slot(cursors) if self._cluster else [cursors]
-                commands = [("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *g, *(f"0-{c}" for c in g.values())) for g in groups]
+                commands: list[tuple[str | int, ...]] = [
+                    ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *g, *(f"0-{c}" for c in g.values())) for g in groups
+                ]
                 replies = await self._reader.execute(commands, [next(iter(g)) for g in groups], partial=True)
                 unread: list[str] = []
                 for group, reply in zip(groups, replies, strict=True):
@@ -313,8 +317,8 @@ class StreamTailer:
         subscription that joined while this read was in flight, with a cursor before the position
         read from, gets nothing now: joining marked its stream, so the next round reads from its
         cursor and it misses nothing."""
-        streams = reply.items() if isinstance(reply, dict) else (reply or ())
-        for raw_key, entries in streams:  # type: ignore[union-attr]
+        streams: Iterable[Any] = reply.items() if isinstance(reply, dict) else reply if isinstance(reply, list) else ()
+        for raw_key, entries in streams:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if len(entries) >= XREAD_COUNT:
                 self._mark(key)  # there may be more

@@ -17,8 +17,9 @@ from typing import Any
 from runtime.errors import RunFailure
 from runtime.schemas.messages import ErrorMessage, StopReasonItem, UsageStatistics, WireItem
 from runtime.schemas.runs import STATUS_FOR_STOP_REASON, RunStatus
+from runtime.stream.items import ItemKind
 
-Item = tuple[int, str, bytes]
+Item = tuple[int, ItemKind, bytes]
 DONE_PAYLOAD = b"[DONE]"
 
 
@@ -97,13 +98,21 @@ class Terminal:
     error: dict[str, Any] | None
 
 
+def outcome(ending: Ending) -> tuple[RunStatus, str]:
+    """The terminal status and stop reason ``ending`` gives its run."""
+    if isinstance(ending, Completed):
+        return status_for(ending.stop_reason), ending.stop_reason
+    if isinstance(ending, Cancelled):
+        return "cancelled", "cancelled"
+    return "failed", ending.failure.stop_reason
+
+
 def terminal(run_id: str, first_seq: int, ending: Ending) -> Terminal:
     """The terminal sequence of ``ending``, its first item at ``first_seq``."""
+    status, stop_reason = outcome(ending)
     if isinstance(ending, Completed):
-        items = success_items(run_id, first_seq, ending.stop_reason, ending.usage)
-        return Terminal(items, status_for(ending.stop_reason), ending.stop_reason, None)
+        return Terminal(success_items(run_id, first_seq, stop_reason, ending.usage), status, stop_reason, None)
     if isinstance(ending, Cancelled):
-        return Terminal(cancel_items(run_id, first_seq, ending.usage), "cancelled", "cancelled", None)
-    failure = ending.failure
-    error = error_message(run_id, failure).model_dump(exclude_none=True)
-    return Terminal(failure_items(run_id, first_seq, failure), "failed", failure.stop_reason, error)
+        return Terminal(cancel_items(run_id, first_seq, ending.usage), status, stop_reason, None)
+    error = error_message(run_id, ending.failure).model_dump(exclude_none=True)
+    return Terminal(failure_items(run_id, first_seq, ending.failure), status, stop_reason, error)

@@ -37,7 +37,7 @@ from redis.exceptions import NoScriptError, ResponseError, SlotNotCoveredError
 
 from runtime.errors import FencedError, StoreUnavailableError
 from runtime.store.connection import is_cluster
-from runtime.store.direct import Direct
+from runtime.store.direct import Direct, primary_of
 from runtime.store.fencing import through_outage
 from runtime.stream.items import ItemKind
 
@@ -229,7 +229,7 @@ def _pipeliner(redis: aioredis.Redis, stream_key: str) -> _Pipeliner:
     node = ""
     if is_cluster(redis) and redis.nodes_manager.slots_cache:  # else: before the first command, one queue
         with contextlib.suppress(SlotNotCoveredError):
-            node = redis.get_node_from_key(stream_key).name
+            node = primary_of(redis, stream_key).name
     found = per_node.get(node)
     if found is None:
         found = per_node[node] = _Pipeliner(redis)

@@ -36,6 +36,7 @@ from typing import Any, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from runtime.errors import ConfigurationError, InvalidRequestError
+from runtime.metrics import ToolFailure, ToolOutcome
 
 DEFAULT_TIMEOUT_S = 30.0  # per call, unless the tool sets its own
 MAX_RESULT_CHARS = 50_000  # longer results are cut, and say so
@@ -57,6 +58,11 @@ class ToolResult:
     status: Literal["success", "error"]
     text: str
     duration_ms: float = 0.0
+    failure: ToolFailure | None = None  # why a call did not run to a result (an exception is "error")
+
+    @property
+    def outcome(self) -> ToolOutcome:
+        return self.failure or ("success" if self.status == "success" else "error")
 
 
 def describe(fn: Callable[..., Any], name: str | None = None) -> tuple[str, str, type[BaseModel]]:
@@ -69,7 +75,7 @@ def describe(fn: Callable[..., Any], name: str | None = None) -> tuple[str, str,
         annotation = hints.get(param.name, Any)
         default = param.default if param.default is not inspect.Parameter.empty else ...
         fields[param.name] = (annotation, default)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"{fn.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields
     )
     doc = inspect.getdoc(fn) or ""
@@ -117,17 +123,17 @@ class ToolRegistry:
     async def run(self, name: str, arguments: str) -> ToolResult:
         started = time.perf_counter()
         result = await self._run(name, arguments)
-        return ToolResult(result.status, result.text, round((time.perf_counter() - started) * 1000, 3))
+        return ToolResult(result.status, result.text, round((time.perf_counter() - started) * 1000, 3), result.failure)
 
     async def _run(self, name: str, arguments: str) -> ToolResult:
         tool = self._tools.get(name)
         if tool is None:
-            return ToolResult("error", f"tool {name!r} is not available to this agent")
+            return ToolResult("error", f"tool {name!r} is not available to this agent", failure="unavailable")
         try:
             raw = json.loads(arguments) if arguments.strip() else {}
             args = tool.arguments.model_validate(raw)
         except (json.JSONDecodeError, ValidationError) as exc:
-            return ToolResult("error", f"invalid arguments for {name}: {exc}")
+            return ToolResult("error", f"invalid arguments for {name}: {exc}", failure="invalid_arguments")
         kwargs = {k: getattr(args, k) for k in type(args).model_fields}
         try:
             async with asyncio.timeout(tool.timeout_s):
@@ -136,7 +142,7 @@ class ToolRegistry:
                 else:
                     value = await asyncio.to_thread(tool.fn, **kwargs)
         except TimeoutError:
-            return ToolResult("error", f"{name} timed out after {tool.timeout_s:g}s")
+            return ToolResult("error", f"{name} timed out after {tool.timeout_s:g}s", failure="timeout")
         except Exception as exc:  # noqa: BLE001 - a failing tool is a result for the model, not a crashed run
             return ToolResult("error", f"{name} failed: {type(exc).__name__}: {exc}")
         return ToolResult("success", _text(value))

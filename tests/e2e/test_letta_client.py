@@ -20,10 +20,8 @@ def test_stream_a_reply_with_letta_client(convoy: Convoy) -> None:
     kinds = [e.message_type for e in events]
     assert kinds[0] == "ping"
     assert kinds[-2:] == ["stop_reason", "usage_statistics"]
-    deltas = [e for e in events if e.message_type == "assistant_message"]
-    assert len(deltas) == len(text.split()), "one delta per word"
-    assert "".join(d.content for d in deltas) == text
-    assert len({d.id for d in deltas}) == 1, "deltas of one response share their id"
+    (answer,) = [e for e in events if e.message_type == "assistant_message"]
+    assert answer.content == text, "step streaming, Letta's default: the whole message at once"
     stop = events[-2]
     assert stop.stop_reason == "end_turn"
     usage = events[-1]
@@ -40,3 +38,11 @@ def test_stream_a_reply_with_letta_client(convoy: Convoy) -> None:
     assert client.agents.retrieve(agent.id).name == "e2e-echo"
     assert agent.id in [a.id for a in client.agents.list()]
     assert client.conversations.retrieve(conversation.id).id == conversation.id
+
+    tokens = list(
+        client.conversations.messages.create(conversation.id, messages=[{"role": "user", "content": text}], stream_tokens=True)
+    )
+    deltas = [e for e in tokens if e.message_type == "assistant_message"]
+    assert len(deltas) == len(text.split()), "stream_tokens: one delta per word"
+    assert "".join(d.content for d in deltas) == text
+    assert len({d.id for d in deltas}) == 1 and len({d.otid for d in deltas}) == 1, "deltas of one message share id and otid"

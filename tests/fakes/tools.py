@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated
 
 from pydantic import Field
 
 from runtime.tools import tool
+
+log = logging.getLogger("tests.fakes.tools")
 
 
 @tool
@@ -35,3 +38,10 @@ async def sleepy(seconds: float) -> str:
 def transfer(amount: int, to: str) -> str:
     """Send money (a person approves each call)."""
     return f"sent {amount} to {to}"
+
+
+@tool
+def note(text: str) -> str:
+    """Logs a line (in the thread a plain function runs in): what a turn logs says which turn it is."""
+    log.info("note taken", extra={"note": text})
+    return "noted"

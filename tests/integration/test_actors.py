@@ -35,8 +35,10 @@ async def _items(
     client: httpx.AsyncClient, conv: str, body: dict[str, Any], first_run: asyncio.Queue[str] | None = None
 ) -> list[dict[str, Any]]:
     """Send and read the whole stream; items as JSON, with '[DONE]' and errors marked. The run id
-    is put on ``first_run`` as soon as the first item arrives."""
+    is put on ``first_run`` as soon as the first item arrives. Token streaming unless the body says
+    otherwise: the stream mechanics under test want a run of many items (one per word of echo)."""
     items: list[dict[str, Any]] = []
+    body = {"stream_tokens": True, **body}
     async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=body) as source:
         source.response.raise_for_status()
         async for event in source.aiter_sse():

@@ -36,6 +36,11 @@ def tool_messages(call: fp.Call) -> list[dict[str, Any]]:
     return [m for m in call.body["messages"] if m["role"] == "tool"]
 
 
+def tool_returns(turn: Turn) -> dict[str, dict[str, Any]]:
+    """Every tool result of a turn by call id, from Letta's ``tool_returns``."""
+    return {r["tool_call_id"]: r for m in turn.of("tool_return_message") for r in m["tool_returns"]}
+
+
 async def test_a_two_step_tool_turn(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
     model = unique("gpt")
     fake_provider.script(
@@ -80,7 +85,12 @@ async def test_parallel_tools_failures_and_timeouts_are_results_not_crashes(
     conv = await agent_conversation(client, model, tools=["add", "explode", "sleepy"])
     turn = await send(client, conv)
 
-    results = {r["tool_call_id"]: r for r in turn.of("tool_return_message")}
+    (call_message,) = turn.of("tool_call_message")
+    assert [c["tool_call_id"] for c in call_message["tool_calls"]] == ["p1", "p2", "p3", "p4", "p5"], "one message, as Letta"
+    assert call_message["tool_call"]["tool_call_id"] == "p1"
+    (returned,) = turn.of("tool_return_message")
+    assert (returned["tool_call_id"], returned["status"], returned["tool_return"]) == ("p1", "success", "2"), "the first, on top"
+    results = tool_returns(turn)
     assert results["p1"]["status"] == "success" and results["p1"]["tool_return"] == "2"
     assert results["p2"]["status"] == "error" and "RuntimeError: kaboom" in results["p2"]["tool_return"]
     assert results["p3"]["status"] == "error" and "timed out" in results["p3"]["tool_return"]
@@ -95,9 +105,10 @@ async def _ask_for_transfer(client: httpx.AsyncClient, fake_provider: fp.FakePro
     conv = await agent_conversation(client, model, tools=["transfer", "add"])
     turn = await send(client, conv, "pay bob")
     assert turn.stop_reason == "requires_approval" and turn.run["status"] == "completed"
-    deltas = turn.of("approval_request_message")  # token streaming: name first, then argument pieces
-    assert deltas[0]["tool_call"]["name"] == "transfer" and not turn.of("tool_call_message")
-    assert json.loads("".join(d["tool_call"].get("arguments") or "" for d in deltas)) == {"amount": 5, "to": "bob"}
+    (request,) = turn.of("approval_request_message")  # step streaming (Letta's default): the whole call
+    assert request["tool_call"]["name"] == "transfer" and not turn.of("tool_call_message")
+    assert json.loads(request["tool_call"]["arguments"]) == {"amount": 5, "to": "bob"}
+    assert [c["tool_call_id"] for c in request["tool_calls"]] == ["t1"]
     return conv, turn
 
 
@@ -119,7 +130,7 @@ async def test_approve_runs_the_tool_and_blocks_other_messages_until_answered(
     assert (returned["tool_call_id"], returned["status"], returned["tool_return"]) == ("t1", "success", "sent 5 to bob")
     assert done.text == "Sent." and done.stop_reason == "end_turn"
     again = await client.post(f"/v1/conversations/{conv}/messages", json={"messages": [approval], "streaming": False})
-    assert again.status_code == 400 and "no approval request" in again.text
+    assert again.status_code == 400 and "No tool call is currently awaiting approval" in again.text
 
 
 async def test_deny_with_a_reason_tells_the_model(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:

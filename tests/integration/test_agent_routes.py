@@ -178,7 +178,7 @@ async def test_delete_cancels_runs_and_removes_everything(
     other = letta.conversations.create(agent_id=agent.id)
     letta.agents.messages.create(agent.id, messages=[{"role": "user", "content": "history"}])
     path = f"/v1/agents/{agent.id}/messages/stream"
-    payload: dict[str, Any] = {"messages": [{"role": "user", "content": "long"}], "background": True}
+    payload: dict[str, Any] = {"messages": [{"role": "user", "content": "long"}], "background": True, "stream_tokens": True}
     async with httpx.AsyncClient(base_url=convoy.url, timeout=30) as client:
         running = await first_run_id(client, path, payload, "assistant_message")
         queued = await first_run_id(client, path, payload, "ping")

@@ -155,6 +155,15 @@ def test_openai_sdk_authenticates_with_its_own_convention(server: Convoy, acme: 
     assert refused.value.body["message"] == "unknown or revoked API key"  # type: ignore[index]
 
 
+def test_models_are_listed_with_a_key_and_only_what_has_credentials(server: Convoy, acme: str) -> None:
+    """This server has no provider key: both listings show echo/echo alone, and only to a key."""
+    listed = openai.OpenAI(base_url=f"{server.url}/v1", api_key=acme, max_retries=0).models.list()
+    assert [(m.id, m.object, m.owned_by) for m in listed.data] == [("echo/echo", "model", "echo")]
+    assert [m.handle for m in Letta(base_url=server.url, api_key=acme).models.list()] == ["echo/echo"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="cvy-wrong", max_retries=0).models.list()
+
+
 def test_keys_are_listed_without_secrets_and_revoked_at_once(server: Convoy, acme: str) -> None:
     doomed = new_key(server, "--tenant", "acme", "--name", "doomed")
     with as_key(server, doomed) as client:

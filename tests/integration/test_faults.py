@@ -287,7 +287,7 @@ async def test_a_foreground_client_that_leaves_during_an_outage_still_cancels_it
         received: list[dict[str, Any]] = []
         pid = redis_pid(server)
         try:
-            async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": long_text("left", 1000)}) as source:
+            async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": long_text("left", 1000), "stream_tokens": True}) as source:
                 async for sse in source.aiter_sse():
                     received.append(json.loads(sse.data))
                     if len(received) == 20:
@@ -353,7 +353,7 @@ async def test_a_conversation_let_go_during_an_outage_takes_its_next_message(imp
         finally:
             os.kill(pid, signal.SIGCONT)
         # A background run nobody reads: only its owner can end it.
-        async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": "after", "background": True}) as source:
+        async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": "after", "background": True, "stream_tokens": True}) as source:
             run_id = json.loads((await anext(source.aiter_sse())).data)["run_id"]
         run = await eventually(lambda: _ended(client, run_id), 6, interval_s=0.1, message="the next message to be taken")
         assert run["status"] == "completed", run  # type: ignore[index]
@@ -369,7 +369,7 @@ async def test_api_process_killed_mid_stream_resumes_through_another(convoy: Con
     try:
         async with httpx.AsyncClient(base_url=victim.url, timeout=30) as client:
             conv = await new_conversation(client)
-            body = {"input": text, "background": True}
+            body = {"input": text, "background": True, "stream_tokens": True}
             with pytest.raises(httpx.TransportError):
                 async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=body) as source:
                     async for sse in source.aiter_sse():
@@ -479,7 +479,7 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
         try:
             # The sender never reads its stream (the run is in the background), nor do readers that
             # join while it runs; one reads a byte per second.
-            sender = await SlowClient(convoy.url).open(f"/v1/conversations/{conv}/messages", {"input": "go", "background": True})
+            sender = await SlowClient(convoy.url).open(f"/v1/conversations/{conv}/messages", {"input": "go", "background": True, "stream_tokens": True})
             slow.append(sender)
 
             def accepted() -> list[dict[str, Any]]:

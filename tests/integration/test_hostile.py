@@ -312,7 +312,9 @@ def test_agent_fields_are_bounded(http: httpx.Client, store: redis.Redis, body: 
         ({"input": "x", "include_return_message_types": ["assistant_message"] * 33}, "include_return_message_types"),
         ({"input": "x", "override_model": "nowhere/model"}, "unknown model provider"),
         ({"messages": [{"type": "approval"}]}, "approve"),
-        ({"messages": [{"role": "user", "content": "x"}, {"type": "approval", "approve": True}]}, "sent alone"),
+        ({"messages": [{"role": "user", "content": "x"}, {"type": "approval", "approve": True}]}, "must come first"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "role 'assistant'"),
+        ({"input": "x", "return_logprobs": True}, "log probabilities"),
     ],
 )
 def test_message_fields_are_bounded(

@@ -41,6 +41,10 @@ class Turn:
     def text(self) -> str:
         return "".join(i["content"] for i in self.of("assistant_message"))
 
+    def returns(self) -> list[dict[str, Any]]:
+        """Every tool result, in order (each step's results are one message's ``tool_returns``)."""
+        return [r for m in self.of("tool_return_message") for r in m["tool_returns"]]
+
     @property
     def stop_reason(self) -> str:
         return self.of("stop_reason")[-1]["stop_reason"]
@@ -93,7 +97,7 @@ async def test_openai_chat_tokens_usage_and_a_trace(client: httpx.AsyncClient, f
     frames = fp.chat_text(model, ["Hel", "lo", " wörld", "!"], usage=fp.Usage(20, 9, cached_tokens=8, reasoning_tokens=3))
     fake_provider.script(model, fp.Stream(fp.split_frames(fp.with_keepalives(frames), every=7)))
 
-    turn = await one_turn(client, f"openai/{model}", "say hello")
+    turn = await one_turn(client, f"openai/{model}", "say hello", stream_tokens=True)
 
     assert turn.text == "Hello wörld!"
     deltas = turn.of("assistant_message")
@@ -158,7 +162,7 @@ async def test_parallel_tool_calls_continue_the_loop_with_tool_results(
         fp.Stream(fp.chat_tool_calls(model, calls_, interleave=True)),
         fp.Stream(fp.chat_text(model, ["No tools here."])),
     )
-    turn = await one_turn(client, f"openai/{model}", "weather?")
+    turn = await one_turn(client, f"openai/{model}", "weather?", stream_tokens=True)
 
     tool_calls: dict[str, dict[str, str]] = {}
     for item in turn.of("tool_call_message"):
@@ -170,7 +174,7 @@ async def test_parallel_tool_calls_continue_the_loop_with_tool_results(
         ("get_time", {}),
         ("get_weather", {"city": "Paris"}),
     ]
-    returns = turn.of("tool_return_message")
+    returns = turn.returns()
     assert [(r["tool_call_id"], r["status"]) for r in returns] == [("call_1", "error"), ("call_2", "error")]
     assert "not available" in returns[0]["tool_return"]
     assert turn.text == "No tools here." and turn.stop_reason == "end_turn"
@@ -330,7 +334,7 @@ async def test_anthropic_error_event_after_text_fails_without_retry(
 ) -> None:
     model = unique("claude")
     fake_provider.script(model, fp.Stream(fp.anthropic_error_event(model, ["Half an ", "answer"])), repeat=True)
-    turn = await one_turn(client, f"anthropic/{model}")
+    turn = await one_turn(client, f"anthropic/{model}", stream_tokens=True)
     assert turn.text == "Half an answer"  # what reached the client stays, exactly once
     assert turn.stop_reason == "llm_api_error" and [e["error_type"] for e in turn.errors] == ["llm_unavailable"]
     assert turn.run["status"] == "failed" and turn.done
@@ -348,7 +352,7 @@ async def test_gemini_text_streams_with_usage_and_a_trace(client: httpx.AsyncCli
     frames = fg.gemini_text(model, ["Hel", "lo", " wörld", "!"], usage=fp.Usage(20, 9, cached_tokens=8, reasoning_tokens=3))
     fake_provider.script(model, fp.Stream(fp.split_frames(frames, every=9)))
 
-    turn = await one_turn(client, f"google/{model}", "say hello")
+    turn = await one_turn(client, f"google/{model}", "say hello", stream_tokens=True)
 
     assert turn.text == "Hello wörld!" and turn.stop_reason == "end_turn" and turn.done and not turn.errors
     deltas = turn.of("assistant_message")
@@ -410,7 +414,7 @@ async def test_gemini_parallel_calls_run_and_the_second_step_is_accepted(
 
     turn = await send(client, conv, "add 2+3 and 4+5")
 
-    returns = turn.of("tool_return_message")
+    returns = turn.returns()
     assert [(r["status"], r["tool_return"]) for r in returns][:2] == [("success", "5"), ("success", "9")]
     assert returns[2]["status"] == "error" and returns[2]["tool_call_id"] == "srv-1"
     ids = [r["tool_call_id"] for r in returns]
@@ -607,7 +611,7 @@ async def test_a_connection_cut_before_the_first_token_is_retried_and_after_it_i
     recovered = await one_turn(client, f"openai/{early}")
     assert recovered.text == "recovered" and recovered.run["status"] == "completed"
 
-    broken = await one_turn(client, f"openai/{late}")
+    broken = await one_turn(client, f"openai/{late}", stream_tokens=True)
     assert broken.text == "Some text" and [e["error_type"] for e in broken.errors] == ["llm_unavailable"]
     assert len(fake_provider.calls(late)) == 1
 
@@ -618,7 +622,9 @@ async def test_deadlines_first_token_and_idle(client: httpx.AsyncClient, fake_pr
     frames = fp.anthropic_text(stalls, ["quick", " then", " stall"])
     fake_provider.script(stalls, fp.Stream([*frames[:5], fp.Pause(30), *frames[5:]]), repeat=True)
 
-    hung, stalled = await asyncio.gather(one_turn(client, f"openai/{silent}"), one_turn(client, f"anthropic/{stalls}"))
+    hung, stalled = await asyncio.gather(
+        one_turn(client, f"openai/{silent}", stream_tokens=True), one_turn(client, f"anthropic/{stalls}", stream_tokens=True)
+    )
 
     assert [e["error_type"] for e in hung.errors] == ["llm_timeout"] and hung.run["status"] == "failed"
     assert "first token" in hung.errors[0]["detail"]
@@ -635,7 +641,7 @@ async def test_cancel_closes_the_upstream_stream(client: httpx.AsyncClient, fake
     model = unique(provider)
     fake_provider.script(model, fp.Stream(fp.paced(CANCELLABLE[provider](model, [f"w{i} " for i in range(200)]), 0.05)))
     conv = await conversation(client, f"{provider}/{model}")
-    payload = {"messages": [{"role": "user", "content": "long"}], "background": True}
+    payload = {"messages": [{"role": "user", "content": "long"}], "background": True, "stream_tokens": True}
     async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=payload) as source:
         async for event in source.aiter_sse():
             doc = json.loads(event.data)

@@ -36,7 +36,7 @@ def stored(events: list[Event]) -> list[Event]:
 
 async def finished_run(client: httpx.AsyncClient, words: int = 12) -> tuple[str, str, list[Event]]:
     conv = await new_conversation(client)
-    events = await read(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": long_text("f", words)})
+    events = await read(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": long_text("f", words), "stream_tokens": True})
     run_id = json.loads(events[0][2])["run_id"]
     return conv, run_id, stored(events)
 
@@ -101,7 +101,7 @@ async def test_two_replicas_racing_to_activate_one_conversation(client: httpx.As
 
 async def test_foreground_disconnect_cancels_the_run(client: httpx.AsyncClient) -> None:
     conv = await new_conversation(client)
-    body = {"input": long_text("fg"), "background": False}
+    body = {"input": long_text("fg"), "background": False, "stream_tokens": True}
     async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json=body) as source:
         async for sse in source.aiter_sse():
             run_id = json.loads(sse.data)["run_id"]
@@ -122,7 +122,7 @@ async def test_background_disconnect_keeps_running_and_resume_gets_everything(cl
     conv = await new_conversation(client)
     text = long_text("bg", 400)
     got: list[Event] = []
-    async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": text, "background": True}) as source:
+    async with aconnect_sse(client, "POST", f"/v1/conversations/{conv}/messages", json={"input": text, "background": True, "stream_tokens": True}) as source:
         async for sse in source.aiter_sse():
             got.append((sse.id, None, sse.data))
             if len(got) >= 10:
@@ -137,7 +137,7 @@ async def test_background_disconnect_keeps_running_and_resume_gets_everything(cl
 
 
 async def _stream(client: httpx.AsyncClient, conv: str, text: str | None, **extra: Any) -> list[dict[str, Any]]:
-    body = {"input": text, **extra} if text is not None else extra
+    body = {"input": text, "stream_tokens": True, **extra} if text is not None else extra
     events = await read(client, "POST", f"/v1/conversations/{conv}/messages", json=body)
     return [json.loads(d) for _, _, d in events if d != "[DONE]"]
 

@@ -7,6 +7,7 @@ import base64
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx2
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -30,7 +31,14 @@ def model(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 async def client(fake: FakeProvider) -> AsyncIterator[genai.client.AsyncClient]:
-    options = types.HttpOptions(base_url=fake.gemini_base_url, api_version="v1beta", retry_options=types.HttpRetryOptions(attempts=1))
+    # The transport Convoy's client uses (runtime.providers.gemini.make_client): with aiohttp installed
+    # the SDK would otherwise read through aiohttp.
+    options = types.HttpOptions(
+        base_url=fake.gemini_base_url,
+        api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1),
+        async_client_args={"transport": httpx2.AsyncHTTPTransport()},
+    )
     sdk = genai.Client(api_key="gk-test", http_options=options).aio
     yield sdk
     await sdk.aclose()

@@ -24,6 +24,7 @@ from runtime.schemas.messages import (
     HiddenReasoningMessage,
     ReasoningMessage,
     ToolCallMessage,
+    ToolReturn,
     ToolReturnMessage,
     UserMessage,
     WireItem,
@@ -87,17 +88,14 @@ async def test_token_streaming_segments_share_the_id_and_change_otid_per_segment
     ]
 
 
-async def test_step_streaming_emits_one_complete_message_per_segment() -> None:
+async def test_step_streaming_emits_one_complete_message_per_segment_and_gathers_the_calls() -> None:
     emitted, result = await _assemble(stream_tokens=False)
-    assert [type(i) for i in emitted] == [
-        ReasoningMessage,
-        HiddenReasoningMessage,
-        AssistantMessage,
-        ToolCallMessage,
-        ToolCallMessage,
-    ]
+    assert [type(i) for i in emitted] == [ReasoningMessage, HiddenReasoningMessage, AssistantMessage, ToolCallMessage]
     assert emitted[0].reasoning == "think more" and emitted[0].signature == "sig-1"  # type: ignore[attr-defined]
-    assert json.loads(emitted[3].tool_call.arguments) == {"q": "x"}  # type: ignore[attr-defined]
+    calls = emitted[3]
+    assert isinstance(calls, ToolCallMessage), "as Letta: one tool_call_message holds the response's parallel calls"
+    assert [c.tool_call_id for c in calls.tool_calls or ()] == ["call_a", "call_b"]
+    assert calls.tool_call.tool_call_id == "call_a" and json.loads(calls.tool_call.arguments or "") == {"q": "x"}
     assert [m.model_dump(exclude={"date"}) for m in result.messages] == [  # type: ignore[attr-defined]
         m.model_dump(exclude={"date"}) for m in emitted
     ]
@@ -108,8 +106,16 @@ async def test_history_of_a_tool_step_becomes_one_assistant_message_and_tool_res
     history = [
         UserMessage(id=new_id("message"), content="hi"),
         *result.messages,  # type: ignore[attr-defined]
-        ToolReturnMessage(id=new_id("message"), tool_call_id="call_a", status="success", tool_return="42"),
-        ToolReturnMessage(id=new_id("message"), tool_call_id="call_b", status="error", tool_return="boom"),
+        ToolReturnMessage(
+            id=new_id("message"),
+            tool_call_id="call_a",
+            status="success",
+            tool_return="42",
+            tool_returns=[
+                ToolReturn(tool_call_id="call_a", status="success", tool_return="42"),
+                ToolReturn(tool_call_id="call_b", status="error", tool_return="boom"),
+            ],
+        ),
     ]
     chat = to_chat(history)
     assert [m.role for m in chat] == ["user", "assistant", "tool", "tool"]

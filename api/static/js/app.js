@@ -1,0 +1,471 @@
+// The chat page: agents and their conversations on the left, one conversation on the right.
+// The page is one more client of the API: what it shows comes from the same routes any SDK uses,
+// and a run started here (or in another tab, or by `convoy chat`) is followed through its stream.
+
+import { ApiError, apiKey, get, onKeyNeeded, post, setApiKey } from "./api.js";
+import { follow, sendTurn } from "./stream.js";
+import { Transcript } from "./transcript.js";
+
+const POLL_MS = 2000;
+const HISTORY_LIMIT = 1000;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  agents: [],
+  agent: null,
+  conversations: [],
+  conversation: null,
+  live: null, // {runId, handle}
+  decisions: new Map(), // run id -> answers chosen so far
+  poll: null,
+  view: 0, // bumped on every navigation, so late answers for an old view are dropped
+};
+
+const transcript = new Transcript($("transcript"), { onDecision: decide });
+
+// -- messages to the person ----------------------------------------------------------------------
+
+function showError(error, title) {
+  const apiError = error instanceof ApiError ? error : new ApiError(-1, String(error && error.message ? error.message : error));
+  $("banner-title").textContent = title || apiError.title;
+  $("banner-detail").textContent = apiError.detail;
+  $("banner").hidden = false;
+}
+
+function clearError() {
+  $("banner").hidden = true;
+}
+
+function setRunState(text, kind = "") {
+  const pill = $("run-state");
+  pill.hidden = !text;
+  pill.textContent = text || "";
+  pill.dataset.kind = kind;
+}
+
+function setConnection(ok, text) {
+  $("connection").textContent = text;
+  $("connection").dataset.ok = ok ? "yes" : "no";
+  $("forget-key").hidden = !apiKey();
+}
+
+// -- the API key (asked for once per tab, when the server asks for one) ---------------------------
+
+let keyAsked = null;
+onKeyNeeded((reason) => {
+  if (!keyAsked) {
+    keyAsked = new Promise((resolve) => {
+      $("key-reason").textContent = apiKey() ? `That key was refused: ${reason}` : "";
+      $("key-input").value = "";
+      $("key-dialog").showModal();
+      $("key-form").onsubmit = () => {
+        setApiKey($("key-input").value.trim());
+        keyAsked = null;
+        resolve();
+      };
+    });
+  }
+  return keyAsked;
+});
+$("key-dialog").addEventListener("cancel", (event) => event.preventDefault()); // nothing works without it
+$("forget-key").onclick = () => {
+  setApiKey(null);
+  location.reload();
+};
+
+// -- navigation: #/agent-…/conv-… ----------------------------------------------------------------
+
+function route() {
+  const [agentId, conversationId] = location.hash.replace(/^#\/?/, "").split("/");
+  return { agentId: agentId || null, conversationId: conversationId || null };
+}
+
+function navigate(agentId, conversationId) {
+  const hash = `#/${agentId || ""}${conversationId ? `/${conversationId}` : ""}`;
+  if (location.hash !== hash) history.pushState(null, "", hash);
+  show();
+}
+
+window.addEventListener("popstate", () => show());
+
+async function show() {
+  const { agentId, conversationId } = route();
+  const view = ++state.view;
+  stopFollowing();
+  clearError();
+  // Until the new view is loaded, nothing typed can go to the conversation being left.
+  state.conversation = null;
+  $("input").disabled = true;
+  $("send").disabled = true;
+  try {
+    if (!state.agents.length) await loadAgents();
+    if (view !== state.view) return;
+    const agent = state.agents.find((a) => a.id === agentId) || (agentId ? await get(`/v1/agents/${agentId}`) : null);
+    if (view !== state.view) return;
+    state.agent = agent;
+    renderAgents();
+    if (!agent) {
+      state.conversation = null;
+      renderConversations();
+      renderHeader();
+      return renderEmpty();
+    }
+    await loadConversations();
+    if (view !== state.view) return;
+    state.conversation = conversationId;
+    renderConversations();
+    renderHeader();
+    await openConversation(view);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// -- agents and conversations --------------------------------------------------------------------
+
+async function loadAgents() {
+  state.agents = await get("/v1/agents", { limit: 200 });
+  setConnection(true, apiKey() ? "Connected with a key" : "Connected");
+  renderAgents();
+}
+
+function item(label, meta, active, onclick) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = active ? "item active" : "item";
+  const name = document.createElement("span");
+  name.className = "item-name";
+  name.textContent = label;
+  const sub = document.createElement("span");
+  sub.className = "item-meta";
+  sub.textContent = meta;
+  button.append(name, sub);
+  button.onclick = onclick;
+  li.append(button);
+  return li;
+}
+
+function renderAgents() {
+  const list = $("agent-list");
+  list.replaceChildren(
+    ...state.agents.map((a) => item(a.name, a.model, state.agent && a.id === state.agent.id, () => navigate(a.id, null))),
+  );
+  $("new-conversation").disabled = !state.agent;
+}
+
+async function loadConversations() {
+  const found = await get("/v1/conversations", { agent_id: state.agent.id, limit: 200 });
+  state.conversations = found.reverse(); // newest first
+}
+
+const when = (iso) =>
+  new Date(iso).toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+
+function renderConversations() {
+  $("conversation-list").replaceChildren(
+    ...state.conversations.map((c) =>
+      item(c.summary || "Conversation", when(c.created_at), c.id === state.conversation, () => navigate(state.agent.id, c.id)),
+    ),
+  );
+}
+
+function renderHeader() {
+  const agent = state.agent;
+  $("title").textContent = agent ? agent.name : "Welcome";
+  const tools = agent ? agent.tools.map((t) => t.name).join(", ") : "";
+  $("subtitle").textContent = agent ? [agent.model, tools && `tools: ${tools}`].filter(Boolean).join(" · ") : "";
+  const ready = Boolean(agent);
+  $("input").disabled = !ready;
+  $("send").disabled = !ready || Boolean(state.live);
+  $("input").placeholder = ready ? `Message ${agent.name}` : "Create or pick an agent first";
+}
+
+function renderEmpty() {
+  transcript.clear();
+  const empty = $("empty");
+  empty.hidden = false;
+  $("empty-action").hidden = Boolean(state.agent);
+  empty.querySelector("h2").textContent = state.agent ? `Start a conversation with ${state.agent.name}` : "Streaming agent conversations";
+}
+
+$("new-conversation").onclick = async () => {
+  try {
+    const conversation = await post("/v1/conversations", undefined, { agent_id: state.agent.id });
+    state.conversations.unshift(conversation);
+    navigate(state.agent.id, conversation.id);
+  } catch (error) {
+    showError(error);
+  }
+};
+
+// -- one conversation ----------------------------------------------------------------------------
+
+async function openConversation(view) {
+  transcript.clear();
+  if (!state.conversation) return renderEmpty();
+  $("empty").hidden = true;
+  const id = state.conversation;
+  // The active run first: its items are then read from its stream, never from the history too.
+  const active = await get("/v1/runs", { conversation_id: id, active: true, order: "asc", limit: 10 });
+  const [messages, runs] = await Promise.all([
+    get(`/v1/conversations/${id}/messages`, { limit: HISTORY_LIMIT }),
+    get("/v1/runs", { conversation_id: id, limit: 200 }),
+  ]);
+  if (view !== state.view) return;
+  const live = new Set(active.map((r) => r.id));
+  for (const message of messages) {
+    if (message.message_type === "user_message" || !live.has(message.run_id)) transcript.apply(message);
+  }
+  const records = new Map(runs.map((r) => [r.id, r]));
+  for (const runId of transcript.runs.keys()) {
+    if (records.has(runId) && !live.has(runId)) transcript.footer(runId, records.get(runId));
+  }
+  const latest = runs.find((r) => !live.has(r.id));
+  if (!active.length && latest && latest.stop_reason === "requires_approval") offerApprovals(latest.id);
+  if (active.length) attach(active[0].id);
+  else startPolling();
+  $("transcript").scrollTop = $("transcript").scrollHeight;
+}
+
+function offerApprovals(runId) {
+  if (transcript.offerApprovals(runId)) setRunState("Waiting for your approval", "approval");
+}
+
+function attach(runId) {
+  stopPolling();
+  const view = state.view;
+  const conversationId = state.conversation;
+  transcript.working(runId, true);
+  setRunState("Streaming", "live");
+  $("stop").hidden = false;
+  $("send").disabled = true;
+  const handle = follow(conversationId, runId, {
+    onItem: (item) => {
+      if (item.message_type !== "ping") transcript.working(runId, false);
+      transcript.apply(item);
+    },
+    onState: (s) => setRunState(s === "live" ? "Streaming" : "Reconnecting…", s),
+    onEnd: () => ended(view, runId),
+    onFail: (error) => {
+      showError(error, "The answer's stream could not be read");
+      ended(view, runId);
+    },
+  });
+  state.live = { runId, handle };
+}
+
+async function ended(view, runId) {
+  if (view !== state.view) return;
+  transcript.working(runId, false);
+  state.live = null;
+  $("stop").hidden = true;
+  $("stop").disabled = false;
+  $("send").disabled = false;
+  setRunState(null);
+  try {
+    const [record, messages] = await Promise.all([
+      get(`/v1/runs/${runId}`),
+      get(`/v1/conversations/${state.conversation}/messages`, { limit: HISTORY_LIMIT }),
+    ]);
+    if (view !== state.view) return;
+    transcript.footer(runId, record);
+    // A run started elsewhere: its user message may have reached the history only now.
+    for (const message of messages) if (message.message_type === "user_message") transcript.user(message);
+    if (record.stop_reason === "requires_approval") offerApprovals(runId);
+  } catch (error) {
+    showError(error);
+  }
+  if (view === state.view) startPolling(true);
+}
+
+function stopFollowing() {
+  stopPolling();
+  if (state.live) state.live.handle.close();
+  state.live = null;
+  $("stop").hidden = true;
+  setRunState(null);
+}
+
+// Runs started by another tab or client show up here within POLL_MS.
+function startPolling(now = false) {
+  stopPolling();
+  const view = state.view;
+  const tick = async () => {
+    if (view !== state.view || state.live || !state.conversation) return;
+    if (document.visibilityState === "visible") {
+      try {
+        const active = await get("/v1/runs", { conversation_id: state.conversation, active: true, order: "asc", limit: 1 });
+        if (view === state.view && !state.live && active.length) return attach(active[0].id);
+      } catch {
+        // a failed poll is retried at the next tick; sending shows real errors
+      }
+    }
+    state.poll = setTimeout(tick, POLL_MS);
+  };
+  state.poll = setTimeout(tick, now ? 0 : POLL_MS);
+}
+
+function stopPolling() {
+  clearTimeout(state.poll);
+  state.poll = null;
+}
+
+// -- sending, approving, stopping ----------------------------------------------------------------
+
+async function ensureConversation(summary) {
+  if (state.conversation) return state.conversation;
+  const conversation = await post("/v1/conversations", { summary: summary.slice(0, 80) }, { agent_id: state.agent.id });
+  state.conversations.unshift(conversation);
+  state.conversation = conversation.id;
+  history.pushState(null, "", `#/${state.agent.id}/${conversation.id}`);
+  $("empty").hidden = true;
+  renderConversations();
+  return conversation.id;
+}
+
+async function send(text) {
+  clearError();
+  stopPolling();
+  $("send").disabled = true;
+  let bubble = null;
+  try {
+    const conversationId = await ensureConversation(text);
+    bubble = transcript.pendingUser(text);
+    const runId = await sendTurn(conversationId, [{ role: "user", content: text }]);
+    bubble.dataset.runId = runId;
+    transcript.run(runId);
+    attach(runId);
+  } catch (error) {
+    bubble?.remove();
+    $("input").value = text;
+    $("send").disabled = false;
+    showError(error, error.code === "PENDING_APPROVAL" ? "Answer the approval request first" : undefined);
+    startPolling();
+  }
+}
+
+function decide(runId, answer) {
+  const answers = state.decisions.get(runId) || [];
+  answers.push({ type: "approval", ...answer });
+  state.decisions.set(runId, answers);
+  if (transcript.undecided(runId).length) return; // parallel calls: wait for every answer
+  state.decisions.delete(runId);
+  setRunState(null);
+  clearError();
+  sendTurn(state.conversation, [{ type: "approval", approvals: answers }])
+    .then((next) => attach(next))
+    .catch((error) => showError(error));
+}
+
+$("composer").onsubmit = (event) => {
+  event.preventDefault();
+  const text = $("input").value.trim();
+  if (!text || state.live) return;
+  $("input").value = "";
+  autosize();
+  send(text);
+};
+
+$("input").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+function autosize() {
+  const input = $("input");
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, 240)}px`;
+}
+$("input").addEventListener("input", autosize);
+
+$("stop").onclick = async () => {
+  if (!state.live) return;
+  $("stop").disabled = true;
+  setRunState("Stopping…", "stopping");
+  try {
+    await post(`/v1/runs/${state.live.runId}/cancel`);
+  } catch (error) {
+    $("stop").disabled = false;
+    showError(error, "Could not stop the answer");
+  }
+};
+
+$("banner-close").onclick = clearError;
+
+// -- creating an agent ---------------------------------------------------------------------------
+
+async function fillAgentForm() {
+  // Letta's listing (GET /v1/models/, a list of models with their handles), echo/echo first.
+  const [models, tools] = await Promise.all([get("/v1/models/"), get("/v1/tools")]);
+  const handles = new Set(models.map((m) => m.handle));
+  handles.add("echo/echo");
+  for (const agent of state.agents) handles.add(agent.model);
+  $("model-options").replaceChildren(
+    ...[...handles].sort().map((h) => Object.assign(document.createElement("option"), { value: h })),
+  );
+  if (models.length) $("agent-model").value = models[0].handle;
+  const box = $("agent-tools");
+  box.querySelectorAll("label").forEach((n) => n.remove());
+  $("no-tools").hidden = tools.length > 0;
+  for (const tool of tools) {
+    const label = document.createElement("label");
+    label.className = "check";
+    const check = Object.assign(document.createElement("input"), { type: "checkbox", value: tool.name });
+    const name = Object.assign(document.createElement("code"), { textContent: tool.name });
+    const about = Object.assign(document.createElement("span"), { className: "meta", textContent: tool.description });
+    label.append(check, name, about);
+    if (tool.default_requires_approval) label.append(Object.assign(document.createElement("span"), { className: "badge", textContent: "approval" }));
+    box.append(label);
+  }
+}
+
+async function openAgentDialog() {
+  $("agent-error").hidden = true;
+  try {
+    await fillAgentForm();
+  } catch (error) {
+    return showError(error);
+  }
+  $("agent-dialog").showModal();
+}
+
+$("new-agent").onclick = openAgentDialog;
+$("empty-action").onclick = openAgentDialog;
+
+$("agent-form").addEventListener("submit", async (event) => {
+  if (event.submitter && event.submitter.value !== "create") return;
+  event.preventDefault();
+  const body = {
+    name: $("agent-name").value.trim(),
+    model: $("agent-model").value.trim(),
+    system: $("agent-system").value,
+    tools: [...$("agent-tools").querySelectorAll("input:checked")].map((c) => c.value),
+  };
+  try {
+    const agent = await post("/v1/agents", body);
+    state.agents.unshift(agent);
+    $("agent-dialog").close();
+    navigate(agent.id, null);
+  } catch (error) {
+    $("agent-error").textContent = error.detail || String(error);
+    $("agent-error").hidden = false;
+  }
+});
+
+// -- start ---------------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    await loadAgents();
+  } catch (error) {
+    setConnection(false, "Not connected");
+    return showError(error);
+  }
+  if (!route().agentId && state.agents.length) return navigate(state.agents[0].id, null);
+  show();
+}
+
+start();

@@ -1,0 +1,202 @@
+"""What a turn measures (``runtime.metrics``), without Redis or Ray: the step loop's model latency and
+provider errors, the toolbox's tool calls, and the bound on model labels."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from runtime.agent.loop import run_turn
+from runtime.errors import LLMEmptyResponseError, LLMRateLimitError
+from runtime.ids import new_id
+from runtime.metrics import OTHER_MODEL, UNREGISTERED_TOOL, ModelLabels, ModelMeter, Recorder, ToolOutcome
+from runtime.providers.events import Finish, LLMEvent, LLMRequest, TextDelta, ToolCallDelta, Usage
+from runtime.providers.registry import Model, Providers
+from runtime.providers.stream import StreamPolicy
+from runtime.schemas.agents import AgentRecord, ConversationRecord
+from runtime.schemas.messages import WireItem, utcnow
+from runtime.schemas.requests import MessageCreate
+from runtime.schemas.turns import TurnRequest
+from runtime.settings import Settings
+from runtime.tools.registry import ToolRegistry
+
+
+@dataclass
+class Meter(ModelMeter):
+    first: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+
+    def first_token(self, seconds: float) -> None:
+        self.first.append(seconds)
+
+    def token_gap(self, seconds: float) -> None:
+        self.gaps.append(seconds)
+
+
+class Recording(Recorder):
+    """A recorder that keeps what it is told (the real interface, no exporter)."""
+
+    def __init__(self) -> None:
+        self.meters: dict[tuple[str, str], Meter] = {}
+        self.errors: list[tuple[str, str]] = []
+        self.tools: list[tuple[str, ToolOutcome, float]] = []
+
+    def model(self, provider: str, model: str) -> ModelMeter:
+        return self.meters.setdefault((provider, model), Meter())
+
+    def provider_error(self, provider: str, error_type: str) -> None:
+        self.errors.append((provider, error_type))
+
+    def tool_call(self, tool: str, outcome: ToolOutcome, seconds: float) -> None:
+        self.tools.append((tool, outcome, seconds))
+
+
+def _agent(model: str = "echo/echo", tools: list[str] | None = None) -> AgentRecord:
+    now = utcnow()
+    return AgentRecord(id=new_id("agent"), name="a", model=model, system="sys", tools=tools or [], created_at=now, updated_at=now)
+
+
+def _conversation(agent: AgentRecord) -> ConversationRecord:
+    now = utcnow()
+    return ConversationRecord(id=new_id("conv"), agent_id=agent.id, created_at=now, updated_at=now)
+
+
+def _turn(text: str) -> TurnRequest:
+    return TurnRequest(
+        run_id=new_id("run"),
+        agent_id="agent-x",
+        conversation_id="conv-x",
+        messages=[MessageCreate(content=text)],
+        stream_tokens=True,
+        accepted_at_ns=time.time_ns(),
+    )
+
+
+async def _ignore(item: WireItem) -> None:
+    return None
+
+
+def _model(adapter: object, name: str = "scripted") -> Model:
+    return Model(f"fake/{name}", "fake", name, None, adapter, StreamPolicy(first_token_s=5, idle_s=5, retries=0))  # type: ignore[arg-type]
+
+
+class _Scripted:
+    """Streams one scripted response per call, in order."""
+
+    def __init__(self, *responses: list[LLMEvent] | Exception) -> None:
+        self._responses = list(responses)
+
+    def payload(self, request: LLMRequest) -> dict[str, object]:
+        return {}
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        response = self._responses.pop(0)
+        if isinstance(response, Exception):
+            raise response
+        for event in response:
+            yield event
+
+
+async def test_a_step_records_its_first_token_once_and_a_gap_before_each_later_token() -> None:
+    metrics = Recording()
+    agent = _agent()
+    await run_turn(
+        _turn("one two three four"),
+        agent=agent,
+        conversation=_conversation(agent),
+        history=[],
+        models=Providers(Settings(echo_delay_ms=5)).model,
+        tools=ToolRegistry(),
+        emit=_ignore,
+        metrics=metrics,
+    )
+    meter = metrics.meters[("echo", "echo")]
+    assert len(meter.first) == 1 and meter.first[0] >= 0
+    assert len(meter.gaps) == 3, "one per word after the first"
+    assert all(gap >= 0.004 for gap in meter.gaps), meter.gaps  # the echo model's 5 ms between words
+    assert metrics.errors == [] and metrics.tools == []
+
+
+async def test_tool_calls_are_recorded_by_registered_name_and_outcome() -> None:
+    registry = ToolRegistry()
+
+    @registry.register
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    calls = [
+        ToolCallDelta(0, "c1", "add", '{"a": 1, "b": 2}'),
+        ToolCallDelta(1, "c2", "add", '{"a": "x"}'),
+        ToolCallDelta(2, "c3", "invented_by_the_model", "{}"),
+        Finish("tool_calls"),
+    ]
+    metrics = Recording()
+    agent = _agent(tools=["add"])
+    adapter = _Scripted(calls, [TextDelta("done"), Usage(), Finish("end_turn")])
+    outcome = await run_turn(
+        _turn("go"),
+        agent=agent,
+        conversation=_conversation(agent),
+        history=[],
+        models=lambda handle: _model(adapter),
+        tools=registry,
+        emit=_ignore,
+        metrics=metrics,
+    )
+    assert outcome.stop_reason == "end_turn"
+    assert sorted((tool, result) for tool, result, _ in metrics.tools) == [
+        ("add", "invalid_arguments"),
+        ("add", "success"),
+        (UNREGISTERED_TOOL, "unavailable"),  # a name the model made up never becomes a label
+    ]
+    assert len(metrics.meters[("fake", "scripted")].first) == 2, "one first token per step"
+
+
+@pytest.mark.parametrize(
+    ("response", "error_type", "raised"),
+    [
+        (LLMRateLimitError("slow down"), "llm_rate_limit", LLMRateLimitError),
+        ([Usage(), Finish("end_turn")], "llm_empty_response", LLMEmptyResponseError),
+    ],
+)
+async def test_a_failed_model_call_is_counted_by_provider_and_error_type(
+    response: list[LLMEvent] | Exception, error_type: str, raised: type[Exception]
+) -> None:
+    metrics = Recording()
+    agent = _agent()
+    with pytest.raises(raised):
+        await run_turn(
+            _turn("hi"),
+            agent=agent,
+            conversation=_conversation(agent),
+            history=[],
+            models=lambda handle: _model(_Scripted(response)),
+            tools=ToolRegistry(),
+            emit=_ignore,
+            metrics=metrics,
+        )
+    assert metrics.errors == [("fake", error_type)]
+
+
+def test_model_labels_are_bounded_per_process() -> None:
+    labels = ModelLabels(limit=2)
+    assert [labels("echo", "a"), labels("echo", "b"), labels("echo", "c"), labels("echo", "a")] == ["a", "b", OTHER_MODEL, "a"]
+    assert labels("openai", "a") == OTHER_MODEL, "the bound counts (provider, model) pairs"
+
+
+async def test_a_tool_that_outlives_its_timeout_is_a_timeout() -> None:
+    registry = ToolRegistry()
+
+    @registry.register(timeout_s=0.01)
+    async def slow() -> str:
+        """Never in time."""
+        await asyncio.sleep(1)
+        return "late"
+
+    assert (await registry.run("slow", "{}")).outcome == "timeout"
+    assert (await registry.run("missing", "{}")).outcome == "unavailable"
