@@ -58,7 +58,7 @@ class Reader:
     task: asyncio.Task[None] | None = None
 
     async def read(self, client: httpx.AsyncClient) -> None:
-        body = {"messages": [{"role": "user", "content": self.text}]}
+        body = {"messages": [{"role": "user", "content": self.text}], "stream_tokens": True}  # a run of many items
         async with aconnect_sse(client, "POST", f"/v1/conversations/{self.conversation}/messages", json=body) as source:
             source.response.raise_for_status()
             async for event in source.aiter_sse():
