@@ -1,5 +1,10 @@
 """Convoy on a Redis Cluster (run with ``--redis-cluster``; skipped otherwise): a primary lost and
-restarted while streams run, and a slot moved to another primary under a writer and a reader."""
+restarted while streams run, and a slot moved to another primary under a writer and a reader.
+
+The module has a cluster of its own: one Redis holds one Convoy deployment, and the session's
+server is another (its hosts have the same names as this module's server's: sharing a Redis, each
+would take the other's conversations over as a restarted host's), and a primary killed here must
+not stop the session's runs either."""
 
 from __future__ import annotations
 
@@ -31,15 +36,17 @@ WAIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_cluster: LocalCluster | None) -> LocalCluster:
+def cluster(redis_cluster: LocalCluster | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     if redis_cluster is None:
         pytest.skip("runs against a Redis Cluster: python -m pytest --redis-cluster")
-    return redis_cluster
+    own = LocalCluster(tmp_path_factory.mktemp("cluster-of-its-own")).start()
+    yield own
+    own.stop()
 
 
 @pytest.fixture(scope="module")
 def server(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
-    """A server on the session's cluster with the default model deadlines (the session server's
+    """A server on this module's cluster with the default model deadlines (the session server's
     are seconds, shorter than this outage: its runs would end ``llm_timeout``, not Redis's doing),
     and one host, so that the runs on every primary share its writers and readers."""
     env = {"CONVOY_REDIS_URL": cluster.url, "CONVOY_ECHO_DELAY_MS": "5", "CONVOY_HOSTS": "1"}
@@ -130,8 +137,8 @@ async def test_a_primary_lost_mid_stream_loses_nothing_and_stops_no_one_else(ser
 
 
 @pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Any]:
-    client = async_client(redis_url)
+async def store(cluster: LocalCluster) -> AsyncIterator[Any]:
+    client = async_client(cluster.url)
     yield client
     await client.aclose()
 
