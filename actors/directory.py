@@ -28,8 +28,12 @@ import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.store import keyspace, replies
+from runtime.store.connection import is_cluster
+from runtime.store.slots import by_slot, per_slot
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +125,47 @@ class Directory:
         return Held(value)
 
     async def renew(self, leases: list[Lease]) -> list[Lease]:
-        """Extend many leases, ``RENEW_CHUNK`` per script call (yielding to the event loop between
-        chunks, so a host with thousands of leases never stalls its conversations); a lease that
-        lapsed while nobody took it is set again (see the module docstring). Returns the leases that
-        were lost. One script spans several keys, so this needs a single Redis (not Redis Cluster)."""
+        """Extend many leases, ``RENEW_CHUNK`` per script call on a single Redis (yielding to the
+        event loop between chunks, so a host with thousands of leases never stalls its
+        conversations); on a Redis Cluster one call per hash slot (a script's keys must share one),
+        ``RENEW_CHUNK`` calls per pipeline, and a primary that cannot be reached fails only the
+        renewal of its own leases (raised once the others are done, so the caller tries again
+        soon). A lease that lapsed while nobody took it is set again (see the module docstring).
+        Returns the leases that were lost."""
         lost: list[Lease] = []
-        for start in range(0, len(leases), RENEW_CHUNK):
-            chunk = leases[start : start + RENEW_CHUNK]
-            gone, retaken = await self._renew(
-                keys=[k for lease in chunk for k in (keyspace.lease(lease.conversation_id), keyspace.epoch(lease.conversation_id))],
-                args=[self._ttl_ms, *(v for lease in chunk for v in (lease.owner, lease.epoch))],
+        retaken: list[Lease] = []
+        if is_cluster(self._redis):
+            groups = by_slot(leases, lambda lease: keyspace.lease(lease.conversation_id))
+            unreached: Exception | None = None
+            for start in range(0, len(groups), RENEW_CHUNK):
+                batch = groups[start : start + RENEW_CHUNK]
+                try:
+                    answers = await per_slot(self._redis, self._renew, [self._renew_call(group) for group in batch])
+                except (RedisConnectionError, RedisTimeoutError) as exc:  # sent to every primary; one did not answer
+                    unreached = unreached or exc
+                    continue
+                for group, reply in zip(batch, answers, strict=True):
+                    if isinstance(reply, Exception):
+                        unreached = unreached or reply
+                    else:
+                        _sort(group, reply, lost, retaken)
+            if unreached is not None:  # the leases the other primaries serve are renewed; try these again soon
+                raise unreached
+        else:
+            for start in range(0, len(leases), RENEW_CHUNK):
+                chunk = leases[start : start + RENEW_CHUNK]
+                keys, args = self._renew_call(chunk)
+                _sort(chunk, await self._renew(keys=keys, args=args), lost, retaken)
+        if retaken:
+            log.warning(
+                "leases that lapsed while nobody took them are held again",
+                extra={"conversations": [lease.conversation_id for lease in retaken[:10]], "count": len(retaken)},
             )
-            lost.extend(chunk[int(i) - 1] for i in gone)
-            if retaken:
-                log.warning(
-                    "leases that lapsed while nobody took them are held again",
-                    extra={"conversations": [chunk[int(i) - 1].conversation_id for i in retaken[:10]], "count": len(retaken)},
-                )
         return lost
+
+    def _renew_call(self, chunk: list[Lease]) -> tuple[list[str], list[str | int]]:
+        keys = [k for lease in chunk for k in (keyspace.lease(lease.conversation_id), keyspace.epoch(lease.conversation_id))]
+        return keys, [self._ttl_ms, *(v for lease in chunk for v in (lease.owner, lease.epoch))]
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[keyspace.lease(lease.conversation_id)], args=[lease.owner])
@@ -146,3 +173,11 @@ class Directory:
     async def owner(self, conversation_id: str) -> str | None:
         value = await self._redis.get(keyspace.lease(conversation_id))
         return replies.text(value) if value else None
+
+
+def _sort(chunk: list[Lease], reply: list[list[int]], lost: list[Lease], retaken: list[Lease]) -> None:
+    """Add what ``_RENEW``'s reply for ``chunk`` (two lists of 1-based positions in it) says to
+    ``lost`` and ``retaken``."""
+    gone, again = reply
+    lost.extend(chunk[int(i) - 1] for i in gone)
+    retaken.extend(chunk[int(i) - 1] for i in again)

@@ -54,7 +54,7 @@ from runtime.providers.registry import Providers
 from runtime.settings import Settings
 from runtime.store import keyspace, replies
 from runtime.store.agents import AgentStore, ConversationStore
-from runtime.store.connection import connect, dedicated
+from runtime.store.connection import close_dedicated, connect, dedicated
 from runtime.store.fencing import through_outage
 from runtime.store.history import HistoryStore
 from runtime.store.runs import RunStore
@@ -322,8 +322,7 @@ class HostCore:
         try:
             await forever("doorbell", ring, retry=BELL_RETRY)  # a dead doorbell would strand messages
         finally:
-            await reader.aclose()
-            await reader.connection_pool.disconnect()
+            await close_dedicated(reader, redis)
 
     def _spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
         """Run ``work`` in the background, keeping a reference and logging its failure."""

@@ -52,6 +52,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("--warmup", int, 3, "turns made before measuring"),
     ):
         cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    text = "Redis shards, a 2-node Ray cluster and 2 API replicas on this machine: idle conversations' memory, many streams' latency and CPU"
+    cmd = bench.add_parser("scale", help=text, description=text)
+    for flag, parse, value, about in (
+        ("--conversations", int, 100_000, "conversations created and left idle, per phase"),
+        ("--streams", int, 1000, "conversations streaming at once"),
+        ("--tokens", int, 10, "tokens per turn"),
+        ("--rate", float, 0.2, "tokens per second per stream"),
+        ("--shards", _shards, "1,3", "Redis shards per phase, comma-separated (1: one server; N: a Redis Cluster of N primaries)"),
+        ("--clients", int, 4, "client processes"),
+        ("--warmup-s", float, 10.0, "seconds streamed before measuring"),
+        ("--measure-s", float, 30.0, "seconds measured"),
+    ):
+        cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
     text = "a mixed workload for N minutes, then invariants (PASS/FAIL each; exit 1 if one failed) and figures"
     cmd = bench.add_parser("soak", help=text, description=text)
     for flag, kind, default, text in (
@@ -83,6 +96,16 @@ def _rates(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+def _shards(text: str) -> tuple[int, ...]:
+    try:
+        shards = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated shard counts, got {text!r}") from exc
+    if not shards or min(shards) < 1:
+        raise argparse.ArgumentTypeError(f"shard counts are 1 or more, got {text!r}")
+    return shards
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run the benchmark ``args`` names."""
     if args.bench == "streams":
@@ -99,6 +122,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 faults=args.faults,
                 fault_every_s=args.fault_every_s,
                 redis_outage_s=args.redis_outage_s,
+            )
+        )
+    if args.bench == "scale":
+        from bench.scale import ScaleOptions
+        from bench.scale import run as run_scale
+
+        return run_scale(
+            ScaleOptions(
+                conversations=args.conversations,
+                streams=args.streams,
+                tokens=args.tokens,
+                rate_hz=args.rate,
+                shards=args.shards,
+                clients=args.clients,
+                warmup_s=args.warmup_s,
+                measure_s=args.measure_s,
             )
         )
     if args.bench == "providers":

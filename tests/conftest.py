@@ -4,6 +4,14 @@
 - ``convoy``: a real ``convoy serve`` subprocess (embedded Redis, local Ray, hosts, uvicorn), one per
   session, started exactly as a user would start it; its teardown checks that Ctrl-C leaves no
   process behind.
+
+``--redis-cluster`` runs the same tests against a Redis Cluster: three Valkey primaries started for
+the session (``bench.rediscluster``), which ``redis_url`` then names (``redis+cluster://...``) and the
+session's ``convoy`` server (and its replica) uses; ``private_redis`` gives a module's own server a
+cluster of its own. Only the tests that reach Redis through those fixtures run then (other servers a
+test starts for itself keep their own embedded Redis, so that run would repeat the first), minus
+the ones marked ``single_redis`` (they exercise one server's connection: a proxy in front of it,
+its process frozen or killed) and the modules in ``NOT_ON_CLUSTER``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ import httpx
 import pytest
 import redis
 
+from bench.rediscluster import LocalCluster
 from bench.upstream import FakeProvider
+from runtime.settings import Settings
+from runtime.store.connection import connect, is_cluster_url
 from runtime.store.embedded import EmbeddedRedis
 
 SERVE_START_TIMEOUT_S = 120.0
@@ -102,12 +113,80 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+CLUSTER_FIXTURES = frozenset({"convoy", "replica", "redis_url", "redis_cluster", "private_redis"})
+# Modules whose subject is not what Redis holds, left out of the cluster run (it stays a few minutes):
+# provider wire formats and errors (test_providers), input refused at the edge (test_hostile).
+NOT_ON_CLUSTER = frozenset({"test_providers.py", "test_hostile.py"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-cluster",
+        action="store_true",
+        help="run the tests that reach Redis through the shared fixtures against a local 3-primary Redis Cluster",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--redis-cluster"):
+        return
+    kept = [
+        i
+        for i in items
+        if CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ()))
+        and not i.get_closest_marker("single_redis")
+        and i.path.name not in NOT_ON_CLUSTER
+    ]
+    config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+    items[:] = kept
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | None]:
+    """The session's Redis Cluster with ``--redis-cluster`` (else None)."""
+    if not request.config.getoption("--redis-cluster"):
+        yield None
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_cluster: LocalCluster | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if redis_cluster is not None:
+        yield redis_cluster.url
+        return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis-home"))
     url = server.start()
     yield url
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_redis(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """For a module whose server must have a Redis of its own (its API keys close open mode for
+    everyone on it): with ``--redis-cluster`` a cluster of its own, as ``CONVOY_REDIS_URL`` settings
+    to start that server with; else no settings (the server's embedded Redis)."""
+    if not request.config.getoption("--redis-cluster"):
+        yield {}
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("private-cluster")).start()
+    yield {"CONVOY_REDIS_URL": cluster.url}
+    cluster.stop()
+
+
+def async_client(url: str):  # type: ignore[no-untyped-def]
+    """Convoy's own client for ``url`` (one server's, or a cluster's)."""
+    return connect(Settings(redis_url=url))
+
+
+def sync_client(url: str, **options: object) -> redis.Redis:
+    """A plain synchronous client for checking what was written (a cluster client for a cluster URL)."""
+    if is_cluster_url(url):
+        host, port = url.split("://", 1)[1].split(",")[0].rsplit(":", 1)
+        return redis.RedisCluster(host=host, port=int(port), **options)  # type: ignore[return-value,arg-type]
+    return redis.Redis.from_url(url, **options)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -120,7 +199,7 @@ class Convoy:
 
     @property
     def redis_url(self) -> str:
-        return (self.home / "redis" / "url").read_text().strip()
+        return self.env.get("CONVOY_REDIS_URL") or (self.home / "redis" / "url").read_text().strip()
 
     @property
     def ray_address(self) -> str:
@@ -249,8 +328,11 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def convoy(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Convoy]:
-    server = start_convoy(tmp_path_factory.mktemp("convoy-home"), {**provider_env(fake_provider), **TOOLS_ENV})
+def convoy(
+    tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider, redis_cluster: LocalCluster | None
+) -> Iterator[Convoy]:
+    on_cluster = {"CONVOY_REDIS_URL": redis_cluster.url} if redis_cluster is not None else {}
+    server = start_convoy(tmp_path_factory.mktemp("convoy-home"), {**provider_env(fake_provider), **TOOLS_ENV, **on_cluster})
     yield server
     leftovers = stop_convoy(server)
     assert server.process.returncode == 0, server.log()
@@ -281,7 +363,7 @@ async def client(convoy: Convoy) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def store(convoy: Convoy) -> redis.Redis:
     """The session server's Redis, for checking what was (or was not) written."""
-    return redis.Redis.from_url(convoy.redis_url, decode_responses=True)
+    return sync_client(convoy.redis_url, decode_responses=True)
 
 
 def redis_snapshot(store: redis.Redis) -> dict[str, int]:

@@ -46,6 +46,7 @@ LISTED_CREATED = 1_700_000_000  # the ``created`` of every model GET .../models 
 START_TIMEOUT_S = 10.0
 READ_BYTES = 64 * 1024
 CUT_FLUSH_TIMEOUT_S = 1.0
+LISTEN_BACKLOG = 4096
 _SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in a socket's send queue not yet sent
 
 Respond = Callable[[Call], Reply]
@@ -111,7 +112,9 @@ class FakeProvider:
             finally:
                 connections.discard(task)
 
-        server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+        # A deep accept queue: asyncio's default (100) drops the connections a burst of clients opens
+        # beyond it, and each one dropped is retried by its client only a second later.
+        server = await asyncio.start_server(accepted, "127.0.0.1", 0, backlog=LISTEN_BACKLOG)
         self._port = int(server.sockets[0].getsockname()[1])
         ready.set()
         async with server:

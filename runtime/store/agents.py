@@ -1,19 +1,30 @@
 """Agent and conversation records in Redis (JSON documents plus creation-ordered indexes).
 
+An agent's record and its indexes share the agent's hash slot, a conversation's records its own
+(``runtime.store.keyspace``), and a tenant's indexes theirs: on a Redis Cluster each step below
+touches one slot, and what must hold across slots holds by the order of the steps.
+
 Guarantees:
 
+- **A conversation joins its agent only while the agent exists.** Creating one writes its record,
+  then adds it to the agent's index in one step that checks the agent still exists (the agent's
+  slot); if it is gone, the record is removed again and the creation fails (404). So a conversation
+  listed under an agent always had its record written first, and a deleted agent gains none.
 - **One default conversation per agent, without locks.** Its id is derived from the agent's
-  (``agent-<uuid>`` -> ``conv-<uuid>``), and it is created with ``SET NX``: any number of API
-  replicas racing to create it agree on the one record that won. Its index entries are added with
-  ``ZADD NX`` by every caller, so a creator that died between the two steps is repaired by the next.
-- **Updates do not lose each other.** An agent update is a compare-and-set (``WATCH``/``MULTI``)
-  of the whole record, retried when another update or a delete got in first; an update never
-  resurrects a deleted agent.
-- **Deleting removes records and indexes at once** (one ``MULTI``): the agent, its conversations,
-  their histories and mailboxes, and the indexes that list them. Run records and streams are left
-  to expire on their own (``stream_ttl_s``), like those of any finished run; fencing epochs are
-  given the same lifetime, so an owner that still holds a deleted conversation cannot write to it
-  once they expire either.
+  (``agent-<uuid>`` -> ``conv-<uuid>``), and its record is created with ``SET NX``: any number of API
+  replicas racing to create it agree on the one record that won. Every caller then adds it to the
+  indexes (``ZADD NX``), so a creator that died between the steps is repaired by the next.
+- **Updates do not lose each other.** An agent update is a compare-and-set (``WATCH``/``MULTI`` on
+  its one key) of the whole record, retried when another update or a delete got in first; an update
+  never resurrects a deleted agent.
+- **Deleting an agent removes its conversations first, then the agent.** Each conversation (its
+  record, history, mailbox, indexes) is removed in one step; the agent's record and indexes go last,
+  in one step that refuses while its index lists a conversation not yet removed (one created
+  meanwhile), which is then removed too. A delete interrupted half-way leaves the agent in place,
+  and deleting it again finishes the job. The tenant's index entries go with each record (an entry
+  whose record is gone is skipped by listings). Run records and streams are left to expire on their
+  own (``stream_ttl_s``), like those of any finished run; fencing epochs are given the same lifetime,
+  so an owner that still holds a deleted conversation cannot write to it once they expire either.
 """
 
 from __future__ import annotations
@@ -34,6 +45,31 @@ from runtime.schemas.messages import utcnow
 from runtime.schemas.model_settings import ModelSettings
 from runtime.schemas.requests import MemoryBlock
 from runtime.store import keyspace, replies
+from runtime.store.slots import mget
+
+# KEYS: an agent's record, its conversations index. ARGV: conversation id, creation score.
+# Lists the conversation under the agent if the agent exists: 1; else 0, and nothing is written.
+_JOIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: an agent's record, its conversations index, its runs index, its conversations' activity. ARGV: the ids of the
+# conversations already removed. Deletes the agent and its indexes unless the index lists others:
+# then returns those and deletes nothing. nil when the agent is gone.
+_DROP_AGENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local removed = {}
+for i = 1, #ARGV do removed[ARGV[i]] = true end
+local left = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if not removed[id] then left[#left + 1] = id end
+end
+if #left > 0 then return left end
+redis.call('DEL', unpack(KEYS))
+return {}
+"""
 
 MAX_PAGE = 1000
 MAX_SCAN = 10_000  # conversations ordered by their last message: at most this many read per listing
@@ -69,6 +105,7 @@ def default_conversation_id(agent_id: str) -> str:
 class AgentStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._drop = redis.register_script(_DROP_AGENT)
 
     async def create(self, *, tenant: str, name: str | None, model: str, system: str, **extra: Unpack[AgentOptions]) -> AgentRecord:
         now = utcnow()
@@ -130,36 +167,36 @@ class AgentStore:
         return updated[0]
 
     async def delete(self, agent_id: str, *, epoch_ttl_s: int) -> builtins.list[str]:
-        """Remove the agent, its conversations and every index entry of theirs in one step; the
-        ids of the conversations removed. 404 if the agent is already gone. A conversation created
-        for the agent meanwhile is removed too (its index is watched)."""
-        agent_key, index = keyspace.agent(agent_id), keyspace.agent_conversations(agent_id)
+        """Remove the agent, its conversations and every index entry of theirs (see the module
+        docstring); the ids of the conversations removed. 404 if the agent is already gone. A
+        conversation created for the agent meanwhile is removed too."""
+        tenant = (await self.get(agent_id, tenant=None)).tenant
+        agent_keys = [
+            keyspace.agent(agent_id),
+            keyspace.agent_conversations(agent_id),
+            keyspace.agent_runs(agent_id),
+            keyspace.agent_conversations_activity(agent_id),
+        ]
         removed: builtins.list[str] = []
-
-        async def remove(pipe: Pipeline) -> None:
-            raw = await pipe.get(agent_key)
-            if raw is None:
+        left = replies.members(await self._redis.zrange(keyspace.agent_conversations(agent_id), 0, -1))
+        while left:
+            for conversation_id in left:
+                await _remove_conversation(self._redis, conversation_id, tenant=tenant, epoch_ttl_s=epoch_ttl_s)
+            removed += left
+            reply = await self._drop(keys=agent_keys, args=removed)
+            if reply is None:
                 raise NotFoundError(f"agent {agent_id} not found")
-            tenant = AgentRecord.model_validate_json(raw).tenant
-            conversation_ids = replies.members(await pipe.zrange(index, 0, -1))
-            pipe.multi()
-            pipe.delete(agent_key, index, keyspace.agent_runs(agent_id), keyspace.agent_conversations_activity(agent_id))
-            pipe.zrem(keyspace.agents_index(tenant), agent_id)
-            if conversation_ids:
-                pipe.zrem(keyspace.conversations_index(tenant), *conversation_ids)
-                pipe.zrem(keyspace.conversations_activity(tenant), *conversation_ids)
-            for conv_id in conversation_ids:
-                pipe.delete(*_conversation_keys(conv_id))
-                pipe.expire(keyspace.epoch(conv_id), epoch_ttl_s)
-            removed[:] = conversation_ids
-
-        await self._redis.transaction(remove, agent_key, index)
+            left = [replies.text(i) for i in reply]
+        if not removed and await self._drop(keys=agent_keys, args=[]) is None:
+            raise NotFoundError(f"agent {agent_id} not found")
+        await self._redis.zrem(keyspace.agents_index(tenant), agent_id)
         return removed
 
 
 class ConversationStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._join = redis.register_script(_JOIN)
         # What a conversation's id says for good (its tenant and agent): never stale. A deleted
         # conversation is still found missing wherever it matters (reads, and accepting a turn,
         # which checks it exists in the same atomic step).
@@ -199,12 +236,20 @@ class ConversationStore:
             updated_at=now,
             **extra,  # type: ignore[arg-type]
         )
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keyspace.conversation(conv_id), record.model_dump_json())
-            pipe.zadd(keyspace.conversations_index(agent.tenant), {conv_id: now.timestamp()})
-            pipe.zadd(keyspace.agent_conversations(agent_id), {conv_id: now.timestamp()})
-            await pipe.execute()
+        await self._redis.set(keyspace.conversation(conv_id), record.model_dump_json())
+        await self._join_agent(record, created=True)
         return record
+
+    async def _join_agent(self, record: ConversationRecord, *, created: bool) -> None:
+        """List a conversation whose record is written under its agent (if the agent still exists,
+        else remove the record if ``created`` and raise NotFoundError) and in its tenant's index."""
+        at = record.created_at.timestamp()
+        joined = await self._join(keys=[keyspace.agent(record.agent_id), keyspace.agent_conversations(record.agent_id)], args=[record.id, at])
+        if not joined:
+            if created:
+                await self._redis.delete(*_conversation_keys(record.id))
+            raise NotFoundError(f"agent {record.agent_id} not found")
+        await self._redis.zadd(keyspace.conversations_index(record.tenant), {record.id: at}, nx=True)
 
     async def default_for(self, agent: AgentRecord) -> ConversationRecord:
         """The agent's default conversation (Letta's agent-level message routes use it), created
@@ -215,27 +260,18 @@ class ConversationStore:
         raw = await self._redis.get(keyspace.conversation(conv_id))
         if raw is not None:
             return ConversationRecord.model_validate_json(raw)
-
-        async def create(pipe: Pipeline) -> None:
-            if not await pipe.exists(keyspace.agent(agent_id)):
-                raise NotFoundError(f"agent {agent_id} not found")
-            now = utcnow()
-            record = ConversationRecord(id=conv_id, agent_id=agent_id, tenant=agent.tenant, created_at=now, updated_at=now)
-            pipe.multi()
-            pipe.set(keyspace.conversation(conv_id), record.model_dump_json(), nx=True)
-            pipe.zadd(keyspace.conversations_index(agent.tenant), {conv_id: now.timestamp()}, nx=True)
-            pipe.zadd(keyspace.agent_conversations(agent_id), {conv_id: now.timestamp()}, nx=True)
-            pipe.get(keyspace.conversation(conv_id))
-
-        # WATCH the agent: a delete that lands in between aborts this and the retry sees it gone.
-        results = await self._redis.transaction(create, keyspace.agent(agent_id))
-        return ConversationRecord.model_validate_json(results[-1])  # the winner's record
+        now = utcnow()
+        record = ConversationRecord(id=conv_id, agent_id=agent_id, tenant=agent.tenant, created_at=now, updated_at=now)
+        earlier = replies.previous(await self._redis.set(keyspace.conversation(conv_id), record.model_dump_json(), nx=True, get=True))
+        winner = record if earlier is None else ConversationRecord.model_validate_json(earlier)
+        await self._join_agent(winner, created=earlier is None)
+        return winner
 
     async def default_of(self, agent_id: str, *, tenant: str | None) -> ConversationRecord:
         """The agent's default conversation (created on first use), in one round trip once it
         exists; 404 if the agent is unknown or another tenant's."""
-        raw_agent, raw_conversation = await self._redis.mget(
-            keyspace.agent(agent_id), keyspace.conversation(default_conversation_id(agent_id))
+        raw_agent, raw_conversation = await mget(
+            self._redis, [keyspace.agent(agent_id), keyspace.conversation(default_conversation_id(agent_id))]
         )
         agent = _owned(raw_agent, AgentRecord, tenant, f"agent {agent_id}")
         if raw_conversation is None:
@@ -328,7 +364,7 @@ class ConversationStore:
             await pipe.execute()
 
     async def _records(self, ids: Sequence[str]) -> builtins.list[ConversationRecord]:
-        raws = await self._redis.mget([keyspace.conversation(i) for i in ids]) if ids else []
+        raws = await mget(self._redis, [keyspace.conversation(i) for i in ids]) if ids else []
         return [ConversationRecord.model_validate_json(raw) for raw in raws if raw is not None]
 
 
@@ -341,6 +377,18 @@ def _owned(raw: bytes | str | None, kind: type[Owned], tenant: str | None, what:
     if tenant is not None and record.tenant != tenant:
         raise NotFoundError(f"{what} not found")
     return record
+
+
+async def _remove_conversation(redis: aioredis.Redis, conversation_id: str, *, tenant: str, epoch_ttl_s: int) -> None:
+    """What a conversation owns, removed in one step (its slot); then its tenant's index entry."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(*_conversation_keys(conversation_id))
+        pipe.expire(keyspace.epoch(conversation_id), epoch_ttl_s)
+        await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(keyspace.conversations_index(tenant), conversation_id)
+        pipe.zrem(keyspace.conversations_activity(tenant), conversation_id)
+        await pipe.execute()
 
 
 def _conversation_keys(conversation_id: str) -> list[str]:
@@ -376,5 +424,5 @@ async def _page(
     ids = replies.members(await redis.zrange(index, start, start + limit - 1, desc=desc))
     if not ids:
         return []
-    raws = await redis.mget([key_of(i) for i in ids])
+    raws = await mget(redis, [key_of(i) for i in ids])
     return [raw for raw in raws if raw is not None]

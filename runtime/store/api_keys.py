@@ -5,9 +5,12 @@ Guarantees:
 - **Secrets are never stored.** A key is ``cvy-`` followed by 256 random bits; Redis keeps only
   its SHA-256 digest (a fast hash is enough for a secret with that much entropy; slow hashes exist
   to protect guessable passwords). The secret is shown once, when it is created.
-- **Open mode ends for good with the first key.** ``auth:closed`` is set in the same step as the
-  first key and never unset, so revoking every key later does not reopen the server; API
-  processes read it on every unauthenticated request until they see it, so no restart is needed.
+- **Open mode ends for good with the first key.** ``auth:closed`` is set before any key can be
+  used and never unset, so revoking every key later does not reopen the server; API processes read
+  it on every unauthenticated request until they see it, so no restart is needed. (A key's record,
+  the table of keys and that flag live in different hash slots: creating a key writes the flag,
+  then the table, then the record, which is what makes the key usable; a creation cut short leaves
+  the server closed and no usable key, never the reverse. Revoking deletes the record first.)
 - **One round trip per request.** Looking up a key and charging its rate limit is one script.
   The limit is a token bucket in GCRA form: a key holds up to ``requests_per_minute`` requests
   and regains one every ``60/requests_per_minute`` s; a refused request is told when to retry.
@@ -33,6 +36,7 @@ from runtime.errors import AuthenticationError, NotFoundError, RateLimitedError
 from runtime.schemas.auth import OPEN, ApiKeyRecord, Principal
 from runtime.schemas.messages import utcnow
 from runtime.store import keyspace, replies
+from runtime.store.slots import mget
 
 SECRET_PREFIX = "cvy-"
 SHOWN_PREFIX_CHARS = 12
@@ -103,18 +107,16 @@ class KeyStore:
             concurrent_runs=concurrent_runs,
         )
         hashed = digest(secret)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keyspace.api_key(hashed), record.model_dump_json())
-            pipe.hset(keyspace.api_keys(), record.id, hashed)
-            pipe.set(keyspace.auth_closed(), "1")
-            await pipe.execute()
+        await self._redis.set(keyspace.auth_closed(), "1")  # in this order: see the module docstring
+        await self._redis.hset(keyspace.api_keys(), record.id, hashed)
+        await self._redis.set(keyspace.api_key(hashed), record.model_dump_json())
         return secret, record
 
     async def list(self) -> list[ApiKeyRecord]:
         digests = await self._redis.hgetall(keyspace.api_keys())
         if not digests:
             return []
-        raws = await self._redis.mget([keyspace.api_key(replies.text(d)) for d in digests.values()])
+        raws = await mget(self._redis, [keyspace.api_key(replies.text(d)) for d in digests.values()])
         records = [ApiKeyRecord.model_validate_json(raw) for raw in raws if raw is not None]
         return sorted(records, key=lambda r: r.created_at)
 
@@ -123,11 +125,12 @@ class KeyStore:
         hashed = await self._redis.hget(keyspace.api_keys(), key_id)
         if hashed is None:
             raise NotFoundError(f"no API key {key_id}")
-        raw = await self._redis.get(keyspace.api_key(replies.text(hashed)))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keyspace.api_key(replies.text(hashed)), keyspace.api_key_rate(replies.text(hashed)), keyspace.api_key_runs(key_id))
-            pipe.hdel(keyspace.api_keys(), key_id)
-            await pipe.execute()
+        digest = replies.text(hashed)
+        raw = await self._redis.get(keyspace.api_key(digest))
+        # The record first (one slot, with its rate state): from then on the key is refused.
+        await self._redis.delete(keyspace.api_key(digest), keyspace.api_key_rate(digest))
+        await self._redis.delete(keyspace.api_key_runs(key_id))
+        await self._redis.hdel(keyspace.api_keys(), key_id)
         if raw is None:
             raise NotFoundError(f"no API key {key_id}")
         return ApiKeyRecord.model_validate_json(raw)
@@ -167,7 +170,7 @@ class KeyStore:
         is taken before its run is accepted, which may still be on its way."""
         holders = replies.scored(await self._redis.zrange(keyspace.api_key_runs(key_id), 0, -1, withscores=True))
         run_ids = [h for h, _ in holders]
-        conversations = await self._redis.mget([keyspace.run_ref(r) for r in run_ids]) if run_ids else []
+        conversations = await mget(self._redis, [keyspace.run_ref(r) for r in run_ids])
         ended: list[str] = []
         for (run_id, (_, expires_ms)), conversation in zip(zip(run_ids, holders, strict=True), conversations, strict=True):
             if conversation is None:

@@ -18,27 +18,58 @@
   decides: a conversation's owner sends its writes again, all of them idempotent, for up to
   ``CONVOY_STORE_OUTAGE_S`` (``runtime.store.fencing.through_outage``; the chunk appends of ``runtime.stream.writer``
   too); every other caller (an API request: 503 with ``Retry-After``) reports the failure.
+
+**A single Redis or a Redis Cluster** (Valkey's too), chosen by the URL: ``redis://`` (or
+``rediss://``, ``unix://``) is one server; ``redis+cluster://host:port[,host:port...]`` (or
+``rediss+cluster://``) is a cluster, the nodes listed being where discovery starts (one is enough;
+user and password as in any Redis URL). A cluster client is redis-py's
+(``redis.asyncio.cluster.RedisCluster``): it knows which primary serves which slot, sends each
+command there, and follows ``MOVED``/``ASK`` redirections and failovers itself. Convoy keeps every
+key a command or script touches in one slot (``runtime.store.keyspace``; what spans slots is split
+per slot: ``runtime.store.slots``). In a cluster:
+
+- a command whose primary cannot be reached fails at once rather than waiting for it (redis-py
+  refreshes its map of the slots before the next one; its re-sending of a failed command is turned
+  off, as everywhere in Convoy); what waits is what waits on a single Redis: an owner's writes
+  (``through_outage``), the tailers and the host loops, which try again;
+- a slot nobody serves for the moment (``CLUSTERDOWN``, ``TRYAGAIN`` during a resharding, a
+  primary marked down) is reported as a connection error: the command did not run, and callers
+  treat it as Redis being away (an owner sends it again; an API request answers 503).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeGuard
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from hiredis import pack_command
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import EqualJitterBackoff
-from redis.exceptions import BusyLoadingError, ResponseError
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from runtime.settings import Settings
-from runtime.store.mux import MultiplexedRedis, connection_kwargs, own_connection
+from runtime.store.mux import MultiplexedRedis, connection_kwargs
+
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+"""What ``connect`` returns: one server's client, or a cluster's."""
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# A cluster that cannot serve a slot for the moment: the command did not run (see the docstring).
+SLOT_UNAVAILABLE = (ClusterDownError, TryAgainError, SlotNotCoveredError, MasterDownError)
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +128,27 @@ _PATIENT: dict[type[AbstractConnection], type[AbstractConnection]] = {
 }
 
 
-def connect(settings: Settings, url: str | None = None, *, max_connections: int | None = None) -> aioredis.Redis:
-    """An asyncio client for ``url`` (default: the configured Redis): its plain commands share one
-    auto-pipelined connection (``runtime.store.mux``), the rest use its pool."""
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def is_cluster(redis: object) -> TypeGuard[RedisCluster]:
+    """Whether ``redis`` is a cluster client (``connect`` on a ``redis+cluster://`` URL)."""
+    return isinstance(redis, RedisCluster)
+
+
+def connect(settings: Settings, url: str | None = None, *, max_connections: int | None = None) -> Any:
+    """An asyncio client for ``url`` (default: the configured Redis): for one server, its plain
+    commands share one auto-pipelined connection (``runtime.store.mux``) and the rest use its pool;
+    for a cluster (``redis+cluster://``), redis-py's cluster client (see the module docstring).
+    Typed ``Any``: callers use the commands both clients have (``RedisClient``)."""
     target = url or settings.redis_url
     if not target:
         raise ValueError("no Redis URL: set CONVOY_REDIS_URL or start the embedded Redis first")
     if settings.read_block_ms / 1000 >= settings.redis_socket_timeout_s:
         raise ValueError("CONVOY_READ_BLOCK_MS must be shorter than CONVOY_REDIS_SOCKET_TIMEOUT_S")
+    if is_cluster_url(target):
+        return _cluster(settings, target, max_connections or settings.redis_max_connections)
     # A blocking pool: a burst of more concurrent commands than connections waits for one to
     # free up (bounded by POOL_WAIT_S) instead of failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -123,10 +167,66 @@ def connect(settings: Settings, url: str | None = None, *, max_connections: int 
     return MultiplexedRedis.from_pool(pool)
 
 
-def dedicated(redis: aioredis.Redis) -> aioredis.Redis:
-    """A client with one connection of its own, configured like ``redis``: for blocking reads, which
-    must neither queue behind the shared pool nor hold one of its connections. Close it with
-    ``aclose()`` and then ``connection_pool.disconnect()``."""
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The seed nodes of a ``redis+cluster://`` URL and the client options it carries (TLS, user,
+    password). Refuses a URL that names a database (a cluster has only database 0)."""
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a cluster URL (redis+cluster://host:port,...): {url!r}")
+    auth, _, hosts = parts.netloc.rpartition("@")
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"cluster URL {url!r}: each node is host:port (got {item!r})")
+        seeds.append((host.strip("[]"), int(port)))
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError(f"cluster URL {url!r}: a cluster has only database 0")
+    options: dict[str, Any] = {"ssl": CLUSTER_SCHEMES[parts.scheme] == "rediss"}
+    if auth:
+        user, has_password, password = auth.partition(":")
+        options["username"] = unquote(user) or None
+        options["password"] = unquote(password) if has_password else None
+    return seeds, options
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, with a slot that cannot be served for the moment reported as a
+    connection error (see the module docstring)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except SLOT_UNAVAILABLE as exc:
+            raise RedisConnectionError(f"Redis Cluster cannot serve this slot now: {exc}") from exc
+
+
+def _cluster(settings: Settings, url: str, max_connections: int) -> RedisCluster:
+    seeds, options = cluster_seeds(url)
+    return _Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+        # Serve the slots that are served while a primary is away (see bench.rediscluster).
+        require_full_coverage=False,
+        # Never send a command again after its connection failed: it may have run (see the
+        # module docstring). MOVED, ASK and TRYAGAIN are still followed: those did not run.
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        decode_responses=False,
+        **options,
+    )
+
+
+def dedicated(redis: Any) -> Any:
+    """A client for blocking reads, which must neither queue behind the shared connection nor hold
+    one of its pool's: for one server, a client with one connection of its own, configured like
+    ``redis``; for a cluster, the cluster client itself (its blocking read holds one connection of
+    the node that serves the key, from that node's pool). Close it with ``close_dedicated``."""
+    if is_cluster(redis):
+        return redis
     shared = redis.connection_pool
     pool = aioredis.ConnectionPool(
         connection_class=shared.connection_class,
@@ -136,57 +236,11 @@ def dedicated(redis: aioredis.Redis) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool, single_connection_client=True)
 
 
-class DirectConnection:
-    """One connection of its own, configured like ``redis``'s pool, for a hot path that sends
-    several commands in one write and reads their replies, without redis-py's per-call machinery
-    (pool checkout, retry wrappers, pipeline objects). Measured for the chunk writer on the
-    project's machine: about 0.9 ms of CPU per one-command pipeline through redis-py, against ~0.25 ms
-    here, most of it the two system calls.
-
-    Commands are packed by hiredis. Nothing is ever sent twice by this class: after a connection
-    error the connection is dropped, the error raised, and the next call connects again (patiently,
-    like every Convoy connection). Not for concurrent callers: one ``execute`` at a time."""
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
-        self._conn: AbstractConnection | None = None
-
-    async def execute(self, commands: Sequence[Sequence[bytes | str | int | float]]) -> list[object]:
-        """Send ``commands`` in one write; their replies in order, an error reply as its
-        ``ResponseError`` (returned, not raised)."""
-        conn = self._conn
-        if conn is None or not conn.is_connected:
-            conn = self._conn = own_connection(self._redis.connection_pool)
-        try:
-            if not conn.is_connected:
-                await conn.connect()
-            await conn.send_packed_command(b"".join([pack_command(tuple(c)) for c in commands]), check_health=False)  # type: ignore[arg-type]  # hiredis's stub types a command as a 1-tuple
-            replies: list[object] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response(disable_decoding=True))
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            # A reply may still be on its way: this connection cannot be trusted for the next call.
-            self._conn = None
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            raise
-
-    async def call(self, *command: bytes | str | int | float) -> object:
-        """One command; its reply, an error reply raised."""
-        (reply,) = await self.execute([command])
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
+async def close_dedicated(reader: Any, redis: Any) -> None:
+    """Close what ``dedicated(redis)`` made (nothing, for a cluster: it is ``redis`` itself)."""
+    if reader is not redis:
+        await reader.aclose()
+        await reader.connection_pool.disconnect()
 
 
 def reraise_if_cancelling() -> None:

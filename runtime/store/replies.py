@@ -23,6 +23,13 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def previous(reply: bool | bytes | str | None) -> bytes | str | None:
+    """A ``SET ... GET`` reply: the value the key held before (None: it held none)."""
+    if isinstance(reply, bool):
+        raise TypeError(f"SET ... GET answers the key's previous value, not {reply!r} (asked without GET?)")
+    return reply
+
+
 def fields(reply: dict[bytes | str, bytes | str]) -> dict[str, str]:
     """An ``HGETALL`` reply as text."""
     return {text(name): text(value) for name, value in reply.items()}

@@ -1,15 +1,17 @@
 """Reading run streams for clients: many subscriptions per process, pushed to, with Redis as the truth.
 
-One pub/sub connection listens to the streams of every subscription of a tailer. A published item
-(``runtime.stream.writer``) that directly follows a subscription's cursor is handed to it at once;
-any other case (a gap, an empty message: "read me") marks the stream, and the next non-blocking
-``XREAD`` round on a second connection reads every marked stream after its subscriptions' cursor,
-in one command. So the work per item does not grow with the number of streams watched. A stream is
-also read when a subscription starts, when the server confirms a (re)subscription (after a
-reconnect too, so nothing published while it was away is missed), when a paused subscription
-resumes, and by a sweep that reads every stream once each ``block_ms`` (a slice at a time), which
-bounds the delay should a message ever be lost. The reading connection is a ``DirectConnection`` (no
-pool, no per-command machinery).
+Pub/sub connections (``runtime.stream.listener``: one, or one per primary of a Redis Cluster) listen
+to the streams of every subscription of a tailer. A published item (``runtime.stream.writer``) that
+directly follows a subscription's cursor is handed to it at once; any other case (a gap, an empty
+message: "read me") marks the stream, and the next non-blocking ``XREAD`` round reads every marked
+stream after its subscriptions' cursor: in one command on a single Redis; on a cluster, one command
+per slot (a command's keys must share one), all of a primary's in one write. So the work per item
+does not grow with the number of streams watched. A stream is also read when a subscription starts,
+when the server confirms a (re)subscription (after a reconnect or a move to another primary too, so
+nothing published while it was away is missed), when a paused subscription resumes, and by a sweep
+that reads every stream once each ``block_ms`` (a slice at a time), which bounds the delay should a
+message ever be lost. The reading connections are ``runtime.store.direct``'s (no pool, no
+per-command machinery).
 
 A subscription's buffer is bounded (``SUBSCRIPTION_BUFFER_BYTES`` of payload, or one item if that
 is larger); a consumer that falls behind is paused at its cursor (Redis keeps the data) and resumed
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -30,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime.store.connection import DirectConnection, reraise_if_cancelling
-from runtime.store.mux import own_connection
+from runtime.store.connection import is_cluster, reraise_if_cancelling
+from runtime.store.direct import Direct
 from runtime.stream.items import StoredItem, kind_of, raw_item
+from runtime.stream.listener import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,9 @@ SUBSCRIPTION_BUFFER_BATCHES = 64
 SUBSCRIPTION_BUFFER_BYTES = 256 * 1024  # payload a subscription holds before it is paused
 XREAD_COUNT = 512
 SWEEP_SLICE = 64  # streams marked per step of the periodic sweep
-SUBSCRIBE_BATCH = 1000  # channels per SSUBSCRIBE command when (re)subscribing everything
 RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 2.0
+UNREAD_LOG_PERIOD_S = 1.0  # while a primary is away, its streams' failed reads are logged this often
 
 
 @dataclass(eq=False)
@@ -131,23 +133,21 @@ class StreamTailer:
     the module docstring."""
 
     def __init__(self, redis: aioredis.Redis, *, block_ms: int, name: str = "tailer") -> None:
-        self._redis = redis
         self._block_s = block_ms / 1000
         self._name = name
+        self._cluster = is_cluster(redis)
         self._subs: dict[str, set[Subscription]] = {}
         self._dirty: set[str] = set()  # streams to read in the next round
         self._wake = asyncio.Event()  # set when ``_dirty`` gains a stream
-        self._listener: AbstractConnection | None = None
-        self._listening: set[str] = set()  # channels the listener asked the server for
-        self._heard = 0  # messages the listener received (its watchdog tells silence by it)
-        self._changed: set[str] = set()  # streams whose channel may need (un)subscribing
-        self._sync_pending = False
-        self._sync_task: asyncio.Task[None] | None = None
-        self._reader = DirectConnection(redis)  # a private connection: reads never queue behind the pool
+        self._listeners = Listeners(
+            redis, wanted=self._subs, block_s=self._block_s, name=name, on_message=self._published, on_subscribed=self._mark
+        )
+        self._reader = Direct(redis)  # private connections: reads never queue behind the pool
         self._sweep: deque[str] = deque()  # streams the current sweep pass has yet to mark
         self._sweep_ends = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREAD rounds done: subscriptions, gaps, resumes and sweep steps
+        self._unread_logged_at = -UNREAD_LOG_PERIOD_S
 
     @property
     def subscriptions(self) -> int:
@@ -155,10 +155,8 @@ class StreamTailer:
 
     async def start(self) -> None:
         if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._listen(), name=f"{self._name}-listen"),
-                asyncio.create_task(self._read(), name=f"{self._name}-read"),
-            ]
+            await self._listeners.start()
+            self._tasks = [asyncio.create_task(self._read(), name=f"{self._name}-read")]
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -167,13 +165,14 @@ class StreamTailer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._listeners.stop()
         await self._reader.close()
 
     def subscribe(self, key: str, after: int) -> Subscription:
         sub = Subscription(key=key, cursor=after, _tailer=self)
         subs = self._subs.setdefault(key, set())
         if not subs:
-            self._channel_changed(key)
+            self._listeners.changed(key)
         subs.add(sub)
         self._mark(key)  # what is already there is read at once, before any notification
         return sub
@@ -184,7 +183,7 @@ class StreamTailer:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.key]
-                self._channel_changed(sub.key)
+                self._listeners.changed(sub.key)
 
     def _resume(self, sub: Subscription) -> None:
         sub.paused = False
@@ -195,97 +194,7 @@ class StreamTailer:
         self._dirty.add(key)
         self._wake.set()
 
-    # -- the listener: notifications in, (un)subscriptions out -----------------------------------
-
-    def _channel_changed(self, key: str) -> None:
-        self._changed.add(key)
-        if not self._sync_pending:
-            self._sync_pending = True
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_channels())
-
-    async def _sync_channels(self) -> None:
-        """Send the (un)subscriptions that make the server's channels match ``_subs``."""
-        self._sync_pending = False
-        changed, self._changed = self._changed, set()
-        conn = self._listener
-        if conn is None or not conn.is_connected:
-            return  # the listener subscribes to everything when it (re)connects
-        add = [k for k in changed if k in self._subs and k not in self._listening]
-        drop = [k for k in changed if k not in self._subs and k in self._listening]
-        self._listening.update(add)
-        self._listening.difference_update(drop)
-        commands = ([("SSUBSCRIBE", *add)] if add else []) + ([("SUNSUBSCRIBE", *drop)] if drop else [])
-        if commands:
-            with contextlib.suppress(Exception):
-                # One write, and no reconnect: a broken connection is the listener's to replace.
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-
-    async def _listen(self) -> None:
-        backoff_s = RECONNECT_BACKOFF_MIN_S
-        while True:
-            # RESP2: published messages arrive as plain arrays (redis-py's RESP3 push path formats
-            # each one into a debug log line, logged or not).
-            conn = own_connection(self._redis.connection_pool, protocol=2)
-            watchdog: asyncio.Task[None] | None = None
-            try:
-                await conn.connect()
-                self._listener = conn
-                self._listening = set(self._subs)
-                self._changed.clear()
-                streams = list(self._listening)
-                batches = [
-                    ("SSUBSCRIBE", *streams[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(streams), SUBSCRIBE_BATCH)
-                ]
-                if batches:
-                    await conn.send_packed_command(conn.pack_commands(batches), check_health=False)
-                backoff_s = RECONNECT_BACKOFF_MIN_S
-                watchdog = asyncio.create_task(self._watch_listener(conn), name=f"{self._name}-watchdog")
-                while True:
-                    # No timeout per message (a timer each): silence is the watchdog's to notice.
-                    message = await conn.read_response(timeout=math.inf)
-                    reraise_if_cancelling()  # redis-py can swallow a cancellation that lands mid-read
-                    self._heard += 1
-                    if not isinstance(message, list):
-                        continue
-                    if message[0] == b"smessage":
-                        self._published(message[1].decode(), message[2])
-                    elif message[0] == b"ssubscribe":
-                        # From here on every append to that stream is published to us, so reading
-                        # it now misses nothing.
-                        self._mark(message[1].decode())
-            except asyncio.CancelledError:
-                raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                reraise_if_cancelling()
-                log.warning("stream tailer lost its notifications, reconnecting", extra={"error": str(exc)})
-            except Exception:  # the loop must never die: log and go on
-                reraise_if_cancelling()
-                log.exception("stream tailer listener failed")
-            finally:
-                self._listener = None
-                if watchdog is not None:
-                    watchdog.cancel()
-                with contextlib.suppress(Exception):
-                    await conn.disconnect()
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
-
-    async def _watch_listener(self, conn: AbstractConnection) -> None:
-        """After ``block_ms`` of silence, PING (a subscribed connection answers with a "pong"
-        message); if another ``block_ms`` passes without a word, the connection is dead: closing it
-        ends the listener's read, and the listener connects again."""
-        while True:
-            heard = self._heard
-            await asyncio.sleep(self._block_s)
-            if self._heard != heard:
-                continue
-            with contextlib.suppress(Exception):
-                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
-            await asyncio.sleep(self._block_s)
-            if self._heard == heard:
-                log.warning("stream tailer heard nothing within %.1f s of a PING; reconnecting", self._block_s)
-                await conn.disconnect(nowait=True)
-                return
+    # -- notifications in -------------------------------------------------------------------------
 
     def _published(self, key: str, message: bytes) -> None:
         """Hand a published item to the subscriptions it directly continues; read the stream for
@@ -326,9 +235,27 @@ class StreamTailer:
                 cursors = self._cursors()
                 if not cursors:
                     continue
-                command: tuple[str | int, ...] = ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *cursors, *(f"0-{c}" for c in cursors.values()))
-                self._dispatch(await self._reader.call(*command), cursors)
+                groups = self._by_slot(cursors) if self._cluster else [cursors]
+                commands: list[tuple[str | int, ...]] = [
+                    ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *g, *(f"0-{c}" for c in g.values())) for g in groups
+                ]
+                replies = await self._reader.execute(commands, [next(iter(g)) for g in groups], partial=True)
+                unread: list[str] = []
+                for group, reply in zip(groups, replies, strict=True):
+                    if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
+                        unread.extend(group)  # its primary is away (a cluster's): the others are read
+                        continue
+                    if isinstance(reply, Exception):
+                        raise reply
+                    self._dispatch(reply, group)
                 self.reads += 1
+                if unread:
+                    if now - self._unread_logged_at >= UNREAD_LOG_PERIOD_S:
+                        self._unread_logged_at = now
+                        log.warning("stream tailer could not reach a primary; reading its streams again", extra={"streams": len(unread)})
+                    asyncio.get_running_loop().call_later(backoff_s, self._remark, unread)
+                    backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+                    continue
                 backoff_s = RECONNECT_BACKOFF_MIN_S
             except asyncio.CancelledError:
                 raise
@@ -342,6 +269,11 @@ class StreamTailer:
                 await self._reader.close()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+
+    def _remark(self, keys: list[str]) -> None:
+        for key in keys:
+            if key in self._subs:
+                self._mark(key)
 
     def _sweep_step(self, now: float) -> float:
         """Mark the next slice of the periodic sweep; returns when the step after it is due.
@@ -360,6 +292,14 @@ class StreamTailer:
                 self._dirty.add(key)
         steps_left = -(-len(self._sweep) // SWEEP_SLICE)
         return now + max(0.0, self._sweep_ends - now) / (steps_left + 1) if steps_left else max(now, self._sweep_ends)
+
+    @staticmethod
+    def _by_slot(cursors: dict[str, int]) -> list[dict[str, int]]:
+        """``cursors`` split by hash slot: on a cluster one command's keys must share one."""
+        groups: dict[int, dict[str, int]] = {}
+        for key, cursor in cursors.items():
+            groups.setdefault(key_slot(key.encode()), {})[key] = cursor
+        return list(groups.values())
 
     def _cursors(self) -> dict[str, int]:
         """Take the dirty streams: each one's lowest cursor among its active subscriptions."""

@@ -10,6 +10,11 @@ Every append also publishes the item (``SPUBLISH`` on the stream's own key, a sh
 stays on the stream's shard in Redis Cluster; Redis >= 7.0) as ``<seq> <kind> <payload>``, for the
 tailers (``runtime.stream.tailer``); pub/sub is only a shortcut, the stream stays the truth.
 
+On a Redis Cluster each script call goes to the primary that serves its run's slot (its keys, the
+epoch and the stream, share the conversation's hash tag; ``runtime.store.direct.NodeConnections``),
+and the writers of one primary's runs share a pipeliner of their own: a primary that cannot be
+reached holds back its own runs' appends (sent again as above), never the others'.
+
 A pipeline that could not leave (Redis restarting, unreachable or frozen) or whose connection broke
 before its replies came back is sent again, with jittered backoff, for as long as its writers'
 patience allows (``CONVOY_STORE_OUTAGE_S``, through ``runtime.store.fencing.through_outage``):
@@ -21,16 +26,18 @@ item. Past that patience the writer fails with ``StoreUnavailableError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import weakref
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError, SlotNotCoveredError
 
 from runtime.errors import FencedError, StoreUnavailableError
-from runtime.store.connection import DirectConnection
+from runtime.store.connection import is_cluster
+from runtime.store.direct import Direct, primary_of
 from runtime.store.fencing import through_outage
 from runtime.stream.items import ItemKind
 
@@ -83,7 +90,7 @@ class ChunkWriter:
         ``CONVOY_STORE_OUTAGE_S``; 0: never)."""
         self._redis = redis
         self.patience_s = patience_s
-        self._pipeliner = _pipeliner(redis)
+        self._pipeliner = _pipeliner(redis, stream_key)
         # EVALSHA's arguments after the sha: numkeys, KEYS, then ARGV up to the item triples.
         self._call_head: tuple[int | str, ...] = (2, epoch_key, stream_key, str(epoch), str(maxlen), str(ttl_s))
         self._next_seq = next_seq
@@ -139,10 +146,11 @@ class ChunkWriter:
 
 class _Pipeliner:
     """Sends the fenced appends of every ``ChunkWriter`` on one Redis client, one pipeline at a time,
-    on a connection of its own (``DirectConnection``: a chunk's write is the hottest path there is)."""
+    on a connection of its own, one per primary on a cluster (``runtime.store.direct``: a chunk's
+    write is the hottest path there is)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._conn = DirectConnection(redis)
+        self._conn = Direct(redis)
         self._ready: dict[ChunkWriter, None] = {}  # writers with unsent items, in arrival order
         self._task: asyncio.Task[None] | None = None
 
@@ -180,13 +188,22 @@ class _Pipeliner:
         ``_FENCED_XADD``), so nothing is ever doubled. After that, every call fails with
         ``StoreUnavailableError``."""
         commands = [("EVALSHA", _FENCED_XADD_SHA, *writer._call_head, *batch) for writer, batch in sent]
+        keys = [str(writer._call_head[2]) for writer, _ in sent]  # each run's stream: its slot
 
         async def send() -> list[object]:
-            results = await self._conn.execute(commands)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:  # a restarted or flushed Redis: load the script and send those calls again
-                loaded, *again = await self._conn.execute([("SCRIPT", "LOAD", _FENCED_XADD), *(commands[i] for i in missing)])
-                for i, reply in zip(missing, again, strict=True):
+            results = await self._conn.execute(commands, keys)
+            # A restarted or flushed Redis: load the script where it was missing and send those again
+            # (twice at most: on a cluster, a call redirected meanwhile may meet a primary without it).
+            for _ in range(2):
+                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if not missing:
+                    break
+                load = [("SCRIPT", "LOAD", _FENCED_XADD)]
+                replies = await self._conn.execute(
+                    [*(load * len(missing)), *(commands[i] for i in missing)], [*(keys[i] for i in missing)] * 2
+                )
+                for n, i in enumerate(missing):
+                    loaded, reply = replies[n], replies[len(missing) + n]
                     results[i] = loaded if isinstance(loaded, Exception) else reply
             return results
 
@@ -197,13 +214,25 @@ class _Pipeliner:
         return [r if isinstance(r, BaseException) else None for r in results]
 
 
-_pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, _Pipeliner] = weakref.WeakKeyDictionary()
+_pipeliners: weakref.WeakKeyDictionary[aioredis.Redis, dict[str, _Pipeliner]] = weakref.WeakKeyDictionary()
 
 
-def _pipeliner(redis: aioredis.Redis) -> _Pipeliner:
-    found = _pipeliners.get(redis)
+def _pipeliner(redis: aioredis.Redis, stream_key: str) -> _Pipeliner:
+    """The pipeliner a writer of ``stream_key`` uses for its whole life: the one of ``redis``, and on
+    a cluster the one of the primary serving that stream's slot when the writer starts, so that a
+    primary that cannot be reached holds back only its own runs' appends (each pipeliner has one
+    pipeline in flight). Should the slot move meanwhile, the writer's calls still go to the right
+    primary (``runtime.store.direct``); only the queue they wait in is another's."""
+    per_node = _pipeliners.get(redis)
+    if per_node is None:
+        per_node = _pipeliners[redis] = {}
+    node = ""
+    if is_cluster(redis) and redis.nodes_manager.slots_cache:  # else: before the first command, one queue
+        with contextlib.suppress(SlotNotCoveredError):
+            node = primary_of(redis, stream_key).name
+    found = per_node.get(node)
     if found is None:
-        found = _pipeliners[redis] = _Pipeliner(redis)
+        found = per_node[node] = _Pipeliner(redis)
     return found
 
 

@@ -48,8 +48,8 @@ def send(client: httpx.Client, conversation_id: str, text: str, **extra: object)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
-    server = start_convoy(tmp_path_factory.mktemp("auth-home"), {"CONVOY_ECHO_DELAY_MS": "20"})
+def server(tmp_path_factory: pytest.TempPathFactory, private_redis: dict[str, str]) -> Iterator[Convoy]:
+    server = start_convoy(tmp_path_factory.mktemp("auth-home"), {"CONVOY_ECHO_DELAY_MS": "20", **private_redis})
     yield server
     assert not stop_convoy(server)
 
@@ -223,8 +223,8 @@ def _start_in_background(client: httpx.Client, conversation_id: str, text: str) 
 
 
 def test_serving_a_non_loopback_address_without_a_key_is_refused(tmp_path: Path, server: Convoy) -> None:
-    env = {k: v for k, v in server.env.items() if k != "CONVOY_HOME"}
-    env["CONVOY_HOME"] = str(tmp_path)
+    env = {k: v for k, v in server.env.items() if k not in ("CONVOY_HOME", "CONVOY_REDIS_URL")}
+    env["CONVOY_HOME"] = str(tmp_path)  # a Redis of its own, where no key was ever created
     started = time.monotonic()
     refused = subprocess.run(
         [str(Path(sys.executable).parent / "convoy"), "serve", "--host", "0.0.0.0", "--port", "0"],

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import Convoy, redis_snapshot
+from tests.conftest import Convoy, redis_snapshot, sync_client
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def client(convoy: Convoy) -> httpx.Client:
 
 @pytest.fixture
 def store(convoy: Convoy) -> redis.Redis:
-    return redis.Redis.from_url(convoy.redis_url)
+    return sync_client(convoy.redis_url)
 
 
 def test_unknown_conversation_is_404_and_writes_nothing(client: httpx.Client, store: redis.Redis) -> None:

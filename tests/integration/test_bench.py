@@ -78,3 +78,16 @@ def test_bench_soak_holds_its_invariants_and_removes_its_home(tmp_path: Path) ->
     assert "soak: all invariants held" in out, out
     home = re.search(r"^home (\S+) removed$", out, re.MULTILINE)
     assert home is not None and not Path(home.group(1)).exists(), out
+
+
+@pytest.mark.slow
+def test_bench_scale_prints_its_figures(tmp_path: Path) -> None:
+    out = _run(
+        ["scale", "--conversations", "20", "--streams", "4", "--tokens", "3", "--rate", "5", "--clients", "2", "--warmup-s", "0.5", "--measure-s", "2"],
+        tmp_path,
+    )
+    for shards in ("1 shard(s)", "3 shard(s)"):
+        assert f"\n{shards}\n" in out, out
+    for label in ("memory per idle conversation", "per-token latency, upstream -> client", "time to first token", "cpu per item, us"):
+        assert out.count(label) == 2, out
+    assert out.count("targets met") + out.count("targets NOT met") == 2, out

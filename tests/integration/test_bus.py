@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from runtime.errors import FencedError
 from runtime.stream.items import StoredItem, last_seq, read_after
 from runtime.stream.tailer import SUBSCRIPTION_BUFFER_BATCHES, StreamTailer, Subscription
 from runtime.stream.writer import ChunkWriter
-from tests.conftest import eventually
+from tests.conftest import async_client, eventually
 from tests.fakes.proxy import SilencingProxy
 
 WAIT_S = 5.0
@@ -23,9 +24,14 @@ WAIT_S = 5.0
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_client(redis_url)
     yield client
     await client.aclose()
+
+
+def _key() -> str:
+    """A stream key whose epoch key (``<key>:epoch``) shares its hash slot, as Convoy's do."""
+    return f"test:{{{uuid.uuid4()}}}"
 
 
 @pytest.fixture
@@ -53,7 +59,7 @@ async def _collect(sub: Subscription, count: int) -> list[StoredItem]:
 
 
 async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.Redis, tailer: StreamTailer) -> None:
-    key = f"test:{uuid.uuid4()}"
+    key = _key()
     writer = await _writer(redis, key)
     sub = tailer.subscribe(key, 0)
     for i in range(200):
@@ -70,7 +76,7 @@ async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.
 
 
 async def test_a_stale_epoch_cannot_write(redis: aioredis.Redis) -> None:
-    key = f"test:{uuid.uuid4()}"
+    key = _key()
     stale = await _writer(redis, key, epoch=1)
     await stale.write("data", b"before takeover")
     await stale.flush()
@@ -82,7 +88,7 @@ async def test_a_stale_epoch_cannot_write(redis: aioredis.Redis) -> None:
 
 
 async def test_a_seq_id_is_never_reused(redis: aioredis.Redis) -> None:
-    key = f"test:{uuid.uuid4()}"
+    key = _key()
     first = await _writer(redis, key)
     await first.write("data", b"one")
     await first.flush()
@@ -93,7 +99,7 @@ async def test_a_seq_id_is_never_reused(redis: aioredis.Redis) -> None:
 
 
 async def test_subscribing_after_the_fact_replays_from_the_cursor(redis: aioredis.Redis, tailer: StreamTailer) -> None:
-    key = f"test:{uuid.uuid4()}"
+    key = _key()
     writer = await _writer(redis, key)
     for i in range(10):
         await writer.write("data", str(i).encode())
@@ -105,7 +111,7 @@ async def test_subscribing_after_the_fact_replays_from_the_cursor(redis: aioredi
 
 
 async def test_one_tailer_serves_many_streams(redis: aioredis.Redis, tailer: StreamTailer) -> None:
-    keys = [f"test:{uuid.uuid4()}" for _ in range(50)]
+    keys = [_key() for _ in range(50)]
     writers = [await _writer(redis, k) for k in keys]
     subs = [tailer.subscribe(k, 0) for k in keys]
     for round_ in range(5):
@@ -125,10 +131,10 @@ async def test_a_new_subscription_does_not_wait_for_the_block_timeout(redis: aio
     slow = StreamTailer(redis, block_ms=5000)
     await slow.start()
     try:
-        idle = slow.subscribe(f"test:{uuid.uuid4()}", 0)
+        idle = slow.subscribe(_key(), 0)
         # Its first read done, the tailer waits for the next sweep, 5 s away.
         await eventually(lambda: slow.reads >= 1, WAIT_S, message="the idle subscription's first read")
-        key = f"test:{uuid.uuid4()}"
+        key = _key()
         writer = await _writer(redis, key)
         await writer.write("data", b"now")
         await writer.flush()
@@ -142,7 +148,7 @@ async def test_a_new_subscription_does_not_wait_for_the_block_timeout(redis: aio
 
 
 async def test_a_slow_reader_is_paused_not_dropped_and_others_keep_flowing(redis: aioredis.Redis, tailer: StreamTailer) -> None:
-    slow_key, fast_key = f"test:{uuid.uuid4()}", f"test:{uuid.uuid4()}"
+    slow_key, fast_key = _key(), _key()
     slow_writer, fast_writer = await _writer(redis, slow_key), await _writer(redis, fast_key)
     slow = tailer.subscribe(slow_key, 0)
     fast = tailer.subscribe(fast_key, 0)
@@ -162,7 +168,7 @@ async def test_a_slow_reader_is_paused_not_dropped_and_others_keep_flowing(redis
 async def test_a_late_reader_with_an_older_cursor_misses_nothing(redis: aioredis.Redis, tailer: StreamTailer) -> None:
     """Regression: a subscription that joined while a read for a reader further ahead was in
     flight used to receive that read's items and skip the ones before them."""
-    key = f"test:{uuid.uuid4()}"
+    key = _key()
     writer = await _writer(redis, key)
     ahead = tailer.subscribe(key, 0)
     for i in range(5):
@@ -184,7 +190,7 @@ async def test_an_item_appended_without_a_notification_still_arrives(redis: aior
     quick = StreamTailer(redis, block_ms=200)
     await quick.start()
     try:
-        key = f"test:{uuid.uuid4()}"
+        key = _key()
         reads = quick.reads
         sub = quick.subscribe(key, 0)
         # Two rounds after subscribing: the subscription's first read (which found nothing) is
@@ -200,13 +206,13 @@ async def test_an_item_appended_without_a_notification_still_arrives(redis: aior
 async def test_items_published_while_the_listener_reconnects_are_not_lost(
     redis: aioredis.Redis, tailer: StreamTailer
 ) -> None:
-    key = f"test:{uuid.uuid4()}"
+    key = _key()
     writer = await _writer(redis, key)
     sub = tailer.subscribe(key, 0)
     await writer.write("data", b"before")
     await writer.flush()
     assert [i.seq for i in await _collect(sub, 1)] == [1]
-    await redis.client_kill_filter(_type="pubsub")  # the listener's connection drops
+    await _kill_pubsub(redis)  # the listener's connection drops
     for i in range(5):
         await writer.write("data", b"%d" % i)
     await writer.flush()
@@ -214,13 +220,21 @@ async def test_items_published_while_the_listener_reconnects_are_not_lost(
     sub.close()
 
 
+async def _kill_pubsub(redis: aioredis.Redis) -> None:
+    if isinstance(redis, RedisCluster):
+        await redis.client_kill_filter(_type="pubsub", target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await redis.client_kill_filter(_type="pubsub")
+
+
+@pytest.mark.single_redis
 async def test_a_writer_needs_no_pool_connection(redis_url: str) -> None:
     """Regression: with every pooled connection busy, a chunk write used to fail its run. The
     writer now sends on a connection of its own, so it writes while the pool is exhausted."""
     pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=1, timeout=0.1)
     client = aioredis.Redis(connection_pool=pool)
     try:
-        key = f"test:{uuid.uuid4()}"
+        key = _key()
         writer = await _writer(client, key)
         await client.script_flush()  # the first append must load its script too
         held = await pool.get_connection()  # the only pooled connection stays busy throughout
@@ -248,11 +262,12 @@ async def _tailer_behind_a_proxy(redis_url: str, block_ms: int) -> AsyncIterator
             await proxied.aclose()
 
 
+@pytest.mark.single_redis
 async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.Redis, redis_url: str) -> None:
     """Nothing reports a peer that just stops answering: the listener's watchdog PINGs after a
     silent ``block_ms`` and, heard nothing, connects again and subscribes everything anew."""
     async with _tailer_behind_a_proxy(redis_url, block_ms=200) as (tailer, proxy):
-        key = f"test:{uuid.uuid4()}"
+        key = _key()
         writer = await _writer(redis, key)
         sub = tailer.subscribe(key, 0)
         await eventually(lambda: len(proxy.subscribers) == 1, WAIT_S, interval_s=0.005)
@@ -264,13 +279,14 @@ async def test_a_listener_whose_server_goes_silent_is_replaced(redis: aioredis.R
         sub.close()
 
 
+@pytest.mark.single_redis
 async def test_a_quiet_healthy_listener_is_kept(redis_url: str) -> None:
     """Silence alone is no fault: through many PING rounds of an idle stream, the listener keeps
     its one connection (regression: a PONG that came back quickly could be taken for silence)."""
     async with _tailer_behind_a_proxy(redis_url, block_ms=50) as (tailer, proxy):
-        sub = tailer.subscribe(f"test:{uuid.uuid4()}", 0)
+        sub = tailer.subscribe(_key(), 0)
         await eventually(lambda: len(proxy.subscribers) == 1, WAIT_S, interval_s=0.005)
-        heard = tailer._heard
-        await eventually(lambda: tailer._heard >= heard + 10, WAIT_S, interval_s=0.005)  # ten PONGs: ten silent periods, answered
+        heard = tailer._listeners.heard
+        await eventually(lambda: tailer._listeners.heard >= heard + 10, WAIT_S, interval_s=0.005)  # ten PONGs: ten silent periods, answered
         assert len(proxy.subscribers) == 1, "a healthy connection was replaced"
         sub.close()

@@ -23,7 +23,6 @@ import h11
 import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
 from httpx_sse import aconnect_sse
 
 from bench import upstream as fp
@@ -35,6 +34,7 @@ from runtime.stream.writer import ChunkWriter
 from tests.conftest import (
     Convoy,
     alive,
+    async_client,
     eventually,
     start_api_replica,
     start_convoy,
@@ -527,10 +527,10 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
 
 
 async def test_a_reader_that_never_takes_holds_a_bounded_buffer_and_loses_nothing(redis_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_client(redis_url)
     tailer = StreamTailer(client, block_ms=200)
     await tailer.start()
-    key = f"test:{uuid.uuid4()}"
+    key = f"test:{{{uuid.uuid4()}}}"  # its epoch key in the same slot
     await client.set(f"{key}:epoch", 1)
     writer = ChunkWriter(client, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=10_000, ttl_s=60, patience_s=5)
     payload = b"x" * 4096
@@ -557,8 +557,8 @@ async def test_a_reader_that_never_takes_holds_a_bounded_buffer_and_loses_nothin
 
 async def test_a_chunk_batch_sent_again_after_its_reply_was_lost_is_not_doubled(redis_url: str) -> None:
     """What the writer relies on to re-send a pipeline whose connection broke mid-flight."""
-    client = aioredis.Redis.from_url(redis_url)
-    key = f"test:{uuid.uuid4()}"
+    client = async_client(redis_url)
+    key = f"test:{{{uuid.uuid4()}}}"  # its epoch key in the same slot
     await client.set(f"{key}:epoch", 1)
 
     async def send(*payloads: bytes) -> None:

@@ -1,4 +1,4 @@
-"""What an operator scrapes from a real two-node Ray cluster running Convoy (``tests.ray_cluster``):
+"""What an operator scrapes from a real two-node Ray cluster running Convoy (``bench.raycluster``):
 the hosts' metrics, served by each node's Ray metrics agent and found, as Prometheus finds them,
 through the service discovery file the head's dashboard writes; and the hosts' JSON log lines,
 which say which run, conversation and tenant they concern.
@@ -27,10 +27,10 @@ from httpx_sse import aconnect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import upstream as fp
+from bench.raycluster import RayCluster, RayNode, add_node, start_cluster
 from runtime.store import keyspace
 from tests.conftest import TOOLS_ENV, Convoy, eventually, provider_env, start_convoy, stop_convoy, wait_until
 from tests.integration.test_providers import FAST_RETRY, send, unique
-from tests.ray_cluster import RayCluster, RayNode, add_node, start_cluster
 
 pytestmark = pytest.mark.slow
 

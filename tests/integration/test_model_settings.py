@@ -19,7 +19,7 @@ import redis
 from letta_client import AsyncLetta, BadRequestError
 
 from bench import upstream as fp
-from tests.conftest import COMPAT_MODELS, LISTED_MODELS, Convoy, redis_snapshot
+from tests.conftest import COMPAT_MODELS, LISTED_MODELS, Convoy, redis_snapshot, sync_client
 from tests.integration.test_providers import Turn, send, steps, unique
 
 SCHEMA = {
@@ -224,7 +224,7 @@ async def test_chat_completions_fields_are_the_requests_settings(
 
 @pytest.fixture
 def sync_store(convoy: Convoy) -> redis.Redis:
-    return redis.Redis.from_url(convoy.redis_url, decode_responses=True)
+    return sync_client(convoy.redis_url, decode_responses=True)
 
 
 async def test_what_a_model_cannot_honour_is_a_400_naming_it_and_nothing_is_stored(

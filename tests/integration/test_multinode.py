@@ -1,4 +1,4 @@
-"""Convoy on a real two-node Ray cluster (both nodes on this machine, see ``tests.ray_cluster``).
+"""Convoy on a real two-node Ray cluster (both nodes on this machine, see ``bench.raycluster``).
 
 The conversation hosts, and the conversations they hold, are spread over both nodes; when one node
 is lost at once (every process of it frozen, then killed), Ray restarts its hosts on the node that
@@ -23,9 +23,9 @@ import httpx
 import pytest
 import redis
 
+from bench.raycluster import RayCluster, RayNode, add_node, start_cluster
 from runtime.store import keyspace
 from tests.conftest import Convoy, start_convoy, stop_convoy, wait_until
-from tests.ray_cluster import RayCluster, RayNode, add_node, start_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         convoy = start_convoy(
             tmp / "convoy-home",
             {
-                **cluster.client_env(),  # RAY_ADDRESS and the cluster's token (see tests.ray_cluster)
+                **cluster.client_env(),  # RAY_ADDRESS and the cluster's token (see bench.raycluster)
                 "CONVOY_HOSTS": str(HOSTS),
                 # Conversations stay active on their node until it is lost.
                 "CONVOY_IDLE_PASSIVATE_S": "600",

@@ -27,7 +27,7 @@ from runtime.store.runs import RunStore
 from runtime.stream import wire
 from runtime.stream.items import read_after
 from runtime.stream.writer import ChunkWriter
-from tests.conftest import eventually
+from tests.conftest import async_client, eventually
 from tests.fakes.proxy import SilencingProxy
 
 END_TURN = wire.Completed("end_turn", UsageStatistics())
@@ -35,7 +35,7 @@ END_TURN = wire.Completed("end_turn", UsageStatistics())
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_client(redis_url)
     yield client
     await client.aclose()
 
@@ -225,6 +225,7 @@ def _through(proxy: SilencingProxy) -> aioredis.Redis:
     return connect(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_socket_timeout_s=0.5, read_block_ms=100))
 
 
+@pytest.mark.single_redis
 async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
     redis: aioredis.Redis, proxy: SilencingProxy
 ) -> None:
@@ -277,6 +278,7 @@ async def test_an_owner_write_whose_reply_was_lost_is_sent_again_and_lands_once(
         await owner.aclose()
 
 
+@pytest.mark.single_redis
 async def test_an_owner_stops_waiting_for_an_unreachable_redis_after_its_patience(
     redis: aioredis.Redis, proxy: SilencingProxy
 ) -> None:
@@ -296,6 +298,7 @@ async def test_an_owner_stops_waiting_for_an_unreachable_redis_after_its_patienc
         await owner.aclose()
 
 
+@pytest.mark.single_redis
 async def test_a_run_whose_owner_died_right_after_ending_it_keeps_no_key_for_a_week(
     redis: aioredis.Redis, proxy: SilencingProxy
 ) -> None:

@@ -19,6 +19,8 @@ from runtime.store.mux import MultiplexedRedis
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 
+pytestmark = pytest.mark.single_redis  # the auto-pipelined client of one server
+
 # A script that holds the server for a while (a tenth of a second or so; a script sees one frozen
 # TIME, so it counts instead): every command sent meanwhile queues behind it.
 HOLD = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + 1 end return 'held'"

@@ -13,6 +13,13 @@ def test_strings_and_hashes_read_as_text() -> None:
     assert replies.fields({b"status": b"running", b"owner": b"host-0"}) == {"status": "running", "owner": "host-0"}
 
 
+def test_set_get_answers_the_previous_value() -> None:
+    assert replies.previous(None) is None
+    assert replies.previous(b"{}") == b"{}"
+    with pytest.raises(TypeError, match="previous value"):
+        replies.previous(True)  # what SET answers without GET
+
+
 def test_a_range_is_read_as_it_was_asked_for() -> None:
     assert replies.members([b"run-1", b"run-2"]) == ["run-1", "run-2"]
     assert replies.scored([(b"run-1", 1700.0)]) == [("run-1", 1700.0)]

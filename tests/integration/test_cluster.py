@@ -1,0 +1,208 @@
+"""Convoy on a Redis Cluster (run with ``--redis-cluster``; skipped otherwise): a primary lost and
+restarted while streams run, and a slot moved to another primary under a writer and a reader.
+
+The module has a cluster of its own: one Redis holds one Convoy deployment, and the session's
+server is another (its hosts have the same names as this module's server's: sharing a Redis, each
+would take the other's conversations over as a restarted host's), and a primary killed here must
+not stop the session's runs either."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from httpx_sse import aconnect_sse
+
+from bench.rediscluster import LocalCluster, Primary
+from runtime.store import keyspace
+from runtime.stream.items import read_after
+from runtime.stream.tailer import StreamTailer
+from runtime.stream.writer import ChunkWriter
+from tests.conftest import Convoy, async_client, eventually, start_convoy, stop_convoy, wait_until
+from tests.integration.test_actors import long_text
+
+WORDS = 1500  # at 5 ms per word (the echo model of this module's server): runs of ~7.5 s
+PER_SIDE = 3  # conversations on the lost primary, and on the others
+OUTAGE_ITEMS = 200  # items the other primaries' runs must stream while one primary is away
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_cluster: LocalCluster | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    if redis_cluster is None:
+        pytest.skip("runs against a Redis Cluster: python -m pytest --redis-cluster")
+    own = LocalCluster(tmp_path_factory.mktemp("cluster-of-its-own")).start()
+    yield own
+    own.stop()
+
+
+@pytest.fixture(scope="module")
+def server(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Convoy]:
+    """A server on this module's cluster with the default model deadlines (the session server's
+    are seconds, shorter than this outage: its runs would end ``llm_timeout``, not Redis's doing),
+    and one host, so that the runs on every primary share its writers and readers."""
+    env = {"CONVOY_REDIS_URL": cluster.url, "CONVOY_ECHO_DELAY_MS": "5", "CONVOY_HOSTS": "1"}
+    started = start_convoy(tmp_path_factory.mktemp("cluster-faults") / "home", env)
+    yield started
+    assert not stop_convoy(started), "processes left behind"
+
+
+@dataclass
+class Reader:
+    """One streamed send, every item kept with when it arrived."""
+
+    conversation: str
+    text: str
+    items: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def read(self, client: httpx.AsyncClient) -> None:
+        body = {"messages": [{"role": "user", "content": self.text}], "stream_tokens": True}  # a run of many items
+        async with aconnect_sse(client, "POST", f"/v1/conversations/{self.conversation}/messages", json=body) as source:
+            source.response.raise_for_status()
+            async for event in source.aiter_sse():
+                doc = {"message_type": "[DONE]"} if event.data == "[DONE]" else json.loads(event.data)
+                if event.event == "error":
+                    doc["sse_event"] = "error"
+                self.items.append((time.monotonic(), doc))
+
+    def between(self, start: float, end: float) -> int:
+        return sum(1 for at, _ in self.items if start <= at <= end)
+
+
+async def _conversations(client: httpx.AsyncClient, cluster: LocalCluster) -> tuple[Primary, list[str], list[str]]:
+    """``PER_SIDE`` conversations whose slot the victim serves, and as many elsewhere."""
+    agent = (await client.post("/v1/agents", json={"name": "cluster"})).json()["id"]
+    victim: Primary | None = None
+    on, off = [], []
+    while len(on) < PER_SIDE or len(off) < PER_SIDE:
+        conv = (await client.post("/v1/conversations", params={"agent_id": agent})).json()["id"]
+        primary = cluster.primary_of(keyspace.conversation(conv))
+        victim = victim or primary
+        side = on if primary is victim else off
+        if len(side) < PER_SIDE:
+            side.append(conv)
+    assert victim is not None
+    return victim, on, off
+
+
+async def test_a_primary_lost_mid_stream_loses_nothing_and_stops_no_one_else(server: Convoy, cluster: LocalCluster) -> None:
+    """Kill one primary's process (SIGKILL) while runs stream on every primary, and start it again
+    with its data (append-only file): the runs on its slots pause and carry on (the outage is
+    shorter than CONVOY_STORE_OUTAGE_S), every item once and in order, each ending with the terminal
+    sequence; a turn accepted just before the kill runs after it; the other primaries' runs keep
+    streaming throughout."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as client:
+        victim, on, off = await _conversations(client, cluster)
+        readers = [Reader(conv, long_text(f"w{n}x", WORDS)) for n, conv in enumerate(on + off)]
+        for reader in readers:
+            reader.task = asyncio.create_task(reader.read(client))
+        await eventually(lambda: all(len(r.items) > 20 for r in readers), WAIT_S, message="every run to stream")
+        queued = Reader(on[0], "accepted before the kill")
+        queued.task = asyncio.create_task(queued.read(client))
+        await eventually(lambda: bool(queued.items), WAIT_S, message="the queued turn to be accepted")
+
+        cluster.kill(victim)
+        killed_at = time.monotonic()
+        others = [r for r in readers if r.conversation in off]
+        # The others carry on while the victim is away: each streams OUTAGE_ITEMS more items.
+        await eventually(
+            lambda: all(r.between(killed_at, time.monotonic()) >= OUTAGE_ITEMS or r.items[-1][1]["message_type"] == "[DONE]" for r in others),
+            WAIT_S,
+            message="the other primaries' runs to keep streaming",
+        )
+        assert victim.process is not None and victim.process.poll() is not None, "the victim stayed down meanwhile"
+        restarted_at = time.monotonic()
+        await asyncio.to_thread(cluster.restart, victim)
+
+        await asyncio.wait_for(asyncio.gather(*(r.task for r in [*readers, queued] if r.task)), WAIT_S)
+
+    for reader in [*readers, queued]:
+        docs = [doc for _, doc in reader.items]
+        kinds = [d["message_type"] for d in docs]
+        assert kinds[-3:] == ["stop_reason", "usage_statistics", "[DONE]"], (reader.conversation in on, docs[-3:])
+        assert docs[-3]["stop_reason"] == "end_turn", docs[-3]
+        seqs = [d["seq_id"] for d in docs[:-1] if "seq_id" in d]  # keep-alive pings a reader makes up have none
+        assert seqs == list(range(1, len(seqs) + 1)), "every item once, in order"
+        assert "".join(d.get("content", "") for d in docs if d["message_type"] == "assistant_message") == reader.text
+    assert all(r.between(killed_at, restarted_at) > 0 for r in others), "the others streamed while the victim was down"
+
+
+@pytest.fixture
+async def store(cluster: LocalCluster) -> AsyncIterator[Any]:
+    client = async_client(cluster.url)
+    yield client
+    await client.aclose()
+
+
+def _move_slot(cluster: LocalCluster, key: str) -> Primary:
+    """Move ``key``'s slot, with its keys, to another primary (as ``valkey-cli --cluster reshard``
+    does: IMPORTING/MIGRATING, MIGRATE, then SETSLOT NODE everywhere); returns the new owner."""
+    source = cluster.primary_of(key)
+    target = next(p for p in cluster.primaries if p is not source)
+    src, dst = source.client, target.client
+    slot = int(src.execute_command("CLUSTER", "KEYSLOT", key))
+    source_id, target_id = src.execute_command("CLUSTER", "MYID").decode(), dst.execute_command("CLUSTER", "MYID").decode()
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for primary in cluster.primaries:
+        primary.client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    wait_until(lambda: cluster.primary_of(key) is target, 10, 0.05, "every primary to agree on the slot's new owner")
+    return target
+
+
+async def test_a_slot_moved_under_a_writer_and_a_reader_loses_nothing(cluster: LocalCluster, store: Any) -> None:
+    """Resharding moves a run stream's slot to another primary while a writer appends to it and a
+    tailer reads it: the writer's next appends are answered MOVED and follow (redis-py's map is
+    corrected), the old primary drops the reader's subscription and the tailer subscribes on the
+    new one; every item arrives once, in order."""
+    key = f"test:{{{uuid.uuid4()}}}"
+    await store.set(f"{key}:epoch", 1)
+    writer = ChunkWriter(store, stream_key=key, epoch_key=f"{key}:epoch", epoch=1, next_seq=1, maxlen=1000, ttl_s=60, patience_s=10)
+    tailer = StreamTailer(store, block_ms=1000)
+    await tailer.start()
+    try:
+        sub = tailer.subscribe(key, 0)
+        got: list[int] = []
+
+        async def take(count: int) -> None:
+            while len(got) < count:
+                batch = await sub.get(timeout_s=WAIT_S)
+                assert batch is not None, f"only {len(got)} of {count} items arrived"
+                got.extend(item.seq for item in batch)
+
+        for i in range(5):
+            await writer.write("data", b"before %d" % i)
+        await writer.flush()
+        await take(5)
+        moved_to = await asyncio.to_thread(_move_slot, cluster, key)
+        for i in range(5):
+            await writer.write("data", b"after %d" % i)
+        await writer.flush()
+        await asyncio.wait_for(take(10), WAIT_S)
+        assert got == list(range(1, 11))
+        assert len(await read_after(store, key, 0)) == 10
+        assert moved_to.client.exists(key) == 1, "the stream lives on its new primary"
+        # Published items reach the reader again (not only the sweep's reads): the subscription moved.
+        await eventually(lambda: _subscribed(moved_to, key), WAIT_S, message="the reader to subscribe on the new primary")
+    finally:
+        sub.close()
+        await tailer.stop()
+
+
+def _subscribed(primary: Primary, channel: str) -> bool:
+    try:
+        reply = primary.client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        return int(dict(zip(reply[::2], reply[1::2], strict=True)).get(channel.encode(), 0)) > 0
+    except redis.RedisError:
+        return False
