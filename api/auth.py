@@ -5,7 +5,7 @@ A key arrives as ``Authorization: Bearer <key>``, which is what ``letta-client``
 acts for the key's tenant (``Principal``), and every store checks records against that tenant.
 Every line the request logs afterwards carries that ``tenant`` (``runtime.logs.bind``).
 
-While no key was ever created (open mode, loopback only: see ``api.cli``), every request acts for
+While no key was ever created (open mode, loopback only: see ``cli.main``), every request acts for
 the default tenant, whatever it sends. Each API process asks Redis whether the first key has been
 created until it sees that it has, so ``convoy keys create`` closes open mode everywhere at once.
 

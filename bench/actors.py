@@ -20,6 +20,10 @@ conversations created through the runtime's stores:
 
 Nothing is asserted. Figures go to stdout (also when interrupted: what was measured so far),
 progress to stderr. Everything started is stopped at the end, also on Ctrl-C.
+
+One module of about 500 lines on purpose: every phase above runs against the one deployment it
+starts and adds to the one report, in order; split, each part would take the deployment and the
+report as arguments and read only in sequence.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ PROJECTION_RSS_BYTES = 8 * GIB
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """The knobs of one run (defaults live in the CLI, ``api.cli``)."""
+    """The knobs of one run (defaults live in the CLI, ``cli.main``)."""
 
     cold: int
     conversations: int

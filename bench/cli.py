@@ -1,4 +1,4 @@
-"""``convoy bench ...``: the benchmarks' command line. The server's CLI (``api.cli``) adds this parser
+"""``convoy bench ...``: the benchmarks' command line. The server's CLI (``cli.main``) adds this parser
 and hands the parsed arguments to ``run``; nothing here is imported by a server process.
 
 The benchmarks are clients of Convoy (HTTP, SSE), through the same libraries as ``convoy chat``.

@@ -169,7 +169,7 @@ class Serve:
         )
         log = (self._home / "serve.log").open("wb")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -118,7 +118,7 @@ class Deployment:
         log_path = self.home / f"{command}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", command, "--port", str(port)],
+                [sys.executable, "-m", "cli.main", command, "--port", str(port)],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

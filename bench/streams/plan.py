@@ -46,7 +46,7 @@ WARMUP = b'{"bench_measured":false,"bench_sent_ns":'
 
 @dataclass(frozen=True)
 class StreamsOptions:
-    """The knobs of one run (defaults live in the CLI, ``api.cli``)."""
+    """The knobs of one run (defaults live in the CLI, ``cli.main``)."""
 
     streams: int
     rates_hz: tuple[float, ...]

@@ -49,7 +49,7 @@ class ApiReplica:
         boot = (
             "import ctypes, signal, sys\n"
             f"ctypes.CDLL('libc.so.6').prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)\n"
-            "from api.cli import main\n"
+            "from cli.main import main\n"
             "sys.exit(main(sys.argv[1:]))\n"
         )
         command = [sys.executable, "-c", boot, "api", "--host", "127.0.0.1", "--port", str(port)]

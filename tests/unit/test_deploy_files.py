@@ -24,7 +24,7 @@ from pydantic import AliasChoices
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import start as ray_start
 
-from api.cli import _parser
+from cli.main import _parser
 from runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ new one is made. ``CONVOY_API_KEY`` is sent as the bearer key when set.
 What a person can count on:
 
 - **Tokens as they come.** Every turn asks for ``stream_tokens: true`` and prints items as they
-  arrive (``api.chat_view``): the answer plain, reasoning dimmed, tool calls and their results.
+  arrive (``cli.chat_view``): the answer plain, reasoning dimmed, tool calls and their results.
 - **Ctrl-C stops the answer at once**: the run is cancelled through the API (the model's stream is
   closed) and the prompt comes back; a second Ctrl-C, or Ctrl-C or Ctrl-D at the prompt, leaves.
 - **Leaving does not lose an answer.** Turns run in the background (``background: true``): an
@@ -34,7 +34,7 @@ from httpx_sse import SSEError, connect_sse
 from rich.console import Console
 from rich.prompt import Confirm, Prompt
 
-from api.chat_view import RunView, describe_call, describe_run
+from cli.chat_view import RunView, describe_call, describe_run
 from runtime.errors import ConvoyError
 from runtime.settings import Settings
 

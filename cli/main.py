@@ -9,9 +9,9 @@ order (Redis is not started again then), and leaves no process behind.
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
 Ray); it starts nothing else.
 
-``convoy chat`` talks to an agent from the terminal, over HTTP only (see ``api.chat_cli``).
+``convoy chat`` talks to an agent from the terminal, over HTTP only (see ``cli.chat``).
 
-``convoy keys create|list|revoke`` manages API keys (see ``api.keys_cli``). With no key ever
+``convoy keys create|list|revoke`` manages API keys (see ``cli.keys``). With no key ever
 created, ``serve`` and ``api`` run open, and only on a loopback address; they refuse to start on
 any other address until a key exists.
 
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from api import chat_cli, keys_cli
 from bench import cli as bench_cli
+from cli import chat, keys
 from runtime.errors import ConfigurationError, ConvoyError
 from runtime.logs import configure_logging
 from runtime.settings import Settings
@@ -64,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
         cmd.add_argument("--port", type=int, default=None, help="port to listen on (default 8283)")
-    chat_cli.add_parser(sub)
+    chat.add_parser(sub)
     bench_cli.add_parser(sub)
-    keys_cli.add_parser(sub)
+    keys.add_parser(sub)
     return parser
 
 
@@ -126,10 +126,10 @@ def api_only(settings: Settings) -> int:
 
 def _check_auth(settings: Settings) -> None:
     """Open mode (no key ever created) is for loopback only; say which mode the API runs in."""
-    if asyncio.run(keys_cli.keys_exist(settings)):
+    if asyncio.run(keys.keys_exist(settings)):
         _say("auth    API keys required (manage them with `convoy keys`)")
         return
-    if not keys_cli.is_loopback(settings.host):
+    if not keys.is_loopback(settings.host):
         raise ConfigurationError(
             f"refusing to listen on {settings.host} with no API key: anyone who can reach it would have full access. "
             "Create a key first (`convoy keys create`, same CONVOY_HOME or CONVOY_REDIS_URL), or listen on 127.0.0.1"
@@ -166,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return bench_cli.run(settings, args)
         if args.command == "keys":
-            return keys_cli.run(settings, args, _say)
+            return keys.run(settings, args, _say)
         if args.command == "chat":
-            return chat_cli.run(settings, args)
+            return chat.run(settings, args)
         return api_only(settings)
     except ConvoyError as exc:
         print(f"convoy: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from api.chat_view import RunView, describe_call, describe_run
+from cli.chat_view import RunView, describe_call, describe_run
 
 
 def printed(items: list[dict[str, Any]]) -> tuple[str, RunView]:
