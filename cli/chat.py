@@ -194,9 +194,8 @@ class Chat:
         latest = self.api.call("GET", "/v1/runs", params={"conversation_id": self.conversation, "limit": 1})
         if latest and latest[0]["stop_reason"] == "requires_approval" and not active:
             view = RunView(self.console)
-            for message in self.api.call("GET", f"/v1/conversations/{self.conversation}/messages", params={"limit": HISTORY_LIMIT}):
-                if message.get("run_id") == latest[0]["id"]:
-                    view.show(message)
+            for message in self.api.call("GET", f"/v1/runs/{latest[0]['id']}/messages", params={"limit": HISTORY_LIMIT}):
+                view.show(message)  # the run's messages in order (its input is not shown: show skips it)
             view.end()
             self._answer_approvals(view)
 
