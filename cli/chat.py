@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import queue
 import signal
+import threading
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -41,6 +43,8 @@ from runtime.settings import Settings
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0  # longer than the server's keepalive pings (CONVOY_PING_INTERVAL_S, 15 s)
 RESUME_ATTEMPTS = 5
+POLL_S = 0.1  # how soon Ctrl-C is acted on while an answer streams
+_END = object()  # a stream's end, as the reading thread hands it over
 HISTORY_LIMIT = 1000
 
 
@@ -119,19 +123,22 @@ def _refusal(reply: httpx.Response) -> str:
     return f"{detail} (HTTP {reply.status_code}{f', retry in {retry} s' if retry else ''})"
 
 
+class Interrupted(Exception):
+    """Ctrl-C while an answer streamed."""
+
+
 class Interrupts:
-    """Ctrl-C while an answer streams: raised at once while waiting for the server, but never in
-    the middle of printing an item (``rich`` would print its half-written buffer again)."""
+    """Ctrl-C while an answer streams. The handler only takes note: an exception raised wherever
+    the main thread happens to be would land inside httpx (a lock taken and never given back, which
+    hangs the next request or the exit) or halfway through printing an item. So a thread reads the
+    stream (``read_events``), and the main thread prints what it hands over and looks at the note
+    between items and every ``POLL_S``."""
 
     def __init__(self) -> None:
-        self.printing = False
-        self.pending = False
+        self.hit = threading.Event()
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.printing:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
+        self.hit.set()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -141,16 +148,34 @@ class Interrupts:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    @contextlib.contextmanager
-    def printing_item(self) -> Iterator[None]:
-        self.printing = True
-        try:
-            yield
-        finally:
-            self.printing = False
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
+    def read_events(self, api: Api, method: str, path: str, **kwargs: Any) -> Iterator[tuple[str, str]]:
+        """The stream's events; ``Interrupted`` as soon as Ctrl-C is noted. The reading thread is
+        left to finish on its own then (the server ends the stream of a cancelled run)."""
+        handed: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        def read() -> None:
+            try:
+                with api.events(method, path, **kwargs) as events:
+                    for event in events:
+                        handed.put(event)
+                handed.put(_END)
+            except Exception as exc:  # noqa: BLE001 - raised again by the main thread
+                handed.put(exc)
+
+        threading.Thread(target=read, name="convoy-chat-stream", daemon=True).start()
+        while True:
+            try:
+                got = handed.get(timeout=POLL_S)
+            except queue.Empty:
+                got = None
+            if self.hit.is_set():
+                raise Interrupted()
+            if got is _END:
+                return
+            if isinstance(got, Exception):
+                raise got
+            if got is not None:
+                yield got
 
 
 class Chat:
@@ -236,8 +261,8 @@ class Chat:
         try:
             for attempt in range(RESUME_ATTEMPTS + 1):
                 try:
-                    with interrupts.installed(), self.api.events(method, path, **kwargs) as events:
-                        for name, data in events:
+                    with interrupts.installed():
+                        for name, data in interrupts.read_events(self.api, method, path, **kwargs):
                             if data == "[DONE]":
                                 return run_id
                             item = json_item(data)
@@ -246,15 +271,14 @@ class Chat:
                                 last = int(item["seq_id"])
                             if name == "error":
                                 item.setdefault("message_type", "error_message")
-                            with interrupts.printing_item():
-                                view.show(item)
+                            view.show(item)
                     return run_id  # closed without [DONE]: the run's outcome is read next
                 except (httpx.TransportError, SSEError) as exc:
                     if run_id is None or attempt == RESUME_ATTEMPTS:
                         raise ChatError(f"the answer's stream broke off: {exc}") from exc
                     method, path, kwargs = "GET", f"/v1/runs/{run_id}/stream", {"params": {"starting_after": last}}
             return run_id
-        except KeyboardInterrupt:
+        except Interrupted:
             view.end()
             self._cancel(run_id)
             return run_id
