@@ -1,0 +1,96 @@
+"""Client processes: the benchmarks' load comes from processes of their own, so the client is never
+the bottleneck nor a cost counted as Convoy's (``convoy bench scale`` and ``convoy bench streams``).
+
+``ClientProcesses`` spawns one process per share of the work (``split``: round-robin, so each share
+is alike), each running a module-level ``target(*args, results)`` that puts exactly one result on
+``results`` when it is done. Processes are spawned, not forked: the driver holds Ray, Redis
+connections and threads a fork would copy half-alive. Each child dies with the driver (parent-death
+signal), and ``stop`` (also on leaving a ``with``) ends the ones still running, so none outlives a
+run, also one stopped early. The CPU each one used is read from /proc by pid (``cpu_s``), so a
+report can show the client's own cost apart from the server's, and the busiest process's share of a
+core (``busiest``): near 100%, the client was the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import signal
+from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
+from types import TracebackType
+from typing import Any
+
+from bench import process_cpu_s
+
+PR_SET_PDEATHSIG = 1
+JOIN_TIMEOUT_S = 30.0
+
+
+def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
+    """``items`` dealt round-robin into at most ``parts`` non-empty shares."""
+    return [share for share in (list(items[i::parts]) for i in range(max(1, parts))) if share]
+
+
+def busiest(before: Sequence[float], after: Sequence[float], span_s: float) -> float:
+    """The largest share of a core one process used between two ``cpu_s`` readings."""
+    return max((b - a for a, b in zip(before, after, strict=True)), default=0.0) / max(1e-9, span_s)
+
+
+def _die_with_parent(target: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    target(*args)
+
+
+class ClientProcesses:
+    """Spawned client processes, one per share, and the queue their results come back on."""
+
+    def __init__(self) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self.results: Queue[Any] = self._ctx.Queue()
+        self._processes: list[BaseProcess] = []
+
+    def queue(self) -> Queue[Any]:
+        """Another queue the processes can share with the driver (e.g. to say they are ready)."""
+        return self._ctx.Queue()
+
+    def start(self, target: Callable[..., None], argsets: Sequence[tuple[Any, ...]]) -> None:
+        """One process per ``argsets`` entry, running ``target(*args, self.results)``."""
+        for args in argsets:
+            process = self._ctx.Process(target=_die_with_parent, args=(target, *args, self.results), daemon=True)
+            process.start()
+            self._processes.append(process)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def cpu_s(self) -> list[float]:
+        """CPU seconds each process has used so far, in ``pids`` order."""
+        return [process_cpu_s(pid) for pid in self.pids]
+
+    def gather(self, timeout_s: float) -> list[Any]:
+        """One result from each process (``queue.Empty`` if one is not there within ``timeout_s``
+        of the previous), then the processes joined."""
+        found = [self.results.get(timeout=timeout_s) for _ in self._processes]
+        for process in self._processes:
+            process.join(timeout=JOIN_TIMEOUT_S)
+        return found
+
+    def stop(self) -> None:
+        """End the processes still running."""
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self._processes:
+            process.join(timeout=JOIN_TIMEOUT_S)
+        self._processes = []
+
+    def __enter__(self) -> ClientProcesses:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
