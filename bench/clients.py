@@ -9,6 +9,11 @@ signal), and ``stop`` (also on leaving a ``with``) ends the ones still running, 
 run, also one stopped early. The CPU each one used is read from /proc by pid (``cpu_s``), so a
 report can show the client's own cost apart from the server's, and the busiest process's share of a
 core (``busiest``): near 100%, the client was the limit.
+
+``sse_frames`` is how every benchmark client reads an SSE response: the complete frames of each
+read of the socket, stamped when the read returned (a per-token latency is that stamp minus the
+writer's). Frames are split by hand rather than by an SSE library: the stamp must be the read's,
+and the client's CPU per frame is what keeps it from being the bottleneck.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import contextlib
 import ctypes
 import multiprocessing
 import signal
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from types import TracebackType
 from typing import Any
+
+import httpx
 
 from bench import process_cpu_s
 
@@ -37,6 +45,19 @@ def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
 def busiest(before: Sequence[float], after: Sequence[float], span_s: float) -> float:
     """The largest share of a core one process used between two ``cpu_s`` readings."""
     return max((b - a for a, b in zip(before, after, strict=True)), default=0.0) / max(1e-9, span_s)
+
+
+async def sse_frames(
+    response: httpx.Response, clock: Callable[[], int] = time.perf_counter_ns
+) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """``(clock(), frames)`` for each read of ``response``'s body: the SSE frames it completed (a
+    frame split over two reads comes with the second)."""
+    tail = b""
+    async for chunk in response.aiter_raw():
+        now_ns = clock()
+        frames = (tail + chunk).split(b"\n\n")
+        tail = frames.pop()
+        yield now_ns, frames
 
 
 def _die_with_parent(target: Callable[..., None], *args: Any) -> None:

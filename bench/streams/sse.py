@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from bench.clients import sse_frames
 from bench.streams.consumers import Samples
 from bench.streams.plan import HTTP_TIMEOUT_S, OPEN_CONCURRENCY, Target
 
@@ -97,11 +98,7 @@ async def read_sse(
     try:
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-        tail = b""
-        async for chunk in response.aiter_raw():
-            now_ns = time.perf_counter_ns()
-            frames = (tail + chunk).split(b"\n\n")
-            tail = frames.pop()
+        async for now_ns, frames in sse_frames(response):
             for frame in frames:
                 data = frame[frame.find(b"data: ") + 6 :]
                 if data == b"[DONE]":
