@@ -64,6 +64,18 @@ def process_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runnable_s(pid: int) -> float:
+    """Seconds the main thread of process ``pid`` has been runnable so far: on a CPU, or ready and
+    waiting for one (Linux ``schedstat``). Over a window, near 100% means it never waited for
+    work: saturated, even when a busy machine gave it little CPU. 0 when unknown."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            on_cpu_ns, waiting_ns, _ = stat.read().split()
+    except (OSError, ValueError):
+        return 0.0
+    return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine spent busy since boot (all cores, whoever used them)."""
     try:

@@ -6,9 +6,12 @@ is alike), each running a module-level ``target(*args, results)`` that puts exac
 ``results`` when it is done. Processes are spawned, not forked: the driver holds Ray, Redis
 connections and threads a fork would copy half-alive. Each child dies with the driver (parent-death
 signal), and ``stop`` (also on leaving a ``with``) ends the ones still running, so none outlives a
-run, also one stopped early. The CPU each one used is read from /proc by pid (``cpu_s``), so a
-report can show the client's own cost apart from the server's, and the busiest process's share of a
-core (``busiest``): near 100%, the client was the limit.
+run, also one stopped early. By their ``pids``, a report reads the CPU each one used
+(``bench.process_cpu_s``), to show the client's own cost apart from the server's, and how long each
+was runnable (``bench.runnable_s``: on a CPU or waiting for one), to show the busiest process's
+share of the time (``busiest``): near 100%, that client never waited for work and was the limit.
+On a machine whose cores are all busy, CPU alone would not show it (a saturated process gets only
+its share).
 
 ``sse_frames`` is how every benchmark client reads an SSE response: the complete frames of each
 read of the socket, stamped when the read returned (a per-token latency is that stamp minus the
@@ -31,8 +34,6 @@ from typing import Any
 
 import httpx
 
-from bench import process_cpu_s
-
 PR_SET_PDEATHSIG = 1
 JOIN_TIMEOUT_S = 30.0
 
@@ -43,7 +44,8 @@ def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
 
 
 def busiest(before: Sequence[float], after: Sequence[float], span_s: float) -> float:
-    """The largest share of a core one process used between two ``cpu_s`` readings."""
+    """The largest share of ``span_s`` one process used between two readings (``cpu_s`` or
+    ``runnable_s``)."""
     return max((b - a for a, b in zip(before, after, strict=True)), default=0.0) / max(1e-9, span_s)
 
 
@@ -88,10 +90,6 @@ class ClientProcesses:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._processes if p.pid is not None]
-
-    def cpu_s(self) -> list[float]:
-        """CPU seconds each process has used so far, in ``pids`` order."""
-        return [process_cpu_s(pid) for pid in self.pids]
 
     def gather(self, timeout_s: float) -> list[Any]:
         """One result from each process (``queue.Empty`` if one is not there within ``timeout_s``

@@ -1,7 +1,8 @@
 """CPU accounting: what each kind of process used during a measured window, as a share of a core
 and per chunk, net of what it uses when idle. The client processes' own CPU (``CLIENTS``) is shown
-apart and never counted as Convoy's; so is how busy the busiest one was, since a client process
-near 100% of a core is the limit of what is measured, not Convoy."""
+apart and never counted as Convoy's; so is how busy the busiest one was: on a CPU, and runnable (on
+a CPU or waiting for one, ``bench.runnable_s``). A client process runnable nearly all the time is
+the limit of what is measured, not Convoy, however little CPU a busy machine gave it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from bench import machine_busy_s, process_cpu_s
+from bench import machine_busy_s, process_cpu_s, runnable_s
 from bench.clients import busiest
 
 CLIENTS = "clients"
-SATURATED = 0.9  # a client process busier than this share of a core may be what limits the figures
+SATURATED = 0.9  # a client process runnable more than this share of the time may be what limits the figures
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,13 @@ class CpuSnapshot:
     at_s: float
     processes: dict[str, list[float]]  # CPU seconds so far of each process, by kind
     machine_busy_s: float
+    clients_runnable_s: list[float]  # seconds runnable so far of each client process
 
 
 def cpu_snapshot(groups: dict[str, list[int]]) -> CpuSnapshot:
     found = {name: [process_cpu_s(pid) for pid in pids] for name, pids in groups.items()}
-    return CpuSnapshot(time.monotonic(), found, machine_busy_s())
+    runnable = [runnable_s(pid) for pid in groups.get(CLIENTS, ())]
+    return CpuSnapshot(time.monotonic(), found, machine_busy_s(), runnable)
 
 
 def idle_share(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, float]:
@@ -53,10 +56,11 @@ def cpu_text(a: CpuSnapshot, b: CpuSnapshot, chunks: int, idle: dict[str, float]
         + f"  | server {total_us:.0f} us = {1e6 / max(1e-9, total_us):.0f} chunks/s per core",
     ]
     if CLIENTS in used:
-        peak = busiest(a.processes[CLIENTS], b.processes[CLIENTS], span)
-        verdict = "the client may be the limit" if peak >= SATURATED else "below saturation"
+        on_cpu = busiest(a.processes[CLIENTS], b.processes[CLIENTS], span)
+        runnable = busiest(a.clients_runnable_s, b.clients_runnable_s, span)
+        verdict = "the client may be the limit" if runnable >= SATURATED else "below saturation"
         lines.append(
-            f"client: {len(a.processes[CLIENTS])} process(es), {per_chunk_us[CLIENTS]:.0f} us per chunk (not Convoy's),"
-            f" busiest at {100 * peak:.0f}% of a core ({verdict})"
+            f"client: {len(a.processes[CLIENTS])} process(es), {per_chunk_us[CLIENTS]:.0f} us per chunk (not Convoy's);"
+            f" busiest on a CPU {100 * on_cpu:.0f}% of the time, runnable {100 * runnable:.0f}% ({verdict})"
         )
     return lines
