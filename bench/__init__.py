@@ -10,6 +10,7 @@ client processes (``bench.clients``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -64,16 +65,18 @@ def process_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def runnable_s(pid: int) -> float:
-    """Seconds the main thread of process ``pid`` has been runnable so far: on a CPU, or ready and
-    waiting for one (Linux ``schedstat``). Over a window, near 100% means it never waited for
-    work: saturated, even when a busy machine gave it little CPU. 0 when unknown."""
-    try:
-        with open(f"/proc/{pid}/schedstat") as stat:
-            on_cpu_ns, waiting_ns, _ = stat.read().split()
-    except (OSError, ValueError):
-        return 0.0
-    return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
+def runnable_s(pid: int) -> dict[int, float]:
+    """Seconds each thread of process ``pid`` has been runnable so far, by thread id: on a CPU, or
+    ready and waiting for one (Linux ``schedstat``). Over a window, a thread near 100% (an event
+    loop's, say) never waited for work: saturated, even when a busy machine gave it little CPU.
+    Empty when unknown."""
+    found: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                on_cpu_ns, waiting_ns, _ = stat.read().split()
+                found[int(tid)] = (int(on_cpu_ns) + int(waiting_ns)) / 1e9
+    return found
 
 
 def machine_busy_s() -> float:

@@ -1,6 +1,6 @@
 """CPU accounting: what each kind of process used during a measured window, as a share of a core
-and per chunk, net of what it uses when idle, and how long each kind's busiest process was runnable
-(on a CPU or waiting for one, ``bench.runnable_s``). The client processes' own CPU (``CLIENTS``) is
+and per chunk, net of what it uses when idle, and how long each kind's busiest thread was runnable
+(on a CPU or waiting for one, ``bench.runnable_s``; a Ray actor's event loop is not its main thread). The client processes' own CPU (``CLIENTS``) is
 shown apart and never counted as Convoy's, with a verdict: a client process on a CPU nearly all the
 window is the limit of what is measured, not Convoy; one runnable all the window but given little
 CPU waited for the machine's cores, as every other process then does."""
@@ -23,7 +23,7 @@ class CpuSnapshot:
     at_s: float
     processes: dict[str, list[float]]  # CPU seconds so far of each process, by kind
     machine_busy_s: float
-    runnable_s: dict[str, list[float]]  # seconds runnable so far of each process, by kind
+    runnable_s: dict[str, list[dict[int, float]]]  # seconds runnable so far of each thread, by kind
 
 
 def cpu_snapshot(groups: dict[str, list[int]]) -> CpuSnapshot:
@@ -42,7 +42,7 @@ def cpu_text(a: CpuSnapshot, b: CpuSnapshot, chunks: int, idle: dict[str, float]
     """CPU used between two snapshots: in % of one core (the machine has ``os.cpu_count()``), and
     in CPU microseconds per chunk of the window, per kind, net of what it uses when idle (the
     server's total leaves the client processes out); and the busiest process of each kind's share
-    of the window spent runnable. Every kind near 100% runnable: the machine's cores were the
+    thread's share of the window spent runnable. Every kind near 100% runnable: the machine's cores were the
     limit; the client alone, on a CPU nearly all that time: the client was."""
     span = max(1e-9, b.at_s - a.at_s)
     used = {n: sum(b.processes[n]) - sum(a.processes[n]) for n in a.processes}
@@ -52,10 +52,10 @@ def cpu_text(a: CpuSnapshot, b: CpuSnapshot, chunks: int, idle: dict[str, float]
     per_chunk_us = {n: max(0.0, 1e6 * (v - idle.get(n, 0.0) * span) / max(1, chunks)) for n, v in used.items()}
     server = {n: v for n, v in per_chunk_us.items() if n != CLIENTS}
     total_us = sum(server.values())
-    runnable = {n: busiest(a.runnable_s[n], b.runnable_s[n], span) for n in a.runnable_s if a.runnable_s[n]}
+    runnable = {n: _busiest_thread(a.runnable_s[n], b.runnable_s[n], span) for n in a.runnable_s if a.runnable_s[n]}
     lines = [
         f"cpu, % of a core: {shares}  | machine {machine:.0f} of {100 * (os.cpu_count() or 1)}, rest {rest:.0f}",
-        "runnable (on a CPU or waiting for one), % of the time, busiest process: "
+        "runnable (on a CPU or waiting for one), % of the time, busiest thread: "
         + "  ".join(f"{n} {100 * v:.0f}" for n, v in runnable.items()),
         "cpu per chunk, us, net of idle: "
         + "  ".join(f"{n} {v:.0f}" for n, v in server.items())
@@ -75,3 +75,9 @@ def cpu_text(a: CpuSnapshot, b: CpuSnapshot, chunks: int, idle: dict[str, float]
             f" busiest on a CPU {100 * on_cpu:.0f}% of the time, runnable {100 * ready:.0f}% ({verdict})"
         )
     return lines
+
+
+def _busiest_thread(a: list[dict[int, float]], b: list[dict[int, float]], span_s: float) -> float:
+    """The largest share of ``span_s`` one thread of these processes was runnable."""
+    shares = (after[t] - before[t] for before, after in zip(a, b, strict=True) for t in before.keys() & after.keys())
+    return max(shares, default=0.0) / span_s
