@@ -3,13 +3,16 @@
 Each benchmark is one module (``bench.actors``: what a conversation costs as a virtual actor;
 ``bench.streams``: what a chunk's trip from writer to client costs). This package holds what
 they share: nearest-rank percentiles, a progress printer (stderr, so the figures on stdout stay
-clean enough to paste), a report that prints what was measured also when a run stops early, and
-memory readings of the current process.
+clean enough to paste), a report that prints what was measured also when a run stops early,
+memory and CPU readings of a process and of the machine (Linux /proc; zeros elsewhere), and
+client processes (``bench.clients``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -48,6 +51,43 @@ def process_memory(pid: int | None = None) -> dict[str, int]:
     except OSError:
         pass
     return found
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far; 0 when it is gone or unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runnable_s(pid: int) -> dict[int, float]:
+    """Seconds each thread of process ``pid`` has been runnable so far, by thread id: on a CPU, or
+    ready and waiting for one (Linux ``schedstat``). Over a window, a thread near 100% (an event
+    loop's, say) never waited for work: saturated, even when a busy machine gave it little CPU.
+    Empty when unknown."""
+    found: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                on_cpu_ns, waiting_ns, _ = stat.read().split()
+                found[int(tid)] = (int(on_cpu_ns) + int(waiting_ns)) / 1e9
+    return found
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores, whoever used them)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class Progress:

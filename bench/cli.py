@@ -43,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
     cmd.add_argument("--no-http", action="store_true", help="skip the HTTP SSE phases (no API replica)")
     cmd.add_argument("--no-baseline", action="store_true", help="skip the batched/polled baseline phases")
+    cmd.add_argument(
+        "--client-processes",
+        type=int,
+        default=None,
+        help="processes reading the SSE streams (default: one per 100 streams, at most one per core)",
+    )
     text = "time to first token and per-token lag through Convoy, against a direct SDK call to the same upstream"
     cmd = bench.add_parser("providers", help=text, description=text)
     for flag, kind, default, text in (
@@ -164,7 +170,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def bench_streams(settings: Settings, args: argparse.Namespace) -> int:
-    from bench.streams import StreamsOptions, run
+    from bench.streams.driver import run
+    from bench.streams.plan import StreamsOptions
 
     options = StreamsOptions(
         streams=args.streams,
@@ -175,6 +182,7 @@ def bench_streams(settings: Settings, args: argparse.Namespace) -> int:
         measure_s=args.measure_s,
         http=not args.no_http,
         baseline=not args.no_baseline,
+        client_processes=args.client_processes,
     )
     return run(settings, options)
 

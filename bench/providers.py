@@ -43,6 +43,7 @@ from google.genai import types as genai_types
 from openai import AsyncOpenAI
 
 from bench import Progress, Report, percentile
+from bench.clients import sse_frames
 from bench.upstream import Call, FakeProvider, Reply, Stream
 from runtime.errors import ConvoyError
 
@@ -280,11 +281,7 @@ async def _convoy(
     async with client.stream("POST", f"/v1/conversations/{conversation_id}/messages", json=body) as response:
         if response.status_code != 200:
             raise ConvoyError(f"HTTP {response.status_code}: {(await response.aread())[:300]!r}")
-        tail = b""
-        async for chunk in response.aiter_raw():
-            now = time.perf_counter_ns()
-            frames = (tail + chunk).split(b"\n\n")
-            tail = frames.pop()
+        async for now, frames in sse_frames(response):
             for frame in frames:
                 if b'"assistant_message"' in frame:
                     if not arrivals:

@@ -20,23 +20,21 @@ Nothing is asserted: the figures, the targets and whether they were met are prin
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from bench import KIB, Progress, Report, percentile, process_memory
+from bench import KIB, Progress, Report, machine_busy_s, percentile, process_cpu_s, process_memory
+from bench.clients import ClientProcesses, busiest, split
 from bench.scale import client
 from bench.scale.deploy import Deployment
 from bench.scale.upstream import MODEL, StampingUpstream
 
-TICKS = os.sysconf("SC_CLK_TCK")
 SPAWN_S = 5.0  # client processes start this long after being spawned (imports, connections)
 CREATE_CONCURRENCY = 16  # creations in flight per client process
 TARGET_P99_MS = 50.0
@@ -69,35 +67,10 @@ class Phase:
     machine_busy: float = 0.0  # cores busy on the whole machine just before streaming (others' work included)
 
 
-def _cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def _machine_busy(seconds: float = 2.0) -> float:
     """Cores busy on the whole machine over ``seconds`` (/proc/stat), whoever uses them."""
-
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(values), values[3] + values[4]  # all, idle + iowait
-
-    (total0, idle0), _ = sample(), time.sleep(seconds)
-    total1, idle1 = sample()
-    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, total1 - total0))
-
-
-def _split(items: list[Any], parts: int) -> list[list[Any]]:
-    return [items[i::parts] for i in range(parts)]
-
-
-def _gather(processes: list[multiprocessing.Process], queue: Any, timeout_s: float) -> list[client.Seen]:
-    seen = [queue.get(timeout=timeout_s) for _ in processes]
-    for process in processes:
-        process.join(timeout=30)
-    return seen
+    (busy0, at0), _ = (machine_busy_s(), time.monotonic()), time.sleep(seconds)
+    return (machine_busy_s() - busy0) / max(1e-9, time.monotonic() - at0)
 
 
 def _merge(parts: list[client.Seen]) -> client.Seen:
@@ -118,7 +91,6 @@ def _merge(parts: list[client.Seen]) -> client.Seen:
 def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptions, say: Progress) -> Phase:
     phase = Phase(shards)
     deployment = Deployment(home / f"shards-{shards}", shards, upstream.url)
-    ctx = multiprocessing.get_context("spawn")
     try:
         deployment.start(say)
         urls = deployment.urls
@@ -128,19 +100,15 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
         redis_before = deployment.redis_used_bytes()
 
         say(f"creating {opts.conversations:,} conversations through {len(urls)} replicas from {opts.clients} client processes")
-        queue = ctx.Queue()
         started = time.monotonic()
-        workers = [
-            ctx.Process(target=client.create, args=(urls, agent, n, CREATE_CONCURRENCY, queue))
-            for n in (len(part) for part in _split(list(range(opts.conversations)), opts.clients))
-        ]
-        for worker in workers:
-            worker.start()
         creating = {"api": pids["api"], "redis": pids["redis"]}
-        cpu_before = {kind: sum(_cpu_s(p) for p in group) for kind, group in creating.items()}
-        created = _merge(_gather(workers, queue, timeout_s=max(600.0, opts.conversations / 50)))
+        cpu_before = {kind: sum(process_cpu_s(p) for p in group) for kind, group in creating.items()}
+        with ClientProcesses() as creators:
+            shares = split(range(opts.conversations), opts.clients)
+            creators.start(client.create, [(urls, agent, len(share), CREATE_CONCURRENCY) for share in shares])
+            created = _merge(creators.gather(timeout_s=max(600.0, opts.conversations / 50)))
         phase.create_s = time.monotonic() - started
-        phase.create_cpu_s = {kind: sum(_cpu_s(p) for p in group) - cpu_before[kind] for kind, group in creating.items()}
+        phase.create_cpu_s = {kind: sum(process_cpu_s(p) for p in group) - cpu_before[kind] for kind, group in creating.items()}
         phase.create_cpu_s["client"] = created.cpu_s
         phase.created = len(created.created)
         phase.seen.errors += created.errors
@@ -162,22 +130,17 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
         ramp_s = max(1.0, len(streams) / 100, opts.tokens / opts.rate_hz)
         begin = start_at + ramp_s + opts.warmup_s
         end = begin + opts.measure_s
-        workers = [
-            ctx.Process(target=client.stream, args=(urls, part, start_at, ramp_s, (begin, end), queue))
-            for part in _split(streams, opts.clients)
-            if part
-        ]
-        for worker in workers:
-            worker.start()
-        groups = {**deployment.pids(), "client": [w.pid for w in workers if w.pid], "upstream": [os.getpid()]}
-        time.sleep(max(0.0, begin - time.time()))
-        before = {kind: [_cpu_s(p) for p in pids_] for kind, pids_ in groups.items()}
-        time.sleep(max(0.0, end - time.time()))
-        after = {kind: [_cpu_s(p) for p in pids_] for kind, pids_ in groups.items()}
-        phase.window_s = opts.measure_s
-        phase.cpu_s = {kind: sum(after[kind]) - sum(before[kind]) for kind in groups}
-        phase.client_peak = max((a - b) / opts.measure_s for a, b in zip(after["client"], before["client"], strict=True)) if workers else 0.0
-        seen = _merge(_gather(workers, queue, timeout_s=opts.tokens / opts.rate_hz + 120))
+        with ClientProcesses() as streamers:
+            streamers.start(client.stream, [(urls, share, start_at, ramp_s, (begin, end)) for share in split(streams, opts.clients)])
+            groups = {**deployment.pids(), "client": streamers.pids, "upstream": [os.getpid()]}
+            time.sleep(max(0.0, begin - time.time()))
+            before = {kind: [process_cpu_s(p) for p in pids_] for kind, pids_ in groups.items()}
+            time.sleep(max(0.0, end - time.time()))
+            after = {kind: [process_cpu_s(p) for p in pids_] for kind, pids_ in groups.items()}
+            phase.window_s = opts.measure_s
+            phase.cpu_s = {kind: sum(after[kind]) - sum(before[kind]) for kind in groups}
+            phase.client_peak = busiest(before["client"], after["client"], opts.measure_s)
+            seen = _merge(streamers.gather(timeout_s=opts.tokens / opts.rate_hz + 120))
         seen.errors += phase.seen.errors
         seen.error_count += phase.seen.error_count
         phase.seen = seen

@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from bench.clients import sse_frames
+
 REQUEST_TIMEOUT_S = 120.0
 ERRORS_KEPT = 20
 
@@ -117,12 +119,8 @@ async def _one(
                     seen.error(f"send: HTTP {reply.status_code} {(await reply.aread())[:200]!r}")
                     await asyncio.sleep(1.0)
                     continue
-                tail = b""
-                async for chunk in reply.aiter_raw():
-                    now_ns = time.time_ns()
+                async for now_ns, frames in sse_frames(reply, time.time_ns):
                     now = now_ns / 1e9
-                    frames = (tail + chunk).split(b"\n\n")
-                    tail = frames.pop()
                     inside = begin <= now <= end
                     for frame in frames:
                         if inside:

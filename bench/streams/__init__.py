@@ -16,13 +16,20 @@ What runs, each in its own process and event loop, as in production (this matter
   event loop, as a conversation host does. Ray starts workers at nice 15; the producer puts itself
   back to 0 so that, on one shared machine, priority does not decide the figures;
 - one **API replica**: ``convoy api`` (the real FastAPI app on uvicorn) in a subprocess;
-- this process (the driver): creates the runs and consumes them.
+- the **client processes** (``bench.streams.sse``, spawned per HTTP phase through ``bench.clients``,
+  the mechanism ``convoy bench scale`` uses too): each reads a round-robin share of the SSE streams
+  and sends back its samples, merged into one distribution. ``--client-processes`` sets how many;
+  by default one per 100 streams, at most one per core. One client process reading 1,000 streams
+  pegs a core and queues the last streams' chunks behind the first; spread, the client's CPU is
+  printed per phase with its busiest process's share of a core, so a reader sees whether the
+  client or Convoy was the limit;
+- this process (the driver): creates the runs, and on the bus paths reads them.
 
 Each scenario (S streams at R chunks/s each, steady, with random phases) is measured three ways:
 
 - ``convoy, HTTP SSE``: the real ``ChunkWriter`` (fenced script, coalescing while a write is in
   flight) -> Redis -> the replica's ``TailerPool`` -> ``run_events`` -> uvicorn -> an httpx client
-  per stream on ``GET /v1/runs/{id}/stream``. This is the product's path, client included;
+  per stream on ``GET /v1/runs/{id}/stream``, in the client processes. This is the product's path;
 - ``convoy, bus only``: the same writer -> a ``TailerPool`` subscription in the driver, no HTTP;
 - ``baseline, bus only``: a Letta-style bus, written here: the writer buffers chunks and flushes
   them to the run's Redis stream when ``FLUSH_ITEMS`` are buffered, or when a background task
@@ -39,13 +46,9 @@ written and never received is reported.
 
 Nothing is asserted. Figures go to stdout (also when interrupted), progress to stderr. The CPU each
 process used during each measured window is printed with it, as a share of a core and per chunk
-(net of what the process uses when idle, measured once before the first phase): on a small
-machine a saturated process turns latency into queueing, and the figures say so rather than hide
-it. That is also why the many-streams scenario defaults to a low rate per stream: its total is
-what two cores can carry, not what a token stream does.
+(net of what the process uses when idle, measured once before the first phase; the server's total
+leaves the client processes out): on a small machine a saturated process turns latency into
+queueing, and the figures say so rather than hide it. That is also why the many-streams scenario
+defaults to a low rate per stream: its total is what two cores can carry, not what a token stream
+does.
 """
-
-from bench.streams.driver import run
-from bench.streams.plan import StreamsOptions
-
-__all__ = ["StreamsOptions", "run"]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -27,15 +26,16 @@ from actors import ray_boot, supervisor
 from actors.mailbox import Mailbox
 from api.state import TAILERS_PER_PROCESS, AppState
 from bench import Progress, Report, percentile
+from bench.clients import ClientProcesses, split
+from bench.streams import sse
 from bench.streams.baseline import poll_xrange
-from bench.streams.consumers import Gate, Samples, read_bus, read_sse
-from bench.streams.cpu import CpuSnapshot, cpu_snapshot, cpu_text, idle_share
+from bench.streams.consumers import Samples, read_bus
+from bench.streams.cpu import CLIENTS, CpuSnapshot, cpu_snapshot, cpu_text, idle_share
 from bench.streams.plan import (
+    CLIENTS_READY_TIMEOUT_S,
     CREATE_BATCH,
     DRAIN_TIMEOUT_S,
-    HTTP_TIMEOUT_S,
     IDLE_S,
-    OPEN_CONCURRENCY,
     START_MARGIN_S,
     TARGET_P50_MS,
     TARGET_P99_MS,
@@ -107,12 +107,12 @@ def run(settings: Settings, options: StreamsOptions) -> int:
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         ).remote(settings)
         producer_pid, ray_nice, nice = ray.get(producer.pid.remote())
-        pids = {"redis": embedded.pid if embedded else None, "producer": producer_pid}
+        pids = {"redis": [embedded.pid] if embedded else [], "producer": [producer_pid]}
         say(f"producer ready (Ray actor, pid {producer_pid}, nice {ray_nice} -> {nice})")
         if options.http:
             api = ApiReplica(settings, home, gcs)
             say(f"api     replica at {api.start()} (pid {api.pid})")
-        pids |= {"api": api.pid if api else None, "client": os.getpid()}
+        pids |= {"api": [api.pid] if api and api.pid else [], "driver": [os.getpid()]}
         setup = f"producer: Ray actor at nice {nice} (Ray gave it {ray_nice}); API replica: `convoy api`, own process"
         asyncio.run(_measure(settings, options, producer, api, pids, setup, report, say))
         complete = True
@@ -148,7 +148,7 @@ class World:
     state: AppState
     producer: ActorHandle[Any]
     api: ApiReplica | None
-    pids: dict[str, int | None]
+    pids: dict[str, list[int]]
     agent_id: str
     conversations: list[tuple[str, int]]  # (conversation id, epoch)
     made_runs: list[Target] = field(default_factory=list)
@@ -176,7 +176,7 @@ async def _measure(
     options: StreamsOptions,
     producer: ActorHandle[Any],
     api: ApiReplica | None,
-    pids: dict[str, int | None],
+    pids: dict[str, list[int]],
     setup: str,
     report: Report,
     say: Progress,
@@ -214,6 +214,10 @@ async def _measure(
             f" machine {machine:.0f} of {100 * (os.cpu_count() or 1)} before any traffic"
         )
         report.note("rest = every other process: Ray's daemons, the idle hosts, and whatever else runs on this machine")
+        report.note(
+            "over HTTP the SSE clients run in client processes of their own (clients: their CPU, never counted in"
+            " the server's); on the bus paths the driver reads (driver: a TailerPool or the baseline's poller)"
+        )
         outcomes: dict[Scenario, dict[str, Outcome]] = {}
         for scenario in options.scenarios():
             report.section(scenario.title)
@@ -230,7 +234,7 @@ async def _measure(
                 _print_outcome(report, outcome, scenario, options, mode, idle)
         _compare(outcomes, report)
     finally:
-        if world is not None and pids.get("redis") is None:  # a shared Redis: leave it as we found it
+        if world is not None and not pids["redis"]:  # a shared Redis: leave it as we found it
             await _forget(world)
         await state.redis.aclose()
 
@@ -249,9 +253,8 @@ def _print_outcome(
         f" late ticks {produced.late}, written {produced.written}, not received {lost},"
         f" streams ended {samples.finished}/{outcome.streams}",
     )
-    share, cost = cpu_text(*outcome.cpu, produced.measured, idle)
-    report.add("", share)
-    report.add("", cost)
+    for line in cpu_text(*outcome.cpu, produced.measured, idle):
+        report.add("", line)
 
 
 def _compare(outcomes: dict[Scenario, dict[str, Outcome]], report: Report) -> None:
@@ -275,7 +278,7 @@ async def _world(
     options: StreamsOptions,
     producer: ActorHandle[Any],
     api: ApiReplica | None,
-    pids: dict[str, int | None],
+    pids: dict[str, list[int]],
     say: Progress,
 ) -> World:
     """One agent and as many conversations as the largest scenario needs, each with an epoch."""
@@ -348,40 +351,71 @@ async def _phase(
     say: Progress,
 ) -> Outcome:
     targets = await _open_runs(world, scenario.streams)
+    groups = {name: world.pids[name] for name in ("redis", "producer", "api")}
     samples = Samples()
-    gate = Gate(scenario.streams)
-    async with contextlib.AsyncExitStack() as stack:
-        readers = await _start_readers(world, stack, targets, samples, gate, mode, path)
-        stack.push_async_callback(_cancel, readers)  # first out: readers stop before their client or pool closes
-        await gate.wait()
-        say(f"  {len(targets)} readers ready")
-        # What this process holds now, its set-up and the readers, is frozen out of its collections
-        # (an API replica freezes its start-up heap the same way). Over HTTP this process is only the client, and its own
-        # collections are not Convoy's latency (logged per process: in the phases at 1,000 streams,
-        # every pause over 2 ms was the client's, 5-37 ms each, none the replica's), so its collector
-        # stays off while the phase runs. On the bus path it hosts Convoy's TailerPool, whose
-        # collections are Convoy's: the collector runs there as it does in a replica. Both undone
-        # after the phase, when it collects.
-        gc.freeze()
-        stack.callback(gc.unfreeze)
-        if path == "http":
-            gc.disable()
-            stack.callback(gc.enable)
-        plan = Plan(mode, targets, scenario.rate_hz, options.warmup_s, options.measure_s)
-        await world.producer.prepare.remote(plan)
-        start_ns = time.perf_counter_ns() + int(START_MARGIN_S * 1e9)
-        produced_ref = world.producer.produce.remote(start_ns)
-        await _sleep_until(start_ns + int(options.warmup_s * 1e9))
-        before = cpu_snapshot(world.pids)
-        await _sleep_until(start_ns + int((options.warmup_s + options.measure_s) * 1e9))
-        after = cpu_snapshot(world.pids)
-        produced: Produced = await produced_ref
-        say(f"  produced {produced.written} chunks, {produced.late} late ticks; draining readers")
-        await _drain(readers, report, label)
+    with ClientProcesses() as clients:
+        async with contextlib.AsyncExitStack() as stack:
+            if path == "http":
+                deadlines = await _start_clients(world, clients, targets, options.clients_for(len(targets)))
+                groups[CLIENTS] = clients.pids
+                say(f"  {len(targets)} SSE readers ready in {len(clients.pids)} client process(es)")
+            else:
+                readers = await _start_readers(world, stack, targets, samples, mode)
+                stack.push_async_callback(_cancel, readers)  # first out: readers stop before their pool closes
+                groups["driver"] = world.pids["driver"]
+                # What the driver holds now, its set-up and the readers, is frozen out of its
+                # collections (an API replica freezes its start-up heap the same way); its collector
+                # stays on: it hosts Convoy's TailerPool here, whose collections are Convoy's, as in
+                # a replica. Undone after the phase, when it collects.
+                gc.freeze()
+                stack.callback(gc.unfreeze)
+                say(f"  {len(targets)} readers ready")
+            plan = Plan(mode, targets, scenario.rate_hz, options.warmup_s, options.measure_s)
+            await world.producer.prepare.remote(plan)
+            start_ns = time.perf_counter_ns() + int(START_MARGIN_S * 1e9)
+            produced_ref = world.producer.produce.remote(start_ns)
+            await _sleep_until(start_ns + int(options.warmup_s * 1e9))
+            before = cpu_snapshot(groups)
+            await _sleep_until(start_ns + int((options.warmup_s + options.measure_s) * 1e9))
+            after = cpu_snapshot(groups)
+            produced: Produced = await produced_ref
+            say(f"  produced {produced.written} chunks, {produced.late} late ticks; draining readers")
+            if path == "http":
+                samples = await _finish_clients(clients, deadlines, report, label)
+            else:
+                await _drain(readers, report, label)
     report.errors += produced.errors
     latencies = [ms(v) for v in samples.latencies_ns]
     say(f"  p50 {percentile(latencies, 50):.2f} ms  p99 {percentile(latencies, 99):.2f} ms  (n={len(latencies)})")
     return Outcome(label, latencies, produced, samples, scenario.streams, (before, after))
+
+
+async def _start_clients(world: World, clients: ClientProcesses, targets: list[Target], processes: int) -> list[Any]:
+    """The SSE readers, ``processes`` client processes with a round-robin share of ``targets`` each
+    (``bench.streams.sse``); back once every one has opened its streams. Returns the queues that
+    will tell each process its drain deadline."""
+    assert world.api is not None
+    shares = split(targets, processes)
+    ready = clients.queue()
+    deadlines = [clients.queue() for _ in shares]
+    clients.start(sse.consume, [(world.api.url, share, ready, d) for share, d in zip(shares, deadlines, strict=True)])
+    for _ in shares:
+        await asyncio.to_thread(ready.get, timeout=CLIENTS_READY_TIMEOUT_S)
+    return deadlines
+
+
+async def _finish_clients(clients: ClientProcesses, deadlines: list[Any], report: Report, label: str) -> Samples:
+    """Give every client process until ``DRAIN_TIMEOUT_S`` from now for its terminal items, then
+    merge what they received into one set of samples."""
+    until_ns = time.perf_counter_ns() + int(DRAIN_TIMEOUT_S * 1e9)
+    for deadline in deadlines:
+        deadline.put(until_ns)
+    shares: list[sse.Share] = await asyncio.to_thread(clients.gather, DRAIN_TIMEOUT_S + CLIENTS_READY_TIMEOUT_S)
+    merged = Samples()
+    for share in shares:
+        merged.merge(share.samples)
+        report.errors += [f"{label}: {error}" for error in share.errors]
+    return merged
 
 
 async def _start_readers(
@@ -389,18 +423,9 @@ async def _start_readers(
     stack: contextlib.AsyncExitStack,
     targets: list[Target],
     samples: Samples,
-    gate: Gate,
     mode: Mode,
-    path: Path_,
 ) -> list[asyncio.Task[None]]:
-    if path == "http":
-        assert world.api is not None
-        limits = httpx.Limits(max_connections=len(targets) + 8, max_keepalive_connections=len(targets) + 8)
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=world.api.url, timeout=HTTP_TIMEOUT_S, limits=limits)
-        )
-        opening = asyncio.Semaphore(OPEN_CONCURRENCY)
-        return [asyncio.create_task(read_sse(client, t, samples, gate, opening)) for t in targets]
+    """The bus readers, in the driver: a ``TailerPool`` subscription each, or the baseline's poller."""
     reader: Callable[[Target], Coroutine[Any, Any, None]]
     if mode == "convoy":
         # Built as an API replica builds its own (api.state.AppState).
@@ -415,10 +440,7 @@ async def _start_readers(
         def reader(t: Target) -> Coroutine[Any, Any, None]:
             return poll_xrange(world.state.redis, t, samples)
 
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(reader(t)) for t in targets]
-    for _ in targets:
-        gate.ready()
-    return tasks
+    return [asyncio.create_task(reader(t)) for t in targets]
 
 
 async def _drain(readers: list[asyncio.Task[None]], report: Report, label: str) -> None:

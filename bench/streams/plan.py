@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,7 +25,9 @@ TARGET_RATIO = 100.0
 
 IDLE_S = 3.0
 START_MARGIN_S = 0.5  # the producer starts this long after the driver says go
-OPEN_CONCURRENCY = 64  # SSE requests being opened at once
+OPEN_CONCURRENCY = 64  # SSE requests being opened at once, per client process
+STREAMS_PER_CLIENT = 100  # by default, one client process per this many SSE streams, up to one per core
+CLIENTS_READY_TIMEOUT_S = 120.0  # spawned, imported, every SSE request of its share open
 CREATE_BATCH = 100
 DRAIN_TIMEOUT_S = 30.0  # after the producer's end, every reader must have its terminal item by then
 HTTP_TIMEOUT_S = 60.0
@@ -56,12 +60,23 @@ class StreamsOptions:
     measure_s: float
     http: bool = True
     baseline: bool = True
+    client_processes: int | None = None  # None: ``clients_for`` picks
 
     def __post_init__(self) -> None:
         if self.streams < 1 or self.many < 0 or self.warmup_s < 0 or self.measure_s <= 0:
             raise ConvoyError(
                 "bench streams: --streams and --measure-s must be positive, --many and --warmup-s not negative"
             )
+        if self.client_processes is not None and self.client_processes < 1:
+            raise ConvoyError("bench streams: --client-processes must be 1 or more")
+
+    def clients_for(self, streams: int) -> int:
+        """Client processes reading ``streams`` SSE streams: as asked, else one per
+        ``STREAMS_PER_CLIENT`` streams, at most one per core (a process beyond that only shares a
+        core), never more than there are streams."""
+        if self.client_processes is not None:
+            return min(self.client_processes, streams)
+        return max(1, min(math.ceil(streams / STREAMS_PER_CLIENT), os.cpu_count() or 1, streams))
         if any(rate <= 0 for rate in (*self.rates_hz, self.many_rate_hz)):
             raise ConvoyError("bench streams: rates must be positive")
 

@@ -39,11 +39,19 @@ def test_bench_actors_prints_its_figures(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_streams_prints_its_figures(tmp_path: Path) -> None:
     out = _run(
-        ["streams", "--streams", "1", "--rates", "20", "--many", "5", "--many-rate", "2", "--warmup-s", "0.5", "--measure-s", "1"],
+        [
+            *("streams", "--streams", "1", "--rates", "20", "--many", "5", "--many-rate", "2"),
+            *("--warmup-s", "0.5", "--measure-s", "1", "--client-processes", "2"),
+        ],
         tmp_path,
     )
     for label in ("convoy, HTTP SSE", "convoy, bus only", "baseline, bus only", "baseline / convoy"):
         assert label in out, out
+    # The SSE readers are spread over the client processes asked for (never more than the streams),
+    # every stream ends in one of them, and their CPU is shown apart from the server's.
+    assert re.search(r"client: 1 process\(es\), \d+ us per chunk \(not Convoy's\); busiest on a CPU \d+% of the time, runnable \d+%", out), out
+    assert re.search(r"client: 2 process\(es\), \d+ us per chunk \(not Convoy's\); busiest on a CPU \d+% of the time, runnable \d+%", out), out
+    assert out.count("streams ended 5/5") == 3, out
 
 
 @pytest.mark.slow
