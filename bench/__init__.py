@@ -4,8 +4,8 @@ Each benchmark is one module (``bench.actors``: what a conversation costs as a v
 ``bench.streams``: what a chunk's trip from writer to client costs). This package holds what
 they share: nearest-rank percentiles, a progress printer (stderr, so the figures on stdout stay
 clean enough to paste), a report that prints what was measured also when a run stops early,
-memory and CPU readings of a process and of the machine (Linux /proc; zeros elsewhere), and
-client processes (``bench.clients``).
+memory and CPU readings of a process and of the machine (Linux /proc; zeros elsewhere), a free
+port and a bounded wait (also the tests'), and client processes (``bench.clients``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +24,25 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 ERRORS_SHOWN = 5
 LABEL_WIDTH = 52
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until it returns a truthy value (returned) or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        time.sleep(interval_s)
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from google import genai
 from google.genai import types as genai_types
 from openai import AsyncOpenAI
 
-from bench import Progress, Report, percentile
+from bench import Progress, Report, free_port, percentile
 from bench.clients import sse_frames
 from bench.upstream import Call, FakeProvider, Reply, Stream
 from runtime.errors import ConvoyError
@@ -155,7 +154,7 @@ class Serve:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
-        port = _free_port()
+        port = free_port()
         google = ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", *google))}
         env.update(
@@ -204,12 +203,6 @@ class Serve:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- measuring ------------------------------------------------------------------------------------------

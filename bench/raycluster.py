@@ -38,7 +38,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,28 +45,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import free_port, wait_until
+
 RAY = str(Path(sys.executable).parent / "ray")
 NODE_START_TIMEOUT_S = 90.0
 NODE_STOP_TIMEOUT_S = 45.0
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll ``condition`` until it returns a truthy value (returned) or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        time.sleep(interval_s)
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -22,7 +22,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import httpx
 import pytest
 import redis
 
+from bench import free_port, wait_until
 from bench.rediscluster import LocalCluster
 from bench.upstream import FakeProvider
 from runtime.settings import Settings
@@ -42,24 +42,6 @@ from runtime.store.embedded import EmbeddedRedis
 
 SERVE_START_TIMEOUT_S = 120.0
 SERVE_STOP_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll ``condition`` until it returns a truthy value (returned) or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        time.sleep(interval_s)
 
 
 async def eventually(

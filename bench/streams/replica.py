@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import free_port
 from bench.streams.plan import API_POLL_S, API_START_TIMEOUT_S, API_STOP_TIMEOUT_S, LOG_TAIL_CHARS, PR_SET_PDEATHSIG
 from runtime.errors import ConvoyError
 from runtime.settings import Settings
@@ -37,7 +37,7 @@ class ApiReplica:
         return self._proc.pid if self._proc else None
 
     def start(self) -> str:
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "CONVOY_HOME": str(self._home),
@@ -89,12 +89,6 @@ class ApiReplica:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the driver: start, measure, stop ---------------------------------------------------------------
