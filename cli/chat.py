@@ -68,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    # Ctrl-C is how a person stops an answer and leaves: honour it even when the process was started
+    # with SIGINT ignored (as a shell's background job is, and Python then leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     url = args.url or f"http://{settings.host}:{settings.port}"
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)

@@ -44,7 +44,16 @@ class Terminal:
         env = {**_clean_env(), "TERM": "xterm-256color", "COLUMNS": "200"}
         if key:
             env["CONVOY_API_KEY"] = key
-        self.child = pexpect.spawn(CONVOY, ["chat", *args], env=env, encoding="utf-8", timeout=TIMEOUT_S, dimensions=(50, 200))
+        # Started with SIGINT ignored, as from a shell's background job: Ctrl-C must work all the same.
+        self.child = pexpect.spawn(
+            CONVOY,
+            ["chat", *args],
+            env=env,
+            encoding="utf-8",
+            timeout=TIMEOUT_S,
+            dimensions=(50, 200),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
         self.log: list[str] = []
         self.child.logfile_read = self  # type: ignore[assignment]
 
