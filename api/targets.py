@@ -10,6 +10,7 @@ send there is a send to ``POST /v1/agents/{id}/messages``, one at a time as ever
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -50,6 +51,8 @@ def target(conversation_id: str, agent_id: str | None) -> Target:
     if conversation_id == DEFAULT:
         if agent_id is None:
             raise InvalidRequestError("conversation id 'default' names an agent's own history: send agent_id with it")
+        if not re.fullmatch(AGENT_ID, agent_id):
+            raise InvalidRequestError(f"agent_id must be an agent's id (agent-<uuid4>), not {agent_id[:80]!r}")
         return Target(default_conversation_id(agent_id), agent_id)
     if conversation_id.startswith("agent-"):
         if agent_id is not None and agent_id != conversation_id:

@@ -63,6 +63,9 @@ def test_default_with_agent_id_and_the_agent_id_name_the_agents_own_history(lett
     assert refused.status_code == 400 and "agent_id" in refused.json()["detail"]
     unknown = http.get("/v1/conversations/default/messages", params={"agent_id": f"agent-{uuid.uuid4()}"})
     assert unknown.status_code == 404
+    for route in ("messages", "stream", "recompile"):
+        malformed = http.post(f"/v1/conversations/default/{route}", json={"messages": user("x"), "agent_id": "bob\u00e9"})
+        assert malformed.status_code == 400 and "agent-<uuid4>" in malformed.json()["detail"], route
 
 
 def test_agent_direct_cancel_and_resume_answer_as_letta(letta: Letta, http: httpx.Client) -> None:
