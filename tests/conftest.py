@@ -96,9 +96,23 @@ def alive(pid: int) -> bool:
 
 
 CLUSTER_FIXTURES = frozenset({"convoy", "replica", "redis_url", "redis_cluster", "private_redis"})
-# Modules whose subject is not what Redis holds, left out of the cluster run (it stays a few minutes):
-# provider wire formats and errors (test_providers), input refused at the edge (test_hostile).
-NOT_ON_CLUSTER = frozenset({"test_providers.py", "test_hostile.py"})
+# Modules whose subject is not what Redis holds, left out of the cluster run (it stays a few minutes,
+# and the whole suite within CI's budget): provider wire formats and errors (test_providers), input
+# refused at the edge (test_hostile, test_bad_input), the agent loop and the API's shapes (test_agent_loop,
+# test_chat_completions, test_model_settings, test_sse_wire, test_agent_routes, test_letta_parity).
+NOT_ON_CLUSTER = frozenset(
+    {
+        "test_providers.py",
+        "test_hostile.py",
+        "test_bad_input.py",
+        "test_agent_loop.py",
+        "test_chat_completions.py",
+        "test_model_settings.py",
+        "test_sse_wire.py",
+        "test_agent_routes.py",
+        "test_letta_parity.py",
+    }
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
