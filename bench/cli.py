@@ -7,6 +7,7 @@ The benchmarks are clients of Convoy (HTTP, SSE), through the same libraries as 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 from runtime.settings import Settings
@@ -69,6 +70,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("--clients", int, 4, "client processes"),
         ("--warmup-s", float, 10.0, "seconds streamed before measuring"),
         ("--measure-s", float, 30.0, "seconds measured"),
+    ):
+        cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
+    text = "CPU per turn of the whole server at steady load, and a burst of turns sent at once: accept and first-token latency"
+    cmd = bench.add_parser("turns", help=text, description=text)
+    for flag, parse, value, about in (
+        ("--concurrency", int, 50, "conversations making turns back to back in the steady phase (0: skip it)"),
+        ("--tokens", int, 50, "tokens per turn"),
+        ("--rate", float, 100.0, "tokens per second the upstream streams at"),
+        ("--warmup-s", float, 5.0, "seconds of steady turns before measuring"),
+        ("--measure-s", float, 20.0, "seconds of steady turns measured"),
+        ("--burst", int, 1000, "turns sent at the same instant, each on a fresh conversation (0: skip it)"),
+        ("--clients", int, 2, "client processes"),
+        ("--python", str, sys.executable, "the interpreter that runs convoy serve (another checkout's venv: its code)"),
     ):
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
     text = "a mixed workload for N minutes, then invariants (PASS/FAIL each; exit 1 if one failed) and figures"
@@ -144,6 +158,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 clients=args.clients,
                 warmup_s=args.warmup_s,
                 measure_s=args.measure_s,
+            )
+        )
+    if args.bench == "turns":
+        from bench.turns import TurnsOptions
+        from bench.turns import run as run_turns
+
+        return run_turns(
+            TurnsOptions(
+                concurrency=args.concurrency,
+                tokens=args.tokens,
+                rate_hz=args.rate,
+                warmup_s=args.warmup_s,
+                measure_s=args.measure_s,
+                burst=args.burst,
+                clients=args.clients,
+                python=args.python,
             )
         )
     if args.bench == "providers":

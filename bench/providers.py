@@ -139,10 +139,14 @@ class Upstream:
 
 class Serve:
     """``convoy serve`` with a private home, the upstream declared as provider ``bench``; ``env``:
-    more ``CONVOY_...`` settings for it."""
+    more ``CONVOY_...`` settings for it; ``python``: the interpreter that runs it (another
+    checkout's venv, to measure its code in the same session)."""
 
-    def __init__(self, home: Path, upstream_url: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, upstream_url: str, env: Mapping[str, str] | None = None, *, python: str = sys.executable
+    ) -> None:
         self._home = home
+        self._python = python
         self._upstream = upstream_url
         self._env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
@@ -169,12 +173,13 @@ class Serve:
         )
         log = (self._home / "serve.log").open("wb")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+            [self._python, "-m", "cli.main", "serve", "--port", str(port)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self._home,  # not the caller's directory: `-m` would import a checkout found there first
         )
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + SERVE_START_TIMEOUT_S

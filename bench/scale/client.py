@@ -94,13 +94,21 @@ def stream(
 async def _streams(urls: list[str], conversations: list[str], start_at: float, ramp_s: float, measure: tuple[float, float]) -> Seen:
     seen = Seen()
     turn = itertools.cycle(urls)
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=_limits(len(conversations) + 8)) as http:
+    # A client per conversation, as each user has their own: one pool of hundreds of connections
+    # costs httpcore time quadratic in its size, and the client would be what is measured.
+    clients = [httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) for _ in conversations]
+    try:
         gc.freeze()  # what is set up stays out of the collections made while measuring
-        runs = [_one(http, turn, conv, start_at + ramp_s * i / len(conversations), measure, seen) for i, conv in enumerate(conversations)]
+        runs = [
+            _one(http, turn, conv, start_at + ramp_s * i / len(conversations), measure, seen)
+            for i, (http, conv) in enumerate(zip(clients, conversations, strict=True))
+        ]
         # The turns still streaming when the window closes are left (their runs are cancelled).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(1.0, measure[1] + 1.0 - time.time())):
                 await asyncio.gather(*runs)
+    finally:
+        await asyncio.gather(*(http.aclose() for http in clients), return_exceptions=True)
     return seen
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ssl
 import time
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
@@ -63,10 +64,13 @@ def consume(url: str, targets: list[Target], ready: Queue[Any], deadline: Queue[
 async def _consume(url: str, targets: list[Target], ready: Queue[Any], deadline: Queue[Any]) -> Share:
     share = Share(Samples())
     gate = Gate(len(targets))
-    limits = httpx.Limits(max_connections=len(targets) + 8, max_keepalive_connections=len(targets) + 8)
-    async with httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT_S, limits=limits) as client:
+    # A client per stream, as each user has their own: one pool of hundreds of connections costs
+    # httpcore time quadratic in its size. One TLS context for all (unused over http://).
+    tls = ssl.create_default_context()
+    clients = [httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT_S, verify=tls) for _ in targets]
+    try:
         opening = asyncio.Semaphore(OPEN_CONCURRENCY)
-        readers = [asyncio.create_task(read_sse(client, t, share.samples, gate, opening)) for t in targets]
+        readers = [asyncio.create_task(read_sse(c, t, share.samples, gate, opening)) for c, t in zip(clients, targets, strict=True)]
         await gate.wait()
         gc.freeze()
         gc.disable()
@@ -76,6 +80,8 @@ async def _consume(url: str, targets: list[Target], ready: Queue[Any], deadline:
         for task in pending:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
     for task in readers:
         if task in pending:
             share.errors.append("a reader had no terminal item by the drain deadline")

@@ -1,0 +1,331 @@
+"""``convoy bench turns``: what a whole turn costs the whole stack, and how a burst of turns is taken.
+
+``convoy serve`` runs in a subprocess with a private home (its own Redis, Ray, conversation hosts
+and API), started by ``--python`` (default: this interpreter), so that an older checkout's server
+can be measured by the same benchmark in the same session. The model is a local upstream in this
+process (``bench.scale.upstream``: OpenAI Chat Completions, each token's text its write time).
+Clients run in processes of their own (``bench.clients``), so the client is not what is measured.
+
+1. **steady**: ``--concurrency`` conversations each make turns back to back (``--tokens`` tokens
+   at ``--rate`` tokens/s each, token streaming), warmed up, then measured for ``--measure-s``:
+   turns/s, per-token latency (upstream write -> client read) and time to first token p50/p99, and
+   the CPU per turn of the whole server: every process of ``convoy serve``'s tree (the API, the
+   conversation hosts, Redis, Ray's daemons), by kind; the clients and the upstream are not in it.
+2. **burst**: ``--burst`` fresh conversations are each sent one turn at the same instant, over
+   connections opened beforehand (the burst measures the accept path, not TCP handshakes): time
+   from sending to the response's headers (accepted) and to the first token, p50/p99/max, the
+   clients' own spread in sending, and errors.
+
+Nothing is asserted: the figures, the targets and whether they were met are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import shutil
+import ssl
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import Progress, Report, percentile, process_cpu_s
+from bench.clients import ClientProcesses, split, sse_frames
+from bench.providers import Serve
+from bench.scale import client
+from bench.scale.upstream import MODEL, StampingUpstream
+
+SPAWN_S = 5.0  # client processes start streaming this long after being spawned (imports, connections)
+CREATE_CONCURRENCY = 16
+REQUEST_TIMEOUT_S = 120.0
+TARGET_CPU_MS_PER_TURN = 10.0
+TARGET_BURST_P99_S = 1.0
+
+
+@dataclass(frozen=True)
+class TurnsOptions:
+    concurrency: int = 50
+    tokens: int = 50
+    rate_hz: float = 100.0
+    warmup_s: float = 5.0
+    measure_s: float = 20.0
+    burst: int = 1000
+    clients: int = 2
+    python: str = sys.executable
+
+
+# -- the server's processes ---------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{name}/stat") as stat:
+            ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            found.setdefault(ppid, []).append(int(name))
+    return found
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and every process descended from it (Ray's daemons and workers included)."""
+    children, found, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def kind_of(pid: int, root: int) -> str:
+    """What a process of the server's tree is: api (``convoy serve`` itself), host (a conversation
+    host), redis, ray (Ray's daemons and idle workers)."""
+    if pid == root:
+        return "api"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return "ray"
+    if b"valkey" in cmdline or b"redis-server" in cmdline:
+        return "redis"
+    if b"ConversationHost" in cmdline:
+        return "host"
+    return "ray"
+
+
+def server_cpu_s(root: int) -> dict[int, tuple[str, float]]:
+    """Each process of the server's tree: its kind and the CPU seconds it has used so far."""
+    return {pid: (kind_of(pid, root), process_cpu_s(pid)) for pid in tree(root)}
+
+
+def cpu_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two readings, by kind (a process started meanwhile counts whole)."""
+    spent: dict[str, float] = {"api": 0.0, "host": 0.0, "redis": 0.0, "ray": 0.0}
+    for pid, (kind, cpu) in after.items():
+        spent[kind] = spent.get(kind, 0.0) + cpu - before.get(pid, (kind, 0.0))[1]
+    return spent
+
+
+# -- the burst's clients --------------------------------------------------------------------------------
+
+
+@dataclass
+class Burst:
+    """What one client process saw of the burst."""
+
+    sent_spread_ms: float = 0.0  # from the instant to this process's last request sent
+    accepted_s: list[float] = field(default_factory=list)
+    first_token_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def burst(url: str, conversations: list[str], ready: Queue[Any], instant: Queue[Any], out: Queue[Any]) -> None:
+    """Open a connection for each of ``conversations``, say so on ``ready``, then send one turn on
+    each at the wall time that comes on ``instant``; puts a ``Burst``."""
+    out.put(asyncio.run(_burst(url, conversations, ready, instant)))
+
+
+async def _burst(url: str, conversations: list[str], ready: Queue[Any], instant: Queue[Any]) -> Burst:
+    seen = Burst()
+    # A client (one connection) per turn, as every user has their own: one pool of hundreds of
+    # connections costs httpcore time quadratic in its size, and the client would be what is
+    # measured. One TLS context for all (unused over http://, but each client would build its own).
+    tls = ssl.create_default_context()
+    clients = [httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, verify=tls) for _ in conversations]
+    try:
+        # Every connection open before the instant.
+        await asyncio.gather(*(http.get("/v1/health") for http in clients), return_exceptions=True)
+        ready.put(len(clients))
+        at: float = await asyncio.to_thread(instant.get)
+        gc.freeze()
+        gc.disable()
+        last_sent = [0.0]
+        await asyncio.gather(*(_one_turn(http, c, at, seen, last_sent) for http, c in zip(clients, conversations, strict=True)))
+        seen.sent_spread_ms = (last_sent[0] - at) * 1e3
+    finally:
+        await asyncio.gather(*(http.aclose() for http in clients), return_exceptions=True)
+    return seen
+
+
+async def _one_turn(http: httpx.AsyncClient, conversation: str, at: float, seen: Burst, last_sent: list[float]) -> None:
+    await asyncio.sleep(max(0.0, at - time.time()))
+    body = {"messages": [{"role": "user", "content": "go"}], "stream_tokens": True}
+    sent = time.time()
+    last_sent[0] = max(last_sent[0], sent)
+    first = True
+    try:
+        async with http.stream("POST", f"/v1/conversations/{conversation}/messages", json=body) as reply:
+            if reply.status_code != 200:
+                seen.errors.append(f"HTTP {reply.status_code} {(await reply.aread())[:200]!r}")
+                return
+            seen.accepted_s.append(time.time() - sent)
+            async for now_ns, frames in sse_frames(reply, time.time_ns):
+                for frame in frames:
+                    if b"event: error" in frame:
+                        seen.errors.append(f"run failed: {frame.decode(errors='replace')[:300]}")
+                    elif first and b'"assistant_message"' in frame:
+                        seen.first_token_s.append(now_ns / 1e9 - sent)
+                        first = False
+    except httpx.HTTPError as exc:
+        seen.errors.append(f"turn: {exc!r}")
+
+
+# -- the phases -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Steady:
+    seen: client.Seen
+    cpu_s: dict[str, float]
+    window_s: float
+
+
+def _create(url: str, agent: str, count: int, clients: int) -> list[str]:
+    with ClientProcesses() as creators:
+        creators.start(client.create, [([url], agent, len(share), CREATE_CONCURRENCY) for share in split(range(count), clients)])
+        made = creators.gather(timeout_s=max(120.0, count / 20))
+    errors = [e for part in made for e in part.errors]
+    if errors:
+        raise RuntimeError(f"creating conversations failed: {errors[:3]}")
+    return [c for part in made for c in part.created]
+
+
+def _steady(serve: Serve, conversations: list[str], opts: TurnsOptions, say: Progress) -> Steady:
+    assert serve.pid is not None
+    turn_s = opts.tokens / opts.rate_hz
+    start_at = time.time() + SPAWN_S
+    ramp_s = max(1.0, turn_s)  # first turns spread over a turn, so turns keep starting at a steady rate
+    begin = start_at + ramp_s + opts.warmup_s
+    end = begin + opts.measure_s
+    say(f"steady: {len(conversations)} conversations, turn after turn, {opts.tokens} tokens at {opts.rate_hz:g}/s each")
+    with ClientProcesses() as streamers:
+        shares = split(conversations, opts.clients)
+        streamers.start(client.stream, [([serve.url], share, start_at, ramp_s, (begin, end)) for share in shares])
+        time.sleep(max(0.0, begin - time.time()))
+        before = server_cpu_s(serve.pid)
+        time.sleep(max(0.0, end - time.time()))
+        after = server_cpu_s(serve.pid)
+        parts: list[client.Seen] = streamers.gather(timeout_s=turn_s + REQUEST_TIMEOUT_S)
+    seen = client.Seen()
+    for part in parts:
+        seen.lags_ms += part.lags_ms
+        seen.ttfts_ms += part.ttfts_ms
+        seen.items += part.items
+        seen.tokens += part.tokens
+        seen.turns += part.turns
+        seen.errors += part.errors
+        seen.error_count += part.error_count
+    return Steady(seen, cpu_by_kind(before, after), opts.measure_s)
+
+
+def _burst_phase(serve: Serve, conversations: list[str], opts: TurnsOptions, say: Progress) -> Burst:
+    say(f"burst: {len(conversations)} turns sent at the same instant from {opts.clients} client processes")
+    with ClientProcesses() as bursts:
+        ready, instant = bursts.queue(), bursts.queue()
+        shares = split(conversations, opts.clients)
+        bursts.start(burst, [(serve.url, share, ready, instant) for share in shares])
+        for _ in shares:
+            ready.get(timeout=REQUEST_TIMEOUT_S)
+        at = time.time() + 0.5  # every process is waiting for it by then
+        for _ in shares:
+            instant.put(at)
+        parts: list[Burst] = bursts.gather(timeout_s=SPAWN_S + REQUEST_TIMEOUT_S + opts.tokens / opts.rate_hz)
+    merged = Burst(sent_spread_ms=max(p.sent_spread_ms for p in parts))
+    for part in parts:
+        merged.accepted_s += part.accepted_s
+        merged.first_token_s += part.first_token_s
+        merged.errors += part.errors
+    return merged
+
+
+def _settle(url: str) -> None:
+    """Wait until no run is streaming any more (the previous phase's last turns)."""
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            if not http.get("/v1/runs", params={"active": "true", "limit": 1}).json():
+                return
+            time.sleep(0.2)
+
+
+# -- the report -----------------------------------------------------------------------------------------
+
+
+def _ms(values: list[float], scale: float = 1.0) -> str:
+    return f"p50 {percentile(values, 50) * scale:8.2f}   p99 {percentile(values, 99) * scale:8.2f}   max {max(values, default=float('nan')) * scale:8.2f}"
+
+
+def _report_steady(steady: Steady, opts: TurnsOptions, report: Report) -> None:
+    seen = steady.seen
+    report.section(f"steady: {opts.concurrency} concurrent conversations, {opts.tokens} tokens per turn at {opts.rate_hz:g}/s")
+    turns_s = seen.turns / steady.window_s
+    report.add("turns ended in the window", f"{seen.turns} ({turns_s:.1f}/s), {seen.tokens} tokens ({seen.tokens / steady.window_s:,.0f}/s)")
+    report.add("time to first token, ms", _ms(seen.ttfts_ms))
+    report.add("per-token latency (upstream write -> client read), ms", _ms(seen.lags_ms))
+    total = sum(steady.cpu_s.values())
+    if seen.turns:
+        per_turn = {k: 1e3 * v / seen.turns for k, v in steady.cpu_s.items()}
+        whole = 1e3 * total / seen.turns
+        report.add("server cpu per turn, ms", "  ".join(f"{k} {v:.2f}" for k, v in per_turn.items()) + f"  | all {whole:.2f}")
+        verdict = "met" if whole <= TARGET_CPU_MS_PER_TURN else "NOT met"
+        report.add(
+            "  target", f"<= {TARGET_CPU_MS_PER_TURN:g} ms per turn: {verdict}; at this cost 2 cores carry {2e3 / whole:,.0f} turns/s"
+        )
+        if seen.tokens:
+            report.add("server cpu per streamed token, us", f"{1e6 * total / seen.tokens:.0f} (whole turn's cost spread over its tokens)")
+    report.add("server cpu, % of a core", "  ".join(f"{k} {100 * v / steady.window_s:.0f}" for k, v in steady.cpu_s.items()) + f"  | all {100 * total / steady.window_s:.0f}")
+    report.add("errors", str(seen.error_count))
+    report.errors += seen.errors
+
+
+def _report_burst(seen: Burst, n: int, report: Report) -> None:
+    report.section(f"burst: {n} turns sent at once")
+    report.add("clients' own spread in sending, ms", f"{seen.sent_spread_ms:.0f} (from the instant to the last request sent)")
+    report.add("accepted (response headers), ms", _ms(seen.accepted_s, 1e3) + f"   (n={len(seen.accepted_s)})")
+    report.add("first token, ms", _ms(seen.first_token_s, 1e3) + f"   (n={len(seen.first_token_s)})")
+    p99 = percentile(seen.first_token_s, 99)
+    verdict = "met" if len(seen.first_token_s) == n and p99 < TARGET_BURST_P99_S else "NOT met"
+    report.add("  target", f"every turn's first token, p99 < {TARGET_BURST_P99_S * 1e3:.0f} ms: {verdict}")
+    report.add("errors", str(len(seen.errors)))
+    report.errors += seen.errors
+
+
+def run(options: TurnsOptions) -> int:
+    say = Progress("bench")
+    report = Report()
+    home = Path(tempfile.mkdtemp(prefix="convoy-bench-turns-"))
+    upstream = StampingUpstream(options.tokens, options.rate_hz).start()
+    serve = Serve(home, upstream.url, python=options.python)
+    complete = False
+    report.note(f"convoy bench turns   cpus={os.cpu_count()}  server: {options.python} -m cli.main serve  clients: {options.clients} processes")
+    report.note("server cpu: every process of convoy serve's tree (api: the serve process; host: conversation hosts;")
+    report.note("redis; ray: Ray's daemons and idle workers), from /proc; the clients and the upstream are not in it")
+    try:
+        say(f"starting convoy serve ({options.python})")
+        serve.start()
+        agent = httpx.post(f"{serve.url}/v1/agents", json={"name": "turns", "model": f"bench/{MODEL}"}, timeout=30).json()["id"]
+        count = options.concurrency + options.burst
+        say(f"creating {count} conversations")
+        conversations = _create(serve.url, agent, count, options.clients)
+        if options.concurrency:
+            _report_steady(_steady(serve, conversations[: options.concurrency], options, say), options, report)
+            _settle(serve.url)
+        if options.burst:
+            _report_burst(_burst_phase(serve, conversations[options.concurrency :], options, say), options.burst, report)
+        complete = True
+    finally:
+        serve.stop()
+        upstream.stop()
+        shutil.rmtree(home, ignore_errors=True)
+        report.print(complete=complete)
+    return 0
