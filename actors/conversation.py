@@ -248,8 +248,7 @@ class Activation:
 
         async def emit(item: WireItem) -> None:
             item.run_id = turn.run_id
-            item.seq_id = writer.reserve()
-            await writer.write("data", wire.encode(item))
+            await writer.write_item(item)
 
         self._turn = asyncio.create_task(self._turn_body(turn, entry, loaded, writer, emit))
         try:

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import RunFailure
-from runtime.schemas.messages import ErrorMessage, StopReasonItem, UsageStatistics, WireItem
+from runtime.schemas.messages import (
+    AssistantMessage,
+    ErrorMessage,
+    ReasoningMessage,
+    StopReasonItem,
+    UsageStatistics,
+    WireItem,
+)
 from runtime.schemas.runs import STATUS_FOR_STOP_REASON, RunStatus
 from runtime.stream.items import ItemKind
 
@@ -25,6 +32,27 @@ DONE_PAYLOAD = b"[DONE]"
 
 def encode(item: WireItem) -> bytes:
     return item.model_dump_json(exclude_none=True).encode()
+
+
+def join(held: WireItem, delta: WireItem) -> bool:
+    """Append ``delta`` to ``held`` if it continues it, and say whether it did: both text deltas of
+    the same part of the same message (an assistant message's text, or reasoning without a
+    signature yet). A client accumulating deltas by message id and ``otid``, as Letta's do, reads
+    the joined item exactly as it would have read the two."""
+    if isinstance(held, AssistantMessage) and isinstance(delta, AssistantMessage):
+        if held.id == delta.id and held.otid == delta.otid and isinstance(held.content, str) and isinstance(delta.content, str):
+            held.content += delta.content
+            return True
+    elif isinstance(held, ReasoningMessage) and isinstance(delta, ReasoningMessage) and (
+        held.id == delta.id
+        and held.otid == delta.otid
+        and held.source == delta.source
+        and held.signature is None
+        and delta.signature is None
+    ):
+        held.reasoning += delta.reasoning
+        return True
+    return False
 
 
 def _stamp(item: WireItem, run_id: str, seq: int) -> WireItem:

@@ -1,6 +1,10 @@
 """Writing a run's stream: the conversation owner's appends, fenced, in order, and never twice.
 
-Each item is queued and sent at once. The writers of a process that share a Redis client send
+Each item is queued and sent at once. A text delta written while the item before it is still
+waiting to be sent (a pipeline is in flight: the path is busy) is joined to that item when it
+continues it (``runtime.stream.wire.join``: the same part of the same message): under load, fewer
+and larger items, each stamped with its own correct ``seq_id``, so resuming stays exact; on an idle
+path every delta leaves at once as its own item, never held back to be joined. The writers of a process that share a Redis client send
 through one pipeliner with one pipeline in flight at a time: when none is in flight a write leaves
 at once; while one is, the items every run produces meanwhile are coalesced into the next pipeline
 (one fenced script call per run), never delayed by a timer. One pipeline at a time also keeps each
@@ -36,9 +40,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, SlotNotCoveredError
 
 from runtime.errors import FencedError, StoreUnavailableError
+from runtime.schemas.messages import WireItem
 from runtime.store.connection import is_cluster
 from runtime.store.direct import Direct, primary_of
 from runtime.store.fencing import through_outage
+from runtime.stream import wire
 from runtime.stream.items import ItemKind
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,7 @@ class ChunkWriter:
         self._call_head: tuple[int | str, ...] = (2, epoch_key, stream_key, str(epoch), str(maxlen), str(ttl_s))
         self._next_seq = next_seq
         self._pending: list[int | str | bytes] = []  # flat (seq, kind, payload) triples
+        self._open: WireItem | None = None  # the last item written, unsent, still open to joining
         self._idle = asyncio.Event()  # set when nothing written is still unsent or in flight
         self._idle.set()
         self._failure: BaseException | None = None
@@ -107,10 +114,37 @@ class ChunkWriter:
         """The seq the next item will get (for payloads that carry their own seq_id)."""
         return self._next_seq
 
+    async def write_item(self, item: WireItem) -> int:
+        """Queue a data item, stamped with its ``seq_id``, or join it to the unsent item before it
+        (see the module docstring); the seq it is under. Waits only when the backlog is full."""
+        if self._failure is not None:
+            raise self._failure
+        held = self._open
+        if held is not None and wire.join(held, item):
+            assert held.seq_id is not None
+            return held.seq_id
+        self._seal()
+        item.seq_id = seq = self._next_seq
+        self._next_seq += 1
+        self._open = item
+        self._idle.clear()
+        self._pipeliner.submit(self)
+        if len(self._pending) >= 3 * WRITE_BACKLOG_MAX:
+            await self.flush()
+        return seq
+
+    def _seal(self) -> None:
+        """The open item, encoded into the queue: nothing can be joined to it any more."""
+        held, self._open = self._open, None
+        if held is not None:
+            assert held.seq_id is not None
+            self._pending += (held.seq_id, "data", wire.encode(held))
+
     async def write(self, kind: ItemKind, payload: bytes) -> int:
         """Queue one item and start sending it; waits only when the backlog is full."""
         if self._failure is not None:
             raise self._failure
+        self._seal()
         seq = self._next_seq
         self._next_seq += 1
         self._pending += (seq, kind, payload)
@@ -127,6 +161,7 @@ class ChunkWriter:
             raise self._failure
 
     def _take(self) -> list[int | str | bytes] | None:
+        self._seal()
         if self._failure is not None or not self._pending:
             return None
         batch, self._pending = self._pending, []
@@ -140,7 +175,8 @@ class ChunkWriter:
             self._failure = FencedError(f"stream write refused: {text}") if fenced else error
         if self._failure is not None:
             self._pending.clear()
-        if not self._pending:
+            self._open = None
+        if not self._pending and self._open is None:
             self._idle.set()
 
 

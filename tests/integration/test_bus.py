@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from runtime.errors import FencedError
+from runtime.schemas.messages import AssistantMessage
 from runtime.stream.items import StoredItem, last_seq, read_after
 from runtime.stream.tailer import SUBSCRIPTION_BUFFER_BATCHES, StreamTailer, Subscription
 from runtime.stream.writer import ChunkWriter
@@ -73,6 +75,45 @@ async def test_writes_arrive_in_order_with_seq_ids_as_entry_ids(redis: aioredis.
     assert await last_seq(redis, key) == 201
     assert 0 < await redis.ttl(key) <= 60
     sub.close()
+
+
+def _delta(text: str, message: str = "message-1", otid: str = "otid-1") -> AssistantMessage:
+    return AssistantMessage(id=message, otid=otid, content=text)
+
+
+async def test_deltas_written_while_one_is_unsent_are_joined_each_item_keeping_its_seq(redis: aioredis.Redis) -> None:
+    key = _key()
+    writer = await _writer(redis, key)
+    assert await writer.write_item(_delta("a")) == 1
+    await writer.flush()
+    # Written together (nothing sent in between): one item; the path was busy, not idle.
+    seqs = [await writer.write_item(_delta(t)) for t in ("b", "c", "d")]
+    assert seqs == [2, 2, 2]
+    # Another message, or another part of it, is an item of its own.
+    assert await writer.write_item(_delta("e", message="message-2")) == 3
+    assert await writer.write_item(_delta("f", message="message-2", otid="otid-2")) == 4
+    await writer.write("data", b'{"not":"a delta"}')
+    assert await writer.write_item(_delta("g", message="message-2", otid="otid-2")) == 6
+    await writer.flush()
+    items = await read_after(redis, key, 0)
+    assert [i.seq for i in items] == [1, 2, 3, 4, 5, 6]
+    payloads = [json.loads(i.payload) for i in items]
+    assert [p.get("content") for p in payloads] == ["a", "bcd", "e", "f", None, "g"]
+    # Each stored item says its own place: a client resuming after any of them misses nothing.
+    assert [p.get("seq_id") for p in payloads] == [1, 2, 3, 4, None, 6]
+
+
+async def test_a_delta_written_after_the_one_before_was_sent_is_not_held_back(redis: aioredis.Redis, tailer: StreamTailer) -> None:
+    key = _key()
+    writer = await _writer(redis, key)
+    sub = tailer.subscribe(key, 0)
+    try:
+        for i, text in enumerate("abc", start=1):
+            await writer.write_item(_delta(text))
+            got = await _collect(sub, 1)
+            assert [(g.seq, json.loads(g.payload)["content"]) for g in got] == [(i, text)]
+    finally:
+        sub.close()
 
 
 async def test_a_stale_epoch_cannot_write(redis: aioredis.Redis) -> None:

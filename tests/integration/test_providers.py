@@ -92,6 +92,23 @@ def calls(fake: fp.FakeProvider, model: str, n: int) -> list[fp.Call]:
 # -- OpenAI Chat Completions and compatible servers ------------------------------------------------
 
 
+def _one_message_of_deltas(deltas: list[dict[str, Any]], text: str) -> None:
+    """Token deltas of one message (one id, one otid), each under its own seq_id, adding up to
+    ``text``. Deltas that reach the host together may come as one item (``runtime.stream.writer``)."""
+    assert deltas and len({d["id"] for d in deltas}) == 1 and len({d["otid"] for d in deltas}) == 1
+    assert "".join(d["content"] for d in deltas) == text
+    assert len({d["seq_id"] for d in deltas}) == len(deltas)
+
+
+async def test_tokens_that_come_apart_are_streamed_apart(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.paced(fp.chat_text(model, ["Hel", "lo", " wörld", "!"]), 0.1)))
+
+    turn = await one_turn(client, f"openai/{model}", "say hello", stream_tokens=True)
+
+    assert [d["content"] for d in turn.of("assistant_message")] == ["Hel", "lo", " wörld", "!"]
+
+
 async def test_openai_chat_tokens_usage_and_a_trace(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
     model = unique("gpt")
     frames = fp.chat_text(model, ["Hel", "lo", " wörld", "!"], usage=fp.Usage(20, 9, cached_tokens=8, reasoning_tokens=3))
@@ -100,8 +117,7 @@ async def test_openai_chat_tokens_usage_and_a_trace(client: httpx.AsyncClient, f
     turn = await one_turn(client, f"openai/{model}", "say hello", stream_tokens=True)
 
     assert turn.text == "Hello wörld!"
-    deltas = turn.of("assistant_message")
-    assert len(deltas) == 4 and len({d["id"] for d in deltas}) == 1 and len({d["otid"] for d in deltas}) == 1
+    _one_message_of_deltas(turn.of("assistant_message"), "Hello wörld!")
     assert turn.stop_reason == "end_turn" and turn.done and not turn.errors
     usage = turn.of("usage_statistics")[0]
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (20, 9, 29)
@@ -355,8 +371,7 @@ async def test_gemini_text_streams_with_usage_and_a_trace(client: httpx.AsyncCli
     turn = await one_turn(client, f"google/{model}", "say hello", stream_tokens=True)
 
     assert turn.text == "Hello wörld!" and turn.stop_reason == "end_turn" and turn.done and not turn.errors
-    deltas = turn.of("assistant_message")
-    assert len(deltas) == 4 and len({d["id"] for d in deltas}) == 1 and len({d["otid"] for d in deltas}) == 1
+    _one_message_of_deltas(turn.of("assistant_message"), "Hello wörld!")
     usage = turn.of("usage_statistics")[0]
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (20, 9, 29)
     assert usage["cached_input_tokens"] == 8 and usage["reasoning_tokens"] == 3
