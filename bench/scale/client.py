@@ -141,9 +141,12 @@ async def _one(
                                 seen.ttfts_ms.append((now - sent) * 1e3)
                             first = False
                             if inside:
-                                seen.tokens += 1
+                                # Tokens that reached the host together come as one item: each
+                                # token's stamp is a word of it.
+                                stamps = content.split()
+                                seen.tokens += len(stamps)
                                 with contextlib.suppress(ValueError):
-                                    seen.lags_ms.append((now_ns - int(content)) / 1e6)
+                                    seen.lags_ms += [(now_ns - int(stamp)) / 1e6 for stamp in stamps]
             if begin <= time.time() <= end:
                 seen.turns += 1
         except httpx.HTTPError as exc:

@@ -1,6 +1,6 @@
 """The model behind ``convoy bench scale``: the one fake provider (``bench.upstream``), speaking OpenAI
 Chat Completions, answering every request with ``tokens`` tokens at ``rate_hz``, each token's text
-the wall-clock time (ns) at which it is written, so a client on this machine knows each token's
+the wall-clock time (ns) at which it is written and a space, so a client on this machine knows each token's
 latency when it reads it."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class StampingUpstream:
         interval, start = 1 / self.rate_hz, time.perf_counter()
         for i in range(self.tokens):
             await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
-            yield chunk({"content": str(time.time_ns())})
+            yield chunk({"content": f"{time.time_ns()} "})
         yield chunk({}, finish="stop")
         yield chunk({}, usage={"prompt_tokens": 1, "completion_tokens": self.tokens, "total_tokens": self.tokens + 1})
         yield b"data: [DONE]\n\n"

@@ -102,6 +102,7 @@ class ChunkWriter:
         self._next_seq = next_seq
         self._pending: list[int | str | bytes] = []  # flat (seq, kind, payload) triples
         self._open: WireItem | None = None  # the last item written, unsent, still open to joining
+        self._unsent = 0  # writes since the pipeliner last took this writer's items, joined ones too
         self._idle = asyncio.Event()  # set when nothing written is still unsent or in flight
         self._idle.set()
         self._failure: BaseException | None = None
@@ -122,15 +123,15 @@ class ChunkWriter:
         held = self._open
         if held is not None and wire.join(held, item):
             assert held.seq_id is not None
-            return held.seq_id
-        self._seal()
-        item.seq_id = seq = self._next_seq
-        self._next_seq += 1
-        self._open = item
-        self._idle.clear()
-        self._pipeliner.submit(self)
-        if len(self._pending) >= 3 * WRITE_BACKLOG_MAX:
-            await self.flush()
+            seq = held.seq_id
+        else:
+            self._seal()
+            item.seq_id = seq = self._next_seq
+            self._next_seq += 1
+            self._open = item
+            self._idle.clear()
+            self._pipeliner.submit(self)
+        await self._limit_backlog()
         return seq
 
     def _seal(self) -> None:
@@ -150,9 +151,15 @@ class ChunkWriter:
         self._pending += (seq, kind, payload)
         self._idle.clear()
         self._pipeliner.submit(self)
-        if len(self._pending) >= 3 * WRITE_BACKLOG_MAX:
-            await self.flush()
+        await self._limit_backlog()
         return seq
+
+    async def _limit_backlog(self) -> None:
+        """Back-pressure: a writer that Redis cannot keep up with (or cannot reach) waits once
+        ``WRITE_BACKLOG_MAX`` writes are unsent, joined deltas counted one by one."""
+        self._unsent += 1
+        if self._unsent >= WRITE_BACKLOG_MAX:
+            await self.flush()
 
     async def flush(self) -> None:
         """Wait until everything written so far is in Redis (re-raises a write failure)."""
@@ -162,6 +169,7 @@ class ChunkWriter:
 
     def _take(self) -> list[int | str | bytes] | None:
         self._seal()
+        self._unsent = 0
         if self._failure is not None or not self._pending:
             return None
         batch, self._pending = self._pending, []
