@@ -57,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("--tokens", int, 20, "tokens the upstream streams per response"),
         ("--rate", float, 100.0, "tokens per second the upstream streams at"),
         ("--warmup", int, 3, "turns made before measuring"),
+        ("--python", str, sys.executable, "the interpreter that runs convoy serve (another checkout's venv: its code)"),
     ):
         cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     text = "Redis shards, a 2-node Ray cluster and 2 API replicas on this machine: idle conversations' memory, many streams' latency and CPU"
@@ -181,7 +182,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         from bench.providers import run as run_providers
 
         return run_providers(
-            ProvidersOptions(turns=args.turns, tokens=args.tokens, rate_hz=args.rate, warmup=args.warmup)
+            ProvidersOptions(turns=args.turns, tokens=args.tokens, rate_hz=args.rate, warmup=args.warmup, python=args.python)
         )
     from bench.actors import BenchOptions, run
 

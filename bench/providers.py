@@ -44,6 +44,7 @@ from openai import AsyncOpenAI
 from bench import Progress, Report, free_port, percentile
 from bench.clients import sse_frames
 from bench.upstream import Call, FakeProvider, Reply, Stream
+from bench.upstream.openai_chat import chat_live
 from runtime.errors import ConvoyError
 
 SERVE_START_TIMEOUT_S = 180.0
@@ -57,6 +58,7 @@ class ProvidersOptions:
     tokens: int = 20
     rate_hz: float = 100.0
     warmup: int = 3
+    python: str = sys.executable  # the interpreter that runs convoy serve (another checkout's venv: its code)
 
 
 # -- the upstream -------------------------------------------------------------------------------------
@@ -87,7 +89,9 @@ class Upstream:
             model = call.path.rsplit("/", 1)[-1].partition(":")[0]
             marker = str(body["contents"][-1]["parts"][-1]["text"])
             return Stream(self._gemini(model, marker))
-        return Stream(self._chat(body["model"], str(body["messages"][-1]["content"])))
+        marker = str(body["messages"][-1]["content"])
+        pieces = (f"t{i} " async for i in self._paced(marker))
+        return Stream(chat_live(body["model"], pieces, completion_tokens=self.tokens, response_id=f"chatcmpl-{marker}"))
 
     async def _paced(self, marker: str) -> AsyncIterator[int]:
         """Token indexes at ``rate_hz``, each stamped as it is handed out (then written at once)."""
@@ -97,27 +101,6 @@ class Upstream:
             await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
             stamps.append(time.perf_counter_ns())
             yield i
-
-    async def _chat(self, model: str, marker: str) -> AsyncIterator[bytes]:
-        created = int(time.time())
-
-        def chunk(delta: dict[str, object], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
-            doc = {
-                "id": f"chatcmpl-{marker}",
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
-                "usage": usage,
-            }
-            return b"data: " + json.dumps(doc).encode() + b"\n\n"
-
-        yield chunk({"role": "assistant", "content": ""})
-        async for i in self._paced(marker):
-            yield chunk({"content": f"t{i} "})
-        yield chunk({}, finish="stop")
-        yield chunk({}, usage={"prompt_tokens": 1, "completion_tokens": self.tokens, "total_tokens": self.tokens + 1})
-        yield b"data: [DONE]\n\n"
 
     async def _gemini(self, model: str, marker: str) -> AsyncIterator[bytes]:
         def chunk(text: str, finish: str | None = None) -> bytes:
@@ -381,7 +364,7 @@ def run(options: ProvidersOptions) -> int:
     try:
         say("starting the upstream and convoy serve")
         upstream.start()
-        serve = Serve(home, upstream.url)
+        serve = Serve(home, upstream.url, python=options.python)
         serve.start()
         say(f"measuring {options.warmup} warm-up + {options.turns} turns")
         asyncio.run(_measure(serve, upstream, options, report, say))

@@ -216,15 +216,7 @@ def _steady(serve: Serve, conversations: list[str], opts: TurnsOptions, say: Pro
         time.sleep(max(0.0, end - time.time()))
         after = server_cpu_s(serve.pid)
         parts: list[client.Seen] = streamers.gather(timeout_s=turn_s + REQUEST_TIMEOUT_S)
-    seen = client.Seen()
-    for part in parts:
-        seen.lags_ms += part.lags_ms
-        seen.ttfts_ms += part.ttfts_ms
-        seen.items += part.items
-        seen.tokens += part.tokens
-        seen.turns += part.turns
-        seen.errors += part.errors
-        seen.error_count += part.error_count
+    seen = client.Seen.merged(parts)
     return Steady(seen, cpu_by_kind(before, after), opts.measure_s)
 
 

@@ -73,21 +73,6 @@ def _machine_busy(seconds: float = 2.0) -> float:
     return (machine_busy_s() - busy0) / max(1e-9, time.monotonic() - at0)
 
 
-def _merge(parts: list[client.Seen]) -> client.Seen:
-    merged = client.Seen()
-    for part in parts:
-        merged.created += part.created
-        merged.lags_ms += part.lags_ms
-        merged.ttfts_ms += part.ttfts_ms
-        merged.items += part.items
-        merged.tokens += part.tokens
-        merged.turns += part.turns
-        merged.errors += part.errors
-        merged.error_count += part.error_count
-        merged.cpu_s += part.cpu_s
-    return merged
-
-
 def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptions, say: Progress) -> Phase:
     phase = Phase(shards)
     deployment = Deployment(home / f"shards-{shards}", shards, upstream.url)
@@ -106,7 +91,7 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
         with ClientProcesses() as creators:
             shares = split(range(opts.conversations), opts.clients)
             creators.start(client.create, [(urls, agent, len(share), CREATE_CONCURRENCY) for share in shares])
-            created = _merge(creators.gather(timeout_s=max(600.0, opts.conversations / 50)))
+            created = client.Seen.merged(creators.gather(timeout_s=max(600.0, opts.conversations / 50)))
         phase.create_s = time.monotonic() - started
         phase.create_cpu_s = {kind: sum(process_cpu_s(p) for p in group) - cpu_before[kind] for kind, group in creating.items()}
         phase.create_cpu_s["client"] = created.cpu_s
@@ -140,7 +125,7 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
             phase.window_s = opts.measure_s
             phase.cpu_s = {kind: sum(after[kind]) - sum(before[kind]) for kind in groups}
             phase.client_peak = busiest(before["client"], after["client"], opts.measure_s)
-            seen = _merge(streamers.gather(timeout_s=opts.tokens / opts.rate_hz + 120))
+            seen = client.Seen.merged(streamers.gather(timeout_s=opts.tokens / opts.rate_hz + 120))
         seen.errors += phase.seen.errors
         seen.error_count += phase.seen.error_count
         phase.seen = seen

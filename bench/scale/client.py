@@ -45,6 +45,22 @@ class Seen:
     error_count: int = 0
     cpu_s: float = 0.0  # this process's CPU time, when it is done
 
+    @staticmethod
+    def merged(parts: list[Seen]) -> Seen:
+        """What several client processes saw, as one."""
+        whole = Seen()
+        for part in parts:
+            whole.created += part.created
+            whole.lags_ms += part.lags_ms
+            whole.ttfts_ms += part.ttfts_ms
+            whole.items += part.items
+            whole.tokens += part.tokens
+            whole.turns += part.turns
+            whole.errors += part.errors
+            whole.error_count += part.error_count
+            whole.cpu_s += part.cpu_s
+        return whole
+
     def error(self, text: str) -> None:
         self.error_count += 1
         if len(self.errors) < ERRORS_KEPT:

@@ -6,11 +6,11 @@ latency when it reads it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 
 from bench.upstream import Call, FakeProvider, Reply, Stream
+from bench.upstream.openai_chat import chat_live
 
 MODEL = "stamped"
 
@@ -30,27 +30,10 @@ class StampingUpstream:
         self._fake.stop()
 
     def _respond(self, call: Call) -> Reply:
-        return Stream(self._chat(str(call.body["model"])))
+        return Stream(chat_live(str(call.body["model"]), self._stamps(), completion_tokens=self.tokens))
 
-    async def _chat(self, model: str) -> AsyncIterator[bytes]:
-        created = int(time.time())
-
-        def chunk(delta: dict[str, object], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
-            doc = {
-                "id": f"chatcmpl-{created}",
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
-                "usage": usage,
-            }
-            return b"data: " + json.dumps(doc).encode() + b"\n\n"
-
-        yield chunk({"role": "assistant", "content": ""})
+    async def _stamps(self) -> AsyncIterator[str]:
         interval, start = 1 / self.rate_hz, time.perf_counter()
         for i in range(self.tokens):
             await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
-            yield chunk({"content": f"{time.time_ns()} "})
-        yield chunk({}, finish="stop")
-        yield chunk({}, usage={"prompt_tokens": 1, "completion_tokens": self.tokens, "total_tokens": self.tokens + 1})
-        yield b"data: [DONE]\n\n"
+            yield f"{time.time_ns()} "

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from bench.upstream.script import Frame, Status, ToolCall, Usage, data, obfuscation, rand
@@ -113,6 +114,33 @@ def chat_text(
     deltas += [{"content": None, "reasoning_content": piece} for piece in reasoning]
     deltas += [{"content": piece} for piece in pieces]
     return _chat_stream(model, deltas, finish, usage, include_usage_chunk, obfuscate)
+
+
+async def chat_live(model: str, pieces: AsyncIterator[str], *, completion_tokens: int, response_id: str = "") -> AsyncIterator[bytes]:
+    """A Chat Completions text stream written as its ``pieces`` come (the benchmarks' paced models):
+    the role chunk, a chunk per piece, the finish chunk, the usage chunk, ``[DONE]``. Lean (no
+    obfuscation, one ``json.dumps`` per chunk): a benchmark's upstream shares the machine with what
+    it measures."""
+    created = int(time.time())
+    response_id = response_id or "chatcmpl-" + rand(29)
+
+    def chunk(delta: dict[str, object], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+        doc = {
+            "id": response_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "usage": usage,
+        }
+        return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    async for piece in pieces:
+        yield chunk({"content": piece})
+    yield chunk({}, finish="stop")
+    yield chunk({}, usage={"prompt_tokens": 1, "completion_tokens": completion_tokens, "total_tokens": completion_tokens + 1})
+    yield _DONE
 
 
 def chat_length(model: str, pieces: Sequence[str], *, usage: Usage | None = Usage()) -> list[Frame]:

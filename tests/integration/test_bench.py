@@ -99,3 +99,20 @@ def test_bench_scale_prints_its_figures(tmp_path: Path) -> None:
     for label in ("memory per idle conversation", "per-token latency, upstream -> client", "time to first token", "cpu per item, us"):
         assert out.count(label) == 2, out
     assert out.count("targets met") + out.count("targets NOT met") == 2, out
+
+
+@pytest.mark.slow
+def test_bench_turns_prints_its_figures(tmp_path: Path) -> None:
+    out = _run(
+        [
+            *("turns", "--concurrency", "3", "--tokens", "5", "--rate", "100"),
+            *("--warmup-s", "0.5", "--measure-s", "2", "--burst", "10"),
+        ],
+        tmp_path,
+    )
+    for label in ("server cpu per turn, ms", "time to first token, ms", "per-token latency", "server cpu per streamed token, us"):
+        assert label in out, out
+    assert re.search(r"turns ended in the window +[1-9]\d* ", out), out
+    # Every turn of the burst was accepted and reached its first token.
+    assert "burst: 10 turns sent at once" in out, out
+    assert re.search(r"accepted \(response headers\), ms .*\(n=10\)", out) and re.search(r"\nfirst token, ms .*\(n=10\)", out), out
