@@ -115,16 +115,6 @@ class ConversationClient:
         self._mailbox = Mailbox(redis)
         self._directory = Directory(redis, lease_ttl_ms=settings.lease_ttl_ms)
         self._router = ConversationRouter(settings, self._directory, redis)
-        self._watch: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Keep the hosts awake: a host Ray restarted recovers its conversations when first called."""
-        self._watch = asyncio.create_task(self._router.watch(), name="host-watch")
-
-    async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
 
     # -- accepting ------------------------------------------------------------------------------
 

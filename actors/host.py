@@ -19,7 +19,9 @@ Guarantees:
 - **Recovery after a crash.** The conversations a host owns are recorded in Redis under its name.
   When Ray restarts a dead host (same name, new incarnation), it takes those conversations over
   at once (bumping their epochs, which fences out anything the old process might still write)
-  and ends their interrupted runs as ``owner_lost``.
+  and ends their interrupted runs as ``owner_lost``. "At once" is the host's own doing: it starts
+  as it is constructed (Ray runs an async actor's constructor on its event loop), trying again
+  until it has, so nobody has to call it first.
 - **Measured.** Activations (how long each took, how many are active, why each ended), lease
   renewals and losses, and everything its conversations measure go to the host's ``Recorder``
   (``actors.metrics.RayRecorder`` in a Ray host; ``runtime.metrics``).
@@ -350,6 +352,12 @@ class ConversationHost:
     def __init__(self, name: str, settings: Settings, exit_when_idle: bool = False) -> None:
         configure_logging(settings)
         self._core = HostCore(name, settings, exit_when_idle=exit_when_idle, metrics=RayRecorder())
+        # Ray runs an async actor's constructor on the actor's event loop: start now (module docstring).
+        self._starting = asyncio.get_running_loop().create_task(forever("host start", self._start), name="host-start")
+
+    async def _start(self) -> None:
+        """One try at starting; ``forever`` tries again after a failure, and stops after a success."""
+        await self._core.start()
 
     async def ready(self) -> dict[str, Any]:
         return await self._core.stats()

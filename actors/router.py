@@ -21,7 +21,6 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from actors import placement
 from actors.directory import Directory, host_of
 from actors.supervisor import dedicated_host, dedicated_name, host_names
-from runtime.background import forever
 from runtime.errors import UnavailableError
 from runtime.settings import Settings
 from runtime.store import keyspace
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 MAX_HOPS = 4
 DEDICATED_RETRY_S = 0.05
 BELL_MAXLEN = 10_000
-WATCH_PERIOD_S = 1.0
 CALL_TIMEOUT_S = 10.0
 _UNREACHABLE = (ActorDiedError, ActorUnavailableError, RayActorError, TimeoutError)
 
@@ -146,13 +144,3 @@ class ConversationRouter:
         except Exception:  # noqa: BLE001 - any failure to answer means the cluster does not
             return False
         return any(node.get("Alive") for node in nodes)
-
-    async def watch(self, period_s: float = WATCH_PERIOD_S) -> None:
-        """Keep every host awake: a host Ray restarted after a crash recovers its conversations
-        when it is first called, so this loop makes that happen within ``period_s``."""
-
-        async def call_every_host() -> float:
-            await self.hosts_alive()
-            return period_s
-
-        await forever("host watch", call_every_host)

@@ -75,11 +75,9 @@ class AppState:
 
     async def start(self) -> None:
         await self.tailers.start()
-        await self.client.start()
 
     async def stop(self) -> None:
         await self.callbacks.stop()
-        await self.client.stop()
         await self.tailers.stop()
         await self.redis.aclose()
 

@@ -86,6 +86,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("--python", str, sys.executable, "the interpreter that runs convoy serve (another checkout's venv: its code)"),
     ):
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
+    text = "CPU and memory of `convoy serve` at rest, process by process (Ray's daemons included), against issue 22's targets"
+    cmd = bench.add_parser("idle", help=text, description=text)
+    for flag, kind, default, text in (
+        ("--seconds", float, 30.0, "seconds measured"),
+        ("--settle-s", float, 10.0, "seconds left to the server after it is healthy, before measuring"),
+    ):
+        cmd.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    cmd.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter that runs the server, e.g. another venv's for a before/after (default: this one)",
+    )
+    cmd.add_argument(
+        "--set",
+        dest="settings",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the server (repeatable), e.g. CONVOY_HOSTS=1",
+    )
     text = "a mixed workload for N minutes, then invariants (PASS/FAIL each; exit 1 if one failed) and figures"
     cmd = bench.add_parser("soak", help=text, description=text)
     for flag, kind, default, text in (
@@ -115,6 +136,13 @@ def _rates(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def _shards(text: str) -> tuple[int, ...]:
@@ -177,6 +205,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 python=args.python,
             )
         )
+    if args.bench == "idle":
+        from bench.idle import IdleOptions
+        from bench.idle import run as run_idle
+
+        return run_idle(IdleOptions(seconds=args.seconds, settle_s=args.settle_s, python=args.python, env=dict(args.settings)))
     if args.bench == "providers":
         from bench.providers import ProvidersOptions
         from bench.providers import run as run_providers

@@ -20,17 +20,13 @@ run. Each conversation grows by a turn per measured turn, as a real one does. No
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,14 +37,13 @@ from google import genai
 from google.genai import types as genai_types
 from openai import AsyncOpenAI
 
-from bench import Progress, Report, free_port, percentile
+from bench import Progress, Report, percentile
 from bench.clients import sse_frames
+from bench.serve import Serve
 from bench.upstream import Call, FakeProvider, Reply, Stream
 from bench.upstream.openai_chat import chat_live
 from runtime.errors import ConvoyError
 
-SERVE_START_TIMEOUT_S = 180.0
-SERVE_STOP_TIMEOUT_S = 60.0
 MODEL = "fixed-rate"
 
 
@@ -115,82 +110,6 @@ class Upstream:
         async for i in self._paced(marker):
             yield chunk(f"t{i} ")
         yield chunk("", finish="STOP")
-
-
-# -- Convoy in a subprocess ---------------------------------------------------------------------------
-
-
-class Serve:
-    """``convoy serve`` with a private home, the upstream declared as provider ``bench``; ``env``:
-    more ``CONVOY_...`` settings for it; ``python``: the interpreter that runs it (another
-    checkout's venv, to measure its code in the same session)."""
-
-    def __init__(
-        self, home: Path, upstream_url: str, env: Mapping[str, str] | None = None, *, python: str = sys.executable
-    ) -> None:
-        self._home = home
-        self._python = python
-        self._upstream = upstream_url
-        self._env = dict(env or {})
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process (it also runs the API); None before start."""
-        return self._proc.pid if self._proc is not None else None
-
-    def start(self) -> None:
-        port = free_port()
-        google = ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", *google))}
-        env.update(
-            {
-                "CONVOY_HOME": str(self._home),
-                "CONVOY_PROVIDERS": json.dumps({"bench": {"base_url": f"{self._upstream}/v1"}}),
-                "GEMINI_API_KEY": "bench",
-                "GOOGLE_GEMINI_BASE_URL": self._upstream,
-                "CONVOY_LOG_LEVEL": "WARNING",
-                **self._env,
-            }
-        )
-        log = (self._home / "serve.log").open("wb")
-        self._proc = subprocess.Popen(
-            [self._python, "-m", "cli.main", "serve", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=self._home,  # not the caller's directory: `-m` would import a checkout found there first
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise ConvoyError(f"convoy serve exited with code {self._proc.returncode}: {self.log_tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get("/v1/health").status_code == 200:
-                        return
-                time.sleep(0.2)
-        raise ConvoyError(f"convoy serve did not become healthy in {SERVE_START_TIMEOUT_S:g} s: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return (self._home / "serve.log").read_text(errors="replace")[-2000:]
-        return ""
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=SERVE_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- measuring ------------------------------------------------------------------------------------------

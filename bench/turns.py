@@ -39,9 +39,9 @@ import httpx
 
 from bench import Progress, Report, percentile, process_cpu_s
 from bench.clients import ClientProcesses, split, sse_frames
-from bench.providers import Serve
 from bench.scale import client
 from bench.scale.upstream import MODEL, StampingUpstream
+from bench.serve import Serve
 
 SPAWN_S = 5.0  # client processes start streaming this long after being spawned (imports, connections)
 CREATE_CONCURRENCY = 16

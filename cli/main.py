@@ -23,6 +23,9 @@ prints what a conversation costs as a virtual actor next to one Ray actor per co
 a subprocess) in a temporary home, and prints the latency a chunk picks up on its way from the
 conversation's writer to an SSE client, next to a batched, polled bus (see ``bench.streams``).
 
+``convoy bench idle`` starts ``convoy serve`` (this interpreter's or ``--python``'s) in a temporary home and
+prints the CPU and memory of each of its processes at rest (see ``bench.idle``).
+
 ``convoy bench soak`` starts ``convoy serve`` and a scripted model in a temporary home, runs a mixed
 workload (turns, tools, cancels, resumes, disconnects, bad inputs) for ``--minutes``, then checks
 its invariants and prints PASS or FAIL for each; it exits 1 if one failed (see ``bench.soak``).

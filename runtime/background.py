@@ -1,11 +1,11 @@
-"""Background loops that never die silently: a host's lease renewal, doorbell and heartbeat, an API
-replica's host watch.
+"""Background loops that never die silently: a host's start, lease renewal, doorbell and heartbeat.
 
 ``forever`` runs one step after another, each guarded: a step that fails is logged (a warning for
 an unreachable Redis, the traceback for anything else) and the loop waits a jittered backoff that
-grows with the failures in a row before the next try, so a loop neither dies nor spins. Only
-cancellation ends it. A step says how long to wait before the next one, so a loop can be periodic
-(a heartbeat), continuous (a blocking read) or both.
+grows with the failures in a row before the next try, so a loop neither dies nor spins. It ends
+when cancelled, or when a step says its work is done (``None``: a start that must succeed once);
+otherwise a step says how long to wait before the next one, so a loop can be periodic (a
+heartbeat), continuous (a blocking read) or both.
 """
 
 from __future__ import annotations
@@ -28,15 +28,18 @@ RETRY = EqualJitterBackoff(cap=2.0, base=0.05)  # 50 ms after a first failure, d
 
 async def forever(
     name: str,
-    step: Callable[[], Awaitable[float]],
+    step: Callable[[], Awaitable[float | None]],
     *,
     retry: EqualJitterBackoff = RETRY,
 ) -> None:
-    """Run ``step`` until cancelled; each call returns the seconds to wait before the next one."""
+    """Run ``step`` until cancelled or it returns None; otherwise each call returns the seconds to
+    wait before the next one."""
     failures = 0
     while True:
         try:
             wait_s = await step()
+            if wait_s is None:
+                return
             failures = 0
         except asyncio.CancelledError:
             raise

@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bench import Progress, Report
-from bench.providers import Serve
+from bench.serve import Serve
 from bench.soak import checks, faults, keyspace, memory, outage
 from bench.soak.figures import Outcome, add_figures, add_log, add_verdicts
 from bench.soak.ledger import FAULTS, OUTAGE, Ledger

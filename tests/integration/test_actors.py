@@ -222,6 +222,31 @@ async def test_idle_conversations_are_passivated_and_reactivate_with_history(
     assert usage["prompt_tokens"] == len("remember me remember me again".split()), "history survived"
 
 
+async def test_a_restarted_host_takes_its_conversations_over_with_nobody_calling_it(
+    client: httpx.AsyncClient, store: redis.Redis
+) -> None:
+    # A background run nobody reads: once its host is killed, nothing calls that host (no reader
+    # to nudge it, no send, no health check), so only the host's next incarnation, starting by
+    # itself, can take the conversation over and end the run.
+    agent = (await client.post("/v1/agents", json={"name": "actors"})).json()
+    reply = await client.post(f"/v1/agents/{agent['id']}/messages/async", json={"input": long_text("u", 5000)})
+    assert reply.status_code == 200, reply.text
+    run_id = reply.json()["id"]
+    await wait_running(client, run_id)
+    conv = reply.json()["conversation_id"]
+    host = store.get(keyspace.lease(conv)).split("/")[0]
+    pid = json.loads(store.hget(keyspace.hosts(), host))["pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    async def ended() -> dict[str, Any] | None:
+        run = (await client.get(f"/v1/runs/{run_id}")).json()  # read from Redis: calls no host
+        return run if run["status"] != "running" else None
+
+    run = await eventually(ended, 30, interval_s=0.2, message="the restarted host to end the run")
+    assert run["status"] == "failed" and run["metadata"]["error"]["error_type"] == "owner_lost", run
+    assert json.loads(store.hget(keyspace.hosts(), host))["pid"] != pid, "Ray restarted the host"
+
+
 async def test_killing_a_host_mid_run_fails_the_run_and_the_conversation_recovers(
     client: httpx.AsyncClient, store: redis.Redis
 ) -> None:

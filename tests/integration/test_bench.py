@@ -116,3 +116,12 @@ def test_bench_turns_prints_its_figures(tmp_path: Path) -> None:
     # Every turn of the burst was accepted and reached its first token.
     assert "burst: 10 turns sent at once" in out, out
     assert re.search(r"accepted \(response headers\), ms .*\(n=10\)", out) and re.search(r"\nfirst token, ms .*\(n=10\)", out), out
+def test_bench_idle_prints_every_process_of_the_server(tmp_path: Path) -> None:
+    out = _run(["idle", "--seconds", "2", "--settle-s", "0", "--set", "CONVOY_HOSTS=1"], tmp_path)
+    # The server's own process, its Redis, Ray's daemons and the one host asked for, each named.
+    for name in ("convoy serve (API)", "redis (embedded)", "gcs_server", "raylet", "conversation host"):
+        assert re.search(rf"^{re.escape(name)} \(pid \d+\) +cpu +[\d.]+% +rss +[\d.]+ +pss +[\d.]+$", out, re.MULTILINE), out
+    assert out.count("conversation host (pid") == 1, out
+    assert "server setting CONVOY_HOSTS" in out, out
+    assert re.search(r"^total +cpu", out, re.MULTILINE), out
+    assert re.search(r"^cpu, % of a core \(target < 2\) +[\d.]+ +(met|NOT met)$", out, re.MULTILINE), out
