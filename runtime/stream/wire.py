@@ -34,13 +34,23 @@ def encode(item: WireItem) -> bytes:
     return item.model_dump_json(exclude_none=True).encode()
 
 
+JOIN_MAX_CHARS = 4096  # a joined item's text stays under this: joining is for many small deltas
+
+
 def join(held: WireItem, delta: WireItem) -> bool:
     """Append ``delta`` to ``held`` if it continues it, and say whether it did: both text deltas of
     the same part of the same message (an assistant message's text, or reasoning without a
-    signature yet). A client accumulating deltas by message id and ``otid``, as Letta's do, reads
+    signature yet), together at most ``JOIN_MAX_CHARS`` (a reader's buffer is bounded in items, so
+    items stay small). A client accumulating deltas by message id and ``otid``, as Letta's do, reads
     the joined item exactly as it would have read the two."""
     if isinstance(held, AssistantMessage) and isinstance(delta, AssistantMessage):
-        if held.id == delta.id and held.otid == delta.otid and isinstance(held.content, str) and isinstance(delta.content, str):
+        if (
+            held.id == delta.id
+            and held.otid == delta.otid
+            and isinstance(held.content, str)
+            and isinstance(delta.content, str)
+            and len(held.content) + len(delta.content) <= JOIN_MAX_CHARS
+        ):
             held.content += delta.content
             return True
     elif isinstance(held, ReasoningMessage) and isinstance(delta, ReasoningMessage) and (
@@ -49,6 +59,7 @@ def join(held: WireItem, delta: WireItem) -> bool:
         and held.source == delta.source
         and held.signature is None
         and delta.signature is None
+        and len(held.reasoning) + len(delta.reasoning) <= JOIN_MAX_CHARS
     ):
         held.reasoning += delta.reasoning
         return True

@@ -17,6 +17,7 @@ from runtime.errors import FencedError
 from runtime.schemas.messages import AssistantMessage
 from runtime.stream.items import StoredItem, last_seq, read_after
 from runtime.stream.tailer import SUBSCRIPTION_BUFFER_BATCHES, StreamTailer, Subscription
+from runtime.stream.wire import JOIN_MAX_CHARS
 from runtime.stream.writer import ChunkWriter
 from tests.conftest import async_client, eventually
 from tests.fakes.proxy import SilencingProxy
@@ -101,6 +102,17 @@ async def test_deltas_written_while_one_is_unsent_are_joined_each_item_keeping_i
     assert [p.get("content") for p in payloads] == ["a", "bcd", "e", "f", None, "g"]
     # Each stored item says its own place: a client resuming after any of them misses nothing.
     assert [p.get("seq_id") for p in payloads] == [1, 2, 3, 4, None, 6]
+
+
+async def test_joined_items_stay_small(redis: aioredis.Redis) -> None:
+    key = _key()
+    writer = await _writer(redis, key)
+    piece = "x" * (JOIN_MAX_CHARS // 3 + 1)
+    seqs = [await writer.write_item(_delta(piece)) for _ in range(5)]
+    assert seqs == [1, 1, 2, 2, 3]  # two pieces fit under the limit, a third does not
+    await writer.flush()
+    sizes = [len(json.loads(i.payload)["content"]) for i in await read_after(redis, key, 0)]
+    assert sizes == [2 * len(piece), 2 * len(piece), len(piece)]
 
 
 async def test_a_delta_written_after_the_one_before_was_sent_is_not_held_back(redis: aioredis.Redis, tailer: StreamTailer) -> None:
