@@ -24,7 +24,8 @@ Guarantees:
   until it has, so nobody has to call it first.
 - **Measured.** Activations (how long each took, how many are active, why each ended), lease
   renewals and losses, and everything its conversations measure go to the host's ``Recorder``
-  (``actors.metrics.RayRecorder`` in a Ray host; ``runtime.metrics``).
+  (``actors.metrics.RayRecorder`` in a Ray host, ``QUIET`` with ``CONVOY_RAY_METRICS`` off;
+  ``runtime.metrics``).
 """
 
 from __future__ import annotations
@@ -351,7 +352,8 @@ class ConversationHost:
 
     def __init__(self, name: str, settings: Settings, exit_when_idle: bool = False) -> None:
         configure_logging(settings)
-        self._core = HostCore(name, settings, exit_when_idle=exit_when_idle, metrics=RayRecorder())
+        metrics = RayRecorder() if settings.ray_metrics else QUIET
+        self._core = HostCore(name, settings, exit_when_idle=exit_when_idle, metrics=metrics)
         # Ray runs an async actor's constructor on the actor's event loop: start now (module docstring).
         self._starting = asyncio.get_running_loop().create_task(forever("host start", self._start), name="host-start")
 

@@ -1,7 +1,7 @@
 """Joining or starting Ray.
 
 ``RAY_ADDRESS`` set: join that cluster. Unset: start a local instance owned by this process
-(``ray.shutdown()`` stops it).
+(``disconnect()`` stops it).
 
 Ray 2.59+ turns token authentication on by default, and Convoy keeps it on: Ray's GCS listens on
 every interface even when asked for loopback, so the token is what keeps other machines out. But
@@ -11,6 +11,8 @@ out each other's later clients. So a Convoy that starts its own Ray gives it a f
 ``<CONVOY_HOME>/ray/auth_token``, and ``convoy api`` with the same ``CONVOY_HOME`` uses that file
 to join. An explicit ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` always wins (on a cluster the
 launcher distributes it; see ``cluster.yaml``).
+
+The local instance runs what one machine needs and no more (``actors.local_ray``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from typing import Any
 
 import ray
 
+from actors.local_ray import LocalRay
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 TOKEN_BYTES = 32
+_local: LocalRay | None = None
 
 
 def token_path(settings: Settings) -> Path:
@@ -60,6 +64,7 @@ def _use_token(settings: Settings, *, fresh: bool) -> None:
 
 def connect(settings: Settings, *, start_local: bool) -> str:
     """Connect this process to Ray; returns the GCS address. Idempotent."""
+    global _local
     if ray.is_initialized():
         return str(ray.get_runtime_context().gcs_address)
     local = not settings.ray_address and start_local
@@ -67,11 +72,12 @@ def connect(settings: Settings, *, start_local: bool) -> str:
     if settings.ray_address:
         ctx = ray.init(address=settings.ray_address, namespace=settings.ray_namespace, logging_level=logging.WARNING)
     elif start_local:
+        _local = LocalRay(settings)
         ctx = ray.init(
+            address=_local.address,
             namespace=settings.ray_namespace,
-            include_dashboard=False,
             logging_level=logging.WARNING,
-            _node_ip_address="127.0.0.1",
+            log_to_driver=settings.ray_log_to_driver,
         )
     else:
         ctx = ray.init(address="auto", namespace=settings.ray_namespace, logging_level=logging.WARNING)
@@ -87,6 +93,16 @@ def metrics_exporters() -> list[str]:
     return [f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}" for node in nodes if node.get("Alive")]
 
 
+def worker_logs() -> str:
+    """Where the local Ray's workers (the hosts) write their logs."""
+    return _local.logs_dir() if _local is not None else "the Ray node's session logs"
+
+
 def disconnect() -> None:
+    """Leave Ray; stop the local instance if this process started one."""
+    global _local
     if ray.is_initialized():
         ray.shutdown()
+    local, _local = _local, None
+    if local is not None:
+        local.stop()

@@ -4,8 +4,9 @@
 by ``--python`` (another venv: the code before a change, for a before/after in one session). Once
 it answers ``/v1/health`` and has settled (``--settle-s``: Ray's daemons and the hosts finish
 starting, imports done), every process of its tree is sampled each second for ``--seconds``: CPU
-(user + system, in % of one core over the window) and memory (RSS, and PSS, which divides shared
-pages among the processes mapping them; both averaged over the window). The tree is the server
+(user + system, in % of one core over the window), wakeups (context switches per second) and
+memory (RSS, and PSS, which divides shared pages among the processes mapping them; both averaged
+over the window). The tree is the server
 and all its descendants (the embedded Redis, Ray's daemons, the raylet's workers and agents), plus
 any process that names the local Ray's session directory without descending from the server (Ray's
 daemons started in a session of their own) and its descendants. Each process is named from its
@@ -13,9 +14,12 @@ command line (``raylet``, ``gcs_server``, ``conversation host``...); a process t
 the window is counted from its start, one that ends from its last sample.
 
 Figures: one line per process, the totals, and the totals against issue 22's targets (< 2% of a
-core, <= 0.6 GB RSS). The machine's own busy share over the window is printed too: other work on
-it does not change what an idle process uses, but it says how quiet the measurement was. Nothing
-is asserted.
+core, <= 0.6 GB RSS). An idle process's CPU is what its wakeups cost, and what a wakeup costs
+depends on the machine: on a quiet one, cores sleep deeper and wake slower, and the same server
+measured up to ~30% more CPU than beside other work. So each process's wakeups per second (its
+threads' context switches) are printed too, which do not depend on that, and so is the machine's
+busy share over the window: compare CPU figures only between runs on an equally busy machine.
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ SAMPLE_INTERVAL_S = 1.0
 PROGRESS_EVERY_S = 10.0
 CPU_TARGET_PCT = 2.0
 RSS_TARGET_BYTES = 600 * 1000**2  # 0.6 GB (572 MiB)
+SWITCHES = ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
 SESSION_DIR = re.compile(r"--session[-_]dir=(\S+)")
 # Ray names its worker processes ``ray::<actor class>``.
 RAY_WORKERS = {
@@ -85,6 +90,8 @@ class Seen:
     name: str
     first_cpu_s: float
     last_cpu_s: float
+    first_switches: int
+    last_switches: int
     rss: list[int] = field(default_factory=list)
     pss: list[int] = field(default_factory=list)
 
@@ -99,7 +106,7 @@ def _stat(pid: int) -> Stat | None:
     return Stat(ppid=int(fields[1]), start_ticks=int(fields[19]), cpu_s=(int(fields[11]) + int(fields[12])) / ticks)
 
 
-def _argv(pid: int) -> list[str]:
+def command_line(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             raw = cmdline.read()
@@ -120,6 +127,17 @@ def process_name(argv: list[str]) -> str:
         if needle in line:
             return name
     return Path(argv[0]).name
+
+
+def context_switches(pid: int) -> int:
+    """Times the threads of process ``pid`` have been switched out so far (voluntarily, mostly:
+    each is a wakeup that went back to sleep); 0 when it is gone."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/status") as status:
+                total += sum(int(line.split()[1]) for line in status if line.startswith(SWITCHES))
+    return total
 
 
 def _uptime_ticks() -> int:
@@ -148,10 +166,10 @@ def server_tree(root: int) -> dict[int, Stat]:
         return found
 
     tree = below(root)
-    sessions = {m.group(1) for pid in tree if (m := SESSION_DIR.search(" ".join(_argv(pid))))}
+    sessions = {m.group(1) for pid in tree if (m := SESSION_DIR.search(" ".join(command_line(pid))))}
     if sessions:
         for pid in set(stats) - tree:
-            line = " ".join(_argv(pid))
+            line = " ".join(command_line(pid))
             if any(session in line for session in sessions):
                 tree |= below(pid)
     return {pid: stats[pid] for pid in tree}
@@ -160,11 +178,15 @@ def server_tree(root: int) -> dict[int, Stat]:
 def _sample(root: int, window_start_ticks: int, seen: dict[int, Seen]) -> None:
     for pid, stat in server_tree(root).items():
         record = seen.get(pid)
+        switches = context_switches(pid)
         if record is None:
-            name = "convoy serve (API)" if pid == root else process_name(_argv(pid))
+            name = "convoy serve (API)" if pid == root else process_name(command_line(pid))
             started_within = stat.start_ticks >= window_start_ticks
-            record = seen[pid] = Seen(pid, name, 0.0 if started_within else stat.cpu_s, stat.cpu_s)
+            record = seen[pid] = Seen(
+                pid, name, 0.0 if started_within else stat.cpu_s, stat.cpu_s, 0 if started_within else switches, switches
+            )
         record.last_cpu_s = stat.cpu_s
+        record.last_switches = switches
         memory = process_memory(pid)
         if memory["rss_bytes"]:
             record.rss.append(memory["rss_bytes"])
@@ -205,15 +227,23 @@ def _code_location(python: str, cwd: Path) -> str:
 
 
 def _add_figures(report: Report, processes: list[Seen], span_s: float, machine_cores: float) -> None:
-    report.section(f"convoy serve at rest: {len(processes)} processes over {span_s:.0f} s (cpu: % of one core; memory: mean MiB)")
+    report.section(
+        f"convoy serve at rest: {len(processes)} processes over {span_s:.0f} s"
+        " (cpu: % of one core; wakeups: context switches per second; memory: mean MiB)"
+    )
     ordered = sorted(processes, key=lambda s: (-_mean(s.rss), s.name))
     for s in ordered:
         cpu = 100 * (s.last_cpu_s - s.first_cpu_s) / span_s
-        report.add(f"{s.name} (pid {s.pid})", f"cpu {cpu:5.2f}%   rss {_mean(s.rss) / MIB:6.1f}   pss {_mean(s.pss) / MIB:6.1f}")
+        wakeups = (s.last_switches - s.first_switches) / span_s
+        report.add(
+            f"{s.name} (pid {s.pid})",
+            f"cpu {cpu:5.2f}%   wakeups {wakeups:6.0f}   rss {_mean(s.rss) / MIB:6.1f}   pss {_mean(s.pss) / MIB:6.1f}",
+        )
     cpu_pct = 100 * sum(s.last_cpu_s - s.first_cpu_s for s in processes) / span_s
+    wakeups = sum(s.last_switches - s.first_switches for s in processes) / span_s
     rss = sum(_mean(s.rss) for s in processes)
     pss = sum(_mean(s.pss) for s in processes)
-    report.add("total", f"cpu {cpu_pct:5.2f}%   rss {rss / MIB:6.1f}   pss {pss / MIB:6.1f}")
+    report.add("total", f"cpu {cpu_pct:5.2f}%   wakeups {wakeups:6.0f}   rss {rss / MIB:6.1f}   pss {pss / MIB:6.1f}")
     report.section("against issue 22's targets")
     report.add(f"cpu, % of a core (target < {CPU_TARGET_PCT:g})", f"{cpu_pct:.2f}  {'met' if cpu_pct < CPU_TARGET_PCT else 'NOT met'}")
     report.add(

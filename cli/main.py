@@ -1,7 +1,8 @@
 """The ``convoy`` command: the composition root that starts everything.
 
 ``convoy serve`` on a laptop: embedded Redis (unless ``CONVOY_REDIS_URL``), a local Ray (unless
-``RAY_ADDRESS``), the conversation hosts, and the API on 127.0.0.1:8283. The embedded Redis is
+``RAY_ADDRESS``; only what one machine needs, see ``actors.local_ray``), the conversation hosts, and
+the API on 127.0.0.1:8283. The embedded Redis is
 supervised: if it dies, it is started again at once on the same port and data (see
 ``runtime.store.embedded``). Ctrl-C (or SIGTERM) stops the API, then Ray, then Redis, in that
 order (Redis is not started again then), and leaves no process behind.
@@ -100,8 +101,13 @@ def serve(settings: Settings) -> int:
         else:
             _say(f"hosts   {len(hosts)} conversation host(s) ready")
         _say(f"model   default {settings.resolved_default_model()}")
-        exporters = ", ".join(f"http://{a}/metrics" for a in ray_boot.metrics_exporters())
-        _say(f"metrics hosts at {exporters or 'no node yet'} (Ray's metrics agents); API at /metrics")
+        if settings.ray_metrics:
+            exporters = ", ".join(f"http://{a}/metrics" for a in ray_boot.metrics_exporters())
+            _say(f"metrics hosts at {exporters or 'no node yet'} (Ray's metrics agents); API at /metrics")
+        else:
+            _say("metrics hosts record none (CONVOY_RAY_METRICS=false); API at /metrics")
+        if started_ray and not settings.ray_log_to_driver:
+            _say(f"logs    hosts log to {ray_boot.worker_logs()} (CONVOY_RAY_LOG_TO_DRIVER=true copies them here)")
         _say(f"api     listening on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
         _run_api(settings, create_app)
         return 0

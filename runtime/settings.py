@@ -77,6 +77,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAY_AUTH_TOKEN"),
         description="Whether RAY_AUTH_TOKEN is set (Ray reads the value itself; Convoy never copies it).",
     )
+    ray_metrics: bool = Field(
+        default=True,
+        description="The hosts record their metrics, which each node's Ray metrics agent serves to Prometheus; "
+        "off, they record none and the local Ray that `convoy serve` starts collects none (Ray's own included).",
+    )
+    ray_log_to_driver: bool = Field(
+        default=False,
+        description="The local Ray that `convoy serve` starts runs Ray's log monitor, which copies the hosts' log "
+        "lines to serve's output; off, they stay in Ray's log files (serve prints where).",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8283, ge=0, le=65535)

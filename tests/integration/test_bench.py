@@ -120,7 +120,7 @@ def test_bench_idle_prints_every_process_of_the_server(tmp_path: Path) -> None:
     out = _run(["idle", "--seconds", "2", "--settle-s", "0", "--set", "CONVOY_HOSTS=1"], tmp_path)
     # The server's own process, its Redis, Ray's daemons and the one host asked for, each named.
     for name in ("convoy serve (API)", "redis (embedded)", "gcs_server", "raylet", "conversation host"):
-        assert re.search(rf"^{re.escape(name)} \(pid \d+\) +cpu +[\d.]+% +rss +[\d.]+ +pss +[\d.]+$", out, re.MULTILINE), out
+        assert re.search(rf"^{re.escape(name)} \(pid \d+\) +cpu +[\d.]+% +wakeups +\d+ +rss +[\d.]+ +pss +[\d.]+$", out, re.MULTILINE), out
     assert out.count("conversation host (pid") == 1, out
     assert "server setting CONVOY_HOSTS" in out, out
     assert re.search(r"^total +cpu", out, re.MULTILINE), out
