@@ -2,9 +2,8 @@
 
 ``convoy serve`` on a laptop: embedded Redis (unless ``CONVOY_REDIS_URL``), a local Ray (unless
 ``RAY_ADDRESS``; only what one machine needs, see ``actors.local_ray``), the conversation hosts, and
-the API on 127.0.0.1:8283. The embedded Redis is
-supervised: if it dies, it is started again at once on the same port and data (see
-``runtime.store.embedded``). Ctrl-C (or SIGTERM) stops the API, then Ray, then Redis, in that
+the API on 127.0.0.1:8283. The embedded Redis is supervised: if it dies, it is started again at once
+on the same port and data (see ``runtime.store.embedded``). Ctrl-C (or SIGTERM) stops the API, then Ray, then Redis, in that
 order (Redis is not started again then), and leaves no process behind.
 
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
@@ -24,8 +23,9 @@ prints what a conversation costs as a virtual actor next to one Ray actor per co
 a subprocess) in a temporary home, and prints the latency a chunk picks up on its way from the
 conversation's writer to an SSE client, next to a batched, polled bus (see ``bench.streams``).
 
-``convoy bench idle`` starts ``convoy serve`` (this interpreter's or ``--python``'s) in a temporary home and
-prints the CPU and memory of each of its processes at rest (see ``bench.idle``).
+``convoy bench idle`` starts ``convoy serve`` (run by this interpreter or ``--python``'s) in a
+temporary home and prints the CPU, wakeups and memory of each of its processes at rest (see
+``bench.idle``).
 
 ``convoy bench soak`` starts ``convoy serve`` and a scripted model in a temporary home, runs a mixed
 workload (turns, tools, cancels, resumes, disconnects, bad inputs) for ``--minutes``, then checks
