@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ async def through_outage(call: Callable[[], Awaitable[T]], *, patience_s: float,
     except UNREACHABLE as exc:
         reraise_if_cancelling()
         log.warning("Redis unreachable; sending again", extra={"what": what, "tries": 1, "waited_s": 0.0, "error": repr(exc)})
+        # The first wait of the backoff below, which starts its count at its own first try.
+        await asyncio.sleep(min(random.uniform(0, RESEND_BACKOFF_S), max(0.0, started + patience_s - time.monotonic())))
 
     async def attempt() -> T:
         left_s = started + patience_s - time.monotonic()

@@ -4,9 +4,10 @@ Each item is queued and sent at once. A text delta written while the item before
 waiting to be sent (a pipeline is in flight: the path is busy) is joined to that item when it
 continues it (``runtime.stream.wire.join``: the same part of the same message): under load, fewer
 and larger items, each stamped with its own correct ``seq_id``, so resuming stays exact; on an idle
-path every delta leaves at once as its own item, never held back to be joined. The writers of a process that share a Redis client send
-through one pipeliner with one pipeline in flight at a time: when none is in flight a write leaves
-at once; while one is, the items every run produces meanwhile are coalesced into the next pipeline
+path every delta leaves at once as its own item, never held back to be joined.
+
+The writers of a process that share a Redis client send through one pipeliner with one pipeline in
+flight at a time: when none is in flight a write leaves at once; while one is, the items every run produces meanwhile are coalesced into the next pipeline
 (one fenced script call per run), never delayed by a timer. One pipeline at a time also keeps each
 run's items in order. Every script call checks the owner's fencing epoch first.
 
