@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import multiprocessing
+import queue
 import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from types import TracebackType
@@ -36,6 +38,7 @@ import httpx
 
 PR_SET_PDEATHSIG = 1
 JOIN_TIMEOUT_S = 30.0
+PROGRESS_EVERY_S = 10.0
 
 
 def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -113,3 +116,31 @@ class ClientProcesses:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def counted(ticks: Queue[int], total: int, what: str, say: Callable[[str], None]) -> Iterator[None]:
+    """While the body runs, say every ``PROGRESS_EVERY_S`` how far the client processes have got:
+    each puts on ``ticks`` how many more it has done (``what``: e.g. "created")."""
+    done = 0
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        nonlocal done
+        next_at = started + PROGRESS_EVERY_S
+        while not stop.is_set():
+            with contextlib.suppress(queue.Empty):
+                done += ticks.get(timeout=0.5)
+            if time.monotonic() >= next_at:
+                next_at += PROGRESS_EVERY_S
+                rate = done / (time.monotonic() - started)
+                say(f"{what} {done:,} of {total:,} ({rate:,.0f}/s)")
+
+    thread = threading.Thread(target=report, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

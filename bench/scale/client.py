@@ -29,6 +29,7 @@ from bench.clients import sse_frames
 
 REQUEST_TIMEOUT_S = 120.0
 ERRORS_KEPT = 20
+TICK = 1000  # conversations created between two progress ticks
 
 
 @dataclass
@@ -71,14 +72,15 @@ def _limits(n: int) -> httpx.Limits:
     return httpx.Limits(max_connections=n, max_keepalive_connections=n)
 
 
-def create(urls: list[str], agent_id: str, count: int, concurrency: int, out: Queue[Any]) -> None:
-    """Create ``count`` conversations of ``agent_id``; puts a ``Seen`` with their ids on ``out``."""
-    seen = asyncio.run(_create(urls, agent_id, count, concurrency))
+def create(urls: list[str], agent_id: str, count: int, concurrency: int, ticks: Queue[int], out: Queue[Any]) -> None:
+    """Create ``count`` conversations of ``agent_id``; puts ``TICK`` on ``ticks`` for every ``TICK``
+    of them (``bench.clients.counted``), then a ``Seen`` with their ids on ``out``."""
+    seen = asyncio.run(_create(urls, agent_id, count, concurrency, ticks))
     seen.cpu_s = time.process_time()
     out.put(seen)
 
 
-async def _create(urls: list[str], agent_id: str, count: int, concurrency: int) -> Seen:
+async def _create(urls: list[str], agent_id: str, count: int, concurrency: int, ticks: Queue[int]) -> Seen:
     seen = Seen()
     turn = itertools.cycle(urls)
     left = iter(range(count))
@@ -90,6 +92,8 @@ async def _create(urls: list[str], agent_id: str, count: int, concurrency: int) 
                     reply = await http.post(f"{next(turn)}/v1/conversations", params={"agent_id": agent_id})
                     if reply.status_code == 200:
                         seen.created.append(reply.json()["id"])
+                        if len(seen.created) % TICK == 0:
+                            ticks.put(TICK)
                     else:
                         seen.error(f"create: HTTP {reply.status_code} {reply.text[:200]}")
                 except httpx.HTTPError as exc:
