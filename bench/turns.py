@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from bench import Progress, Report, percentile, process_cpu_s
-from bench.clients import ClientProcesses, split, sse_frames
+from bench.clients import ClientProcesses, counted, split, sse_frames
 from bench.scale import client
 from bench.scale.upstream import MODEL, StampingUpstream
 from bench.serve import Serve
@@ -190,10 +190,13 @@ class Steady:
     window_s: float
 
 
-def _create(url: str, agent: str, count: int, clients: int) -> list[str]:
+def _create(url: str, agent: str, count: int, clients: int, say: Progress) -> list[str]:
     with ClientProcesses() as creators:
-        creators.start(client.create, [([url], agent, len(share), CREATE_CONCURRENCY) for share in split(range(count), clients)])
-        made = creators.gather(timeout_s=max(120.0, count / 20))
+        ticks = creators.queue()
+        shares = split(range(count), clients)
+        creators.start(client.create, [([url], agent, len(share), CREATE_CONCURRENCY, ticks) for share in shares])
+        with counted(ticks, count, "created", say):
+            made = creators.gather(timeout_s=max(120.0, count / 20))
     errors = [e for part in made for e in part.errors]
     if errors:
         raise RuntimeError(f"creating conversations failed: {errors[:3]}")
@@ -308,7 +311,7 @@ def run(options: TurnsOptions) -> int:
         agent = httpx.post(f"{serve.url}/v1/agents", json={"name": "turns", "model": f"bench/{MODEL}"}, timeout=30).json()["id"]
         count = options.concurrency + options.burst
         say(f"creating {count} conversations")
-        conversations = _create(serve.url, agent, count, options.clients)
+        conversations = _create(serve.url, agent, count, options.clients, say)
         if options.concurrency:
             _report_steady(_steady(serve, conversations[: options.concurrency], options, say), options, report)
             _settle(serve.url)
