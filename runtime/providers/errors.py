@@ -216,6 +216,8 @@ def translate(exc: BaseException, provider: str) -> BaseException:
     if meaning is LLMUnavailableError:
         return LLMUnavailableError(f"{provider}: connection failed or was cut: {_describe(exc)}")
     if meaning is LLMTimeoutError:
+        if _refused(exc):
+            return LLMUnavailableError(f"{provider}: connection failed or was cut: {_describe(exc)}")
         return LLMTimeoutError(f"{provider}: {exc or 'request timed out'}")
     if meaning is LLMError and "api_key" in str(exc):
         return LLMAuthenticationError(f"{provider}: {exc}")
@@ -239,6 +241,22 @@ def require_event_stream(response: Any, provider: str) -> None:
     content_type = str(getattr(response, "headers", {}).get("content-type", ""))
     if not content_type.startswith("text/event-stream"):
         raise LLMInvalidResponseError(f"{provider}: answered with content-type {content_type or 'none'!r}, not an event stream")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from, innermost last."""
+    chain = [exc]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
+
+
+def _refused(exc: BaseException) -> bool:
+    """A "timeout" that was a connection refused or reset: raised from an ``OSError`` and from no
+    ``TimeoutError``. The aiohttp transport of the OpenAI and Anthropic SDKs reports every connection
+    failure as a connect timeout."""
+    chain = _causes(exc)
+    return any(isinstance(e, OSError) for e in chain) and not any(isinstance(e, TimeoutError) for e in chain)
 
 
 def _describe(exc: BaseException) -> str:
