@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 from api.errors import RunErrorResponse, run_error_status
-from api.sse import run_batches
 from api.state import AppState
 from runtime.schemas.runs import RunView
 
@@ -22,7 +21,7 @@ async def collect_response(state: AppState, run: RunView) -> dict[str, Any]:
     stop_reason: dict[str, Any] = {"message_type": "stop_reason", "stop_reason": "error"}
     usage: dict[str, Any] = {"message_type": "usage_statistics"}
     error: dict[str, Any] | None = None
-    async for got in run_batches(state, run.conversation_id, run.id, after=0):
+    async for got in state.follower.batches(run.conversation_id, run.id, after=0):
         for item in got[0] if got else ():
             if item.terminal:
                 break
