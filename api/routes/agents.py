@@ -14,7 +14,6 @@ from pydantic import AnyHttpUrl, UrlConstraints, model_validator
 from api.auth import Caller
 from api.callbacks import Owed
 from api.errors import RunErrorResponse
-from api.history import listing, system_message_id
 from api.model_settings import check_agent, check_agent_update
 from api.responses import collect_response
 from api.routes.conversations import send
@@ -25,6 +24,8 @@ from api.turns import accept_turn
 from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery
 from runtime.agent.context import HISTORY_WINDOW, overview
 from runtime.errors import ConflictError, NotFoundError
+from runtime.letta import listings
+from runtime.letta.listings import system_message_id
 from runtime.schemas.agents import AgentRecord
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import (
@@ -279,16 +280,16 @@ async def list_agent_messages(
     include_return_message_types: Annotated[list[MessageType] | None, Query()] = None,
 ) -> list[dict[str, Any]]:
     """As Letta: ``desc`` (the default) gives the newest ``limit`` messages, ``asc`` the oldest,
-    both oldest first, the system message before all (``api.history``). The agent's own history
-    needs no creating to be read: before its first message it holds only the system message."""
+    both oldest first, the system message before all (``runtime.letta.listings``). The agent's own
+    history needs no creating to be read: before its first message it holds only the system message."""
     agent = await state.agents.get(agent_id, tenant=caller.tenant)
     if conversation_id is not None:
         conversation = await state.conversations.get(conversation_id, tenant=caller.tenant)
         if conversation.agent_id != agent_id:
             raise NotFoundError(f"conversation {conversation_id} not found for agent {agent_id}")
     target = conversation_id or default_conversation_id(agent_id)
-    return await listing(
-        state, agent, target, route="agent", limit=limit, after=after, before=before, order=order, types=include_return_message_types
+    return await listings.messages(
+        state.history, agent, target, route="agent", limit=limit, after=after, before=before, order=order, types=include_return_message_types
     )
 
 

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
-from api.history import listing, system_message_id
 from api.model_settings import check_conversation
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
@@ -24,6 +23,8 @@ from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
 from runtime.agent.context import HISTORY_WINDOW, render_system
 from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
+from runtime.letta import listings
+from runtime.letta.listings import system_message_id
 from runtime.schemas.agents import ConversationRecord, ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, MessageType, ResumeRequest, SendMessageRequest
@@ -219,11 +220,11 @@ async def list_messages(
 ) -> list[dict[str, Any]]:
     """The system message first, then the stored messages; newest first unless ``order=asc``
     (an agent's own history is listed as ``GET /v1/agents/{id}/messages`` lists it; see
-    ``api.history``)."""
+    ``runtime.letta.listings``)."""
     where = target(conversation_id, agent_id)
     agent, _ = await agent_of(state, caller, where)
-    return await listing(
-        state,
+    return await listings.messages(
+        state.history,
         agent,
         where.conversation_id,
         route="agent" if where.agent_direct else "conversation",

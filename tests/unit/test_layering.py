@@ -4,7 +4,8 @@
   all, and only the ``convoy`` command (``cli/``, the composition root) reaches into it; nothing
   imports ``cli``.
 - Inside ``runtime/``: the provider adapters know nothing of the store, the streams or the agent
-  loop; the store knows nothing of the agent loop, the tools or the providers.
+  loop; the store knows nothing of the agent loop, the tools or the providers; ``runtime.letta``
+  (Letta's semantics over the stores) stands above them all, and none of them knows it.
 - ``ray`` is imported only under ``actors/`` (and by the benchmarks).
 - Redis keys are spelled only in ``runtime/store/keyspace.py``.
 - No route writes a run's state or reaches a conversation but through ``actors.client``.
@@ -47,6 +48,7 @@ FORBIDDEN = [
     ("runtime.store", "runtime.agent"),
     ("runtime.store", "runtime.tools"),
     ("runtime.store", "runtime.providers"),
+    *((room, "runtime.letta") for room in ("runtime.store", "runtime.stream", "runtime.agent", "runtime.tools", "runtime.providers", "runtime.schemas")),
 ]
 # What only the conversations' door may touch: the mailbox, the directory, the router, the hosts.
 CONVERSATION_INTERNALS = ("actors.mailbox", "actors.directory", "actors.router", "actors.host", "actors.conversation")

@@ -1,4 +1,4 @@
-"""Letta's views of a conversation's messages: the two listings, and one message by id.
+"""Letta's listings of a conversation's messages (the two routes' orders), and one message by id.
 
 **The system message.** Letta stores a conversation's compiled system prompt as its first message
 and lists it like any other. Convoy compiles the prompt afresh for every request from the agent
@@ -24,13 +24,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from api.state import AppState
 from runtime.agent.context import render_system
 from runtime.errors import NotFoundError
 from runtime.schemas.agents import AgentRecord
 from runtime.schemas.messages import HistoryMessage, SystemMessage
-from runtime.store.agents import default_conversation_id
-from runtime.store.history import Order
+from runtime.store.agents import AgentStore, ConversationStore, default_conversation_id
+from runtime.store.history import HistoryStore, Order
 
 Route = Literal["agent", "conversation"]
 
@@ -43,8 +42,8 @@ def system_message(agent: AgentRecord, conversation_id: str, date: datetime) -> 
     return SystemMessage(id=system_message_id(conversation_id), date=date, content=render_system(agent))
 
 
-async def listing(
-    state: AppState,
+async def messages(
+    history: HistoryStore,
     agent: AgentRecord,
     conversation_id: str,
     *,
@@ -58,8 +57,8 @@ async def listing(
     """One page of the conversation's messages as ``route`` lists them (module docstring)."""
     system_id = system_message_id(conversation_id)
     if route == "conversation":  # Letta's conversation route reads an unknown cursor as none
-        after = await _known(state, conversation_id, after, system_id)
-        before = await _known(state, conversation_id, before, system_id)
+        after = await _known(history, conversation_id, after, system_id)
+        before = await _known(history, conversation_id, before, system_id)
     if before == system_id:
         return []  # nothing comes before the system message
     with_system = after is None
@@ -68,7 +67,7 @@ async def listing(
     stored: list[HistoryMessage] = []
     if room > 0:
         try:
-            stored = await state.history.page(
+            stored = await history.page(
                 conversation_id,
                 limit=room,
                 after=after,
@@ -88,21 +87,23 @@ async def listing(
     return [m.model_dump(mode="json", exclude_none=True) for m in page if types is None or m.message_type in types]
 
 
-async def message(state: AppState, message_id: str, *, tenant: str) -> list[dict[str, Any]]:
+async def message(
+    history: HistoryStore, agents: AgentStore, conversations: ConversationStore, message_id: str, *, tenant: str
+) -> list[dict[str, Any]]:
     """``GET /v1/messages/{id}``: the parts of a stored message, or a system message; 404 if the
     caller's tenant has no message of that id."""
-    found = await state.history.message(message_id)
+    found = await history.message(message_id)
     if found is not None:
         conversation_id, parts = found
-        await state.conversations.get(conversation_id, tenant=tenant)
+        await conversations.get(conversation_id, tenant=tenant)
         return [m.model_dump(mode="json", exclude_none=True) for m in parts]
     uuid = message_id.removeprefix("message-")
     try:
-        conversation = await state.conversations.get(f"conv-{uuid}", tenant=tenant)
-        agent = await state.agents.get(conversation.agent_id, tenant=tenant)
+        conversation = await conversations.get(f"conv-{uuid}", tenant=tenant)
+        agent = await agents.get(conversation.agent_id, tenant=tenant)
     except NotFoundError:
         try:  # the default conversation's, before its first message
-            agent = await state.agents.get(f"agent-{uuid}", tenant=tenant)
+            agent = await agents.get(f"agent-{uuid}", tenant=tenant)
         except NotFoundError:
             raise NotFoundError(f"Message with id {message_id} not found.") from None
         conversation_id = default_conversation_id(agent.id)
@@ -111,10 +112,10 @@ async def message(state: AppState, message_id: str, *, tenant: str) -> list[dict
     return [system_message(agent, conversation_id, agent.created_at).model_dump(mode="json", exclude_none=True)]
 
 
-async def _known(state: AppState, conversation_id: str, cursor: str | None, system_id: str) -> str | None:
+async def _known(history: HistoryStore, conversation_id: str, cursor: str | None, system_id: str) -> str | None:
     if cursor is None or cursor == system_id:
         return cursor
-    found = await state.history.message(cursor)
+    found = await history.message(cursor)
     return cursor if found is not None and found[0] == conversation_id else None
 
 
