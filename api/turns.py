@@ -12,11 +12,11 @@ import time
 
 from actors.client import idempotency_key
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
-from api.model_settings import check_turn
 from api.state import AppState
 from runtime import logs
 from runtime.errors import RateLimitedError
 from runtime.ids import new_id
+from runtime.letta.model_checks import check_turn
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.messages import utcnow
@@ -39,7 +39,7 @@ async def accept_turn(
     key with a concurrent-runs limit gets the run counted first (429 when it has none left)."""
     if body.override_model:
         state.providers.validate(body.override_model)
-    await check_turn(state, conversation, body)
+    await check_turn(state.providers, state.agents, state.conversations, conversation, body)
     run_id = new_id("run")
     logs.bind(run_id=run_id, conversation_id=conversation.id, tenant=conversation.tenant)
     slot = await _take_slot(state, caller, run_id)

@@ -14,7 +14,6 @@ from pydantic import AnyHttpUrl, UrlConstraints, model_validator
 from api.auth import Caller
 from api.callbacks import Owed
 from api.errors import RunErrorResponse
-from api.model_settings import check_agent, check_agent_update
 from api.responses import collect_response
 from api.routes.conversations import send
 from api.routes.tools import tool_view
@@ -26,6 +25,7 @@ from runtime.agent.context import HISTORY_WINDOW, overview
 from runtime.errors import ConflictError, NotFoundError
 from runtime.letta import listings
 from runtime.letta.listings import system_message_id
+from runtime.letta.model_checks import check_agent, check_agent_update
 from runtime.schemas.agents import AgentRecord
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import (
@@ -78,7 +78,7 @@ class UpdateAgentRequest(CreateAgentRequest):
 @router.post("/", include_in_schema=False)
 async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
-    check_agent(state, model=model, settings=body.model_settings, max_tokens=body.max_tokens)
+    check_agent(state.providers, model=model, settings=body.model_settings, max_tokens=body.max_tokens)
     tools = state.tools.check(body.tool_names() or [])
     record = await state.agents.create(
         tenant=caller.tenant,
@@ -175,7 +175,7 @@ async def agent_state(
 async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     """Later turns use the new values (an owner reads its agent at the start of every turn).
     ``model_settings`` is replaced as a whole (``{}`` clears it) and checked, with the agent's model,
-    against the agent's conversations too (``api.model_settings``)."""
+    against the agent's conversations too (``runtime.letta.model_checks``)."""
     current = await state.agents.get(agent_id, tenant=caller.tenant)
     changes = body.changes()
     if "model" in changes:
@@ -190,7 +190,7 @@ async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State
     if approvals is not None:
         changes["tool_approvals"] = approvals
     if changes.keys() & {"model", "model_settings", "max_tokens"}:
-        await check_agent_update(state, current.model_copy(update=changes))
+        await check_agent_update(state.providers, state.conversations, current.model_copy(update=changes))
     return await agent_state(state, await state.agents.update(agent_id, changes))
 
 

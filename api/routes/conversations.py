@@ -13,7 +13,6 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
-from api.model_settings import check_conversation
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
 from api.state import AppState, State
@@ -25,6 +24,7 @@ from runtime.agent.context import HISTORY_WINDOW, render_system
 from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
 from runtime.letta import listings
 from runtime.letta.listings import system_message_id
+from runtime.letta.model_checks import check_conversation
 from runtime.schemas.agents import ConversationRecord, ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, MessageType, ResumeRequest, SendMessageRequest
@@ -45,7 +45,7 @@ async def create_conversation(
     body = body or CreateConversationRequest()
     if body.model:
         state.providers.validate(body.model)
-    check_conversation(state, agent, body.model, body.model_settings)
+    check_conversation(state.providers, agent, body.model, body.model_settings)
     record = await state.conversations.create(agent, summary=body.summary, model=body.model, model_settings=body.model_settings)
     return await _view(state, record, caller)
 
@@ -68,7 +68,7 @@ async def update_conversation(
     if changes.keys() & {"model", "model_settings"}:
         after = current.model_copy(update=changes)
         agent = await state.agents.get(current.agent_id, tenant=caller.tenant)
-        check_conversation(state, agent, after.model, after.model_settings)
+        check_conversation(state.providers, agent, after.model, after.model_settings)
     return await _view(state, await state.conversations.update(conversation_id, changes), caller)
 
 
