@@ -2,7 +2,7 @@
 resume, cancel, list history.
 
 Every route that Letta lets name an agent's own history (``default`` with ``agent_id``, or the
-agent's id) takes that form too (``api.targets``)."""
+agent's id) takes that form too (``runtime.letta.targets``)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from api.auth import Caller
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
 from api.state import AppState, State
-from api.targets import ConversationPath, agent_of, target
-from api.targets import conversation as conversation_of
 from api.turns import accept_turn
-from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
+from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, ConversationPath, Limit, MessageIdQuery
 from runtime.agent.context import HISTORY_WINDOW, render_system
 from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
 from runtime.letta import listings
 from runtime.letta.listings import system_message_id
 from runtime.letta.model_checks import check_conversation
+from runtime.letta.targets import agent_of, target
+from runtime.letta.targets import conversation as conversation_of
 from runtime.schemas.agents import ConversationRecord, ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, MessageType, ResumeRequest, SendMessageRequest
@@ -133,7 +133,7 @@ async def fork_conversation(
     """A new conversation of the same agent holding the source's messages (those the model is
     shown), up to and including ``message_id`` when given; the source is unchanged."""
     where = target(conversation_id, agent_id)
-    agent, source = await agent_of(state, caller, where)
+    agent, source = await agent_of(state.agents, state.conversations, where, tenant=caller.tenant)
     record = await state.client.fork(
         agent,
         where.conversation_id,
@@ -158,7 +158,7 @@ async def recompile(
     agent_id = (body or {}).get("agent_id")
     if agent_id is not None and not isinstance(agent_id, str):
         raise InvalidRequestError("agent_id must be a string")
-    agent, _ = await agent_of(state, caller, target(conversation_id, agent_id))
+    agent, _ = await agent_of(state.agents, state.conversations, target(conversation_id, agent_id), tenant=caller.tenant)
     return render_system(agent)
 
 
@@ -177,7 +177,7 @@ async def send_message(
 ) -> Response:
     where = target(conversation_id, body.agent_id)
     if where.agent_direct:
-        conversation = (await conversation_of(state, caller, where)).ref()
+        conversation = (await conversation_of(state.conversations, where, tenant=caller.tenant)).ref()
     else:
         conversation = await state.conversations.ref(conversation_id, tenant=caller.tenant)
     return await send(state, caller, conversation, body, idempotency_key)
@@ -222,7 +222,7 @@ async def list_messages(
     (an agent's own history is listed as ``GET /v1/agents/{id}/messages`` lists it; see
     ``runtime.letta.listings``)."""
     where = target(conversation_id, agent_id)
-    agent, _ = await agent_of(state, caller, where)
+    agent, _ = await agent_of(state.agents, state.conversations, where, tenant=caller.tenant)
     return await listings.messages(
         state.history,
         agent,
@@ -249,7 +249,7 @@ async def resume(
     the run ``otid`` started, else the conversation's active run (400 when none is active)."""
     body = body or ResumeRequest()
     where = target(conversation_id, body.agent_id)
-    conversation = (await agent_of(state, caller, where))[1]
+    conversation = (await agent_of(state.agents, state.conversations, where, tenant=caller.tenant))[1]
     conv_id = where.conversation_id
     run_id = body.run_id
     if conversation is None:
@@ -275,7 +275,7 @@ async def cancel(
     """Letta's answer: run id -> its status after the cancel. Also closes an approval request
     still waiting. 409 when there was nothing to cancel."""
     where = target(conversation_id, agent_id)
-    conversation = (await agent_of(state, caller, where))[1]
+    conversation = (await agent_of(state.agents, state.conversations, where, tenant=caller.tenant))[1]
     cancelled = await state.client.cancel_conversation(where.conversation_id) if conversation else None
     if cancelled is None or not cancelled.anything:
         raise ConflictError(f"No active runs to cancel for conversation {conversation_id}")
