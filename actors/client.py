@@ -229,6 +229,13 @@ class ConversationClient:
         closed = await self._redis.delete(keyspace.pending_approval(conversation_id))
         return Cancelled(dict(zip(run_ids, statuses, strict=True)), approval_closed=bool(closed))
 
+    async def cancel_agent(self, agent_id: str) -> Cancelled:
+        """``cancel_conversation`` for every conversation of the agent, at once; what they did, together."""
+        conversation_ids = await self._conversations.ids_of(agent_id)
+        cancelled = await asyncio.gather(*(self.cancel_conversation(c) for c in conversation_ids))
+        runs = {run_id: status for c in cancelled for run_id, status in c.runs.items()}
+        return Cancelled(runs, approval_closed=any(c.approval_closed for c in cancelled))
+
     async def record_callback(
         self, conversation_id: str, run_id: str, *, sent_at: datetime, status_code: int | None, error: str | None
     ) -> None:

@@ -112,23 +112,10 @@ async def list_agents(
 ) -> list[dict[str, Any]]:
     """Newest first unless ``order=asc``, as Letta; ``name``: only agents of that name; ``tags``:
     only those with any of them (all of them with ``match_all_tags``)."""
-
-    def wanted(record: AgentRecord) -> bool:
-        if name is not None and record.name != name:
-            return False
-        if not tags:
-            return True
-        held = set(record.tags)
-        return all(t in held for t in tags) if match_all_tags else any(t in held for t in tags)
-
-    found: list[AgentRecord] = []
-    while len(found) < limit:
-        batch = await state.agents.list(tenant=caller.tenant, limit=max(limit, 100), after=after, order=order)
-        found += [r for r in batch if wanted(r)]
-        if len(batch) < max(limit, 100):
-            break
-        after = batch[-1].id
-    return list(await asyncio.gather(*(agent_state(state, r, message_ids=False) for r in found[:limit])))
+    found = await listings.agents(
+        state.agents, tenant=caller.tenant, limit=limit, after=after, order=order, name=name, tags=tags, match_all_tags=match_all_tags
+    )
+    return list(await asyncio.gather(*(agent_state(state, r, message_ids=False) for r in found)))
 
 
 @router.get("/{agent_id}", summary="Get an agent")
@@ -199,7 +186,7 @@ async def delete_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[
     """Cancels the agent's unfinished runs, then removes the agent, its conversations and their
     histories from records and indexes in one step. Its runs stay readable until they expire."""
     await state.agents.get(agent_id, tenant=caller.tenant)
-    runs = await _cancel_all(state, agent_id)
+    runs = (await state.client.cancel_agent(agent_id)).runs
     await asyncio.gather(*(state.history.forget(c) for c in await state.conversations.ids_of(agent_id)))
     await state.agents.delete(agent_id, epoch_ttl_s=state.settings.stream_ttl_s)
     return {"message": f"Agent id={agent_id} successfully deleted", "agent_id": agent_id, "runs": runs}
@@ -323,11 +310,10 @@ async def cancel_agent_runs(
                 raise NotFoundError(f"run {run_id} not found for agent {agent_id}")
             runs[run_id] = await state.client.cancel_run(conversation_id, run_id)
         return dict(runs)
-    conversation_ids = await state.conversations.ids_of(agent_id)
-    cancelled = await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids))
-    if not any(c.anything for c in cancelled):
+    cancelled = await state.client.cancel_agent(agent_id)
+    if not cancelled.anything:
         raise ConflictError(f"No active runs to cancel for agent {agent_id}")
-    return {run_id: status for c in cancelled for run_id, status in c.runs.items()}
+    return dict(cancelled.runs)
 
 
 async def _send_to_default(
@@ -336,10 +322,3 @@ async def _send_to_default(
     """Exactly what ``POST /v1/conversations/{id}/messages`` does, in the agent's default conversation."""
     conversation = await state.conversations.default_of(agent_id, tenant=caller.tenant)
     return await send(state, caller, conversation.ref(), body, idempotency_key)
-
-
-async def _cancel_all(state: AppState, agent_id: str) -> dict[str, str]:
-    """Cancel every unfinished run of every conversation of the agent; run id -> status."""
-    conversation_ids = await state.conversations.ids_of(agent_id)
-    cancelled = await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids))
-    return {run_id: status for c in cancelled for run_id, status in c.runs.items()}

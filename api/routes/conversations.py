@@ -99,17 +99,9 @@ async def list_conversations(
     conversation at all."""
     if agent_id is not None:
         await state.agents.get(agent_id, tenant=caller.tenant)
-    found: list[ConversationRecord] = []
-    cursor = after
-    while len(found) < limit:
-        page = await state.conversations.list(
-            tenant=caller.tenant, agent_id=agent_id, limit=limit, after=cursor, order=order, order_by=order_by
-        )
-        found += [c for c in page if not c.is_default]
-        if len(page) < limit:
-            break
-        cursor = page[-1].id
-    found = found[:limit]
+    found = await listings.conversations(
+        state.conversations, tenant=caller.tenant, agent_id=agent_id, limit=limit, after=after, order=order, order_by=order_by
+    )
     last = await state.conversations.last_message_at([c.id for c in found], tenant=caller.tenant)
     return [c.view(last_message_at=last.get(c.id)) for c in found]
 

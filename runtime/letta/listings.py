@@ -1,4 +1,5 @@
-"""Letta's listings of a conversation's messages (the two routes' orders), and one message by id.
+"""Letta's listings: a conversation's messages (the two routes' orders) and one message by id; a
+run's messages and steps; agents and conversations found by Letta's filters.
 
 **The system message.** Letta stores a conversation's compiled system prompt as its first message
 and lists it like any other. Convoy compiles the prompt afresh for every request from the agent
@@ -16,22 +17,28 @@ read back by ``GET /v1/messages/{id}``. It comes before every stored message.
 - ``GET /v1/conversations/{id}/messages``: ``desc`` (the default) is newest first, the parts of one
   model response (reasoning, text, tool calls: one message id) kept in their own order; ``asc``
   oldest first. A cursor that is not one of its messages is ignored.
+
+**Filtered listings** (agents by name and tags, conversations but the agents' own): the first
+``limit`` records that pass, in the store's order from the cursor, however many of the store's
+pages that takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from runtime.agent.context import render_system
 from runtime.errors import NotFoundError
-from runtime.schemas.agents import AgentRecord
+from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, SystemMessage
 from runtime.store.agents import AgentStore, ConversationStore, default_conversation_id
 from runtime.store.history import HistoryStore, Order
 
 Route = Literal["agent", "conversation"]
+Record = TypeVar("Record", AgentRecord, ConversationRecord)
+AGENTS_PAGE = 100  # the store's page when filtering agents: at least this many a round trip
 
 
 def system_message_id(conversation_id: str) -> str:
@@ -130,3 +137,71 @@ def _parts_in_order(newest_first: list[HistoryMessage]) -> list[HistoryMessage]:
         out.extend(reversed(newest_first[start:end]))
         start = end
     return out
+
+
+async def agents(
+    store: AgentStore,
+    *,
+    tenant: str,
+    limit: int,
+    after: str | None,
+    order: Order,
+    name: str | None,
+    tags: Sequence[str] | None,
+    match_all_tags: bool,
+) -> list[AgentRecord]:
+    """The tenant's agents by creation (``order``); ``name``: only agents of that name; ``tags``:
+    only those with any of them (all of them with ``match_all_tags``)."""
+
+    def wanted(record: AgentRecord) -> bool:
+        if name is not None and record.name != name:
+            return False
+        if not tags:
+            return True
+        held = set(record.tags)
+        return all(t in held for t in tags) if match_all_tags else any(t in held for t in tags)
+
+    def page(cursor: str | None, size: int) -> Awaitable[list[AgentRecord]]:
+        return store.list(tenant=tenant, limit=size, after=cursor, order=order)
+
+    return await _filtered(page, wanted, limit=limit, page_size=max(limit, AGENTS_PAGE), after=after)
+
+
+async def conversations(
+    store: ConversationStore,
+    *,
+    tenant: str,
+    agent_id: str | None,
+    limit: int,
+    after: str | None,
+    order: Order,
+    order_by: Literal["created_at", "last_message_at"],
+) -> list[ConversationRecord]:
+    """The tenant's conversations (or ``agent_id``'s) by creation or by last message, but the
+    agents' own histories (their default conversations), which Letta does not list: there they
+    are no conversation at all."""
+
+    def page(cursor: str | None, size: int) -> Awaitable[list[ConversationRecord]]:
+        return store.list(tenant=tenant, agent_id=agent_id, limit=size, after=cursor, order=order, order_by=order_by)
+
+    return await _filtered(page, lambda c: not c.is_default, limit=limit, page_size=limit, after=after)
+
+
+async def _filtered(
+    page: Callable[[str | None, int], Awaitable[list[Record]]],
+    wanted: Callable[[Record], bool],
+    *,
+    limit: int,
+    page_size: int,
+    after: str | None,
+) -> list[Record]:
+    """The first ``limit`` records ``wanted`` in the store's order after ``after``, read
+    ``page_size`` at a time until a short page."""
+    found: list[Record] = []
+    while len(found) < limit:
+        batch = await page(after, page_size)
+        found += [r for r in batch if wanted(r)]
+        if len(batch) < page_size:
+            break
+        after = batch[-1].id
+    return found[:limit]
