@@ -33,8 +33,10 @@ from runtime.agent.context import render_system
 from runtime.errors import NotFoundError
 from runtime.schemas.agents import AgentRecord, ConversationRecord
 from runtime.schemas.messages import HistoryMessage, SystemMessage
+from runtime.schemas.runs import RunView
 from runtime.store.agents import AgentStore, ConversationStore, default_conversation_id
 from runtime.store.history import HistoryStore, Order
+from runtime.store.runs import RunStore
 
 Route = Literal["agent", "conversation"]
 Record = TypeVar("Record", AgentRecord, ConversationRecord)
@@ -137,6 +139,43 @@ def _parts_in_order(newest_first: list[HistoryMessage]) -> list[HistoryMessage]:
         out.extend(reversed(newest_first[start:end]))
         start = end
     return out
+
+
+async def run_messages(
+    history: HistoryStore, run: RunView, *, limit: int, after: str | None, before: str | None, order: Order
+) -> list[dict[str, Any]]:
+    """The messages ``run`` wrote (its input among them), oldest first unless ``order="desc"``,
+    each part of a model response its own item; ``after``/``before``: message ids, ``after``
+    skipping every part of its message (an unknown ``after`` gives nothing, an unknown ``before``
+    bounds nothing); only the message types the run's request asked for."""
+    since_ms = int(run.created_at.timestamp() * 1000)
+    found = await history.of_run(run.conversation_id, run.id, since_ms=since_ms)
+    ids = [m.id for m in found]
+    if after is not None:
+        found = found[len(ids) - ids[::-1].index(after) :] if after in ids else []
+    if before is not None:
+        found = found[: ids.index(before)] if before in ids else found
+    if order == "desc":
+        found.reverse()
+    types = (run.request_config.include_return_message_types if run.request_config else None) or None
+    return [m.model_dump(mode="json", exclude_none=True) for m in found[:limit] if types is None or m.message_type in types]
+
+
+async def steps(
+    runs: RunStore, run: RunView, *, limit: int, after: str | None, before: str | None, order: Order | None
+) -> list[dict[str, Any]]:
+    """``run``'s step traces, oldest first unless ``order="desc"``; ``after``/``before``: step ids
+    (an unknown ``after`` gives nothing, an unknown ``before`` bounds nothing)."""
+    found = await runs.steps(run.conversation_id, run.id)
+    if after is not None:
+        ids = [s["id"] for s in found]
+        found = found[ids.index(after) + 1 :] if after in ids else []
+    if before is not None:
+        ids = [s["id"] for s in found]
+        found = found[: ids.index(before)] if before in ids else found
+    if order == "desc":
+        found.reverse()
+    return found[:limit]
 
 
 async def agents(
