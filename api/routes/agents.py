@@ -186,10 +186,8 @@ async def delete_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[
     """Cancels the agent's unfinished runs, then removes the agent, its conversations and their
     histories from records and indexes in one step. Its runs stay readable until they expire."""
     await state.agents.get(agent_id, tenant=caller.tenant)
-    runs = (await state.client.cancel_agent(agent_id)).runs
-    await asyncio.gather(*(state.history.forget(c) for c in await state.conversations.ids_of(agent_id)))
-    await state.agents.delete(agent_id, epoch_ttl_s=state.settings.stream_ttl_s)
-    return {"message": f"Agent id={agent_id} successfully deleted", "agent_id": agent_id, "runs": runs}
+    cancelled = await state.client.delete_agent(agent_id)
+    return {"message": f"Agent id={agent_id} successfully deleted", "agent_id": agent_id, "runs": cancelled.runs}
 
 
 @router.post(

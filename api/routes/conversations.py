@@ -77,9 +77,7 @@ async def delete_conversation(conversation_id: ConversationId, state: State, cal
     """Cancels its unfinished runs, then removes it, its history and its index entries; its runs
     stay readable until they expire. A second delete is a 404."""
     record = await state.conversations.get(conversation_id, tenant=caller.tenant)
-    cancelled = await state.client.cancel_conversation(conversation_id)
-    await state.history.forget(conversation_id)
-    await state.conversations.delete(record, epoch_ttl_s=state.settings.stream_ttl_s)
+    cancelled = await state.client.delete_conversation(record)
     return {"message": f"Conversation id={conversation_id} successfully deleted", "runs": cancelled.runs}
 
 
