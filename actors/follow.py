@@ -1,4 +1,5 @@
-"""Following a run for a reader: its items after a cursor, in the batches they arrive in, to its end.
+"""Following a run for a reader: which run, its items after a cursor in the batches they arrive in
+to its end, or its outcome read whole.
 
 ``RunFollower.batches`` yields ``(items, stored)`` batches, the last one ending with the run's
 terminal item, and ``None`` for each ``ping_interval_s`` of silence (the reader's chance to send a
@@ -17,15 +18,20 @@ No reader waits forever. At each silence the run is checked:
   ``stream_idle_timeout_s``), it gives up with ``store_unavailable``, though the run itself may
   still finish, as its owner's writes wait for Redis (``CONVOY_STORE_OUTAGE_S``).
 
-``check_cursor`` refuses, before anything is read, a resume cursor that cannot be honoured exactly.
+``check_cursor`` refuses, before anything is read, a resume cursor that cannot be honoured exactly;
+``run_to_resume`` finds the run a resume names. ``outcome`` follows a run from its start to its end
+and sorts its items into what a whole answer holds (Letta's ``LettaResponse``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -44,6 +50,19 @@ from runtime.stream.wire import failure_items
 log = logging.getLogger(__name__)
 
 Batch = tuple[list[StoredItem], bool]  # the items, and whether they are the stream's own (module docstring)
+ACTIVE = ("created", "running")
+NOT_MESSAGES = {"ping", "stop_reason", "usage_statistics"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A run read to its end: the messages it produced, its stop reason and usage items, and the
+    error item it failed with (None if it did not fail)."""
+
+    messages: list[dict[str, Any]]
+    stop_reason: dict[str, Any]
+    usage: dict[str, Any]
+    error: dict[str, Any] | None
 
 
 class StreamLost(RunFailure):
@@ -98,6 +117,46 @@ class RunFollower:
                 f"items {after + 1}..{first - 1} of run {run_id} were trimmed (streams keep at most "
                 f"{self._settings.stream_maxlen} items); resume from starting_after={first - 1} or later"
             )
+
+    async def run_to_resume(self, conversation_id: str, *, run_id: str | None, otid: str | None, tenant: str) -> str:
+        """The run a resume of the conversation names: ``run_id`` (any run of it, finished or not:
+        every run's stream is kept; 404 if it is another conversation's), else the run ``otid``
+        started (404 if none), else the conversation's active run (400 when none is active)."""
+        if run_id is None and otid is not None:
+            found = await self._client.run_of_otid(conversation_id, otid)
+            if found is None:
+                raise NotFoundError(f"No run found for otid={otid} in conversation {conversation_id}")
+            run_id = found
+        if run_id is None:
+            run_id = await self._runs.latest(conversation_id)
+            if run_id is None or (await self._runs.get(run_id, conversation_id, tenant=tenant)).status not in ACTIVE:
+                raise InvalidRequestError("No active runs found for this conversation.")
+        elif await self._runs.conversation_of(run_id) != conversation_id:
+            raise NotFoundError(f"run {run_id} not found in conversation {conversation_id}")
+        return run_id
+
+    async def outcome(self, conversation_id: str, run_id: str) -> Outcome:
+        """Follow the run from its start to its end; the messages, stop reason and usage it
+        produced, or the error item it failed with."""
+        messages: list[dict[str, Any]] = []
+        stop_reason: dict[str, Any] = {"message_type": "stop_reason", "stop_reason": "error"}
+        usage: dict[str, Any] = {"message_type": "usage_statistics"}
+        error: dict[str, Any] | None = None
+        async for got in self.batches(conversation_id, run_id, after=0):
+            for item in got[0] if got else ():
+                if item.terminal:
+                    break
+                doc = json.loads(item.payload)
+                kind = doc.get("message_type")
+                if item.kind == "error":
+                    error = doc
+                elif kind == "stop_reason":
+                    stop_reason = doc
+                elif kind == "usage_statistics":
+                    usage = doc
+                elif kind not in NOT_MESSAGES:
+                    messages.append(doc)
+        return Outcome(messages, stop_reason, usage, error)
 
     async def batches(self, conversation_id: str, run_id: str, *, after: int) -> AsyncGenerator[Batch | None, None]:
         """The items after ``after`` in the batches they arrive in, the last one ending with a

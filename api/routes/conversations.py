@@ -19,7 +19,7 @@ from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, ConversationPath, Limit, MessageIdQuery
 from runtime.agent.context import HISTORY_WINDOW, render_system
-from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
+from runtime.errors import ConflictError, InvalidRequestError
 from runtime.letta import listings
 from runtime.letta.listings import system_message_id
 from runtime.letta.model_checks import check_conversation
@@ -30,7 +30,6 @@ from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, MessageType, ResumeRequest, SendMessageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
-ACTIVE = ("created", "running")
 
 
 @router.post("", summary="Create a conversation with an agent")
@@ -236,25 +235,15 @@ async def resume(
     conversation_id: ConversationPath, state: State, caller: Caller, body: Annotated[ResumeRequest | None, Body()] = None
 ) -> Response:
     """``run_id`` (any run of the conversation, finished or not: every run's stream is kept), else
-    the run ``otid`` started, else the conversation's active run (400 when none is active)."""
+    the run ``otid`` started, else the conversation's active run (400 when none is active; see
+    ``RunFollower.run_to_resume``)."""
     body = body or ResumeRequest()
     where = target(conversation_id, body.agent_id)
     conversation = (await agent_of(state.agents, state.conversations, where, tenant=caller.tenant))[1]
-    conv_id = where.conversation_id
-    run_id = body.run_id
-    if conversation is None:
+    if conversation is None:  # an agent's own history before its first message: no run at all
         raise InvalidRequestError("No active runs found for this conversation.")
-    if run_id is None and body.otid is not None:
-        found = await state.client.run_of_otid(conv_id, body.otid)
-        if found is None:
-            raise NotFoundError(f"No run found for otid={body.otid} in conversation {conv_id}")
-        run_id = found
-    if run_id is None:
-        run_id = await state.runs.latest(conv_id)
-        if run_id is None or (await state.runs.get(run_id, conv_id, tenant=caller.tenant)).status not in ACTIVE:
-            raise InvalidRequestError("No active runs found for this conversation.")
-    elif await state.runs.conversation_of(run_id) != conv_id:
-        raise NotFoundError(f"run {run_id} not found in conversation {conv_id}")
+    conv_id = where.conversation_id
+    run_id = await state.follower.run_to_resume(conv_id, run_id=body.run_id, otid=body.otid, tenant=caller.tenant)
     return await resume_response(state, conv_id, run_id, after=body.starting_after, include_pings=body.include_pings)
 
 
