@@ -13,6 +13,8 @@ builds the turn from its request and hands it here. ``ConversationClient``:
   running one at its owner, by a direct call that cancels the turn's task. Either way the run is
   first marked ``cancel_requested``, so an owner about to start it ends it as cancelled instead.
   ``interrupt`` cancels everything accepted before the new turn.
+- **deletes** a conversation, or an agent with all of its conversations: their unfinished runs
+  cancelled first, then their histories and records removed (``runtime.store.agents``).
 - **nudges** a silent run for a reader: a run that left the mailbox without ending is ended as
   ``owner_lost``; a run nobody owns gets its conversation woken up.
 
@@ -47,7 +49,7 @@ from runtime.schemas.runs import RunView
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
 from runtime.store import keyspace, replies
-from runtime.store.agents import ConversationStore
+from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.fencing import through_outage
 from runtime.store.history import HistoryStore
 from runtime.store.runs import TERMINAL, UNFINISHED_RUN_TTL_S, RunStore
@@ -110,6 +112,7 @@ class ConversationClient:
         self._redis = redis
         self._runs = runs
         self._history = HistoryStore(redis)
+        self._agents = AgentStore(redis)
         self._conversations = ConversationStore(redis)
         self._tailers = tailers
         self._mailbox = Mailbox(redis)
@@ -228,6 +231,32 @@ class ConversationClient:
         statuses = await asyncio.gather(*(self.cancel_run(conversation_id, r) for r in run_ids))
         closed = await self._redis.delete(keyspace.pending_approval(conversation_id))
         return Cancelled(dict(zip(run_ids, statuses, strict=True)), approval_closed=bool(closed))
+
+    async def cancel_agent(self, agent_id: str) -> Cancelled:
+        """``cancel_conversation`` for every conversation of the agent, at once; what they did, together."""
+        conversation_ids = await self._conversations.ids_of(agent_id)
+        cancelled = await asyncio.gather(*(self.cancel_conversation(c) for c in conversation_ids))
+        runs = {run_id: status for c in cancelled for run_id, status in c.runs.items()}
+        return Cancelled(runs, approval_closed=any(c.approval_closed for c in cancelled))
+
+    # -- deleting -------------------------------------------------------------------------------
+
+    async def delete_conversation(self, conversation: ConversationRecord) -> Cancelled:
+        """Cancel its unfinished runs, then remove it, its history and its index entries (404 if it
+        is gone already); its runs stay readable until they expire."""
+        cancelled = await self.cancel_conversation(conversation.id)
+        await self._history.forget(conversation.id)
+        await self._conversations.delete(conversation, epoch_ttl_s=self._settings.stream_ttl_s)
+        return cancelled
+
+    async def delete_agent(self, agent_id: str) -> Cancelled:
+        """Cancel the unfinished runs of all its conversations, then remove the agent, its
+        conversations and their histories (``AgentStore.delete``); its runs stay readable until
+        they expire."""
+        cancelled = await self.cancel_agent(agent_id)
+        await asyncio.gather(*(self._history.forget(c) for c in await self._conversations.ids_of(agent_id)))
+        await self._agents.delete(agent_id, epoch_ttl_s=self._settings.stream_ttl_s)
+        return cancelled
 
     async def record_callback(
         self, conversation_id: str, run_id: str, *, sent_at: datetime, status_code: int | None, error: str | None

@@ -1,7 +1,8 @@
 """Everything a request handler needs, built once per API process by the app's lifespan.
 
-The read side (agents, conversations, runs, history, the stream tailers) is read directly; every
-write to a conversation goes through ``client``, the one door (``actors.client``).
+The read side (agents, conversations, runs, history, the stream tailers) is read directly, and a
+run's items through ``follower`` (``actors.follow``); every write to a conversation goes through
+``client``, the one door (``actors.client``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from actors.client import ConversationClient
+from actors.follow import RunFollower
 from api.callbacks import Callbacks
 from api.metrics import ApiRecorder
 from runtime.providers.registry import Providers
@@ -39,6 +41,7 @@ class AppState:
     history: HistoryStore
     tailers: TailerPool
     client: ConversationClient
+    follower: RunFollower
     providers: Providers
     tools: ToolRegistry
     keys: KeyStore
@@ -52,6 +55,7 @@ class AppState:
         runs = RunStore(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
         tailers = TailerPool(redis, block_ms=settings.read_block_ms, size=TAILERS_PER_PROCESS)
         key_store = KeyStore(redis)
+        client = ConversationClient(settings, redis, runs, tailers, ApiRecorder())
         return cls(
             settings=settings,
             redis=redis,
@@ -60,7 +64,8 @@ class AppState:
             runs=runs,
             history=HistoryStore(redis),
             tailers=tailers,
-            client=ConversationClient(settings, redis, runs, tailers, ApiRecorder()),
+            client=client,
+            follower=RunFollower(settings, redis, runs, tailers, client),
             providers=Providers(settings),
             tools=load(settings.tool_modules),
             keys=key_store,

@@ -1,7 +1,8 @@
 """Accepting a message: an HTTP send becomes a turn and its run, handed to the conversations' door.
 
 The API never runs the model and never writes a conversation itself: it checks what only the edge
-can (the model handle, the caller's concurrent-run limit), describes the turn and its run, and
+can (the model handle, the caller's concurrent-run limit), has the model settings checked
+(``runtime.letta.model_checks``), describes the turn and its run (``runtime.schemas.turns``), and
 gives them to ``ConversationClient.accept`` (``actors.client``), which makes the turn durable and
 wakes the conversation's owner. The caller then streams or awaits the run.
 """
@@ -12,17 +13,16 @@ import time
 
 from actors.client import idempotency_key
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
-from api.model_settings import check_turn
 from api.state import AppState
 from runtime import logs
 from runtime.errors import RateLimitedError
 from runtime.ids import new_id
+from runtime.letta.model_checks import check_turn
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
-from runtime.schemas.messages import utcnow
 from runtime.schemas.requests import SendMessageRequest
-from runtime.schemas.runs import RequestConfig, RunView
-from runtime.schemas.turns import TurnRequest
+from runtime.schemas.runs import RunView
+from runtime.schemas.turns import run_of, turn_of
 
 
 async def accept_turn(
@@ -39,15 +39,15 @@ async def accept_turn(
     key with a concurrent-runs limit gets the run counted first (429 when it has none left)."""
     if body.override_model:
         state.providers.validate(body.override_model)
-    await check_turn(state, conversation, body)
+    await check_turn(state.providers, state.agents, state.conversations, conversation, body)
     run_id = new_id("run")
     logs.bind(run_id=run_id, conversation_id=conversation.id, tenant=conversation.tenant)
     slot = await _take_slot(state, caller, run_id)
     try:
         accepted = await state.client.accept(
             conversation,
-            _turn(conversation, body, run_id),
-            _run(conversation, body, run_id, run_type=run_type, callback_url=callback_url),
+            turn_of(conversation, body, run_id),
+            run_of(conversation, body, run_id, run_type=run_type, callback_url=callback_url),
             on_busy=body.on_busy or state.settings.on_busy_default,
             idempotency=idempotency_key(idempotency_header, body.first_otid()),
             approval=body.approval,
@@ -79,42 +79,3 @@ async def _take_slot(state: AppState, caller: Principal, run_id: str) -> str | N
         )
     return caller.key_id
 
-
-def _run(
-    conversation: ConversationRef, body: SendMessageRequest, run_id: str, *, run_type: str | None, callback_url: str | None
-) -> RunView:
-    return RunView(
-        id=run_id,
-        agent_id=conversation.agent_id,
-        conversation_id=conversation.id,
-        tenant=conversation.tenant,
-        status="created",
-        background=body.background,
-        created_at=utcnow(),
-        metadata={"run_type": run_type or ("streaming" if body.streaming else "blocking")},
-        callback_url=callback_url,
-        request_config=RequestConfig(
-            use_assistant_message=body.use_assistant_message,
-            include_return_message_types=body.include_return_message_types,
-        ),
-    )
-
-
-def _turn(conversation: ConversationRef, body: SendMessageRequest, run_id: str) -> TurnRequest:
-    return TurnRequest(
-        run_id=run_id,
-        agent_id=conversation.agent_id,
-        conversation_id=conversation.id,
-        messages=body.input_messages(),
-        # A reply read whole is built from whole messages: token deltas are for streams only.
-        stream_tokens=body.stream_tokens and body.streaming,
-        max_steps=body.max_steps,
-        use_assistant_message=body.use_assistant_message,
-        include_return_message_types=body.include_return_message_types,
-        override_model=body.override_model,
-        client_tools=body.client_tools,
-        override_system=body.override_system,
-        client_skills=body.client_skills,
-        model_settings=body.model_settings,
-        accepted_at_ns=time.time_ns(),
-    )

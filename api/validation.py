@@ -7,11 +7,8 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-AGENT_ID = rf"^agent-{_UUID}$"
-CONVERSATION_ID = rf"^conv-{_UUID}$"
-RUN_ID = rf"^run-{_UUID}$"
-MESSAGE_ID = rf"^message-{_UUID}$"
+from runtime.ids import AGENT_ID, CONVERSATION_ID, MESSAGE_ID, RUN_ID
+from runtime.letta.targets import DEFAULT
 
 AgentId = Annotated[str, Path(pattern=AGENT_ID, description="agent-<uuid4>")]
 ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID, description="conv-<uuid4>")]
@@ -20,5 +17,13 @@ AgentIdQuery = Annotated[str, Query(pattern=AGENT_ID, description="agent-<uuid4>
 ConversationIdQuery = Annotated[str, Query(pattern=CONVERSATION_ID, description="conv-<uuid4>")]
 RunIdQuery = Annotated[str, Query(pattern=RUN_ID, description="run-<uuid4>")]
 MessageIdQuery = Annotated[str, Query(pattern=MESSAGE_ID, description="message-<uuid4>")]
+# A conversation route's id in each form Letta takes (``runtime.letta.targets``).
+ConversationPath = Annotated[
+    str,
+    Path(
+        pattern=rf"^({CONVERSATION_ID[1:-1]}|{AGENT_ID[1:-1]}|{DEFAULT})$",
+        description="conv-<uuid4>; or 'default' with agent_id, or (deprecated) agent-<uuid4>: the agent's own history",
+    ),
+]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 # ASCII digits only: str.isdigit() also accepts "²" and "１", which int() then refuses.

@@ -3,7 +3,7 @@
 ``model`` is an agent id (its default conversation, the one Letta's agent routes use) or a
 conversation id. Convoy keeps the history, so only the trailing user messages of ``messages`` are
 sent (see ``api.openai.schemas``); the turn goes through the same ``accept_turn`` as
-every other send and its run's stream is read with the same reader (``api.sse.run_batches``).
+every other send and its run's stream is read with the same follower (``actors.follow``).
 
 Errors are never a normal stop:
 
@@ -48,7 +48,7 @@ from api.openai.schemas import (
     completion_id,
     sse_data,
 )
-from api.sse import SSE_RESPONSES, in_background, run_batches, sse_response
+from api.sse import SSE_RESPONSES, in_background, sse_response
 from api.state import AppState, State
 from api.turns import accept_turn
 from api.validation import AGENT_ID, CONVERSATION_ID
@@ -136,7 +136,7 @@ class _Reply:
     """One run's stream read as an OpenAI answer: deltas batch by batch, then its ending."""
 
     def __init__(self, state: AppState, run: RunView, model: str, *, include_usage: bool) -> None:
-        self._batches = run_batches(state, run.conversation_id, run.id, after=0)
+        self._batches = state.follower.batches(run.conversation_id, run.id, after=0)
         self.translator = ChatTranslator()
         self.ended = False
         self._id = completion_id(run.id)

@@ -14,8 +14,6 @@ from pydantic import AnyHttpUrl, UrlConstraints, model_validator
 from api.auth import Caller
 from api.callbacks import Owed
 from api.errors import RunErrorResponse
-from api.history import listing, system_message_id
-from api.model_settings import check_agent, check_agent_update
 from api.responses import collect_response
 from api.routes.conversations import send
 from api.routes.tools import tool_view
@@ -25,6 +23,9 @@ from api.turns import accept_turn
 from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery
 from runtime.agent.context import HISTORY_WINDOW, overview
 from runtime.errors import ConflictError, NotFoundError
+from runtime.letta import listings
+from runtime.letta.listings import system_message_id
+from runtime.letta.model_checks import check_agent, check_agent_update
 from runtime.schemas.agents import AgentRecord
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import (
@@ -77,7 +78,7 @@ class UpdateAgentRequest(CreateAgentRequest):
 @router.post("/", include_in_schema=False)
 async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
-    check_agent(state, model=model, settings=body.model_settings, max_tokens=body.max_tokens)
+    check_agent(state.providers, model=model, settings=body.model_settings, max_tokens=body.max_tokens)
     tools = state.tools.check(body.tool_names() or [])
     record = await state.agents.create(
         tenant=caller.tenant,
@@ -111,23 +112,10 @@ async def list_agents(
 ) -> list[dict[str, Any]]:
     """Newest first unless ``order=asc``, as Letta; ``name``: only agents of that name; ``tags``:
     only those with any of them (all of them with ``match_all_tags``)."""
-
-    def wanted(record: AgentRecord) -> bool:
-        if name is not None and record.name != name:
-            return False
-        if not tags:
-            return True
-        held = set(record.tags)
-        return all(t in held for t in tags) if match_all_tags else any(t in held for t in tags)
-
-    found: list[AgentRecord] = []
-    while len(found) < limit:
-        batch = await state.agents.list(tenant=caller.tenant, limit=max(limit, 100), after=after, order=order)
-        found += [r for r in batch if wanted(r)]
-        if len(batch) < max(limit, 100):
-            break
-        after = batch[-1].id
-    return list(await asyncio.gather(*(agent_state(state, r, message_ids=False) for r in found[:limit])))
+    found = await listings.agents(
+        state.agents, tenant=caller.tenant, limit=limit, after=after, order=order, name=name, tags=tags, match_all_tags=match_all_tags
+    )
+    return list(await asyncio.gather(*(agent_state(state, r, message_ids=False) for r in found)))
 
 
 @router.get("/{agent_id}", summary="Get an agent")
@@ -174,7 +162,7 @@ async def agent_state(
 async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     """Later turns use the new values (an owner reads its agent at the start of every turn).
     ``model_settings`` is replaced as a whole (``{}`` clears it) and checked, with the agent's model,
-    against the agent's conversations too (``api.model_settings``)."""
+    against the agent's conversations too (``runtime.letta.model_checks``)."""
     current = await state.agents.get(agent_id, tenant=caller.tenant)
     changes = body.changes()
     if "model" in changes:
@@ -189,7 +177,7 @@ async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State
     if approvals is not None:
         changes["tool_approvals"] = approvals
     if changes.keys() & {"model", "model_settings", "max_tokens"}:
-        await check_agent_update(state, current.model_copy(update=changes))
+        await check_agent_update(state.providers, state.conversations, current.model_copy(update=changes))
     return await agent_state(state, await state.agents.update(agent_id, changes))
 
 
@@ -198,10 +186,8 @@ async def delete_agent(agent_id: AgentId, state: State, caller: Caller) -> dict[
     """Cancels the agent's unfinished runs, then removes the agent, its conversations and their
     histories from records and indexes in one step. Its runs stay readable until they expire."""
     await state.agents.get(agent_id, tenant=caller.tenant)
-    runs = await _cancel_all(state, agent_id)
-    await asyncio.gather(*(state.history.forget(c) for c in await state.conversations.ids_of(agent_id)))
-    await state.agents.delete(agent_id, epoch_ttl_s=state.settings.stream_ttl_s)
-    return {"message": f"Agent id={agent_id} successfully deleted", "agent_id": agent_id, "runs": runs}
+    cancelled = await state.client.delete_agent(agent_id)
+    return {"message": f"Agent id={agent_id} successfully deleted", "agent_id": agent_id, "runs": cancelled.runs}
 
 
 @router.post(
@@ -279,16 +265,16 @@ async def list_agent_messages(
     include_return_message_types: Annotated[list[MessageType] | None, Query()] = None,
 ) -> list[dict[str, Any]]:
     """As Letta: ``desc`` (the default) gives the newest ``limit`` messages, ``asc`` the oldest,
-    both oldest first, the system message before all (``api.history``). The agent's own history
-    needs no creating to be read: before its first message it holds only the system message."""
+    both oldest first, the system message before all (``runtime.letta.listings``). The agent's own
+    history needs no creating to be read: before its first message it holds only the system message."""
     agent = await state.agents.get(agent_id, tenant=caller.tenant)
     if conversation_id is not None:
         conversation = await state.conversations.get(conversation_id, tenant=caller.tenant)
         if conversation.agent_id != agent_id:
             raise NotFoundError(f"conversation {conversation_id} not found for agent {agent_id}")
     target = conversation_id or default_conversation_id(agent_id)
-    return await listing(
-        state, agent, target, route="agent", limit=limit, after=after, before=before, order=order, types=include_return_message_types
+    return await listings.messages(
+        state.history, agent, target, route="agent", limit=limit, after=after, before=before, order=order, types=include_return_message_types
     )
 
 
@@ -322,11 +308,10 @@ async def cancel_agent_runs(
                 raise NotFoundError(f"run {run_id} not found for agent {agent_id}")
             runs[run_id] = await state.client.cancel_run(conversation_id, run_id)
         return dict(runs)
-    conversation_ids = await state.conversations.ids_of(agent_id)
-    cancelled = await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids))
-    if not any(c.anything for c in cancelled):
+    cancelled = await state.client.cancel_agent(agent_id)
+    if not cancelled.anything:
         raise ConflictError(f"No active runs to cancel for agent {agent_id}")
-    return {run_id: status for c in cancelled for run_id, status in c.runs.items()}
+    return dict(cancelled.runs)
 
 
 async def _send_to_default(
@@ -335,10 +320,3 @@ async def _send_to_default(
     """Exactly what ``POST /v1/conversations/{id}/messages`` does, in the agent's default conversation."""
     conversation = await state.conversations.default_of(agent_id, tenant=caller.tenant)
     return await send(state, caller, conversation.ref(), body, idempotency_key)
-
-
-async def _cancel_all(state: AppState, agent_id: str) -> dict[str, str]:
-    """Cancel every unfinished run of every conversation of the agent; run id -> status."""
-    conversation_ids = await state.conversations.ids_of(agent_id)
-    cancelled = await asyncio.gather(*(state.client.cancel_conversation(c) for c in conversation_ids))
-    return {run_id: status for c in cancelled for run_id, status in c.runs.items()}

@@ -2,7 +2,7 @@
 resume, cancel, list history.
 
 Every route that Letta lets name an agent's own history (``default`` with ``agent_id``, or the
-agent's id) takes that form too (``api.targets``)."""
+agent's id) takes that form too (``runtime.letta.targets``)."""
 
 from __future__ import annotations
 
@@ -13,23 +13,23 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Caller
-from api.history import listing, system_message_id
-from api.model_settings import check_conversation
 from api.responses import collect_response
 from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
 from api.state import AppState, State
-from api.targets import ConversationPath, agent_of, target
-from api.targets import conversation as conversation_of
 from api.turns import accept_turn
-from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, Limit, MessageIdQuery
+from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, ConversationPath, Limit, MessageIdQuery
 from runtime.agent.context import HISTORY_WINDOW, render_system
-from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
+from runtime.errors import ConflictError, InvalidRequestError
+from runtime.letta import listings
+from runtime.letta.listings import system_message_id
+from runtime.letta.model_checks import check_conversation
+from runtime.letta.targets import agent_of, target
+from runtime.letta.targets import conversation as conversation_of
 from runtime.schemas.agents import ConversationRecord, ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import CreateConversationRequest, MessageType, ResumeRequest, SendMessageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
-ACTIVE = ("created", "running")
 
 
 @router.post("", summary="Create a conversation with an agent")
@@ -44,7 +44,7 @@ async def create_conversation(
     body = body or CreateConversationRequest()
     if body.model:
         state.providers.validate(body.model)
-    check_conversation(state, agent, body.model, body.model_settings)
+    check_conversation(state.providers, agent, body.model, body.model_settings)
     record = await state.conversations.create(agent, summary=body.summary, model=body.model, model_settings=body.model_settings)
     return await _view(state, record, caller)
 
@@ -67,7 +67,7 @@ async def update_conversation(
     if changes.keys() & {"model", "model_settings"}:
         after = current.model_copy(update=changes)
         agent = await state.agents.get(current.agent_id, tenant=caller.tenant)
-        check_conversation(state, agent, after.model, after.model_settings)
+        check_conversation(state.providers, agent, after.model, after.model_settings)
     return await _view(state, await state.conversations.update(conversation_id, changes), caller)
 
 
@@ -76,9 +76,7 @@ async def delete_conversation(conversation_id: ConversationId, state: State, cal
     """Cancels its unfinished runs, then removes it, its history and its index entries; its runs
     stay readable until they expire. A second delete is a 404."""
     record = await state.conversations.get(conversation_id, tenant=caller.tenant)
-    cancelled = await state.client.cancel_conversation(conversation_id)
-    await state.history.forget(conversation_id)
-    await state.conversations.delete(record, epoch_ttl_s=state.settings.stream_ttl_s)
+    cancelled = await state.client.delete_conversation(record)
     return {"message": f"Conversation id={conversation_id} successfully deleted", "runs": cancelled.runs}
 
 
@@ -98,17 +96,9 @@ async def list_conversations(
     conversation at all."""
     if agent_id is not None:
         await state.agents.get(agent_id, tenant=caller.tenant)
-    found: list[ConversationRecord] = []
-    cursor = after
-    while len(found) < limit:
-        page = await state.conversations.list(
-            tenant=caller.tenant, agent_id=agent_id, limit=limit, after=cursor, order=order, order_by=order_by
-        )
-        found += [c for c in page if not c.is_default]
-        if len(page) < limit:
-            break
-        cursor = page[-1].id
-    found = found[:limit]
+    found = await listings.conversations(
+        state.conversations, tenant=caller.tenant, agent_id=agent_id, limit=limit, after=after, order=order, order_by=order_by
+    )
     last = await state.conversations.last_message_at([c.id for c in found], tenant=caller.tenant)
     return [c.view(last_message_at=last.get(c.id)) for c in found]
 
@@ -132,7 +122,7 @@ async def fork_conversation(
     """A new conversation of the same agent holding the source's messages (those the model is
     shown), up to and including ``message_id`` when given; the source is unchanged."""
     where = target(conversation_id, agent_id)
-    agent, source = await agent_of(state, caller, where)
+    agent, source = await agent_of(state.agents, state.conversations, where, tenant=caller.tenant)
     record = await state.client.fork(
         agent,
         where.conversation_id,
@@ -157,7 +147,7 @@ async def recompile(
     agent_id = (body or {}).get("agent_id")
     if agent_id is not None and not isinstance(agent_id, str):
         raise InvalidRequestError("agent_id must be a string")
-    agent, _ = await agent_of(state, caller, target(conversation_id, agent_id))
+    agent, _ = await agent_of(state.agents, state.conversations, target(conversation_id, agent_id), tenant=caller.tenant)
     return render_system(agent)
 
 
@@ -176,7 +166,7 @@ async def send_message(
 ) -> Response:
     where = target(conversation_id, body.agent_id)
     if where.agent_direct:
-        conversation = (await conversation_of(state, caller, where)).ref()
+        conversation = (await conversation_of(state.conversations, where, tenant=caller.tenant)).ref()
     else:
         conversation = await state.conversations.ref(conversation_id, tenant=caller.tenant)
     return await send(state, caller, conversation, body, idempotency_key)
@@ -219,11 +209,11 @@ async def list_messages(
 ) -> list[dict[str, Any]]:
     """The system message first, then the stored messages; newest first unless ``order=asc``
     (an agent's own history is listed as ``GET /v1/agents/{id}/messages`` lists it; see
-    ``api.history``)."""
+    ``runtime.letta.listings``)."""
     where = target(conversation_id, agent_id)
-    agent, _ = await agent_of(state, caller, where)
-    return await listing(
-        state,
+    agent, _ = await agent_of(state.agents, state.conversations, where, tenant=caller.tenant)
+    return await listings.messages(
+        state.history,
         agent,
         where.conversation_id,
         route="agent" if where.agent_direct else "conversation",
@@ -245,25 +235,15 @@ async def resume(
     conversation_id: ConversationPath, state: State, caller: Caller, body: Annotated[ResumeRequest | None, Body()] = None
 ) -> Response:
     """``run_id`` (any run of the conversation, finished or not: every run's stream is kept), else
-    the run ``otid`` started, else the conversation's active run (400 when none is active)."""
+    the run ``otid`` started, else the conversation's active run (400 when none is active; see
+    ``RunFollower.run_to_resume``)."""
     body = body or ResumeRequest()
     where = target(conversation_id, body.agent_id)
-    conversation = (await agent_of(state, caller, where))[1]
-    conv_id = where.conversation_id
-    run_id = body.run_id
-    if conversation is None:
+    conversation = (await agent_of(state.agents, state.conversations, where, tenant=caller.tenant))[1]
+    if conversation is None:  # an agent's own history before its first message: no run at all
         raise InvalidRequestError("No active runs found for this conversation.")
-    if run_id is None and body.otid is not None:
-        found = await state.client.run_of_otid(conv_id, body.otid)
-        if found is None:
-            raise NotFoundError(f"No run found for otid={body.otid} in conversation {conv_id}")
-        run_id = found
-    if run_id is None:
-        run_id = await state.runs.latest(conv_id)
-        if run_id is None or (await state.runs.get(run_id, conv_id, tenant=caller.tenant)).status not in ACTIVE:
-            raise InvalidRequestError("No active runs found for this conversation.")
-    elif await state.runs.conversation_of(run_id) != conv_id:
-        raise NotFoundError(f"run {run_id} not found in conversation {conv_id}")
+    conv_id = where.conversation_id
+    run_id = await state.follower.run_to_resume(conv_id, run_id=body.run_id, otid=body.otid, tenant=caller.tenant)
     return await resume_response(state, conv_id, run_id, after=body.starting_after, include_pings=body.include_pings)
 
 
@@ -274,7 +254,7 @@ async def cancel(
     """Letta's answer: run id -> its status after the cancel. Also closes an approval request
     still waiting. 409 when there was nothing to cancel."""
     where = target(conversation_id, agent_id)
-    conversation = (await agent_of(state, caller, where))[1]
+    conversation = (await agent_of(state.agents, state.conversations, where, tenant=caller.tenant))[1]
     cancelled = await state.client.cancel_conversation(where.conversation_id) if conversation else None
     if cancelled is None or not cancelled.anything:
         raise ConflictError(f"No active runs to cancel for conversation {conversation_id}")

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from api.auth import Caller
-from api.history import message
 from api.state import State
 from api.validation import MESSAGE_ID
+from runtime.letta import listings
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
@@ -19,5 +19,5 @@ async def get_message(
     message_id: Annotated[str, Path(pattern=MESSAGE_ID, description="message-<uuid4>")], state: State, caller: Caller
 ) -> list[dict[str, Any]]:
     """A list, as Letta's: a model response's parts (reasoning, text, tool calls) share one id. A
-    conversation's system message (``api.history``) is read back too."""
-    return await message(state, message_id, tenant=caller.tenant)
+    conversation's system message (``runtime.letta.listings``) is read back too."""
+    return await listings.message(state.history, state.agents, state.conversations, message_id, tenant=caller.tenant)

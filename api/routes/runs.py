@@ -17,6 +17,7 @@ from api.sse import SSE_RESPONSES, resume_response, stream_token_view
 from api.state import State
 from api.validation import AGENT_ID, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery, RunId, RunIdQuery
 from runtime.errors import InvalidRequestError
+from runtime.letta import listings
 from runtime.schemas.requests import MAX_SEQ, ResumeRequest
 from runtime.schemas.runs import RunQuery, RunStatus, StopReason
 
@@ -85,17 +86,7 @@ async def list_run_messages(
     """Oldest first unless ``order=desc`` (Letta's default for this route); ``after``/``before``:
     message ids. Each part of a model response is its own item, as in the history listings."""
     run = await state.runs.get(run_id, tenant=caller.tenant)
-    since_ms = int(run.created_at.timestamp() * 1000)
-    messages = await state.history.of_run(run.conversation_id, run_id, since_ms=since_ms)
-    ids = [m.id for m in messages]
-    if after is not None:
-        messages = messages[len(ids) - ids[::-1].index(after) :] if after in ids else []
-    if before is not None:
-        messages = messages[: ids.index(before)] if before in ids else messages
-    if order == "desc":
-        messages.reverse()
-    types = (run.request_config.include_return_message_types if run.request_config else None) or None
-    return [m.model_dump(mode="json", exclude_none=True) for m in messages[:limit] if types is None or m.message_type in types]
+    return await listings.run_messages(state.history, run, limit=limit, after=after, before=before, order=order)
 
 
 @router.get("/{run_id}/steps", summary="List a run's steps with their provider traces")
@@ -111,16 +102,7 @@ async def list_steps(
     """Letta's ``Step`` objects, plus ``trace``: the request sent to the provider, a summary of its
     response, latency, time to first token and how many times the stream was opened."""
     run = await state.runs.get(run_id, tenant=caller.tenant)
-    steps = await state.runs.steps(run.conversation_id, run_id)
-    if after is not None:
-        ids = [s["id"] for s in steps]
-        steps = steps[ids.index(after) + 1 :] if after in ids else []
-    if before is not None:
-        ids = [s["id"] for s in steps]
-        steps = steps[: ids.index(before)] if before in ids else steps
-    if order == "desc":
-        steps.reverse()
-    return steps[:limit]
+    return await listings.steps(state.runs, run, limit=limit, after=after, before=before, order=order)
 
 
 @router.post(

@@ -4,10 +4,12 @@
   all, and only the ``convoy`` command (``cli/``, the composition root) reaches into it; nothing
   imports ``cli``.
 - Inside ``runtime/``: the provider adapters know nothing of the store, the streams or the agent
-  loop; the store knows nothing of the agent loop, the tools or the providers.
+  loop; the store knows nothing of the agent loop, the tools or the providers; ``runtime.letta``
+  (Letta's semantics over the stores) stands above them all, and none of them knows it.
 - ``ray`` is imported only under ``actors/`` (and by the benchmarks).
 - Redis keys are spelled only in ``runtime/store/keyspace.py``.
-- No route writes a run's state or reaches a conversation but through ``actors.client``.
+- No route writes a run's state or a conversation's history, or reaches a conversation but
+  through ``actors.client``.
 - The provider SDKs are loaded only by a process that calls a provider; the lint rules pass.
 - The code type-checks: mypy as ``[tool.mypy]`` in pyproject.toml sets it (strict on ``runtime`` and
   ``actors``, mypy's default checks on ``api`` and ``cli``; every ``type: ignore`` names its error and is needed).
@@ -47,10 +49,11 @@ FORBIDDEN = [
     ("runtime.store", "runtime.agent"),
     ("runtime.store", "runtime.tools"),
     ("runtime.store", "runtime.providers"),
+    *((room, "runtime.letta") for room in ("runtime.store", "runtime.stream", "runtime.agent", "runtime.tools", "runtime.providers", "runtime.schemas")),
 ]
 # What only the conversations' door may touch: the mailbox, the directory, the router, the hosts.
 CONVERSATION_INTERNALS = ("actors.mailbox", "actors.directory", "actors.router", "actors.host", "actors.conversation")
-RUN_WRITES = re.compile(r"\bruns\.(end|_finish|request_cancel|add_step|start)\(")
+RUN_WRITES = re.compile(r"\bruns\.(end|_finish|request_cancel|add_step|start)\(|\bhistory\.(append|seed|forget)\(")
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -112,7 +115,7 @@ def test_the_api_reaches_conversations_only_through_their_door() -> None:
             continue
         text = path.read_text()
         offenders += [f"{path.relative_to(ROOT)} imports {i}" for i in _imports(path) if i.startswith(CONVERSATION_INTERNALS)]
-        offenders += [f"{path.relative_to(ROOT)} writes run state: {m.group(0)}" for m in RUN_WRITES.finditer(text)]
+        offenders += [f"{path.relative_to(ROOT)} writes a run or a history: {m.group(0)}" for m in RUN_WRITES.finditer(text)]
     assert not offenders, "\n".join(offenders)
 
 

@@ -1,5 +1,6 @@
-"""Model settings checked at the edge: what a provider or model cannot honour is a 400 before
-anything is stored.
+"""A model and its settings checked before anything is stored: what a provider or model cannot
+honour is refused (``InvalidRequestError``, a 400), naming the field as the caller wrote it and
+the layer it came from.
 
 Each write that changes what a model request would run with is checked against the model it would
 run on, with the settings of every layer combined as a turn combines them (request over
@@ -21,17 +22,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from api.state import AppState
+from runtime.providers.registry import Providers
 from runtime.schemas.agents import AgentRecord, ConversationRef
 from runtime.schemas.model_settings import ModelSettings, Origin, resolve
 from runtime.schemas.requests import SendMessageRequest
-from runtime.store.agents import MAX_PAGE
+from runtime.store.agents import MAX_PAGE, AgentStore, ConversationStore
 
 _WHERE: dict[Origin, str] = {"request": "in this request", "conversation": "on the conversation", "agent": "on the agent"}
 
 
 def _check(
-    state: AppState,
+    providers: Providers,
     handle: str,
     layers: Sequence[tuple[Origin, ModelSettings | None]],
     *,
@@ -39,7 +40,7 @@ def _check(
     own: Origin,
 ) -> None:
     resolved = resolve(layers, agent_max_tokens=agent_max_tokens)
-    state.providers.check_settings(
+    providers.check_settings(
         handle,
         resolved.generation(),
         max_output_tokens=resolved.max_output_tokens,
@@ -48,10 +49,10 @@ def _check(
     )
 
 
-def check_conversation(state: AppState, agent: AgentRecord, model: str | None, settings: ModelSettings | None) -> None:
+def check_conversation(providers: Providers, agent: AgentRecord, model: str | None, settings: ModelSettings | None) -> None:
     """A conversation's model and settings over ``agent``'s (400 naming what cannot be honoured)."""
     _check(
-        state,
+        providers,
         model or agent.model,
         (("conversation", settings), ("agent", agent.model_settings)),
         agent_max_tokens=agent.max_tokens,
@@ -59,40 +60,45 @@ def check_conversation(state: AppState, agent: AgentRecord, model: str | None, s
     )
 
 
-def check_agent(state: AppState, *, model: str, settings: ModelSettings | None, max_tokens: int | None) -> None:
+def check_agent(providers: Providers, *, model: str, settings: ModelSettings | None, max_tokens: int | None) -> None:
     """An agent's own settings on its model."""
-    _check(state, model, (("agent", settings),), agent_max_tokens=max_tokens, own="agent")
+    _check(providers, model, (("agent", settings),), agent_max_tokens=max_tokens, own="agent")
 
 
-async def check_agent_update(state: AppState, agent: AgentRecord) -> None:
+async def check_agent_update(providers: Providers, conversations: ConversationStore, agent: AgentRecord) -> None:
     """``agent`` as an update is about to store it, and over it each of its conversations that
     names its own model or settings."""
-    check_agent(state, model=agent.model, settings=agent.model_settings, max_tokens=agent.max_tokens)
+    check_agent(providers, model=agent.model, settings=agent.model_settings, max_tokens=agent.max_tokens)
     after: str | None = None
     while True:
-        page = await state.conversations.list(tenant=agent.tenant, agent_id=agent.id, limit=MAX_PAGE, after=after)
+        page = await conversations.list(tenant=agent.tenant, agent_id=agent.id, limit=MAX_PAGE, after=after)
         for conversation in page:
             if conversation.model or conversation.model_settings:
-                check_conversation(state, agent, conversation.model, conversation.model_settings)
+                check_conversation(providers, agent, conversation.model, conversation.model_settings)
         if len(page) < MAX_PAGE:
             return
         after = page[-1].id
 
 
-async def check_turn(state: AppState, conversation: ConversationRef, body: SendMessageRequest) -> None:
+async def check_turn(
+    providers: Providers,
+    agents: AgentStore,
+    conversations: ConversationStore,
+    conversation: ConversationRef,
+    body: SendMessageRequest,
+) -> None:
     """A message's own settings (or model) over its conversation's and agent's; no read unless it
     carries one of them."""
     if body.model_settings is None and body.override_model is None:
         return
     agent, record = await asyncio.gather(
-        state.agents.get(conversation.agent_id, tenant=conversation.tenant),
-        state.conversations.get(conversation.id, tenant=conversation.tenant),
+        agents.get(conversation.agent_id, tenant=conversation.tenant),
+        conversations.get(conversation.id, tenant=conversation.tenant),
     )
     _check(
-        state,
+        providers,
         body.override_model or record.model or agent.model,
         (("request", body.model_settings), ("conversation", record.model_settings), ("agent", agent.model_settings)),
         agent_max_tokens=agent.max_tokens,
         own="request",
     )
-

@@ -6,31 +6,20 @@ otherwise), for the agent's own history ("agent-direct mode"); or, deprecated, t
 itself. Convoy keeps an agent's own history in its default conversation
 (``runtime.store.agents.default_conversation_id``), so the last two name that conversation: a
 send there is a send to ``POST /v1/agents/{id}/messages``, one at a time as every conversation is.
+The routes take the id as ``api.validation.ConversationPath``, which admits exactly these forms.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Path
-
-from api.state import AppState
-from api.validation import AGENT_ID, CONVERSATION_ID
 from runtime.errors import InvalidRequestError, NotFoundError
+from runtime.ids import AGENT_ID
 from runtime.schemas.agents import AgentRecord, ConversationRecord
-from runtime.schemas.auth import Principal
-from runtime.store.agents import default_conversation_id
+from runtime.store.agents import AgentStore, ConversationStore, default_conversation_id
 
 DEFAULT = "default"
-ConversationPath = Annotated[
-    str,
-    Path(
-        pattern=rf"^({CONVERSATION_ID[1:-1]}|{AGENT_ID[1:-1]}|{DEFAULT})$",
-        description="conv-<uuid4>; or 'default' with agent_id, or (deprecated) agent-<uuid4>: the agent's own history",
-    ),
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,22 +54,24 @@ def target(conversation_id: str, agent_id: str | None) -> Target:
     return Target(conversation_id, None)
 
 
-async def conversation(state: AppState, caller: Principal, where: Target) -> ConversationRecord:
+async def conversation(conversations: ConversationStore, where: Target, *, tenant: str) -> ConversationRecord:
     """The conversation, the agent's default one created on first use; 404 if it (or the agent) is
     unknown or another tenant's."""
     if where.agent_id is not None:
-        return await state.conversations.default_of(where.agent_id, tenant=caller.tenant)
-    return await state.conversations.get(where.conversation_id, tenant=caller.tenant)
+        return await conversations.default_of(where.agent_id, tenant=tenant)
+    return await conversations.get(where.conversation_id, tenant=tenant)
 
 
-async def agent_of(state: AppState, caller: Principal, where: Target) -> tuple[AgentRecord, ConversationRecord | None]:
+async def agent_of(
+    agents: AgentStore, conversations: ConversationStore, where: Target, *, tenant: str
+) -> tuple[AgentRecord, ConversationRecord | None]:
     """The agent whose conversation it is, and the conversation record (None: an agent's default
     conversation that has had no message yet, which reads as empty and is not created by a read)."""
     if where.agent_id is not None:
-        agent = await state.agents.get(where.agent_id, tenant=caller.tenant)
+        agent = await agents.get(where.agent_id, tenant=tenant)
         try:
-            return agent, await state.conversations.get(where.conversation_id, tenant=caller.tenant)
+            return agent, await conversations.get(where.conversation_id, tenant=tenant)
         except NotFoundError:
             return agent, None
-    record = await state.conversations.get(where.conversation_id, tenant=caller.tenant)
-    return await state.agents.get(record.agent_id, tenant=caller.tenant), record
+    record = await conversations.get(where.conversation_id, tenant=tenant)
+    return await agents.get(record.agent_id, tenant=tenant), record
