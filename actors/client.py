@@ -5,8 +5,8 @@ builds the turn from its request and hands it here. ``ConversationClient``:
 
 - **accepts** a turn: the run is indexed and the turn appended to the conversation's mailbox in one
   atomic step (idempotency, busy policy, pending approval: ``actors.mailbox``), then the owner is
-  woken, through its host's doorbell when the conversation is active, else by a Ray call that
-  activates it (``actors.router``). Once accepted, a turn is durable: a failure to wake anyone is
+  woken through a host's doorbell: its owner's host when the conversation is active, else the
+  host that is to activate it (``actors.router``: a Ray call only when no host is known alive). Once accepted, a turn is durable: a failure to wake anyone is
   logged, never returned (a client would send again and run it twice), and a reader that hears
   nothing wakes the conversation itself (``nudge``).
 - **cancels** out of band: a queued run is ended here (``RunStore.end``, the one terminal write); a
@@ -175,7 +175,7 @@ class ConversationClient:
             if accepted.owner:
                 await self._router.ring(accepted.owner, conversation.id)
             else:
-                await self._router.deliver(conversation.id)
+                await self._router.wake(conversation.id)
         except (UnavailableError, RedisError, RayError) as exc:
             log.warning("accepted a turn but could not wake its owner", extra={"run_id": turn.run_id, "error": repr(exc)})
         return Accepted(run, duplicate=False)

@@ -16,6 +16,11 @@ Guarantees:
   as an owner's writes do (``CONVOY_STORE_OUTAGE_S``): a lease left behind by an activation that
   ended during an outage would refuse its own host's next activation until it expired, and a
   message accepted meanwhile would wait for a reader to wake it.
+- **Woken by its doorbell.** A ring names a conversation with new mail: an active one is poked; one
+  active nowhere is activated here, as ``deliver`` would (the API rings the first live host of its
+  placement order: ``actors.router.wake``); one another owner holds is rung at that owner's host.
+  Each heartbeat records how far the doorbell has been read, and a new incarnation reads on from
+  there, so a ring that arrived while the host was down (Ray restarting it) is not lost.
 - **Recovery after a crash.** The conversations a host owns are recorded in Redis under its name.
   When Ray restarts a dead host (same name, new incarnation), it takes those conversations over
   at once (bumping their epochs, which fences out anything the old process might still write)
@@ -46,7 +51,7 @@ import ray
 from redis.backoff import EqualJitterBackoff
 
 from actors.conversation import Activation, Services
-from actors.directory import Directory, Held, Lease, owner_id
+from actors.directory import Directory, Held, Lease, host_of, owner_id
 from actors.mailbox import Mailbox
 from actors.metrics import RayRecorder
 from runtime import heap, tools
@@ -66,6 +71,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 2.0
 BELL_BATCH = 512
+BELL_MAXLEN = 10_000  # rings kept per doorbell (trimmed approximately)
 BELL_RETRY = EqualJitterBackoff(cap=0.2, base=0.05)
 # After a renewal that failed, the next one comes after this backoff (jittered, doubling), not a period.
 RENEW_RETRY = EqualJitterBackoff(cap=0.5, base=0.05)
@@ -102,6 +108,7 @@ class HostCore:
         self._background: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
+        self._bell_cursor = "0-0"  # the last doorbell entry read (recorded by each heartbeat)
         self._started = asyncio.Lock()
         self.started_at = time.time()
 
@@ -124,6 +131,10 @@ class HostCore:
                 metrics=self._metrics,
             )
             self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
+            # Where the previous incarnation's doorbell reading got to, before a heartbeat of ours
+            # replaces its record (module docstring).
+            beat = await redis.hget(keyspace.hosts(), self.name)
+            self._bell_cursor = str(json.loads(beat).get("bell") or "0-0") if beat else "0-0"
             heap.freeze()  # set up: keep what it made out of every later collection (runtime.heap)
             self._background = [
                 asyncio.create_task(forever("lease renewal", self._renew, retry=RENEW_RETRY), name="lease-renewal"),
@@ -298,34 +309,38 @@ class HostCore:
         return self._settings.lease_ttl_ms / 3000
 
     async def _bell_loop(self) -> None:
-        """Read this host's doorbell: each ring names a conversation with new mail. Rings from
-        before this incarnation started are skipped: recovery covers those conversations."""
+        """Read this host's doorbell: each ring names a conversation with new mail (module
+        docstring). A new incarnation reads on from where its predecessor's last heartbeat says it
+        had got to; a host that has never beaten reads the whole doorbell."""
         assert self._services is not None
         redis = self._services.redis
         bell = keyspace.host_bell(self.name)
         reader = dedicated(redis)
-        cursor: str | None = None
 
         async def ring() -> float:
-            nonlocal cursor
-            if cursor is None:
-                last = replies.entries(await redis.xrevrange(bell, count=1))
-                cursor = last[0][0].decode() if last else "0-0"
-            reply = await reader.xread({bell: cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
+            reply = await reader.xread({bell: self._bell_cursor}, block=self._settings.read_block_ms, count=BELL_BATCH)
             for _, entries in replies.streams(reply):
-                cursor = entries[-1][0].decode()
+                self._bell_cursor = entries[-1][0].decode()
                 for conv in {fields[b"c"].decode() for _, fields in entries}:
                     activation = self._activations.get(conv)
                     if activation is not None:
                         activation.poke()
                     else:
-                        self._spawn(self._deliver(conv), name=f"ring:{conv}")
+                        self._spawn(self._answer_ring(conv), name=f"ring:{conv}")
             return 0.0
 
         try:
             await forever("doorbell", ring, retry=BELL_RETRY)  # a dead doorbell would strand messages
         finally:
             await close_dedicated(reader, redis)
+
+    async def _answer_ring(self, conversation_id: str) -> None:
+        """Activate a rung conversation here, or ring the host of the owner that holds it."""
+        reply = await self._deliver(conversation_id)
+        owner_host = host_of(reply.removeprefix("owner:")) if reply.startswith("owner:") else self.name
+        if owner_host != self.name:
+            assert self._services is not None
+            await self._services.redis.xadd(keyspace.host_bell(owner_host), {"c": conversation_id}, maxlen=BELL_MAXLEN)
 
     def _spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
         """Run ``work`` in the background, keeping a reference and logging its failure."""
@@ -341,7 +356,13 @@ class HostCore:
 
     async def _heartbeat(self) -> float:
         assert self._services is not None
-        beat = {"incarnation": self.incarnation, "pid": os.getpid(), "ts": time.time(), "activations": len(self._activations)}
+        beat = {
+            "incarnation": self.incarnation,
+            "pid": os.getpid(),
+            "ts": time.time(),
+            "activations": len(self._activations),
+            "bell": self._bell_cursor,
+        }
         await self._services.redis.hset(keyspace.hosts(), self.name, json.dumps(beat))
         return HEARTBEAT_PERIOD_S
 

@@ -5,32 +5,45 @@ already durable in Redis. So a host that is down (Ray is restarting it) never lo
 when it comes back it takes over its conversations and processes their mailboxes. Delivery
 therefore succeeds as soon as one live host has either activated the conversation or named a
 current owner, and fails (``UnavailableError``) only when no host answers at all.
+
+``wake`` is how an accepted turn reaches a conversation nobody owns, without a Ray call: one append
+to the doorbell of the first host in the conversation's placement order whose heartbeat is fresh
+(``HOST_FRESH_S``; the hosts' heartbeats are read at most every ``LIVE_HOSTS_TTL_S``), which
+activates it as ``deliver`` would (``actors.host``). A host that dies after the ring reads it when
+Ray has restarted it: a new incarnation reads its doorbell from where its predecessor's last
+heartbeat says it had got to. With no fresh host (all down, or a placement of dedicated hosts)
+``wake`` is ``deliver``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from typing import Any
 
 import ray
 import redis.asyncio as aioredis
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from redis.exceptions import RedisError
 
 from actors import placement
 from actors.directory import Directory, host_of
+from actors.host import BELL_MAXLEN, HEARTBEAT_PERIOD_S
 from actors.supervisor import dedicated_host, dedicated_name, host_names
 from runtime.errors import UnavailableError
 from runtime.settings import Settings
-from runtime.store import keyspace
+from runtime.store import keyspace, replies
 
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 4
 DEDICATED_RETRY_S = 0.05
-BELL_MAXLEN = 10_000
 CALL_TIMEOUT_S = 10.0
+HOST_FRESH_S = 3 * HEARTBEAT_PERIOD_S  # a host whose last heartbeat is older is taken for down
+LIVE_HOSTS_TTL_S = 1.0  # how long a read of the hosts' heartbeats is reused
 _UNREACHABLE = (ActorDiedError, ActorUnavailableError, RayActorError, TimeoutError)
 
 
@@ -40,6 +53,8 @@ class ConversationRouter:
         self._directory = directory
         self._redis = redis
         self._handles: dict[str, ActorHandle[Any]] = {}  # hosts, called by method name
+        self._live: tuple[float, frozenset[str]] = (-LIVE_HOSTS_TTL_S, frozenset())  # (read at, hosts)
+        self._reading: asyncio.Task[frozenset[str]] | None = None
 
     async def _handle(self, name: str) -> ActorHandle[Any]:
         handle = self._handles.get(name)
@@ -83,6 +98,41 @@ class ConversationRouter:
                 return owner_host  # owned by a host that is restarting: it recovers the mailbox itself
             queue.insert(0, owner_host)
         raise UnavailableError(f"no conversation host could take conversation {conversation_id}")
+
+    async def wake(self, conversation_id: str) -> None:
+        """Wake a conversation nobody owns: a ring at the first live host of its placement order,
+        else ``deliver`` (module docstring)."""
+        if self._settings.placement != "dedicated":
+            try:
+                live = await self._live_hosts()
+            except RedisError as exc:  # e.g. the primary holding the heartbeats is away: a Ray call then
+                log.warning("hosts' heartbeats unreadable; waking by a call", extra={"error": repr(exc)})
+                live = frozenset()
+            for name in placement.ranked(conversation_id, host_names(self._settings)):
+                if name in live:
+                    await self._redis.xadd(keyspace.host_bell(name), {"c": conversation_id}, maxlen=BELL_MAXLEN)
+                    return
+        await self.deliver(conversation_id)
+
+    async def _live_hosts(self) -> frozenset[str]:
+        """The hosts whose heartbeat is fresh, read at most every ``LIVE_HOSTS_TTL_S`` (one read for
+        all the callers that ask meanwhile)."""
+        read_at, live = self._live
+        if time.monotonic() - read_at < LIVE_HOSTS_TTL_S:
+            return live
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read_live_hosts())
+            self._reading.add_done_callback(lambda _: setattr(self, "_reading", None))
+        return await asyncio.shield(self._reading)
+
+    async def _read_live_hosts(self) -> frozenset[str]:
+        beats = await self._redis.hgetall(keyspace.hosts())
+        now = time.time()
+        live = frozenset(
+            replies.text(name) for name, raw in beats.items() if now - float(json.loads(raw).get("ts", 0)) < HOST_FRESH_S
+        )
+        self._live = (time.monotonic(), live)
+        return live
 
     async def ring(self, owner: str, conversation_id: str) -> None:
         """Wake a conversation that is already active: one append to its host's doorbell stream,

@@ -159,3 +159,42 @@ async def test_a_host_core_takes_over_what_its_dead_predecessor_held_without_ray
         assert stats["activations"] == 1 and stats["name"] == name
     finally:
         await core.stop()
+
+
+async def test_a_host_core_activates_a_conversation_rung_at_its_doorbell(settings: Settings, redis: aioredis.Redis) -> None:
+    """How the API wakes a conversation active nowhere (``ConversationRouter.wake``): a ring at the
+    doorbell of the host that is to take it, no Ray call."""
+    agent, conversation = await _conversation(redis)
+    run_id = await _accept(redis, agent, conversation, "rung, not called")
+    name = f"plain-host-{new_id('run')[4:12]}"
+    core = HostCore(name, settings)
+    try:
+        await core.start()
+        await redis.xadd(keyspace.host_bell(name), {"c": conversation.id})
+        await eventually(lambda: _finished(redis, [run_id]), 15, message="the rung conversation's turn to complete")
+        assert _text(await _items(redis, conversation.id, run_id)) == "rung, not called"
+    finally:
+        await core.stop()
+
+
+async def test_a_ring_that_came_while_its_host_was_down_is_answered_by_the_next_incarnation(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A host that dies after the API rang it for a conversation it does not own yet: nothing else
+    would wake that conversation, so Ray's restart of the host (here a new ``HostCore`` under the
+    same name) reads the doorbell on from where its predecessor's last heartbeat says it got to."""
+    agent, conversation = await _conversation(redis)
+    name = f"plain-host-{new_id('run')[4:12]}"
+    before = HostCore(name, settings)
+    await before.start()
+    await eventually(lambda: redis.hexists(keyspace.hosts(), name), 10, message="the first incarnation's heartbeat")
+    await before.stop()
+    run_id = await _accept(redis, agent, conversation, "rung while down")
+    await redis.xadd(keyspace.host_bell(name), {"c": conversation.id})
+    after = HostCore(name, settings)
+    try:
+        await after.start()
+        await eventually(lambda: _finished(redis, [run_id]), 15, message="the turn rung while the host was down to complete")
+        assert _text(await _items(redis, conversation.id, run_id)) == "rung while down"
+    finally:
+        await after.stop()
