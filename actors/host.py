@@ -48,6 +48,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import ray
+import redis.asyncio as aioredis
 from redis.backoff import EqualJitterBackoff
 
 from actors.conversation import Activation, Services
@@ -90,6 +91,11 @@ def _rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+async def ring(redis: aioredis.Redis, host: str, conversation_id: str) -> None:
+    """Tell ``host`` that ``conversation_id`` has new mail: one append to its doorbell (module docstring)."""
+    await redis.xadd(keyspace.host_bell(host), {"c": conversation_id}, maxlen=BELL_MAXLEN)
 
 
 class HostCore:
@@ -340,7 +346,7 @@ class HostCore:
         owner_host = host_of(reply.removeprefix("owner:")) if reply.startswith("owner:") else self.name
         if owner_host != self.name:
             assert self._services is not None
-            await self._services.redis.xadd(keyspace.host_bell(owner_host), {"c": conversation_id}, maxlen=BELL_MAXLEN)
+            await ring(self._services.redis, owner_host, conversation_id)
 
     def _spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
         """Run ``work`` in the background, keeping a reference and logging its failure."""

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from actors import placement
 from actors.directory import Directory, host_of
-from actors.host import BELL_MAXLEN, HEARTBEAT_PERIOD_S
+from actors.host import HEARTBEAT_PERIOD_S, ring
 from actors.supervisor import dedicated_host, dedicated_name, host_names
 from runtime.errors import UnavailableError
 from runtime.settings import Settings
@@ -110,7 +110,7 @@ class ConversationRouter:
                 live = frozenset()
             for name in placement.ranked(conversation_id, host_names(self._settings)):
                 if name in live:
-                    await self._redis.xadd(keyspace.host_bell(name), {"c": conversation_id}, maxlen=BELL_MAXLEN)
+                    await ring(self._redis, name, conversation_id)
                     return
         await self.deliver(conversation_id)
 
@@ -138,7 +138,7 @@ class ConversationRouter:
         """Wake a conversation that is already active: one append to its host's doorbell stream,
         which the host reads with a blocking XREAD (no Ray call). If that host is gone, the
         conversation is recovered like any other of its conversations (see ``actors.host``)."""
-        await self._redis.xadd(keyspace.host_bell(host_of(owner)), {"c": conversation_id}, maxlen=BELL_MAXLEN)
+        await ring(self._redis, host_of(owner), conversation_id)
 
     async def _deliver_dedicated(self, conversation_id: str) -> str:
         name = dedicated_name(conversation_id)
