@@ -213,7 +213,7 @@ class MultiplexedRedis(aioredis.Redis):
             link = self._link
             if link is None or link.dead is not None:
                 pool = self.connection_pool
-                conn = own_connection(pool)
+                conn = own_connection(pool, socket_timeout=None)  # the watchdog is its timeout: no task per write
                 try:
                     await conn.connect()  # patient: waits for a restarting Redis (runtime.store.connection)
                 except BaseException:  # given up, or its caller's deadline passed: close what was opened

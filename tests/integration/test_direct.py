@@ -1,0 +1,69 @@
+"""The hot paths' own connections (``runtime.store.direct``) on a real Redis: bounded by the client's
+socket timeout as a whole, never hung by a server gone silent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runtime.settings import Settings
+from runtime.store.connection import RECONNECT_PATIENCE_S, connect
+from runtime.store.direct import Direct
+from tests.fakes.proxy import SilencingProxy
+
+pytestmark = pytest.mark.single_redis  # a proxy in front of one server
+
+
+async def test_replies_come_back_in_order_with_error_replies_returned(redis_url: str) -> None:
+    client = connect(Settings(redis_url=redis_url))
+    direct = Direct(client)
+    key = f"test:{uuid.uuid4()}"
+    try:
+        replies = await direct.execute([("SET", key, "v"), ("INCR", key), ("GET", key)], [key] * 3)
+        assert replies[0] == b"OK" and replies[2] == b"v"
+        assert isinstance(replies[1], ResponseError), "an error reply is returned in its place, not raised"
+    finally:
+        await direct.close()
+        await client.aclose()
+
+
+async def test_a_silent_connection_times_out_and_the_next_call_opens_a_new_one(redis_url: str) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with SilencingProxy(port) as proxy:
+        client = connect(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_socket_timeout_s=0.5, read_block_ms=100))
+        direct = Direct(client)
+        try:
+            assert await direct.execute([("PING",)], ["k"]) == [b"PONG"]
+            proxy.silence_all()
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await direct.execute([("PING",)], ["k"])
+            assert time.monotonic() - started < 3.0, "the socket timeout bounds the call"
+            assert await direct.execute([("PING",)], ["k"]) == [b"PONG"], "a fresh connection after the silent one"
+        finally:
+            await direct.close()
+            await client.aclose()
+
+
+async def test_a_frozen_redis_fails_a_call_within_the_connection_patience(redis_url: str) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with SilencingProxy(port) as proxy:
+        client = connect(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_socket_timeout_s=1, read_block_ms=100))
+        direct = Direct(client)
+        try:
+            assert await direct.execute([("PING",)], ["k"]) == [b"PONG"]
+            proxy.freeze()
+            with pytest.raises(RedisTimeoutError):
+                await direct.execute([("PING",)], ["k"])  # owed on the connection that went silent
+            started = time.monotonic()
+            with pytest.raises(RedisConnectionError, match="not reachable within"):
+                await direct.execute([("PING",)], ["k"])  # a new connection, its handshake never answered
+            assert time.monotonic() - started < RECONNECT_PATIENCE_S + 2, "bounded in time"
+        finally:
+            await direct.close()
+            await client.aclose()
