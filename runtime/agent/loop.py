@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic_core import to_json
 
 from runtime.agent.context import fit, render_system, with_skills
 from runtime.agent.prompt import ChatCache
@@ -482,7 +483,7 @@ def _summary(result: StepResult | None) -> dict[str, Any] | None:
 
 def _bounded(payload: dict[str, Any]) -> dict[str, Any]:
     """The request body, with the oldest history elided when it is too large to keep per step."""
-    if len(json.dumps(payload, default=str)) <= TRACE_REQUEST_MAX_BYTES:
+    if len(to_json(payload, fallback=str)) <= TRACE_REQUEST_MAX_BYTES:
         return payload
     bounded = dict(payload)
     for name in ("messages", "input", "contents"):

@@ -13,6 +13,7 @@ from typing import Any
 
 from anthropic import AsyncAnthropic, AsyncStream
 from anthropic.types import Message
+from pydantic_core import to_json
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import require_event_stream
@@ -104,7 +105,7 @@ class AnthropicAdapter:
         # ``post`` with events as JSON objects, as the OpenAI adapters do (see openai_chat.py):
         # the SDK still decodes the stream, raises its ``event: error`` and handles auth and retries.
         stream: AsyncStream[Any] = await self._client.post(
-            "/v1/messages", body=self.payload(request), cast_to=Message, stream=True, stream_cls=AsyncStream[object]
+            "/v1/messages", content=to_json(self.payload(request)), cast_to=Message, stream=True, stream_cls=AsyncStream[object]
         )
         input_usage: dict[str, Any] | None = None
         finish: str | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion
+from pydantic_core import to_json
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import require_event_stream
@@ -124,7 +125,7 @@ class OpenAIChatAdapter:
         # included), retries and auth stay the SDK's.
         stream: AsyncStream[Any] = await self._client.post(
             "/chat/completions",
-            body=self.payload(request),
+            content=to_json(self.payload(request)),  # pydantic-core's encoder: ~4x json's speed
             cast_to=ChatCompletion,
             stream=True,
             stream_cls=AsyncStream[object],

@@ -11,6 +11,7 @@ from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.responses import Response
+from pydantic_core import to_json
 
 from runtime.errors import LLMUnavailableError
 from runtime.providers.errors import classify, require_event_stream
@@ -105,7 +106,7 @@ class OpenAIResponsesAdapter:
     async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         # ``post`` rather than ``responses.create``, events as JSON objects: see openai_chat.py.
         stream: AsyncStream[Any] = await self._client.post(
-            "/responses", body=self.payload(request), cast_to=Response, stream=True, stream_cls=AsyncStream[object]
+            "/responses", content=to_json(self.payload(request)), cast_to=Response, stream=True, stream_cls=AsyncStream[object]
         )
         finish: Finish | None = None
         refused = called = False

@@ -81,11 +81,8 @@ class HistoryStore:
         for message in messages:
             args.extend((message.id, message.model_dump_json(exclude={"seq_id"})))
 
-        async def refer() -> None:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for message_id in dict.fromkeys(m.id for m in messages):
-                    pipe.set(keyspace.message_ref(message_id), conversation_id)
-                await pipe.execute()
+        async def refer() -> None:  # one write on the shared connection (see RunStore.index)
+            await asyncio.gather(*(self._redis.set(keyspace.message_ref(i), conversation_id) for i in dict.fromkeys(m.id for m in messages)))
 
         # Side by side, not one after the other: a turn's input is written while its first request
         # is being made, and a second round trip would make it land later.

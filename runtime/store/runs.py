@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from pydantic_core import to_json
 from redis.typing import EncodableT, FieldT
 
 from runtime.errors import NotFoundError
@@ -167,15 +168,18 @@ class RunStore:
         is then refused or deduplicated is unindexed (``unindex``); one whose refusal could not be
         undone (a crash in between) leaves an index entry pointing at nothing, which readers skip."""
         at = now_ms()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keyspace.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S)
-            pipe.zadd(keyspace.runs_index(view.tenant), {view.id: at})
-            pipe.zadd(keyspace.conversation_runs(view.conversation_id), {view.id: at})
-            pipe.zadd(keyspace.agent_runs(view.agent_id), {view.id: at})
+        r = self._redis
+        # Issued together, not as a pipeline: on one server they leave in one write on the shared
+        # connection (runtime.store.mux), where a pipeline takes a pooled connection of its own.
+        await asyncio.gather(
+            r.set(keyspace.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S),
+            r.zadd(keyspace.runs_index(view.tenant), {view.id: at}),
+            r.zadd(keyspace.conversation_runs(view.conversation_id), {view.id: at}),
+            r.zadd(keyspace.agent_runs(view.agent_id), {view.id: at}),
             # A conversation's last message is when its newest run was asked for (Letta's last_message_at).
-            pipe.zadd(keyspace.conversations_activity(view.tenant), {view.conversation_id: at})
-            pipe.zadd(keyspace.agent_conversations_activity(view.agent_id), {view.conversation_id: at})
-            await pipe.execute()
+            r.zadd(keyspace.conversations_activity(view.tenant), {view.conversation_id: at}),
+            r.zadd(keyspace.agent_conversations_activity(view.agent_id), {view.conversation_id: at}),
+        )
 
     async def unindex(self, view: RunView) -> None:
         """Undo ``index`` for a run that was then refused or found to be a retry of another."""
@@ -390,7 +394,7 @@ class RunStore:
             self._add_step,
             fence,
             keys=[keyspace.epoch(fence.conversation_id), keyspace.run_steps(fence.conversation_id, run_id)],
-            args=[fence.epoch, UNFINISHED_RUN_TTL_S, json.dumps(step, default=str)],
+            args=[fence.epoch, UNFINISHED_RUN_TTL_S, to_json(step, fallback=str)],  # pydantic-core's: ~5x json's speed
         )
 
     async def steps(self, conversation_id: str, run_id: str) -> builtins.list[dict[str, Any]]:
