@@ -124,6 +124,8 @@ class HostCore:
                 return
             s = self._settings
             redis = connect(s)
+            providers = Providers(s)
+            providers.warm()  # the SDKs it can call, loaded now rather than on a turn's path
             self._services = Services(
                 redis=redis,
                 settings=s,
@@ -132,7 +134,7 @@ class HostCore:
                 history=HistoryStore(redis),
                 agents=AgentStore(redis),
                 conversations=ConversationStore(redis),
-                models=Providers(s).model,
+                models=providers.model,
                 tools=tools.load(s.tool_modules),
                 metrics=self._metrics,
             )

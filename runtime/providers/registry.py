@@ -22,8 +22,10 @@ their SDKs offer for concurrency (``DefaultAioHttpClient``): their default trans
 1.6 times the CPU reading a stream's tokens, and the hosts' CPU per turn fell by about a tenth
 (``convoy bench turns``; README, Measured). Requests, retries, errors and stream decoding stay the
 SDKs' own; a refused connection, which that transport reports as a connect timeout, is still
-``llm_unavailable`` (``runtime.providers.errors``). The SDKs are imported on first use (each costs a second or more),
-so a process that never calls a provider, like the API or an echo-only host, never loads them.
+``llm_unavailable`` (``runtime.providers.errors``). The SDKs are imported where they are used (each costs a second or more),
+so a process that never calls a provider, like the API or an echo-only host, never loads them; a
+conversation host loads those of the providers it can call while it sets up (``warm``), not on the
+first turn that calls one: an import stops the host's event loop, every stream on it, for that long.
 
 **The models listed** (``GET /v1/models``, OpenAI's and Letta's shapes) are computed here only
 (``Providers.list_models``): ``echo/echo``; for each first-party provider whose credentials are set,
@@ -282,6 +284,18 @@ class Providers:
                 "(declare OpenAI-compatible servers in CONVOY_PROVIDERS)"
             )
         return provider, model_name
+
+    def warm(self) -> None:
+        """Load the SDK and client of every provider this process can call (credentials set; echo
+        needs none; Vertex AI is left to its first call, as its credentials may be looked up over the
+        network). A provider that cannot be set up is left to its first call, which reports why."""
+        for provider in self._table.values():
+            if provider.api == "echo" or provider.vertex_project or (provider.key_hint and not provider.has_credentials):
+                continue
+            try:
+                self._adapter(provider)
+            except Exception as exc:  # noqa: BLE001 - the turn that calls it ends with the error
+                log.warning("could not set up a provider's client", extra={"provider": provider.name, "error": repr(exc)})
 
     def _adapter(self, provider: Provider) -> ModelAdapter:
         adapter = self._adapters.get(provider.name)
