@@ -149,7 +149,8 @@ class Activation:
                     expecting = True
                     continue  # re-check: a poke may have raced with the empty read
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
+                    async with asyncio.timeout(idle_s):  # not wait_for: a task per wait on Python 3.11
+                        await self._wake.wait()
                 except TimeoutError:
                     return "idle"
                 expecting = True
