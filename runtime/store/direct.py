@@ -182,12 +182,10 @@ class Direct:
 
     def __init__(self, redis: Any) -> None:
         self._nodes = NodeConnections(redis) if is_cluster(redis) else None
-        pool = redis.connection_pool
-        self._one = (
-            None
-            if self._nodes
-            else DirectConnection(lambda: own_connection(pool, socket_timeout=None), pool.connection_kwargs.get("socket_timeout"))
-        )
+        self._one: DirectConnection | None = None
+        if self._nodes is None:
+            pool = redis.connection_pool
+            self._one = DirectConnection(lambda: own_connection(pool, socket_timeout=None), pool.connection_kwargs.get("socket_timeout"))
 
     async def execute(self, commands: Sequence[Command], keys: Sequence[str], *, partial: bool = False) -> list[object]:
         if self._nodes is not None:

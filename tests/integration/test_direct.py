@@ -16,22 +16,22 @@ from runtime.store.connection import RECONNECT_PATIENCE_S, connect
 from runtime.store.direct import Direct
 from tests.fakes.proxy import SilencingProxy
 
-pytestmark = pytest.mark.single_redis  # a proxy in front of one server
-
-
 async def test_replies_come_back_in_order_with_error_replies_returned(redis_url: str) -> None:
+    """On one server and on a cluster (there each command goes to its key's primary)."""
     client = connect(Settings(redis_url=redis_url))
     direct = Direct(client)
     key = f"test:{uuid.uuid4()}"
     try:
-        replies = await direct.execute([("SET", key, "v"), ("INCR", key), ("GET", key)], [key] * 3)
-        assert replies[0] == b"OK" and replies[2] == b"v"
+        other = f"{key}:other"  # another slot on a cluster
+        replies = await direct.execute([("SET", key, "v"), ("INCR", key), ("GET", key), ("SET", other, "w")], [key, key, key, other])
+        assert replies[0] == b"OK" and replies[2] == b"v" and replies[3] == b"OK"
         assert isinstance(replies[1], ResponseError), "an error reply is returned in its place, not raised"
     finally:
         await direct.close()
         await client.aclose()
 
 
+@pytest.mark.single_redis  # a proxy in front of one server
 async def test_a_silent_connection_times_out_and_the_next_call_opens_a_new_one(redis_url: str) -> None:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with SilencingProxy(port) as proxy:
@@ -50,6 +50,7 @@ async def test_a_silent_connection_times_out_and_the_next_call_opens_a_new_one(r
             await client.aclose()
 
 
+@pytest.mark.single_redis
 async def test_a_frozen_redis_fails_a_call_within_the_connection_patience(redis_url: str) -> None:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with SilencingProxy(port) as proxy:
