@@ -16,6 +16,7 @@ from runtime.store.connection import RECONNECT_PATIENCE_S, connect
 from runtime.store.direct import Direct
 from tests.fakes.proxy import SilencingProxy
 
+
 async def test_replies_come_back_in_order_with_error_replies_returned(redis_url: str) -> None:
     """On one server and on a cluster (there each command goes to its key's primary)."""
     client = connect(Settings(redis_url=redis_url))
