@@ -84,6 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("--burst", int, 1000, "turns sent at the same instant, each on a fresh conversation (0: skip it)"),
         ("--clients", int, 2, "client processes"),
         ("--python", str, sys.executable, "the interpreter that runs convoy serve (another checkout's venv: its code)"),
+        ("--against", str, "", "another interpreter (a checkout's venv) measured in the same run, alternated with --python, as before"),
+        ("--rounds", int, 3, "with --against: runs of each side, in the order before, after, after, before, ..."),
     ):
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
     text = "CPU and memory of `convoy serve` at rest, process by process (Ray's daemons included), against issue 22's targets"
@@ -203,6 +205,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 burst=args.burst,
                 clients=args.clients,
                 python=args.python,
+                against=args.against,
+                rounds=args.rounds,
             )
         )
     if args.bench == "idle":

@@ -16,6 +16,11 @@ Clients run in processes of their own (``bench.clients``), so the client is not 
    from sending to the response's headers (accepted) and to the first token, p50/p99/max, the
    clients' own spread in sending, and errors.
 
+With ``--against <python>``, the server of that interpreter (another checkout's venv: the code
+before a change) is measured too, in the same run, ``--rounds`` times each, alternated (before,
+after, after, before, ...: a drift of the machine falls on both sides alike): every run's figures,
+then each side's median and the ratio after / before.
+
 Nothing is asserted: the figures, the targets and whether they were met are printed.
 """
 
@@ -27,6 +32,7 @@ import gc
 import os
 import shutil
 import ssl
+import statistics
 import sys
 import tempfile
 import time
@@ -60,6 +66,8 @@ class TurnsOptions:
     burst: int = 1000
     clients: int = 2
     python: str = sys.executable
+    against: str = ""  # another server's interpreter, measured alternately as "before"
+    rounds: int = 3
 
 
 # -- the server's processes ---------------------------------------------------------------------------
@@ -295,32 +303,110 @@ def _report_burst(seen: Burst, n: int, report: Report) -> None:
     report.errors += seen.errors
 
 
-def run(options: TurnsOptions) -> int:
-    say = Progress("bench")
-    report = Report()
+@dataclass
+class Measured:
+    steady: Steady | None = None
+    burst: Burst | None = None
+
+
+def _measure(python: str, options: TurnsOptions, say: Progress) -> Measured:
+    """One server (``python -m cli.main serve``) through both phases."""
     home = Path(tempfile.mkdtemp(prefix="convoy-bench-turns-"))
     upstream = StampingUpstream(options.tokens, options.rate_hz).start()
-    serve = Serve(home, upstream.url, python=options.python)
-    complete = False
-    report.note(f"convoy bench turns   cpus={os.cpu_count()}  server: {options.python} -m cli.main serve  clients: {options.clients} processes")
-    report.note("server cpu: every process of convoy serve's tree (api: the serve process; host: conversation hosts;")
-    report.note("redis; ray: Ray's daemons and idle workers), from /proc; the clients and the upstream are not in it")
+    serve = Serve(home, upstream.url, python=python)
+    measured = Measured()
     try:
-        say(f"starting convoy serve ({options.python})")
+        say(f"starting convoy serve ({python})")
         serve.start()
         agent = httpx.post(f"{serve.url}/v1/agents", json={"name": "turns", "model": f"bench/{MODEL}"}, timeout=30).json()["id"]
         count = options.concurrency + options.burst
         say(f"creating {count} conversations")
         conversations = _create(serve.url, agent, count, options.clients, say)
         if options.concurrency:
-            _report_steady(_steady(serve, conversations[: options.concurrency], options, say), options, report)
+            measured.steady = _steady(serve, conversations[: options.concurrency], options, say)
             _settle(serve.url)
         if options.burst:
-            _report_burst(_burst_phase(serve, conversations[options.concurrency :], options, say), options.burst, report)
-        complete = True
+            measured.burst = _burst_phase(serve, conversations[options.concurrency :], options, say)
     finally:
         serve.stop()
         upstream.stop()
         shutil.rmtree(home, ignore_errors=True)
+    return measured
+
+
+def _header(report: Report, servers: str, options: TurnsOptions) -> None:
+    report.note(f"convoy bench turns   cpus={os.cpu_count()}  server: {servers}  clients: {options.clients} processes")
+    report.note("server cpu: every process of convoy serve's tree (api: the serve process; host: conversation hosts;")
+    report.note("redis; ray: Ray's daemons and idle workers), from /proc; the clients and the upstream are not in it")
+
+
+def run(options: TurnsOptions) -> int:
+    if options.against:
+        return _compare(options)
+    say = Progress("bench")
+    report = Report()
+    _header(report, f"{options.python} -m cli.main serve", options)
+    complete = False
+    try:
+        measured = _measure(options.python, options, say)
+        if measured.steady is not None:
+            _report_steady(measured.steady, options, report)
+        if measured.burst is not None:
+            _report_burst(measured.burst, options.burst, report)
+        complete = True
+    finally:
+        report.print(complete=complete)
+    return 0
+
+
+# -- before and after, alternated -----------------------------------------------------------------------
+
+def _figures(m: Measured) -> dict[str, float]:
+    """One run's figures that the comparison prints, by label."""
+    out: dict[str, float] = {}
+    if m.steady is not None and m.steady.seen.turns:
+        turns = m.steady.seen.turns
+        out["steady: server cpu per turn, ms"] = 1e3 * sum(m.steady.cpu_s.values()) / turns
+        for kind, seconds in m.steady.cpu_s.items():
+            out[f"  of which {kind}, ms"] = 1e3 * seconds / turns
+        out["steady: turns/s"] = turns / m.steady.window_s
+        out["steady: time to first token p50, ms"] = percentile(m.steady.seen.ttfts_ms, 50)
+        out["steady: per-token latency p50, ms"] = percentile(m.steady.seen.lags_ms, 50)
+        out["steady: per-token latency p99, ms"] = percentile(m.steady.seen.lags_ms, 99)
+    if m.burst is not None and m.burst.first_token_s:
+        out["burst: accepted p50, s"] = percentile(m.burst.accepted_s, 50)
+        out["burst: accepted p99, s"] = percentile(m.burst.accepted_s, 99)
+        out["burst: first token p50, s"] = percentile(m.burst.first_token_s, 50)
+        out["burst: first token p99, s"] = percentile(m.burst.first_token_s, 99)
+    return out
+
+
+def _compare(options: TurnsOptions) -> int:
+    say = Progress("bench")
+    report = Report()
+    _header(report, f"before {options.against}, after {options.python}", options)
+    order = [side for i in range(options.rounds) for side in (("before", "after") if i % 2 == 0 else ("after", "before"))]
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    errors = 0
+    complete = False
+    try:
+        for n, side in enumerate(order, 1):
+            say(f"run {n} of {len(order)}: {side}")
+            measured = _measure(options.against if side == "before" else options.python, options, say)
+            runs[side].append(_figures(measured))
+            errors += len(measured.steady.seen.errors if measured.steady else []) + len(measured.burst.errors if measured.burst else [])
+        complete = True
+    finally:
+        report.section(f"before / after, {options.rounds} runs each, alternated ({' '.join(s[0].upper() for s in order)})")
+        labels = list(dict.fromkeys(k for side in runs.values() for figures in side for k in figures))
+        for label in labels:
+            before = [f[label] for f in runs["before"] if label in f]
+            after = [f[label] for f in runs["after"] if label in f]
+            if not before or not after:
+                continue
+            b, a = statistics.median(before), statistics.median(after)
+            each = f"{', '.join(f'{v:.2f}' for v in before)}  ->  {', '.join(f'{v:.2f}' for v in after)}"
+            report.add(label, f"median {b:8.2f} -> {a:8.2f}   after/before {a / b if b else float('nan'):5.2f}   ({each})")
+        report.add("errors", str(errors))
         report.print(complete=complete)
     return 0

@@ -116,6 +116,26 @@ def test_bench_turns_prints_its_figures(tmp_path: Path) -> None:
     # Every turn of the burst was accepted and reached its first token.
     assert "burst: 10 turns sent at once" in out, out
     assert re.search(r"accepted \(response headers\), ms .*\(n=10\)", out) and re.search(r"\nfirst token, ms .*\(n=10\)", out), out
+
+
+@pytest.mark.slow
+def test_bench_turns_against_another_server_prints_both_sides_and_their_ratio(tmp_path: Path) -> None:
+    out = _run(
+        [
+            *("turns", "--concurrency", "2", "--tokens", "3", "--rate", "100", "--warmup-s", "0.3", "--measure-s", "1"),
+            *("--burst", "5", "--against", sys.executable, "--rounds", "1"),
+        ],
+        tmp_path,
+    )
+    assert "before / after, 1 runs each, alternated (B A)" in out, out
+    for label in ("steady: server cpu per turn, ms", "steady: turns/s", "burst: accepted p50, s", "burst: first token p99, s"):
+        line = re.search(rf"^{re.escape(label)} +median +([\d.]+) -> +([\d.]+) +after/before +([\d.]+) +\(", out, re.MULTILINE)
+        assert line is not None, out
+        assert all(float(g) > 0 for g in line.groups()), line.group(0)  # each side measured, and their ratio
+    assert re.search(r"^errors +0$", out, re.MULTILINE), out
+
+
+@pytest.mark.slow
 def test_bench_idle_prints_every_process_of_the_server(tmp_path: Path) -> None:
     out = _run(["idle", "--seconds", "2", "--settle-s", "0", "--set", "CONVOY_HOSTS=1"], tmp_path)
     # The server's own process, its Redis, Ray's daemons and the one host asked for, each named.
