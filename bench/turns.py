@@ -374,10 +374,10 @@ def _figures(m: Measured) -> dict[str, float]:
         out["steady: per-token latency p50, ms"] = percentile(m.steady.seen.lags_ms, 50)
         out["steady: per-token latency p99, ms"] = percentile(m.steady.seen.lags_ms, 99)
     if m.burst is not None and m.burst.first_token_s:
-        out["burst: accepted p50, s"] = percentile(m.burst.accepted_s, 50)
-        out["burst: accepted p99, s"] = percentile(m.burst.accepted_s, 99)
-        out["burst: first token p50, s"] = percentile(m.burst.first_token_s, 50)
-        out["burst: first token p99, s"] = percentile(m.burst.first_token_s, 99)
+        out["burst: accepted p50, ms"] = 1e3 * percentile(m.burst.accepted_s, 50)
+        out["burst: accepted p99, ms"] = 1e3 * percentile(m.burst.accepted_s, 99)
+        out["burst: first token p50, ms"] = 1e3 * percentile(m.burst.first_token_s, 50)
+        out["burst: first token p99, ms"] = 1e3 * percentile(m.burst.first_token_s, 99)
     return out
 
 

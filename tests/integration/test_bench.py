@@ -128,7 +128,7 @@ def test_bench_turns_against_another_server_prints_both_sides_and_their_ratio(tm
         tmp_path,
     )
     assert "before / after, 1 runs each, alternated (B A)" in out, out
-    for label in ("steady: server cpu per turn, ms", "steady: turns/s", "burst: accepted p50, s", "burst: first token p99, s"):
+    for label in ("steady: server cpu per turn, ms", "steady: turns/s", "burst: accepted p50, ms", "burst: first token p99, ms"):
         line = re.search(rf"^{re.escape(label)} +median +([\d.]+) -> +([\d.]+) +after/before +([\d.]+) +\(", out, re.MULTILINE)
         assert line is not None, out
         assert all(float(g) > 0 for g in line.groups()), line.group(0)  # each side measured, and their ratio
