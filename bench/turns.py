@@ -19,7 +19,7 @@ Clients run in processes of their own (``bench.clients``), so the client is not 
 With ``--against <python>``, the server of that interpreter (another checkout's venv: the code
 before a change) is measured too, in the same run, ``--rounds`` times each, alternated (before,
 after, after, before, ...: a drift of the machine falls on both sides alike): every run's figures,
-then each side's median and the ratio after / before.
+each run's figures as a single run prints them, then each side's median and the ratio after / before.
 
 Nothing is asserted: the figures, the targets and whether they were met are printed.
 """
@@ -348,15 +348,18 @@ def run(options: TurnsOptions) -> int:
     _header(report, f"{options.python} -m cli.main serve", options)
     complete = False
     try:
-        measured = _measure(options.python, options, say)
-        if measured.steady is not None:
-            _report_steady(measured.steady, options, report)
-        if measured.burst is not None:
-            _report_burst(measured.burst, options.burst, report)
+        _report(_measure(options.python, options, say), options, report)
         complete = True
     finally:
         report.print(complete=complete)
     return 0
+
+
+def _report(measured: Measured, options: TurnsOptions, report: Report) -> None:
+    if measured.steady is not None:
+        _report_steady(measured.steady, options, report)
+    if measured.burst is not None:
+        _report_burst(measured.burst, options.burst, report)
 
 
 # -- before and after, alternated -----------------------------------------------------------------------
@@ -393,6 +396,8 @@ def _compare(options: TurnsOptions) -> int:
         for n, side in enumerate(order, 1):
             say(f"run {n} of {len(order)}: {side}")
             measured = _measure(options.against if side == "before" else options.python, options, say)
+            report.section(f"-- run {n} of {len(order)}: {side}")
+            _report(measured, options, report)
             runs[side].append(_figures(measured))
             errors += len(measured.steady.seen.errors if measured.steady else []) + len(measured.burst.errors if measured.burst else [])
         complete = True

@@ -102,31 +102,24 @@ def test_bench_scale_prints_its_figures(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bench_turns_prints_its_figures(tmp_path: Path) -> None:
+def test_bench_turns_prints_each_run_and_before_against_after(tmp_path: Path) -> None:
+    """One run of each side (``--against``: the same code here), each reported in full, then the
+    medians and their ratio."""
     out = _run(
         [
-            *("turns", "--concurrency", "3", "--tokens", "5", "--rate", "100"),
-            *("--warmup-s", "0.5", "--measure-s", "2", "--burst", "10"),
+            *("turns", "--concurrency", "3", "--tokens", "5", "--rate", "100", "--warmup-s", "0.5", "--measure-s", "2"),
+            *("--burst", "10", "--against", sys.executable, "--rounds", "1"),
         ],
         tmp_path,
     )
+    assert "-- run 1 of 2: before" in out and "-- run 2 of 2: after" in out, out
     for label in ("server cpu per turn, ms", "time to first token, ms", "per-token latency", "server cpu per streamed token, us"):
-        assert label in out, out
-    assert re.search(r"turns ended in the window +[1-9]\d* ", out), out
-    # Every turn of the burst was accepted and reached its first token.
-    assert "burst: 10 turns sent at once" in out, out
-    assert re.search(r"accepted \(response headers\), ms .*\(n=10\)", out) and re.search(r"\nfirst token, ms .*\(n=10\)", out), out
-
-
-@pytest.mark.slow
-def test_bench_turns_against_another_server_prints_both_sides_and_their_ratio(tmp_path: Path) -> None:
-    out = _run(
-        [
-            *("turns", "--concurrency", "2", "--tokens", "3", "--rate", "100", "--warmup-s", "0.3", "--measure-s", "1"),
-            *("--burst", "5", "--against", sys.executable, "--rounds", "1"),
-        ],
-        tmp_path,
-    )
+        assert len(re.findall(rf"^{re.escape(label)}", out, re.MULTILINE)) == 2, out
+    assert len(re.findall(r"turns ended in the window +[1-9]\d* ", out)) == 2, out
+    # Every turn of each burst was accepted and reached its first token.
+    assert out.count("burst: 10 turns sent at once") == 2, out
+    assert len(re.findall(r"accepted \(response headers\), ms .*\(n=10\)", out)) == 2, out
+    assert len(re.findall(r"\nfirst token, ms .*\(n=10\)", out)) == 2, out
     assert "before / after, 1 runs each, alternated (B A)" in out, out
     for label in ("steady: server cpu per turn, ms", "steady: turns/s", "burst: accepted p50, ms", "burst: first token p99, ms"):
         line = re.search(rf"^{re.escape(label)} +median +([\d.]+) -> +([\d.]+) +after/before +([\d.]+) +\(", out, re.MULTILINE)
