@@ -60,10 +60,11 @@ class DirectConnection:
         conn = self._conn
         if conn is None or not conn.is_connected:
             conn = self._conn = self._connect()
-        reaching = asyncio.timeout(RECONNECT_PATIENCE_S)  # a cluster node's connection is not patient
+        reaching: asyncio.Timeout | None = None
         deadline = asyncio.timeout(self._timeout_s)
         try:
             if not conn.is_connected:
+                reaching = asyncio.timeout(RECONNECT_PATIENCE_S)  # a cluster node's connection is not patient
                 async with reaching:
                     await conn.connect()
             async with deadline:
@@ -77,7 +78,7 @@ class DirectConnection:
             return replies
         except BaseException as exc:
             await self._drop(conn)
-            if isinstance(exc, TimeoutError) and reaching.expired():
+            if isinstance(exc, TimeoutError) and reaching is not None and reaching.expired():
                 raise RedisConnectionError(f"Redis not reachable within {RECONNECT_PATIENCE_S:g} s") from exc
             if isinstance(exc, TimeoutError) and deadline.expired():
                 raise RedisTimeoutError(f"no reply from Redis within {self._timeout_s} s") from exc
