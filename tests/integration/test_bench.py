@@ -90,15 +90,16 @@ def test_bench_soak_holds_its_invariants_and_removes_its_home(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_bench_scale_prints_its_figures(tmp_path: Path) -> None:
+    # The phase with the most parts (a Redis Cluster, a 2-node Ray cluster, 2 API replicas); a
+    # phase of one server adds a minute to the suite and nothing the other benchmarks' tests miss.
     out = _run(
-        ["scale", "--conversations", "20", "--streams", "4", "--tokens", "3", "--rate", "5", "--clients", "2", "--warmup-s", "0.5", "--measure-s", "2"],
+        ["scale", "--shards", "3", "--conversations", "20", "--streams", "4", "--tokens", "3", "--rate", "5", "--clients", "2", "--warmup-s", "0.5", "--measure-s", "2"],
         tmp_path,
     )
-    for shards in ("1 shard(s)", "3 shard(s)"):
-        assert f"\n{shards}\n" in out, out
+    assert "\n3 shard(s)\n" in out and "\n1 shard(s)\n" not in out, out
     for label in ("memory per idle conversation", "per-token latency, upstream -> client", "time to first token", "cpu per item, us"):
-        assert out.count(label) == 2, out
-    assert out.count("targets met") + out.count("targets NOT met") == 2, out
+        assert out.count(label) == 1, out
+    assert out.count("targets met") + out.count("targets NOT met") == 1, out
 
 
 @pytest.mark.slow
@@ -107,7 +108,7 @@ def test_bench_turns_prints_each_run_and_before_against_after(tmp_path: Path) ->
     medians and their ratio."""
     out = _run(
         [
-            *("turns", "--concurrency", "3", "--tokens", "5", "--rate", "100", "--warmup-s", "0.5", "--measure-s", "2"),
+            *("turns", "--concurrency", "3", "--tokens", "5", "--rate", "100", "--warmup-s", "0.3", "--measure-s", "1.5"),
             *("--burst", "10", "--against", sys.executable, "--rounds", "1"),
         ],
         tmp_path,
