@@ -18,8 +18,8 @@ Clients run in processes of their own (``bench.clients``), so the client is not 
 
 With ``--against <python>``, the server of that interpreter (another checkout's venv: the code
 before a change) is measured too, in the same run, ``--rounds`` times each, alternated (before,
-after, after, before, ...: a drift of the machine falls on both sides alike): every run's figures,
-each run's figures as a single run prints them, then each side's median and the ratio after / before.
+after, after, before, ...: a drift of the machine falls on both sides alike): each run's figures as
+a single run prints them, then each side's median and the ratio after / before.
 
 Nothing is asserted: the figures, the targets and whether they were met are printed.
 """
@@ -44,13 +44,12 @@ from typing import Any
 import httpx
 
 from bench import Progress, Report, percentile, process_cpu_s
-from bench.clients import ClientProcesses, counted, split, sse_frames
+from bench.clients import ClientProcesses, split, sse_frames
 from bench.scale import client
 from bench.scale.upstream import MODEL, StampingUpstream
 from bench.serve import Serve
 
 SPAWN_S = 5.0  # client processes start streaming this long after being spawned (imports, connections)
-CREATE_CONCURRENCY = 16
 REQUEST_TIMEOUT_S = 120.0
 TARGET_CPU_MS_PER_TURN = 10.0
 TARGET_BURST_P99_S = 1.0
@@ -199,16 +198,10 @@ class Steady:
 
 
 def _create(url: str, agent: str, count: int, clients: int, say: Progress) -> list[str]:
-    with ClientProcesses() as creators:
-        ticks = creators.queue()
-        shares = split(range(count), clients)
-        creators.start(client.create, [([url], agent, len(share), CREATE_CONCURRENCY, ticks) for share in shares])
-        with counted(ticks, count, "created", say):
-            made = creators.gather(timeout_s=max(120.0, count / 20))
-    errors = [e for part in made for e in part.errors]
-    if errors:
-        raise RuntimeError(f"creating conversations failed: {errors[:3]}")
-    return [c for part in made for c in part.created]
+    made = client.create_from(clients, [url], agent, count, say, timeout_s=max(120.0, count / 20))
+    if made.errors:
+        raise RuntimeError(f"creating conversations failed: {made.errors[:3]}")
+    return made.created
 
 
 def _steady(serve: Serve, conversations: list[str], opts: TurnsOptions, say: Progress) -> Steady:
@@ -390,7 +383,6 @@ def _compare(options: TurnsOptions) -> int:
     _header(report, f"before {options.against}, after {options.python}", options)
     order = [side for i in range(options.rounds) for side in (("before", "after") if i % 2 == 0 else ("after", "before"))]
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    errors = 0
     complete = False
     try:
         for n, side in enumerate(order, 1):
@@ -399,7 +391,6 @@ def _compare(options: TurnsOptions) -> int:
             report.section(f"-- run {n} of {len(order)}: {side}")
             _report(measured, options, report)
             runs[side].append(_figures(measured))
-            errors += len(measured.steady.seen.errors if measured.steady else []) + len(measured.burst.errors if measured.burst else [])
         complete = True
     finally:
         report.section(f"before / after, {options.rounds} runs each, alternated ({' '.join(s[0].upper() for s in order)})")
@@ -412,6 +403,6 @@ def _compare(options: TurnsOptions) -> int:
             b, a = statistics.median(before), statistics.median(after)
             each = f"{', '.join(f'{v:.2f}' for v in before)}  ->  {', '.join(f'{v:.2f}' for v in after)}"
             report.add(label, f"median {b:8.2f} -> {a:8.2f}   after/before {a / b if b else float('nan'):5.2f}   ({each})")
-        report.add("errors", str(errors))
+        report.add("errors", str(len(report.errors)))  # every run's, as its own report added them
         report.print(complete=complete)
     return 0

@@ -30,13 +30,12 @@ from pathlib import Path
 import httpx
 
 from bench import KIB, Progress, Report, machine_busy_s, percentile, process_cpu_s, process_memory
-from bench.clients import ClientProcesses, busiest, counted, split
+from bench.clients import ClientProcesses, busiest, split
 from bench.scale import client
 from bench.scale.deploy import Deployment
 from bench.scale.upstream import MODEL, StampingUpstream
 
 SPAWN_S = 5.0  # client processes start this long after being spawned (imports, connections)
-CREATE_CONCURRENCY = 16  # creations in flight per client process
 TARGET_P99_MS = 50.0
 KINDS = ("api", "host", "redis", "client", "upstream")
 
@@ -88,12 +87,7 @@ def _phase(home: Path, shards: int, upstream: StampingUpstream, opts: ScaleOptio
         started = time.monotonic()
         creating = {"api": pids["api"], "redis": pids["redis"]}
         cpu_before = {kind: sum(process_cpu_s(p) for p in group) for kind, group in creating.items()}
-        with ClientProcesses() as creators:
-            shares = split(range(opts.conversations), opts.clients)
-            ticks = creators.queue()
-            creators.start(client.create, [(urls, agent, len(share), CREATE_CONCURRENCY, ticks) for share in shares])
-            with counted(ticks, opts.conversations, "created", say):
-                created = client.Seen.merged(creators.gather(timeout_s=max(600.0, opts.conversations / 50)))
+        created = client.create_from(opts.clients, urls, agent, opts.conversations, say, timeout_s=max(600.0, opts.conversations / 50))
         phase.create_s = time.monotonic() - started
         phase.create_cpu_s = {kind: sum(process_cpu_s(p) for p in group) - cpu_before[kind] for kind, group in creating.items()}
         phase.create_cpu_s["client"] = created.cpu_s

@@ -19,17 +19,19 @@ import gc
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from typing import Any
 
 import httpx
 
-from bench.clients import sse_frames
+from bench.clients import ClientProcesses, counted, split, sse_frames
 
 REQUEST_TIMEOUT_S = 120.0
 ERRORS_KEPT = 20
 TICK = 1000  # conversations created between two progress ticks
+CREATE_CONCURRENCY = 16  # creations in flight per client process
 
 
 @dataclass
@@ -70,6 +72,17 @@ class Seen:
 
 def _limits(n: int) -> httpx.Limits:
     return httpx.Limits(max_connections=n, max_keepalive_connections=n)
+
+
+def create_from(processes: int, urls: list[str], agent_id: str, count: int, say: Callable[[str], None], *, timeout_s: float) -> Seen:
+    """Create ``count`` conversations of ``agent_id`` from ``processes`` client processes, saying how
+    far they have got every ``bench.clients.PROGRESS_EVERY_S``; what they saw, as one ``Seen``."""
+    with ClientProcesses() as creators:
+        ticks = creators.queue()
+        shares = split(range(count), processes)
+        creators.start(create, [(urls, agent_id, len(share), CREATE_CONCURRENCY, ticks) for share in shares])
+        with counted(ticks, count, "created", say):
+            return Seen.merged(creators.gather(timeout_s=timeout_s))
 
 
 def create(urls: list[str], agent_id: str, count: int, concurrency: int, ticks: Queue[int], out: Queue[Any]) -> None:
