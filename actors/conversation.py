@@ -103,7 +103,6 @@ class Activation:
         # What must land however long Redis is away: the worker's take and a run's end.
         self._until_landed = dataclasses.replace(self._fence, patience_s=math.inf)
         self._wake = asyncio.Event()
-        self._wake.set()
         self._turn: asyncio.Task[None] | None = None
         self._current_run: str | None = None
         self._cancel_requested: set[str] = set()
@@ -142,12 +141,14 @@ class Activation:
         idle_s = self._s.settings.idle_passivate_s
         expecting = True  # an entry is likely there: just activated, or poked
         while True:
+            # Cleared before each take, not when a wait ends: a poke seen by a take must not make
+            # the next empty take look again; one arriving during the take, after the clear, must.
+            self._wake.clear()
             taken, loaded = await self._take(prefetch=expecting)
             if taken is None:
                 if self._wake.is_set():
-                    self._wake.clear()
                     expecting = True
-                    continue  # re-check: a poke may have raced with the empty read
+                    continue  # re-check: a poke raced with the empty read
                 try:
                     async with asyncio.timeout(idle_s):  # not wait_for: a task per wait on Python 3.11
                         await self._wake.wait()

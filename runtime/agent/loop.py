@@ -203,6 +203,7 @@ async def run_turn(
                 dropped=dropped,
                 settings=settings,
                 emit=emit,
+                record=record,
                 record_step=record_step,
                 cancelled=cancelled,
                 metrics=metrics,
@@ -243,19 +244,33 @@ async def run_turn(
 
 
 class _Record:
-    """A turn's messages on their way to the history, in order. The input (``messages`` as given)
-    is written at once, concurrently with the first step's request, so keeping it costs no round
-    trip before the first token; each later ``save`` writes what was added since, after the write
-    before it has landed. ``settle`` waits for the input's write however the turn ends, so the input
-    is on record even when the first step fails."""
+    """A turn's messages on their way to the history, in order, and its steps' traces. The input
+    (``messages`` as given) is written at once, concurrently with the first step's request, so
+    keeping it costs no round trip before the first token; each later ``save`` writes what was added
+    since, after the write before it has landed. A step's trace is written alongside (``trace``: in
+    the same event-loop turn as the step's messages, so in the same write to Redis), each after the
+    one before it. ``settle`` waits for the input's write and every trace however the turn ends, so
+    they are on record before the run's end, even when the first step fails."""
 
     def __init__(self, persist: Persist | None, messages: list[HistoryMessage]) -> None:
         self._persist = persist
         self._messages = messages
         self._saved = len(messages)
         self._first: asyncio.Future[None] | None = None
+        self._traced: asyncio.Future[None] | None = None  # the latest step's trace, on its way
         if persist is not None and messages:
             self._first = asyncio.ensure_future(persist(list(messages)))
+
+    def trace(self, write: Awaitable[None]) -> None:
+        """Start writing a step's trace, after the trace before it has landed."""
+        before = self._traced
+
+        async def in_order() -> None:
+            if before is not None:
+                await before
+            await write
+
+        self._traced = asyncio.ensure_future(in_order())
 
     async def save(self) -> None:
         await self.settle()
@@ -267,6 +282,9 @@ class _Record:
         if self._first is not None:
             first, self._first = self._first, None
             await asyncio.shield(first)
+        if self._traced is not None:
+            traced, self._traced = self._traced, None
+            await asyncio.shield(traced)
 
 
 def _filtered(emit: Emit, types: list[str] | None) -> Emit:
@@ -322,6 +340,7 @@ async def _step(
     dropped: int,
     settings: ResolvedSettings,
     emit: Emit,
+    record: _Record,
     record_step: RecordStep | None,
     cancelled: Cancelled,
     metrics: Recorder,
@@ -369,14 +388,14 @@ async def _step(
         result = await assembler.close()
         _check(result)
     except asyncio.CancelledError:
-        await trace.record(record_step, assembler.snapshot(), status="cancelled", stop_reason="cancelled")
+        record.trace(trace.record(record_step, assembler.snapshot(), status="cancelled", stop_reason="cancelled"))
         raise
     except RunFailure as failure:
         if isinstance(failure, LLMError):
             metrics.provider_error(model.provider, failure.error_type)
-        await trace.record(record_step, assembler.snapshot(), status="failed", failure=failure)
+        record.trace(trace.record(record_step, assembler.snapshot(), status="failed", failure=failure))
         raise
-    await trace.record(record_step, result, status="success")
+    record.trace(trace.record(record_step, result, status="success"))
     return result
 
 
