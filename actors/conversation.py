@@ -246,6 +246,7 @@ class Activation:
             maxlen=self._s.settings.stream_maxlen,
             ttl_s=self._s.settings.stream_ttl_s,
             patience_s=self._fence.patience_s,
+            window_s=self._s.settings.stream_write_window_ms / 1000,
         )
 
         async def emit(item: WireItem) -> None:

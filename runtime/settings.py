@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     # The chunk bus (Redis streams, one per run).
     stream_ttl_s: int = Field(default=6 * 3600, ge=60, description="How long a finished run's stream stays resumable.")
     stream_maxlen: int = Field(default=100_000, ge=100, description="Cap on items kept per run stream.")
+    stream_write_window_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=50,
+        description="An owner process sends its runs' items to Redis at most once per this window while busy "
+        "(what comes meanwhile leaves together); a write on an idle path leaves at once. 0: no window.",
+    )
     read_block_ms: int = Field(default=1_000, ge=10, description="XREAD BLOCK; must stay under the socket timeout.")
     ping_interval_s: float = Field(default=15.0, gt=0, description="Keepalive ping after this much silence.")
     stream_idle_timeout_s: float = Field(

@@ -94,6 +94,7 @@ class Producer:
             maxlen=self._settings.stream_maxlen,
             ttl_s=self._settings.stream_ttl_s,
             patience_s=self._settings.store_outage_s,
+            window_s=self._settings.stream_write_window_ms / 1000,
         )
 
     def _batched_writer(self, redis: aioredis.Redis, target: Target) -> BatchedWriter:

@@ -45,10 +45,12 @@ async def tailer(redis: aioredis.Redis) -> AsyncIterator[StreamTailer]:
     await t.stop()
 
 
-async def _writer(redis: aioredis.Redis, key: str, epoch: int = 1, next_seq: int = 1) -> ChunkWriter:
+async def _writer(redis: aioredis.Redis, key: str, epoch: int = 1, next_seq: int = 1, window_s: float = 0.0) -> ChunkWriter:
     epoch_key = f"{key}:epoch"
     await redis.set(epoch_key, epoch, nx=True)
-    return ChunkWriter(redis, stream_key=key, epoch_key=epoch_key, epoch=epoch, next_seq=next_seq, maxlen=1000, ttl_s=60, patience_s=5)
+    return ChunkWriter(
+        redis, stream_key=key, epoch_key=epoch_key, epoch=epoch, next_seq=next_seq, maxlen=1000, ttl_s=60, patience_s=5, window_s=window_s
+    )
 
 
 async def _collect(sub: Subscription, count: int) -> list[StoredItem]:
@@ -126,6 +128,34 @@ async def test_a_delta_written_after_the_one_before_was_sent_is_not_held_back(re
             assert [(g.seq, json.loads(g.payload)["content"]) for g in got] == [(i, text)]
     finally:
         sub.close()
+
+
+async def test_a_write_window_never_holds_back_a_write_on_an_idle_path(redis: aioredis.Redis) -> None:
+    key = _key()
+    writer = await _writer(redis, key, window_s=30.0)
+    async with asyncio.timeout(WAIT_S):  # far less than the window: it left at once
+        await writer.write_item(_delta("a"))
+        await writer.flush()
+    assert [json.loads(i.payload)["content"] for i in await read_after(redis, key, 0)] == ["a"]
+
+
+async def test_a_write_soon_after_another_waits_for_the_window_and_nothing_written_meanwhile_is_lost(
+    redis: aioredis.Redis,
+) -> None:
+    window_s = 1.0
+    first, second = _key(), _key()
+    one = await _writer(redis, first, window_s=window_s)
+    other = await _writer(redis, second, window_s=window_s)
+    await one.write_item(_delta("a"))
+    await one.flush()
+    sent = time.monotonic()
+    await one.write_item(_delta("b"))  # the path was busy a moment ago: held for the window's rest
+    await other.write("data", b"x")
+    async with asyncio.timeout(window_s + WAIT_S):
+        await asyncio.gather(one.flush(), other.flush())
+    assert time.monotonic() - sent >= window_s / 2
+    assert [json.loads(i.payload)["content"] for i in await read_after(redis, first, 0)] == ["a", "b"]
+    assert [i.payload for i in await read_after(redis, second, 0)] == [b"x"]
 
 
 async def test_a_stale_epoch_cannot_write(redis: aioredis.Redis) -> None:
