@@ -32,6 +32,7 @@ from runtime.errors import NotFoundError
 from runtime.schemas.messages import HistoryMessage
 from runtime.store import keyspace, replies
 from runtime.store.fencing import Fence, call_fenced, through_outage
+from runtime.store.mux import send_together
 
 # KEYS: epoch, history stream, message id -> entry ids index. ARGV: epoch, then (message id, json)
 # pairs. Returns how many messages were appended: 0 when this append had run already (sent again).
@@ -82,7 +83,7 @@ class HistoryStore:
             args.extend((message.id, message.model_dump_json(exclude={"seq_id"})))
 
         async def refer() -> None:  # one write on the shared connection (see RunStore.index)
-            await asyncio.gather(*(self._redis.set(keyspace.message_ref(i), conversation_id) for i in dict.fromkeys(m.id for m in messages)))
+            await send_together(self._redis, [("SET", keyspace.message_ref(i), conversation_id) for i in dict.fromkeys(m.id for m in messages)])
 
         # Side by side, not one after the other: a turn's input is written while its first request
         # is being made, and a second round trip would make it land later.

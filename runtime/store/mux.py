@@ -33,10 +33,12 @@ import inspect
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import BusyLoadingError, ResponseError
@@ -84,20 +86,26 @@ class _Link:
         self.outbox: list[bytes] = []
         self.dead: BaseException | None = None
         self._writing = False
+        self._writer: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read(), name="redis-mux-reader")]
         if timeout_s is not None:
             self._tasks.append(loop.create_task(self._watch(timeout_s), name="redis-mux-watchdog"))
 
     def submit(self, packed: bytes) -> asyncio.Future[object]:
+        return self.submit_many(packed, 1)[0]
+
+    def submit_many(self, packed: bytes, count: int) -> list[asyncio.Future[object]]:
+        """``count`` commands packed together: a future for each one's reply."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
-        self.waiting.append((loop.time(), future))
+        now = loop.time()
+        futures: list[asyncio.Future[object]] = [loop.create_future() for _ in range(count)]
+        self.waiting.extend((now, f) for f in futures)
         self.outbox.append(packed)
         if not self._writing:
             self._writing = True
-            asyncio.get_running_loop().create_task(self._write(), name="redis-mux-writer")
-        return future
+            self._writer = loop.create_task(self._write(), name="redis-mux-writer")
+        return futures
 
     async def _write(self) -> None:
         """Everything submitted so far in one write; what comes in meanwhile in the next."""
@@ -191,6 +199,26 @@ class MultiplexedRedis(aioredis.Redis):
             return await self._parse(args[0], reply, options)
         raise AssertionError("unreachable")
 
+    async def execute_together(self, commands: Sequence[Sequence[Any]]) -> list[object]:
+        """Non-blocking ``commands`` submitted at once, without a task or a coroutine each (as
+        ``asyncio.gather`` of their methods would make): in one write, their raw replies in order.
+        An error reply is raised (the first); when one was answered ``LOADING`` (it did not run),
+        all are sent again with ``execute_command``'s backoff: for idempotent commands only."""
+        packed = b"".join([pack_command(tuple(c)) for c in commands])
+        wait_s, longest_s = LOADING_BACKOFF_S
+        for attempt in range(LOADING_RETRIES + 1):
+            link = await self._live_link()
+            replies = [await f for f in link.submit_many(packed, len(commands))]
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if attempt < LOADING_RETRIES and any(isinstance(e, BusyLoadingError) for e in errors):
+                await asyncio.sleep(wait_s)
+                wait_s = min(wait_s * 2, longest_s)
+                continue
+            if errors:
+                raise errors[0]
+            return replies
+        raise AssertionError("unreachable")
+
     async def _parse(self, command: Any, reply: object, options: dict[str, Any]) -> Any:
         """What redis-py's ``parse_response`` makes of a reply (its callbacks, its options)."""
         options.pop(NEVER_DECODE, None)  # Convoy's clients never decode: replies are bytes anyway
@@ -229,3 +257,13 @@ class MultiplexedRedis(aioredis.Redis):
             link.fail(RedisConnectionError("the client was closed"))
             await link._close()
         await super().aclose(close_connection_pool)
+
+
+async def send_together(redis: aioredis.Redis | RedisCluster, commands: Sequence[Sequence[Any]]) -> None:
+    """Send ``commands`` at once and wait for them all, their replies unread (an error reply raised):
+    on the shared connection without a task each (``MultiplexedRedis.execute_together``); on a
+    Redis Cluster, side by side through its client, each to its key's primary."""
+    if isinstance(redis, MultiplexedRedis):
+        await redis.execute_together(commands)
+    else:
+        await asyncio.gather(*(redis.execute_command(*c) for c in commands))

@@ -32,6 +32,7 @@ from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.runs import RunQuery, RunStatus, RunView
 from runtime.store import keyspace, replies
 from runtime.store.fencing import Fence, call_fenced, through_outage
+from runtime.store.mux import send_together
 from runtime.stream.items import last_seq
 from runtime.stream.wire import Ending, Item, terminal
 
@@ -168,17 +169,19 @@ class RunStore:
         is then refused or deduplicated is unindexed (``unindex``); one whose refusal could not be
         undone (a crash in between) leaves an index entry pointing at nothing, which readers skip."""
         at = now_ms()
-        r = self._redis
-        # Issued together, not as a pipeline: on one server they leave in one write on the shared
+        # Sent together, not as a pipeline: on one server they leave in one write on the shared
         # connection (runtime.store.mux), where a pipeline takes a pooled connection of its own.
-        await asyncio.gather(
-            r.set(keyspace.run_ref(view.id), view.conversation_id, ex=UNFINISHED_RUN_TTL_S),
-            r.zadd(keyspace.runs_index(view.tenant), {view.id: at}),
-            r.zadd(keyspace.conversation_runs(view.conversation_id), {view.id: at}),
-            r.zadd(keyspace.agent_runs(view.agent_id), {view.id: at}),
-            # A conversation's last message is when its newest run was asked for (Letta's last_message_at).
-            r.zadd(keyspace.conversations_activity(view.tenant), {view.conversation_id: at}),
-            r.zadd(keyspace.agent_conversations_activity(view.agent_id), {view.conversation_id: at}),
+        await send_together(
+            self._redis,
+            [
+                ("SET", keyspace.run_ref(view.id), view.conversation_id, "EX", UNFINISHED_RUN_TTL_S),
+                ("ZADD", keyspace.runs_index(view.tenant), at, view.id),
+                ("ZADD", keyspace.conversation_runs(view.conversation_id), at, view.id),
+                ("ZADD", keyspace.agent_runs(view.agent_id), at, view.id),
+                # A conversation's last message is when its newest run was asked for (Letta's last_message_at).
+                ("ZADD", keyspace.conversations_activity(view.tenant), at, view.conversation_id),
+                ("ZADD", keyspace.agent_conversations_activity(view.agent_id), at, view.conversation_id),
+            ],
         )
 
     async def unindex(self, view: RunView) -> None:

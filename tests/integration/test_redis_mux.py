@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.settings import Settings
 from runtime.store.connection import RECONNECT_PATIENCE_S, connect
-from runtime.store.mux import MultiplexedRedis
+from runtime.store.mux import MultiplexedRedis, send_together
 from tests.conftest import eventually
 from tests.fakes.proxy import SilencingProxy
 
@@ -82,6 +82,19 @@ async def test_a_cancelled_caller_does_not_shift_anyone_elses_reply(mux: aioredi
     assert await held == b"held"
     assert await after == b"b's", "the cancelled caller's reply went to the next one"
     assert await mux.incr(f"{key}:n") == 1
+
+
+async def test_commands_sent_together_land_in_order_beside_other_callers(mux: aioredis.Redis) -> None:
+    key = f"test:{uuid.uuid4()}"
+    others = [asyncio.create_task(mux.incr(f"{key}:n")) for _ in range(50)]
+    await send_together(mux, [("RPUSH", f"{key}:l", i) for i in range(100)] + [("SET", f"{key}:s", "v", "EX", 60)])
+    assert sorted(await asyncio.gather(*others)) == list(range(1, 51))
+    assert await mux.lrange(f"{key}:l", 0, -1) == [str(i).encode() for i in range(100)]
+    assert 0 < await mux.ttl(f"{key}:s") <= 60
+    with pytest.raises(ResponseError, match="WRONGTYPE"):  # an error reply is raised, the rest still ran
+        await send_together(mux, [("SET", f"{key}:a", 1), ("LPUSH", f"{key}:s", "no"), ("SET", f"{key}:b", 2)])
+    assert await mux.mget(f"{key}:a", f"{key}:b") == [b"1", b"2"]
+    assert await mux.incr(f"{key}:n") == 51  # nobody's reply was shifted
 
 
 async def test_blocking_commands_do_not_hold_the_others_back(mux: aioredis.Redis, redis_url: str) -> None:
