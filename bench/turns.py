@@ -235,6 +235,7 @@ def _burst_phase(serve: Serve, conversations: list[str], opts: TurnsOptions, say
         at = time.time() + 0.5  # every process is waiting for it by then
         for _ in shares:
             instant.put(at)
+        say("burst: every connection open, the turns leave in 0.5 s")
         parts: list[Burst] = bursts.gather(timeout_s=SPAWN_S + REQUEST_TIMEOUT_S + opts.tokens / opts.rate_hz)
     merged = Burst(sent_spread_ms=max(p.sent_spread_ms for p in parts))
     for part in parts:
