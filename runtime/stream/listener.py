@@ -237,6 +237,14 @@ class Listeners:
             await shard.sync()
 
     async def _sync(self) -> None:
+        """Route every changed channel and send what its shard must (un)subscribe, until no change
+        is left: a change made while this waits for a send is taken by its next round (``changed``
+        starts no second task while one runs; a channel left behind would be heard of only by the
+        tailer's sweep, up to ``block_s`` late, every time)."""
+        while self._changed:
+            await self._sync_round()
+
+    async def _sync_round(self) -> None:
         changed, self._changed = self._changed, set()
         touched: set[_Shard] = set()
         for channel in changed:

@@ -193,6 +193,28 @@ async def test_subscribing_after_the_fact_replays_from_the_cursor(redis: aioredi
     sub.close()
 
 
+async def test_streams_subscribed_one_after_another_are_all_listened_to(redis: aioredis.Redis) -> None:
+    # Subscriptions that come while the listener is still sending the one before (each request in an
+    # event-loop turn of its own) must each reach Redis, not wait for the sweep: here, none comes.
+    tailer = StreamTailer(redis, block_ms=600_000)
+    await tailer.start()
+    try:
+        keys = [_key() for _ in range(30)]
+        writers = [await _writer(redis, k) for k in keys]
+        subs = []
+        for key in keys:
+            subs.append(tailer.subscribe(key, 0))
+            await asyncio.sleep(0)  # the next request comes in the next event-loop turn
+        for writer in writers:
+            await writer.write("data", b"x")
+        for writer in writers:
+            await writer.flush()
+        results = await asyncio.gather(*(_collect(s, 1) for s in subs))
+        assert all([item.payload for item in got] == [b"x"] for got in results)
+    finally:
+        await tailer.stop()
+
+
 async def test_one_tailer_serves_many_streams(redis: aioredis.Redis, tailer: StreamTailer) -> None:
     keys = [_key() for _ in range(50)]
     writers = [await _writer(redis, k) for k in keys]
