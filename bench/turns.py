@@ -48,6 +48,7 @@ from bench.clients import ClientProcesses, split, sse_frames
 from bench.scale import client
 from bench.scale.upstream import MODEL, StampingUpstream
 from bench.serve import Serve
+from runtime.errors import ConvoyError
 
 SPAWN_S = 5.0  # client processes start streaming this long after being spawned (imports, connections)
 REQUEST_TIMEOUT_S = 120.0
@@ -312,7 +313,10 @@ def _measure(python: str, options: TurnsOptions, say: Progress) -> Measured:
     try:
         say(f"starting convoy serve ({python})")
         serve.start()
-        agent = httpx.post(f"{serve.url}/v1/agents", json={"name": "turns", "model": f"bench/{MODEL}"}, timeout=30).json()["id"]
+        reply = httpx.post(f"{serve.url}/v1/agents", json={"name": "turns", "model": f"bench/{MODEL}"}, timeout=30)
+        if reply.status_code != 200:  # the server's log goes with its home: say what it said now
+            raise ConvoyError(f"creating the agent: HTTP {reply.status_code} {reply.text[:300]!r}; convoy serve's log ends: {serve.log_tail()}")
+        agent = reply.json()["id"]
         count = options.concurrency + options.burst
         say(f"creating {count} conversations")
         conversations = _create(serve.url, agent, count, options.clients, say)
