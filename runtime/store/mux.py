@@ -86,7 +86,6 @@ class _Link:
         self.outbox: list[bytes] = []
         self.dead: BaseException | None = None
         self._writing = False
-        self._writer: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read(), name="redis-mux-reader")]
         if timeout_s is not None:
@@ -104,7 +103,7 @@ class _Link:
         self.outbox.append(packed)
         if not self._writing:
             self._writing = True
-            self._writer = loop.create_task(self._write(), name="redis-mux-writer")
+            asyncio.get_running_loop().create_task(self._write(), name="redis-mux-writer")
         return futures
 
     async def _write(self) -> None:
