@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,7 @@ class Steady:
     seen: client.Seen
     cpu_s: dict[str, float]
     window_s: float
+    legs_ms: dict[str, list[float]] = field(default_factory=dict)  # ``_legs``: the first token's way, leg by leg
 
 
 def _create(url: str, agent: str, count: int, clients: int, say: Progress) -> list[str]:
@@ -246,6 +248,32 @@ def _burst_phase(serve: Serve, conversations: list[str], opts: TurnsOptions, say
     return merged
 
 
+LEGS_SAMPLE = 200  # the latest runs whose first token's way ``_legs`` reads
+
+
+def _legs(url: str) -> dict[str, list[float]]:
+    """Where the latest completed runs' first tokens spent their way to the owner, in ms, from the
+    runs' and their first steps' own timestamps: accept -> taken by the owner (``started_at``),
+    taken -> the model request (the step's ``created_at``), request -> first token (its trace)."""
+    legs: dict[str, list[float]] = {"accepted -> taken by its owner": [], "taken -> model request": [], "model request -> first token": []}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for run in http.get("/v1/runs", params={"limit": LEGS_SAMPLE, "statuses": "completed"}).json():
+            steps = http.get(f"/v1/runs/{run['id']}/steps").json()
+            if not steps or not run.get("started_at") or steps[0]["trace"]["ttft_ms"] is None:
+                continue
+            accepted, taken = _seconds(run["created_at"]), _seconds(run["started_at"])
+            requested = _seconds(steps[0]["created_at"])
+            legs["accepted -> taken by its owner"].append((taken - accepted) * 1e3)
+            legs["taken -> model request"].append((requested - taken) * 1e3)
+            legs["model request -> first token"].append(steps[0]["trace"]["ttft_ms"])
+    return legs
+
+
+def _seconds(at: str | float) -> float:
+    """A timestamp of the API's (ISO 8601, or seconds) in seconds."""
+    return at if isinstance(at, int | float) else datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+
 def _settle(url: str) -> None:
     """Wait until no run is streaming any more (the previous phase's last turns)."""
     deadline = time.monotonic() + REQUEST_TIMEOUT_S
@@ -269,6 +297,8 @@ def _report_steady(steady: Steady, opts: TurnsOptions, report: Report) -> None:
     turns_s = seen.turns / steady.window_s
     report.add("turns ended in the window", f"{seen.turns} ({turns_s:.1f}/s), {seen.tokens} tokens ({seen.tokens / steady.window_s:,.0f}/s)")
     report.add("time to first token, ms", _ms(seen.ttfts_ms))
+    for leg, values in steady.legs_ms.items():
+        report.add(f"  {leg}, ms", f"p50 {percentile(values, 50):8.2f}   p90 {percentile(values, 90):8.2f}   (the latest {len(values)} runs)")
     report.add("per-token latency (upstream write -> client read), ms", _ms(seen.lags_ms))
     total = sum(steady.cpu_s.values())
     if seen.turns:
@@ -323,6 +353,7 @@ def _measure(python: str, options: TurnsOptions, say: Progress) -> Measured:
         if options.concurrency:
             measured.steady = _steady(serve, conversations[: options.concurrency], options, say)
             _settle(serve.url)
+            measured.steady.legs_ms = _legs(serve.url)
         if options.burst:
             measured.burst = _burst_phase(serve, conversations[options.concurrency :], options, say)
     finally:
