@@ -269,9 +269,9 @@ def _legs(url: str) -> dict[str, list[float]]:
     return legs
 
 
-def _seconds(at: str | float) -> float:
-    """A timestamp of the API's (ISO 8601, or seconds) in seconds."""
-    return at if isinstance(at, int | float) else datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+def _seconds(at: str) -> float:
+    """A timestamp of the API's (ISO 8601) in seconds."""
+    return datetime.fromisoformat(at).timestamp()
 
 
 def _settle(url: str) -> None:

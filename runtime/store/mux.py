@@ -92,7 +92,11 @@ class _Link:
             self._tasks.append(loop.create_task(self._watch(timeout_s), name="redis-mux-watchdog"))
 
     def submit(self, packed: bytes) -> asyncio.Future[object]:
-        return self.submit_many(packed, 1)[0]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        self.waiting.append((loop.time(), future))
+        self._queue(packed)
+        return future
 
     def submit_many(self, packed: bytes, count: int) -> list[asyncio.Future[object]]:
         """``count`` commands packed together: a future for each one's reply."""
@@ -100,11 +104,14 @@ class _Link:
         now = loop.time()
         futures: list[asyncio.Future[object]] = [loop.create_future() for _ in range(count)]
         self.waiting.extend((now, f) for f in futures)
+        self._queue(packed)
+        return futures
+
+    def _queue(self, packed: bytes) -> None:
         self.outbox.append(packed)
         if not self._writing:
             self._writing = True
             asyncio.get_running_loop().create_task(self._write(), name="redis-mux-writer")
-        return futures
 
     async def _write(self) -> None:
         """Everything submitted so far in one write; what comes in meanwhile in the next."""
@@ -207,7 +214,8 @@ class MultiplexedRedis(aioredis.Redis):
         wait_s, longest_s = LOADING_BACKOFF_S
         for attempt in range(LOADING_RETRIES + 1):
             link = await self._live_link()
-            replies = [await f for f in link.submit_many(packed, len(commands))]
+            # Each reply awaited (a link that fails fails them all: none is left unretrieved).
+            replies = await asyncio.gather(*link.submit_many(packed, len(commands)), return_exceptions=True)
             errors = [r for r in replies if isinstance(r, Exception)]
             if attempt < LOADING_RETRIES and any(isinstance(e, BusyLoadingError) for e in errors):
                 await asyncio.sleep(wait_s)
