@@ -3,7 +3,9 @@
 Started by ``convoy serve`` when ``CONVOY_REDIS_URL`` is unset. Guarantees:
 
 - it listens on loopback only, on a free port, with its data (append-only file on) under
-  ``<CONVOY_HOME>/redis``, so accepted messages and finished runs survive a restart;
+  ``<CONVOY_HOME>/redis``, so accepted messages and finished runs survive a restart (any home:
+  its configuration quotes the paths, which may hold spaces, as macOS's ``Application Support``
+  does; a server that refuses to start is reported with what it said);
 - its URL is written to ``<CONVOY_HOME>/redis/url`` while it runs, so other Convoy commands on
   this machine (a second API process, ``convoy keys``) find it without configuration;
 - **it is kept alive** (``supervised=True``, as ``convoy serve`` starts it): a supervisor thread
@@ -38,6 +40,7 @@ run carries on).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -63,6 +66,11 @@ RESTART_BACKOFF_S = 0.5  # else, the pause before starting it again, doubling...
 RESTART_BACKOFF_MAX_S = 10.0  # ...up to this
 RESTARTED = "embedded Redis exited; starting it again"
 _PR_SET_PDEATHSIG = 1
+
+
+def _quoted(path: Path) -> str:
+    """A path as a value of Redis's configuration file (a home may hold spaces or quotes)."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _free_loopback_port() -> int:
@@ -160,12 +168,12 @@ class EmbeddedRedis:
                     "bind 127.0.0.1",
                     f"port {port}",
                     "protected-mode yes",
-                    f"dir {self.dir}",
+                    f"dir {_quoted(self.dir)}",
                     "appendonly yes",
                     "appendfsync everysec",
                     'save ""',
                     "daemonize no",
-                    f"logfile {self.dir / 'server.log'}",
+                    f"logfile {_quoted(self.dir / 'server.log')}",
                     "maxclients 10000",
                 ]
             )
@@ -176,7 +184,7 @@ class EmbeddedRedis:
         if not self._answers(proc):
             self.stop()
             if proc.returncode is not None:
-                raise EmbeddedRedisError(f"embedded Redis exited with code {proc.returncode}; see {self.dir / 'server.log'}")
+                raise EmbeddedRedisError(f"embedded Redis exited with code {proc.returncode}: {self._last_words()}")
             raise EmbeddedRedisError(f"embedded Redis did not answer within {START_TIMEOUT_S:.0f} s")
         self._record(proc)
         if self._supervised:
@@ -186,13 +194,23 @@ class EmbeddedRedis:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self._started_at = time.monotonic()
-        return subprocess.Popen(  # a fixed binary and a config we wrote
-            [str(_server_binary()), str(self.dir / "server.conf")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent(),  # touches no lock in the child (see _die_with_parent)
-        )
+        # What it says before its log file is open (a configuration it refuses) goes to stderr.
+        with open(self.dir / "server.stderr", "wb") as stderr:
+            return subprocess.Popen(  # a fixed binary and a config we wrote
+                [str(_server_binary()), str(self.dir / "server.conf")],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=_die_with_parent(),  # touches no lock in the child (see _die_with_parent)
+            )
+
+    def _last_words(self) -> str:
+        """What a server that exited at start said: its stderr, else where its log is."""
+        with contextlib.suppress(OSError):
+            said = (self.dir / "server.stderr").read_text(errors="replace").strip()
+            if said:
+                return " ".join(said.split())[-500:]
+        return f"see {self.dir / 'server.log'}"
 
     def _answers(self, proc: subprocess.Popen[bytes]) -> bool:
         """Wait until ``proc`` answers a PING (True), exits, or ``START_TIMEOUT_S`` passes."""
