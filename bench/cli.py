@@ -88,6 +88,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("--rounds", int, 3, "with --against: runs of each side, in the order before, after, after, before, ..."),
     ):
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
+    cmd.add_argument(
+        "--set",
+        dest="settings",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for --python's server only (repeatable): with --against the same interpreter, "
+        "a before/after of a setting, e.g. CONVOY_STREAM_WRITE_WINDOW_MS=5",
+    )
     text = "CPU and memory of `convoy serve` at rest, process by process (Ray's daemons included), against issue 22's targets"
     cmd = bench.add_parser("idle", help=text, description=text)
     for flag, kind, default, text in (
@@ -207,6 +217,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 python=args.python,
                 against=args.against,
                 rounds=args.rounds,
+                env=dict(args.settings),
             )
         )
     if args.bench == "idle":

@@ -14,12 +14,16 @@ Clients run in processes of their own (``bench.clients``), so the client is not 
 2. **burst**: ``--burst`` fresh conversations are each sent one turn at the same instant, over
    connections opened beforehand (the burst measures the accept path, not TCP handshakes): time
    from sending to the response's headers (accepted) and to the first token, p50/p99/max, the
-   clients' own spread in sending, and errors.
+   clients' own spread in sending, errors, and the CPU every process took from the instant until the
+   last turn ended: the server's by kind, and the load's own (the upstream, the clients), which
+   share this machine's cores with it.
 
 With ``--against <python>``, the server of that interpreter (another checkout's venv: the code
 before a change) is measured too, in the same run, ``--rounds`` times each, alternated (before,
 after, after, before, ...: a drift of the machine falls on both sides alike): each run's figures as
-a single run prints them, then each side's median and the ratio after / before.
+a single run prints them, then each side's median and the ratio after / before. ``--set NAME=VALUE``
+gives ``--python``'s server a setting (``--against``'s runs without it): with ``--against`` the same
+interpreter, a before/after of that setting.
 
 Nothing is asserted: the figures, the targets and whether they were met are printed.
 """
@@ -69,6 +73,7 @@ class TurnsOptions:
     python: str = sys.executable
     against: str = ""  # another server's interpreter, measured alternately as "before"
     rounds: int = 3
+    env: dict[str, str] = field(default_factory=dict)  # settings for ``python``'s server, not ``against``'s
 
 
 # -- the server's processes ---------------------------------------------------------------------------
@@ -136,6 +141,8 @@ class Burst:
     accepted_s: list[float] = field(default_factory=list)
     first_token_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    cpu_s: float = 0.0  # what this client process used from the instant until its last turn ended
+    shares: Shares | None = None  # the merged burst's: what every process took meanwhile
 
 
 def burst(url: str, conversations: list[str], ready: Queue[Any], instant: Queue[Any], out: Queue[Any]) -> None:
@@ -159,7 +166,9 @@ async def _burst(url: str, conversations: list[str], ready: Queue[Any], instant:
         gc.freeze()
         gc.disable()
         last_sent = [0.0]
+        cpu = time.process_time()
         await asyncio.gather(*(_one_turn(http, c, at, seen, last_sent) for http, c in zip(clients, conversations, strict=True)))
+        seen.cpu_s = time.process_time() - cpu
         seen.sent_spread_ms = (last_sent[0] - at) * 1e3
     finally:
         await asyncio.gather(*(http.aclose() for http in clients), return_exceptions=True)
@@ -190,6 +199,27 @@ async def _one_turn(http: httpx.AsyncClient, conversation: str, at: float, seen:
 
 
 # -- the phases -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shares:
+    """The CPU the burst took, from its instant until its last turn ended: the server's by kind, and
+    the load's own (the upstream, in this process; the client processes), on this machine's cores."""
+
+    wall_s: float
+    server_s: dict[str, float]
+    upstream_s: float
+    clients_s: float
+
+    def line(self) -> str:
+        server = sum(self.server_s.values())
+        cores = os.cpu_count() or 1
+        parts = "  ".join(f"{k} {v:.2f}" for k, v in self.server_s.items())
+        return (
+            f"server {server:.2f} ({parts})  upstream {self.upstream_s:.2f}  clients {self.clients_s:.2f}"
+            f"  | over {self.wall_s:.2f} s: the server had {100 * server / (cores * self.wall_s):.0f}% of {cores} cores,"
+            f" the load {100 * (self.upstream_s + self.clients_s) / (cores * self.wall_s):.0f}%"
+        )
 
 
 @dataclass
@@ -239,12 +269,19 @@ def _burst_phase(serve: Serve, conversations: list[str], opts: TurnsOptions, say
         for _ in shares:
             instant.put(at)
         say("burst: every connection open, the turns leave in 0.5 s")
+        time.sleep(max(0.0, at - time.time()))
+        server_before, upstream_before = server_cpu_s(serve.pid), process_cpu_s(os.getpid())
         parts: list[Burst] = bursts.gather(timeout_s=SPAWN_S + REQUEST_TIMEOUT_S + opts.tokens / opts.rate_hz)
+        wall_s = time.time() - at
+        server_after, upstream_after = server_cpu_s(serve.pid), process_cpu_s(os.getpid())
     merged = Burst(sent_spread_ms=max(p.sent_spread_ms for p in parts))
     for part in parts:
         merged.accepted_s += part.accepted_s
         merged.first_token_s += part.first_token_s
         merged.errors += part.errors
+    merged.shares = Shares(
+        wall_s, cpu_by_kind(server_before, server_after), upstream_after - upstream_before, sum(p.cpu_s for p in parts)
+    )
     return merged
 
 
@@ -321,6 +358,8 @@ def _report_burst(seen: Burst, n: int, report: Report) -> None:
     report.add("clients' own spread in sending, ms", f"{seen.sent_spread_ms:.0f} (from the instant to the last request sent)")
     report.add("accepted (response headers), ms", _ms(seen.accepted_s, 1e3) + f"   (n={len(seen.accepted_s)})")
     report.add("first token, ms", _ms(seen.first_token_s, 1e3) + f"   (n={len(seen.first_token_s)})")
+    if seen.shares is not None:
+        report.add("cpu from the instant to the last turn's end, s", seen.shares.line())
     p99 = percentile(seen.first_token_s, 99)
     verdict = "met" if len(seen.first_token_s) == n and p99 < TARGET_BURST_P99_S else "NOT met"
     report.add("  target", f"every turn's first token, p99 < {TARGET_BURST_P99_S * 1e3:.0f} ms: {verdict}")
@@ -334,11 +373,11 @@ class Measured:
     burst: Burst | None = None
 
 
-def _measure(python: str, options: TurnsOptions, say: Progress) -> Measured:
-    """One server (``python -m cli.main serve``) through both phases."""
+def _measure(python: str, options: TurnsOptions, say: Progress, env: dict[str, str] | None = None) -> Measured:
+    """One server (``python -m cli.main serve``, with the settings ``env``) through both phases."""
     home = Path(tempfile.mkdtemp(prefix="convoy-bench-turns-"))
     upstream = StampingUpstream(options.tokens, options.rate_hz).start()
-    serve = Serve(home, upstream.url, python=python)
+    serve = Serve(home, upstream.url, python=python, env=env)
     measured = Measured()
     try:
         say(f"starting convoy serve ({python})")
@@ -363,6 +402,10 @@ def _measure(python: str, options: TurnsOptions, say: Progress) -> Measured:
     return measured
 
 
+def _with(env: dict[str, str]) -> str:
+    return "".join(f" {name}={value}" for name, value in env.items())
+
+
 def _header(report: Report, servers: str, options: TurnsOptions) -> None:
     report.note(f"convoy bench turns   cpus={os.cpu_count()}  server: {servers}  clients: {options.clients} processes")
     report.note("server cpu: every process of convoy serve's tree (api: the serve process; host: conversation hosts;")
@@ -374,10 +417,10 @@ def run(options: TurnsOptions) -> int:
         return _compare(options)
     say = Progress("bench")
     report = Report()
-    _header(report, f"{options.python} -m cli.main serve", options)
+    _header(report, f"{options.python} -m cli.main serve{_with(options.env)}", options)
     complete = False
     try:
-        _report(_measure(options.python, options, say), options, report)
+        _report(_measure(options.python, options, say, options.env), options, report)
         complete = True
     finally:
         report.print(complete=complete)
@@ -416,14 +459,17 @@ def _figures(m: Measured) -> dict[str, float]:
 def _compare(options: TurnsOptions) -> int:
     say = Progress("bench")
     report = Report()
-    _header(report, f"before {options.against}, after {options.python}", options)
+    _header(report, f"before {options.against}, after {options.python}{_with(options.env)}", options)
     order = [side for i in range(options.rounds) for side in (("before", "after") if i % 2 == 0 else ("after", "before"))]
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     complete = False
     try:
         for n, side in enumerate(order, 1):
             say(f"run {n} of {len(order)}: {side}")
-            measured = _measure(options.against if side == "before" else options.python, options, say)
+            if side == "before":
+                measured = _measure(options.against, options, say)
+            else:
+                measured = _measure(options.python, options, say, options.env)
             report.section(f"-- run {n} of {len(order)}: {side}")
             _report(measured, options, report)
             runs[side].append(_figures(measured))

@@ -109,11 +109,12 @@ def test_bench_turns_prints_each_run_and_before_against_after(tmp_path: Path) ->
     out = _run(
         [
             *("turns", "--concurrency", "3", "--tokens", "5", "--rate", "100", "--warmup-s", "0.3", "--measure-s", "1.5"),
-            *("--burst", "10", "--against", sys.executable, "--rounds", "1"),
+            *("--burst", "10", "--against", sys.executable, "--rounds", "1", "--set", "CONVOY_STREAM_WRITE_WINDOW_MS=3"),
         ],
         tmp_path,
     )
     assert "-- run 1 of 2: before" in out and "-- run 2 of 2: after" in out, out
+    assert re.search(r"server: before \S+, after \S+ CONVOY_STREAM_WRITE_WINDOW_MS=3 ", out), "the setting is the after side's"
     for label in ("server cpu per turn, ms", "time to first token, ms", "per-token latency", "server cpu per streamed token, us"):
         assert len(re.findall(rf"^{re.escape(label)}", out, re.MULTILINE)) == 2, out
     assert len(re.findall(r"turns ended in the window +[1-9]\d* ", out)) == 2, out
@@ -124,6 +125,11 @@ def test_bench_turns_prints_each_run_and_before_against_after(tmp_path: Path) ->
     assert out.count("burst: 10 turns sent at once") == 2, out
     assert len(re.findall(r"accepted \(response headers\), ms .*\(n=10\)", out)) == 2, out
     assert len(re.findall(r"\nfirst token, ms .*\(n=10\)", out)) == 2, out
+    # What the burst took of the machine: the server's CPU and the load's own, which share its cores.
+    shares = re.findall(r"^cpu from the instant to the last turn's end, s +server ([\d.]+) \(api [\d.]+ +host ([\d.]+) .*"
+                        r"upstream ([\d.]+) +clients ([\d.]+) +\| over ([\d.]+) s", out, re.MULTILINE)
+    assert len(shares) == 2, out
+    assert all(float(v) > 0 for each in shares for v in each), shares
     assert "before / after, 1 runs each, alternated (B A)" in out, out
     for label in ("steady: server cpu per turn, ms", "steady: turns/s", "burst: accepted p50, ms", "burst: first token p99, ms"):
         line = re.search(rf"^{re.escape(label)} +median +([\d.]+) -> +([\d.]+) +after/before +([\d.]+) +\(", out, re.MULTILINE)
