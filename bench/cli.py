@@ -98,6 +98,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="an environment variable for --python's server only (repeatable): with --against the same interpreter, "
         "a before/after of a setting, e.g. CONVOY_STREAM_WRITE_WINDOW_MS=5",
     )
+    text = "a conversation host's CPU per streamed token, layer by layer: the provider SDK's read, Convoy's adapter, deadlines, items, Redis writes"
+    cmd = bench.add_parser("layers", help=text, description=text)
+    for flag, parse, value, about in (
+        ("--streams", int, 20, "streams at a time"),
+        ("--tokens", int, 200, "tokens per stream"),
+        ("--rate", float, 400.0, "tokens per second each stream's upstream sends"),
+        ("--rounds", int, 5, "rounds, each layer measured once per round"),
+    ):
+        cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
     text = "CPU and memory of `convoy serve` at rest, process by process (Ray's daemons included), against issue 22's targets"
     cmd = bench.add_parser("idle", help=text, description=text)
     for flag, kind, default, text in (
@@ -220,6 +229,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 env=dict(args.settings),
             )
         )
+    if args.bench == "layers":
+        from bench.layers import LayersOptions
+        from bench.layers import run as run_layers
+
+        return run_layers(LayersOptions(streams=args.streams, tokens=args.tokens, rate_hz=args.rate, rounds=args.rounds))
     if args.bench == "idle":
         from bench.idle import IdleOptions
         from bench.idle import run as run_idle

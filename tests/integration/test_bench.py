@@ -139,6 +139,15 @@ def test_bench_turns_prints_each_run_and_before_against_after(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+def test_bench_layers_prints_a_hosts_cpu_per_token_layer_by_layer(tmp_path: Path) -> None:
+    out = _run(["layers", "--streams", "2", "--tokens", "20", "--rate", "400", "--rounds", "2"], tmp_path)
+    for layer in ("sdk", "adapter", "guarded", "assembler", "writer"):
+        line = re.search(rf"^{layer}, us per token +median +([\d.]+) +adds +[+-][\d.]+ +\(([\d.]+), ([\d.]+)\)$", out, re.MULTILINE)
+        assert line is not None, out
+        assert all(float(v) > 0 for v in line.groups()), line.group(0)  # each round measured a CPU per token
+
+
+@pytest.mark.slow
 def test_bench_idle_prints_every_process_of_the_server(tmp_path: Path) -> None:
     out = _run(["idle", "--seconds", "2", "--settle-s", "0", "--set", "CONVOY_HOSTS=1"], tmp_path)
     # The server's own process, its Redis, Ray's daemons and the one host asked for, each named.
