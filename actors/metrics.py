@@ -18,6 +18,7 @@ from ray.util.metrics import Counter, Gauge, Histogram
 
 from runtime.metrics import (
     ACTIVATION_BUCKETS_S,
+    LONGEST_GAP_BUCKETS_S,
     MAILBOX_DEPTH_BUCKETS,
     TOKEN_GAP_BUCKETS_S,
     TOOL_BUCKETS_S,
@@ -31,18 +32,20 @@ from runtime.metrics import (
 
 
 class _RayModelMeter(ModelMeter):
-    __slots__ = ("_gap", "_tags", "_ttft")
+    __slots__ = ("_longest", "_pace", "_tags", "_ttft")
 
-    def __init__(self, ttft: Histogram, gap: Histogram, tags: dict[str, str]) -> None:
+    def __init__(self, ttft: Histogram, pace: Histogram, longest: Histogram, tags: dict[str, str]) -> None:
         self._ttft = ttft
-        self._gap = gap
+        self._pace = pace
+        self._longest = longest
         self._tags = tags
 
     def first_token(self, seconds: float) -> None:
         self._ttft.observe(seconds, self._tags)
 
-    def token_gap(self, seconds: float) -> None:
-        self._gap.observe(seconds, self._tags)
+    def paced(self, per_token_s: float, longest_gap_s: float) -> None:
+        self._pace.observe(per_token_s, self._tags)
+        self._longest.observe(longest_gap_s, self._tags)
 
 
 class RayRecorder(Recorder):
@@ -60,10 +63,16 @@ class RayRecorder(Recorder):
             list(TTFT_BUCKETS_S),
             ("provider", "model"),
         )
-        self._gap = Histogram(
-            "convoy_model_token_gap_seconds",
-            "Time between two streamed content events of a model response.",
+        self._pace = Histogram(
+            "convoy_model_time_per_token_seconds",
+            "A model response's mean time between two streamed content events, one point per response.",
             list(TOKEN_GAP_BUCKETS_S),
+            ("provider", "model"),
+        )
+        self._longest = Histogram(
+            "convoy_model_longest_gap_seconds",
+            "A model response's longest time between two streamed content events (a stall), one point per response.",
+            list(LONGEST_GAP_BUCKETS_S),
             ("provider", "model"),
         )
         self._provider_errors = Counter(
@@ -91,7 +100,7 @@ class RayRecorder(Recorder):
         key = (provider, self._models(provider, model))  # bounded, and so is this cache
         meter = self._meters.get(key)
         if meter is None:
-            meter = self._meters[key] = _RayModelMeter(self._ttft, self._gap, {"provider": key[0], "model": key[1]})
+            meter = self._meters[key] = _RayModelMeter(self._ttft, self._pace, self._longest, {"provider": key[0], "model": key[1]})
         return meter
 
     def provider_error(self, provider: str, error_type: str) -> None:

@@ -33,6 +33,7 @@ DeactivationReason = Literal["idle", "fenced", "lease_lost", "crashed"]
 # Histogram buckets, in seconds (or items); the dashboard (deploy/grafana/convoy.json) reads them.
 TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 TOKEN_GAP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LONGEST_GAP_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TOOL_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0)
 ACTIVATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 MAILBOX_DEPTH_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100)
@@ -43,16 +44,21 @@ UNREGISTERED_TOOL = "unregistered"  # a call of a tool the agent does not have (
 
 
 class ModelMeter:
-    """One model response being streamed (``Recorder.model``): its first token, then the gap
-    before each later one. This one records nothing."""
+    """One model response being streamed (``Recorder.model``): its first token, then its pace once
+    it ended. This one records nothing.
+
+    The pace is two points per response, not one per token: a point costs the hosts' metrics
+    exporter (Ray's) CPU of its own, and a point per token cost a 50-token turn about a seventh of
+    the whole server's CPU (``convoy bench turns``; README, Measured)."""
 
     __slots__ = ()
 
     def first_token(self, seconds: float) -> None:
         """From the request (retries included) to the response's first content."""
 
-    def token_gap(self, seconds: float) -> None:
-        """Between two content events of the response."""
+    def paced(self, per_token_s: float, longest_gap_s: float) -> None:
+        """A response with two content events or more, once it ended (completed, failed or
+        cancelled): the mean time between two of its content events, and the longest."""
 
 
 QUIET_METER = ModelMeter()

@@ -369,22 +369,29 @@ async def _step(
     )
     meter = metrics.model(model.provider, model.name)
     last = time.perf_counter()  # the request; then the latest content event
-    first = True
+    first_at = last  # the first content event's
+    longest = 0.0  # the longest gap between two content events
+    contents = 0
     try:
         stream = model.stream(request, attempts)
-        async with contextlib.aclosing(stream):
-            async for event in stream:
-                if cancelled():
-                    raise asyncio.CancelledError
-                if isinstance(event, CONTENT_EVENTS):
-                    now = time.perf_counter()
-                    if first:
-                        meter.first_token(now - last)
-                        first = False
-                    else:
-                        meter.token_gap(now - last)
-                    last = now
-                await assembler.feed(event)
+        try:
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    if cancelled():
+                        raise asyncio.CancelledError
+                    if isinstance(event, CONTENT_EVENTS):
+                        now = time.perf_counter()
+                        if contents:
+                            longest = max(longest, now - last)
+                        else:
+                            meter.first_token(now - last)
+                            first_at = now
+                        contents += 1
+                        last = now
+                    await assembler.feed(event)
+        finally:  # the response's pace, however it ended: two points, not one per token (runtime.metrics)
+            if contents > 1:
+                meter.paced((last - first_at) / (contents - 1), longest)
         result = await assembler.close()
         _check(result)
     except asyncio.CancelledError:

@@ -216,7 +216,8 @@ async def test_a_scrape_of_both_nodes_shows_the_hosts_metrics_with_real_values(
             # Per node: its own hosts' runs, model latencies, mailboxes, activations and leases.
             *(total(by_node[n], "convoy_runs_ended_total", status="completed") >= completed[n] for n in by_node),
             *(total(by_node[n], "convoy_model_ttft_seconds_count", provider="echo") >= completed[n] for n in by_node),
-            *(total(by_node[n], "convoy_model_token_gap_seconds_count", provider="echo") >= 3 * completed[n] for n in by_node),
+            *(total(by_node[n], "convoy_model_time_per_token_seconds_count", provider="echo") >= completed[n] for n in by_node),
+            *(total(by_node[n], "convoy_model_longest_gap_seconds_count", provider="echo") >= completed[n] for n in by_node),
             *(total(by_node[n], "convoy_mailbox_depth_count") >= completed[n] for n in by_node),
             *(total(by_node[n], "convoy_activation_seconds_count") >= completed[n] for n in by_node),
             *(total(by_node[n], "convoy_lease_renewals_total") > 0 for n in by_node),

@@ -28,13 +28,13 @@ from runtime.tools.registry import ToolRegistry
 @dataclass
 class Meter(ModelMeter):
     first: list[float] = field(default_factory=list)
-    gaps: list[float] = field(default_factory=list)
+    paces: list[tuple[float, float]] = field(default_factory=list)
 
     def first_token(self, seconds: float) -> None:
         self.first.append(seconds)
 
-    def token_gap(self, seconds: float) -> None:
-        self.gaps.append(seconds)
+    def paced(self, per_token_s: float, longest_gap_s: float) -> None:
+        self.paces.append((per_token_s, longest_gap_s))
 
 
 class Recording(Recorder):
@@ -101,23 +101,26 @@ class _Scripted:
             yield event
 
 
-async def test_a_step_records_its_first_token_once_and_a_gap_before_each_later_token() -> None:
+async def test_a_step_records_its_first_token_and_once_ended_its_pace() -> None:
     metrics = Recording()
     agent = _agent()
-    await run_turn(
-        _turn("one two three four"),
-        agent=agent,
-        conversation=_conversation(agent),
-        history=[],
-        models=Providers(Settings(echo_delay_ms=5)).model,
-        tools=ToolRegistry(),
-        emit=_ignore,
-        metrics=metrics,
-    )
+    for words in ("one two three four", "alone"):
+        await run_turn(
+            _turn(words),
+            agent=agent,
+            conversation=_conversation(agent),
+            history=[],
+            models=Providers(Settings(echo_delay_ms=5)).model,
+            tools=ToolRegistry(),
+            emit=_ignore,
+            metrics=metrics,
+        )
     meter = metrics.meters[("echo", "echo")]
-    assert len(meter.first) == 1 and meter.first[0] >= 0
-    assert len(meter.gaps) == 3, "one per word after the first"
-    assert all(gap >= 0.004 for gap in meter.gaps), meter.gaps  # the echo model's 5 ms between words
+    assert len(meter.first) == 2 and min(meter.first) >= 0, "a first token per response"
+    # Two points per response, not one per token; a response of one content event has no pace.
+    assert len(meter.paces) == 1, meter.paces
+    ((per_token, longest),) = meter.paces
+    assert 0.004 <= per_token <= longest, meter.paces  # the echo model's 5 ms between words
     assert metrics.errors == [] and metrics.tools == []
 
 
