@@ -88,14 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("--rounds", int, 3, "with --against: runs of each side, in the order before, after, after, before, ..."),
     ):
         cmd.add_argument(flag, type=parse, default=value, help=f"{about} (default %(default)s)")
-    cmd.add_argument(
-        "--set",
-        dest="settings",
-        type=_setting,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for --python's server only (repeatable): with --against the same interpreter, "
+    _settings_option(
+        cmd,
+        "an environment variable for --python's server only (repeatable): with --against the same interpreter, "
         "a before/after of a setting, e.g. CONVOY_STREAM_WRITE_WINDOW_MS=5",
     )
     text = "a conversation host's CPU per streamed token, layer by layer: the provider SDK's read, Convoy's adapter, deadlines, items, Redis writes"
@@ -119,15 +114,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         default=sys.executable,
         help="the interpreter that runs the server, e.g. another venv's for a before/after (default: this one)",
     )
-    cmd.add_argument(
-        "--set",
-        dest="settings",
-        type=_setting,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the server (repeatable), e.g. CONVOY_HOSTS=1",
-    )
+    _settings_option(cmd, "an environment variable for the server (repeatable), e.g. CONVOY_HOSTS=1")
     text = "a mixed workload for N minutes, then invariants (PASS/FAIL each; exit 1 if one failed) and figures"
     cmd = bench.add_parser("soak", help=text, description=text)
     for flag, kind, default, text in (
@@ -157,6 +144,11 @@ def _rates(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _settings_option(cmd: argparse.ArgumentParser, about: str) -> None:
+    """``--set NAME=VALUE``, repeatable, into ``settings``: settings for a server the benchmark starts."""
+    cmd.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="NAME=VALUE", help=about)
 
 
 def _setting(text: str) -> tuple[str, str]:
