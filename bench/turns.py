@@ -14,9 +14,10 @@ Clients run in processes of their own (``bench.clients``), so the client is not 
 2. **burst**: ``--burst`` fresh conversations are each sent one turn at the same instant, over
    connections opened beforehand (the burst measures the accept path, not TCP handshakes): time
    from sending to the response's headers (accepted) and to the first token, p50/p99/max, the
-   clients' own spread in sending, errors, and the CPU every process took from the instant until the
-   last turn ended: the server's by kind, and the load's own (the upstream, the clients), which
-   share this machine's cores with it.
+   clients' own spread in sending, errors, the first token's way leg by leg as in the steady phase,
+   the upstream's own part of it (each request's arrival to its first token's write), and the CPU
+   every process took from the instant until the last turn ended: the server's by kind, and the
+   load's own (the upstream, the clients), which share this machine's cores with it.
 
 With ``--against <python>``, the server of that interpreter (another checkout's venv: the code
 before a change) is measured too, in the same run, ``--rounds`` times each, alternated (before,
@@ -143,6 +144,8 @@ class Burst:
     errors: list[str] = field(default_factory=list)
     cpu_s: float = 0.0  # what this client process used from the instant until its last turn ended
     shares: Shares | None = None  # the merged burst's: what every process took meanwhile
+    legs_ms: dict[str, list[float]] = field(default_factory=dict)  # the merged burst's, as ``Steady.legs_ms``
+    upstream_first_token_s: list[float] = field(default_factory=list)  # the merged burst's: the upstream's own delay
 
 
 def burst(url: str, conversations: list[str], ready: Queue[Any], instant: Queue[Any], out: Queue[Any]) -> None:
@@ -257,7 +260,8 @@ def _steady(serve: Serve, conversations: list[str], opts: TurnsOptions, say: Pro
     return Steady(seen, cpu_by_kind(before, after), opts.measure_s)
 
 
-def _burst_phase(serve: Serve, conversations: list[str], opts: TurnsOptions, say: Progress) -> Burst:
+def _burst_phase(serve: Serve, upstream: StampingUpstream, conversations: list[str], opts: TurnsOptions, say: Progress) -> Burst:
+    assert serve.pid is not None
     say(f"burst: {len(conversations)} turns sent at the same instant from {opts.clients} client processes")
     with ClientProcesses() as bursts:
         ready, instant = bursts.queue(), bursts.queue()
@@ -271,6 +275,7 @@ def _burst_phase(serve: Serve, conversations: list[str], opts: TurnsOptions, say
         say("burst: every connection open, the turns leave in 0.5 s")
         time.sleep(max(0.0, at - time.time()))
         server_before, upstream_before = server_cpu_s(serve.pid), process_cpu_s(os.getpid())
+        delays_before = len(upstream.first_token_delays_s)
         parts: list[Burst] = bursts.gather(timeout_s=SPAWN_S + REQUEST_TIMEOUT_S + opts.tokens / opts.rate_hz)
         wall_s = time.time() - at
         server_after, upstream_after = server_cpu_s(serve.pid), process_cpu_s(os.getpid())
@@ -279,6 +284,7 @@ def _burst_phase(serve: Serve, conversations: list[str], opts: TurnsOptions, say
         merged.accepted_s += part.accepted_s
         merged.first_token_s += part.first_token_s
         merged.errors += part.errors
+    merged.upstream_first_token_s = upstream.first_token_delays_s[delays_before:]
     merged.shares = Shares(
         wall_s, cpu_by_kind(server_before, server_after), upstream_after - upstream_before, sum(p.cpu_s for p in parts)
     )
@@ -334,8 +340,7 @@ def _report_steady(steady: Steady, opts: TurnsOptions, report: Report) -> None:
     turns_s = seen.turns / steady.window_s
     report.add("turns ended in the window", f"{seen.turns} ({turns_s:.1f}/s), {seen.tokens} tokens ({seen.tokens / steady.window_s:,.0f}/s)")
     report.add("time to first token, ms", _ms(seen.ttfts_ms))
-    for leg, values in steady.legs_ms.items():
-        report.add(f"  {leg}, ms", f"p50 {percentile(values, 50):8.2f}   p90 {percentile(values, 90):8.2f}   (the latest {len(values)} runs)")
+    _report_legs(steady.legs_ms, report)
     report.add("per-token latency (upstream write -> client read), ms", _ms(seen.lags_ms))
     total = sum(steady.cpu_s.values())
     if seen.turns:
@@ -353,11 +358,21 @@ def _report_steady(steady: Steady, opts: TurnsOptions, report: Report) -> None:
     report.errors += seen.errors
 
 
+def _report_legs(legs_ms: dict[str, list[float]], report: Report) -> None:
+    for leg, values in legs_ms.items():
+        report.add(f"  {leg}, ms", f"p50 {percentile(values, 50):8.2f}   p90 {percentile(values, 90):8.2f}   (the latest {len(values)} runs)")
+
+
 def _report_burst(seen: Burst, n: int, report: Report) -> None:
     report.section(f"burst: {n} turns sent at once")
     report.add("clients' own spread in sending, ms", f"{seen.sent_spread_ms:.0f} (from the instant to the last request sent)")
     report.add("accepted (response headers), ms", _ms(seen.accepted_s, 1e3) + f"   (n={len(seen.accepted_s)})")
     report.add("first token, ms", _ms(seen.first_token_s, 1e3) + f"   (n={len(seen.first_token_s)})")
+    _report_legs(seen.legs_ms, report)
+    report.add(
+        "  of which the upstream's own (request in -> first token out), ms",
+        _ms(seen.upstream_first_token_s, 1e3) + f"   (n={len(seen.upstream_first_token_s)})",
+    )
     if seen.shares is not None:
         report.add("cpu from the instant to the last turn's end, s", seen.shares.line())
     p99 = percentile(seen.first_token_s, 99)
@@ -394,7 +409,9 @@ def _measure(python: str, options: TurnsOptions, say: Progress, env: dict[str, s
             _settle(serve.url)
             measured.steady.legs_ms = _legs(serve.url)
         if options.burst:
-            measured.burst = _burst_phase(serve, conversations[options.concurrency :], options, say)
+            measured.burst = _burst_phase(serve, upstream, conversations[options.concurrency :], options, say)
+            _settle(serve.url)
+            measured.burst.legs_ms = _legs(serve.url)
     finally:
         serve.stop()
         upstream.stop()

@@ -21,6 +21,9 @@ class StampingUpstream:
         self.rate_hz = rate_hz
         self._fake = FakeProvider(respond=self._respond)
         self.url = ""
+        # Per request, from its arrival to its first token's write: this upstream's own delay, which
+        # a benchmark subtracts from a time to first token (its one thread serves every stream).
+        self.first_token_delays_s: list[float] = []
 
     def start(self) -> StampingUpstream:
         self.url = self._fake.start().url
@@ -30,10 +33,12 @@ class StampingUpstream:
         self._fake.stop()
 
     def _respond(self, call: Call) -> Reply:
-        return Stream(chat_live(str(call.body["model"]), self._stamps(), completion_tokens=self.tokens))
+        return Stream(chat_live(str(call.body["model"]), self._stamps(time.perf_counter()), completion_tokens=self.tokens))
 
-    async def _stamps(self) -> AsyncIterator[str]:
+    async def _stamps(self, arrived: float) -> AsyncIterator[str]:
         interval, start = 1 / self.rate_hz, time.perf_counter()
         for i in range(self.tokens):
             await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
+            if i == 0:
+                self.first_token_delays_s.append(time.perf_counter() - arrived)
             yield f"{time.time_ns()} "

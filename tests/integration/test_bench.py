@@ -118,9 +118,11 @@ def test_bench_turns_prints_each_run_and_before_against_after(tmp_path: Path) ->
     for label in ("server cpu per turn, ms", "time to first token, ms", "per-token latency", "server cpu per streamed token, us"):
         assert len(re.findall(rf"^{re.escape(label)}", out, re.MULTILINE)) == 2, out
     assert len(re.findall(r"turns ended in the window +[1-9]\d* ", out)) == 2, out
-    # The first token's way, leg by leg, from the runs' own timestamps.
+    # The first token's way, leg by leg, from the runs' own timestamps: in each steady phase and each burst.
     for leg in ("accepted -> taken by its owner", "taken -> model request", "model request -> first token"):
-        assert len(re.findall(rf"^  {re.escape(leg)}, ms +p50 +\d+\.\d+ +p90 +\d+\.\d+ +\(the latest [1-9]\d* runs\)", out, re.MULTILINE)) == 2, out
+        assert len(re.findall(rf"^  {re.escape(leg)}, ms +p50 +\d+\.\d+ +p90 +\d+\.\d+ +\(the latest [1-9]\d* runs\)", out, re.MULTILINE)) == 4, out
+    # Of a burst's first token, the upstream's own part: one per turn.
+    assert len(re.findall(r"^  of which the upstream's own \(request in -> first token out\), ms +p50 .*\(n=10\)$", out, re.MULTILINE)) == 2, out
     # Every turn of each burst was accepted and reached its first token.
     assert out.count("burst: 10 turns sent at once") == 2, out
     assert len(re.findall(r"accepted \(response headers\), ms .*\(n=10\)", out)) == 2, out
