@@ -374,24 +374,20 @@ async def _step(
     contents = 0
     try:
         stream = model.stream(request, attempts)
-        try:
-            async with contextlib.aclosing(stream):
-                async for event in stream:
-                    if cancelled():
-                        raise asyncio.CancelledError
-                    if isinstance(event, CONTENT_EVENTS):
-                        now = time.perf_counter()
-                        if contents:
-                            longest = max(longest, now - last)
-                        else:
-                            meter.first_token(now - last)
-                            first_at = now
-                        contents += 1
-                        last = now
-                    await assembler.feed(event)
-        finally:  # the response's pace, however it ended: two points, not one per token (runtime.metrics)
-            if contents > 1:
-                meter.paced((last - first_at) / (contents - 1), longest)
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if cancelled():
+                    raise asyncio.CancelledError
+                if isinstance(event, CONTENT_EVENTS):
+                    now = time.perf_counter()
+                    if contents:
+                        longest = max(longest, now - last)
+                    else:
+                        meter.first_token(now - last)
+                        first_at = now
+                    contents += 1
+                    last = now
+                await assembler.feed(event)
         result = await assembler.close()
         _check(result)
     except asyncio.CancelledError:
@@ -402,6 +398,9 @@ async def _step(
             metrics.provider_error(model.provider, failure.error_type)
         record.trace(trace.record(record_step, assembler.snapshot(), status="failed", failure=failure))
         raise
+    finally:  # the response's pace, however it ended: two points, not one per token (runtime.metrics)
+        if contents > 1:
+            meter.paced((last - first_at) / (contents - 1), longest)
     record.trace(trace.record(record_step, result, status="success"))
     return result
 
