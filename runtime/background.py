@@ -38,6 +38,10 @@ async def forever(
     while True:
         try:
             wait_s = await step()
+            # A step whose client absorbed the loop's cancellation (redis-py's cluster client sends
+            # a command again after turning a cancellation into a ConnectionError) returns normally:
+            # without this check the loop would go on, and whoever cancelled it would wait forever.
+            reraise_if_cancelling()
             if wait_s is None:
                 return
             failures = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from redis.backoff import NoBackoff
 
@@ -34,3 +35,27 @@ async def test_a_periodic_step_runs_until_cancelled() -> None:
         await asyncio.sleep(0.001)
     loop.cancel()
     assert (await asyncio.gather(loop, return_exceptions=True))[0].__class__ is asyncio.CancelledError
+
+
+async def test_a_loop_whose_step_absorbed_its_cancellation_still_ends() -> None:
+    """redis-py's cluster client can take a cancellation that lands mid-command for a dropped
+    connection and send the command again: the step then returns as if nothing happened. Stopping
+    a host cancels its loops and waits for them, so a loop that went on would hang that stop."""
+    reading = asyncio.Event()
+    reads = 0
+
+    async def read() -> float:
+        nonlocal reads
+        reads += 1
+        reading.set()
+        # Absorbed: the client read again, and this time it answered.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)  # a blocking read
+        return 0.0
+
+    loop = asyncio.create_task(forever("doorbell", read))
+    await asyncio.wait_for(reading.wait(), 5)
+    loop.cancel()
+    done, _ = await asyncio.wait({loop}, timeout=5)  # not wait_for: it would cancel the loop again
+    assert loop in done, "the loop went on after it was cancelled"
+    assert loop.cancelled() and reads == 1
