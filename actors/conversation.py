@@ -287,6 +287,7 @@ class Activation:
                 approval_pending=loaded.approval_pending,
                 chat=self._chat,
                 metrics=s.metrics,
+                trace_request_max_bytes=s.settings.trace_request_max_bytes,
             )
             await writer.flush()
             ending = wire.Completed(outcome.stop_reason, outcome.usage)

@@ -17,6 +17,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ECHO_MODEL_HANDLE = "echo/echo"
+# How much of a step's request its trace keeps, by default (CONVOY_TRACE_REQUEST_MAX_BYTES).
+TRACE_REQUEST_MAX_BYTES = 16 * 1024
 # Provider names Convoy defines itself; a configured OpenAI-compatible provider cannot take them.
 BUILTIN_PROVIDERS = ("echo", "openai", "openai-responses", "anthropic", "google")
 # Where Vertex AI serves a model when no location is configured (Google's global endpoint).
@@ -128,6 +130,14 @@ class Settings(BaseSettings):
         le=50,
         description="An owner process sends its runs' items to Redis at most once per this window while busy "
         "(what comes meanwhile leaves together); a write on an idle path leaves at once. 0: no window.",
+    )
+    trace_request_max_bytes: int = Field(
+        default=TRACE_REQUEST_MAX_BYTES,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="A step's trace (GET /v1/runs/{id}/steps) keeps the request sent up to this size; beyond it "
+        "the oldest messages that do not fit are left out (a marker says how many). Traces stay in Redis as "
+        "long as their run (CONVOY_STREAM_TTL_S). 0: traces keep no request.",
     )
     read_block_ms: int = Field(default=1_000, ge=10, description="XREAD BLOCK; must stay under the socket timeout.")
     ping_interval_s: float = Field(default=15.0, gt=0, description="Keepalive ping after this much silence.")

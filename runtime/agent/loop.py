@@ -45,6 +45,7 @@ from runtime.schemas.messages import (
 from runtime.schemas.model_settings import ModelSettings, Origin, ResolvedSettings, resolve
 from runtime.schemas.requests import ApprovalCreate, MessageCreate, ToolReturnCreate
 from runtime.schemas.turns import TurnRequest
+from runtime.settings import TRACE_REQUEST_MAX_BYTES
 from runtime.tools.registry import ToolRegistry
 from runtime.tools.turn import Toolbox, Waiting, returned, waiting_calls
 
@@ -53,9 +54,6 @@ RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
 Persist = Callable[[list[HistoryMessage]], Awaitable[None]]
 Cancelled = Callable[[], bool]
 ModelFactory = Callable[[str], Model]
-
-# A step's request is recorded in full up to this size; beyond it the oldest messages are elided.
-TRACE_REQUEST_MAX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -141,6 +139,7 @@ async def run_turn(
     approval_pending: bool = False,
     chat: ChatCache | None = None,
     metrics: Recorder = QUIET,
+    trace_request_max_bytes: int = TRACE_REQUEST_MAX_BYTES,
 ) -> TurnOutcome:
     """Run one turn; raises a ``RunFailure`` for a failed turn (the caller ends the stream).
 
@@ -154,6 +153,7 @@ async def run_turn(
     library's reconnect-and-retry and never reach this code. ``chat``: the conversation's
     ``ChatCache``, kept by its owner from turn to turn (each step converts only what is new).
     ``metrics``: where each step's model latency, provider errors and tool calls are recorded.
+    ``trace_request_max_bytes``: how much of each step's request its trace keeps (``_bounded``).
     """
     emit = _filtered(emit, turn.include_return_message_types)
     chats = chat or ChatCache()
@@ -207,6 +207,7 @@ async def run_turn(
                 record_step=record_step,
                 cancelled=cancelled,
                 metrics=metrics,
+                trace_request_max_bytes=trace_request_max_bytes,
             )
             totals.steps += 1
             totals.add(step)
@@ -344,6 +345,7 @@ async def _step(
     record_step: RecordStep | None,
     cancelled: Cancelled,
     metrics: Recorder,
+    trace_request_max_bytes: int,
 ) -> StepResult:
     step_id = new_id("step")
     assembler = StepAssembler(
@@ -366,6 +368,7 @@ async def _step(
         attempts=attempts,
         dropped=dropped,
         settings=settings.summary(),
+        request_max_bytes=trace_request_max_bytes,
     )
     meter = metrics.model(model.provider, model.name)
     last = time.perf_counter()  # the request; then the latest content event
@@ -424,6 +427,7 @@ class _StepTrace:
     attempts: Attempts
     dropped: int
     settings: dict[str, Any]  # the model settings in force, each with the layer it came from
+    request_max_bytes: int  # how much of the request the trace keeps (``_bounded``)
 
     async def record(
         self,
@@ -464,7 +468,7 @@ class _StepTrace:
             "cache_write_tokens": usage.cache_write_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "trace": {
-                "request": _bounded(self.model.adapter.payload(self.request)),
+                "request": _bounded(self.model.adapter.payload(self.request), self.request_max_bytes),
                 "response": _summary(result),
                 "latency_ms": round((now - self.started_ns) / 1e6, 3),
                 "ttft_ms": round((result.first_token_ns - self.started_ns) / 1e6, 3)
@@ -506,13 +510,35 @@ def _summary(result: StepResult | None) -> dict[str, Any] | None:
     }
 
 
-def _bounded(payload: dict[str, Any]) -> dict[str, Any]:
-    """The request body, with the oldest history elided when it is too large to keep per step."""
-    if len(to_json(payload, fallback=str)) <= TRACE_REQUEST_MAX_BYTES:
+def _bounded(payload: dict[str, Any], max_bytes: int) -> dict[str, Any] | None:
+    """The request body as the trace keeps it: whole up to ``max_bytes`` encoded; beyond that, the
+    newest messages that fit (with the system prompt, tools and settings, which are always kept),
+    the oldest replaced by one ``{"convoy_elided_messages": n}`` marker. None with ``max_bytes`` 0.
+
+    A trace lives as long as its run (``CONVOY_STREAM_TTL_S``), and a long conversation's request
+    is mostly its history, which the conversation keeps anyway: kept whole, every step would store
+    the history again (29 KiB a run, more than its stream, in ``convoy bench turns``)."""
+    if max_bytes <= 0:
+        return None
+    size = len(to_json(payload, fallback=str))
+    if size <= max_bytes:
         return payload
     bounded = dict(payload)
     for name in ("messages", "input", "contents"):
         items = bounded.get(name)
-        if isinstance(items, list) and len(items) > 4:
-            bounded[name] = [{"convoy_elided_messages": len(items) - 4}, *items[-4:]]
+        if not isinstance(items, list) or not items:
+            continue
+        # OpenAI's chat messages start with the system prompt: it stays, as the others' do.
+        first = next((i for i, item in enumerate(items) if not (isinstance(item, dict) and item.get("role") in _SYSTEM_ROLES)), len(items))
+        head, rest = items[:first], items[first:]
+        sizes = [len(to_json(item, fallback=str)) + 1 for item in rest]  # each with its comma
+        room = max_bytes - (size - sum(sizes)) - len('{"convoy_elided_messages":},') - len(str(len(rest)))
+        kept = 0
+        while kept < len(rest) and sizes[-1 - kept] <= room:
+            room -= sizes[-1 - kept]
+            kept += 1
+        bounded[name] = [*head, {"convoy_elided_messages": len(rest) - kept}, *rest[len(rest) - kept :]]
     return bounded
+
+
+_SYSTEM_ROLES = ("system", "developer")

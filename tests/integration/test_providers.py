@@ -109,6 +109,37 @@ async def test_tokens_that_come_apart_are_streamed_apart(client: httpx.AsyncClie
     assert [d["content"] for d in turn.of("assistant_message")] == ["Hel", "lo", " wörld", "!"]
 
 
+async def test_a_long_conversations_trace_keeps_its_newest_messages_within_the_bound(
+    client: httpx.AsyncClient, fake_provider: fp.FakeProvider
+) -> None:
+    """A step's trace keeps the request it sent up to CONVOY_TRACE_REQUEST_MAX_BYTES (16 KiB by
+    default): past it, the system prompt and the newest messages that fit, the older ones counted
+    by a marker. The provider still receives the whole history."""
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["ok"])), repeat=True)
+    conv = await conversation(client, f"openai/{model}")
+    said = [f"{i} " + "x" * 6_000 for i in range(4)]  # 24 KB of history by the fourth turn
+    for text in said:
+        turn = await send(client, conv, text)
+        assert turn.stop_reason == "end_turn" and not turn.errors
+
+    first, *_, last = calls(fake_provider, model, len(said))
+    assert first.body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": said[0]}]
+    assert [m["content"] for m in last.body["messages"] if m["role"] == "user"] == said  # sent whole
+    (step,) = await steps(client, turn.run_id)
+    kept = step["trace"]["request"]
+    assert len(json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode()) <= 16 * 1024
+    system, marker, *newest = kept["messages"]
+    assert system == {"role": "system", "content": "Be brief."}
+    assert newest == last.body["messages"][len(last.body["messages"]) - len(newest) :]
+    assert newest[-1] == {"role": "user", "content": said[-1]} and len(newest) >= 2
+    assert marker == {"convoy_elided_messages": len(last.body["messages"]) - 1 - len(newest)} and marker["convoy_elided_messages"] > 0
+    assert {k: v for k, v in kept.items() if k != "messages"} == {k: v for k, v in last.body.items() if k != "messages"}
+    runs = (await client.get("/v1/runs", params={"conversation_id": conv, "order": "asc"})).json()
+    (step,) = await steps(client, runs[0]["id"])
+    assert step["trace"]["request"] == first.body  # under the bound: whole
+
+
 async def test_openai_chat_tokens_usage_and_a_trace(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
     model = unique("gpt")
     frames = fp.chat_text(model, ["Hel", "lo", " wörld", "!"], usage=fp.Usage(20, 9, cached_tokens=8, reasoning_tokens=3))

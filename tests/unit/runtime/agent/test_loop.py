@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic_core import to_json
 
 from runtime.agent.loop import model_for, run_turn
 from runtime.errors import InvalidRequestError, LLMEmptyResponseError
@@ -186,3 +187,55 @@ def test_google_settings_read_the_sdks_own_variables() -> None:
 def test_a_compatible_provider_cannot_shadow_a_builtin_one() -> None:
     with pytest.raises(ValueError, match="built in"):
         Settings(providers={"openai": {"base_url": "http://x/v1"}})
+
+
+class _BodyAdapter(EchoAdapter):
+    """Echo's stream, with a request body of a provider whose history is ``contents`` (Gemini's shape)."""
+
+    def __init__(self, contents: list[dict[str, object]]) -> None:
+        super().__init__(0)
+        self.contents = contents
+
+    def payload(self, request: LLMRequest) -> dict[str, object]:  # type: ignore[override]
+        return {"systemInstruction": {"parts": [{"text": "sys"}]}, "contents": self.contents}
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "kept"),
+    [(0, None), (10_000, 3), (100_000, 8)],
+    ids=["no-request", "newest-that-fit", "whole"],
+)
+async def test_a_trace_keeps_the_newest_messages_that_fit_its_bound(max_bytes: int, kept: int | None) -> None:
+    contents = [{"role": "user", "parts": [{"text": f"{i} " + "y" * 3_000}]} for i in range(8)]
+    traces: list[dict[str, object]] = []
+
+    async def record_step(doc: dict[str, object]) -> None:
+        traces.append(doc)
+
+    async def emit(item: WireItem) -> None:
+        pass
+
+    agent = _agent()
+    await run_turn(
+        _turn("hi"),
+        agent=agent,
+        conversation=_conversation(agent),
+        history=[],
+        models=lambda h: _model(_BodyAdapter(contents)),
+        tools=ToolRegistry(),
+        emit=emit,
+        record_step=record_step,
+        trace_request_max_bytes=max_bytes,
+    )
+    (trace,) = [t["trace"] for t in traces]
+    request = trace["request"]  # type: ignore[index]
+    if kept is None:
+        assert request is None
+        return
+    assert request["systemInstruction"] == {"parts": [{"text": "sys"}]}
+    if kept == len(contents):
+        assert request["contents"] == contents
+        return
+    marker, *newest = request["contents"]
+    assert marker == {"convoy_elided_messages": len(contents) - kept} and newest == contents[-kept:]
+    assert len(to_json(request)) <= max_bytes
