@@ -57,6 +57,11 @@ class Serve:
         """The server's process (it also runs the API); None before start."""
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def redis_url(self) -> str:
+        """The URL of the server's embedded Redis (its home's ``redis/url``, written while it runs)."""
+        return (self._home / "redis" / "url").read_text().strip()
+
     def start(self) -> None:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "RAY_ADDRESS", *GOOGLE_SETTINGS))}

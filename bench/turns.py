@@ -10,7 +10,9 @@ Clients run in processes of their own (``bench.clients``), so the client is not 
    at ``--rate`` tokens/s each, token streaming), warmed up, then measured for ``--measure-s``:
    turns/s, per-token latency (upstream write -> client read) and time to first token p50/p99, and
    the CPU per turn of the whole server: every process of ``convoy serve``'s tree (the API, the
-   conversation hosts, Redis, Ray's daemons), by kind; the clients and the upstream are not in it.
+   conversation hosts, Redis, Ray's daemons), by kind; the clients and the upstream are not in it;
+   and the memory Redis keeps per turn (its used memory's growth over the window, per turn ended:
+   each run's stream, record and step traces stay for ``CONVOY_STREAM_TTL_S``).
 2. **burst**: ``--burst`` fresh conversations are each sent one turn at the same instant, over
    connections opened beforehand (the burst measures the accept path, not TCP handshakes): time
    from sending to the response's headers (accepted) and to the first token, p50/p99/max, the
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from bench import Progress, Report, percentile, process_cpu_s
 from bench.clients import ClientProcesses, split, sse_frames
@@ -230,6 +233,7 @@ class Steady:
     seen: client.Seen
     cpu_s: dict[str, float]
     window_s: float
+    redis_bytes: int  # how much more memory Redis used at the window's end than at its start
     legs_ms: dict[str, list[float]] = field(default_factory=dict)  # ``_legs``: the first token's way, leg by leg
 
 
@@ -251,13 +255,19 @@ def _steady(serve: Serve, conversations: list[str], opts: TurnsOptions, say: Pro
     with ClientProcesses() as streamers:
         shares = split(conversations, opts.clients)
         streamers.start(client.stream, [([serve.url], share, start_at, ramp_s, (begin, end)) for share in shares])
-        time.sleep(max(0.0, begin - time.time()))
-        before = server_cpu_s(serve.pid)
-        time.sleep(max(0.0, end - time.time()))
-        after = server_cpu_s(serve.pid)
+        with redis.Redis.from_url(serve.redis_url) as store:
+            time.sleep(max(0.0, begin - time.time()))
+            before, memory_before = server_cpu_s(serve.pid), _used_memory(store)
+            time.sleep(max(0.0, end - time.time()))
+            after, memory_after = server_cpu_s(serve.pid), _used_memory(store)
         parts: list[client.Seen] = streamers.gather(timeout_s=turn_s + REQUEST_TIMEOUT_S)
     seen = client.Seen.merged(parts)
-    return Steady(seen, cpu_by_kind(before, after), opts.measure_s)
+    return Steady(seen, cpu_by_kind(before, after), opts.measure_s, memory_after - memory_before)
+
+
+def _used_memory(store: redis.Redis) -> int:
+    """What Redis holds, in bytes: every run's stream, record and step traces stay for their TTL."""
+    return int(store.info("memory")["used_memory"])
 
 
 def _burst_phase(serve: Serve, upstream: StampingUpstream, conversations: list[str], opts: TurnsOptions, say: Progress) -> Burst:
@@ -353,6 +363,8 @@ def _report_steady(steady: Steady, opts: TurnsOptions, report: Report) -> None:
         )
         if seen.tokens:
             report.add("server cpu per streamed token, us", f"{1e6 * total / seen.tokens:.0f} (whole turn's cost spread over its tokens)")
+    if seen.turns:
+        report.add("redis memory kept per turn, KiB", f"{steady.redis_bytes / 1024 / seen.turns:.1f} (runs stay for CONVOY_STREAM_TTL_S)")
     report.add("server cpu, % of a core", "  ".join(f"{k} {100 * v / steady.window_s:.0f}" for k, v in steady.cpu_s.items()) + f"  | all {100 * total / steady.window_s:.0f}")
     report.add("errors", str(seen.error_count))
     report.errors += seen.errors
@@ -462,6 +474,7 @@ def _figures(m: Measured) -> dict[str, float]:
         for kind, seconds in m.steady.cpu_s.items():
             out[f"  of which {kind}, ms"] = 1e3 * seconds / turns
         out["steady: turns/s"] = turns / m.steady.window_s
+        out["steady: redis memory per turn, KiB"] = m.steady.redis_bytes / 1024 / turns
         out["steady: time to first token p50, ms"] = percentile(m.steady.seen.ttfts_ms, 50)
         out["steady: per-token latency p50, ms"] = percentile(m.steady.seen.lags_ms, 50)
         out["steady: per-token latency p99, ms"] = percentile(m.steady.seen.lags_ms, 99)

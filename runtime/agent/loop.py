@@ -531,11 +531,16 @@ def _bounded(payload: dict[str, Any], max_bytes: int) -> dict[str, Any] | None:
         # OpenAI's chat messages start with the system prompt: it stays, as the others' do.
         first = next((i for i, item in enumerate(items) if not (isinstance(item, dict) and item.get("role") in _SYSTEM_ROLES)), len(items))
         head, rest = items[:first], items[first:]
-        sizes = [len(to_json(item, fallback=str)) + 1 for item in rest]  # each with its comma
-        room = max_bytes - (size - sum(sizes)) - len('{"convoy_elided_messages":},') - len(str(len(rest)))
+        # Room left by the rest of the body, the list's brackets, its head and the marker (each item
+        # with its comma); then the newest messages, one by one, while they fit: only those are
+        # encoded on their own, however long the history.
+        rest_of_body = {key: value for key, value in bounded.items() if key != name}
+        room = max_bytes - len(to_json(rest_of_body, fallback=str)) - len(to_json(name)) - 4  # ,"name":[]
+        room -= sum(len(to_json(item, fallback=str)) + 1 for item in head)
+        room -= len(to_json({"convoy_elided_messages": len(rest)})) + 1
         kept = 0
-        while kept < len(rest) and sizes[-1 - kept] <= room:
-            room -= sizes[-1 - kept]
+        while kept < len(rest) and (need := len(to_json(rest[-1 - kept], fallback=str)) + 1) <= room:
+            room -= need
             kept += 1
         bounded[name] = [*head, {"convoy_elided_messages": len(rest) - kept}, *rest[len(rest) - kept :]]
     return bounded

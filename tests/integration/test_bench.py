@@ -118,6 +118,9 @@ def test_bench_turns_prints_each_run_and_before_against_after(tmp_path: Path) ->
     for label in ("server cpu per turn, ms", "time to first token, ms", "per-token latency", "server cpu per streamed token, us"):
         assert len(re.findall(rf"^{re.escape(label)}", out, re.MULTILINE)) == 2, out
     assert len(re.findall(r"turns ended in the window +[1-9]\d* ", out)) == 2, out
+    # What Redis keeps of each turn (its stream, record and trace stay for the streams' TTL).
+    kept = re.findall(r"^redis memory kept per turn, KiB +([\d.]+) ", out, re.MULTILINE)
+    assert len(kept) == 2 and all(float(k) > 0 for k in kept), out
     # The first token's way, leg by leg, from the runs' own timestamps: in each steady phase and each burst.
     for leg in ("accepted -> taken by its owner", "taken -> model request", "model request -> first token"):
         assert len(re.findall(rf"^  {re.escape(leg)}, ms +p50 +\d+\.\d+ +p90 +\d+\.\d+ +\(the latest [1-9]\d* runs\)", out, re.MULTILINE)) == 4, out
