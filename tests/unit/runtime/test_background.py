@@ -31,8 +31,9 @@ async def test_a_periodic_step_runs_until_cancelled() -> None:
         return 0.001
 
     loop = asyncio.create_task(forever("beat", beat))
-    while beats < 5:
-        await asyncio.sleep(0.001)
+    async with asyncio.timeout(5):  # a loop that never beats fails here instead of hanging the suite
+        while beats < 5:
+            await asyncio.sleep(0.001)
     loop.cancel()
     assert (await asyncio.gather(loop, return_exceptions=True))[0].__class__ is asyncio.CancelledError
 
