@@ -47,8 +47,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.directory import Lease
 from actors.mailbox import Mailbox, MailboxEntry, Taken
 from runtime.agent.context import HISTORY_WINDOW
-from runtime.agent.loop import Emit, ModelFactory, run_turn
+from runtime.agent.loop import ModelFactory, run_turn
 from runtime.agent.prompt import ChatCache
+from runtime.agent.step import Emit
 from runtime.errors import FencedError, InternalRunError, OwnerLostError, RunFailure, StoreUnavailableError
 from runtime.logs import log_context
 from runtime.metrics import QUIET, DeactivationReason, Recorder

@@ -25,7 +25,7 @@ from pydantic_core import to_json
 
 from runtime.agent.context import fit, render_system, with_skills
 from runtime.agent.prompt import ChatCache
-from runtime.agent.step import StepAssembler, StepResult
+from runtime.agent.step import Emit, StepAssembler, StepResult
 from runtime.errors import ApprovalStillPendingError, LLMContentFilterError, LLMEmptyResponseError, LLMError, RunFailure
 from runtime.ids import new_id
 from runtime.metrics import QUIET, Recorder
@@ -49,7 +49,6 @@ from runtime.settings import TRACE_REQUEST_MAX_BYTES
 from runtime.tools.registry import ToolRegistry
 from runtime.tools.turn import Toolbox, Waiting, returned, waiting_calls
 
-Emit = Callable[[WireItem], Awaitable[None]]
 RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
 Persist = Callable[[list[HistoryMessage]], Awaitable[None]]
 Cancelled = Callable[[], bool]

@@ -4,25 +4,18 @@ provider errors, the toolbox's tool calls, and the bound on model labels."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from runtime.agent.loop import run_turn
 from runtime.errors import LLMEmptyResponseError, LLMRateLimitError
-from runtime.ids import new_id
 from runtime.metrics import OTHER_MODEL, UNREGISTERED_TOOL, ModelLabels, ModelMeter, Recorder, ToolOutcome
-from runtime.providers.events import Finish, LLMEvent, LLMRequest, TextDelta, ToolCallDelta, Usage
-from runtime.providers.registry import Model, Providers
-from runtime.providers.stream import StreamPolicy
-from runtime.schemas.agents import AgentRecord, ConversationRecord
-from runtime.schemas.messages import WireItem, utcnow
-from runtime.schemas.requests import MessageCreate
-from runtime.schemas.turns import TurnRequest
+from runtime.providers.events import Finish, LLMEvent, TextDelta, ToolCallDelta, Usage
+from runtime.providers.registry import Providers
 from runtime.settings import Settings
 from runtime.tools.registry import ToolRegistry
+from tests.unit.runtime import turns
 
 
 @dataclass
@@ -55,64 +48,18 @@ class Recording(Recorder):
         self.tools.append((tool, outcome, seconds))
 
 
-def _agent(model: str = "echo/echo", tools: list[str] | None = None) -> AgentRecord:
-    now = utcnow()
-    return AgentRecord(id=new_id("agent"), name="a", model=model, system="sys", tools=tools or [], created_at=now, updated_at=now)
-
-
-def _conversation(agent: AgentRecord) -> ConversationRecord:
-    now = utcnow()
-    return ConversationRecord(id=new_id("conv"), agent_id=agent.id, created_at=now, updated_at=now)
-
-
-def _turn(text: str) -> TurnRequest:
-    return TurnRequest(
-        run_id=new_id("run"),
-        agent_id="agent-x",
-        conversation_id="conv-x",
-        messages=[MessageCreate(content=text)],
-        stream_tokens=True,
-        accepted_at_ns=time.time_ns(),
-    )
-
-
-async def _ignore(item: WireItem) -> None:
-    return None
-
-
-def _model(adapter: object, name: str = "scripted") -> Model:
-    return Model(f"fake/{name}", "fake", name, None, adapter, StreamPolicy(first_token_s=5, idle_s=5, retries=0))  # type: ignore[arg-type]
-
-
-class _Scripted:
-    """Streams one scripted response per call, in order."""
-
-    def __init__(self, *responses: list[LLMEvent] | Exception) -> None:
-        self._responses = list(responses)
-
-    def payload(self, request: LLMRequest) -> dict[str, object]:
-        return {}
-
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        response = self._responses.pop(0)
-        if isinstance(response, Exception):
-            raise response
-        for event in response:
-            yield event
-
-
 async def test_a_step_records_its_first_token_and_once_ended_its_pace() -> None:
     metrics = Recording()
-    agent = _agent()
+    agent = turns.agent()
     for words in ("one two three four", "alone"):
         await run_turn(
-            _turn(words),
+            turns.turn(words, stream_tokens=True),
             agent=agent,
-            conversation=_conversation(agent),
+            conversation=turns.conversation(agent),
             history=[],
             models=Providers(Settings(echo_delay_ms=5)).model,
             tools=ToolRegistry(),
-            emit=_ignore,
+            emit=turns.ignore,
             metrics=metrics,
         )
     meter = metrics.meters[("echo", "echo")]
@@ -139,16 +86,16 @@ async def test_tool_calls_are_recorded_by_registered_name_and_outcome() -> None:
         Finish("tool_calls"),
     ]
     metrics = Recording()
-    agent = _agent(tools=["add"])
-    adapter = _Scripted(calls, [TextDelta("done"), Usage(), Finish("end_turn")])
+    agent = turns.agent(tools=["add"])
+    adapter = turns.Scripted(calls, [TextDelta("done"), Usage(), Finish("end_turn")])
     outcome = await run_turn(
-        _turn("go"),
+        turns.turn("go", stream_tokens=True),
         agent=agent,
-        conversation=_conversation(agent),
+        conversation=turns.conversation(agent),
         history=[],
-        models=lambda handle: _model(adapter),
+        models=lambda handle: turns.model(adapter),
         tools=registry,
-        emit=_ignore,
+        emit=turns.ignore,
         metrics=metrics,
     )
     assert outcome.stop_reason == "end_turn"
@@ -171,16 +118,16 @@ async def test_a_failed_model_call_is_counted_by_provider_and_error_type(
     response: list[LLMEvent] | Exception, error_type: str, raised: type[Exception]
 ) -> None:
     metrics = Recording()
-    agent = _agent()
+    agent = turns.agent()
     with pytest.raises(raised):
         await run_turn(
-            _turn("hi"),
+            turns.turn("hi", stream_tokens=True),
             agent=agent,
-            conversation=_conversation(agent),
+            conversation=turns.conversation(agent),
             history=[],
-            models=lambda handle: _model(_Scripted(response)),
+            models=lambda handle: turns.model(turns.Scripted(response)),
             tools=ToolRegistry(),
-            emit=_ignore,
+            emit=turns.ignore,
             metrics=metrics,
         )
     assert metrics.errors == [("fake", error_type)]

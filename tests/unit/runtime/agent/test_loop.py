@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator
 
 import pytest
 from pydantic_core import to_json
@@ -15,37 +13,13 @@ from runtime.agent.loop import model_for, run_turn
 from runtime.errors import InvalidRequestError, LLMEmptyResponseError
 from runtime.ids import new_id, segment_otid
 from runtime.providers.echo import EchoAdapter
-from runtime.providers.events import Finish, LLMEvent, LLMRequest, ResponseInfo, Usage
+from runtime.providers.events import Finish, LLMRequest, ResponseInfo, Usage
 from runtime.providers.handles import split_handle
-from runtime.providers.registry import Model, Providers
-from runtime.providers.stream import StreamPolicy
-from runtime.schemas.agents import AgentRecord, ConversationRecord
-from runtime.schemas.messages import AssistantMessage, UserMessage, WireItem, utcnow
-from runtime.schemas.requests import MessageCreate
-from runtime.schemas.turns import TurnRequest
+from runtime.providers.registry import Providers
+from runtime.schemas.messages import AssistantMessage, UserMessage, WireItem
 from runtime.settings import Settings
 from runtime.tools.registry import ToolRegistry
-
-
-def _agent(model: str = "echo/echo") -> AgentRecord:
-    now = utcnow()
-    return AgentRecord(id=new_id("agent"), name="a", model=model, system="sys", created_at=now, updated_at=now)
-
-
-def _conversation(agent: AgentRecord, model: str | None = None) -> ConversationRecord:
-    now = utcnow()
-    return ConversationRecord(id=new_id("conv"), agent_id=agent.id, model=model, created_at=now, updated_at=now)
-
-
-def _turn(text: str, **kw: object) -> TurnRequest:
-    return TurnRequest(
-        run_id=new_id("run"),
-        agent_id="agent-x",
-        conversation_id="conv-x",
-        messages=[MessageCreate(content=text, otid="client-otid")],
-        accepted_at_ns=time.time_ns(),
-        **kw,  # type: ignore[arg-type]
-    )
+from tests.unit.runtime import turns
 
 
 async def test_echo_streams_word_deltas_sharing_one_id() -> None:
@@ -54,12 +28,12 @@ async def test_echo_streams_word_deltas_sharing_one_id() -> None:
     async def emit(item: WireItem) -> None:
         emitted.append(item)
 
-    agent = _agent()
-    turn = _turn("  hello   wide world ")
+    agent = turns.agent()
+    turn = turns.turn("  hello   wide world ")
     outcome = await run_turn(
         turn,
         agent=agent,
-        conversation=_conversation(agent),
+        conversation=turns.conversation(agent),
         history=[],
         models=Providers(Settings(echo_delay_ms=0)).model,
         tools=ToolRegistry(),
@@ -82,50 +56,43 @@ async def test_step_streaming_emits_one_complete_message() -> None:
     async def emit(item: WireItem) -> None:
         emitted.append(item)
 
-    agent = _agent()
+    agent = turns.agent()
     await run_turn(
-        _turn("a b c", stream_tokens=False),
+        turns.turn("a b c", stream_tokens=False),
         agent=agent,
-        conversation=_conversation(agent),
+        conversation=turns.conversation(agent),
         history=[],
-        models=lambda h: _model(EchoAdapter(0)),
+        models=lambda h: turns.model(EchoAdapter(0)),
         tools=ToolRegistry(),
         emit=emit,
     )
     assert len(emitted) == 1 and emitted[0].content == "a b c"  # type: ignore[attr-defined]
 
 
-def _model(adapter: object) -> Model:
-    return Model("x/x", "x", "x", None, adapter, StreamPolicy(first_token_s=5, idle_s=5, retries=0))  # type: ignore[arg-type]
-
-
-class _Silent:
-    def payload(self, request: LLMRequest) -> dict[str, object]:
-        return {}
-
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        yield ResponseInfo("r", "x")
-        yield Usage(prompt_tokens=1)
-        yield Finish("end_turn")
-
-
 async def test_a_model_that_says_nothing_is_an_empty_response_error() -> None:
     async def emit(item: WireItem) -> None:
         raise AssertionError("nothing to emit")
 
-    agent = _agent()
+    silent = turns.Scripted([ResponseInfo("r", "x"), Usage(prompt_tokens=1), Finish("end_turn")])
+    agent = turns.agent()
     with pytest.raises(LLMEmptyResponseError):
         await run_turn(
-            _turn("hi"), agent=agent, conversation=_conversation(agent), history=[], models=lambda h: _model(_Silent()), tools=ToolRegistry(), emit=emit
+            turns.turn("hi"),
+            agent=agent,
+            conversation=turns.conversation(agent),
+            history=[],
+            models=lambda h: turns.model(silent),
+            tools=ToolRegistry(),
+            emit=emit,
         )
 
 
 def test_model_precedence_request_then_conversation_then_agent() -> None:
-    agent = _agent("echo/agent")
-    conv = _conversation(agent, model="echo/conversation")
-    assert model_for(_turn("x", override_model="echo/request"), conv, agent) == "echo/request"
-    assert model_for(_turn("x"), conv, agent) == "echo/conversation"
-    assert model_for(_turn("x"), _conversation(agent), agent) == "echo/agent"
+    agent = turns.agent("echo/agent")
+    conv = turns.conversation(agent, model="echo/conversation")
+    assert model_for(turns.turn("x", override_model="echo/request"), conv, agent) == "echo/request"
+    assert model_for(turns.turn("x"), conv, agent) == "echo/conversation"
+    assert model_for(turns.turn("x"), turns.conversation(agent), agent) == "echo/agent"
 
 
 def test_handles_and_otids() -> None:
@@ -215,13 +182,13 @@ async def test_a_trace_keeps_the_newest_messages_that_fit_its_bound(max_bytes: i
     async def emit(item: WireItem) -> None:
         pass
 
-    agent = _agent()
+    agent = turns.agent()
     await run_turn(
-        _turn("hi"),
+        turns.turn("hi"),
         agent=agent,
-        conversation=_conversation(agent),
+        conversation=turns.conversation(agent),
         history=[],
-        models=lambda h: _model(_BodyAdapter(contents)),
+        models=lambda h: turns.model(_BodyAdapter(contents)),
         tools=ToolRegistry(),
         emit=emit,
         record_step=record_step,
