@@ -119,6 +119,10 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError("messages: only text content parts are supported")
             if not message.text():
                 raise ValueError("messages: a new user message has no text")
+            if (chars := len(message.text())) > MAX_TEXT_CHARS:
+                raise ValueError(
+                    f"messages: a new user message's text parts come to {chars} characters; at most {MAX_TEXT_CHARS} per message"
+                )
         return self
 
     @property

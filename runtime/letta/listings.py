@@ -122,10 +122,11 @@ async def message(
 
 
 async def _known(history: HistoryStore, conversation_id: str, cursor: str | None, system_id: str) -> str | None:
+    """``cursor`` if it is the conversation's system message or one of its stored messages (a
+    fork's copied ones included), else None."""
     if cursor is None or cursor == system_id:
         return cursor
-    found = await history.message(cursor)
-    return cursor if found is not None and found[0] == conversation_id else None
+    return cursor if await history.holds(conversation_id, cursor) else None
 
 
 def _parts_in_order(newest_first: list[HistoryMessage]) -> list[HistoryMessage]:
@@ -150,15 +151,19 @@ async def run_messages(
     bounds nothing); only the message types the run's request asked for."""
     since_ms = int(run.created_at.timestamp() * 1000)
     found = await history.of_run(run.conversation_id, run.id, since_ms=since_ms)
-    ids = [m.id for m in found]
     if after is not None:
+        ids = [m.id for m in found]
         found = found[len(ids) - ids[::-1].index(after) :] if after in ids else []
     if before is not None:
+        ids = [m.id for m in found]
         found = found[: ids.index(before)] if before in ids else found
     if order == "desc":
         found.reverse()
+    page = found[:limit]
+    while page and len(page) < len(found) and found[len(page)].id == page[-1].id:
+        page.append(found[len(page)])  # never end a page inside a message: the next one skips its parts
     types = (run.request_config.include_return_message_types if run.request_config else None) or None
-    return [m.model_dump(mode="json", exclude_none=True) for m in found[:limit] if types is None or m.message_type in types]
+    return [m.model_dump(mode="json", exclude_none=True) for m in page if types is None or m.message_type in types]
 
 
 async def steps(

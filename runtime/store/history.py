@@ -159,7 +159,11 @@ class HistoryStore:
         """Up to ``limit`` stored messages strictly after ``after`` and before ``before`` (message
         ids; every part of a cursor's message is excluded), oldest first (``asc``) or newest first
         (``desc``). A cursor that is not a message of this conversation is a ``NotFoundError``, or
-        no bound at all with ``unknown_cursors="ignore"``."""
+        no bound at all with ``unknown_cursors="ignore"``.
+
+        A page never ends inside a message: when ``limit`` falls among the parts of one model
+        response, the page carries its other parts too (as Letta's ``limit`` counts messages, not
+        their parts), so the next page, whose cursor skips every part of that message, loses none."""
         limit = max(1, min(limit, MAX_PAGE))
         lo, hi = "-", "+"
         for cursor, is_after in ((after, True), (before, False)):
@@ -180,7 +184,30 @@ class HistoryStore:
             entries = replies.entries(await self._redis.xrevrange(key, max=hi, min=lo, count=limit))
         else:
             entries = replies.entries(await self._redis.xrange(key, min=lo, max=hi, count=limit))
-        return [_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries]
+        page = [_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries]
+        if len(page) == limit:
+            page += await self._rest_of(conversation_id, page[-1].id, entries[-1][0].decode(), order)
+        return page
+
+    async def holds(self, conversation_id: str, message_id: str) -> bool:
+        """Whether ``message_id`` is one of the conversation's own stored messages (a fork's copies
+        are; their references still name the conversation they were first written to)."""
+        return bool(await self._redis.hexists(keyspace.history_index(conversation_id), message_id))
+
+    async def _rest_of(self, conversation_id: str, message_id: str, entry_id: str, order: Order) -> list[HistoryMessage]:
+        """The parts of ``message_id`` past its entry ``entry_id`` in reading order (``order``)."""
+        try:
+            first, last = await self._span(conversation_id, message_id)
+        except NotFoundError:
+            return []
+        key = keyspace.history(conversation_id)
+        if order == "asc" and last != entry_id:
+            entries = replies.entries(await self._redis.xrange(key, min="(" + entry_id, max=last))
+        elif order == "desc" and first != entry_id:
+            entries = replies.entries(await self._redis.xrevrange(key, max="(" + entry_id, min=first))
+        else:
+            return []
+        return [m for m in (_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries) if m.id == message_id]
 
     async def message(self, message_id: str) -> tuple[str, list[HistoryMessage]] | None:
         """The conversation a stored message belongs to and the message's parts, in order; None

@@ -235,8 +235,12 @@ def test_unknown_models_are_404_in_openai_shape(oai: OpenAI, http: httpx.Client)
         ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "one choice"),
         ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 600_000}] * 2}]},
+            "text parts come to 1200000 characters; at most 1000000",
+        ),
     ],
-    ids=["trailing-assistant", "empty", "image", "n", "tools", "role"],
+    ids=["trailing-assistant", "empty", "image", "n", "tools", "role", "parts-too-long-together"],
 )
 def test_bad_requests_are_400_and_write_nothing(http: httpx.Client, body: dict[str, Any], says: str) -> None:
     agent = new_agent(http)

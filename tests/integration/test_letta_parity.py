@@ -7,6 +7,7 @@ with a callback, a run's messages, Letta's cancel and resume answers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import threading
@@ -123,6 +124,56 @@ def test_conversation_listing_is_newest_first_with_each_responses_parts_in_order
     assert [m.message_type for m in page] == ["system_message", "user_message"]
     only = http.get(f"/v1/conversations/{conversation.id}/messages", params={"include_return_message_types": "user_message"})
     assert [m["message_type"] for m in only.json()] == ["user_message"], "a filter letta-client 1.7 cannot send"
+
+
+def test_pages_of_two_list_every_part_once_in_a_conversation_and_in_its_fork(
+    letta: Letta, http: httpx.Client, fake_provider: fp.FakeProvider
+) -> None:
+    """A page edge among one response's parts (reasoning, then text) loses none of them, and a
+    fork's copied messages are cursors of the fork's own listing."""
+    if not hasattr(letta.conversations, "fork"):
+        pytest.skip(f"letta-client {letta_client.__version__} has no conversations.fork")
+    model = unique("claude")
+    fake_provider.script(model, fp.Stream(fp.anthropic_thinking(model, ["Hmm."], ["Yes."])), repeat=True)
+    agent = letta.agents.create(name="pager", model=f"anthropic/{model}", system="Think first.")
+    source = letta.conversations.create(agent_id=agent.id)
+    for text in ("one", "two", "three"):
+        list(letta.conversations.messages.create(source.id, messages=user(text)))
+    fork = letta.conversations.fork(source.id)
+    for conversation in (source, fork):
+        whole = [(m.id, m.message_type) for m in letta.conversations.messages.list(conversation.id, order="asc").items]
+        assert len(whole) == 1 + 3 * 3, "the system message, then each turn's question, reasoning and answer"
+        forwards = letta.conversations.messages.list(conversation.id, order="asc", limit=2)  # the SDK pages on with after=
+        assert [(m.id, m.message_type) for m in itertools.islice(forwards, 2 * len(whole))] == whole
+        backwards: list[tuple[str, str]] = []
+        before: str | None = None
+        for _ in range(len(whole)):
+            params = {"limit": 2, **({"before": before} if before else {})}
+            page = http.get(f"/v1/conversations/{conversation.id}/messages", params=params).json()
+            if not page:
+                break
+            backwards += [(m["id"], m["message_type"]) for m in page]
+            before = page[-1]["id"]
+        assert sorted(backwards) == sorted(whole) and len(backwards) == len(whole), "newest first, every part once"
+
+
+def test_a_runs_messages_page_by_whole_messages_between_its_cursors(letta: Letta, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(
+        model,
+        fp.Stream(fp.chat_tool_calls(model, [("c1", "add", '{"a": 2, "b": 3}')], content=["Adding."])),
+        fp.Stream(fp.chat_text(model, ["5."])),
+    )
+    agent = letta.agents.create(name="runpager", model=f"openai/{model}", tools=["add"])
+    run_id = letta.agents.messages.create(agent.id, messages=user("2 + 3?")).messages[0].run_id
+    assert run_id is not None
+    whole = letta.runs.messages.list(run_id).items
+    kinds = ["user_message", "assistant_message", "tool_call_message", "tool_return_message", "assistant_message"]
+    assert [m.message_type for m in whole] == kinds and whole[1].id == whole[2].id, "text and call: one response"
+    paged = [m.message_type for m in itertools.islice(letta.runs.messages.list(run_id, limit=2), 2 * len(whole))]
+    assert paged == kinds, "a page does not end inside a response, so the next one, after it, loses nothing"
+    between = letta.runs.messages.list(run_id, after=whole[0].id, before=whole[4].id).items
+    assert [m.message_type for m in between] == kinds[1:4]
 
 
 def test_one_message_by_id_is_a_list_of_its_parts(letta: Letta, http: httpx.Client, fake_provider: fp.FakeProvider) -> None:
