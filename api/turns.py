@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from actors.client import idempotency_key
+from actors.client import Accepted, idempotency_key
 from api.metrics import RUNS_ACCEPTED, RUNS_DEDUPLICATED
 from api.state import AppState
 from runtime import logs
@@ -21,7 +21,6 @@ from runtime.letta.model_checks import check_turn
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import SendMessageRequest
-from runtime.schemas.runs import RunView
 from runtime.schemas.turns import run_of, turn_of
 
 
@@ -34,9 +33,10 @@ async def accept_turn(
     idempotency_header: str | None = None,
     run_type: str | None = None,
     callback_url: str | None = None,
-) -> RunView:
-    """Accept a turn; returns its run (an earlier run when this send is a retry of it). A caller's
-    key with a concurrent-runs limit gets the run counted first (429 when it has none left)."""
+) -> Accepted:
+    """Accept a turn; returns its run, ``duplicate`` when this send is a retry of an earlier one
+    (whose run it joins). A caller's key with a concurrent-runs limit gets the run counted first
+    (429 when it has none left)."""
     if body.override_model:
         state.providers.validate(body.override_model)
     await check_turn(state.providers, state.agents, state.conversations, conversation, body)
@@ -64,7 +64,7 @@ async def accept_turn(
             await state.keys.release_run_slot(slot, run_id)
     else:
         RUNS_ACCEPTED.labels("stream" if body.streaming else "blocking").inc()
-    return accepted.run
+    return accepted
 
 
 async def _take_slot(state: AppState, caller: Principal, run_id: str) -> str | None:

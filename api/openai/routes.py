@@ -116,7 +116,7 @@ async def chat_completions(
         model_settings=body.model_settings(),
     )
     try:
-        run = await accept_turn(state, caller, conversation, turn, idempotency_header=idempotency_key)
+        run = (await accept_turn(state, caller, conversation, turn, idempotency_header=idempotency_key)).run
     except ConvoyError as exc:
         return openai_error_for(exc)
     reply = _Reply(state, run, body.model, include_usage=body.include_usage)

@@ -25,7 +25,7 @@ from runtime.agent.context import HISTORY_WINDOW, overview
 from runtime.errors import ConflictError, NotFoundError
 from runtime.letta import listings
 from runtime.letta.listings import system_message_id
-from runtime.letta.model_checks import check_agent, check_agent_update
+from runtime.letta.model_checks import check_agent, check_agent_update, check_window
 from runtime.schemas.agents import AgentRecord
 from runtime.schemas.auth import Principal
 from runtime.schemas.requests import (
@@ -176,8 +176,11 @@ async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State
     approvals = body.tool_approvals(tools)
     if approvals is not None:
         changes["tool_approvals"] = approvals
+    updated = current.model_copy(update=changes)
+    if changes.keys() & {"context_window_limit", "max_tokens", "model_settings"}:
+        check_window(updated)
     if changes.keys() & {"model", "model_settings", "max_tokens"}:
-        await check_agent_update(state.providers, state.conversations, current.model_copy(update=changes))
+        await check_agent_update(state.providers, state.conversations, updated)
     return await agent_state(state, await state.agents.update(agent_id, changes))
 
 
@@ -232,10 +235,11 @@ async def send_agent_message_async(
     conversation = (await state.conversations.default_of(agent_id, tenant=caller.tenant)).ref()
     turn = body.model_copy(update={"streaming": False, "background": True, "stream_tokens": False})
     url = str(body.callback_url) if body.callback_url else None
-    run = await accept_turn(
+    accepted = await accept_turn(
         state, caller, conversation, turn, idempotency_header=idempotency_key, run_type="send_message_async", callback_url=url
     )
-    if url is not None:
+    run = accepted.run
+    if url is not None and not accepted.duplicate:  # a retry joins the run and the callback already owed for it
 
         async def result() -> dict[str, Any]:
             try:

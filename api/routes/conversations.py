@@ -176,7 +176,7 @@ async def send(
     state: AppState, caller: Principal, conversation: ConversationRef, body: SendMessageRequest, idempotency_key: str | None
 ) -> Response:
     """Accept a turn, then stream its run or answer once it ends (also the agent-level routes)."""
-    run = await accept_turn(state, caller, conversation, body, idempotency_header=idempotency_key)
+    run = (await accept_turn(state, caller, conversation, body, idempotency_header=idempotency_key)).run
     if body.streaming:
 
         async def abandon() -> object:

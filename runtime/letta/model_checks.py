@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from runtime.errors import InvalidRequestError
 from runtime.providers.registry import Providers
 from runtime.schemas.agents import AgentRecord, ConversationRef
 from runtime.schemas.model_settings import ModelSettings, Origin, resolve
@@ -58,6 +59,17 @@ def check_conversation(providers: Providers, agent: AgentRecord, model: str | No
         agent_max_tokens=agent.max_tokens,
         own="conversation",
     )
+
+
+def check_window(agent: AgentRecord) -> None:
+    """An agent's output limit fits inside its context window (the answer is part of it), as a
+    create checks its body; an update is checked as the record it will store."""
+    window, output = agent.context_window_limit, agent.max_output_tokens
+    if window and output and output >= window:
+        field = "model_settings.max_output_tokens" if agent.model_settings and agent.model_settings.max_output_tokens else "max_tokens"
+        raise InvalidRequestError(
+            f"{field} ({output}) must be smaller than context_window_limit ({window}): the answer is part of the context window"
+        )
 
 
 def check_agent(providers: Providers, *, model: str, settings: ModelSettings | None, max_tokens: int | None) -> None:

@@ -293,6 +293,23 @@ def test_agent_fields_are_bounded(http: httpx.Client, store: redis.Redis, body: 
 
 
 @pytest.mark.parametrize(
+    ("stored", "patch", "needle"),
+    [
+        ({"max_tokens": 4096}, {"context_window_limit": 4000}, "max_tokens (4096) must be smaller than context_window_limit (4000)"),
+        ({"context_window_limit": 8000}, {"max_tokens": 8000}, "max_tokens (8000) must be smaller"),
+        ({"context_window_limit": 8000}, {"model_settings": {"max_output_tokens": 9000}}, "model_settings.max_output_tokens (9000)"),
+    ],
+    ids=["window-under-max-tokens", "max-tokens-over-window", "settings-over-window"],
+)
+def test_an_update_is_checked_as_the_agent_it_would_store(
+    http: httpx.Client, store: redis.Redis, stored: dict[str, Any], patch: dict[str, Any], needle: str
+) -> None:
+    agent = http.post("/v1/agents", json={"name": "patched", **stored})
+    assert agent.status_code == 200, agent.text
+    refused(http, store, "PATCH", f"/v1/agents/{agent.json()['id']}", 400, needle, json=patch)
+
+
+@pytest.mark.parametrize(
     ("body", "needle"),
     [
         ({"messages": [{"role": "user", "content": "x"}] * 257}, "messages"),

@@ -403,6 +403,20 @@ def test_async_send_returns_its_run_at_once_and_calls_back_with_the_result(
     assert [m.message_type for m in letta.runs.messages.list(run.id, order="desc").items] == ["assistant_message", "user_message"]
 
 
+def test_an_async_send_sent_again_with_its_key_joins_its_run_and_is_called_back_once(
+    letta: Letta, callback_server: tuple[str, queue.Queue[dict[str, Any]]]
+) -> None:
+    url, received = callback_server
+    agent = letta.agents.create(name="async-retry")
+    key = {"Idempotency-Key": unique("key")}
+    first = letta.agents.messages.create_async(agent.id, messages=user("once"), callback_url=url, extra_headers=key)
+    again = letta.agents.messages.create_async(agent.id, messages=user("once"), callback_url=url, extra_headers=key)
+    assert again.id == first.id, "a retry joins the run it repeats"
+    assert received.get(timeout=30)["run_id"] == first.id
+    with pytest.raises(queue.Empty):
+        received.get(timeout=2)  # the retry's own callback, had it been scheduled, leaves with the first
+
+
 def test_streaming_options_without_streaming_are_refused_on_the_agents_route(letta: Letta, http: httpx.Client) -> None:
     agent = letta.agents.create(name="options")
     refused = http.post(f"/v1/agents/{agent.id}/messages", json={"messages": user("x"), "stream_tokens": True})
