@@ -65,6 +65,7 @@ _MESSAGE: TypeAdapter[HistoryMessage] = TypeAdapter(HistoryMessage)
 MAX_PAGE = 1000
 FORGET_BATCH = 500
 RUN_SCAN_BATCH = 200
+CLOCK_SKEW_MS = 60_000  # how far an API replica's clock may run ahead of Redis's, for a run's messages
 Order = Literal["asc", "desc"]
 
 
@@ -120,11 +121,12 @@ class HistoryStore:
 
     async def of_run(self, conversation_id: str, run_id: str, *, since_ms: int) -> list[HistoryMessage]:
         """The messages a run wrote (its input among them), oldest first. A conversation runs its
-        turns one at a time, so they are together, after the run was accepted (``since_ms``):
-        the scan starts there and stops at the first message of another run after them."""
+        turns one at a time, so they are together, after the run was accepted (``since_ms``, the
+        accepting replica's clock; the entries' ids are Redis's, so the scan starts
+        ``CLOCK_SKEW_MS`` earlier) and stops at the first message of another run after them."""
         key = keyspace.history(conversation_id)
         found: list[HistoryMessage] = []
-        low = f"{since_ms}-0"
+        low = f"{max(0, since_ms - CLOCK_SKEW_MS)}-0"
         while True:
             entries = replies.entries(await self._redis.xrange(key, min=low, count=RUN_SCAN_BATCH))
             for _, fields in entries:
