@@ -39,7 +39,7 @@ from actors.directory import Directory
 from actors.mailbox import Mailbox
 from actors.router import ConversationRouter
 from runtime.agent.context import HISTORY_WINDOW
-from runtime.errors import NotFoundError, OwnerLostError, UnavailableError
+from runtime.errors import ConflictError, InvalidRequestError, NotFoundError, OwnerLostError, UnavailableError
 from runtime.metrics import QUIET, Recorder
 from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
 from runtime.schemas.messages import ApprovalRequestMessage, Ping
@@ -60,6 +60,11 @@ from runtime.stream.tailer import TailerPool
 log = logging.getLogger(__name__)
 
 WAIT_TERMINAL_S = 10.0
+
+
+# What the mailbox's accept answers when it wrote nothing (busy and approval conflicts are
+# ConflictErrors); anything else (Redis unreachable, a reply lost) may have landed.
+REFUSALS = (ConflictError, InvalidRequestError, NotFoundError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +141,12 @@ class ConversationClient:
         owner. ``idempotency``: ``idempotency_key(...)``; ``approval``: the answer to the pending
         approval the turn starts with, if any (checked against it here); ``key_id``: the API
         key whose concurrent-run slot the run holds. Refusals (busy, approval pending, unknown
-        conversation) raise the mailbox's errors and leave no trace."""
+        conversation) raise the mailbox's errors and leave no trace.
+
+        Redis failing mid-way is told apart from a refusal: an accept whose reply was lost may have
+        landed, so its run stays indexed (a retry with the same key joins it and finds it); an
+        accept that landed while its indexing failed is indexed again before its owner is woken.
+        A retry that joins its run wakes the owner too, in case the send it repeats never did."""
         first = wire.encode(Ping(id=f"ping-{turn.run_id[4:]}", run_id=turn.run_id, seq_id=1))
         # Indexing and accepting go out together; both are done before the client hears anything.
         # A run refused, or found to retry an earlier one, is unindexed again.
@@ -161,24 +171,37 @@ class ConversationClient:
             await asyncio.gather(indexing, accepting)
         except BaseException:
             await asyncio.gather(indexing, accepting, return_exceptions=True)
-            if accepting.done() and not accepting.cancelled() and accepting.exception() is not None:
-                await self._runs.unindex(run)  # refused: nothing was accepted, leave no trace
-            raise
+            if not accepting.done() or accepting.cancelled() or accepting.exception() is not None:
+                if accepting.done() and isinstance(accepting.exception(), REFUSALS):
+                    await self._runs.unindex(run)  # refused: nothing was accepted, leave no trace
+                raise
+            # Accepted, but its indexing failed: the run must be findable before anyone hears of it.
+            await through_outage(lambda: self._runs.index(run), patience_s=self._settings.store_outage_s, what="indexing a run")
         accepted = accepting.result()
         if accepted.duplicate:
             await self._runs.unindex(run)
-            return Accepted(await self._runs.get(accepted.run_id, conversation.id, tenant=None), duplicate=True)
-        try:
-            if on_busy == "interrupt":
-                assert accepted.entry_id is not None
+            joined = await self._runs.get(accepted.run_id, conversation.id, tenant=None)
+            await self._wake(conversation.id, accepted.owner, accepted.run_id)
+            return Accepted(joined, duplicate=True)
+        if on_busy == "interrupt":
+            assert accepted.entry_id is not None
+            try:
                 await self._cancel_ahead_of(conversation.id, accepted.entry_id)
-            if accepted.owner:
-                await self._router.ring(accepted.owner, conversation.id)
-            else:
-                await self._router.wake(conversation.id)
-        except (UnavailableError, RedisError, RayError) as exc:
-            log.warning("accepted a turn but could not wake its owner", extra={"run_id": turn.run_id, "error": repr(exc)})
+            except (UnavailableError, RedisError, RayError) as exc:
+                log.warning("accepted a turn but could not interrupt the runs ahead", extra={"run_id": turn.run_id, "error": repr(exc)})
+        await self._wake(conversation.id, accepted.owner, turn.run_id)
         return Accepted(run, duplicate=False)
+
+    async def _wake(self, conversation_id: str, owner: str | None, run_id: str) -> None:
+        """Ring the conversation's owner, or wake one; a failure is logged (the owner's own sweeps
+        find the turn later), never raised: the turn is accepted either way."""
+        try:
+            if owner:
+                await self._router.ring(owner, conversation_id)
+            else:
+                await self._router.wake(conversation_id)
+        except (UnavailableError, RedisError, RayError) as exc:
+            log.warning("accepted a turn but could not wake its owner", extra={"run_id": run_id, "error": repr(exc)})
 
     async def run_of_otid(self, conversation_id: str, otid: str) -> str | None:
         """The run a send with this ``otid`` started in the conversation, if any (still known)."""
