@@ -46,7 +46,7 @@ from runtime.schemas.model_settings import ModelSettings, Origin, ResolvedSettin
 from runtime.schemas.requests import ApprovalCreate, MessageCreate, ToolReturnCreate
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import TRACE_REQUEST_MAX_BYTES
-from runtime.tools.registry import ToolRegistry
+from runtime.tools.registry import ToolRegistry, ToolResult
 from runtime.tools.turn import Toolbox, Waiting, returned, waiting_calls
 
 RecordStep = Callable[[dict[str, Any]], Awaitable[None]]
@@ -167,9 +167,15 @@ async def run_turn(
     if approval is not None:
         # The answer first: its step's results (the first thing the client hears), then any
         # message sent with it, which the model sees after them.
-        results = returned(await box.resolve(approval, waiting), run_id=turn.run_id, step_id=waiting[0].step_id)
+        answer = _approval_message(turn, approval, gated)
+        step_id = waiting[0].step_id
+        try:
+            results = returned(await box.resolve(approval, waiting), run_id=turn.run_id, step_id=step_id)
+        except asyncio.CancelledError:
+            await _interrupted(persist, [answer], [w.call.call_id for w in waiting], run_id=turn.run_id, step_id=step_id)
+            raise
         await emit(results.model_copy())
-        new = [_approval_message(turn, approval, gated), results]
+        new = [answer, results]
     elif gated:
         raise ApprovalStillPendingError(f"tool calls {[w.call.call_id for w in gated]} are waiting for an answer")
     new += user_messages(turn)
@@ -223,7 +229,13 @@ async def run_turn(
                     asked = next(m for m in step.messages if isinstance(m, ApprovalRequestMessage))
                     approval_request = (asked.id, [c.tool_call_id or "" for c in asked.calls()])
                     break
-                results = returned(await box.run_all(step.tool_calls), run_id=turn.run_id, step_id=step.messages[0].step_id)
+                await record.save()  # the calls are on record before any of them runs
+                step_id = step.messages[0].step_id
+                try:
+                    results = returned(await box.run_all(step.tool_calls), run_id=turn.run_id, step_id=step_id)
+                except asyncio.CancelledError:
+                    await _interrupted(persist, [], [c.call_id for c in step.tool_calls], run_id=turn.run_id, step_id=step_id)
+                    raise
                 await emit(results.model_copy())
                 new.append(results)
                 await record.save()
@@ -241,6 +253,22 @@ async def run_turn(
         finish_reason=finish_reason,
         approval_request=approval_request,
     )
+
+
+INTERRUPTED = "no result: the turn was cancelled while this call ran; it may have taken effect"
+
+
+async def _interrupted(
+    persist: Persist | None, before: list[HistoryMessage], call_ids: list[str], *, run_id: str, step_id: str | None
+) -> None:
+    """Put on record that a cancel cut calls short while they ran (``before``: what comes first, not
+    on record yet), so the model is not told they never ran: a tool may have done its work (a sync
+    one runs to its end in its thread). Shielded: it is written as the turn is being cancelled."""
+    if persist is None:
+        return
+    results = returned([(i, ToolResult("error", INTERRUPTED)) for i in call_ids], run_id=run_id, step_id=step_id)
+    with contextlib.suppress(Exception):
+        await asyncio.shield(persist([*before, results]))
 
 
 class _Record:
