@@ -108,13 +108,16 @@ async def chat_completions(
         message = f"The model `{body.model}` does not exist: use an agent id (agent-…) or a conversation id (conv-…)"
         return openai_error(404, message, "model_not_found", param="model")
     # An OpenAI stream is a chunk per token, so a streamed answer streams the model's tokens.
-    turn = SendMessageRequest(
-        messages=body.input_messages(),
-        streaming=body.streaming,
-        stream_tokens=body.streaming,
-        include_pings=False,
-        model_settings=body.model_settings(),
-    )
+    try:
+        turn = SendMessageRequest(
+            messages=body.input_messages(),
+            streaming=body.streaming,
+            stream_tokens=body.streaming,
+            include_pings=False,
+            model_settings=body.model_settings(),
+        )
+    except ValidationError as exc:  # what only the turn as a whole can break (the body's checks passed)
+        return openai_error(400, f"invalid request: {validation_summary(exc.errors())}", "invalid_request")
     try:
         run = (await accept_turn(state, caller, conversation, turn, idempotency_header=idempotency_key)).run
     except ConvoyError as exc:

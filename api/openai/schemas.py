@@ -3,8 +3,16 @@ run's Letta stream items to them.
 
 Convoy keeps each conversation's history, so a request's ``messages`` are not replayed: the new
 input is the trailing run of ``user`` messages (everything after the last message of another
-role). Earlier messages, system and developer prompts included, are accepted and ignored: the
-agent's own system prompt and the conversation's stored history are what the model sees.
+role), after the ``tool`` messages right before them if any. Earlier messages, system and developer
+prompts included, are accepted and ignored: the agent's own system prompt and the conversation's
+stored history are what the model sees.
+
+A run that stops for tool calls the client must answer (a tool that needs approval: Letta's
+``approval_request_message``) ends with ``finish_reason: "tool_calls"``. The client answers as
+OpenAI's clients do, with a ``tool`` message per call (``tool_call_id``, the result as
+``content``), which becomes Letta's ``tool_return`` message: the conversation goes on with those
+results, and the calls are not run by the server. Results for only some of the pending calls are
+refused (400, naming the pending ones).
 
 ``ChatTranslator`` is used by both answers, so they cannot disagree: a streamed answer sends its
 deltas as ``chat.completion.chunk`` events, a non-streaming one folds the same deltas into one
@@ -30,6 +38,8 @@ from runtime.schemas.requests import (
     InputMessage,
     JsonObject,
     MessageCreate,
+    ToolReturnCreate,
+    ToolReturnsCreate,
 )
 
 MAX_HISTORY_MESSAGES = 100_000  # a client may send a long history; only its tail is used
@@ -61,6 +71,7 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)] | None = None
     name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None  # a ``tool`` message's call
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -106,23 +117,28 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("n: only one choice per request is supported")
         if self.tools:
             raise ValueError("tools: request-supplied tools are not supported; the agent's own tools are used")
-        new = self.new_messages()
-        if not new:
+        results, new = self.tool_results(), self.new_messages()
+        if not new and not results:
             raise ValueError(
-                "messages: the last message must be a user message (Convoy keeps the history; "
-                "the trailing user messages are the new input)"
+                "messages: the last message must be a user message, or the tool messages answering the "
+                "tool calls of the last answer (Convoy keeps the history; the trailing messages are the new input)"
             )
-        if len(new) > MAX_MESSAGES:
-            raise ValueError(f"messages: at most {MAX_MESSAGES} new user messages per request")
-        for message in new:
+        if len(new) > MAX_MESSAGES or len(results) > MAX_MESSAGES:
+            raise ValueError(f"messages: at most {MAX_MESSAGES} new user messages and {MAX_MESSAGES} tool results per request")
+        for message in [*results, *new]:
             if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
                 raise ValueError("messages: only text content parts are supported")
-            if not message.text():
-                raise ValueError("messages: a new user message has no text")
             if (chars := len(message.text())) > MAX_TEXT_CHARS:
                 raise ValueError(
-                    f"messages: a new user message's text parts come to {chars} characters; at most {MAX_TEXT_CHARS} per message"
+                    f"messages: a new {message.role} message's text parts come to {chars} characters; "
+                    f"at most {MAX_TEXT_CHARS} per message"
                 )
+        for message in new:
+            if not message.text():
+                raise ValueError("messages: a new user message has no text")
+        for message in results:
+            if not message.tool_call_id:
+                raise ValueError("messages: a tool message needs the tool_call_id of the call it answers")
         return self
 
     @property
@@ -135,13 +151,30 @@ class ChatCompletionRequest(BaseModel):
 
     def new_messages(self) -> list[ChatMessage]:
         """The trailing user messages: what this request adds to the conversation."""
+        return self.messages[self._users_from() :]
+
+    def tool_results(self) -> list[ChatMessage]:
+        """The ``tool`` messages right before the trailing user messages: the results of the calls
+        the conversation's last answer asked the client for."""
+        end = start = self._users_from()
+        while start > 0 and self.messages[start - 1].role == "tool":
+            start -= 1
+        return self.messages[start:end]
+
+    def _users_from(self) -> int:
         start = len(self.messages)
         while start > 0 and self.messages[start - 1].role == "user":
             start -= 1
-        return self.messages[start:]
+        return start
 
     def input_messages(self) -> list[InputMessage]:
-        return [MessageCreate(role="user", content=m.text(), name=m.name) for m in self.new_messages()]
+        """The tool results first (Letta's ``tool_return`` message), then the user's messages."""
+        results = self.tool_results()
+        answer: list[InputMessage] = []
+        if results:
+            returns = [ToolReturnCreate(tool_call_id=m.tool_call_id or "", tool_return=m.text()) for m in results]
+            answer = [ToolReturnsCreate(type="tool_return", tool_returns=returns)]
+        return [*answer, *(MessageCreate(role="user", content=m.text(), name=m.name) for m in self.new_messages())]
 
     def model_settings(self) -> ModelSettings | None:
         """This request's model settings, in Letta's shape (None when it sets none)."""

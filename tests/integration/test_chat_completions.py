@@ -239,8 +239,9 @@ def test_unknown_models_are_404_in_openai_shape(oai: OpenAI, http: httpx.Client)
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 600_000}] * 2}]},
             "text parts come to 1200000 characters; at most 1000000",
         ),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "needs the tool_call_id"),
     ],
-    ids=["trailing-assistant", "empty", "image", "n", "tools", "role", "parts-too-long-together"],
+    ids=["trailing-assistant", "empty", "image", "n", "tools", "role", "parts-too-long-together", "tool-without-call-id"],
 )
 def test_bad_requests_are_400_and_write_nothing(http: httpx.Client, body: dict[str, Any], says: str) -> None:
     agent = new_agent(http)
@@ -251,6 +252,31 @@ def test_bad_requests_are_400_and_write_nothing(http: httpx.Client, body: dict[s
     assert reply.headers["x-should-retry"] == "false"
     assert runs_of(http, agent) == []
     assert http.get(f"/v1/conversations/conv-{agent.removeprefix('agent-')}").status_code == 404
+
+
+def test_tool_calls_are_answered_with_tool_messages_and_the_conversation_goes_on(
+    oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider
+) -> None:
+    model = unique("gpt")
+    calls = [("t1", "transfer", '{"amount": 5, "to": "bob"}'), ("t2", "transfer", '{"amount": 7, "to": "al"}')]
+    fake_provider.script(model, fp.Stream(fp.chat_tool_calls(model, calls)), fp.Stream(fp.chat_text(model, ["Paid."])))
+    agent = http.post("/v1/agents", json={"name": "payer", "model": f"openai/{model}", "tools": ["transfer"]}).json()["id"]
+    asked = oai.chat.completions.create(model=agent, messages=user("pay bob 5 and al 7"))
+    choice = asked.choices[0]
+    assert choice.finish_reason == "tool_calls" and [c.id for c in choice.message.tool_calls or []] == ["t1", "t2"]
+
+    so_far = [*user("pay bob 5 and al 7"), choice.message.model_dump(exclude_none=True)]
+    one = [*so_far, {"role": "tool", "tool_call_id": "t1", "content": "sent 5 to bob"}]
+    with pytest.raises(openai.BadRequestError, match="t1, t2"):
+        oai.chat.completions.create(model=agent, messages=one)  # t2 is still waiting
+    both = [*one, {"role": "tool", "tool_call_id": "t2", "content": "sent 7 to al"}]
+    done = oai.chat.completions.create(model=agent, messages=both)
+    assert done.choices[0].finish_reason == "stop" and done.choices[0].message.content == "Paid."
+    sent = [m for m in fake_provider.calls(model)[1].body["messages"] if m["role"] == "tool"]
+    assert sent == [
+        {"role": "tool", "tool_call_id": "t1", "content": "sent 5 to bob"},
+        {"role": "tool", "tool_call_id": "t2", "content": "sent 7 to al"},
+    ], "the client's results, not a run of the tool"
 
 
 def test_malformed_json_is_400(http: httpx.Client) -> None:
