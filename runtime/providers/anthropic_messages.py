@@ -56,7 +56,7 @@ def _assistant_content(m: ChatMessage) -> list[dict[str, Any]]:
             blocks.append({"type": "redacted_thinking", "data": r.redacted})
         elif r.signature:  # unsigned reasoning (another provider's) cannot be sent back
             blocks.append({"type": "thinking", "thinking": r.text, "signature": r.signature})
-    if m.content:
+    if m.content.strip():  # Anthropic refuses a text block of whitespace alone (400)
         blocks.append({"type": "text", "text": m.content})
     blocks += [{"type": "tool_use", "id": c.call_id, "name": c.name, "input": _arguments(c.arguments)} for c in m.tool_calls]
     return blocks
@@ -73,7 +73,9 @@ def _messages(history: list[ChatMessage]) -> list[dict[str, Any]]:
             else:
                 out.append({"role": "user", "content": [block]})
         elif m.role == "assistant":
-            out.append({"role": "assistant", "content": _assistant_content(m)})
+            content = _assistant_content(m)
+            if content:  # an answer of whitespace alone (or of unsigned reasoning alone) says nothing Anthropic takes
+                out.append({"role": "assistant", "content": content})
         else:
             out.append({"role": "user", "content": m.content})
     return out
