@@ -8,6 +8,8 @@ than a quarter of the window (so a small window still leaves room for the prompt
 
 - If the system prompt and tool schemas alone exceed the budget, the turn fails with
   ``context_window_overflow_in_system_prompt``.
+- A request starts at a user message: a head the history window cut out of its turn (a tool
+  result without its call, the model's call or answer) is left out whatever the budget (``_head``).
 - Otherwise the oldest whole turns of the history are left out until the rest fits. A turn starts
   at a user message (tool calls stay with their results). **The current input is never cut**: a
   request of several user messages is one input, kept whole with everything after it.
@@ -104,8 +106,8 @@ def fit(
     starts = [i for i, m in enumerate(messages) if m.role == "user"]
     current = starts[-max(1, inputs)] if len(starts) >= max(1, inputs) else 0
     costs = [_chars(m) // CHARS_PER_TOKEN + 1 for m in messages]
-    total = fixed + sum(costs)
-    cut = 0
+    cut = _head(messages, starts)
+    total = fixed + sum(costs[cut:])
     for start in starts:  # cut only at the start of a turn, and never into the current input
         if total <= budget or start > current:
             break
@@ -115,6 +117,19 @@ def fit(
     if total > budget and inputs:
         _check_input(messages[current : current + _span(messages, current, inputs)], budget - fixed, window, reserve, fixed)
     return list(messages[cut:]), cut
+
+
+def _head(messages: Sequence[ChatMessage], starts: Sequence[int]) -> int:
+    """Where a request may start: at its first user message. The history window
+    (``HISTORY_WINDOW`` stored messages) can begin inside a turn, at a tool result whose call it
+    left out or at the model's call or answer; every provider refuses such a head (OpenAI: a
+    ``tool`` message with no ``tool_calls`` before it; Anthropic: a ``tool_result`` for an unknown
+    ``tool_use_id``; Gemini: a function call or response not right after a user turn), so the rest
+    of that turn is left out, as an over-budget cut would leave it. Only a window with no user
+    message at all (one turn longer than the window) starts at its first non-tool message."""
+    if starts:
+        return starts[0]
+    return next((i for i, m in enumerate(messages) if m.role != "tool"), len(messages))
 
 
 def _span(messages: Sequence[ChatMessage], start: int, inputs: int) -> int:

@@ -37,7 +37,9 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
     one assistant message (``parts`` keeps them in their order); each tool return becomes a tool
     message. A tool call that never got a
     result (its approval was cancelled, its turn failed) gets an error result, because providers
-    refuse a history with unanswered calls.
+    refuse a history with unanswered calls. For the same reason a result is kept only as the answer
+    to an open call before it: one whose call lies before the history's start (the window cut
+    between them) or that answers a call already answered or closed is left out.
     """
     chat: list[ChatMessage] = []
     group: list[HistoryMessage] = []
@@ -69,8 +71,9 @@ def to_chat(history: Sequence[HistoryMessage]) -> list[ChatMessage]:
         flush()
         if isinstance(message, ToolReturnMessage):
             for result in message.returns():
-                if result.tool_call_id in open_calls:
-                    open_calls.remove(result.tool_call_id)
+                if result.tool_call_id not in open_calls:
+                    continue  # its call is not in this history, or already has its result
+                open_calls.remove(result.tool_call_id)
                 chat.append(
                     ChatMessage("tool", result.tool_return, tool_call_id=result.tool_call_id, is_error=result.status == "error")
                 )
