@@ -54,6 +54,37 @@ def _message(m: ChatMessage) -> dict[str, Any]:
     return {"role": m.role, "content": m.content}
 
 
+class _CallIndexes:
+    """Which call of the response a tool-call delta belongs to.
+
+    OpenAI numbers every delta with ``index``. Some compatible servers (Gemini's OpenAI endpoint,
+    older Ollama, mistral.rs, proxies) leave it out or send ``null``; keyed by a missing index,
+    parallel calls would fail the step or merge into one call with invalid arguments. Without an
+    index, a delta with an ``id`` not seen before opens a new call (numbered after every call so
+    far), one with a known ``id`` continues that call, and one without an ``id`` continues the
+    latest call."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, int] = {}
+        self._latest: int | None = None
+        self._next = 0
+
+    def of(self, call: dict[str, Any]) -> int:
+        index, call_id = call.get("index"), call.get("id") or None
+        if not isinstance(index, int):
+            if isinstance(call_id, str) and call_id in self._by_id:
+                index = self._by_id[call_id]
+            elif call_id is None and self._latest is not None:
+                index = self._latest
+            else:
+                index = self._next
+        if isinstance(call_id, str):
+            self._by_id.setdefault(call_id, index)
+        self._latest = index
+        self._next = max(self._next, index + 1)
+        return index
+
+
 def _settings(request: LLMRequest) -> dict[str, Any]:
     """The model settings as Chat Completions parameters (``parallel_tool_calls`` only with tools:
     OpenAI refuses it without)."""
@@ -132,6 +163,7 @@ class OpenAIChatAdapter:
         )
         finish: str | None = None
         refused = False
+        indexes = _CallIndexes()
         try:
             require_event_stream(stream.response, self._provider)
             described = False
@@ -155,7 +187,7 @@ class OpenAIChatAdapter:
                     for call in delta.get("tool_calls") or ():
                         function = call.get("function") or {}
                         yield ToolCallDelta(
-                            index=call["index"],
+                            index=indexes.of(call),
                             call_id=call.get("id"),
                             name=function.get("name"),
                             arguments=function.get("arguments") or "",
