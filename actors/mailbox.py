@@ -46,7 +46,9 @@ from runtime.store.runs import START_RUN_LUA, now_ms
 # Returns {1, entry id, current owner or ''} accepted, {0, active run id} busy, {2, existing run id}
 # duplicate, {3, request id} an approval is pending, {4, ''} no approval is pending,
 # {5, run id} the approval was already answered, {6, request id} the answer names another request,
-# {7, ''} the conversation does not exist, {8, pending call ids} the answer names other calls.
+# {7, ''} the conversation does not exist, {8, pending call ids} the answer names other calls (or
+# not all of them), {9, call id} the answer names a call twice (counted twice, it would pass for
+# "all calls named" while another call got no decision).
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[7]) == 0 then return {7, ''} end
 if ARGV[7] == '1' then
@@ -61,9 +63,11 @@ if ARGV[8] == 'a' then
   if ARGV[9] ~= '' and ARGV[9] ~= pending then return {6, pending} end
   local calls = redis.call('HGET', KEYS[6], 'calls') or ''
   if ARGV[10] ~= '' and calls ~= '' then
-    local named = 0
+    local named, seen = 0, {}
     for id in string.gmatch(ARGV[10], '[^,]+') do
       if not string.find(',' .. calls .. ',', ',' .. id .. ',', 1, true) then return {8, calls} end
+      if seen[id] then return {9, id} end
+      seen[id] = true
       named = named + 1
     end
     local _, commas = string.gsub(calls, ',', '')
@@ -169,8 +173,9 @@ class Mailbox:
 
         While an approval is pending only its answer gets in (``answers_approval``: the request id
         it names, or "" for whichever is pending); other messages raise PendingApprovalError. An
-        answer that names calls (``answered_calls``) must name pending calls only, and all of them
-        when it decides nothing for the rest (``answers_all_calls``)."""
+        answer that names calls (``answered_calls``) must name pending calls only, each once, and all
+        of them when it decides nothing for the rest (``answers_all_calls``): otherwise it raises
+        InvalidRequestError naming the calls at fault, before any tool could run on it."""
         flat: list[str | int] = []
         for name, value in run_fields.items():
             flat.extend((name, value))
@@ -215,9 +220,9 @@ class Mailbox:
         if int(code) == 6:
             raise InvalidRequestError(f"approval_request_id does not match the pending approval request {text}")
         if int(code) == 8:
-            raise InvalidRequestError(
-                f"Invalid tool call IDs. Expected '{text.replace(',', ', ')}', but received '{', '.join(answered_calls)}'."
-            )
+            raise _calls_mismatch(text.split(","), answered_calls)
+        if int(code) == 9:
+            raise InvalidRequestError(f"each pending tool call takes exactly one decision; {text} is decided more than once")
         if int(code) == 7:
             raise NotFoundError(f"conversation {conversation_id} not found")
         if int(code) == 2:
@@ -254,3 +259,13 @@ class Mailbox:
         """Run ids of every unfinished entry (accepted before entry ``before``), oldest first."""
         entries = replies.entries(await self._redis.xrange(keyspace.mailbox(conversation_id), max=f"({before}" if before else "+"))
         return [fields[b"r"].decode() for _, fields in entries]
+
+
+def _calls_mismatch(pending: list[str], answered_calls: tuple[str, ...]) -> InvalidRequestError:
+    """Letta's message for an answer naming other calls than the pending ones, saying which."""
+    stray = [c for c in answered_calls if c not in pending]
+    missing = [c for c in pending if c not in answered_calls]
+    detail = f"not pending: {stray}" if stray else f"no decision for: {missing}"
+    return InvalidRequestError(
+        f"Invalid tool call IDs. Expected '{', '.join(pending)}', but received '{', '.join(answered_calls)}' ({detail})."
+    )

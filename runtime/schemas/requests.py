@@ -302,6 +302,12 @@ class SendMessageRequest(BaseModel):
         doubled = _doubled([tool.name for tool in self.client_tools or ()])
         if doubled:
             raise ValueError(f"client_tools: each tool name must be unique; sent more than once: {doubled}")
+        approval = self.approval
+        decided = _doubled([d.tool_call_id for d in approval.approvals or ()]) if approval is not None else []
+        if decided:
+            raise ValueError(
+                f"approvals: each pending tool call takes exactly one decision; decided more than once: {decided}"
+            )
         refused = _refused(self)
         if refused:
             raise ValueError(refused)

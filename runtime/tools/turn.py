@@ -111,14 +111,9 @@ class Toolbox:
 
     async def resolve(self, approval: ApprovalCreate, waiting: Sequence[Waiting]) -> list[tuple[str, ToolResult]]:
         """The results of every waiting call, in the order they were asked: the gated ones as the
-        client decided, the others run (all in parallel)."""
-        gated = {w.call.call_id for w in waiting if w.gated}
-        if not gated:
-            raise InvalidApprovalError("no tool call is waiting for approval in this conversation")
-        decisions: dict[str, ApprovalReturn | ToolReturnCreate] = {d.tool_call_id: d for d in approval.approvals or ()}
-        stray = sorted(set(decisions) - gated)
-        if stray:
-            raise InvalidApprovalError(f"tool_call_id {stray} are not waiting; waiting: {sorted(gated)}")
+        client decided, the others run (all in parallel). The answer is checked whole first
+        (``_decisions``): an invalid one raises InvalidApprovalError before any tool runs."""
+        decisions = _decisions(approval, waiting)
 
         async def one(waiting_call: Waiting) -> ToolResult:
             call = waiting_call.call
@@ -142,6 +137,27 @@ class Toolbox:
         if self.is_client_tool(call.name):
             return ToolResult("error", f"{call.name} runs on the client: approving it is not enough, return its result")
         return await self.run(call)
+
+
+def _decisions(approval: ApprovalCreate, waiting: Sequence[Waiting]) -> dict[str, ApprovalReturn | ToolReturnCreate]:
+    """The client's decisions by call id, once each is known to be good: every call it names waits
+    for a decision, none is named twice, and each gated call has one (or the answer's blanket
+    ``approve``). Checked before anything runs, so a bad answer never leaves tools running for a
+    turn that then fails."""
+    gated = [w.call.call_id for w in waiting if w.gated]
+    if not gated:
+        raise InvalidApprovalError("no tool call is waiting for approval in this conversation")
+    named = [d.tool_call_id for d in approval.approvals or ()]
+    stray = sorted(set(named) - set(gated))
+    if stray:
+        raise InvalidApprovalError(f"tool_call_id {stray} are not waiting; waiting: {sorted(gated)}")
+    twice = sorted({c for c in named if named.count(c) > 1})
+    if twice:
+        raise InvalidApprovalError(f"each waiting tool call takes exactly one decision; decided more than once: {twice}")
+    undecided = [c for c in gated if c not in named]
+    if undecided and approval.approve is None:
+        raise InvalidApprovalError(f"no decision for tool calls {undecided}")
+    return {d.tool_call_id: d for d in approval.approvals or ()}
 
 
 def returned(results: Sequence[tuple[str, ToolResult]], *, run_id: str, step_id: str | None) -> ToolReturnMessage:

@@ -17,10 +17,15 @@ import httpx
 import pytest
 import redis
 
+from actors.mailbox import Mailbox
 from bench import upstream as fp
 from bench.upstream import gemini as fg
+from runtime.errors import InvalidRequestError
+from runtime.ids import new_id
+from runtime.settings import Settings
 from runtime.store import keyspace
-from tests.conftest import eventually
+from runtime.store.connection import connect
+from tests.conftest import eventually, redis_snapshot
 from tests.integration.test_providers import Turn, send, steps, unique
 
 
@@ -442,3 +447,54 @@ async def test_an_answer_whose_host_dies_mid_run_closes_its_approval(
     sent = fake_provider.calls(model)[-1].body["messages"]
     # the answer is on record (its input was kept before its step began), so the call has its result
     assert sent[-2] == {"role": "tool", "tool_call_id": "l1", "content": "Paris"}
+
+
+async def test_an_answer_deciding_one_call_twice_is_refused_before_any_tool_runs(
+    client: httpx.AsyncClient, store: redis.Redis, convoy: Any, fake_provider: fp.FakeProvider
+) -> None:
+    """Regression (G5): with b1 and b2 waiting, ``approvals: [b1, b1]`` passed the "all calls
+    named" count; the turn ran the step's server call and b1, then failed ``invalid_approval`` on
+    b2 and closed the approval, the tools' results on record nowhere."""
+    model = unique("gpt")
+    calls = [
+        ("a1", "add", '{"a": 1, "b": 1}'),
+        ("b1", "transfer", '{"amount": 1, "to": "ann"}'),
+        ("b2", "transfer", '{"amount": 2, "to": "bob"}'),
+    ]
+    fake_provider.script(model, fp.Stream(fp.chat_tool_calls(model, calls)))
+    conv = await agent_conversation(client, model, tools=["add", "transfer"])
+    asked = await send(client, conv, "pay both")
+    assert asked.stop_reason == "requires_approval"
+    before = redis_snapshot(store)
+
+    twice = {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": "b1", "approve": True}] * 2}
+    refused = await client.post(f"/v1/conversations/{conv}/messages", json={"messages": [twice], "streaming": False})
+    assert refused.status_code == 422, refused.text
+    assert "each pending tool call takes exactly one decision; decided more than once: ['b1']" in refused.json()["message"]
+    # Any other way in meets the same refusal where the answer is accepted, atomically.
+    redis_async = connect(Settings(redis_url=convoy.redis_url))
+    try:
+        with pytest.raises(InvalidRequestError, match="b1 is decided more than once"):
+            await Mailbox(redis_async).accept(
+                conv, new_id("run"), b"{}", on_busy="queue", run_fields={}, first_item=b"", stream_ttl_s=60, run_ttl_s=60,
+                answers_approval="", answered_calls=("b1", "b1"), answers_all_calls=True,
+            )
+    finally:
+        await redis_async.aclose()
+    assert redis_snapshot(store) == before, "nothing was written for the refused answers"
+
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["Paid ann."])))
+    whole = {
+        "type": "approval",
+        "approvals": [
+            {"type": "approval", "tool_call_id": "b1", "approve": True},
+            {"type": "approval", "tool_call_id": "b2", "approve": False, "reason": "not bob"},
+        ],
+    }
+    done = await send(client, conv, messages=[whole])
+    results = tool_returns(done)
+    assert [(c, r["status"]) for c, r in results.items()] == [("a1", "success"), ("b1", "success"), ("b2", "error")]
+    assert results["b1"]["tool_return"] == "sent 1 to ann" and "not bob" in results["b2"]["tool_return"]
+    assert done.text == "Paid ann." and done.stop_reason == "end_turn"
+    history = (await client.get(f"/v1/conversations/{conv}/messages", params={"limit": 50, "order": "asc"})).json()
+    assert [m["message_type"] for m in history].count("tool_return_message") == 1, "the step's tools ran once"
