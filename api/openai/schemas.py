@@ -134,8 +134,8 @@ class ChatCompletionRequest(BaseModel):
                     f"at most {MAX_TEXT_CHARS} per message"
                 )
         for message in new:
-            if not message.text():
-                raise ValueError("messages: a new user message has no text")
+            if not message.text().strip():
+                raise ValueError("messages: a new user message has no text (or only whitespace)")
         for message in results:
             if not message.tool_call_id:
                 raise ValueError("messages: a tool message needs the tool_call_id of the call it answers")

@@ -122,8 +122,8 @@ class MessageCreate(BaseModel):
             )
         if self.group_id is not None or self.batch_item_id is not None:
             raise ValueError("group_id and batch_item_id name Letta groups and batches, which Convoy does not have")
-        if not self.text():
-            raise ValueError("a message needs text; its content is empty")
+        if not self.text().strip():  # whitespace alone is no message (Anthropic refuses it outright)
+            raise ValueError("a message needs text; its content is empty or only whitespace")
         return self
 
     def text(self) -> str:
@@ -292,8 +292,8 @@ class SendMessageRequest(BaseModel):
             raise ValueError("send either 'messages' or 'input', not both")
         if not self.messages and self.input is None:
             raise ValueError("send at least one message: 'messages' (a list) or 'input' (a string)")
-        if self.input is not None and not self._input_text():
-            raise ValueError("input: a message needs text; it is empty")
+        if self.input is not None and not self._input_text().strip():
+            raise ValueError("input: a message needs text; it is empty or only whitespace")
         answers = [i for i, m in enumerate(self.messages or ()) if not isinstance(m, MessageCreate)]
         if answers and answers != [0]:
             raise ValueError(

@@ -316,6 +316,8 @@ def test_an_update_is_checked_as_the_agent_it_would_store(
         ({"input": [{"type": "text", "text": "x"}] * 257}, "input"),
         ({"input": "x" * 1_000_001}, "input"),
         ({"input": ""}, "needs text"),
+        ({"input": " \n\t "}, "only whitespace"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "  "}]}]}, "only whitespace"),
         ({"input": [{"type": "text", "text": ""}]}, "needs text"),
         ({"messages": [{"role": "user", "content": ""}]}, "messages.0.message: a message needs text"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.message.role"),
