@@ -308,12 +308,16 @@ class ConversationClient:
         up_to: str | None,
         model: str | None,
         model_settings: ModelSettings | None,
+        context_window_limit: int | None = None,
+        hidden: bool = False,
     ) -> ConversationRecord:
         """A new conversation of ``agent`` that starts with the messages of ``source_id`` the model is
         shown (``HISTORY_WINDOW``), up to and including ``up_to``; 404 if ``up_to`` is not one of
         them. Written before anyone can know the new id, so no owner can be writing it."""
         messages = await self._history.window(source_id, limit=HISTORY_WINDOW, through=up_to)
-        record = await self._conversations.create(agent, model=model, model_settings=model_settings)
+        record = await self._conversations.create(
+            agent, model=model, model_settings=model_settings, context_window_limit=context_window_limit, hidden=hidden
+        )
         try:
             await self._history.seed(record.id, messages)
         except BaseException:

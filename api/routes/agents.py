@@ -290,8 +290,11 @@ async def context_window(
     token counts are Convoy's estimates (``runtime.agent.context``), the same that decide what
     the model is shown."""
     agent = await state.agents.get(agent_id, tenant=caller.tenant)
-    if conversation_id is not None and (await state.conversations.get(conversation_id, tenant=caller.tenant)).agent_id != agent_id:
-        raise NotFoundError(f"conversation {conversation_id} not found for agent {agent_id}")
+    if conversation_id is not None:
+        conversation = await state.conversations.get(conversation_id, tenant=caller.tenant)
+        if conversation.agent_id != agent_id:
+            raise NotFoundError(f"conversation {conversation_id} not found for agent {agent_id}")
+        agent = conversation.window_of(agent)  # its own context window, if it sets one
     history = await state.history.recent(conversation_id or default_conversation_id(agent_id), limit=HISTORY_WINDOW)
     return overview(agent, Toolbox(state.tools, tuple(agent.tools)).specs(), history)
 

@@ -7,10 +7,12 @@ agent's id) takes that form too (``runtime.letta.targets``)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Caller
 from api.responses import collect_response
@@ -22,12 +24,21 @@ from runtime.agent.context import HISTORY_WINDOW, render_system
 from runtime.errors import ConflictError, InvalidRequestError
 from runtime.letta import listings
 from runtime.letta.listings import system_message_id
-from runtime.letta.model_checks import check_conversation
+from runtime.letta.model_checks import check_conversation, check_conversation_window
 from runtime.letta.targets import agent_of, target
 from runtime.letta.targets import conversation as conversation_of
 from runtime.schemas.agents import ConversationRecord, ConversationRef
 from runtime.schemas.auth import Principal
-from runtime.schemas.requests import CreateConversationRequest, MessageType, ResumeRequest, SendMessageRequest
+from runtime.schemas.model_settings import ModelSettings
+from runtime.schemas.requests import (
+    MAX_CONTEXT_TOKENS,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
+    CreateConversationRequest,
+    MessageType,
+    ResumeRequest,
+    SendMessageRequest,
+)
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -45,29 +56,58 @@ async def create_conversation(
     if body.model:
         state.providers.validate(body.model)
     check_conversation(state.providers, agent, body.model, body.model_settings)
-    record = await state.conversations.create(agent, summary=body.summary, model=body.model, model_settings=body.model_settings)
+    check_conversation_window(agent, body.context_window_limit, body.model_settings)
+    record = await state.conversations.create(
+        agent,
+        summary=body.summary,
+        model=body.model,
+        description=body.description,
+        model_settings=body.model_settings,
+        context_window_limit=body.context_window_limit,
+        hidden=body.hidden,
+    )
     return await _view(state, record, caller)
 
 
-class UpdateConversationRequest(CreateConversationRequest):
-    """Body of ``PATCH /v1/conversations/{id}``: only the fields sent change (``null``: unchanged);
-    ``model_settings`` is replaced as a whole (``{}`` clears it)."""
+class UpdateConversationRequest(BaseModel):
+    """Body of ``PATCH /v1/conversations/{id}`` (Letta's ``ConversationUpdate``): only the fields sent
+    change (``null``: unchanged); ``model_settings`` is replaced as a whole (``{}`` clears it);
+    ``archived`` files the conversation away from the default listing, or brings it back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    summary: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    model_settings: ModelSettings | None = None
+    context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
+    archived: bool | None = None
+    last_message_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _settable(self) -> UpdateConversationRequest:
+        if self.last_message_at is not None:
+            raise ValueError("last_message_at: Convoy keeps it from the conversation's runs; it cannot be set")
+        return self
 
 
-@router.patch("/{conversation_id}", summary="Update a conversation (summary, model, model settings)")
+@router.patch("/{conversation_id}", summary="Update a conversation (summary, description, model, settings, window, archived)")
 async def update_conversation(
     conversation_id: ConversationId, body: UpdateConversationRequest, state: State, caller: Caller
 ) -> dict[str, Any]:
-    """Later turns use the new values; a model or settings the provider cannot honour is a 400 and
-    changes nothing."""
+    """Later turns use the new values; a model, settings or window the conversation's model cannot
+    honour is a 400 and changes nothing."""
     current = await state.conversations.get(conversation_id, tenant=caller.tenant)
     changes = {name: getattr(body, name) for name in body.model_fields_set if getattr(body, name) is not None}
     if "model" in changes:
         state.providers.validate(changes["model"])
-    if changes.keys() & {"model", "model_settings"}:
+    if "archived" in changes and changes["archived"] != current.archived:
+        changes["archived_at"] = datetime.now(UTC) if changes["archived"] else None
+    if changes.keys() & {"model", "model_settings", "context_window_limit"}:
         after = current.model_copy(update=changes)
         agent = await state.agents.get(current.agent_id, tenant=caller.tenant)
         check_conversation(state.providers, agent, after.model, after.model_settings)
+        check_conversation_window(agent, after.context_window_limit, after.model_settings)
     return await _view(state, await state.conversations.update(conversation_id, changes), caller)
 
 
@@ -90,14 +130,26 @@ async def list_conversations(
     after: ConversationIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     order_by: Annotated[Literal["created_at", "last_message_at"], Query()] = "created_at",
+    archive_status: Annotated[Literal["unarchived", "archived", "all"], Query()] = "unarchived",
+    summary_search: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
 ) -> list[dict[str, Any]]:
     """Newest first unless ``order=asc``, by creation or by last message (never messaged: last).
     An agent's own history (its default conversation) is not listed, as in Letta, where it is no
-    conversation at all."""
+    conversation at all, and neither is a hidden one. ``archive_status``: the conversations not
+    archived (the default), the archived ones, or all; ``summary_search``: only those whose summary
+    holds that text (case-insensitive)."""
     if agent_id is not None:
         await state.agents.get(agent_id, tenant=caller.tenant)
     found = await listings.conversations(
-        state.conversations, tenant=caller.tenant, agent_id=agent_id, limit=limit, after=after, order=order, order_by=order_by
+        state.conversations,
+        tenant=caller.tenant,
+        agent_id=agent_id,
+        limit=limit,
+        after=after,
+        order=order,
+        order_by=order_by,
+        archive_status=archive_status,
+        summary_search=summary_search,
     )
     last = await state.conversations.last_message_at([c.id for c in found], tenant=caller.tenant)
     return [c.view(last_message_at=last.get(c.id)) for c in found]
@@ -118,9 +170,11 @@ async def fork_conversation(
     caller: Caller,
     agent_id: AgentIdQuery | None = None,
     message_id: MessageIdQuery | None = None,
+    hidden: bool = False,
 ) -> dict[str, Any]:
     """A new conversation of the same agent holding the source's messages (those the model is
-    shown), up to and including ``message_id`` when given; the source is unchanged."""
+    shown), up to and including ``message_id`` when given, with the source's model, settings and
+    context window; ``hidden`` leaves it out of listings. The source is unchanged."""
     where = target(conversation_id, agent_id)
     agent, source = await agent_of(state.agents, state.conversations, where, tenant=caller.tenant)
     record = await state.client.fork(
@@ -129,6 +183,8 @@ async def fork_conversation(
         up_to=None if message_id == system_message_id(where.conversation_id) else message_id,
         model=source.model if source else None,
         model_settings=source.model_settings if source else None,
+        context_window_limit=source.context_window_limit if source else None,
+        hidden=hidden,
     )
     return await _view(state, record, caller)
 

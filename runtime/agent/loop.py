@@ -188,6 +188,7 @@ async def run_turn(
     finish_reason: str | None = None
     approval_request: tuple[str, list[str]] | None = None  # (request id, the call ids it waits for)
     inputs = sum(isinstance(m, UserMessage) for m in new)
+    window = conversation.window_of(agent).context_window
     record = _Record(persist, new)  # the input goes to the history now, alongside the first request
     try:
         for index in range(turn.max_steps):
@@ -195,7 +196,7 @@ async def run_turn(
                 raise asyncio.CancelledError
             converted = chats.convert([*history, *new])
             reserve = settings.max_output_tokens
-            messages, dropped = fit(system, specs, converted, window=agent.context_window, reserve=reserve, inputs=inputs)
+            messages, dropped = fit(system, specs, converted, window=window, reserve=reserve, inputs=inputs)
             request = LLMRequest(
                 model=model.name, system=system, messages=messages, tools=specs, max_output_tokens=reserve, settings=generation
             )

@@ -220,15 +220,26 @@ async def conversations(
     after: str | None,
     order: Order,
     order_by: Literal["created_at", "last_message_at"],
+    archive_status: Literal["unarchived", "archived", "all"] = "unarchived",
+    summary_search: str | None = None,
 ) -> list[ConversationRecord]:
     """The tenant's conversations (or ``agent_id``'s) by creation or by last message, but the
     agents' own histories (their default conversations), which Letta does not list: there they
-    are no conversation at all."""
+    are no conversation at all, and the hidden ones. ``archive_status``: which of archived and not
+    archived; ``summary_search``: only those whose summary holds it (case-insensitive)."""
+    needle = summary_search.casefold() if summary_search else None
+
+    def wanted(c: ConversationRecord) -> bool:
+        if c.is_default or c.hidden:
+            return False
+        if archive_status != "all" and c.archived != (archive_status == "archived"):
+            return False
+        return needle is None or needle in (c.summary or "").casefold()
 
     def page(cursor: str | None, size: int) -> Awaitable[list[ConversationRecord]]:
         return store.list(tenant=tenant, agent_id=agent_id, limit=size, after=cursor, order=order, order_by=order_by)
 
-    return await _filtered(page, lambda c: not c.is_default, limit=limit, page_size=limit, after=after)
+    return await _filtered(page, wanted, limit=limit, page_size=limit, after=after)
 
 
 async def _filtered(

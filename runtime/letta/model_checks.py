@@ -72,6 +72,17 @@ def check_window(agent: AgentRecord) -> None:
         )
 
 
+def check_conversation_window(agent: AgentRecord, window: int | None, settings: ModelSettings | None) -> None:
+    """A conversation's own context window (``window``) holds its answer's limit (its
+    ``settings``', else its agent's), as an agent's must (``check_window``)."""
+    output = (settings.max_output_tokens if settings else None) or agent.max_output_tokens
+    if window and output and output >= window:
+        raise InvalidRequestError(
+            f"context_window_limit ({window}) must be larger than the answer's limit of {output} tokens "
+            "(the conversation's or its agent's max output tokens): the answer is part of the context window"
+        )
+
+
 def check_agent(providers: Providers, *, model: str, settings: ModelSettings | None, max_tokens: int | None) -> None:
     """An agent's own settings on its model."""
     _check(providers, model, (("agent", settings),), agent_max_tokens=max_tokens, own="agent")
@@ -87,6 +98,7 @@ async def check_agent_update(providers: Providers, conversations: ConversationSt
         for conversation in page:
             if conversation.model or conversation.model_settings:
                 check_conversation(providers, agent, conversation.model, conversation.model_settings)
+            check_conversation_window(agent, conversation.context_window_limit, conversation.model_settings)
         if len(page) < MAX_PAGE:
             return
         after = page[-1].id

@@ -103,8 +103,13 @@ class ConversationRecord(BaseModel):
     agent_id: str
     tenant: str = DEFAULT_TENANT
     summary: str | None = None
+    description: str | None = None
     model: str | None = None
     model_settings: ModelSettings | None = None
+    context_window_limit: int | None = None  # over the agent's, for this conversation's turns
+    hidden: bool = False  # left out of listings (Letta's ``hidden``)
+    archived: bool = False  # listed only when archived ones are asked for (``archive_status``)
+    archived_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -117,9 +122,16 @@ class ConversationRecord(BaseModel):
         derived from the agent's, ``runtime.store.agents.default_conversation_id``)."""
         return self.id.removeprefix("conv-") == self.agent_id.removeprefix("agent-")
 
+    def window_of(self, agent: AgentRecord) -> AgentRecord:
+        """``agent`` as this conversation's turns see it: with the conversation's context window
+        when it sets one."""
+        if self.context_window_limit is None:
+            return agent
+        return agent.model_copy(update={"context_window_limit": self.context_window_limit})
+
     def view(self, *, last_message_at: datetime | None = None) -> dict[str, Any]:
         """The conversation as Letta's ``Conversation``."""
-        view = self.model_dump(mode="json", exclude={"tenant", "model_settings"})
+        view = self.model_dump(mode="json", exclude={"tenant", "model_settings", "hidden"})
         view["model_settings"] = self.model_settings.model_dump(mode="json", exclude_none=True) if self.model_settings else None
         view["last_message_at"] = last_message_at.isoformat() if last_message_at else None
         return view

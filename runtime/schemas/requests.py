@@ -451,11 +451,18 @@ class CreateAgentRequest(BaseModel):
 
 
 class CreateConversationRequest(BaseModel):
+    """Body of ``POST /v1/conversations`` (Letta's ``ConversationCreate``, less ``agent_id``, which
+    is a query parameter). ``context_window_limit`` overrides the agent's for this conversation's
+    turns; ``hidden`` leaves it out of listings."""
+
     model_config = ConfigDict(extra="ignore")
 
     summary: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     model_settings: ModelSettings | None = None
+    context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
+    hidden: bool = False
 
 
 MAX_SEQ = 2**53  # larger cursors are nonsense, and are refused as such

@@ -79,7 +79,9 @@ UPDATABLE = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens",
      "model_settings", "tool_approvals"}
 )  # fmt: skip
-CONVERSATION_UPDATABLE = frozenset({"summary", "model", "model_settings"})
+CONVERSATION_UPDATABLE = frozenset(
+    {"summary", "description", "model", "model_settings", "context_window_limit", "archived", "archived_at"}
+)
 
 
 class AgentOptions(TypedDict, total=False):

@@ -256,6 +256,47 @@ def test_fork_starts_a_new_conversation_from_the_sources_messages(letta: Letta) 
     assert [m.message_type for m in letta.conversations.messages.list(direct.id).items] == ["system_message"]
 
 
+def test_a_conversations_own_fields_are_kept_and_its_listing_filters_as_letta_documents(letta: Letta, http: httpx.Client) -> None:
+    """Letta's ``ConversationCreate``/``ConversationUpdate`` fields and ``conversations.list``'s
+    filters: a description, its own context window (the turns and the context overview use it),
+    hidden from listings, archived out of the default listing, found by its summary."""
+    agent = letta.agents.create(name="fielded", context_window_limit=8000)
+    plain = letta.conversations.create(agent_id=agent.id)
+    small = letta.conversations.create(agent_id=agent.id, description="about cats", summary="Cats and naps", context_window_limit=1000)
+    hidden = letta.conversations.create(agent_id=agent.id, hidden=True)
+    assert (small.description, small.context_window_limit, plain.context_window_limit) == ("about cats", 1000, None)
+    assert letta.conversations.retrieve(small.id).context_window_limit == 1000
+
+    def window(conversation_id: str) -> int:
+        return int(http.get(f"/v1/agents/{agent.id}/context", params={"conversation_id": conversation_id}).json()["context_window_size_max"])
+
+    assert (window(small.id), window(plain.id)) == (1000, 8000)
+    long_input = {"input": "word " * 1200, "streaming": False}  # about 1,500 tokens: over 1,000, well under 8,000
+    overflow = http.post(f"/v1/conversations/{small.id}/messages", json=long_input)
+    assert overflow.status_code == 400 and overflow.json()["error"]["error_type"] == "context_window_overflow_in_input"
+    assert http.post(f"/v1/conversations/{plain.id}/messages", json=long_input).status_code == 200
+
+    def listed(**filters: Any) -> set[str]:
+        return {c.id for c in letta.conversations.list(agent_id=agent.id, **filters)}
+
+    assert listed() == {plain.id, small.id}, "a hidden conversation is not listed"
+    archived = letta.conversations.update(plain.id, archived=True)
+    assert archived.archived and archived.archived_at is not None
+    assert (listed(), listed(archive_status="archived"), listed(archive_status="all")) == ({small.id}, {plain.id}, {plain.id, small.id})
+    assert listed(summary_search="CATS") == {small.id}
+    brought_back = letta.conversations.update(plain.id, archived=False)
+    assert not brought_back.archived and brought_back.archived_at is None and listed() == {plain.id, small.id}
+
+    if hasattr(letta.conversations, "fork"):
+        fork = letta.conversations.fork(small.id, hidden=True)
+        assert fork.context_window_limit == 1000 and fork.id not in listed(archive_status="all")
+    refused = http.patch(f"/v1/conversations/{small.id}", json={"last_message_at": "2026-01-01T00:00:00Z"})
+    assert refused.status_code == 422 and "cannot be set" in refused.text
+    cramped = http.post("/v1/conversations", params={"agent_id": agent.id}, json={"context_window_limit": 1000, "model_settings": {"max_output_tokens": 1000}})
+    assert cramped.status_code == 400 and "must be larger than the answer's limit" in cramped.text
+    assert hidden.id not in listed(archive_status="all")
+
+
 def test_recompile_returns_the_system_prompt_the_next_request_sends(letta: Letta, http: httpx.Client) -> None:
     agent = letta.agents.create(name="compiled", system="Be kind.", memory_blocks=[{"label": "human", "value": "Ada"}])
     conversation = letta.conversations.create(agent_id=agent.id)
