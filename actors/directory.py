@@ -168,7 +168,12 @@ class Directory:
         return keys, [self._ttl_ms, *(v for lease in chunk for v in (lease.owner, lease.epoch))]
 
     async def release(self, lease: Lease) -> None:
-        await self._release(keys=[keyspace.lease(lease.conversation_id)], args=[lease.owner])
+        await self.disown(lease.conversation_id, lease.owner)
+
+    async def disown(self, conversation_id: str, owner: str) -> None:
+        """Delete the conversation's lease if ``owner`` holds it, and nothing else: safe for an
+        owner that does not know whether its acquisition landed (its reply was lost)."""
+        await self._release(keys=[keyspace.lease(conversation_id)], args=[owner])
 
     async def owner(self, conversation_id: str) -> str | None:
         value = await self._redis.get(keyspace.lease(conversation_id))

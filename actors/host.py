@@ -20,13 +20,19 @@ Guarantees:
   active nowhere is activated here, as ``deliver`` would (the API rings the first live host of its
   placement order: ``actors.router.wake``); one another owner holds is rung at that owner's host.
   Each heartbeat records how far the doorbell has been read, and a new incarnation reads on from
-  there, so a ring that arrived while the host was down (Ray restarting it) is not lost.
+  there, so a ring that arrived while the host was down (Ray restarting it) is not lost; a ring
+  whose activation failed (Redis away) is tried again until it is done, not dropped.
+- **No lease without its activation.** A conversation is recorded among the host's before its
+  lease is taken (so recovery finds it), and an acquisition that raised, which may have landed with
+  its reply lost, is let go of at once (or before the next try): a lease naming an activation that
+  does not exist would make the host refuse the conversation as its own until the lease expired.
 - **Recovery after a crash.** The conversations a host owns are recorded in Redis under its name.
   When Ray restarts a dead host (same name, new incarnation), it takes those conversations over
   at once (bumping their epochs, which fences out anything the old process might still write)
   and ends their interrupted runs as ``owner_lost``. "At once" is the host's own doing: it starts
   as it is constructed (Ray runs an async actor's constructor on its event loop), trying again
-  until it has, so nobody has to call it first.
+  until it has, so nobody has to call it first; only a start that got through counts, so a host
+  never runs without its loops (lease renewal, heartbeat, doorbell, recovery).
 - **Measured.** Activations (how long each took, how many are active, why each ended), lease
   renewals and losses, and everything its conversations measure go to the host's ``Recorder``
   (``actors.metrics.RayRecorder`` in a Ray host, ``QUIET`` with ``CONVOY_RAY_METRICS`` off;
@@ -50,6 +56,7 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 from redis.backoff import EqualJitterBackoff
+from redis.exceptions import RedisError
 
 from actors.conversation import Activation, Services
 from actors.directory import Directory, Held, Lease, host_of, owner_id
@@ -74,6 +81,7 @@ HEARTBEAT_PERIOD_S = 2.0
 BELL_BATCH = 512
 BELL_MAXLEN = 10_000  # rings kept per doorbell (trimmed approximately)
 BELL_RETRY = EqualJitterBackoff(cap=0.2, base=0.05)
+RING_RETRY = EqualJitterBackoff(cap=1.0, base=0.05)  # a ring whose activation failed, tried again
 # After a renewal that failed, the next one comes after this backoff (jittered, doubling), not a period.
 RENEW_RETRY = EqualJitterBackoff(cap=0.5, base=0.05)
 
@@ -109,6 +117,10 @@ class HostCore:
         self._activations: dict[str, Activation] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._activating: dict[str, asyncio.Future[str]] = {}
+        # Conversation -> the owner id of its activation that is letting go here (``_release``).
+        self._letting_go: dict[str, str] = {}
+        # Conversation -> an owner id whose acquisition raised: it may have landed (``_disown``).
+        self._unacquired: dict[str, str] = {}
         self._services: Services | None = None
         self._directory: Directory | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -119,30 +131,30 @@ class HostCore:
         self.started_at = time.time()
 
     async def start(self) -> None:
+        """Connect, read where the doorbell reading got to and start the background loops; once.
+
+        Nothing of an attempt that failed is kept (its client is closed): ``ConversationHost`` calls
+        again until one gets through, and the host counts as started (``_services`` set) only with
+        its loops running. A host marked started by an attempt whose Redis read failed would answer
+        calls for ever with no lease renewal, heartbeat, doorbell or recovery."""
         async with self._started:
             if self._services is not None:
                 return
             s = self._settings
             redis = connect(s)
-            providers = Providers(s)
-            providers.warm()  # the SDKs it can call, loaded now rather than on a turn's path
-            self._services = Services(
-                redis=redis,
-                settings=s,
-                mailbox=Mailbox(redis),
-                runs=RunStore(redis, ttl_s=s.stream_ttl_s, maxlen=s.stream_maxlen),
-                history=HistoryStore(redis),
-                agents=AgentStore(redis),
-                conversations=ConversationStore(redis),
-                models=providers.model,
-                tools=tools.load(s.tool_modules),
-                metrics=self._metrics,
-            )
+            try:
+                # Where the previous incarnation's doorbell reading got to, before a heartbeat of
+                # ours replaces its record (module docstring).
+                beat = await redis.hget(keyspace.hosts(), self.name)
+                bell_cursor = str(json.loads(beat).get("bell") or "0-0") if beat else "0-0"
+                services = self._services_on(redis)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await redis.aclose()
+                raise
+            # From here on nothing awaits: the host is started with its loops, or not at all.
+            self._services, self._bell_cursor = services, bell_cursor
             self._directory = Directory(redis, lease_ttl_ms=s.lease_ttl_ms)
-            # Where the previous incarnation's doorbell reading got to, before a heartbeat of ours
-            # replaces its record (module docstring).
-            beat = await redis.hget(keyspace.hosts(), self.name)
-            self._bell_cursor = str(json.loads(beat).get("bell") or "0-0") if beat else "0-0"
             heap.freeze()  # set up: keep what it made out of every later collection (runtime.heap)
             self._background = [
                 asyncio.create_task(forever("lease renewal", self._renew, retry=RENEW_RETRY), name="lease-renewal"),
@@ -150,6 +162,25 @@ class HostCore:
                 asyncio.create_task(self._recover(), name="recovery"),
                 asyncio.create_task(self._bell_loop(), name="doorbell"),
             ]
+
+    def _services_on(self, redis: aioredis.Redis) -> Services:
+        """What this host's activations share, on ``redis`` (the model SDKs loaded now rather than on
+        a turn's path)."""
+        s = self._settings
+        providers = Providers(s)
+        providers.warm()
+        return Services(
+            redis=redis,
+            settings=s,
+            mailbox=Mailbox(redis),
+            runs=RunStore(redis, ttl_s=s.stream_ttl_s, maxlen=s.stream_maxlen),
+            history=HistoryStore(redis),
+            agents=AgentStore(redis),
+            conversations=ConversationStore(redis),
+            models=providers.model,
+            tools=tools.load(s.tool_modules),
+            metrics=self._metrics,
+        )
 
     async def stop(self) -> None:
         """Stop every activation and background loop and close the connections; an activation
@@ -218,16 +249,57 @@ class HostCore:
     # -- activation lifecycle ---------------------------------------------------------------
 
     async def _activate(self, conversation_id: str) -> str:
+        """Take the conversation's lease and start its activation, or name the owner holding it.
+
+        The conversation is recorded among this host's before its lease is taken, so a host that
+        dies holding it recovers it; a previous activation still letting go of it is waited for
+        (its let-go delivers what arrived meanwhile), so its unrecording cannot follow this one's
+        recording. An acquisition that raised may still have landed: its lease is let go
+        (``_disown``) before anything else is tried here."""
         assert self._directory is not None and self._services is not None
+        letting_go = self._letting_go.get(conversation_id)
+        if letting_go is not None:
+            return f"owner:{letting_go}"
         started = time.perf_counter()
+        await self._forget_unacquired(conversation_id)
         self._activation_seq += 1
-        got = await self._directory.acquire(conversation_id, owner_id(self.name, self.incarnation, self._activation_seq))
+        owner = owner_id(self.name, self.incarnation, self._activation_seq)
+        redis = self._services.redis
+        await redis.sadd(keyspace.host_conversations(self.name), conversation_id)
+        try:
+            got = await self._directory.acquire(conversation_id, owner)
+        except BaseException:
+            await self._disown(conversation_id, owner)
+            raise
         if isinstance(got, Held):
+            if host_of(got.owner) != self.name:
+                # Not ours: recovery need not look at it (a leftover entry costs one call there).
+                with contextlib.suppress(RedisError):
+                    await redis.srem(keyspace.host_conversations(self.name), conversation_id)
             return f"owner:{got.owner}"
-        await self._services.redis.sadd(keyspace.host_conversations(self.name), conversation_id)
         self._start_worker(got)
         self._metrics.activated(time.perf_counter() - started)
         return "ok"
+
+    async def _disown(self, conversation_id: str, owner: str) -> None:
+        """Let go of a lease whose acquisition raised (its reply lost to a broken connection, or its
+        caller cancelled after it left): if it landed, it names an activation that does not exist,
+        and this host would refuse the conversation as "held by me" until it expired while its
+        messages waited. The release deletes only a lease ``owner`` holds; if it cannot reach Redis
+        now, the next activation of the conversation here does it first (``_forget_unacquired``)."""
+        self._unacquired[conversation_id] = owner
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._forget_unacquired(conversation_id))
+
+    async def _forget_unacquired(self, conversation_id: str) -> None:
+        """Release the lease an acquisition that raised may have left (``_disown``), if any."""
+        assert self._directory is not None
+        owner = self._unacquired.get(conversation_id)
+        if owner is None:
+            return
+        await self._directory.disown(conversation_id, owner)
+        if self._unacquired.get(conversation_id) == owner:
+            del self._unacquired[conversation_id]
 
     def _start_worker(self, lease: Lease) -> None:
         assert self._services is not None
@@ -269,9 +341,14 @@ class HostCore:
             return await services.mailbox.depth(lease.conversation_id)
 
         # However long Redis is away: until the lease is gone, a message for this conversation rings
-        # this host, which will not activate it again while its own stale lease lingers; the depth
-        # read afterwards delivers whatever was accepted meanwhile.
-        depth = await through_outage(let_go, patience_s=math.inf, what="letting a conversation go")
+        # this host, which will not activate it again meanwhile (``_activate``); the depth read
+        # afterwards delivers whatever was accepted meanwhile.
+        self._letting_go[lease.conversation_id] = lease.owner
+        try:
+            depth = await through_outage(let_go, patience_s=math.inf, what="letting a conversation go")
+        finally:
+            if self._letting_go.get(lease.conversation_id) == lease.owner:
+                del self._letting_go[lease.conversation_id]
         # A message accepted while we were letting go must not wait for the next sender.
         if depth:
             await self._deliver(lease.conversation_id)
@@ -294,7 +371,8 @@ class HostCore:
             try:
                 await self._deliver(conv)
             except Exception:
-                log.exception("recovery failed", extra={"conversation_id": conv})
+                log.exception("recovery failed; trying again", extra={"conversation_id": conv})
+                self._spawn(self._answer_ring(conv), name=f"recover:{conv}")  # tried until it is done
 
     # -- background loops -------------------------------------------------------------------
 
@@ -343,12 +421,22 @@ class HostCore:
             await close_dedicated(reader, redis)
 
     async def _answer_ring(self, conversation_id: str) -> None:
-        """Activate a rung conversation here, or ring the host of the owner that holds it."""
-        reply = await self._deliver(conversation_id)
-        owner_host = host_of(reply.removeprefix("owner:")) if reply.startswith("owner:") else self.name
-        if owner_host != self.name:
-            assert self._services is not None
-            await ring(self._services.redis, owner_host, conversation_id)
+        """Activate a rung conversation here, or ring the host of the owner that holds it; tried
+        again (``RING_RETRY``) until it is done: the ring was read, and nothing else would wake a
+        conversation nobody owns. Only a host that is leaving stops trying (a dedicated host: the
+        router creates it again)."""
+
+        async def answer() -> None:
+            try:
+                reply = await self._deliver(conversation_id)
+            except HostClosingError:
+                return
+            owner_host = host_of(reply.removeprefix("owner:")) if reply.startswith("owner:") else self.name
+            if owner_host != self.name:
+                assert self._services is not None
+                await ring(self._services.redis, owner_host, conversation_id)
+
+        await forever("answering a ring", answer, retry=RING_RETRY)
 
     def _spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
         """Run ``work`` in the background, keeping a reference and logging its failure."""
