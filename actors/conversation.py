@@ -22,7 +22,11 @@ mailbox entries strictly in order and runs each turn to a terminal status. Guara
   right after the last stored item. Only a real change of owner stops an activation.
 - **Cancel is out of band.** ``cancel(run_id)`` cancels the running turn's task directly; it does
   not queue behind the mailbox or wait for the next chunk, and closing the task closes the
-  provider's stream.
+  provider's stream. A cancel that comes while the run is already being ended does not interrupt
+  the end: the run ends as it was ending (its real error, say), and the activation goes on.
+- **The history it shows the model is Redis's.** The activation keeps the recent history in memory
+  between turns; an append that raised (it may have landed) drops that copy, and the next turn
+  reads it again.
 - **Measured, and logged with its ids.** Each run this activation ends is counted once by its final
   status and stop reason, each take records its mailbox's depth (``runtime.metrics``), and every
   line logged while a run is processed carries its ``run_id`` and the conversation's ``tenant``
@@ -37,6 +41,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -107,6 +112,9 @@ class Activation:
         self._turn: asyncio.Task[None] | None = None
         self._current_run: str | None = None
         self._cancel_requested: set[str] = set()
+        # Whether a user's cancel may interrupt the turn's task now: while it runs the model, not
+        # while it ends its run (``cancel``).
+        self._interrupt_ok = False
         self._taking = False  # a take is on its way to Redis and back
         self._agent_id: str | None = None  # the conversation's agent, once a turn has loaded it
         self._tenant: str | None = None  # the conversation's tenant, once a turn has loaded it
@@ -125,14 +133,17 @@ class Activation:
 
         A cancel reaches an owner only for a run already ``running``, which only this activation's
         take can have made it: one arriving while a take is on its way back is for the run being
-        taken, and is kept for it (the turn then ends as cancelled before it starts)."""
+        taken, and is kept for it (the turn then ends as cancelled before it starts). One arriving
+        while the run is being ended (completed, failed, or cancelled already) is recorded and
+        interrupts nothing: an end cut short would leave the run ``running`` and stop the
+        activation, and the run would end as ``owner_lost`` instead of what really happened."""
         if self._current_run != run_id and not self._taking:
             log.info("cancel: not running here", extra={"run_id": run_id, "current": self._current_run})
             return False
         if run_id in self._cancel_requested:
             return True  # already on its way out: a second cancel must not interrupt the ending
         self._cancel_requested.add(run_id)
-        if self._current_run == run_id and self._turn is not None and not self._turn.done():
+        if self._current_run == run_id and self._interrupt_ok and self._turn is not None and not self._turn.done():
             self._turn.cancel()
         return True
 
@@ -145,7 +156,11 @@ class Activation:
             # Cleared before each take, not when a wait ends: a poke seen by a take must not make
             # the next empty take look again; one arriving during the take, after the clear, must.
             self._wake.clear()
-            taken, loaded = await self._take(prefetch=expecting)
+            try:
+                taken, loaded = await self._take(prefetch=expecting)
+            except FencedError:
+                log.warning("activation fenced out")
+                return "fenced"
             if taken is None:
                 if self._wake.is_set():
                     expecting = True
@@ -274,23 +289,24 @@ class Activation:
                 raise asyncio.CancelledError  # cancelled while it was being started
             if isinstance(loaded, Exception):
                 raise loaded
-            outcome = await run_turn(
-                turn,
-                agent=loaded.agent,
-                conversation=loaded.conversation,
-                history=loaded.history,
-                models=s.models,
-                tools=s.tools,
-                emit=emit,
-                record_step=lambda step: s.runs.add_step(self._fence, turn.run_id, step),
-                persist=self._persist,
-                cancelled=lambda: turn.run_id in self._cancel_requested,
-                approval_pending=loaded.approval_pending,
-                chat=self._chat,
-                metrics=s.metrics,
-                trace_request_max_bytes=s.settings.trace_request_max_bytes,
-            )
-            await writer.flush()
+            with self._interruptible():
+                outcome = await run_turn(
+                    turn,
+                    agent=loaded.agent,
+                    conversation=loaded.conversation,
+                    history=loaded.history,
+                    models=s.models,
+                    tools=s.tools,
+                    emit=emit,
+                    record_step=lambda step: s.runs.add_step(self._fence, turn.run_id, step),
+                    persist=self._persist,
+                    cancelled=lambda: turn.run_id in self._cancel_requested,
+                    approval_pending=loaded.approval_pending,
+                    chat=self._chat,
+                    metrics=s.metrics,
+                    trace_request_max_bytes=s.settings.trace_request_max_bytes,
+                )
+                await writer.flush()
             ending = wire.Completed(outcome.stop_reason, outcome.usage)
             ended = await s.runs.end(
                 turn.run_id,
@@ -321,15 +337,38 @@ class Activation:
             log.exception("turn failed unexpectedly", extra={"run_id": turn.run_id})
             await self._end(turn.run_id, entry, writer=writer, failure=InternalRunError(repr(exc)), turn=turn)
 
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """While inside, a user's cancel interrupts the turn's task (``cancel``); the run's end,
+        which follows, is never interrupted by one. (The host stopping still stops it all: that
+        cancels the task directly.)"""
+        self._interrupt_ok = True
+        try:
+            yield
+        finally:
+            self._interrupt_ok = False
+
     async def _recent_history(self) -> list[HistoryMessage]:
         """The conversation's recent history. Read from Redis once per activation, then kept in
-        memory: this activation is the only writer (its appends are fenced), so the copy stays true."""
+        memory: this activation is the only writer (its appends are fenced), so the copy stays true
+        (one whose append raised is dropped and read again: ``_persist``)."""
         if self._history is None:
             self._history = await self._s.history.recent(self.conversation_id, limit=HISTORY_WINDOW)
         return self._history
 
     async def _persist(self, messages: list[HistoryMessage]) -> None:
-        await self._s.history.append(self._fence, messages)
+        """Append a turn's messages to the history, and to this activation's copy once they landed.
+
+        An append that raised (cancelled while its reply was on its way, or given up after Redis
+        stayed away) may have landed all the same: the copy is dropped, with the model's converted
+        form of it, so the next turn reads the history again rather than show the model one
+        without them."""
+        try:
+            await self._s.history.append(self._fence, messages)
+        except BaseException:
+            self._history = None
+            self._chat = ChatCache()
+            raise
         if self._history is not None:
             self._history.extend(messages)
             del self._history[:-HISTORY_WINDOW]
