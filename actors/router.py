@@ -13,6 +13,10 @@ activates it as ``deliver`` would (``actors.host``). A host that dies after the 
 Ray has restarted it: a new incarnation reads its doorbell from where its predecessor's last
 heartbeat says it had got to. With no fresh host (all down, or a placement of dedicated hosts)
 ``wake`` is ``deliver``.
+
+A host's handle is cached by name. A call through it that finds its actor gone (a dedicated host
+that passivated and was created again, maybe by another replica, is a new actor under the same
+name) drops it; ``cancel`` then looks the host up again and asks once more.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import ray
@@ -45,13 +51,21 @@ CALL_TIMEOUT_S = 10.0
 HOST_FRESH_S = 3 * HEARTBEAT_PERIOD_S  # a host whose last heartbeat is older is taken for down
 LIVE_HOSTS_TTL_S = 1.0  # how long a read of the hosts' heartbeats is reused
 _UNREACHABLE = (ActorDiedError, ActorUnavailableError, RayActorError, TimeoutError)
+# A call that failed because the handle's actor is gone: the name may hold a new actor by now.
+_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+ActorLookup = Callable[[str], ActorHandle[Any]]
+"""Finds a live actor by name (``ray.get_actor`` in the cluster's namespace); ``ValueError`` if none."""
 
 
 class ConversationRouter:
-    def __init__(self, settings: Settings, directory: Directory, redis: aioredis.Redis) -> None:
+    def __init__(
+        self, settings: Settings, directory: Directory, redis: aioredis.Redis, *, lookup: ActorLookup | None = None
+    ) -> None:
         self._settings = settings
         self._directory = directory
         self._redis = redis
+        self._lookup: ActorLookup = lookup or partial(ray.get_actor, namespace=settings.ray_namespace)
         self._handles: dict[str, ActorHandle[Any]] = {}  # hosts, called by method name
         self._live: tuple[float, frozenset[str]] = (-LIVE_HOSTS_TTL_S, frozenset())  # (read at, hosts)
         self._reading: asyncio.Task[frozenset[str]] | None = None
@@ -60,13 +74,24 @@ class ConversationRouter:
         handle = self._handles.get(name)
         if handle is None:
             # ray.get_actor is a blocking GCS lookup: keep it off the event loop.
-            handle = await asyncio.to_thread(ray.get_actor, name, namespace=self._settings.ray_namespace)
+            handle = await asyncio.to_thread(self._lookup, name)
             self._handles[name] = handle
         return handle
 
     async def _call(self, name: str, method: str, *args: object) -> object:
         ref = getattr(await self._handle(name), method).remote(*args)
         return await asyncio.wait_for(ref, CALL_TIMEOUT_S)
+
+    async def _call_current(self, name: str, method: str, *args: object) -> object:
+        """``_call``, made once more through a handle looked up again if the cached one's actor is
+        gone: a host created again under its name (a dedicated host that passivated and came back,
+        maybe through another replica) is a new actor, which the old handle never reaches."""
+        try:
+            return await self._call(name, method, *args)
+        except _GONE as exc:
+            log.info("host handle stale; looking the host up again", extra={"host": name, "error": type(exc).__name__})
+            self._handles.pop(name, None)
+            return await self._call(name, method, *args)
 
     async def deliver(self, conversation_id: str) -> str:
         """Wake the conversation's owner (activating it if needed); returns the host that answered."""
@@ -162,9 +187,10 @@ class ConversationRouter:
             log.info("cancel: conversation has no owner", extra={"run_id": run_id})
             return False
         try:
-            reached = bool(await self._call(host_of(owner), "cancel", conversation_id, run_id))
+            reached = bool(await self._call_current(host_of(owner), "cancel", conversation_id, run_id))
         except (*_UNREACHABLE, ValueError) as exc:
             log.warning("cancel: owner unreachable", extra={"run_id": run_id, "owner": owner, "error": repr(exc)})
+            self._handles.pop(host_of(owner), None)  # the next call looks it up again
             return False
         if not reached:
             log.info("cancel: owner is not running it", extra={"run_id": run_id, "owner": owner})
