@@ -4,12 +4,17 @@ to its end, or its outcome read whole.
 ``RunFollower.batches`` yields ``(items, stored)`` batches, the last one ending with the run's
 terminal item, and ``None`` for each ``ping_interval_s`` of silence (the reader's chance to send a
 keepalive). ``stored`` is False for items the follower made up itself (a give-up ending): they are
-not in Redis, so they must not move a client's cursor. Whoever reads (an SSE response, a
-non-streaming reply, a chat completion) only frames what it gets.
+not in Redis, so they must not move a client's cursor, neither by an SSE ``id:`` nor by a
+``seq_id`` in their JSON (Letta's SDKs resume after the last ``seq_id`` they saw; a made-up one
+past the cursor would make them skip the run's real items, or be refused as past its end). Whoever
+reads (an SSE response, a non-streaming reply, a chat completion) only frames what it gets.
 
 No reader waits forever. At each silence the run is checked:
 
 - a stream that vanished (expired) ends at once with ``stream_lost``;
+- a reader that fell so far behind that the items after its cursor were trimmed away (streams keep
+  at most ``stream_maxlen`` items) ends with ``stream_gone``, in the words a resume from that cursor
+  is refused with (410), never by jumping over them;
 - a run silent for ``stream_idle_timeout_s`` is nudged through the conversations' door
   (``ConversationClient.nudge``): an orphan is ended there, an ownerless run's conversation woken
   (its next owner ends or runs it); if it stays ownerless ``2 * stream_idle_timeout_s`` in spite of
@@ -40,12 +45,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.client import ConversationClient, Nudge
 from runtime.errors import ConvoyError, InvalidRequestError, NotFoundError, RunFailure, StreamGoneError
+from runtime.schemas.messages import StopReasonItem
 from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.runs import RunStore
 from runtime.stream.items import StoredItem, first_seq, last_seq, read_after
-from runtime.stream.tailer import TailerPool
-from runtime.stream.wire import failure_items
+from runtime.stream.tailer import ItemsTrimmedError, TailerPool
+from runtime.stream.wire import DONE_PAYLOAD, encode, error_message
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,17 @@ class StoreUnreachable(RunFailure):
     public_message = (
         "Convoy cannot reach Redis, so this stream cannot go on. The run may still finish: "
         "resume the stream or read the run with GET /v1/runs/{id} later."
+    )
+
+
+class StreamTrimmed(RunFailure):
+    """Items after a live reader's cursor were trimmed before it read them; ``error_type`` is the
+    code a resume from that cursor is refused with (``StreamGoneError``, 410)."""
+
+    error_type = StreamGoneError.code
+    public_message = (
+        "This reader fell behind and the run's next items were trimmed from its stream before they could be "
+        "sent; resume from a later starting_after, or read the run's messages with GET /v1/runs/{id}/messages."
     )
 
 
@@ -113,10 +130,15 @@ class RunFollower:
             raise InvalidRequestError(f"starting_after {after} is past the end of run {run_id} (last seq_id {last})")
         first = await first_seq(self._redis, stream_key)
         if first is not None and first > after + 1:
-            raise StreamGoneError(
-                f"items {after + 1}..{first - 1} of run {run_id} were trimmed (streams keep at most "
-                f"{self._settings.stream_maxlen} items); resume from starting_after={first - 1} or later"
-            )
+            raise StreamGoneError(self._trimmed(run_id, after, first))
+
+    def _trimmed(self, run_id: str, after: int, first: int) -> str:
+        """What a reader is told when items ``after + 1`` to ``first - 1`` were trimmed: a resume from
+        ``after`` (410) and a live reader that fell that far behind alike."""
+        return (
+            f"items {after + 1}..{first - 1} of run {run_id} were trimmed (streams keep at most "
+            f"{self._settings.stream_maxlen} items); resume from starting_after={first - 1} or later"
+        )
 
     async def run_to_resume(self, conversation_id: str, *, run_id: str | None, otid: str | None, tenant: str) -> str:
         """The run a resume of the conversation names: ``run_id`` (any run of it, finished or not:
@@ -168,7 +190,11 @@ class RunFollower:
         watch = _Liveness()
         try:
             while True:
-                batch = await sub.get(timeout_s=settings.ping_interval_s)
+                try:
+                    batch = await sub.get(timeout_s=settings.ping_interval_s)
+                except ItemsTrimmedError as exc:
+                    yield _synthetic(run_id, sub.cursor, StreamTrimmed(self._trimmed(run_id, exc.after, exc.first))), False
+                    return
                 if batch is None:
                     yield None
                     checked_at = time.monotonic()
@@ -263,4 +289,13 @@ class _Liveness:
 
 
 def _synthetic(run_id: str, cursor: int, failure: RunFailure) -> list[StoredItem]:
-    return [StoredItem(seq, kind, payload) for seq, kind, payload in failure_items(run_id, cursor + 1, failure)]
+    """A give-up ending the follower makes up: the failure's terminal sequence (``stop_reason``,
+    the error, ``[DONE]``) with no ``seq_id`` in any payload, held at the reader's ``cursor``. These
+    items are not in the run's stream; a ``seq_id`` on them would name positions the run's real
+    items will take (module docstring). The stored terminal sequence is ``runtime.stream.wire``'s."""
+    stop = StopReasonItem(stop_reason=failure.stop_reason, run_id=run_id)
+    return [
+        StoredItem(cursor, "data", encode(stop)),
+        StoredItem(cursor, "error", encode(error_message(run_id, failure))),
+        StoredItem(cursor, "done", DONE_PAYLOAD),
+    ]

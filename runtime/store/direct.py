@@ -9,7 +9,9 @@ of it the two system calls.
   Each command goes to the primary that serves its key's slot, as redis-py's cluster client knows
   it; the commands bound for one primary leave in one write, every primary's at once. A command
   answered ``MOVED`` or ``ASK`` (a resharding or a failover moved its slot; it did not run) is sent
-  again through redis-py's cluster client, which follows the redirection and corrects its map; after
+  again through redis-py's cluster client, which follows the redirection and corrects its map (its
+  reply is then parsed by redis-py's response callbacks: an ``XREAD``'s entries carry their fields
+  as a dict, not the flat list, which ``runtime.stream.items.raw_item`` reads too); after
   a connection failure the map is refreshed before the next call. Slot routing stays redis-py's. A
   slot that cannot be served for the moment (``CLUSTERDOWN``, ``TRYAGAIN``) is raised as a
   connection error, as the cluster client reports it (``runtime.store.connection``).

@@ -49,8 +49,13 @@ def entry_item(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredItem:
     return StoredItem(seq=seq_of(entry_id), kind=kind_of(fields.get(b"k", b"data")), payload=fields.get(b"p", b""))
 
 
-def raw_item(entry_id: bytes, fields: list[bytes]) -> StoredItem:
-    """An entry of a raw XREAD reply: its fields as the flat list Redis sends."""
+def raw_item(entry_id: bytes, fields: list[bytes] | dict[bytes, bytes]) -> StoredItem:
+    """An entry of an XREAD reply: its fields as the flat list Redis sends, or as the dict
+    redis-py makes of them when its cluster client answered instead (a read sent again after a
+    ``MOVED`` or ``ASK`` redirection, ``runtime.store.direct``): during a slot's migration every
+    read of its streams is answered that way, so both shapes must deliver their items."""
+    if isinstance(fields, dict):
+        return entry_item(entry_id, fields)
     return entry_item(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
 
 

@@ -193,6 +193,7 @@ class Listeners:
         self._changed: set[str] = set()
         self._sync_task: asyncio.Task[None] | None = None
         self._rerouting: asyncio.Task[None] | None = None
+        self._syncing = asyncio.Lock()  # one routing of channels at a time (``_sync``)
 
     @property
     def heard(self) -> int:
@@ -232,15 +233,23 @@ class Listeners:
         except Exception as exc:  # noqa: BLE001 - the current map keeps serving; the next failure asks again
             log.warning("could not refresh the cluster's map of slots", extra={"error": repr(exc)})
         self._changed.update(self._wanted)
-        await self._sync()
-        for shard in list(self._shards.values()):  # channels a primary dropped that stay with it
-            await shard.sync()
+        async with self._syncing:
+            await self._sync_rounds()
+            for shard in list(self._shards.values()):  # channels a primary dropped that stay with it
+                await shard.sync()
 
     async def _sync(self) -> None:
         """Route every changed channel and send what its shard must (un)subscribe, until no change
         is left: a change made while this waits for a send is taken by its next round (``changed``
         starts no second task while one runs; a channel left behind would be heard of only by the
-        tailer's sweep, up to ``block_s`` late, every time)."""
+        tailer's sweep, up to ``block_s`` late, every time). One at a time: a refresh of the map
+        (``_reroute``) routes the same channels, and two of these at once would both drop the
+        same unneeded shard (a ``KeyError``), or one would drop a shard the other just gave a
+        channel to (a channel nobody listens to any more)."""
+        async with self._syncing:
+            await self._sync_rounds()
+
+    async def _sync_rounds(self) -> None:
         while self._changed:
             await self._sync_round()
 

@@ -16,7 +16,12 @@ per-command machinery).
 A subscription's buffer is bounded (``SUBSCRIPTION_BUFFER_BYTES`` of payload, or one item if that
 is larger); a consumer that falls behind is paused at its cursor (Redis keeps the data) and resumed
 once it drains, so a slow client never slows the loop or the other clients, costs the process a
-bounded amount of memory however long its run, and loses nothing.
+bounded amount of memory however long its run, and loses nothing while Redis still holds its
+items. A stream is capped (``XADD MAXLEN ~``): a reader paused long enough for the run to write past
+the cap finds the items after its cursor trimmed away. Seq ids are contiguous, so a read whose first
+new item is not the one right after a subscription's cursor proves the loss; that subscription gets
+no more items, and its ``get`` raises ``ItemsTrimmedError`` once it has taken what arrived before the
+gap (a reader is never moved silently past items it did not get).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runtime.errors import StreamGoneError
 from runtime.store.connection import is_cluster, reraise_if_cancelling
 from runtime.store.direct import Direct
 from runtime.stream.items import StoredItem, kind_of, raw_item
@@ -49,6 +55,18 @@ SWEEP_SLICE = 64  # streams marked per step of the periodic sweep
 RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 2.0
 UNREAD_LOG_PERIOD_S = 1.0  # while a primary is away, its streams' failed reads are logged this often
+
+
+class ItemsTrimmedError(StreamGoneError):
+    """The items right after a subscription's cursor were trimmed from its stream (``MAXLEN``)
+    before it read them: items ``after + 1`` to ``first - 1`` are lost to it, ``first`` is the
+    lowest one still held after its cursor."""
+
+    def __init__(self, key: str, after: int, first: int) -> None:
+        super().__init__(f"items {after + 1}..{first - 1} of stream {key} were trimmed before they were read")
+        self.key = key
+        self.after = after
+        self.first = first
 
 
 @dataclass(eq=False)
@@ -66,6 +84,7 @@ class Subscription:
     _tailer: StreamTailer
     paused: bool = False
     closed: bool = False
+    trimmed: ItemsTrimmedError | None = None  # set once items after the cursor were found trimmed
     _batches: list[list[StoredItem]] = field(default_factory=list)
     _buffered_bytes: int = 0
     _waiter: asyncio.Future[None] | None = None
@@ -77,9 +96,17 @@ class Subscription:
         """Payload received for this reader and not yet taken by it."""
         return self._buffered_bytes
 
+    @property
+    def active(self) -> bool:
+        """Whether the tailer still reads for this subscription (not paused, closed or trimmed)."""
+        return not (self.paused or self.closed or self.trimmed is not None)
+
     async def get(self, timeout_s: float) -> list[StoredItem] | None:
         """Every item after the cursor that has arrived (waiting for one if none has), or None
-        after ``timeout_s`` of silence."""
+        after ``timeout_s`` of silence; ``ItemsTrimmedError`` once the items that arrived are taken
+        if the next ones were trimmed before they could be read (module docstring)."""
+        if not self._batches and self.trimmed is not None:
+            raise self.trimmed
         if not self._batches:
             loop = asyncio.get_running_loop()
             self._deadline = loop.time() + timeout_s
@@ -94,6 +121,8 @@ class Subscription:
             finally:
                 self._waiter = None
             if not self._batches:
+                if self.trimmed is not None:
+                    raise self.trimmed
                 return None
         batches, self._batches = self._batches, []
         batch = batches[0] if len(batches) == 1 else [item for b in batches for item in b]
@@ -112,6 +141,14 @@ class Subscription:
 
     def _push(self, batch: list[StoredItem]) -> None:
         self._batches.append(batch)
+        self._wake()
+
+    def _lost(self, first: int) -> None:
+        """The items after the cursor up to ``first`` are gone: end this subscription's reading."""
+        self.trimmed = ItemsTrimmedError(self.key, self.cursor, first)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -187,7 +224,7 @@ class StreamTailer:
 
     def _resume(self, sub: Subscription) -> None:
         sub.paused = False
-        if not sub.closed:
+        if sub.active:
             self._mark(sub.key)
 
     def _mark(self, key: str) -> None:
@@ -209,7 +246,7 @@ class StreamTailer:
             self._mark(key)
             return
         for sub in subs:
-            if sub.paused or sub.closed or sub.cursor >= item.seq:
+            if not sub.active or sub.cursor >= item.seq:
                 continue
             if sub.cursor + 1 == item.seq:
                 _offer(sub, [item])
@@ -306,17 +343,19 @@ class StreamTailer:
         dirty, self._dirty = self._dirty, set()
         cursors: dict[str, int] = {}
         for key in dirty:
-            active = [s.cursor for s in self._subs.get(key, ()) if not s.paused and not s.closed]
+            active = [s.cursor for s in self._subs.get(key, ()) if s.active]
             if active:
                 cursors[key] = min(active)
         return cursors
 
     def _dispatch(self, reply: object, read_from: dict[str, int]) -> None:
         """Hand each subscription the items right after its cursor (``reply``: XREAD's raw reply,
-        a list of ``[key, entries]`` in RESP2, a map in RESP3; None when nothing was new). A
+        a list of ``[key, entries]`` in RESP2, a map in RESP3; None when nothing was new; or, for a
+        read redirected by the cluster, redis-py's parsed one, each entry's fields a dict). A
         subscription that joined while this read was in flight, with a cursor before the position
         read from, gets nothing now: joining marked its stream, so the next round reads from its
-        cursor and it misses nothing."""
+        cursor and it misses nothing. A subscription whose next item is missing from the reply
+        while a later one is there lost it to trimming, and is told (``Subscription.get``)."""
         streams: Iterable[Any] = reply.items() if isinstance(reply, dict) else reply if isinstance(reply, list) else ()
         for raw_key, entries in streams:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
@@ -325,11 +364,15 @@ class StreamTailer:
             items = [raw_item(eid, fields) for eid, fields in entries]
             start = read_from.get(key, 0)
             for sub in list(self._subs.get(key, ())):
-                if sub.paused or sub.closed or sub.cursor < start:
+                if not sub.active or sub.cursor < start:
                     continue
                 fresh = [it for it in items if it.seq > sub.cursor]
-                if fresh:
+                if not fresh:
+                    continue
+                if fresh[0].seq == sub.cursor + 1:
                     _offer(sub, fresh)
+                else:  # seq ids are contiguous: the ones between were trimmed (module docstring)
+                    sub._lost(fresh[0].seq)
 
 
 def _offer(sub: Subscription, items: list[StoredItem]) -> None:

@@ -13,10 +13,15 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from actors.client import ConversationClient
+from actors.follow import RunFollower
 from runtime.errors import FencedError
 from runtime.schemas.messages import AssistantMessage
+from runtime.settings import Settings
+from runtime.store import keyspace
+from runtime.store.runs import RunStore
 from runtime.stream.items import StoredItem, last_seq, read_after
-from runtime.stream.tailer import SUBSCRIPTION_BUFFER_BATCHES, StreamTailer, Subscription
+from runtime.stream.tailer import SUBSCRIPTION_BUFFER_BATCHES, StreamTailer, Subscription, TailerPool
 from runtime.stream.wire import JOIN_MAX_CHARS
 from runtime.stream.writer import ChunkWriter
 from tests.conftest import async_client, eventually
@@ -395,3 +400,144 @@ async def test_a_quiet_healthy_listener_is_kept(redis_url: str) -> None:
         await eventually(lambda: tailer._listeners.heard >= heard + 10, WAIT_S, interval_s=0.005)  # ten PONGs: ten silent periods, answered
         assert len(proxy.subscribers) == 1, "a healthy connection was replaced"
         sub.close()
+
+
+def _follower(settings: Settings, redis: aioredis.Redis, tailers: TailerPool) -> RunFollower:
+    """A reader's ``RunFollower`` as an API process builds one (``api.state``), on ``redis``."""
+    runs = RunStore(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+    return RunFollower(settings, redis, runs, tailers, ConversationClient(settings, redis, runs, tailers))
+
+
+def _seq_ids(items: list[StoredItem]) -> list[int | None]:
+    """The ``seq_id`` each item's JSON carries, as a Letta SDK reads it (None for ``[DONE]`` or none)."""
+    return [None if item.terminal else json.loads(item.payload).get("seq_id") for item in items]
+
+
+@pytest.mark.single_redis
+async def test_a_give_up_ending_carries_no_seq_id_so_resuming_after_the_last_one_seen_gets_the_real_items(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """Regression: the ending a reader makes up when it gives up (``store_unavailable`` here;
+    ``stream_stalled`` and ``stream_lost`` are built alike) carried seq_ids cursor+1 and cursor+2 in
+    its JSON. Letta's SDKs resume after the last seq_id they saw, so the resume skipped the run's
+    real items at those positions once Redis was back."""
+    settings = Settings(redis_url=redis_url, ping_interval_s=0.1, stream_idle_timeout_s=0.3)
+    conversation_id, run_id = f"conv-{uuid.uuid4()}", f"run-{uuid.uuid4()}"
+    key = keyspace.run_stream(conversation_id, run_id)
+    writer = await _writer(redis, key)
+    for seq in range(1, 8):
+        await writer.write("data", json.dumps({"run_id": run_id, "seq_id": seq, "message_type": "ping"}).encode())
+    await writer.flush()
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    received: list[tuple[list[StoredItem], bool]] = []
+    async with SilencingProxy(port) as proxy:
+        proxied = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        tailers = TailerPool(proxied, block_ms=200, size=1)
+        await tailers.start()
+        try:
+            async with asyncio.timeout(WAIT_S * 4):
+                async for got in _follower(settings, proxied, tailers).batches(conversation_id, run_id, after=0):
+                    if got is not None:
+                        received.append(got)
+                        if sum(len(items) for items, _ in received) == 7:
+                            proxy.freeze()  # Redis stops answering this reader: it gives up
+        finally:
+            proxy.drop_all()
+            await tailers.stop()
+            await proxied.aclose()
+    made_up = [item for items, stored in received if not stored for item in items]
+    assert [item.kind for item in made_up] == ["data", "error", "done"]
+    assert b"store_unavailable" in made_up[1].payload
+    assert _seq_ids(made_up) == [None, None, None], "a made-up item must not carry a seq_id a client resumes after"
+    last_seen = [seq for items, _ in received for seq in _seq_ids(items) if seq is not None][-1]
+    assert last_seen == 7
+    for seq in (8, 9):  # Redis is back; the run goes on and ends
+        await writer.write("data", json.dumps({"run_id": run_id, "seq_id": seq, "message_type": "ping"}).encode())
+    await writer.write("done", b"[DONE]")
+    await writer.flush()
+    tailers = TailerPool(redis, block_ms=200, size=1)
+    await tailers.start()
+    try:
+        follower = _follower(settings, redis, tailers)
+        await follower.check_cursor(conversation_id, run_id, last_seen)
+        resumed: list[int] = []
+        async with asyncio.timeout(WAIT_S):
+            async for got in follower.batches(conversation_id, run_id, after=last_seen):
+                resumed += [item.seq for item in got[0]] if got else []
+        assert resumed == [8, 9, 10], "the resume yields the run's real items after the last seq_id seen"
+    finally:
+        await tailers.stop()
+
+
+async def test_a_read_answered_by_the_cluster_client_in_its_parsed_shape_delivers_its_items(redis: aioredis.Redis) -> None:
+    """Regression: a read redirected by a Redis Cluster (``MOVED``, or ``ASK`` all through a slot's
+    migration) is answered by redis-py's cluster client, parsed (each entry's fields a dict, not
+    Redis's flat list); the tailer failed on it (``TypeError``) and read nothing until the slot
+    settled. Fed a real reply in that shape, the tailer hands each reader its items."""
+    key = _key()
+    writer = await _writer(redis, key)
+    for i in range(3):
+        await writer.write("data", b"item %d" % i)
+    await writer.flush()
+    parsed = await redis.xread({key: "0-0"})  # redis-py's parsed reply, as the redirected read gets it
+    assert isinstance(parsed[0][1][0][1], dict)
+    idle = StreamTailer(redis, block_ms=60_000)  # not started: only what this test dispatches arrives
+    try:
+        sub = idle.subscribe(key, 0)
+        idle._dispatch(parsed, {key: 0})
+        assert [(i.seq, i.kind, i.payload) for i in await _collect(sub, 3)] == [
+            (1, "data", b"item 0"),
+            (2, "data", b"item 1"),
+            (3, "data", b"item 2"),
+        ]
+        sub.close()
+    finally:
+        await idle.stop()
+
+
+TRIM_MAXLEN = 100  # the smallest cap a stream may have (``Settings.stream_maxlen``)
+
+
+async def test_a_reader_paused_while_its_next_items_were_trimmed_gets_an_error_not_a_silent_jump(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """Regression: a slow reader, paused at its cursor while the run wrote far past the stream's
+    cap (``XADD MAXLEN ~``), was handed the items still held after the trimmed ones, as if nothing
+    were missing (items 2..65, then 1892...). Now its stream ends with the error a resume from that
+    cursor is refused with (``stream_gone``: "items a..b ... were trimmed"), after every item it
+    could still be given, in order."""
+    settings = Settings(redis_url=redis_url, stream_maxlen=TRIM_MAXLEN)
+    conversation_id, run_id = f"conv-{uuid.uuid4()}", f"run-{uuid.uuid4()}"
+    key = keyspace.run_stream(conversation_id, run_id)
+    epoch_key = f"{key}:epoch"
+    await redis.set(epoch_key, 1)
+    writer = ChunkWriter(
+        redis, stream_key=key, epoch_key=epoch_key, epoch=1, next_seq=1, maxlen=TRIM_MAXLEN, ttl_s=60, patience_s=5
+    )
+    await writer.write("data", b"first")
+    await writer.flush()
+    tailers = TailerPool(redis, block_ms=200, size=1)
+    await tailers.start()
+    received: list[tuple[list[StoredItem], bool]] = []
+    try:
+        batches = _follower(settings, redis, tailers).batches(conversation_id, run_id, after=0)
+        async with asyncio.timeout(WAIT_S):
+            first = await anext(batches)
+            assert first is not None and [i.seq for i in first[0]] == [1]
+            for _ in range(2, 2000):  # the reader reads nothing meanwhile: it is paused, the stream trimmed
+                await writer.write("data", b"x" * 200)
+            await writer.write("done", b"[DONE]")
+            await writer.flush()
+            assert (await read_after(redis, key, 0, count=1))[0].seq > SUBSCRIPTION_BUFFER_BATCHES + 1, "trimmed"
+            async for got in batches:
+                if got is not None:
+                    received.append(got)
+    finally:
+        await tailers.stop()
+    stored = [item.seq for items, was_stored in received if was_stored for item in items]
+    assert stored == list(range(2, len(stored) + 2)), "no item skipped silently"
+    ending = [item for items, was_stored in received if not was_stored for item in items]
+    assert [item.kind for item in ending] == ["data", "error", "done"], "the stream ends with an error"
+    error = json.loads(ending[1].payload)
+    assert error["error_type"] == "stream_gone"
+    assert f"items {len(stored) + 2}.." in error["detail"] and "were trimmed" in error["detail"]
