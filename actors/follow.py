@@ -49,7 +49,7 @@ from runtime.schemas.messages import StopReasonItem
 from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.runs import RunStore
-from runtime.stream.items import StoredItem, first_seq, last_seq, read_after
+from runtime.stream.items import StoredItem, first_seq, last_item, last_seq, read_after
 from runtime.stream.tailer import ItemsTrimmedError, TailerPool
 from runtime.stream.wire import DONE_PAYLOAD, encode, error_message
 
@@ -113,12 +113,14 @@ class RunFollower:
         self._tailers = tailers
         self._client = client
 
-    async def check_cursor(self, conversation_id: str, run_id: str, after: int) -> None:
-        """Refuse a resume cursor that cannot be honoured exactly (before anything is sent)."""
+    async def check_cursor(self, conversation_id: str, run_id: str, after: int) -> bool:
+        """Refuse a resume cursor that cannot be honoured exactly (before anything is sent); whether
+        the run's stream has ended at or before it (nothing is left to send, nor ever will be)."""
         if after < 0:
             raise InvalidRequestError(f"starting_after must be >= 0, got {after}")
         stream_key = keyspace.run_stream(conversation_id, run_id)
-        last = await last_seq(self._redis, stream_key)
+        tail = await last_item(self._redis, stream_key)
+        last = tail.seq if tail is not None else 0
         if last == 0:
             if not await self._runs.raw(conversation_id, run_id):
                 raise NotFoundError(f"run {run_id} not found")
@@ -131,6 +133,7 @@ class RunFollower:
         first = await first_seq(self._redis, stream_key)
         if first is not None and first > after + 1:
             raise StreamGoneError(self._trimmed(run_id, after, first))
+        return tail is not None and tail.terminal and after >= tail.seq
 
     def _trimmed(self, run_id: str, after: int, first: int) -> str:
         """What a reader is told when items ``after + 1`` to ``first - 1`` were trimmed: a resume from

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api.metrics import SSE_DISCONNECTS, SSE_ITEMS, SSE_STREAMS
 from api.state import AppState
@@ -120,11 +120,17 @@ def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
 
 async def resume_response(
     state: AppState, conversation_id: str, run_id: str, *, after: int, include_pings: bool, retry_ms: int | None = None
-) -> StreamingResponse:
+) -> Response:
     """What every resume route answers once it has found its run: the items after ``after``,
-    the cursor checked first (``RunFollower.check_cursor``). Resuming never cancels: the reader may leave."""
+    the cursor checked first (``RunFollower.check_cursor``). Resuming never cancels: the reader may leave.
+
+    ``retry_ms`` (an ``EventSource``'s route): a cursor at the end of a run that has ended gets
+    204 No Content, which tells an ``EventSource`` to stop reconnecting (an empty stream would make
+    it reconnect for ever)."""
     logs.bind(run_id=run_id, conversation_id=conversation_id)
-    await state.follower.check_cursor(conversation_id, run_id, after)
+    ended = await state.follower.check_cursor(conversation_id, run_id, after)
+    if ended and retry_ms is not None:
+        return Response(status_code=204)
     return sse_response(run_events(state, conversation_id, run_id, after=after, include_pings=include_pings, retry_ms=retry_ms))
 
 

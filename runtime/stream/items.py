@@ -61,8 +61,14 @@ def raw_item(entry_id: bytes, fields: list[bytes] | dict[bytes, bytes]) -> Store
 
 async def last_seq(redis: aioredis.Redis, key: str) -> int:
     """The highest seq written to ``key`` (0 if the stream does not exist)."""
+    last = await last_item(redis, key)
+    return last.seq if last is not None else 0
+
+
+async def last_item(redis: aioredis.Redis, key: str) -> StoredItem | None:
+    """The last item written to ``key`` (None if the stream does not exist)."""
     entries = replies.entries(await redis.xrevrange(key, count=1))
-    return seq_of(entries[0][0]) if entries else 0
+    return entry_item(*entries[0]) if entries else None
 
 
 async def first_seq(redis: aioredis.Redis, key: str) -> int | None:

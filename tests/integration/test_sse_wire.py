@@ -43,6 +43,21 @@ def test_every_item_has_a_gapless_seq_id_and_the_stream_ends_with_done(client: h
     assert [i["message_type"] for i in items[-2:]] == ["stop_reason", "usage_statistics"]
 
 
+def test_an_eventsource_reconnecting_after_the_last_event_of_an_ended_run_is_told_to_stop(client: httpx.Client) -> None:
+    """An ``EventSource`` reconnects whenever its response ends; 204 No Content is what stops it.
+    Resumed after the run's last event, the GET stream answers that, not an empty stream."""
+    conv = _conversation(client)
+    reply = client.post(f"/v1/conversations/{conv}/messages", json={"input": "one two", "streaming": False})
+    run_id = reply.json()["messages"][0]["run_id"]
+    with connect_sse(client, "GET", f"/v1/runs/{run_id}/stream") as source:
+        events = list(source.iter_sse())
+    assert events[-1].data == "[DONE]"
+    done = client.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": events[-1].id})
+    assert done.status_code == 204 and done.content == b""
+    before_done = client.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": events[-2].id})
+    assert before_done.status_code == 200 and "[DONE]" in before_done.text, "one event left: it is sent"
+
+
 def test_non_streaming_returns_a_letta_response(client: httpx.Client) -> None:
     conv = _conversation(client)
     body = {"messages": [{"role": "user", "content": "just one answer"}], "streaming": False}
