@@ -16,7 +16,11 @@ Each stored message also gets a reference to its conversation (``GET /v1/message
 by id alone), written alongside the append (the same round trip). A reference whose append was
 refused (a stale owner) points at a history without the message and is read as missing; an owner
 that dies between the two writes can leave a message that is listed but not found by id alone.
-``forget`` removes a conversation's references with it.
+A fork's copies keep their ids and their reference to the conversation they were first stored in;
+the fork is added to each one's set of copies, where a message is looked for once its first
+conversation no longer holds it (deleted). ``forget`` removes a conversation's references with it,
+only those that name it, and takes it out of the sets of copies: deleting a fork leaves its
+source's messages found by id, and deleting a source its forks'.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ end
 return (#ARGV - 1) / 2
 """
 
+# KEYS: a message's reference. ARGV: a conversation id. Deletes the reference if it names that one.
+_FORGET_REF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: epoch, history stream, index. ARGV: (message id, json) pairs. A history is seeded only
 # while nobody has ever owned its conversation (no epoch) and it is empty; 0 when refused.
 _SEED = """
@@ -74,6 +84,7 @@ class HistoryStore:
         self._redis = redis
         self._append = redis.register_script(_APPEND)
         self._seed = redis.register_script(_SEED)
+        self._forget_ref = redis.register_script(_FORGET_REF)
 
     async def append(self, fence: Fence, messages: Sequence[HistoryMessage]) -> None:
         if not messages:
@@ -111,6 +122,8 @@ class HistoryStore:
         keys = [keyspace.epoch(conversation_id), keyspace.history(conversation_id), keyspace.history_index(conversation_id)]
         if not await self._seed(keys=keys, args=args):
             raise ValueError(f"conversation {conversation_id} has a history already")
+        copied = dict.fromkeys(m.id for m in messages)
+        await send_together(self._redis, [("SADD", keyspace.message_copies(i), conversation_id) for i in copied])
 
     async def window(self, conversation_id: str, *, limit: int, through: str | None = None) -> list[HistoryMessage]:
         """The last ``limit`` messages up to and including every part of ``through`` (a message id;
@@ -212,12 +225,20 @@ class HistoryStore:
         return [m for m in (_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries) if m.id == message_id]
 
     async def message(self, message_id: str) -> tuple[str, list[HistoryMessage]] | None:
-        """The conversation a stored message belongs to and the message's parts, in order; None
-        if no history holds it."""
-        conversation_id = await self._redis.get(keyspace.message_ref(message_id))
-        if conversation_id is None:
-            return None
-        conversation_id = replies.text(conversation_id)
+        """The conversation a stored message belongs to (the one it was first stored in, else a
+        fork holding a copy) and the message's parts, in order; None if no history holds it."""
+        first = await self._redis.get(keyspace.message_ref(message_id))
+        if first is not None:
+            found = await self._parts_in(replies.text(first), message_id)
+            if found is not None:
+                return found
+        for conversation_id in sorted(replies.text(c) for c in await self._redis.smembers(keyspace.message_copies(message_id))):
+            found = await self._parts_in(conversation_id, message_id)
+            if found is not None:
+                return found
+        return None
+
+    async def _parts_in(self, conversation_id: str, message_id: str) -> tuple[str, list[HistoryMessage]] | None:
         try:
             return conversation_id, await self.parts(conversation_id, message_id)
         except NotFoundError:
@@ -230,17 +251,18 @@ class HistoryStore:
         return [m for m in (_MESSAGE.validate_json(fields[b"m"]) for _, fields in entries) if m.id == message_id]
 
     async def forget(self, conversation_id: str) -> None:
-        """Remove the references of a conversation's messages (before the conversation is deleted)."""
+        """Remove what finds a conversation's messages by id (before the conversation is deleted):
+        the references that name it, and its place among their copies (module docstring)."""
         index = keyspace.history_index(conversation_id)
         cursor = 0
         while True:
             cursor, found = await self._redis.hscan(index, cursor, count=FORGET_BATCH)
-            ids = list(found)
+            ids = [replies.text(i) for i in found]
             if ids:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for message_id in ids:
-                        pipe.delete(keyspace.message_ref(replies.text(message_id)))
-                    await pipe.execute()
+                await asyncio.gather(
+                    *(self._forget_ref(keys=[keyspace.message_ref(i)], args=[conversation_id]) for i in ids),
+                    send_together(self._redis, [("SREM", keyspace.message_copies(i), conversation_id) for i in ids]),
+                )
             if cursor == 0:
                 return
 

@@ -140,6 +140,11 @@ def message_ref(message_id: str) -> str:
     return f"{PREFIX}:msgref:{message_id}"
 
 
+def message_copies(message_id: str) -> str:
+    """Set of the conversations (forks) holding a copy of a message first stored in another."""
+    return f"{PREFIX}:msgcopies:{message_id}"
+
+
 def agent_runs(agent_id: str) -> str:
     """Sorted set of an agent's run ids by creation time (ms)."""
     return f"{PREFIX}:{{agent:{agent_id}}}:runs"

@@ -297,6 +297,31 @@ def test_a_conversations_own_fields_are_kept_and_its_listing_filters_as_letta_do
     assert hidden.id not in listed(archive_status="all")
 
 
+def test_a_message_is_found_by_id_whichever_of_a_source_and_its_fork_is_deleted(letta: Letta) -> None:
+    """A fork's copies keep their ids: deleting the fork must not lose the source's messages by id,
+    nor deleting the source the fork's."""
+    if not hasattr(letta.conversations, "fork"):
+        pytest.skip(f"letta-client {letta_client.__version__} has no conversations.fork")
+    agent = letta.agents.create(name="forked-ids")
+    source = letta.conversations.create(agent_id=agent.id)
+    list(letta.conversations.messages.create(source.id, messages=user("kept")))
+    message_id = letta.conversations.messages.list(source.id, order="asc").items[1].id
+
+    def content() -> Any:
+        (part,) = letta.messages.retrieve(message_id)
+        return getattr(part, "content", None)
+
+    letta.conversations.delete(letta.conversations.fork(source.id).id)
+    assert content() == "kept", "the source's message outlives a deleted fork"
+    fork = letta.conversations.fork(source.id)
+    letta.conversations.delete(source.id)
+    assert content() == "kept", "the fork's copy outlives its deleted source"
+    assert [m.id for m in letta.conversations.messages.list(fork.id, order="asc").items][1] == message_id
+    letta.conversations.delete(fork.id)
+    with pytest.raises(letta_client.NotFoundError):
+        letta.messages.retrieve(message_id)
+
+
 def test_recompile_returns_the_system_prompt_the_next_request_sends(letta: Letta, http: httpx.Client) -> None:
     agent = letta.agents.create(name="compiled", system="Be kind.", memory_blocks=[{"label": "human", "value": "Ada"}])
     conversation = letta.conversations.create(agent_id=agent.id)
