@@ -332,7 +332,7 @@ async def _turn(state: AppState, conv: ConversationRecord) -> _Turn:
     """One turn, timed from just before ``accept_turn`` (see the module docstring)."""
     wall0_ms = time.time() * 1000
     t0 = time.perf_counter()
-    view = await accept_turn(state, OPEN, conv.ref(), SendMessageRequest(input=TURN_TEXT))
+    view = (await accept_turn(state, OPEN, conv.ref(), SendMessageRequest(input=TURN_TEXT))).run
     call_s = time.perf_counter() - t0
     sub = state.tailers.subscribe(keyspace.run_stream(view.conversation_id, view.id), after=1)  # seq 1 is the ping written on accept
     first_s: float | None = None

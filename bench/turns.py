@@ -279,13 +279,15 @@ def _burst_phase(serve: Serve, upstream: StampingUpstream, conversations: list[s
         bursts.start(burst, [(serve.url, share, ready, instant) for share in shares])
         for _ in shares:
             ready.get(timeout=REQUEST_TIMEOUT_S)
+        # Counted before the instant is given: on a loaded machine this thread may wake after the
+        # first turns have reached the upstream, whose delays would then be left out.
+        delays_before = len(upstream.first_token_delays_s)
         at = time.time() + 0.5  # every process is waiting for it by then
         for _ in shares:
             instant.put(at)
         say("burst: every connection open, the turns leave in 0.5 s")
         time.sleep(max(0.0, at - time.time()))
         server_before, upstream_before = server_cpu_s(serve.pid), process_cpu_s(os.getpid())
-        delays_before = len(upstream.first_token_delays_s)
         parts: list[Burst] = bursts.gather(timeout_s=SPAWN_S + REQUEST_TIMEOUT_S + opts.tokens / opts.rate_hz)
         wall_s = time.time() - at
         server_after, upstream_after = server_cpu_s(serve.pid), process_cpu_s(os.getpid())
