@@ -6,12 +6,18 @@ directly follows a subscription's cursor is handed to it at once; any other case
 message: "read me") marks the stream, and the next non-blocking ``XREAD`` round reads every marked
 stream after its subscriptions' cursor: in one command on a single Redis; on a cluster, one command
 per slot (a command's keys must share one), all of a primary's in one write. So the work per item
-does not grow with the number of streams watched. A stream is also read when a subscription starts,
+does not grow with the number of streams watched. On a cluster each primary's streams (as
+redis-py's map of the slots places them) are read by a queue of their own (``_PrimaryReads``: one
+read in flight, on connections of its own, with its own backoff), as the writer's appends are sent
+(``runtime.stream.writer``): a primary that cannot answer (frozen, unreachable, or the refresh of
+the map that follows its failure waiting on it) holds back only the reads of its own streams, never
+those of the others. A stream is also read when a subscription starts,
 when the server confirms a (re)subscription (after a reconnect or a move to another primary too, so
 nothing published while it was away is missed), when a paused subscription resumes, and by a sweep
 that reads every stream once each ``block_ms`` (a slice at a time), which bounds the delay should a
 message ever be lost. The reading connections are ``runtime.store.direct``'s (no pool, no
-per-command machinery).
+per-command machinery). A read that fails (Redis, or a cluster's primary, away) is tried again with
+backoff; the items it missed are still in the stream, so it misses nothing.
 
 A subscription's buffer is bounded (``SUBSCRIPTION_BUFFER_BYTES`` of payload, or one item if that
 is larger); a consumer that falls behind is paused at its cursor (Redis keeps the data) and resumed
@@ -36,13 +42,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.errors import StreamGoneError
-from runtime.store.connection import is_cluster, reraise_if_cancelling
-from runtime.store.direct import Direct
+from runtime.store.connection import SLOT_UNAVAILABLE, is_cluster, reraise_if_cancelling
+from runtime.store.direct import Direct, primary_of
 from runtime.stream.items import StoredItem, kind_of, raw_item
 from runtime.stream.listener import Listeners
 
@@ -166,25 +174,25 @@ class Subscription:
 
 
 class StreamTailer:
-    """Multiplexes many subscriptions over one pub/sub connection and one reading connection; see
-    the module docstring."""
+    """Multiplexes many subscriptions over one pub/sub connection and one reading connection (on a
+    cluster, one of each per primary); see the module docstring."""
 
     def __init__(self, redis: aioredis.Redis, *, block_ms: int, name: str = "tailer") -> None:
         self._block_s = block_ms / 1000
         self._name = name
-        self._cluster = is_cluster(redis)
+        self._cluster: RedisCluster | None = redis if is_cluster(redis) else None
         self._subs: dict[str, set[Subscription]] = {}
         self._dirty: set[str] = set()  # streams to read in the next round
         self._wake = asyncio.Event()  # set when ``_dirty`` gains a stream
         self._listeners = Listeners(
             redis, wanted=self._subs, block_s=self._block_s, name=name, on_message=self._published, on_subscribed=self._mark
         )
-        self._reader = Direct(redis)  # private connections: reads never queue behind the pool
+        self._reader = Direct(redis)  # one server's: private connections, reads never queue behind the pool
+        self._primaries: dict[str, _PrimaryReads] = {}  # a cluster's reads, by primary (``_hand_out``)
         self._sweep: deque[str] = deque()  # streams the current sweep pass has yet to mark
         self._sweep_ends = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self.reads = 0  # XREAD rounds done: subscriptions, gaps, resumes and sweep steps
-        self._unread_logged_at = -UNREAD_LOG_PERIOD_S
 
     @property
     def subscriptions(self) -> int:
@@ -202,6 +210,9 @@ class StreamTailer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        primaries, self._primaries = self._primaries, {}
+        for reads in primaries.values():
+            await reads.stop()
         await self._listeners.stop()
         await self._reader.close()
 
@@ -256,6 +267,9 @@ class StreamTailer:
     # -- the reader: one XREAD of the marked streams per round -----------------------------------
 
     async def _read(self) -> None:
+        """Wait for a marked stream (or the sweep's next step), then read the marked streams: here,
+        on one server; on a cluster each goes to its primary's reads (``_hand_out``), and this loop
+        never waits for a primary."""
         backoff_s = RECONNECT_BACKOFF_MIN_S
         next_sweep = time.monotonic() + self._block_s
         while True:
@@ -269,36 +283,20 @@ class StreamTailer:
                             await self._wake.wait()
                 if (now := time.monotonic()) >= next_sweep:
                     next_sweep = self._sweep_step(now)
-                cursors = self._cursors()
+                if self._cluster is not None:
+                    self._hand_out(self._cluster)
+                    continue
+                dirty, self._dirty = self._dirty, set()
+                cursors = self._cursors(dirty)
                 if not cursors:
                     continue
-                groups = self._by_slot(cursors) if self._cluster else [cursors]
-                commands: list[tuple[str | int, ...]] = [
-                    ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *g, *(f"0-{c}" for c in g.values())) for g in groups
-                ]
-                replies = await self._reader.execute(commands, [next(iter(g)) for g in groups], partial=True)
-                unread: list[str] = []
-                for group, reply in zip(groups, replies, strict=True):
-                    if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
-                        unread.extend(group)  # its primary is away (a cluster's): the others are read
-                        continue
-                    if isinstance(reply, Exception):
-                        raise reply
-                    self._dispatch(reply, group)
-                self.reads += 1
-                if unread:
-                    if now - self._unread_logged_at >= UNREAD_LOG_PERIOD_S:
-                        self._unread_logged_at = now
-                        log.warning("stream tailer could not reach a primary; reading its streams again", extra={"streams": len(unread)})
-                    asyncio.get_running_loop().call_later(backoff_s, self._remark, unread)
-                    backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
-                    continue
+                await self._read_round(self._reader, cursors)  # one server: a failure is raised, none returned
                 backoff_s = RECONNECT_BACKOFF_MIN_S
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the loop must never die: log, read those streams again, go on
                 reraise_if_cancelling()
-                if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+                if isinstance(exc, _AWAY):
                     log.warning("stream tailer lost Redis, reconnecting", extra={"error": str(exc)})
                 else:
                     log.exception("stream tailer step failed")
@@ -306,6 +304,44 @@ class StreamTailer:
                 await self._reader.close()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+
+    async def _read_round(self, reader: Direct, cursors: dict[str, int]) -> list[str]:
+        """One read of the streams of ``cursors`` after their cursors (a command per slot on a
+        cluster), the items handed to their subscriptions (``_dispatch``); returns the streams
+        whose primary could not be reached (a cluster's only: on one server that is raised)."""
+        groups = self._by_slot(cursors) if self._cluster is not None else [cursors]
+        commands: list[tuple[str | int, ...]] = [
+            ("XREAD", "COUNT", XREAD_COUNT, "STREAMS", *g, *(f"0-{c}" for c in g.values())) for g in groups
+        ]
+        replies = await reader.execute(commands, [next(iter(g)) for g in groups], partial=True)
+        unread: list[str] = []
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
+                unread.extend(group)  # its primary is away: read again (``_PrimaryReads``)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            self._dispatch(reply, group)
+        self.reads += 1
+        return unread
+
+    def _hand_out(self, cluster: RedisCluster) -> None:
+        """Give each marked stream to the reads of the primary serving its slot, as redis-py's map
+        has it; one whose slot nobody serves for the moment to reads of no primary (``""``): its
+        read fails, and is tried again once the map is corrected (the listeners ask for that)."""
+        by_primary: dict[str, list[str]] = {}
+        for key in self._dirty:
+            try:
+                name = primary_of(cluster, key).name
+            except SlotNotCoveredError:
+                name = ""
+            by_primary.setdefault(name, []).append(key)
+        self._dirty = set()
+        for name, keys in by_primary.items():
+            reads = self._primaries.get(name)
+            if reads is None:
+                reads = self._primaries[name] = _PrimaryReads(self, cluster, name)
+            reads.submit(keys)
 
     def _remark(self, keys: list[str]) -> None:
         for key in keys:
@@ -338,11 +374,10 @@ class StreamTailer:
             groups.setdefault(key_slot(key.encode()), {})[key] = cursor
         return list(groups.values())
 
-    def _cursors(self) -> dict[str, int]:
-        """Take the dirty streams: each one's lowest cursor among its active subscriptions."""
-        dirty, self._dirty = self._dirty, set()
+    def _cursors(self, keys: Iterable[str]) -> dict[str, int]:
+        """Each of ``keys``' lowest cursor among its active subscriptions (one with none: left out)."""
         cursors: dict[str, int] = {}
-        for key in dirty:
+        for key in keys:
             active = [s.cursor for s in self._subs.get(key, ()) if s.active]
             if active:
                 cursors[key] = min(active)
@@ -373,6 +408,85 @@ class StreamTailer:
                     _offer(sub, fresh)
                 else:  # seq ids are contiguous: the ones between were trimmed (module docstring)
                     sub._lost(fresh[0].seq)
+
+
+_AWAY = (RedisConnectionError, RedisTimeoutError, OSError, *SLOT_UNAVAILABLE)  # Redis, or the key's primary, away
+
+
+class _PrimaryReads:
+    """The reads of the streams one primary of a cluster serves (module docstring): the streams
+    handed to it, read by a task of its own while any is waiting, one read at a time, on
+    connections of its own (``Direct``: each command still goes where redis-py's map sends its
+    key, so a stream whose slot moved is read right, in this queue until it is marked again). Its
+    failures, the refresh of the map that follows one, and its backoff are its own: a primary that
+    cannot answer keeps its own streams waiting, no one else's. As the writer's pipeliners, the task
+    lives only while there is something to read. Should a slot move, its stream may be read by two
+    queues at once: harmless, as each reply holds the items right after its own cursor and
+    ``_dispatch`` hands a subscription only those after its current one, so a late reply adds
+    nothing and never looks like a gap."""
+
+    def __init__(self, tailer: StreamTailer, cluster: RedisCluster, name: str) -> None:
+        self._tailer = tailer
+        self._name = name
+        self._reader = Direct(cluster)
+        self._keys: set[str] = set()  # streams to read in the next round
+        self._task: asyncio.Task[None] | None = None
+        self._backoff_s = RECONNECT_BACKOFF_MIN_S
+        self._unread_logged_at = -UNREAD_LOG_PERIOD_S
+
+    def submit(self, keys: Iterable[str]) -> None:
+        self._keys.update(keys)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self._tailer._name}-read-{self._name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._reader.close()
+
+    async def _run(self) -> None:
+        try:
+            while self._keys:
+                keys, self._keys = self._keys, set()
+                unread = await self._read(keys)
+                if unread:
+                    await self._back_off(unread)
+                else:
+                    self._backoff_s = RECONNECT_BACKOFF_MIN_S
+        finally:
+            self._task = None
+
+    async def _read(self, keys: set[str]) -> list[str]:
+        """One round of ``keys``; returns those not read (their primary away, or a failure)."""
+        cursors: dict[str, int] = {}
+        try:
+            reraise_if_cancelling()  # redis-py can swallow a cancellation that lands mid-command
+            cursors = self._tailer._cursors(keys)
+            return await self._tailer._read_round(self._reader, cursors) if cursors else []
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the reads must never die: read those streams again
+            reraise_if_cancelling()
+            if not isinstance(exc, _AWAY):
+                log.exception("stream tailer read failed", extra={"node": self._name})
+            await self._reader.close()
+            return list(cursors)
+
+    async def _back_off(self, unread: list[str]) -> None:
+        """Wait (doubling from ``RECONNECT_BACKOFF_MIN_S`` up to ``RECONNECT_BACKOFF_MAX_S`` while
+        reads keep failing), then mark ``unread`` again: routed anew, should the map have changed."""
+        now = time.monotonic()
+        if now - self._unread_logged_at >= UNREAD_LOG_PERIOD_S:
+            self._unread_logged_at = now
+            log.warning(
+                "stream tailer could not reach a primary; reading its streams again", extra={"streams": len(unread), "node": self._name}
+            )
+        await asyncio.sleep(self._backoff_s)
+        self._backoff_s = min(self._backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+        self._tailer._remark(unread)
 
 
 def _offer(sub: Subscription, items: list[StoredItem]) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,9 +24,11 @@ import redis
 from httpx_sse import aconnect_sse
 
 from bench.rediscluster import LocalCluster, Primary
+from runtime.settings import Settings
 from runtime.store import keyspace
+from runtime.store.connection import connect
 from runtime.stream.items import read_after
-from runtime.stream.tailer import StreamTailer
+from runtime.stream.tailer import StreamTailer, Subscription
 from runtime.stream.writer import ChunkWriter
 from tests.conftest import Convoy, async_client, eventually, start_convoy, stop_convoy, wait_until
 from tests.integration.test_actors import long_text
@@ -309,3 +313,73 @@ async def test_a_map_refresh_while_unneeded_listeners_are_dropped_leaves_no_stre
         if late is not None:
             late.close()
         await tailer.stop()
+
+
+FROZEN_PEER_READ_S = 1.0  # what a reader of a healthy primary may wait while another primary is frozen
+FROZEN_SOCKET_TIMEOUT_S = 2.0  # this test's client: the frozen primary's first read fails within it
+
+
+async def _take(sub: Subscription, got: list[int], count: int, timeout_s: float) -> None:
+    """Add ``sub``'s items to ``got`` until it holds ``count``, failing after ``timeout_s`` in all."""
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count:
+        batch = await sub.get(timeout_s=max(0.0, deadline - time.monotonic()))
+        assert batch is not None, f"only {got} of {count} items arrived within {timeout_s:g} s"
+        got.extend(item.seq for item in batch)
+
+
+async def test_a_frozen_primary_delays_no_reads_of_streams_on_the_others(cluster: LocalCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: the tailer read every primary's marked streams in one round and waited for all
+    of them, and after a failed read refreshed the map of slots before its next round, which waits
+    on the frozen node too: with one primary frozen (SIGSTOP: it accepts and answers nothing), a new
+    subscription to a stream on a healthy primary got its first items after 10-30 s, and so did a
+    gap on one. Each primary's streams are read on their own now: a healthy primary's readers get
+    their items at once, before the frozen primary's read fails and after (while its reads refresh
+    the map and reconnect), every item once and in order; the frozen primary's reader gets its own
+    once it is thawed."""
+    frozen, healthy = cluster.primaries[0], cluster.primaries[1]
+    stuck_key, key = _key_on(cluster, frozen), _key_on(cluster, healthy)
+    frozen.client.xadd(stuck_key, {"k": "data", "p": "frozen 1"}, id="0-1")
+    for seq in (1, 2):
+        healthy.client.xadd(key, {"k": "data", "p": f"healthy {seq}"}, id=f"0-{seq}")
+    store = connect(Settings(redis_url=cluster.url, redis_socket_timeout_s=FROZEN_SOCKET_TIMEOUT_S))
+    tailer = StreamTailer(store, block_ms=1000)
+    await tailer.start()
+    subs = [tailer.subscribe(stuck_key, 0)]
+    try:
+        await _take(subs[0], [], 1, WAIT_S)  # the frozen primary's connections are open and in use
+        assert frozen.process is not None
+        os.kill(frozen.process.pid, signal.SIGSTOP)
+        try:
+            stuck = tailer.subscribe(stuck_key, 0)  # a read of the frozen primary's stream, from now on
+            first = tailer.subscribe(key, 0)  # marked at the same moment: the old code read both in one round
+            subs += [stuck, first]
+            got: list[int] = []
+            await _take(first, got, 2, FROZEN_PEER_READ_S)
+
+            await eventually(
+                lambda: any("could not reach a primary" in r.getMessage() for r in caplog.records),
+                WAIT_S,
+                message="the frozen primary's read to fail (its next ones refresh the map and reconnect)",
+            )
+            # A gap (item 3 missed, 4 published): the stream is read again, on the healthy primary.
+            await eventually(lambda: _subscribed(healthy, key), WAIT_S, message="the reader to subscribe on the healthy primary")
+            for seq in (3, 4):
+                healthy.client.xadd(key, {"k": "data", "p": f"healthy {seq}"}, id=f"0-{seq}")
+            healthy.client.execute_command("SPUBLISH", key, "4 data healthy 4")
+            await _take(first, got, 4, FROZEN_PEER_READ_S)
+            assert got == [1, 2, 3, 4], "every item once, in order"
+            second = tailer.subscribe(key, 1)
+            subs.append(second)
+            resumed: list[int] = []
+            await _take(second, resumed, 3, FROZEN_PEER_READ_S)
+            assert resumed == [2, 3, 4]
+        finally:
+            os.kill(frozen.process.pid, signal.SIGCONT)
+        await _take(stuck, [], 1, WAIT_S)  # its reads resume once it answers again
+        await asyncio.to_thread(wait_until, cluster.ready, WAIT_S, 0.05, "the cluster to be whole again")
+    finally:
+        for sub in subs:
+            sub.close()
+        await tailer.stop()
+        await store.aclose()
