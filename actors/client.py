@@ -172,8 +172,9 @@ class ConversationClient:
         except BaseException:
             await asyncio.gather(indexing, accepting, return_exceptions=True)
             if not accepting.done() or accepting.cancelled() or accepting.exception() is not None:
-                if accepting.done() and isinstance(accepting.exception(), REFUSALS):
-                    await self._runs.unindex(run)  # refused: nothing was accepted, leave no trace
+                refusal = accepting.exception() if accepting.done() and not accepting.cancelled() else None
+                if isinstance(refusal, REFUSALS):  # refused: nothing was accepted, leave no trace
+                    await self._runs.unindex(run, conversation_gone=isinstance(refusal, NotFoundError))
                 raise
             # Accepted, but its indexing failed: the run must be findable before anyone hears of it.
             await through_outage(lambda: self._runs.index(run), patience_s=self._settings.store_outage_s, what="indexing a run")

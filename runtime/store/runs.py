@@ -44,6 +44,8 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 # Runs that never reach a terminal status (a bug) still expire eventually.
 UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
 LIST_SCAN_MAX = 10_000
+LIST_WINDOW = 200  # index entries read per round trip when listing runs
+PRUNE_GRACE_MS = 60_000  # an index entry without its run is pruned only once this old
 
 # created -> running, for the owner ``owner`` (see ``RunStore.start`` for the outcomes). A Lua
 # function, so that the mailbox's take (``actors.mailbox``) starts a run exactly as this does.
@@ -169,28 +171,35 @@ class RunStore:
         is then refused or deduplicated is unindexed (``unindex``); one whose refusal could not be
         undone (a crash in between) leaves an index entry pointing at nothing, which readers skip."""
         at = now_ms()
+        expired = f"({at - UNFINISHED_RUN_TTL_S * 1000}"  # no run indexed before this is kept by now
+        indexes = (keyspace.runs_index(view.tenant), keyspace.conversation_runs(view.conversation_id), keyspace.agent_runs(view.agent_id))
         # Sent together, not as a pipeline: on one server they leave in one write on the shared
         # connection (runtime.store.mux), where a pipeline takes a pooled connection of its own.
         await send_together(
             self._redis,
             [
                 ("SET", keyspace.run_ref(view.id), view.conversation_id, "EX", UNFINISHED_RUN_TTL_S),
-                ("ZADD", keyspace.runs_index(view.tenant), at, view.id),
-                ("ZADD", keyspace.conversation_runs(view.conversation_id), at, view.id),
-                ("ZADD", keyspace.agent_runs(view.agent_id), at, view.id),
+                *(("ZADD", index, at, view.id) for index in indexes),
+                # Entries of runs that can no longer exist: an index stays about as long as what it finds.
+                *(("ZREMRANGEBYSCORE", index, "-inf", expired) for index in indexes),
                 # A conversation's last message is when its newest run was asked for (Letta's last_message_at).
                 ("ZADD", keyspace.conversations_activity(view.tenant), at, view.conversation_id),
                 ("ZADD", keyspace.agent_conversations_activity(view.agent_id), at, view.conversation_id),
             ],
         )
 
-    async def unindex(self, view: RunView) -> None:
-        """Undo ``index`` for a run that was then refused or found to be a retry of another."""
+    async def unindex(self, view: RunView, *, conversation_gone: bool = False) -> None:
+        """Undo ``index`` for a run that was then refused or found to be a retry of another;
+        ``conversation_gone``: refused because its conversation no longer exists, which must not
+        stay listed by its last message either."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(keyspace.run_ref(view.id))
             pipe.zrem(keyspace.runs_index(view.tenant), view.id)
             pipe.zrem(keyspace.conversation_runs(view.conversation_id), view.id)
             pipe.zrem(keyspace.agent_runs(view.agent_id), view.id)
+            if conversation_gone:
+                pipe.zrem(keyspace.conversations_activity(view.tenant), view.conversation_id)
+                pipe.zrem(keyspace.agent_conversations_activity(view.agent_id), view.conversation_id)
             await pipe.execute()
 
     async def latest(self, conversation_id: str) -> str | None:
@@ -199,39 +208,63 @@ class RunStore:
         return ids[0] if ids else None
 
     async def list(self, query: RunQuery, *, tenant: str) -> list[RunView]:
-        """The tenant's runs matching ``query``, newest first unless ascending; scans at most
-        ``LIST_SCAN_MAX`` candidates of the narrowest index (conversation, agent, or the tenant's)."""
+        """The tenant's runs matching ``query``, newest first unless ascending, from the narrowest
+        index (conversation, agent, or the tenant's); ``after``/``before``: run ids (one not in the
+        index gives nothing). Entries whose run has expired are taken out of the index as they are
+        met (an index is also trimmed as runs are added: ``index``), and do not count towards the
+        ``LIST_SCAN_MAX`` runs read at most."""
         if query.conversation_id:
             index = keyspace.conversation_runs(query.conversation_id)
         elif query.agent_id:
             index = keyspace.agent_runs(query.agent_id)
         else:
             index = keyspace.runs_index(tenant)
-        ids = replies.members(await self._redis.zrange(index, 0, LIST_SCAN_MAX - 1, desc=not query.ascending))
-        if query.after is not None:
-            ids = ids[ids.index(query.after) + 1 :] if query.after in ids else []
-        if query.before is not None:
-            ids = ids[: ids.index(query.before)] if query.before in ids else []
-        found: list[RunView] = []
-        for start in range(0, len(ids), 200):
-            chunk = ids[start : start + 200]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id in chunk:
-                    pipe.get(keyspace.run_ref(run_id))
-                convs = await pipe.execute()
-            async with self._redis.pipeline(transaction=False) as pipe:
-                live = [(r, c.decode()) for r, c in zip(chunk, convs, strict=True) if c is not None]
-                for run_id, conv in live:
-                    pipe.hgetall(keyspace.run(conv, run_id))
-                raws = await pipe.execute()
-            for raw in raws:
-                if raw:
-                    view = _view(raw)
-                    if view.tenant == tenant and query.matches(view):
-                        found.append(view)
-                        if len(found) >= query.limit:
-                            return found
-        return found
+        found: builtins.list[RunView] = []
+        started = query.after is None
+        rank = 0  # of the next entry to read, among those still in the index
+        read = 0
+        while read < LIST_SCAN_MAX:
+            entries = await self._redis.zrange(index, rank, rank + LIST_WINDOW - 1, desc=not query.ascending, withscores=True)
+            live, pruned = await self._live(index, replies.scored(entries))
+            rank += len(entries) - pruned  # what was pruned left the index: the ranks after it moved up
+            read += len(live)
+            for run_id, raw in live:
+                if not started:
+                    started = run_id == query.after
+                    continue
+                if run_id == query.before:
+                    return found
+                view = _view(raw)
+                if view.tenant == tenant and query.matches(view) and len(found) < query.limit:
+                    found.append(view)
+                    if len(found) >= query.limit and query.before is None:
+                        return found
+            if len(entries) < LIST_WINDOW:
+                break
+        return [] if query.before is not None else found
+
+    async def _live(
+        self, index: str, entries: builtins.list[tuple[str, float]]
+    ) -> tuple[builtins.list[tuple[str, dict[bytes | str, bytes | str]]], int]:
+        """The runs of ``entries`` (id, indexed at ms) still readable, in order, with their records;
+        and how many entries were taken out of ``index``: those whose run expired (no reference
+        left) more than ``PRUNE_GRACE_MS`` after they were indexed (a run being accepted has its
+        reference written alongside its index entries, which may land first on a cluster)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id, _ in entries:
+                pipe.get(keyspace.run_ref(run_id))
+            refs = await pipe.execute()
+        named = [(r, replies.text(c)) for (r, _), c in zip(entries, refs, strict=True) if c is not None]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id, conversation_id in named:
+                pipe.hgetall(keyspace.run(conversation_id, run_id))
+            records = await pipe.execute()
+        live = [(r, raw) for (r, _), raw in zip(named, records, strict=True) if raw]
+        settled = now_ms() - PRUNE_GRACE_MS
+        gone = [r for (r, at), ref in zip(entries, refs, strict=True) if ref is None and at < settled]
+        if gone:
+            await self._redis.zrem(index, *gone)
+        return live, len(gone)
 
     async def note_callback(
         self, conversation_id: str, run_id: str, *, sent_at_ms: int, status_code: int | None, error: str | None

@@ -357,6 +357,19 @@ def test_a_small_context_window_still_answers_and_an_overflow_is_a_400(http: htt
     assert reply.headers["x-should-retry"] == "false"
 
 
+def test_a_send_to_a_deleted_conversation_is_404_and_leaves_no_trace(http: httpx.Client, store: redis.Redis) -> None:
+    """The API knows the conversation from before (its id says its tenant and agent for good), so
+    only the accept step finds it gone: its refusal must undo everything the send wrote, the
+    conversation's place among the recently messaged ones included."""
+    agent = http.post("/v1/agents", json={"name": "gone"}).json()["id"]
+    conversation = http.post("/v1/conversations", params={"agent_id": agent}).json()["id"]
+    assert http.post(f"/v1/conversations/{conversation}/messages", json={"input": "hi", "streaming": False}).status_code == 200
+    assert http.delete(f"/v1/conversations/{conversation}").status_code == 200
+    refused(http, store, "POST", f"/v1/conversations/{conversation}/messages", 404, "not found", json={"input": "again", "streaming": False})
+    listed = http.get("/v1/conversations", params={"agent_id": agent, "order_by": "last_message_at"})
+    assert listed.status_code == 200 and listed.json() == []
+
+
 def test_a_last_event_id_of_unicode_digits_is_refused(http: httpx.Client) -> None:
     run = f"run-{'0' * 8}-0000-4000-8000-{'0' * 12}"
     reply = http.get(f"/v1/runs/{run}/stream", headers=[(b"Last-Event-ID", "²".encode("latin-1"))])
