@@ -56,6 +56,10 @@ async def test_resume_at_every_cursor_of_a_finished_run(client: httpx.AsyncClien
     for cursor in range(len(full) + 1):
         resumed = stored(await read(client, "POST", f"/v1/runs/{run_id}/stream", json={"starting_after": cursor}))
         assert resumed == full[cursor:], f"cursor {cursor}"
+        if cursor == len(full):  # past the last event: an EventSource is told to stop reconnecting
+            ended = await client.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": str(cursor)})
+            assert ended.status_code == 204, ended.text
+            continue
         by_header = stored(
             await read(client, "GET", f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": str(cursor)})
         )
