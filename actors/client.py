@@ -25,6 +25,7 @@ be reached).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from dataclasses import dataclass
@@ -266,17 +267,23 @@ class ConversationClient:
     # -- deleting -------------------------------------------------------------------------------
 
     async def delete_conversation(self, conversation: ConversationRecord) -> Cancelled:
-        """Cancel its unfinished runs, then remove it, its history and its index entries (404 if it
-        is gone already); its runs stay readable until they expire."""
+        """Close it to new turns, cancel its unfinished runs, then remove it, its history and its
+        index entries (404 if it is gone already); its runs stay readable until they expire.
+        Closed first: a turn accepted after the cancel looked would be left in a mailbox about to
+        be removed, its run ``created`` for good (and its API key's run slot held)."""
+        await self._conversations.close(conversation.id)
         cancelled = await self.cancel_conversation(conversation.id)
         await self._history.forget(conversation.id)
-        await self._conversations.delete(conversation, epoch_ttl_s=self._settings.stream_ttl_s)
+        await self._conversations.remove(conversation, epoch_ttl_s=self._settings.stream_ttl_s)
         return cancelled
 
     async def delete_agent(self, agent_id: str) -> Cancelled:
-        """Cancel the unfinished runs of all its conversations, then remove the agent, its
-        conversations and their histories (``AgentStore.delete``); its runs stay readable until
-        they expire."""
+        """Close its conversations to new turns, cancel their unfinished runs, then remove the
+        agent, its conversations and their histories (``AgentStore.delete``); its runs stay
+        readable until they expire."""
+        for conversation_id in await self._conversations.ids_of(agent_id):
+            with contextlib.suppress(NotFoundError):  # deleted meanwhile
+                await self._conversations.close(conversation_id)
         cancelled = await self.cancel_agent(agent_id)
         await asyncio.gather(*(self._history.forget(c) for c in await self._conversations.ids_of(agent_id)))
         await self._agents.delete(agent_id, epoch_ttl_s=self._settings.stream_ttl_s)

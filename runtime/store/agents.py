@@ -344,20 +344,24 @@ class ConversationStore:
         return {i: datetime.fromtimestamp(s / 1000, UTC) for i, s in zip(ids, scores, strict=True) if s is not None}
 
     async def delete(self, conversation: ConversationRecord, *, epoch_ttl_s: int) -> None:
-        """Remove the conversation, its history and mailbox, then its index entries; its runs
-        expire on their own and its fencing epoch with them (as an agent's delete does). 404 if it
-        is gone already."""
-        key = keyspace.conversation(conversation.id)
+        """``close`` the conversation, then ``remove`` the rest. 404 if it is gone already."""
+        await self.close(conversation.id)
+        await self.remove(conversation, epoch_ttl_s=epoch_ttl_s)
 
-        async def remove(pipe: Pipeline) -> None:
-            if not await pipe.exists(key):
-                raise NotFoundError(f"conversation {conversation.id} not found")
-            pipe.multi()
+    async def close(self, conversation_id: str) -> None:
+        """Delete the conversation's record, which accepting a turn checks in the same step: no turn
+        gets in after this (what got in before is for the caller to cancel). 404 if it is gone."""
+        if not await self._redis.delete(keyspace.conversation(conversation_id)):
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        self._refs.pop(conversation_id, None)
+
+    async def remove(self, conversation: ConversationRecord, *, epoch_ttl_s: int) -> None:
+        """Remove what a closed conversation owns (history, mailbox), then its index entries; its
+        runs expire on their own and its fencing epoch with them (as an agent's delete does)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(*_conversation_keys(conversation.id))
             pipe.expire(keyspace.epoch(conversation.id), epoch_ttl_s)
-
-        await self._redis.transaction(remove, key)
-        self._refs.pop(conversation.id, None)
+            await pipe.execute()
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(keyspace.conversations_index(conversation.tenant), conversation.id)
             pipe.zrem(keyspace.conversations_activity(conversation.tenant), conversation.id)

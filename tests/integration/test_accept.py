@@ -11,9 +11,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from actors.client import ConversationClient
+from actors.client import Cancelled, ConversationClient
 from actors.mailbox import Mailbox
 from actors.supervisor import host_names
+from runtime.errors import NotFoundError
 from runtime.ids import new_id
 from runtime.schemas.agents import ConversationRef
 from runtime.schemas.messages import utcnow
@@ -22,6 +23,7 @@ from runtime.schemas.runs import RunQuery, RunView
 from runtime.schemas.turns import TurnRequest
 from runtime.settings import Settings
 from runtime.store import keyspace
+from runtime.store.agents import AgentStore, ConversationStore
 from runtime.store.connection import connect
 from runtime.store.runs import RunStore
 from runtime.stream.tailer import TailerPool
@@ -83,3 +85,31 @@ async def test_an_accept_whose_reply_was_lost_keeps_its_run_and_a_retry_joins_it
         assert [r.id for r in await runs.list(RunQuery(conversation_id=conversation), tenant="t")] == [turn.run_id]
     finally:
         await api.aclose()
+
+
+async def test_a_send_arriving_while_its_conversation_is_deleted_is_refused_not_orphaned(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Deleting a conversation cancels what its mailbox holds, then removes it: a send accepted in
+    between would be left behind, its run ``created`` for good. The delete closes the conversation
+    to new turns first, so that send is refused (404) instead."""
+    for name in host_names(settings):  # a live host: waking a conversation rings its doorbell (no Ray here)
+        await redis.hset(keyspace.hosts(), name, json.dumps({"ts": time.time()}))
+    agent = await AgentStore(redis).create(tenant="t", name="doomed", model="echo/echo", system="")
+    conversation = await ConversationStore(redis).create(agent)
+    runs = RunStore(redis, ttl_s=60, maxlen=100)
+    late: list[BaseException | None] = []
+
+    class SendDuringTheCancel(ConversationClient):
+        async def cancel_conversation(self, conversation_id: str) -> Cancelled:
+            try:
+                await self.accept(conversation.ref(), *_send(conversation_id), on_busy="queue", idempotency=None, approval=None, key_id=None)
+                late.append(None)
+            except NotFoundError as exc:
+                late.append(exc)
+            return await super().cancel_conversation(conversation_id)
+
+    client = SendDuringTheCancel(settings, redis, runs, TailerPool(redis, block_ms=100))
+    await client.delete_conversation(conversation)
+    assert len(late) == 1 and isinstance(late[0], NotFoundError), "the send is refused: the conversation is closed"
+    assert await runs.list(RunQuery(conversation_id=conversation.id), tenant="t") == [], "and no run is left behind"
