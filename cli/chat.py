@@ -34,9 +34,10 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Confirm, Prompt
 
-from cli.chat_view import RunView, describe_call, describe_run
+from cli.chat_view import PendingCall, RunView, describe_call, describe_run, printable
 from runtime.errors import ConvoyError
 from runtime.settings import Settings
 
@@ -46,6 +47,12 @@ RESUME_ATTEMPTS = 5
 POLL_S = 0.1  # how soon Ctrl-C is acted on while an answer streams
 _END = object()  # a stream's end, as the reading thread hands it over
 HISTORY_LIMIT = 1000
+
+
+def approval_prompt(call: PendingCall) -> str:
+    """The question asked before a call runs, in ``rich`` markup: the call as the model wrote it,
+    escaped, so no part of it is read as markup (``[conceal]`` would hide what is approved)."""
+    return f"[bold yellow]approve[/] {escape(describe_call(call))}?"
 
 
 class ChatError(ConvoyError):
@@ -205,8 +212,9 @@ class Chat:
             self.conversation = conversation_id
         else:
             self.conversation = self.api.call("POST", "/v1/conversations", params={"agent_id": self.agent["id"]})["id"]
+        name, model_handle, agent_id = (escape(printable(str(self.agent[k]))) for k in ("name", "model", "id"))
         self.console.print(
-            f"[bold]{self.agent['name']}[/] [dim]· {self.agent['model']} · agent {self.agent['id']}[/]\n"
+            f"[bold]{name}[/] [dim]· {model_handle} · agent {agent_id}[/]\n"
             f"[dim]conversation {self.conversation}\n"
             "Ctrl-C stops an answer; Ctrl-D (or Ctrl-C at the prompt) leaves.[/]"
         )
@@ -260,7 +268,7 @@ class Chat:
         Ctrl-C cancels the run. Returns the run's id."""
         last = 0
         interrupts = Interrupts()
-        self.console.print(f"[bold magenta]{self.agent['name']} ›[/]")
+        self.console.print(f"[bold magenta]{escape(printable(str(self.agent['name'])))} ›[/]")
         try:
             for attempt in range(RESUME_ATTEMPTS + 1):
                 try:
@@ -309,7 +317,7 @@ class Chat:
         answers = []
         for call in view.approvals.values():
             try:
-                approve = Confirm.ask(f"[bold yellow]approve[/] {describe_call(call)}?", console=self.console)
+                approve = Confirm.ask(approval_prompt(call), console=self.console)
                 reason = "" if approve else Prompt.ask("reason (sent to the model)", default="", console=self.console)
             except (EOFError, KeyboardInterrupt):
                 self.console.print("\n[dim]left unanswered: the conversation waits for it[/]")

@@ -15,6 +15,14 @@ from typing import Any
 from rich.console import Console
 
 RESULT_CHARS = 400  # a tool result longer than this is cut on screen (the history keeps it whole)
+# Control characters a model or a tool could send to the terminal (escape sequences that hide,
+# move or rewrite what is on screen); tabs and newlines stay.
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)])
+
+
+def printable(text: str) -> str:
+    """``text`` without the control characters a terminal would act on (``_CONTROLS``)."""
+    return text.translate(_CONTROLS)
 
 # What a failed run's error_type means, in words; others are shown as they are named.
 ERROR_TITLES = {
@@ -115,13 +123,14 @@ class RunView:
     def _result(self, item: dict[str, Any]) -> None:
         self._line()
         self.segment = None
-        text = str(item.get("tool_return", ""))
+        text = printable(str(item.get("tool_return", "")))
         if len(text) > RESULT_CHARS:
             text = text[:RESULT_CHARS] + f"… ({len(text) - RESULT_CHARS} more characters)"
         ok = item.get("status") == "success"
         self.console.print(f"  ↳ {text}", style="green" if ok else "red", markup=False, highlight=False)
 
     def _out(self, text: str, style: str | None) -> None:
+        text = printable(text)
         self.console.out(text, style=style, highlight=False, end="")
         self.at_line_start = text.endswith("\n")
 
@@ -142,7 +151,7 @@ def describe_call(call: PendingCall) -> str:
         arguments = json.dumps(json.loads(call.arguments or "{}"), ensure_ascii=False)
     except ValueError:
         arguments = call.arguments
-    return f"{call.name}({arguments})"
+    return printable(f"{call.name}({arguments})")
 
 
 def describe_run(run: dict[str, Any], usage: dict[str, Any] | None) -> str:
