@@ -1,9 +1,15 @@
 """``convoy keys create|list|revoke``: manage API keys in the Redis the server uses.
 
-The Redis is ``CONVOY_REDIS_URL``, else the embedded one serving ``CONVOY_HOME``. When that
-embedded Redis is not running (no ``convoy serve`` yet), this command starts it on the same data
-directory for the time it takes, so a key can be created before the server first starts; this is
+The Redis is ``CONVOY_REDIS_URL``, else the embedded one serving ``CONVOY_HOME``. When no
+Convoy owns that home's data directory (no ``convoy serve`` yet), this command starts an embedded
+Redis on it for the time it takes, so a key can be created before the server first starts; this is
 how a server meant for a non-loopback address gets its first key.
+
+It never starts a second server on a directory that has an owner (``runtime.store.embedded``):
+while ``convoy serve``'s Redis is being started again or replays its append-only file, it waits
+(up to ``OWNER_WAIT_S``, saying so) for that server to answer and works there, so a key revoked is
+revoked in the Redis the API reads; while another command holds the directory, it waits for it to
+finish. After that bound it exits with a message naming the owner, having changed nothing.
 
 ``create`` prints the new secret as the last word of its output, so
 ``KEY=$(convoy keys create --tenant acme | awk 'END {print $NF}')`` captures it; it is never shown
@@ -16,17 +22,24 @@ import argparse
 import asyncio
 import ipaddress
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+from runtime.errors import EmbeddedRedisError
 from runtime.schemas.auth import DEFAULT_TENANT, TENANT_PATTERN
 from runtime.settings import Settings
 from runtime.store.api_keys import KeyStore
 from runtime.store.connection import connect
-from runtime.store.embedded import EmbeddedRedis, recorded_url
+from runtime.store.embedded import DataDirectoryTakenError, EmbeddedRedis, directory_owner, recorded_url
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+# How long to wait for the owner of the data directory: above a restart's longest pause (10 s)
+# plus the time the server is given to answer (15 s), see ``runtime.store.embedded``.
+OWNER_WAIT_S = 30.0
+OWNER_POLL_S = 0.05
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,11 +124,7 @@ async def keys_exist(settings: Settings) -> bool:
 async def key_store(settings: Settings, say: Callable[[str], None]) -> AsyncIterator[KeyStore]:
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
-        url = recorded_url(settings.home_dir)
-        if url is None:
-            embedded = EmbeddedRedis(settings.home_dir)
-            url = await asyncio.to_thread(embedded.start)
-            say(f"(started the embedded Redis of {settings.home_dir} for this command)")
+        url, embedded = await _embedded_redis(settings.home_dir, say)
         settings = settings.model_copy(update={"redis_url": url})
     redis = connect(settings)
     try:
@@ -124,6 +133,55 @@ async def key_store(settings: Settings, say: Callable[[str], None]) -> AsyncIter
         await redis.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _embedded_redis(home: Path, say: Callable[[str], None]) -> tuple[str, EmbeddedRedis | None]:
+    """The URL of the embedded Redis serving ``home``, and the server this command started for
+    itself if it had to (stop it when done). A ``convoy serve`` that owns the directory is used,
+    waited for while its server is away; another command's is waited out, never shared (it stops
+    its server when it finishes)."""
+    deadline = time.monotonic() + OWNER_WAIT_S
+    said_waiting = False
+    while True:
+        owner = directory_owner(home)
+        url = recorded_url(home)
+        if url is not None and (owner is None or owner.supervised):
+            return url, None
+        embedded = EmbeddedRedis(home)
+        try:
+            url = await asyncio.to_thread(embedded.start)
+        except DataDirectoryTakenError as taken:
+            if time.monotonic() >= deadline:
+                raise EmbeddedRedisError(_still_taken(home, taken)) from taken
+            if not said_waiting:
+                say(_waiting(home, taken))
+                said_waiting = True
+            await asyncio.sleep(OWNER_POLL_S)
+            continue
+        say(f"(started the embedded Redis of {home} for this command)")
+        return url, embedded
+
+
+def _waiting(home: Path, taken: DataDirectoryTakenError) -> str:
+    if taken.owner is not None and not taken.owner.supervised:
+        return f"(waiting for another command (pid {taken.owner.pid}) to finish with the embedded Redis of {home})"
+    pid = f" (pid {taken.owner.pid})" if taken.owner else ""
+    return f"(waiting for the embedded Redis of {home} to answer: its Convoy{pid} is starting it, or it is loading its data)"
+
+
+def _still_taken(home: Path, taken: DataDirectoryTakenError) -> str:
+    """What to tell a person when the owner did not become usable in time (nothing was changed)."""
+    if taken.owner is not None and not taken.owner.supervised:
+        return (
+            f"another command (pid {taken.owner.pid}) has held the embedded Redis of {home} for over "
+            f"{OWNER_WAIT_S:.0f} s; nothing was changed: try again once it has finished"
+        )
+    who = f"convoy serve (pid {taken.owner.pid})" if taken.owner else "another process"
+    return (
+        f"the embedded Redis of {home} belongs to {who}, and it did not answer within "
+        f"{OWNER_WAIT_S:.0f} s (starting again, or loading a large append-only file); nothing was changed: "
+        f"try again in a moment, see {home / 'redis' / 'server.log'}, or stop that process and run this again"
+    )
 
 
 def _tenant(text: str) -> str:

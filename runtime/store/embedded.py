@@ -2,12 +2,26 @@
 
 Started by ``convoy serve`` when ``CONVOY_REDIS_URL`` is unset. Guarantees:
 
-- it listens on loopback only, on a free port, with its data (append-only file on) under
-  ``<CONVOY_HOME>/redis``, so accepted messages and finished runs survive a restart (any home:
-  its configuration quotes the paths, which may hold spaces, as macOS's ``Application Support``
-  does; a server that refuses to start is reported with what it said);
-- its URL is written to ``<CONVOY_HOME>/redis/url`` while it runs, so other Convoy commands on
-  this machine (a second API process, ``convoy keys``) find it without configuration;
+- **one owner per data directory**, for the owner's whole life: the ``EmbeddedRedis`` that starts
+  a server on ``<CONVOY_HOME>/redis`` holds an exclusive lock (``flock``) on ``<CONVOY_HOME>/redis/lock``
+  from ``start()`` to the end of ``stop()``, restart gaps and append-only-file replays included, and
+  so does its server process (it inherits the locked file): the directory stays taken until both
+  are gone, so a server that outlives its owner (flushing on its way out) is never joined by a
+  second one writing the same append-only file. Any other ``start()`` there (another Convoy, a
+  ``convoy keys`` while ``serve`` restarts its server) is refused at once with
+  ``DataDirectoryTakenError`` naming the owner's pid (``cli.keys`` then waits for the owner's
+  server to answer); it never starts a second server on the directory (two would each replay
+  the file, then diverge: a key revoked in one stays valid in the other). The kernel drops the
+  lock when its holders die, so a crashed owner never leaves the directory blocked; what it
+  recorded is then stale, and the next owner removes it;
+- it listens on loopback only, on a free port that the owner keeps for its life, with its data
+  (append-only file on) in that directory, so accepted messages and finished runs survive a
+  restart (any home: its configuration quotes the paths, which may hold spaces, as macOS's
+  ``Application Support`` does; a server that refuses to start is reported with what it said).
+  Only the owner writes ``server.conf``, afresh from its own port before each start of its process;
+- its URL is written to ``<CONVOY_HOME>/redis/url`` (and its pid to ``server.pid``) while it runs,
+  so other Convoy commands on this machine (a second API process, ``convoy keys``) find it without
+  configuration; ``stop()`` removes them only while they name its own server;
 - **it is kept alive** (``supervised=True``, as ``convoy serve`` starts it): a supervisor thread
   waits on the process, so the moment it exits (killed, crashed, OOM-killed) it is reaped (no
   zombie), logged (exit code or signal, restart count) and started again on the same port with
@@ -18,9 +32,8 @@ Started by ``convoy serve`` when ``CONVOY_REDIS_URL`` is unset. Guarantees:
   through the gap: they reconnect patiently, and a conversation's owner sends its writes again
   (``runtime.store.connection``, ``runtime.store.runs``);
 - it never outlives Convoy: ``stop()`` ends it, and on Linux the kernel ends it too if the
-  Convoy process dies without cleaning up (parent-death signal);
-- two Convoys cannot share one data directory: the second is refused with the owner's pid; a
-  recorded server that has exited (even if not yet reaped) does not count.
+  Convoy process dies without cleaning up (parent-death signal); a recorded server that has
+  exited (even if not yet reaped) is not reported as running.
 
 Durability (``appendonly yes``, ``appendfsync everysec``, no RDB snapshots): Redis writes every
 change to the append-only file before it answers, and flushes the file to disk (fsync) once a
@@ -42,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -51,6 +65,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -65,7 +80,41 @@ STABLE_S = 10.0  # a process that ran this long before it died is started again 
 RESTART_BACKOFF_S = 0.5  # else, the pause before starting it again, doubling...
 RESTART_BACKOFF_MAX_S = 10.0  # ...up to this
 RESTARTED = "embedded Redis exited; starting it again"
+LOCK_NAME = "lock"  # in the data directory; held by its owner (see the module docstring)
+RECORDS = ("url", "server.pid")
 _PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class DirectoryOwner:
+    """Who holds a data directory's lock, as it wrote in the lock file."""
+
+    pid: int
+    supervised: bool  # ``convoy serve``'s kind: it keeps its server alive, so waiting for it pays off
+
+
+class DataDirectoryTakenError(EmbeddedRedisError):
+    """``start()`` on a data directory that another ``EmbeddedRedis`` owns (in this process or another)."""
+
+    def __init__(self, directory: Path, owner: DirectoryOwner | None) -> None:
+        super().__init__(_taken_message(directory, owner))
+        self.owner = owner
+
+
+def _taken_message(directory: Path, owner: DirectoryOwner | None) -> str:
+    """What a person can act on: who holds the directory and, if recorded, which server process
+    (the one to end if its owner is gone but it is not, where no parent-death signal exists)."""
+    if owner is not None and not owner.supervised:
+        return f"{directory} is in use for the moment by process {owner.pid} (a command such as convoy keys); try again once it has finished"
+    try:
+        server = f", server pid {int((directory / 'server.pid').read_text().strip())}"
+    except (OSError, ValueError):
+        server = ""
+    who = f"process {owner.pid}" if owner else "another process"
+    return (
+        f"{directory} is in use by the embedded Redis of {who}{server}; stop that Convoy, "
+        "or set CONVOY_HOME to another directory, or CONVOY_REDIS_URL to share its Redis"
+    )
 
 
 def _quoted(path: Path) -> str:
@@ -119,7 +168,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def recorded_url(home: Path) -> str | None:
-    """The URL of the embedded Redis currently serving ``home``, if one is running."""
+    """The URL of the embedded Redis currently serving ``home``, if its process runs now: not while
+    its owner starts it again or it replays its append-only file (``directory_owner`` then still
+    names the owner)."""
     url_file = home / "redis" / "url"
     pid_file = home / "redis" / "server.pid"
     try:
@@ -130,6 +181,66 @@ def recorded_url(home: Path) -> str | None:
     return url if _pid_alive(pid) else None
 
 
+def directory_owner(home: Path) -> DirectoryOwner | None:
+    """Who owns ``home``'s data directory, as its lock file says (read without touching the lock, so
+    asking never gets in an owner's way). None when nobody wrote it (no owner, or one that is just
+    taking the directory) or its owner stopped; a crashed owner's entry stays until the next owner
+    replaces it, so only a refused ``start()`` proves the directory is taken."""
+    try:
+        pid, kind = (home / "redis" / LOCK_NAME).read_text().split()
+        return DirectoryOwner(int(pid), kind == "supervised")
+    except (OSError, ValueError):
+        return None
+
+
+def _take_directory(directory: Path, supervised: bool) -> int:
+    """Lock ``directory`` for a new owner and name it in the lock file; returns the locked file's
+    descriptor (the lock lasts while it, or a server's inherited copy, is open). Never waits: raises
+    ``DataDirectoryTakenError`` if another holds it."""
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirectoryTakenError(directory, directory_owner(directory.parent)) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {'supervised' if supervised else 'temporary'}\n".encode(), 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release_directory(fd: int) -> None:
+    """Give the directory up: the lock file no longer names an owner, and closing the descriptor
+    drops the lock (unless a server still holds its copy: then when that server ends)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _configuration(directory: Path, port: int) -> str:
+    return (
+        "\n".join(
+            [
+                "bind 127.0.0.1",
+                f"port {port}",
+                "protected-mode yes",
+                f"dir {_quoted(directory)}",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "daemonize no",
+                f"logfile {_quoted(directory / 'server.log')}",
+                "maxclients 10000",
+            ]
+        )
+        + "\n"
+    )
+
+
 def _how_it_ended(code: int) -> dict[str, object]:
     if code < 0:
         return {"signal": signal.Signals(-code).name}
@@ -137,50 +248,37 @@ def _how_it_ended(code: int) -> dict[str, object]:
 
 
 class EmbeddedRedis:
-    """One embedded Valkey server process bound to one Convoy home directory (kept alive when
-    ``supervised``; see the module docstring)."""
+    """One embedded Valkey server process bound to one Convoy home directory, whose data directory it
+    owns from ``start()`` to ``stop()`` (kept alive when ``supervised``; see the module docstring)."""
 
     def __init__(self, home: Path, port: int | None = None, *, supervised: bool = False) -> None:
         self.dir = home / "redis"
-        self._port = port
+        self._port = port or 0  # 0: a free one, chosen by ``start()`` and kept for every restart
         self._supervised = supervised
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
         self._lock = threading.Lock()  # ``stop()`` against the supervisor's restarts
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._directory_fd: int | None = None  # the data directory's lock, while this instance owns it
+        self._recorded_pid: int | None = None  # the server ``server.pid`` names, as this instance wrote it
         self.restarts = 0
         self.url = ""
 
     def start(self) -> str:
+        """Take the data directory (``DataDirectoryTakenError`` if another owns it: nothing is started
+        then), start the server and wait until it answers; returns its URL."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        owner = recorded_url(self.dir.parent)
-        if owner is not None:
-            pid = (self.dir / "server.pid").read_text().strip()
-            raise EmbeddedRedisError(
-                f"{self.dir} is already served by another embedded Redis (pid {pid}, {owner}); "
-                "stop that Convoy, or set CONVOY_HOME to another directory, or CONVOY_REDIS_URL to share it"
-            )
-        port = self._port or _free_loopback_port()
-        (self.dir / "server.conf").write_text(
-            "\n".join(
-                [
-                    "bind 127.0.0.1",
-                    f"port {port}",
-                    "protected-mode yes",
-                    f"dir {_quoted(self.dir)}",
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    'save ""',
-                    "daemonize no",
-                    f"logfile {_quoted(self.dir / 'server.log')}",
-                    "maxclients 10000",
-                ]
-            )
-            + "\n"
-        )
-        self.url = f"redis://127.0.0.1:{port}/0"
-        proc = self._proc = self._spawn()
+        self._directory_fd = _take_directory(self.dir, self._supervised)
+        for name in RECORDS:  # a crashed owner's: its server is gone, or the lock would still be held
+            (self.dir / name).unlink(missing_ok=True)
+        self._port = self._port or _free_loopback_port()
+        self.url = f"redis://127.0.0.1:{self._port}/0"
+        try:
+            proc = self._proc = self._spawn()
+        except BaseException:
+            self.stop()
+            raise
         if not self._answers(proc):
             self.stop()
             if proc.returncode is not None:
@@ -193,6 +291,10 @@ class EmbeddedRedis:
         return self.url
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start a server process from this owner's configuration, written afresh from its own port
+        (never a file another process may have rewritten). The process inherits the directory's lock."""
+        (self.dir / "server.conf").write_text(_configuration(self.dir, self._port))
+        inherited = () if self._directory_fd is None else (self._directory_fd,)
         self._started_at = time.monotonic()
         # What it says before its log file is open (a configuration it refuses) goes to stderr.
         with open(self.dir / "server.stderr", "wb") as stderr:
@@ -201,6 +303,7 @@ class EmbeddedRedis:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                pass_fds=inherited,
                 preexec_fn=_die_with_parent(),  # touches no lock in the child (see _die_with_parent)
             )
 
@@ -231,10 +334,22 @@ class EmbeddedRedis:
 
     def _record(self, proc: subprocess.Popen[bytes]) -> None:
         """Name the running server (each file replaced whole: other processes may be reading it)."""
+        self._recorded_pid = proc.pid
         for name, text in (("server.pid", f"{proc.pid}\n"), ("url", self.url + "\n")):
             staged = self.dir / f".{name}.new"
             staged.write_text(text)
             staged.replace(self.dir / name)
+
+    def _unrecord(self) -> None:
+        """Remove ``url`` and ``server.pid`` if they name this instance's server (and only then: they
+        are not ours to remove otherwise)."""
+        try:
+            recorded = int((self.dir / "server.pid").read_text().strip())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded is not None and recorded == self._recorded_pid:
+            for name in RECORDS:
+                (self.dir / name).unlink(missing_ok=True)
 
     def _supervise(self) -> None:
         """Wait on the server; whenever it exits while not stopping, start it again (see the module
@@ -280,20 +395,22 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """Stop the server for good (it rewrites nothing: the append-only file is already durable);
-        the supervisor, if any, starts nothing any more."""
+        the supervisor, if any, starts nothing any more. The data directory is given up last, once
+        the server has exited, so the next owner never shares it with a server still flushing."""
         with self._lock:
             self._stopping.set()
             proc, self._proc = self._proc, None
-        if proc is not None:
-            for name in ("url", "server.pid"):
-                (self.dir / name).unlink(missing_ok=True)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        self._unrecord()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         supervisor = self._supervisor
         if supervisor is not None and supervisor is not threading.current_thread():
             supervisor.join(STOP_TIMEOUT_S)
+        fd, self._directory_fd = self._directory_fd, None
+        if fd is not None:
+            _release_directory(fd)
