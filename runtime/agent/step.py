@@ -149,11 +149,15 @@ class StepAssembler:
                 await self._emit(self._message(ReasoningMessage, segment, reasoning="", signature=event.signature))
         elif isinstance(event, ToolCallDelta):
             segment = self._segment("tool", call_index=event.index)
-            segment.call_id = segment.call_id or event.call_id
+            opening = not segment.parts
+            # A server that sends no call id gets a stable one from the call's first piece on, so
+            # the streamed call and the stored one carry the same id (an approval names it).
+            segment.call_id = segment.call_id or event.call_id or (self._stand_in_id(segment) if opening else None)
             segment.name = segment.name or event.name
             segment.parts.append(event.arguments)
             if self._stream_tokens:
-                call = WireToolCall(name=event.name, arguments=event.arguments, tool_call_id=event.call_id)
+                call_id = segment.call_id if opening else event.call_id
+                call = WireToolCall(name=event.name, arguments=event.arguments, tool_call_id=call_id)
                 await self._emit(self._message(self._call_type(segment), segment, tool_call=call))
         elif isinstance(event, Usage):
             self._usage = event
@@ -191,7 +195,7 @@ class StepAssembler:
         """What the response produced so far, emitting nothing (for traces of a broken step)."""
         for segment in self._segments:  # a server that sends no call id still gets stable ones
             if segment.kind == "tool" and not segment.call_id:
-                segment.call_id = f"call-{self._id[8:]}-{segment.call_index}"
+                segment.call_id = self._stand_in_id(segment)
         cut = self._finish is not None and self._finish.reason == "max_tokens"
         kept: list[_Segment] = []
         for segment in self._segments:
@@ -221,6 +225,10 @@ class StepAssembler:
             first_token_ns=self._first_token_ns,
             cut_tool_calls=calls if cut else (),
         )
+
+    def _stand_in_id(self, segment: _Segment) -> str:
+        """The id of a call its server sent none for: stable for the message and the call's index."""
+        return f"call-{self._id[8:]}-{segment.call_index}"
 
     def _segment(self, kind: SegmentKind, *, call_index: int | None = None, fresh: bool = False) -> _Segment:
         signed, self._signed_next = self._signed_next, False

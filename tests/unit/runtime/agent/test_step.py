@@ -156,3 +156,29 @@ def test_error_fields_read_every_provider_shape() -> None:
         "m",
     )
     assert error_fields({"code": "server_error", "message": "m"}) == ("server_error", "m")
+
+
+async def test_calls_a_server_sent_no_id_for_stream_with_the_ids_they_are_stored_and_answered_by() -> None:
+    """Some OpenAI-compatible servers send a call without ``id``. Each call still gets one, the same
+    in its streamed first piece as in the history, since an approval names the call by it."""
+    emitted: list[WireItem] = []
+
+    async def emit(item: WireItem) -> None:
+        emitted.append(item)
+
+    assembler = StepAssembler(
+        message_id=new_id("message"), step_id=new_id("step"), run_id="run-x", stream_tokens=True, emit=emit,
+        waits_for_client=lambda name: True,
+    )
+    for event in [
+        ToolCallDelta(0, name="transfer", arguments='{"amount":'),
+        ToolCallDelta(0, arguments=" 5}"),
+        ToolCallDelta(1, name="transfer", arguments='{"amount": 7}'),
+        Finish("tool_calls"),
+    ]:
+        await assembler.feed(event)
+    result = await assembler.close()
+    stored = [call.call_id for call in result.tool_calls]
+    assert len(set(stored)) == 2 and all(stored)
+    streamed = [i.tool_call.tool_call_id for i in emitted if i.tool_call.tool_call_id]  # type: ignore[attr-defined]
+    assert streamed == stored, "each call's first streamed piece names it as the history does"
