@@ -40,9 +40,13 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from redis.exceptions import RedisError
 
 from bench import cli as bench_cli
 from cli import chat, keys
@@ -164,10 +168,42 @@ def _run_api(settings: Settings, create_app: Callable[[Settings], FastAPI]) -> N
         uvicorn.Server(config).run()
 
 
+def _settings(overrides: dict[str, Any]) -> Settings:
+    """The settings, or ``ConfigurationError`` naming each bad one as it is set (its variable),
+    never a traceback."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable(e['loc'])}: {e['msg']}" + (f" (got {e['input']!r})" if not isinstance(e["input"], dict) else "")
+            for e in exc.errors()
+        )
+        raise ConfigurationError(f"bad setting: {problems}") from None
+    except SettingsError as exc:
+        raise ConfigurationError(f"bad setting: {exc}{': ' + str(exc.__cause__) if exc.__cause__ else ''}") from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """Where a setting comes from: its environment variable (``--host``/``--port`` set those too)."""
+    return "CONVOY_" + str(loc[0]).upper() + "".join(f".{part}" for part in loc[1:]) if loc else "settings"
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password in it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = _settings(overrides)
+    except ConvoyError as exc:
+        print(f"convoy: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings)
     try:
         if args.command == "serve":
@@ -181,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return api_only(settings)
     except ConvoyError as exc:
         print(f"convoy: {exc}", file=sys.stderr)
+        return 2
+    except RedisError as exc:
+        where = _redacted(settings.redis_url) if settings.redis_url else "the embedded server"
+        print(f"convoy: Redis at {where} could not be reached ({type(exc).__name__}: {exc}); is it running?", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ECHO_MODEL_HANDLE = "echo/echo"
@@ -220,7 +220,7 @@ class Settings(BaseSettings):
         description="Comma-separated Python modules whose @tool functions agents may use (runtime/tools.py).",
     )
 
-    log_level: str = "INFO"
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(lambda v: str(v).upper())] = "INFO"
     log_json: bool = Field(default=False, description="One JSON object per log line instead of key=value text.")
 
     @property
