@@ -244,6 +244,7 @@ class HostCore:
             "activations": len(self._activations),
             "running": sum(1 for a in self._activations.values() if a.current_run),
             "rss_bytes": _rss_bytes(),
+            "settings": self._settings.fingerprint(),  # which settings it was started with
         }
 
     # -- activation lifecycle ---------------------------------------------------------------

@@ -70,14 +70,40 @@ def _options(settings: Settings, name: str, *, max_concurrency: int) -> Any:
 
 
 def ensure_hosts(settings: Settings) -> list[dict[str, Any]]:
-    """Create missing hosts (idempotent across replicas) and wait until each answers."""
+    """Create missing hosts (idempotent across replicas) and wait until each answers; say so when
+    hosts found running were started with other settings, or are more than ``CONVOY_HOSTS``."""
     handles = [
         _options(settings, name, max_concurrency=settings.host_max_concurrency).remote(name, settings)
         for name in host_names(settings)
     ]
     stats = ray.get([h.ready.remote() for h in handles], timeout=READY_TIMEOUT_S)
     log.info("conversation hosts ready", extra={"hosts": len(stats)})
+    running = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == settings.ray_namespace]
+    for warning in host_warnings(settings, list(stats), running):
+        log.warning(warning)
     return list(stats)
+
+
+def host_warnings(settings: Settings, stats: list[dict[str, Any]], running: list[str]) -> list[str]:
+    """What a start must tell about the hosts it found: on a Ray cluster hosts are detached and
+    outlive the ``convoy serve`` that made them, and one that exists already is reused as it is,
+    with the settings it was started with (a new API key, tool modules, timeouts... do not reach
+    it), and a lower ``CONVOY_HOSTS`` leaves the others running."""
+    warnings: list[str] = []
+    stale = sorted(s["name"] for s in stats if s.get("settings") != settings.fingerprint())
+    if stale:
+        warnings.append(
+            f"hosts {', '.join(stale)} run with the settings of an earlier start, not these (Ray keeps detached hosts): "
+            "to apply these settings, stop those hosts (ray.kill, or restart the Ray cluster), then start again"
+        )
+    wanted = set(host_names(settings))
+    extra = sorted(n for n in running if n.startswith(HOST_PREFIX) and n not in wanted)
+    if extra:
+        warnings.append(
+            f"hosts {', '.join(extra)} still run beyond CONVOY_HOSTS={settings.hosts} and keep the conversations they hold: "
+            "stop them (ray.kill) once those are idle"
+        )
+    return warnings
 
 
 def kill_hosts(settings: Settings) -> None:

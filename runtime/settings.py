@@ -10,6 +10,7 @@ setup just works.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -231,6 +232,11 @@ class Settings(BaseSettings):
         if self.google_vertex_project:
             return self.google_vertex_project
         return self.google_cloud_project if self.google_genai_use_vertexai else None
+
+    def fingerprint(self) -> str:
+        """A short digest of every setting: two processes with the same one run the same settings
+        (secrets are in it only hashed)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     @property
     def home_dir(self) -> Path:
