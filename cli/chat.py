@@ -13,7 +13,9 @@ What a person can count on:
 - **Leaving does not lose an answer.** Turns run in the background (``background: true``): an
   answer still running when the terminal closes goes on, and ``convoy chat --conversation ID``
   prints it from its start and follows it live. A broken connection is resumed after the last
-  item printed (``starting_after``), so nothing is printed twice.
+  item printed (``starting_after``), so nothing is printed twice or lost; while the server cannot
+  be reached (restarting, a network down for a moment) it is tried again with a backoff, for
+  ``RECONNECT_GIVE_UP_S``, saying so on a dim line; Ctrl-C still cancels the answer meanwhile.
 - **Approvals are asked for.** A tool call that needs approval is shown with its arguments and
   asked y/n (and a reason on n); the answer goes back and the turn goes on.
 - **Refusals are said in words**: the server's own reason (``detail``), never a traceback.
@@ -27,7 +29,9 @@ import json
 import queue
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -36,6 +40,7 @@ from httpx_sse import SSEError, connect_sse
 from rich.console import Console
 from rich.markup import escape
 from rich.prompt import Confirm, Prompt
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from cli.chat_view import PendingCall, RunView, describe_call, describe_run, printable
 from runtime.errors import ConvoyError
@@ -43,8 +48,13 @@ from runtime.settings import Settings
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0  # longer than the server's keepalive pings (CONVOY_PING_INTERVAL_S, 15 s)
-RESUME_ATTEMPTS = 5
+# A server out of reach is tried again after 0.5 s, 1 s, 2 s… (at most RECONNECT_MAX_WAIT_S apart)
+# for RECONNECT_GIVE_UP_S: long enough for a server to restart, and the run goes on there meanwhile.
+RECONNECT_FIRST_WAIT_S = 0.5
+RECONNECT_MAX_WAIT_S = 8.0
+RECONNECT_GIVE_UP_S = 30.0
 POLL_S = 0.1  # how soon Ctrl-C is acted on while an answer streams
+RECONNECTING = "reconnecting…"
 _END = object()  # a stream's end, as the reading thread hands it over
 HISTORY_LIMIT = 1000
 
@@ -57,6 +67,15 @@ def approval_prompt(call: PendingCall) -> str:
 
 class ChatError(ConvoyError):
     """What ``convoy chat`` cannot go on without: the server's reason, in words."""
+
+
+class Unreachable(ChatError):
+    """The server could not be reached, so the request never left: a resume or a cancel tries it
+    again (``Chat._reconnecting``), anything else says so in words."""
+
+
+# A connection that broke, or could not be made again: what a resume or a cancel tries again.
+_BROKEN = (httpx.TransportError, SSEError, Unreachable)
 
 
 class Leave(Exception):
@@ -106,11 +125,15 @@ class Api:
 
     @contextlib.contextmanager
     def events(self, method: str, path: str, **kwargs: Any) -> Iterator[Iterator[tuple[str, str]]]:
-        """A stream's events as (event name, data), ending after ``[DONE]``."""
+        """A stream's events as (event name, data), ending after ``[DONE]``; none for a 204 (a
+        resume at the end of a run that has ended: nothing is left to send)."""
         with self._reaching(), connect_sse(self.http, method, path, **kwargs) as source:
             if source.response.status_code >= 400:
                 source.response.read()
                 raise ChatError(_refusal(source.response))
+            if source.response.status_code == 204:
+                yield iter(())
+                return
             yield ((event.event, event.data) for event in source.iter_sse())
 
     @contextlib.contextmanager
@@ -118,7 +141,7 @@ class Api:
         try:
             yield
         except httpx.ConnectError as exc:
-            raise ChatError(f"cannot reach Convoy at {self.http.base_url} (is `convoy serve` running? see --url): {exc}") from exc
+            raise Unreachable(f"cannot reach Convoy at {self.http.base_url} (is `convoy serve` running? see --url): {exc}") from exc
 
 
 def _refusal(reply: httpx.Response) -> str:
@@ -149,6 +172,12 @@ class Interrupts:
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.hit.set()
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before the server is tried again; ``Interrupted`` as soon as Ctrl-C is
+        noted, so a person never waits out a backoff to stop an answer."""
+        if self.hit.wait(seconds):
+            raise Interrupted()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -264,45 +293,94 @@ class Chat:
         self._finish(view, run_id)
 
     def _print(self, view: RunView, method: str, path: str, *, run_id: str | None = None, **kwargs: Any) -> str | None:
-        """Print a run's stream; a broken connection is resumed after the last item printed.
-        Ctrl-C cancels the run. Returns the run's id."""
-        last = 0
+        """Print a run's stream; Ctrl-C cancels the run. Returns the run's id.
+
+        A broken connection is resumed after the last item printed (``_resume``): the run goes on
+        on the server whatever happens to the connection, so giving up on it loses an answer that
+        completes there."""
+        reading = _Reading(view, run_id)
         interrupts = Interrupts()
         self.console.print(f"[bold magenta]{escape(printable(str(self.agent['name'])))} ›[/]")
         try:
-            for attempt in range(RESUME_ATTEMPTS + 1):
+            with interrupts.installed():
                 try:
-                    with interrupts.installed():
-                        for name, data in interrupts.read_events(self.api, method, path, **kwargs):
-                            if data == "[DONE]":
-                                return run_id
-                            item = json_item(data)
-                            run_id = run_id or item.get("run_id")
-                            if item.get("seq_id"):
-                                last = int(item["seq_id"])
-                            if name == "error":
-                                item.setdefault("message_type", "error_message")
-                            view.show(item)
-                    return run_id  # closed without [DONE]: the run's outcome is read next
-                except (httpx.TransportError, SSEError) as exc:
-                    if run_id is None or attempt == RESUME_ATTEMPTS:
+                    return reading.through(interrupts.read_events(self.api, method, path, **kwargs))
+                except _BROKEN as exc:
+                    if reading.run_id is None:  # no run to resume (a send that never reached the server)
+                        if isinstance(exc, ChatError):
+                            raise
                         raise ChatError(f"the answer's stream broke off: {exc}") from exc
-                    method, path, kwargs = "GET", f"/v1/runs/{run_id}/stream", {"params": {"starting_after": last}}
-            return run_id
+                return self._resume(reading, interrupts)
         except Interrupted:
             view.end()
-            self._cancel(run_id)
-            return run_id
+            self._cancel(reading.run_id)
+            return reading.run_id
         finally:
             view.end()
 
+    def _resume(self, reading: _Reading, interrupts: Interrupts) -> str | None:
+        """Read the run's stream again after the last item printed, until it ends. A break is tried
+        again at once, then with a backoff while the server is out of reach; a resume that printed
+        something before it broke again makes that a new break, with a backoff of its own (an answer
+        may outlive several)."""
+        while True:
+            reading.broke_at = reading.last
+            retrying = self._reconnecting(
+                reading.stuck, pause=interrupts.pause, note=RECONNECTING, before=reading.view.end
+            )
+            try:
+                return retrying(self._read_after, reading, interrupts)
+            except _BROKEN as exc:
+                if reading.stuck(exc):
+                    raise ChatError(
+                        f"lost the answer's stream and could not reach Convoy again in {RECONNECT_GIVE_UP_S:.0f} s "
+                        f"({exc}); it goes on there: `convoy chat --conversation {self.conversation}` follows it"
+                    ) from exc
+
+    def _read_after(self, reading: _Reading, interrupts: Interrupts) -> str | None:
+        path = f"/v1/runs/{reading.run_id}/stream"
+        return reading.through(interrupts.read_events(self.api, "GET", path, params={"starting_after": reading.last}))
+
+    def _reconnecting(
+        self,
+        still: Callable[[BaseException], bool],
+        *,
+        pause: Callable[[float], None],
+        note: str,
+        before: Callable[[], None] = lambda: None,
+    ) -> Retrying:
+        """How a connection that broke or cannot be made is tried again: at once, then after
+        ``RECONNECT_FIRST_WAIT_S``, doubling, for ``RECONNECT_GIVE_UP_S`` in all, while ``still``
+        says the failure is one to try again. ``note`` is said, dimmed, when the first try again
+        fails (a blip that heals at once says nothing); ``pause`` is how a wait is waited (one
+        Ctrl-C can end)."""
+
+        def say(state: RetryCallState) -> None:
+            if state.attempt_number == 1:
+                before()
+                self.console.print(note, style="dim", markup=False)
+
+        return Retrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, _BROKEN) and still(exc)),
+            wait=wait_exponential(multiplier=RECONNECT_FIRST_WAIT_S, max=RECONNECT_MAX_WAIT_S),
+            stop=stop_after_delay(RECONNECT_GIVE_UP_S),
+            sleep=pause,
+            before_sleep=say,
+            reraise=True,
+        )
+
     def _cancel(self, run_id: str | None) -> None:
-        """Ctrl-C during an answer: cancel it now (a second Ctrl-C leaves at once)."""
-        if run_id is None:
-            with contextlib.suppress(ChatError):  # 409: nothing was running any more
-                self.api.call("POST", f"/v1/conversations/{self.conversation}/cancel")
-        else:
-            self.api.call("POST", f"/v1/runs/{run_id}/cancel")
+        """Ctrl-C during an answer: cancel it now. A server out of reach at that moment is tried
+        again as a resume is, or the run would go on (a second Ctrl-C leaves at once)."""
+        path = f"/v1/runs/{run_id}/cancel" if run_id else f"/v1/conversations/{self.conversation}/cancel"
+        retrying = self._reconnecting(lambda exc: True, pause=time.sleep, note="reconnecting to cancel…")
+        try:
+            retrying(self.api.call, "POST", path)
+        except _BROKEN as exc:
+            raise ChatError(f"could not cancel the answer: {exc}") from exc
+        except ChatError:
+            if run_id is not None:  # the conversation's cancel answers 409 when nothing ran any more
+                raise
         self.console.print("[yellow]cancelled[/]")
 
     def _finish(self, view: RunView, run_id: str | None) -> None:
@@ -328,6 +406,37 @@ class Chat:
             answers.append(answer)
         if answers:
             self.turn([{"type": "approval", "approvals": answers}])
+
+
+@dataclass
+class _Reading:
+    """A run's stream as printed so far: the run's id once known, and the last item's seq_id,
+    which a resume starts after."""
+
+    view: RunView
+    run_id: str | None
+    last: int = 0
+    broke_at: int = 0  # ``last`` when the stream last broke
+
+    def stuck(self, exc: BaseException) -> bool:
+        """Whether nothing was printed since the stream last broke: the same break, still being
+        tried again (rather than a new one after the resume went on for a while)."""
+        return self.last == self.broke_at
+
+    def through(self, events: Iterator[tuple[str, str]]) -> str | None:
+        """Print ``events`` up to ``[DONE]`` (or the stream's end: the run's outcome is read next);
+        returns the run's id."""
+        for name, data in events:
+            if data == "[DONE]":
+                break
+            item = json_item(data)
+            self.run_id = self.run_id or item.get("run_id")
+            if item.get("seq_id"):
+                self.last = int(item["seq_id"])
+            if name == "error":
+                item.setdefault("message_type", "error_message")
+            self.view.show(item)
+        return self.run_id
 
 
 def json_item(data: str) -> dict[str, Any]:

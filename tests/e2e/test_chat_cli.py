@@ -7,11 +7,14 @@ through the API.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pexpect
@@ -19,6 +22,7 @@ import pytest
 
 from bench import upstream as fp
 from tests.conftest import Convoy, KeyedConvoy, _clean_env
+from tests.fakes.proxy import SilencingProxy
 from tests.integration.test_providers import unique
 
 CONVOY = str(Path(sys.executable).parent / "convoy")
@@ -27,6 +31,9 @@ TIMEOUT_S = 30
 PIECE_PAUSE_S = 0.08
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DIM_ITALIC = "\x1b[2;3m"
+OUTAGE_S = 1.5  # how long the proxy refuses connections after cutting them: a server restarting
+RECONNECTING = "reconnecting…"
+T = TypeVar("T")
 
 
 def words(n: int, prefix: str = "w") -> list[str]:
@@ -97,6 +104,60 @@ def chat(terminals: list[Terminal], *args: str, key: str | None = None) -> Termi
 def runs_of(url: str, conversation: str, key: str | None = None) -> list[dict[str, object]]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.get(f"{url}/v1/runs", params={"conversation_id": conversation}, headers=headers, timeout=30).json()  # type: ignore[no-any-return]
+
+
+class Outages:
+    """A ``SilencingProxy`` in front of the server, on an event loop of its own thread, for a test
+    that talks to it synchronously: its connections cut and new ones refused (``cut``), then
+    accepted again (``restore``, or by itself ``outage_s`` later)."""
+
+    def __init__(self, upstream_url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="outages", daemon=True)
+        self._thread.start()
+        self.proxy = self._run(SilencingProxy(int(upstream_url.rsplit(":", 1)[1])).__aenter__)
+        self.url = f"http://127.0.0.1:{self.proxy.port}"
+        self._back: asyncio.Task[None] | None = None
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(TIMEOUT_S)
+
+    def cut(self, outage_s: float | None = None) -> None:
+        """Every open connection closed and new ones refused; with ``outage_s``, accepted again
+        that much later (the length of the outage, not a wait on anything)."""
+
+        def back() -> None:
+            self._back = self._loop.create_task(self.proxy.accept_again())  # held: a task only weakly held may vanish
+
+        async def cut() -> None:
+            self.proxy.refuse_new()
+            self.proxy.drop_all()
+            if outage_s is not None:
+                self._loop.call_later(outage_s, back)
+
+        self._run(cut)
+
+    def restore(self) -> None:
+        self._run(self.proxy.accept_again)
+
+    def close(self) -> None:
+        async def close() -> None:
+            self.proxy.refuse_new()
+            self.proxy.drop_all()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        self._run(close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(TIMEOUT_S)
+        self._loop.close()
+
+
+@pytest.fixture
+def outages(convoy: Convoy) -> Iterator[Outages]:
+    found = Outages(convoy.url)
+    yield found
+    found.close()
 
 
 def paced(model: str, pieces: list[str], reasoning: tuple[str, ...] = ()) -> fp.Stream:
@@ -219,3 +280,53 @@ def test_with_keys_on_it_sends_convoy_api_key(keyed_convoy: KeyedConvoy, termina
     term.child.sendline("hello with a key")
     term.expect("completed · end_turn")
     assert runs_of(keyed_convoy.url, conversation, keyed_convoy.acme)[0]["status"] == "completed"
+
+
+def test_a_stream_cut_while_the_server_is_out_of_reach_is_resumed_once_it_is_back(
+    convoy: Convoy, fake_provider: fp.FakeProvider, terminals: list[Terminal], outages: Outages
+) -> None:
+    """The connection is cut mid-answer and new ones are refused for ``OUTAGE_S``: ``convoy chat``
+    used to give up at once ("cannot reach Convoy"), its resumes run back to back, and the answer
+    that went on on the server was lost to the terminal."""
+    model = unique("cli")
+    pieces = words(60)
+    fake_provider.script(model, paced(model, pieces))
+    term = chat(terminals, "--url", outages.url, "--model", f"openai/{model}")
+    conversation = term.conversation()
+    term.expect(PROMPT)
+    term.child.sendline("Count slowly.")
+    term.expect("w5 ")
+    outages.cut(OUTAGE_S)
+    ended = term.child.expect_exact(["completed · end_turn", "refused:"])
+    assert ended == 0, f"it gave up: {plain(term.seen)[-300:]}"
+    term.expect(PROMPT)
+    shown = plain(term.seen)
+    assert RECONNECTING in shown, "the wait is said"
+    answer = shown.replace(f"\n{RECONNECTING}\n", "")
+    assert re.findall(r"\bw\d+\b", answer) == [piece.strip() for piece in pieces], "the whole answer, once, in order"
+    (run,) = runs_of(convoy.url, conversation)
+    assert run["status"] == "completed"
+
+
+def test_ctrl_c_while_it_reconnects_still_cancels_the_answer(
+    convoy: Convoy, fake_provider: fp.FakeProvider, terminals: list[Terminal], outages: Outages
+) -> None:
+    model = unique("cli")
+    pieces = words(300)
+    fake_provider.script(model, paced(model, pieces))
+    term = chat(terminals, "--url", outages.url, "--model", f"openai/{model}")
+    conversation = term.conversation()
+    term.expect(PROMPT)
+    term.child.sendline("Go on for a while.")
+    term.expect("w3 ")
+    outages.cut()
+    term.expect(RECONNECTING)
+    term.child.sendintr()
+    term.expect("reconnecting to cancel")  # the server is still out of reach: the cancel waits for it
+    outages.restore()
+    term.expect("cancelled")
+    term.expect(PROMPT)
+    (run,) = runs_of(convoy.url, conversation)
+    assert (run["status"], run["stop_reason"]) == ("cancelled", "cancelled")
+    assert fake_provider.calls(model)[0].disconnected.wait(10), "the model's stream was closed"
+    assert "w200" not in plain(term.seen), "the answer stopped"

@@ -1,8 +1,9 @@
 """A TCP proxy in front of a real server that can make its connections go silent (both directions
 stop and the sockets stay open: a dead peer that no error reports), drop them (both sockets close),
 lose their replies (what the client sends still reaches the server: a connection that broke after
-a command left), refuse new connections (the server is gone), or freeze (every connection, new
-ones included, accepted and never answered: a server stopped with SIGSTOP)."""
+a command left), refuse new connections (the server is gone) and accept them again (it is back),
+or freeze (every connection, new ones included, accepted and never answered: a server stopped with
+SIGSTOP)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ class SilencingProxy:
         """Stop listening: new connections are refused, as by a server that is gone."""
         assert self._server is not None
         self._server.close()
+
+    async def accept_again(self) -> None:
+        """Listen again on the same port after ``refuse_new``: the server is back, at the address
+        its clients know."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
