@@ -390,3 +390,28 @@ def test_create_an_agent_and_move_between_its_conversations(page: Page, convoy: 
     expect(page).to_have_url(re.compile(first))
     expect(page.locator(".turn.user .bubble")).to_have_text("first conversation")
     assert answer(page) == "first conversation"
+
+
+def test_a_turn_sent_elsewhere_that_ends_between_two_polls_shows_up(
+    page: Page, api: httpx.Client, convoy: Convoy, shot: Shot
+) -> None:
+    """Another client's turn on the open conversation, over before the page's next poll: the page
+    used to look only for active runs, so it never showed that turn, nor its answer."""
+    agent = make_agent(api, "echo/echo", name="Echo")
+    conversation = api.post("/v1/conversations", params={"agent_id": agent}).json()["id"]
+    first = api.post(f"/v1/conversations/{conversation}/messages", json={"messages": [{"role": "user", "content": "first turn"}], "streaming": False})
+    assert first.status_code == 200, first.text
+    page.goto(f"{convoy.url}/#/{agent}/{conversation}")
+    expect(page.locator(".run-foot")).to_contain_text("completed", timeout=WAIT_MS)
+    assert answer(page) == "first turn"
+
+    elsewhere = "second turn, sent elsewhere"
+    second = api.post(f"/v1/conversations/{conversation}/messages", json={"messages": [{"role": "user", "content": elsewhere}], "streaming": False})
+    assert second.status_code == 200 and second.json()["stop_reason"]["stop_reason"] == "end_turn", second.text
+    expect(page.locator(".turn.user").nth(1).locator(".bubble")).to_have_text(elsewhere, timeout=5_000)
+    expect(page.locator(".turn.assistant").nth(1).locator(".text")).to_have_text(elsewhere, timeout=5_000)
+    expect(page.locator(".run-foot").nth(1)).to_contain_text("completed")
+    expect(page.locator(".turn.user")).to_have_count(2)
+    expect(page.locator(".turn.assistant")).to_have_count(2)
+    assert answer(page, 0) == "first turn", "what was on the page stays as it was"
+    shot(page, "turn-from-elsewhere")

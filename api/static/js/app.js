@@ -17,7 +17,8 @@ const state = {
   conversation: null,
   live: null, // {runId, handle}
   decisions: new Map(), // run id -> answers chosen so far
-  poll: null,
+  poll: null, // {view, timer} of the poll going on, if any
+  newest: null, // id of the conversation's newest run the page has shown or follows
   view: 0, // bumped on every navigation, so late answers for an old view are dropped
 };
 
@@ -218,27 +219,46 @@ async function openConversation(view) {
   transcript.clear();
   if (!state.conversation) return renderEmpty();
   $("empty").hidden = true;
+  const [newest] = await get("/v1/runs", { conversation_id: state.conversation, limit: 1 });
+  if (view !== state.view) return;
+  const following = await showTurns(newest, () => view === state.view);
+  if (view !== state.view) return;
+  if (!following) startPolling();
+  $("transcript").scrollTop = $("transcript").scrollHeight;
+}
+
+/** Show the conversation's turns not on the page yet, up to `newest` (its newest run, listed just
+ * before: a run newer than that is left to the next poll, so none falls in between). Turns that
+ * ended come from the history, with their footers; the oldest run still active is followed through
+ * its stream, and is then the newest the page knows (the poll finds those queued after it once it
+ * ends). `still()` says whether the page still wants this (the same view; for a poll, no send
+ * meanwhile). Returns whether a run is now followed. */
+async function showTurns(newest, still) {
   const id = state.conversation;
-  // The active run first: its items are then read from its stream, never from the history too.
+  const shown = new Set(transcript.runs.keys());
+  // The active runs first: their items are then read from their streams, never from the history too.
   const active = await get("/v1/runs", { conversation_id: id, active: true, order: "asc", limit: 10 });
   const [messages, runs] = await Promise.all([
     pastMessages(id),
     get("/v1/runs", { conversation_id: id, limit: 200 }),
   ]);
-  if (view !== state.view) return;
+  if (!still()) return false;
   const live = new Set(active.map((r) => r.id));
+  const skip = (runId) => live.has(runId) || shown.has(runId || "history"); // "history": no run named
   for (const message of messages) {
-    if (message.message_type === "user_message" || !live.has(message.run_id)) transcript.apply(message);
+    if (message.message_type === "user_message" || !skip(message.run_id)) transcript.apply(message);
   }
   const records = new Map(runs.map((r) => [r.id, r]));
   for (const runId of transcript.runs.keys()) {
-    if (records.has(runId) && !live.has(runId)) transcript.footer(runId, records.get(runId));
+    if (records.has(runId) && !skip(runId)) transcript.footer(runId, records.get(runId));
   }
   const latest = runs.find((r) => !live.has(r.id));
   if (!active.length && latest && latest.stop_reason === "requires_approval") offerApprovals(latest.id);
-  if (active.length) attach(active[0].id);
-  else startPolling();
-  $("transcript").scrollTop = $("transcript").scrollHeight;
+  if (state.live) return true; // sent from here meanwhile: that run is followed already
+  state.newest = active.length ? active[0].id : newest ? newest.id : null;
+  if (!active.length) return false;
+  attach(active[0].id);
+  return true;
 }
 
 function offerApprovals(runId) {
@@ -300,29 +320,38 @@ function stopFollowing() {
   setRunState(null);
 }
 
-// Runs started by another tab or client show up here within POLL_MS.
+// Turns sent by another tab or client show up here within POLL_MS, running or already over: the
+// poll asks for the conversation's newest run, whatever its status (a quick turn starts and ends
+// between two polls), and shows what is new when that run is not the one the page knows. A hidden
+// tab skips its polls, and catches up as soon as it is shown again.
 function startPolling(now = false) {
   stopPolling();
-  const view = state.view;
+  const poll = { view: state.view, timer: null };
+  state.poll = poll;
+  const polling = () => state.poll === poll && poll.view === state.view && !state.live && Boolean(state.conversation);
   const tick = async () => {
-    if (view !== state.view || state.live || !state.conversation) return;
+    if (!polling()) return;
     if (document.visibilityState === "visible") {
       try {
-        const active = await get("/v1/runs", { conversation_id: state.conversation, active: true, order: "asc", limit: 1 });
-        if (view === state.view && !state.live && active.length) return attach(active[0].id);
+        const [newest] = await get("/v1/runs", { conversation_id: state.conversation, limit: 1 });
+        if (polling() && newest && newest.id !== state.newest && (await showTurns(newest, polling))) return;
       } catch {
         // a failed poll is retried at the next tick; sending shows real errors
       }
     }
-    state.poll = setTimeout(tick, POLL_MS);
+    if (polling()) poll.timer = setTimeout(tick, POLL_MS);
   };
-  state.poll = setTimeout(tick, now ? 0 : POLL_MS);
+  poll.timer = setTimeout(tick, now ? 0 : POLL_MS);
 }
 
 function stopPolling() {
-  clearTimeout(state.poll);
+  if (state.poll) clearTimeout(state.poll.timer);
   state.poll = null;
 }
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && state.poll) startPolling(true);
+});
 
 // -- sending, approving, stopping ----------------------------------------------------------------
 
@@ -346,6 +375,7 @@ async function send(text) {
     const conversationId = await ensureConversation(text);
     bubble = transcript.pendingUser(text);
     const runId = await sendTurn(conversationId, [{ role: "user", content: text }]);
+    state.newest = runId;
     bubble.dataset.runId = runId;
     transcript.run(runId);
     attach(runId);
@@ -367,7 +397,10 @@ function decide(runId, answer) {
   setRunState(null);
   clearError();
   sendTurn(state.conversation, [{ type: "approval", approvals: answers }])
-    .then((next) => attach(next))
+    .then((next) => {
+      state.newest = next;
+      attach(next);
+    })
     .catch((error) => showError(error));
 }
 
