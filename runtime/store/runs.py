@@ -45,6 +45,7 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
 LIST_SCAN_MAX = 10_000
 LIST_WINDOW = 200  # index entries read per round trip when listing runs
+INDEX_TRIM_EVERY = 64  # runs indexed by a process between two trims of the indexes it writes
 PRUNE_GRACE_MS = 60_000  # an index entry without its run is pruned only once this old
 
 # created -> running, for the owner ``owner`` (see ``RunStore.start`` for the outcomes). A Lua
@@ -147,6 +148,7 @@ class RunStore:
         self._start = redis.register_script(_START)
         self._finish_script = redis.register_script(_FINISH)
         self._add_step = redis.register_script(_ADD_STEP)
+        self._indexed = 0  # runs this store has indexed (``index`` trims every ``INDEX_TRIM_EVERY``)
 
     def initial_fields(self, view: RunView, *, key_id: str | None = None) -> dict[str, str | int]:
         """The run hash of a newly accepted run (written by the mailbox's accept step); ``key_id``:
@@ -171,8 +173,13 @@ class RunStore:
         is then refused or deduplicated is unindexed (``unindex``); one whose refusal could not be
         undone (a crash in between) leaves an index entry pointing at nothing, which readers skip."""
         at = now_ms()
-        expired = f"({at - UNFINISHED_RUN_TTL_S * 1000}"  # no run indexed before this is kept by now
         indexes = (keyspace.runs_index(view.tenant), keyspace.conversation_runs(view.conversation_id), keyspace.agent_runs(view.agent_id))
+        # Every INDEX_TRIM_EVERY runs this process indexes, the entries of runs that can no longer
+        # exist go too: an index that is never listed (a tenant's) stays about as large as what it
+        # finds, at a fraction of a command per accept.
+        self._indexed += 1
+        expired = f"({at - UNFINISHED_RUN_TTL_S * 1000}"
+        trims = [("ZREMRANGEBYSCORE", index, "-inf", expired) for index in indexes] if self._indexed % INDEX_TRIM_EVERY == 0 else []
         # Sent together, not as a pipeline: on one server they leave in one write on the shared
         # connection (runtime.store.mux), where a pipeline takes a pooled connection of its own.
         await send_together(
@@ -180,8 +187,7 @@ class RunStore:
             [
                 ("SET", keyspace.run_ref(view.id), view.conversation_id, "EX", UNFINISHED_RUN_TTL_S),
                 *(("ZADD", index, at, view.id) for index in indexes),
-                # Entries of runs that can no longer exist: an index stays about as long as what it finds.
-                *(("ZREMRANGEBYSCORE", index, "-inf", expired) for index in indexes),
+                *trims,
                 # A conversation's last message is when its newest run was asked for (Letta's last_message_at).
                 ("ZADD", keyspace.conversations_activity(view.tenant), at, view.conversation_id),
                 ("ZADD", keyspace.agent_conversations_activity(view.agent_id), at, view.conversation_id),
