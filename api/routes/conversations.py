@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import Caller
 from api.responses import collect_response
@@ -29,15 +28,13 @@ from runtime.letta.targets import agent_of, target
 from runtime.letta.targets import conversation as conversation_of
 from runtime.schemas.agents import ConversationRecord, ConversationRef
 from runtime.schemas.auth import Principal
-from runtime.schemas.model_settings import ModelSettings
 from runtime.schemas.requests import (
-    MAX_CONTEXT_TOKENS,
     MAX_NAME_CHARS,
-    MAX_TEXT_CHARS,
     CreateConversationRequest,
     MessageType,
     ResumeRequest,
     SendMessageRequest,
+    UpdateConversationRequest,
 )
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
@@ -67,28 +64,6 @@ async def create_conversation(
         hidden=body.hidden,
     )
     return await _view(state, record, caller)
-
-
-class UpdateConversationRequest(BaseModel):
-    """Body of ``PATCH /v1/conversations/{id}`` (Letta's ``ConversationUpdate``): only the fields sent
-    change (``null``: unchanged); ``model_settings`` is replaced as a whole (``{}`` clears it);
-    ``archived`` files the conversation away from the default listing, or brings it back."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    summary: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
-    description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
-    model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
-    model_settings: ModelSettings | None = None
-    context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
-    archived: bool | None = None
-    last_message_at: datetime | None = None
-
-    @model_validator(mode="after")
-    def _settable(self) -> UpdateConversationRequest:
-        if self.last_message_at is not None:
-            raise ValueError("last_message_at: Convoy keeps it from the conversation's runs; it cannot be set")
-        return self
 
 
 @router.patch("/{conversation_id}", summary="Update a conversation (summary, description, model, settings, window, archived)")

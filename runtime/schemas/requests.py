@@ -14,6 +14,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -450,10 +451,9 @@ class CreateAgentRequest(BaseModel):
         return {name: name in ruled for name in tools}
 
 
-class CreateConversationRequest(BaseModel):
-    """Body of ``POST /v1/conversations`` (Letta's ``ConversationCreate``, less ``agent_id``, which
-    is a query parameter). ``context_window_limit`` overrides the agent's for this conversation's
-    turns; ``hidden`` leaves it out of listings."""
+class _ConversationFields(BaseModel):
+    """What a conversation is created or updated with. ``context_window_limit`` overrides the
+    agent's for this conversation's turns."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -462,7 +462,28 @@ class CreateConversationRequest(BaseModel):
     model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     model_settings: ModelSettings | None = None
     context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
+
+
+class CreateConversationRequest(_ConversationFields):
+    """Body of ``POST /v1/conversations`` (Letta's ``ConversationCreate``, less ``agent_id``, which
+    is a query parameter); ``hidden`` leaves it out of listings."""
+
     hidden: bool = False
+
+
+class UpdateConversationRequest(_ConversationFields):
+    """Body of ``PATCH /v1/conversations/{id}`` (Letta's ``ConversationUpdate``): only the fields sent
+    change (``null``: unchanged); ``model_settings`` is replaced as a whole (``{}`` clears it);
+    ``archived`` files the conversation away from the default listing, or brings it back."""
+
+    archived: bool | None = None
+    last_message_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _settable(self) -> UpdateConversationRequest:
+        if self.last_message_at is not None:
+            raise ValueError("last_message_at: Convoy keeps it from the conversation's runs; it cannot be set")
+        return self
 
 
 MAX_SEQ = 2**53  # larger cursors are nonsense, and are refused as such
