@@ -11,8 +11,10 @@ heartbeat), continuous (a blocking read) or both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -59,3 +61,14 @@ async def forever(
             wait_s = retry.compute(failures)
         if wait_s > 0:
             await asyncio.sleep(wait_s)
+
+
+async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel ``tasks`` (``None``: none there) and wait until each has ended, its cancellation
+    not raised here."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runtime.background import stop_tasks
 from runtime.store.connection import is_cluster, reraise_if_cancelling
 from runtime.store.direct import own_connection_of
 from runtime.store.mux import own_connection
@@ -62,10 +63,7 @@ class _Shard:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(task)
 
     async def sync(self) -> None:
         """Send the (un)subscriptions that make the server's channels match ``assigned``."""
@@ -207,11 +205,7 @@ class Listeners:
             self._shard(ONE_SERVER).start()
 
     async def stop(self) -> None:
-        for task in (self._sync_task, self._rerouting):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(self._sync_task, self._rerouting)
         for shard in list(self._shards.values()):
             await shard.stop()
 

@@ -48,6 +48,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runtime.background import stop_tasks
 from runtime.errors import StreamGoneError
 from runtime.store.connection import SLOT_UNAVAILABLE, is_cluster, reraise_if_cancelling
 from runtime.store.direct import Direct, primary_of
@@ -205,11 +206,7 @@ class StreamTailer:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*tasks)
         primaries, self._primaries = self._primaries, {}
         for reads in primaries.values():
             await reads.stop()
@@ -441,10 +438,7 @@ class _PrimaryReads:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(task)
         await self._reader.close()
 
     async def _run(self) -> None:
