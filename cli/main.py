@@ -9,6 +9,10 @@ order (Redis is not started again then), and leaves no process behind.
 ``convoy api`` starts one more API replica against an already running Convoy (same Redis, same
 Ray); it starts nothing else.
 
+Both bind the API's port before they start anything else: a port in use is a one-line error at
+once (exit 2), not after Redis and Ray have started, and nothing can take the port meanwhile.
+``--port 0`` listens on a free port, which the ``api`` line prints.
+
 ``convoy chat`` talks to an agent from the terminal, over HTTP only (see ``cli.chat``).
 
 ``convoy keys create|list|revoke`` manages API keys (see ``cli.keys``). With no key ever
@@ -38,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -88,6 +93,7 @@ def serve(settings: Settings) -> int:
 
     embedded: EmbeddedRedis | None = None
     started_ray = not settings.ray_address
+    listener = _listen(settings)
     try:
         if settings.redis_url is None:
             embedded = EmbeddedRedis(settings.home_dir, supervised=True)
@@ -112,10 +118,11 @@ def serve(settings: Settings) -> int:
             _say("metrics hosts record none (CONVOY_RAY_METRICS=false); API at /metrics")
         if started_ray and not settings.ray_log_to_driver:
             _say(f"logs    hosts log to {ray_boot.worker_logs()} (CONVOY_RAY_LOG_TO_DRIVER=true copies them here)")
-        _say(f"api     listening on http://{settings.host}:{settings.port}  (Ctrl-C to stop)")
-        _run_api(settings, create_app)
+        _say(f"api     listening on {_address(listener)}  (Ctrl-C to stop)")
+        _run_api(settings, create_app, listener)
         return 0
     finally:
+        listener.close()
         if started_ray:
             ray_boot.disconnect()
         if embedded is not None:
@@ -131,10 +138,37 @@ def api_only(settings: Settings) -> int:
         if url is None:
             raise ConvoyError("no Redis: set CONVOY_REDIS_URL, or start `convoy serve` with the same CONVOY_HOME first")
         settings = settings.model_copy(update={"redis_url": url})
-    _check_auth(settings)
-    _say(f"api     replica listening on http://{settings.host}:{settings.port}")
-    _run_api(settings, create_app)
+    with _listen(settings) as listener:
+        _check_auth(settings)
+        _say(f"api     replica listening on {_address(listener)}")
+        _run_api(settings, create_app, listener)
     return 0
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The API's socket, bound to ``settings.host`` and ``.port`` (0: a free port) and not yet
+    listening (uvicorn listens on it once the app is up). ``ConfigurationError`` when it cannot be
+    bound: the port is in use, or the address is not this machine's."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigurationError(f"cannot listen on {settings.host}: {exc.strerror} (CONVOY_HOST, --host)") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            " (another process has it? choose another with --port or CONVOY_PORT; 0 picks a free one)"
+        ) from None
+    return sock
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _check_auth(settings: Settings) -> None:
@@ -151,11 +185,9 @@ def _check_auth(settings: Settings) -> None:
          "`convoy keys create` closes open mode at once")
 
 
-def _run_api(settings: Settings, create_app: Callable[[Settings], FastAPI]) -> None:
+def _run_api(settings: Settings, create_app: Callable[[Settings], FastAPI], listener: socket.socket) -> None:
     config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
         # Longer than common load balancers' idle timeout (60 s), so an idle keep-alive connection is
@@ -165,7 +197,7 @@ def _run_api(settings: Settings, create_app: Callable[[Settings], FastAPI]) -> N
     )
     # uvicorn re-raises the signal after its graceful shutdown; that is the normal way out.
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 def _settings(overrides: dict[str, Any]) -> Settings:

@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,22 +210,27 @@ class Convoy:
 
 
 def _spawn(command: str, home: Path, env: dict[str, str], log_name: str) -> Convoy:
-    """Start ``convoy <command>`` on a free port and wait (bounded) until it answers healthy."""
-    port = free_port()
+    """Start ``convoy <command>`` on a free port of its own choosing (``--port 0``: no other process
+    can take it between its choice and its use) and wait (bounded) until it answers healthy."""
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "convoy"), command, "--port", str(port)],
+            [str(Path(sys.executable).parent / "convoy"), command, "--port", "0"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = Convoy(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path, env=env)
+    server = Convoy(url="", home=home, process=process, log_path=log_path, env=env)
 
     def healthy() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"convoy {command} exited early ({process.returncode}):\n{server.log()}")
+        if not server.url:
+            printed = re.search(r"^api .*listening on (http://\S+)", server.log(), re.MULTILINE)
+            if printed is None:
+                return False
+            server.url = printed[1]
         try:
             return httpx.get(f"{server.url}/v1/health", timeout=2).status_code == 200
         except httpx.HTTPError:
