@@ -101,7 +101,10 @@ async def chat_completions(
     try:
         body = ChatCompletionRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        return openai_error(400, f"invalid request: {validation_summary(exc.errors())}", "invalid_request")
+        return _invalid(exc)
+    refused = body.refusal()
+    if refused is not None:
+        return openai_error(400, refused.message, "unsupported_parameter", param=refused.param)
     try:
         conversation = await _target(state, caller, body.model)
     except NotFoundError:
@@ -124,6 +127,17 @@ async def chat_completions(
         return openai_error_for(exc)
     reply = _Reply(state, run, body.model, include_usage=body.include_usage)
     return await (_stream(request, state, run, reply) if body.streaming else _complete(reply))
+
+
+def _invalid(exc: ValidationError) -> JSONResponse:
+    """A body that does not validate; a field Convoy does not know is named as OpenAI names it."""
+    errors = exc.errors()
+    unknown = next((e for e in errors if e["type"] == "extra_forbidden"), None)
+    if unknown is not None:
+        field = ".".join(str(part) for part in unknown["loc"])
+        message = f"{field}: not a Chat Completions field Convoy knows, so it cannot honour it; leave it out"
+        return openai_error(400, message, "unknown_parameter", param=field)
+    return openai_error(400, f"invalid request: {validation_summary(errors)}", "invalid_request")
 
 
 async def _target(state: AppState, caller: Principal, model: str) -> ConversationRef:

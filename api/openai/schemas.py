@@ -5,7 +5,8 @@ Convoy keeps each conversation's history, so a request's ``messages`` are not re
 input is the trailing run of ``user`` messages (everything after the last message of another
 role), after the ``tool`` messages right before them if any. Earlier messages, system and developer
 prompts included, are accepted and ignored: the agent's own system prompt and the conversation's
-stored history are what the model sees.
+stored history are what the model sees. The new input is read in full: what Convoy cannot honour in
+it (a content part that is not text, a field it does not model) is refused, never dropped.
 
 A run that stops for tool calls the client must answer (a tool that needs approval: Letta's
 ``approval_request_message``) ends with ``finish_reason: "tool_calls"``. The client answers as
@@ -22,6 +23,7 @@ deltas as ``chat.completion.chunk`` events, a non-streaming one folds the same d
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -44,6 +46,14 @@ from runtime.schemas.requests import (
 
 MAX_HISTORY_MESSAGES = 100_000  # a client may send a long history; only its tail is used
 MAX_CHOICES = 128  # OpenAI's own ceiling for ``n``
+MAX_STOP_SEQUENCES = 4  # OpenAI's ceilings, from here down
+MAX_TOP_LOGPROBS = 20
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_SAFETY_ID_CHARS = 128
+MAX_LOGIT_BIASES = 1024  # a bound for parsing: any non-zero bias is refused
+IGNORED_PART_FIELDS = frozenset({"prompt_cache_breakpoint"})  # a cache hint cannot change the answer
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 FINISH_REASON: dict[str, FinishReason] = {
@@ -59,14 +69,20 @@ CANCELLED_TYPE = "cancelled"  # the error_type a cancelled run is answered with
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """A content part; what it carries besides ``type`` and ``text`` is kept, so a new message's
+    part can be refused for it (``ChatCompletionRequest.refusal``)."""
+
+    model_config = ConfigDict(extra="allow")
 
     type: Annotated[str, Field(max_length=64)]
     text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """One message of ``messages``. Fields Convoy does not model are kept: ignored on history
+    messages, refused on the new input (``ChatCompletionRequest.refusal``)."""
+
+    model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)] | None = None
@@ -80,43 +96,99 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # Convoy's chunks are never padded: nothing to turn off
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request field set to what Convoy cannot honour: answered 400 naming ``param``."""
+
+    param: str
+    message: str
+
+
+MetadataKey = Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 class ChatCompletionRequest(BaseModel):
-    """Body of ``POST /v1/chat/completions``. ``model`` names an agent (its default conversation)
-    or a conversation. ``temperature``, ``max_completion_tokens`` (or ``max_tokens``),
-    ``response_format``, ``reasoning_effort``, ``verbosity`` and ``parallel_tool_calls`` are this
-    request's model settings, over the conversation's and the agent's (``model_settings()``), and are
-    refused (400) where the model cannot honour them; ``top_p`` is accepted and ignored. Every field
-    modelled is checked against OpenAI's ranges, so a request OpenAI would refuse is refused here too."""
+    """Body of ``POST /v1/chat/completions``, every field of OpenAI's, each in one of three kinds.
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    **Honoured.** ``model`` names an agent (its default conversation) or a conversation;
+    ``messages`` (the new input: module docstring), ``stream``, ``stream_options.include_usage``.
+    ``temperature``, ``max_completion_tokens`` (or ``max_tokens``), ``response_format``,
+    ``reasoning_effort``, ``verbosity`` and ``parallel_tool_calls`` are this request's model settings,
+    over the conversation's and the agent's (``model_settings()``), and are refused (400) where the
+    model cannot honour them.
+
+    **Refused unless neutral** (``refusal()``: 400 naming the field, saying what to send): what
+    would change the answer and Convoy cannot do. Each is accepted with the value that means "as
+    if not sent", since SDKs and frameworks send those: ``n`` (1), ``tools`` and ``functions``
+    (empty; the agent's own tools are used), ``tool_choice`` and ``function_call`` (``"auto"``: the
+    agent decides when to call its tools), ``top_p`` (1), ``presence_penalty`` and
+    ``frequency_penalty`` (0), ``logit_bias`` (no non-zero bias), ``logprobs`` (false) and
+    ``top_logprobs`` (0), ``stop`` (no sequence), ``modalities`` (``["text"]``), ``audio``,
+    ``seed``, ``moderation`` and ``web_search_options`` (null). So are fields of a new message
+    that Convoy does not model, e.g. an Ollama-style ``images`` list.
+
+    **Accepted and ignored**, as they cannot change the answer: ``user``, ``metadata``, ``store``,
+    ``service_tier``, ``safety_identifier``, the prompt-cache hints (``prompt_cache_key``,
+    ``prompt_cache_options``, ``prompt_cache_retention``, a text part's ``prompt_cache_breakpoint``),
+    ``stream_options.include_obfuscation``, and ``prediction`` (a predicted output only makes
+    OpenAI answer sooner; the answer is the same).
+
+    A field that is none of these (not OpenAI's, or newer than Convoy) is refused, as OpenAI refuses
+    it. Every number, string and list is checked against OpenAI's ranges, so a request OpenAI would
+    refuse is refused here too."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_HISTORY_MESSAGES)]
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
-    tools: Annotated[list[JsonObject], Field(max_length=MAX_TOOLS)] | None = None
-    user: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_TOKENS)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
     response_format: ResponseFormatIn | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
     parallel_tool_calls: bool | None = None
+    # refused unless neutral
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    tools: Annotated[list[JsonObject], Field(max_length=MAX_TOOLS)] | None = None
+    functions: Annotated[list[JsonObject], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | JsonObject | None = None
+    function_call: Literal["none", "auto"] | JsonObject | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: Annotated[dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Annotated[int, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIASES)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    stop: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    modalities: Annotated[list[Literal["text", "audio"]], Field(max_length=2)] | None = None
+    audio: JsonObject | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    moderation: JsonObject | None = None
+    web_search_options: JsonObject | None = None
+    # accepted and ignored
+    user: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)] | None = None
+    store: bool | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    safety_identifier: Annotated[str, Field(max_length=MAX_SAFETY_ID_CHARS)] | None = None
+    prompt_cache_key: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    prompt_cache_options: JsonObject | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prediction: JsonObject | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.n not in (None, 1):
-            raise ValueError("n: only one choice per request is supported")
-        if self.tools:
-            raise ValueError("tools: request-supplied tools are not supported; the agent's own tools are used")
         results, new = self.tool_results(), self.new_messages()
         if not new and not results:
             raise ValueError(
@@ -128,6 +200,8 @@ class ChatCompletionRequest(BaseModel):
         for message in [*results, *new]:
             if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
                 raise ValueError("messages: only text content parts are supported")
+            if isinstance(message.content, list) and any(part.text is None for part in message.content):
+                raise ValueError("messages: a text content part needs its text")
             if (chars := len(message.text())) > MAX_TEXT_CHARS:
                 raise ValueError(
                     f"messages: a new {message.role} message's text parts come to {chars} characters; "
@@ -140,6 +214,39 @@ class ChatCompletionRequest(BaseModel):
             if not message.tool_call_id:
                 raise ValueError("messages: a tool message needs the tool_call_id of the call it answers")
         return self
+
+    def refusal(self) -> Refusal | None:
+        """The first field set to a value Convoy cannot honour (class docstring), if any."""
+        return next(self._refusals(), None)
+
+    def _refusals(self) -> Iterator[Refusal]:
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        per_request_tools = 'choosing tools per request is not supported (the agent calls its own as it decides); leave it out or send "auto"'
+        unsupported = (
+            ("n", self.n not in (None, 1), "only one choice per request is supported; leave it out or send 1"),
+            ("tools", bool(self.tools), "request-supplied tools are not supported; the agent's own tools are used"),
+            ("functions", bool(self.functions), "request-supplied functions are not supported; the agent's own tools are used"),
+            ("tool_choice", self.tool_choice not in (None, "auto"), per_request_tools),
+            ("function_call", self.function_call not in (None, "auto"), per_request_tools),
+            ("top_p", self.top_p not in (None, 1), "nucleus sampling is not supported; leave it out or send 1 (temperature is)"),
+            ("presence_penalty", self.presence_penalty not in (None, 0), "penalties are not supported; leave it out or send 0"),
+            ("frequency_penalty", self.frequency_penalty not in (None, 0), "penalties are not supported; leave it out or send 0"),
+            ("logit_bias", any((self.logit_bias or {}).values()), "token biases are not supported; leave it out"),
+            ("logprobs", bool(self.logprobs), "log probabilities are not available; leave it out or send false"),
+            ("top_logprobs", bool(self.top_logprobs), "log probabilities are not available; leave it out or send 0"),
+            ("stop", any(stops), "stop sequences are not supported; leave it out (the answer is never cut at a sequence)"),
+            ("modalities", "audio" in (self.modalities or []), 'audio output is not supported; leave it out or send ["text"]'),
+            ("audio", self.audio is not None, "audio output is not supported; leave it out"),
+            ("seed", self.seed is not None, "sampling cannot be made repeatable (and a repeated request is a new turn of the conversation); leave it out"),
+            ("moderation", self.moderation is not None, "moderation is not supported; leave it out"),
+            ("web_search_options", self.web_search_options is not None, "web search is not supported; leave it out (give the agent a search tool instead)"),
+        )
+        for param, refused, why in unsupported:
+            if refused:
+                yield Refusal(param, f"{param}: {why}")
+        start = self._input_from()
+        for index, message in enumerate(self.messages[start:], start):
+            yield from _message_refusals(f"messages.{index}", message)
 
     @property
     def streaming(self) -> bool:
@@ -156,10 +263,13 @@ class ChatCompletionRequest(BaseModel):
     def tool_results(self) -> list[ChatMessage]:
         """The ``tool`` messages right before the trailing user messages: the results of the calls
         the conversation's last answer asked the client for."""
-        end = start = self._users_from()
+        return self.messages[self._input_from() : self._users_from()]
+
+    def _input_from(self) -> int:
+        start = self._users_from()
         while start > 0 and self.messages[start - 1].role == "tool":
             start -= 1
-        return self.messages[start:end]
+        return start
 
     def _users_from(self) -> int:
         start = len(self.messages)
@@ -188,6 +298,21 @@ class ChatCompletionRequest(BaseModel):
         }
         given = {name: value for name, value in given.items() if value is not None}
         return ModelSettings(**given) if given else None
+
+
+def _message_refusals(where: str, message: ChatMessage) -> Iterator[Refusal]:
+    """What a new message carries that Convoy cannot honour: a field it does not model, or a text
+    part's field other than a cache hint (a part that is not text is refused by validation)."""
+    for name in message.model_extra or {}:
+        yield Refusal(
+            f"{where}.{name}",
+            f"{where}.{name}: Convoy does not know this field of a {message.role} message and cannot honour it; leave it out",
+        )
+    parts = message.content if isinstance(message.content, list) else []
+    for index, part in enumerate(parts):
+        at = f"{where}.content.{index}"
+        for name in [name for name in part.model_extra or {} if name not in IGNORED_PART_FIELDS]:
+            yield Refusal(f"{at}.{name}", f"{at}.{name}: Convoy does not know this field of a content part and cannot honour it; leave it out")
 
 
 # -- answers ---------------------------------------------------------------------------------------

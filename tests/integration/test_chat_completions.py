@@ -240,8 +240,9 @@ def test_unknown_models_are_404_in_openai_shape(oai: OpenAI, http: httpx.Client)
             "text parts come to 1200000 characters; at most 1000000",
         ),
         ({"messages": [{"role": "tool", "content": "42"}]}, "needs the tool_call_id"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text"}]}]}, "needs its text"),
     ],
-    ids=["trailing-assistant", "empty", "image", "n", "tools", "role", "parts-too-long-together", "tool-without-call-id"],
+    ids=["trailing-assistant", "empty", "image", "n", "tools", "role", "parts-too-long-together", "tool-without-call-id", "text-part-without-text"],
 )
 def test_bad_requests_are_400_and_write_nothing(http: httpx.Client, body: dict[str, Any], says: str) -> None:
     agent = new_agent(http)
@@ -252,6 +253,105 @@ def test_bad_requests_are_400_and_write_nothing(http: httpx.Client, body: dict[s
     assert reply.headers["x-should-retry"] == "false"
     assert runs_of(http, agent) == []
     assert http.get(f"/v1/conversations/conv-{agent.removeprefix('agent-')}").status_code == 404
+
+
+AUDIO_OUT = {"voice": "alloy", "format": "wav"}
+
+
+@pytest.mark.parametrize(
+    ("given", "param", "says"),
+    [
+        ({"top_p": 0.5}, "top_p", "leave it out or send 1"),
+        ({"stop": ["\n\n", "END"]}, "stop", "stop sequences are not supported"),
+        ({"stop": "END"}, "stop", "stop sequences are not supported"),
+        ({"seed": 42}, "seed", "cannot be made repeatable"),
+        ({"presence_penalty": 0.5}, "presence_penalty", "leave it out or send 0"),
+        ({"frequency_penalty": -1.0}, "frequency_penalty", "leave it out or send 0"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias", "token biases"),
+        ({"logprobs": True, "top_logprobs": 3}, "logprobs", "leave it out or send false"),
+        ({"top_logprobs": 3}, "top_logprobs", "leave it out or send 0"),
+        ({"tool_choice": "none"}, "tool_choice", 'send "auto"'),
+        ({"tool_choice": "required"}, "tool_choice", 'send "auto"'),
+        ({"tool_choice": {"type": "function", "function": {"name": "transfer"}}}, "tool_choice", 'send "auto"'),
+        ({"function_call": {"name": "transfer"}}, "function_call", 'send "auto"'),
+        ({"functions": [{"name": "transfer", "parameters": {"type": "object"}}]}, "functions", "agent's own tools"),
+        ({"modalities": ["text", "audio"], "audio": AUDIO_OUT}, "modalities", 'send ["text"]'),
+        ({"audio": AUDIO_OUT}, "audio", "audio output is not supported"),
+        ({"moderation": {"model": "omni-moderation-latest"}}, "moderation", "moderation is not supported"),
+        ({"web_search_options": {}}, "web_search_options", "web search is not supported"),
+        ({"extra_body": {"top_k": 5}}, "top_k", "not a Chat Completions field Convoy knows"),
+        ({"stream_options": {"include_usage": True, "chunk_size": 1}, "stream": True}, "stream_options.chunk_size", "leave it out"),
+        (
+            {"messages": [{"role": "user", "content": "what is in this picture?", "images": ["aGk="]}]},
+            "messages.0.images",
+            "field of a user message",
+        ),
+        (
+            {"messages": [*user("old"), {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]},
+            "messages.1.content.0.cache_control",
+            "field of a content part",
+        ),
+    ],
+    ids=[
+        "top_p", "stop-list", "stop-string", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+        "top_logprobs", "tool_choice-none", "tool_choice-required", "tool_choice-named", "function_call", "functions",
+        "modalities-audio", "audio", "moderation", "web_search_options", "unknown-field", "unknown-stream-option",
+        "new-message-field", "new-part-field",
+    ],
+)
+def test_what_convoy_cannot_honour_is_refused_by_name(
+    oai: OpenAI, http: httpx.Client, given: dict[str, Any], param: str, says: str
+) -> None:
+    """Dropping these would change the answer with no error: each is a 400 naming the field."""
+    agent = new_agent(http)
+    with pytest.raises(openai.BadRequestError) as raised:
+        oai.chat.completions.create(**{"model": agent, "messages": user("hi"), **given})
+    assert raised.value.param == param and raised.value.code in ("unsupported_parameter", "unknown_parameter")
+    assert isinstance(raised.value.body, dict) and says in raised.value.body["message"]
+    assert raised.value.body["message"].startswith(f"{param}: ")
+    assert runs_of(http, agent) == [], "nothing was run"
+
+
+def test_neutral_values_and_fields_that_cannot_change_the_answer_are_accepted(
+    oai: OpenAI, http: httpx.Client, fake_provider: fp.FakeProvider
+) -> None:
+    """What SDKs and frameworks send by default, and hints that only touch billing, caching or
+    speed, are accepted; none of it reaches the model."""
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["ok"])), repeat=True)
+    agent = new_agent(http, f"openai/{model}")
+    messages: list[Any] = [
+        {"role": "assistant", "content": "earlier", "audio": {"id": "audio_1"}},  # history: ignored
+        {"role": "user", "content": [{"type": "text", "text": "hi", "prompt_cache_breakpoint": {"mode": "explicit"}}]},
+    ]
+    completion = oai.chat.completions.create(
+        model=agent,
+        messages=messages,
+        n=1,
+        tools=[],
+        tool_choice="auto",
+        top_p=1,
+        presence_penalty=0,
+        frequency_penalty=0,
+        logit_bias={},
+        logprobs=False,
+        top_logprobs=0,
+        stop=[],
+        modalities=["text"],
+        user="end-user-7",
+        metadata={"app": "tests"},
+        store=True,
+        service_tier="flex",
+        safety_identifier="h-1234",
+        prompt_cache_key="chat",
+        prompt_cache_options={"mode": "implicit"},
+        prompt_cache_retention="24h",
+        prediction={"type": "content", "content": "ok"},
+    )
+    assert completion.choices[0].message.content == "ok"
+    (call,) = fake_provider.calls(model)
+    assert call.body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert not {"top_p", "stop", "logit_bias", "user", "metadata", "store", "service_tier", "prediction"} & call.body.keys()
 
 
 def test_tool_calls_are_answered_with_tool_messages_and_the_conversation_goes_on(
