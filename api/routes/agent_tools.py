@@ -38,9 +38,10 @@ async def list_agent_tools(
     after: Annotated[str | None, Query(max_length=80)] = None,
     before: Annotated[str | None, Query(max_length=80)] = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    order_by: Literal["created_at"] = "created_at",
 ) -> list[dict[str, Any]]:
     """In the order they were attached, newest first unless ``order=asc``; ``after``/``before``: tool
-    ids (Letta's defaults: 10 a page, newest first)."""
+    ids (Letta's defaults: 10 a page, newest first). ``order_by``: only ``created_at``, as Letta's."""
     agent = await state.agents.get(agent_id, tenant=caller.tenant)
     views = [
         tool_view(tool, requires_approval=agent.tool_approvals.get(name, tool.requires_approval))

@@ -13,7 +13,7 @@ whose provider has its credentials (``echo/echo`` always).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
@@ -22,9 +22,17 @@ from api.state import AppState, State
 from runtime.providers.registry import ListedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-FilterWord = Annotated[str | None, Query(max_length=64)]
 LETTA_TYPES = {"echo": "letta", "anthropic": "anthropic", "gemini": "google_ai"}  # by API; the rest: openai
 CATEGORY = "base"  # every provider is the server's own (Letta's "byok" are keys a user brought)
+# Letta's ``ProviderType`` and ``ProviderCategory`` words: a filter on any other is a 422, as Letta's,
+# not an empty list that reads as "no such models".
+ProviderType = Literal[
+    "anthropic", "azure", "baseten", "bedrock", "cerebras", "chatgpt_oauth", "deepseek", "fireworks",
+    "google_ai", "google_vertex", "groq", "hugging-face", "letta", "lmstudio_openai", "minimax", "moonshot",
+    "moonshot_coding", "mistral", "ollama", "openai", "together", "vllm", "sglang", "openrouter", "xai", "zai",
+    "zai_coding",
+]  # fmt: skip
+ProviderCategory = Literal["base", "byok"]
 
 
 @router.get("", summary="List the models (OpenAI's shape)")
@@ -40,12 +48,13 @@ async def list_openai_models(state: State, caller: Caller) -> dict[str, Any]:
 async def list_letta_models(
     state: State,
     caller: Caller,
-    provider_name: FilterWord = None,
-    provider_type: FilterWord = None,
-    provider_category: Annotated[list[str] | None, Query(max_length=8)] = None,
+    provider_name: Annotated[str | None, Query(max_length=64)] = None,
+    provider_type: ProviderType | None = None,
+    provider_category: Annotated[list[ProviderCategory] | None, Query(max_length=8)] = None,
 ) -> list[dict[str, Any]]:
-    categories = {word for value in provider_category or () for word in value.split(",") if word}
-    if categories and CATEGORY not in categories:
+    """Each filter keeps the models whose field of that name has the value (``provider_category``:
+    any of the values); every Convoy provider is the server's own, so its category is ``base``."""
+    if provider_category and CATEGORY not in provider_category:
         return []
     views = [_letta(state, m) for m in await state.providers.list_models()]
     return [

@@ -43,8 +43,11 @@ async def list_runs(
     after: RunIdQuery | None = None,
     before: RunIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
+    order_by: Literal["created_at"] = "created_at",
     ascending: bool | None = None,
 ) -> list[dict[str, Any]]:
+    """Newest first unless ``order=asc`` (or, deprecated, ``ascending``); ``order_by``: only
+    ``created_at``, as Letta's."""
     if agent_ids:
         if agent_id is not None and agent_id != agent_ids[0]:
             raise InvalidRequestError("agent_id and agent_ids name different agents; send one of them")
@@ -82,9 +85,11 @@ async def list_run_messages(
     after: MessageIdQuery | None = None,
     before: MessageIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+    order_by: Literal["created_at"] = "created_at",
 ) -> list[dict[str, Any]]:
     """Oldest first unless ``order=desc`` (Letta's default for this route); ``after``/``before``:
-    message ids. Each part of a model response is its own item, as in the history listings."""
+    message ids; ``order_by``: only ``created_at``, as Letta's. Each part of a model response is its
+    own item, as in the history listings."""
     run = await state.runs.get(run_id, tenant=caller.tenant)
     return await listings.run_messages(state.history, run, limit=limit, after=after, before=before, order=order)
 
@@ -96,11 +101,13 @@ async def list_steps(
     caller: Caller,
     limit: Limit = 50,
     order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
+    order_by: Literal["created_at"] = "created_at",
     after: Annotated[str | None, Query(max_length=64)] = None,
     before: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[dict[str, Any]]:
     """Letta's ``Step`` objects, plus ``trace``: the request sent to the provider, a summary of its
-    response, latency, time to first token and how many times the stream was opened."""
+    response, latency, time to first token and how many times the stream was opened. ``order_by``:
+    only ``created_at``, as Letta's."""
     run = await state.runs.get(run_id, tenant=caller.tenant)
     return await listings.steps(state.runs, run, limit=limit, after=after, before=before, order=order)
 
