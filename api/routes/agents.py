@@ -4,8 +4,9 @@ and Letta's agent-level message routes, which use the agent's default conversati
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
@@ -20,9 +21,9 @@ from api.routes.tools import tool_view
 from api.sse import SSE_RESPONSES
 from api.state import AppState, State
 from api.turns import accept_turn
-from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, Limit, MessageIdQuery
+from api.validation import AgentId, AgentIdQuery, ConversationIdQuery, GroupIdQuery, Limit, MessageIdQuery, no_groups
 from runtime.agent.context import HISTORY_WINDOW, overview
-from runtime.errors import ConflictError, NotFoundError
+from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
 from runtime.letta import listings
 from runtime.letta.listings import system_message_id
 from runtime.letta.model_checks import check_agent, check_agent_update, check_window
@@ -37,12 +38,13 @@ from runtime.schemas.requests import (
     MessageType,
     SendMessageRequest,
 )
-from runtime.schemas.runs import RunQuery
+from runtime.schemas.runs import RunView, StopReason
 from runtime.store.agents import default_conversation_id
 from runtime.tools.turn import Toolbox
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 IdempotencyKey = Annotated[str | None, Header(max_length=256)]
+T = TypeVar("T")
 
 
 class AgentMessageRequest(SendMessageRequest):
@@ -98,6 +100,20 @@ async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -
     return await agent_state(state, record)
 
 
+ListInclude = Literal[
+    "agent.blocks", "agent.identities", "agent.managed_group", "agent.pending_approval", "agent.secrets", "agent.sources",
+    "agent.tags", "agent.tools",
+]  # fmt: skip
+UNHELD_FILTERS = {
+    "identity_id": "identities",
+    "identifier_keys": "identities",
+    "template_id": "templates",
+    "base_template_id": "templates",
+    "created_by_id": "users (an API key is a tenant, not a user)",
+}
+IdFilter = Annotated[str | None, Query(max_length=256)]
+
+
 @router.get("", summary="List agents")
 @router.get("/", include_in_schema=False)
 async def list_agents(
@@ -105,17 +121,72 @@ async def list_agents(
     caller: Caller,
     limit: Limit = 50,
     after: AgentIdQuery | None = None,
-    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    before: AgentIdQuery | None = None,
+    order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
+    order_by: Annotated[listings.AgentOrderBy | None, Query()] = None,
+    ascending: Annotated[bool | None, Query(deprecated=True)] = None,
+    sort_by: Annotated[listings.AgentOrderBy | None, Query(deprecated=True)] = None,
     name: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
+    query_text: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
     tags: Annotated[list[Annotated[str, Query(max_length=MAX_NAME_CHARS)]] | None, Query(max_length=MAX_TAGS)] = None,
     match_all_tags: bool = False,
+    last_stop_reason: StopReason | None = None,
+    include: Annotated[list[ListInclude] | None, Query(max_length=16)] = None,
+    include_relationships: Annotated[list[Annotated[str, Query(max_length=64)]] | None, Query(max_length=16)] = None,
+    project_id: IdFilter = None,
+    identity_id: IdFilter = None,
+    identifier_keys: Annotated[list[Annotated[str, Query(max_length=256)]] | None, Query(max_length=16)] = None,
+    template_id: IdFilter = None,
+    base_template_id: IdFilter = None,
+    created_by_id: IdFilter = None,
 ) -> list[dict[str, Any]]:
-    """Newest first unless ``order=asc``, as Letta; ``name``: only agents of that name; ``tags``:
-    only those with any of them (all of them with ``match_all_tags``)."""
-    found = await listings.agents(
-        state.agents, tenant=caller.tenant, limit=limit, after=after, order=order, name=name, tags=tags, match_all_tags=match_all_tags
+    """Newest first unless ``order=asc`` (deprecated: ``ascending``), by creation unless
+    ``order_by`` (deprecated: ``sort_by``) says ``updated_at`` or ``last_run_completion`` (never
+    run: last; ``runtime.letta.listings``); ``after``/``before``: agent ids. ``name``: only agents
+    of that name; ``query_text``: whose name holds it (case-insensitive); ``tags``: with any of
+    them (all of them with ``match_all_tags``); ``last_stop_reason``: whose last run ended so.
+    ``include=agent.pending_approval`` adds each agent's pending approval. Blocks, tags, tools and
+    sources are always included, whatever ``include`` or the legacy ``include_relationships`` say.
+    ``project_id`` names no subset: Convoy has no projects, a tenant's agents are all one's. The
+    filters on identities, templates and creators are refused: Convoy has none of them."""
+    unheld = {
+        "identity_id": identity_id,
+        "identifier_keys": identifier_keys,
+        "template_id": template_id,
+        "base_template_id": base_template_id,
+        "created_by_id": created_by_id,
+    }
+    sent = [f"{param} (Convoy has no {UNHELD_FILTERS[param]})" for param, value in unheld.items() if value]
+    if sent:
+        raise InvalidRequestError(f"Cannot filter agents by {', '.join(sent)}: leave it out, or filter by name, query_text or tags")
+    found, last = await listings.find_agents(
+        state.agents,
+        state.runs,
+        tenant=caller.tenant,
+        limit=limit,
+        after=after,
+        before=before,
+        order=_either("order", order, "ascending", None if ascending is None else "asc" if ascending else "desc") or "desc",
+        order_by=_either("order_by", order_by, "sort_by", sort_by) or "created_at",
+        name=name,
+        query_text=query_text,
+        tags=tags,
+        match_all_tags=match_all_tags,
+        last_stop_reason=last_stop_reason,
     )
-    return list(await asyncio.gather(*(agent_state(state, r, message_ids=False) for r in found)))
+    pending = "agent.pending_approval" in (include or ())
+    return list(
+        await asyncio.gather(
+            *(agent_state(state, r, message_ids=False, pending_approval=pending, last_runs=last) for r in found)
+        )
+    )
+
+
+def _either(name: str, value: T | None, deprecated: str, old: T | None) -> T | None:
+    """A parameter given by its name or its deprecated one; 400 if both, saying different things."""
+    if value is not None and old is not None and value != old:
+        raise InvalidRequestError(f"{name}={value} and {deprecated} (deprecated) say different things: send {name} alone")
+    return value if value is not None else old
 
 
 @router.get("/{agent_id}", summary="Get an agent")
@@ -132,26 +203,34 @@ async def get_agent(
 
 
 async def agent_state(
-    state: AppState, agent: AgentRecord, *, pending_approval: bool = False, message_ids: bool = True
+    state: AppState,
+    agent: AgentRecord,
+    *,
+    pending_approval: bool = False,
+    message_ids: bool = True,
+    last_runs: Mapping[str, RunView | None] | None = None,
 ) -> dict[str, Any]:
     """The agent as Letta's ``AgentState``, with what only the registry, the runs and the history
     know: its tools and approval rules, ``message_ids`` (its own history's system message, then the
     messages the model is shown; null in listings, where reading every agent's history would cost
-    too much), and its last finished run's stop reason and time."""
+    too much), and its last finished run's stop reason and time (from ``last_runs`` when it has the
+    agent's: what a listing sorted or filtered by)."""
     conversation_id = default_conversation_id(agent.id)
-    ids, runs, pending = await asyncio.gather(
+    known: Mapping[str, RunView | None] = last_runs if last_runs is not None and agent.id in last_runs else {}
+    ids, lasts, pending = await asyncio.gather(
         state.history.recent_ids(conversation_id, limit=HISTORY_WINDOW) if message_ids else asyncio.sleep(0, None),
-        state.runs.list(RunQuery(agent_id=agent.id, statuses=["completed", "failed", "cancelled"], limit=1), tenant=agent.tenant),
+        asyncio.sleep(0, known) if known else listings.last_runs(state.runs, [agent.id], of="agent", tenant=agent.tenant),
         state.client.pending_approval(conversation_id) if pending_approval else asyncio.sleep(0, None),
     )
+    last = lasts[agent.id]
     tools = [(tool, agent.tool_approvals.get(name, tool.requires_approval)) for name in agent.tools if (tool := state.tools.get(name))]
     extra: dict[str, Any] = {
         "tools": [tool_view(tool, requires_approval=approves) for tool, approves in tools],
         "tool_rules": [{"type": TOOL_RULE, "tool_name": tool.name} for tool, approves in tools if approves],
         "message_ids": [system_message_id(conversation_id), *ids] if ids is not None else None,
-        "last_stop_reason": runs[0].stop_reason if runs else None,
-        "last_run_completion": runs[0].completed_at.isoformat() if runs and runs[0].completed_at else None,
-        "last_run_duration_ms": runs[0].total_duration_ns // 1_000_000 if runs and runs[0].total_duration_ns else None,
+        "last_stop_reason": last.stop_reason if last else None,
+        "last_run_completion": last.completed_at.isoformat() if last and last.completed_at else None,
+        "last_run_duration_ms": last.total_duration_ns // 1_000_000 if last and last.total_duration_ns else None,
     }
     if pending_approval:
         extra["pending_approval"] = pending.model_dump(mode="json", exclude_none=True) if pending else None
@@ -267,10 +346,20 @@ async def list_agent_messages(
     before: MessageIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     include_return_message_types: Annotated[list[MessageType] | None, Query()] = None,
+    order_by: Literal["created_at"] = "created_at",
+    group_id: GroupIdQuery = None,
+    include_err: bool | None = None,
+    use_assistant_message: bool = True,
+    assistant_message_tool_name: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
+    assistant_message_tool_kwarg: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
 ) -> list[dict[str, Any]]:
     """As Letta: ``desc`` (the default) gives the newest ``limit`` messages, ``asc`` the oldest,
     both oldest first, the system message before all (``runtime.letta.listings``). The agent's own
-    history needs no creating to be read: before its first message it holds only the system message."""
+    history needs no creating to be read: before its first message it holds only the system message.
+    ``group_id`` is refused (``no_groups``); ``include_err`` and the legacy assistant-message
+    parameters change nothing, as for Letta's current agents: no stored message is an error, and
+    the model's text is always an ``assistant_message`` (Convoy has no ``send_message`` tool)."""
+    no_groups(group_id)
     agent = await state.agents.get(agent_id, tenant=caller.tenant)
     if conversation_id is not None:
         conversation = await state.conversations.get(conversation_id, tenant=caller.tenant)

@@ -18,7 +18,16 @@ from api.responses import collect_response
 from api.sse import SSE_RESPONSES, resume_response, run_events, sse_response, stream_token_view
 from api.state import AppState, State
 from api.turns import accept_turn
-from api.validation import AgentIdQuery, ConversationId, ConversationIdQuery, ConversationPath, Limit, MessageIdQuery
+from api.validation import (
+    AgentIdQuery,
+    ConversationId,
+    ConversationIdQuery,
+    ConversationPath,
+    GroupIdQuery,
+    Limit,
+    MessageIdQuery,
+    no_groups,
+)
 from runtime.agent.context import HISTORY_WINDOW, render_system
 from runtime.errors import ConflictError, InvalidRequestError
 from runtime.letta import listings
@@ -104,11 +113,12 @@ async def list_conversations(
     limit: Limit = 50,
     after: ConversationIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-    order_by: Annotated[Literal["created_at", "last_message_at"], Query()] = "created_at",
+    order_by: Annotated[listings.ConversationOrderBy, Query()] = "created_at",
     archive_status: Annotated[Literal["unarchived", "archived", "all"], Query()] = "unarchived",
     summary_search: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
 ) -> list[dict[str, Any]]:
-    """Newest first unless ``order=asc``, by creation or by last message (never messaged: last).
+    """Newest first unless ``order=asc``, by creation, by last message (never messaged: last) or
+    by when their last run finished (none finished: last; ``runtime.letta.listings``).
     An agent's own history (its default conversation) is not listed, as in Letta, where it is no
     conversation at all, and neither is a hidden one. ``archive_status``: the conversations not
     archived (the default), the archived ones, or all; ``summary_search``: only those whose summary
@@ -117,6 +127,7 @@ async def list_conversations(
         await state.agents.get(agent_id, tenant=caller.tenant)
     found = await listings.conversations(
         state.conversations,
+        state.runs,
         tenant=caller.tenant,
         agent_id=agent_id,
         limit=limit,
@@ -237,10 +248,15 @@ async def list_messages(
     before: MessageIdQuery | None = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     include_return_message_types: Annotated[list[MessageType] | None, Query()] = None,
+    order_by: Literal["created_at"] = "created_at",
+    group_id: GroupIdQuery = None,
+    include_err: bool | None = None,
 ) -> list[dict[str, Any]]:
     """The system message first, then the stored messages; newest first unless ``order=asc``
     (an agent's own history is listed as ``GET /v1/agents/{id}/messages`` lists it; see
-    ``runtime.letta.listings``)."""
+    ``runtime.letta.listings``). ``group_id`` is refused; ``include_err`` changes nothing (no stored
+    message is an error)."""
+    no_groups(group_id)
     where = target(conversation_id, agent_id)
     agent, _ = await agent_of(state.agents, state.conversations, where, tenant=caller.tenant)
     return await listings.messages(

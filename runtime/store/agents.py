@@ -72,7 +72,7 @@ return {}
 """
 
 MAX_PAGE = 1000
-MAX_SCAN = 10_000  # conversations ordered by their last message: at most this many read per listing
+MAX_SCAN = 10_000  # records read by a listing in an order no index keeps (last message, last run, update), at most
 CONVERSATION_REFS_MAX = 100_000
 Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
@@ -138,6 +138,16 @@ class AgentStore:
     ) -> list[AgentRecord]:
         """The tenant's agents by creation, oldest first unless ``order="desc"``."""
         raws = await _page(self._redis, keyspace.agents_index(tenant), keyspace.agent, limit, after, desc=order == "desc")
+        return [AgentRecord.model_validate_json(raw) for raw in raws]
+
+    async def count(self, *, tenant: str) -> int:
+        """How many agents the tenant has."""
+        return int(await self._redis.zcard(keyspace.agents_index(tenant)))
+
+    async def every(self, *, tenant: str) -> builtins.list[AgentRecord]:
+        """The tenant's agents by creation, oldest first: the first ``MAX_SCAN`` (``count`` tells
+        whether that is all of them)."""
+        raws = await _every(self._redis, keyspace.agents_index(tenant), keyspace.agent)
         return [AgentRecord.model_validate_json(raw) for raw in raws]
 
     async def update(self, agent_id: str, changes: dict[str, Any]) -> AgentRecord:
@@ -338,6 +348,18 @@ class ConversationStore:
             ids = ids[ids.index(after) + 1 :] if after in ids else []
         return await self._records(ids[: max(1, min(limit, MAX_PAGE))])
 
+    async def count(self, *, tenant: str, agent_id: str | None = None) -> int:
+        """How many conversations the tenant has (or ``agent_id``), the agents' own histories among them."""
+        index = keyspace.agent_conversations(agent_id) if agent_id else keyspace.conversations_index(tenant)
+        return int(await self._redis.zcard(index))
+
+    async def every(self, *, tenant: str, agent_id: str | None = None) -> builtins.list[ConversationRecord]:
+        """The tenant's conversations (or ``agent_id``'s) by creation, oldest first: the first
+        ``MAX_SCAN`` (``count`` tells whether that is all of them)."""
+        index = keyspace.agent_conversations(agent_id) if agent_id else keyspace.conversations_index(tenant)
+        raws = await _every(self._redis, index, keyspace.conversation)
+        return [ConversationRecord.model_validate_json(raw) for raw in raws]
+
     async def last_message_at(self, ids: Sequence[str], *, tenant: str) -> dict[str, datetime]:
         """When each conversation was last sent a message (absent: never)."""
         scores = await self._redis.zmscore(keyspace.conversations_activity(tenant), list(ids)) if ids else []
@@ -407,6 +429,15 @@ def _conversation_keys(conversation_id: str) -> list[str]:
         keyspace.history_index(conversation_id),
         keyspace.conversation_runs(conversation_id),
     ]
+
+
+async def _every(redis: aioredis.Redis, index: str, key_of: Callable[[str], str]) -> list[bytes | str]:
+    """The records of the first ``MAX_SCAN`` ids in ``index`` (creation order), ``MAX_PAGE`` a read."""
+    ids = replies.members(await redis.zrange(index, 0, MAX_SCAN - 1))
+    raws: list[bytes | str | None] = []
+    for start in range(0, len(ids), MAX_PAGE):
+        raws += await mget(redis, [key_of(i) for i in ids[start : start + MAX_PAGE]])
+    return [raw for raw in raws if raw is not None]
 
 
 async def _page(

@@ -89,3 +89,39 @@ def test_order_by_is_created_at_or_refused(letta: Letta) -> None:
         else:
             accepted.append(listing)
     assert accepted == [], "order_by other than created_at must be refused, not ignored"
+
+
+def test_message_listings_refuse_a_group_and_take_letta_s_other_parameters(letta: Letta) -> None:
+    """``group_id`` would narrow the listing to a Letta group's messages: refused, not ignored.
+    ``include_err`` and the legacy assistant-message parameters are Letta's and list the same
+    messages (no stored message is an error; the model's text is always an assistant message)."""
+    agent = letta.agents.create(name="e2e-message-params", system="You repeat what you hear.")
+    letta.agents.messages.create(agent.id, messages=[{"role": "user", "content": "one two"}])
+    conversation = letta.conversations.create(agent_id=agent.id)
+    letta.conversations.messages.create(conversation.id, messages=[{"role": "user", "content": "three"}], streaming=False)
+
+    def kinds(messages: Iterable[Any]) -> list[str]:
+        return [m.message_type for m in messages]
+
+    mine = kinds(letta.agents.messages.list(agent.id))
+    assert mine[-2:] == ["user_message", "assistant_message"]
+    same = letta.agents.messages.list(
+        agent.id,
+        include_err=True,
+        use_assistant_message=False,
+        assistant_message_tool_name="send_message",
+        assistant_message_tool_kwarg="message",
+        order_by="created_at",
+    )
+    assert kinds(same) == mine
+    theirs = kinds(letta.conversations.messages.list(conversation.id))
+    assert kinds(letta.conversations.messages.list(conversation.id, include_err=False, order_by="created_at")) == theirs
+
+    with pytest.raises(BadRequestError, match="group_id names a Letta multi-agent group"):
+        letta.agents.messages.list(agent.id, group_id="group-1")
+    with pytest.raises(BadRequestError, match="group_id"):
+        letta.conversations.messages.list(conversation.id, group_id="group-1")
+    with pytest.raises(UnprocessableEntityError, match="order_by"):
+        letta.agents.messages.list(agent.id, extra_query={"order_by": "updated_at"})
+    with pytest.raises(UnprocessableEntityError, match="order_by"):
+        letta.conversations.messages.list(conversation.id, extra_query={"order_by": "updated_at"})
