@@ -9,23 +9,31 @@ the run's outcome through the API.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
-from collections.abc import Iterator
-from typing import Any
+import subprocess
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from bench import upstream as fp
+from bench import wait_until
 from tests.conftest import Convoy, KeyedConvoy
-from tests.e2e.conftest import Shot
+from tests.e2e.conftest import CHROMIUM, Shot
+from tests.fakes.proxy import SilencingProxy
 from tests.integration.test_providers import unique
 
 PIECE_PAUSE_S = 0.08  # between streamed pieces: under the tests' provider idle timeout (2 s)
 WAIT_MS = 30_000
+POLL_MS = 2000  # api/static/js/app.js: how often the page looks for turns sent elsewhere
+T = TypeVar("T")
 
 
 def words(n: int, prefix: str = "w") -> list[str]:
@@ -415,3 +423,217 @@ def test_a_turn_sent_elsewhere_that_ends_between_two_polls_shows_up(
     expect(page.locator(".turn.assistant")).to_have_count(2)
     assert answer(page, 0) == "first turn", "what was on the page stays as it was"
     shot(page, "turn-from-elsewhere")
+
+
+class CuttableRoute:
+    """The page's only way to the API: a TCP proxy (``tests/fakes/proxy.py``, on an event loop of
+    its own: Playwright holds the test's thread) that the test cuts, its open connections closed and
+    new ones refused, as when the API is unreachable for a while, and then restores."""
+
+    def __init__(self, upstream_url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._proxy = SilencingProxy(int(upstream_url.rsplit(":", 1)[1]))
+        self._run(self._proxy.__aenter__())
+        self.url = f"http://127.0.0.1:{self._proxy.port}"
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=10)
+
+    async def _cut(self) -> None:
+        self._proxy.refuse_new()
+        self._proxy.drop_all()
+
+    def cut(self) -> None:
+        self._run(self._cut())
+
+    def restore(self) -> None:
+        self._run(self._proxy.accept_again())
+
+    async def _shut(self) -> None:
+        await self._cut()
+        pumps = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+    def close(self) -> None:
+        self._run(self._shut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+@pytest.fixture
+def route(convoy: Convoy) -> Iterator[CuttableRoute]:
+    cuttable = CuttableRoute(convoy.url)
+    yield cuttable
+    cuttable.close()
+
+
+TO_BOB = ("t1", "transfer", '{"amount": 5, "to": "bob"}')
+TO_CAROL = ("t2", "transfer", '{"amount": 7, "to": "carol"}')
+
+
+def approval_requested(
+    page: Page, api: httpx.Client, fake_provider: fp.FakeProvider, url: str, calls: list[fp.ToolCall], after: tuple[str, ...] = ()
+) -> None:
+    """A new agent, opened at ``url``, asked for transfers (``calls``, made at once) that wait for
+    approval; the model answers ``after`` once they are done."""
+    model = unique("gpt-4o")
+    fake_provider.script(model, fp.Stream(fp.chat_tool_calls(model, calls)), fp.Stream(fp.chat_text(model, list(after))))
+    agent = make_agent(api, f"openai/{model}", tools=["transfer"], name="Treasurer")
+    page.goto(f"{url}/#/{agent}")
+    send(page, "Make the transfers.")
+    expect(page.locator(".card.approval button", has_text="Approve")).to_have_count(len(calls), timeout=WAIT_MS)
+
+
+def test_an_approval_that_does_not_reach_the_server_is_not_shown_as_decided_and_can_be_sent_again(
+    page: Page, api: httpx.Client, route: CuttableRoute, fake_provider: fp.FakeProvider, shot: Shot
+) -> None:
+    """The cards used to say "Approved" as soon as they were clicked, before the POST that carries
+    the answers: with the API unreachable the person saw decisions the server never got, and had no
+    way to send them again. Two calls made at once: their answers go in one request, once both
+    have one."""
+    approval_requested(page, api, fake_provider, route.url, [TO_BOB, TO_CAROL], after=("Done: ", "both sent."))
+    bob, carol = page.locator(".card.approval").nth(0), page.locator(".card.approval").nth(1)
+    conversation = conversation_of(page)
+
+    route.cut()
+    bob.locator("button", has_text="Approve").click()
+    expect(bob.locator(".decision-note")).to_have_text("Approve — sent once every call here has an answer")
+    carol.locator("button", has_text="Approve").click()
+    for card in (bob, carol):
+        note = card.locator(".decision-note")
+        expect(note).to_have_attribute("data-state", "failed", timeout=WAIT_MS)
+        expect(note).to_contain_text("Your answer did not go through. Cannot reach Convoy: The server did not answer.")
+        expect(card.locator(".decision")).to_have_count(0)
+        expect(card.locator(".badge")).to_have_text("Needs approval")
+        expect(card.locator("button", has_text="Approve")).to_be_enabled()
+    expect(page.locator("#run-state")).to_have_text("Waiting for your approval")
+    shot(page, "approvals-not-sent")
+    runs = api.get("/v1/runs", params={"conversation_id": conversation}).json()
+    assert [(r["status"], r["stop_reason"]) for r in runs] == [("completed", "requires_approval")], "nothing reached the server"
+
+    route.restore()
+    bob.locator("button", has_text="Approve").click()  # the same buttons, again
+    carol.locator("button", has_text="Approve").click()
+    for card, result in ((bob, "sent 5 to bob"), (carol, "sent 7 to carol")):
+        expect(card.locator(".decision")).to_have_text("Approved", timeout=WAIT_MS)
+        expect(card.locator(".decision-note")).to_have_count(0)
+        expect(card.locator(".card-result")).to_contain_text(result, timeout=WAIT_MS)
+    expect(page.locator(".turn.assistant").nth(1).locator(".run-foot")).to_contain_text("completed", timeout=WAIT_MS)
+    assert answer(page, 1) == "Done: both sent."
+    shot(page, "approvals-sent-again")
+    runs = api.get("/v1/runs", params={"conversation_id": conversation}).json()
+    assert [(r["status"], r["stop_reason"]) for r in runs] == [("completed", "end_turn"), ("completed", "requires_approval")]
+
+
+def test_an_approval_the_server_refuses_shows_the_servers_reason_and_stays_open(
+    page: Page, api: httpx.Client, convoy: Convoy, fake_provider: fp.FakeProvider, shot: Shot
+) -> None:
+    """The conversation was deleted elsewhere while its card waited: the server answers 404, and
+    the card says so in the server's words instead of "Denied"."""
+    approval_requested(page, api, fake_provider, convoy.url, [TO_BOB])
+    conversation = conversation_of(page)
+    deleted = api.delete(f"/v1/conversations/{conversation}")
+    assert deleted.status_code == 200, deleted.text
+    refusal = api.post(f"/v1/conversations/{conversation}/messages", json={"messages": [{"type": "approval", "approve": False}]})
+    assert refusal.status_code == 404, refusal.text
+    reason = refusal.json()["detail"]
+
+    card = page.locator(".card.approval")
+    card.locator("button", has_text="Deny…").click()
+    card.locator("input.reason").fill("not today")
+    card.locator("button.danger", has_text="Deny").click()
+    note = card.locator(".decision-note")
+    expect(note).to_have_attribute("data-state", "failed", timeout=WAIT_MS)
+    expect(note).to_contain_text(f"Not found: {reason}")
+    expect(card.locator(".decision")).to_have_count(0)
+    expect(card.locator("button.danger", has_text="Deny")).to_be_enabled()
+    expect(card.locator("input.reason")).to_have_value("not today")
+    shot(page, "approval-refused")
+
+
+@pytest.fixture
+def own_chromium(browser: Browser, tmp_path: Path) -> Iterator[Browser]:
+    """A Chromium of its own, connected without Playwright's page defaults: Playwright emulates
+    focus on the pages it makes, which keeps them visible whatever happens to their tab. Its first
+    tab shares a window with any tab opened next, so switching tabs hides it for real."""
+    assert CHROMIUM is not None  # the `browser` fixture skipped otherwise
+    profile = tmp_path / "chromium"
+    process = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,820",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        announced = profile / "DevToolsActivePort"  # its port, first line, once it listens
+        port = wait_until(lambda: announced.exists() and announced.read_text().split("\n")[0], 30, message="chromium's DevTools port")
+        connected = browser.browser_type.connect_over_cdp(f"http://127.0.0.1:{port}", no_defaults=True)
+        yield connected
+        connected.close()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_hidden_tab_catches_up_as_soon_as_it_is_shown(own_chromium: Browser, api: httpx.Client, convoy: Convoy, shot: Shot) -> None:
+    """A hidden tab skips its polls and looks for what it missed the moment it is shown again. The
+    page's timers run on Playwright's clock, paused, and are moved on by hand: the poll's own timer
+    (every POLL_MS) never fires after the tab is shown, so only the page's answer to becoming
+    visible can bring the turn sent meanwhile."""
+    agent = make_agent(api, "echo/echo", name="Echo")
+    conversation = api.post("/v1/conversations", params={"agent_id": agent}).json()["id"]
+
+    def turn(text: str) -> None:
+        sent = api.post(f"/v1/conversations/{conversation}/messages", json={"messages": [{"role": "user", "content": text}], "streaming": False})
+        assert sent.status_code == 200, sent.text
+
+    turn("first turn")
+    context = own_chromium.contexts[0]
+    tab = context.pages[0]
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    polls: list[str] = []
+    tab.on("request", lambda request: polls.append(request.url) if "/v1/runs?" in request.url else None)
+    tab.clock.install()
+    tab.clock.pause_at(tab.evaluate("Date.now()") + 1000)
+    tab.goto(f"{convoy.url}/#/{agent}/{conversation}")
+    expect(tab.locator(".run-foot")).to_contain_text("completed", timeout=WAIT_MS)
+    assert answer(tab) == "first turn"
+
+    browser_session = own_chromium.new_browser_cdp_session()
+    this_tab = context.new_cdp_session(tab).send("Target.getTargetInfo")["targetInfo"]["targetId"]
+    browser_session.send("Target.createTarget", {"url": "about:blank", "newWindow": False})  # another tab comes to the front
+    tab.wait_for_function("document.visibilityState === 'hidden'", polling=50)
+    polls.clear()
+    tab.clock.run_for(POLL_MS + 100)  # a poll is due: hidden, the tab skips it
+    assert tab.evaluate("fetch('/v1/health').then((r) => r.status)") == 200  # any request made before this one is seen by now
+    assert polls == [], "a hidden tab does not poll"
+
+    elsewhere = "second turn, sent while the tab was hidden"
+    turn(elsewhere)
+    browser_session.send("Target.activateTarget", {"targetId": this_tab})
+    tab.wait_for_function("document.visibilityState === 'visible'", polling=50)
+    tab.clock.run_for(1)  # what is due now, not the next poll
+    expect(tab.locator(".turn.assistant").nth(1).locator(".text")).to_have_text(elsewhere, timeout=5_000)
+    expect(tab.locator(".turn.user").nth(1).locator(".bubble")).to_have_text(elsewhere)
+    expect(tab.locator(".run-foot").nth(1)).to_contain_text("completed")
+    assert polls, "it asked as soon as it was shown"
+    shot(tab, "caught-up-when-shown")
+    assert not errors, f"the page threw: {errors}"

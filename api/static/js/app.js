@@ -16,7 +16,6 @@ const state = {
   conversations: [],
   conversation: null,
   live: null, // {runId, handle}
-  decisions: new Map(), // run id -> answers chosen so far
   poll: null, // {view, timer} of the poll going on, if any
   newest: null, // id of the conversation's newest run the page has shown or follows
   view: 0, // bumped on every navigation, so late answers for an old view are dropped
@@ -26,8 +25,18 @@ const transcript = new Transcript($("transcript"), { onDecision: decide });
 
 // -- messages to the person ----------------------------------------------------------------------
 
+const asApiError = (error) =>
+  error instanceof ApiError ? error : new ApiError(-1, String(error && error.message ? error.message : error));
+
+/** What went wrong, in one sentence or two: the title, then the server's own reason. */
+function inWords(error) {
+  const apiError = asApiError(error);
+  const text = `${apiError.title}: ${apiError.detail}`;
+  return /[.!?]$/.test(text) ? text : `${text}.`;
+}
+
 function showError(error, title) {
-  const apiError = error instanceof ApiError ? error : new ApiError(-1, String(error && error.message ? error.message : error));
+  const apiError = asApiError(error);
   $("banner-title").textContent = title || apiError.title;
   $("banner-detail").textContent = apiError.detail;
   $("banner").hidden = false;
@@ -388,20 +397,30 @@ async function send(text) {
   }
 }
 
-function decide(runId, answer) {
-  const answers = state.decisions.get(runId) || [];
-  answers.push({ type: "approval", ...answer });
-  state.decisions.set(runId, answers);
-  if (transcript.undecided(runId).length) return; // parallel calls: wait for every answer
-  state.decisions.delete(runId);
-  setRunState(null);
+/** Send the run's approval answers once every card has one. The cards show them as being sent,
+ * and decided only when the server has accepted them; refused or unreachable, the cards say why
+ * and ask again, so the person can try again. */
+function decide(runId) {
+  const answers = transcript.answers(runId);
+  if (!answers) return; // parallel calls: wait for every answer
+  const view = state.view;
+  stopPolling(); // the turn sent here is followed from here, not found again by a poll
   clearError();
+  transcript.sending(runId);
+  setRunState("Sending your answer…", "sending");
   sendTurn(state.conversation, [{ type: "approval", approvals: answers }])
     .then((next) => {
+      if (view !== state.view) return;
+      transcript.accepted(runId);
       state.newest = next;
       attach(next);
     })
-    .catch((error) => showError(error));
+    .catch((error) => {
+      if (view !== state.view) return;
+      transcript.refused(runId, inWords(error));
+      setRunState("Waiting for your approval", "approval");
+      startPolling();
+    });
 }
 
 $("composer").onsubmit = (event) => {

@@ -10,6 +10,9 @@ const el = (tag, className, text) => {
   return node;
 };
 
+// An answer to an approval request, in words, while it is not on record yet.
+const verdict = (approve, reason) => (approve ? "Approve" : reason ? `Deny: ${reason}` : "Deny");
+
 const textOf = (content) =>
   typeof content === "string" ? content : (content || []).map((part) => part.text || "").join("");
 
@@ -199,17 +202,25 @@ export class Transcript {
     }
   }
 
+  /** A step's results: one message holds them all (`tool_returns`; its top-level fields repeat
+   * the first), each shown on its call's card. */
   result(item) {
-    let card = this.calls.get(item.tool_call_id);
+    const returns = item.tool_returns && item.tool_returns.length ? item.tool_returns : [item];
+    for (const one of returns) this.oneResult(item.run_id, one);
+  }
+
+  oneResult(runId, one) {
+    let card = this.calls.get(one.tool_call_id);
     if (!card) {
       card = el("div", "card tool");
       card.append(el("div", "card-head", "Tool result"), el("div", "card-result"));
-      this.run(item.run_id || "history").body.append(card);
+      this.run(runId || "history").body.append(card);
     }
     card.classList.remove("pending");
     card.querySelector(".actions")?.remove();
+    card.querySelector(".decision-note")?.remove();
     const slot = card.querySelector(".card-result");
-    slot.replaceChildren(el("span", `status ${item.status}`, item.status === "success" ? "Result" : "Error"), el("pre", "", item.tool_return));
+    slot.replaceChildren(el("span", `status ${one.status}`, one.status === "success" ? "Result" : "Error"), el("pre", "", one.tool_return));
   }
 
   decided(item) {
@@ -227,6 +238,8 @@ export class Transcript {
   markDecision(card, approve, reason) {
     card.classList.remove("pending");
     card.querySelector(".actions")?.remove();
+    card.querySelector(".decision-note")?.remove();
+    card.answer = null;
     const note = card.querySelector(".decision") || el("div", "decision");
     note.className = `decision ${approve ? "approved" : "denied"}`;
     note.textContent = approve ? "Approved" : `Denied${reason ? `: ${reason}` : ""}`;
@@ -257,14 +270,14 @@ export class Transcript {
     const confirm = el("button", "danger small", "Deny");
     confirm.hidden = true;
     for (const button of [approve, deny, confirm]) button.type = "button";
-    approve.onclick = () => this.decide(card, runId, true, null);
+    approve.onclick = () => this.choose(card, runId, true, null);
     deny.onclick = () => {
       deny.hidden = true;
       reason.hidden = false;
       confirm.hidden = false;
       reason.focus();
     };
-    confirm.onclick = () => this.decide(card, runId, false, reason.value.trim() || null);
+    confirm.onclick = () => this.choose(card, runId, false, reason.value.trim() || null);
     reason.onkeydown = (event) => {
       if (event.key === "Enter") confirm.click();
     };
@@ -272,15 +285,55 @@ export class Transcript {
     card.append(actions);
   }
 
-  decide(card, runId, approve, reason) {
-    this.markDecision(card, approve, reason);
-    this.onDecision(runId, { tool_call_id: card.dataset.toolCallId, approve, reason });
+  /** The person's answer to one call. It stays on the card until the server has taken it: every
+   * open call of the run needs one first (they go in one request), then `onDecision(runId)` sends
+   * them; `sending`, then `accepted` or `refused`, say how that went. */
+  choose(card, runId, approve, reason) {
+    card.answer = { type: "approval", tool_call_id: card.dataset.toolCallId, approve, reason };
+    card.querySelector(".actions").hidden = true;
+    this.note(card, "chosen", `${verdict(approve, reason)} — sent once every call here has an answer`);
+    this.onDecision(runId);
   }
 
-  /** Approval cards of `runId` still waiting for a decision. */
-  undecided(runId) {
+  note(card, state, text) {
+    let note = card.querySelector(".decision-note");
+    if (!note) {
+      note = el("div", "decision-note");
+      card.insertBefore(note, card.querySelector(".card-result"));
+    }
+    note.dataset.state = state;
+    note.setAttribute("role", state === "failed" ? "alert" : "status");
+    note.textContent = text;
+  }
+
+  /** Approval cards of `runId` with no decision on record yet. */
+  open(runId) {
     const run = this.runs.get(runId);
     return run ? [...run.body.querySelectorAll(".card.approval.pending")] : [];
+  }
+
+  /** The answers to send for `runId`: one per open card, or null while one still has none. */
+  answers(runId) {
+    const open = this.open(runId);
+    return open.length && open.every((card) => card.answer) ? open.map((card) => card.answer) : null;
+  }
+
+  sending(runId) {
+    for (const card of this.open(runId)) this.note(card, "sending", `${verdict(card.answer.approve, card.answer.reason)} — sending…`);
+  }
+
+  /** The server took the answers: the cards are decided. */
+  accepted(runId) {
+    for (const card of this.open(runId)) this.markDecision(card, card.answer.approve, card.answer.reason);
+  }
+
+  /** The answers did not go through (`why`, in words): the cards ask again. */
+  refused(runId, why) {
+    for (const card of this.open(runId)) {
+      card.answer = null;
+      card.querySelector(".actions").hidden = false;
+      this.note(card, "failed", `Your answer did not go through. ${why} Try again.`);
+    }
   }
 
   error(run, item) {
