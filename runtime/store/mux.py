@@ -130,7 +130,10 @@ class _Link:
         try:
             while True:
                 try:
-                    reply: object = await self.conn.read_response(timeout=math.inf)
+                    # An error reply is one command's: the connection stays open (redis-py would
+                    # close it on LOADING, a ``ConnectionError`` to it, failing every command
+                    # queued behind). What breaks the link is closed with it (``fail``).
+                    reply: object = await self.conn.read_response(timeout=math.inf, disconnect_on_error=False)
                 except (ResponseError, BusyLoadingError) as exc:  # error replies: the link is fine
                     reply = exc
                 if not self.waiting:

