@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
-from pydantic import AnyHttpUrl, UrlConstraints, model_validator
+from pydantic import AnyHttpUrl, Field, UrlConstraints, model_validator
 
 from api.auth import Caller
 from api.callbacks import Owed
@@ -63,15 +63,44 @@ class AgentMessageRequest(SendMessageRequest):
         return self
 
 
+# What an update stores as it comes (tools, tool rules and model settings are worked out first).
+STORED_FIELDS = frozenset(
+    {"name", "model", "system", "description", "tags", "metadata", "memory_blocks", "context_window_limit", "max_tokens",
+     "model_settings"}
+)  # fmt: skip
+RUN_FIELDS = ("last_run_completion", "last_run_duration_ms", "last_stop_reason")
+
+
 class UpdateAgentRequest(CreateAgentRequest):
-    """Body of ``PATCH /v1/agents/{id}``: the fields of a create; only the fields sent change.
-    ``null`` clears ``description`` and ``metadata``; for the other fields it means "unchanged"."""
+    """Body of ``PATCH /v1/agents/{id}`` (Letta's ``UpdateAgent``): the fields of a create; only the
+    fields sent change. ``null`` clears ``description`` and ``metadata``; for the other fields it
+    means "unchanged". Letta's update-only fields: ``message_ids`` only as the agent has them
+    (``update_agent``); the last run's fields and ``hidden: true`` are refused; ``project_id``,
+    ``template_id`` and ``base_template_id`` are Letta Cloud's bookkeeping, ignored."""
+
+    message_ids: Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], Field(max_length=HISTORY_WINDOW + 1)] | None = None
+    hidden: bool | None = None
+    last_run_completion: datetime | None = None
+    last_run_duration_ms: int | None = None
+    last_stop_reason: Annotated[str, Field(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _settable(self) -> UpdateAgentRequest:
+        refused = []
+        kept = [name for name in RUN_FIELDS if getattr(self, name) is not None]
+        if kept:
+            refused.append(f"{', '.join(kept)}: Convoy keeps the last run's fields from the agent's runs; they cannot be set")
+        if self.hidden:
+            refused.append("hidden: Convoy lists every agent; leave it out or false")
+        if refused:
+            raise ValueError(". ".join(refused))
+        return self
 
     def changes(self) -> dict[str, Any]:
         clearable = {"description", "metadata"}
         return {
             name: getattr(self, name)
-            for name in self.model_fields_set
+            for name in self.model_fields_set & STORED_FIELDS
             if getattr(self, name) is not None or name in clearable
         }
 
@@ -80,7 +109,8 @@ class UpdateAgentRequest(CreateAgentRequest):
 @router.post("/", include_in_schema=False)
 async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
-    check_agent(state.providers, model=model, settings=body.model_settings, max_tokens=body.max_tokens)
+    settings = body.settings_over(body.model_settings)
+    check_agent(state.providers, model=model, settings=settings, max_tokens=body.max_tokens)
     tools = state.tools.check(body.tool_names() or [])
     record = await state.agents.create(
         tenant=caller.tenant,
@@ -95,7 +125,7 @@ async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -
         memory_blocks=body.memory_blocks or [],
         context_window_limit=body.context_window_limit,
         max_tokens=body.max_tokens,
-        model_settings=body.model_settings,
+        model_settings=settings,
     )
     return await agent_state(state, record)
 
@@ -241,14 +271,23 @@ async def agent_state(
 async def update_agent(agent_id: AgentId, body: UpdateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
     """Later turns use the new values (an owner reads its agent at the start of every turn).
     ``model_settings`` is replaced as a whole (``{}`` clears it) and checked, with the agent's model,
-    against the agent's conversations too (``runtime.letta.model_checks``)."""
+    against the agent's conversations too (``runtime.letta.model_checks``); the settings that
+    ``llm_config`` and the deprecated ``parallel_tool_calls`` and ``response_format`` give are set
+    over it (or over the agent's, when it is not sent), field by field."""
     current = await state.agents.get(agent_id, tenant=caller.tenant)
+    if body.message_ids is not None:
+        held = await state.history.recent_ids(default_conversation_id(agent_id), limit=HISTORY_WINDOW)
+        if body.message_ids != [system_message_id(default_conversation_id(agent_id)), *held]:
+            raise InvalidRequestError(
+                "message_ids cannot be changed: the model is shown the newest messages of a conversation that fit "
+                "the context window; to start afresh, create a conversation (conversations.create)"
+            )
     changes = body.changes()
     if "model" in changes:
         state.providers.validate(changes["model"])
+    if body.implied_settings():
+        changes["model_settings"] = body.settings_over(changes.get("model_settings", current.model_settings))
     names = body.tool_names()
-    changes.pop("tool_ids", None)
-    changes.pop("tool_rules", None)
     if names is not None:
         changes["tools"] = state.tools.check(names)
     tools = changes.get("tools", current.tools)

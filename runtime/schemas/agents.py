@@ -11,10 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.providers.handles import split_handle
 from runtime.schemas.auth import DEFAULT_TENANT
 from runtime.schemas.model_settings import ModelSettings, letta_view
-from runtime.schemas.requests import MemoryBlock
+from runtime.schemas.requests import AGENT_TYPE, MemoryBlock
 
 DEFAULT_CONTEXT_WINDOW = 128_000
-AGENT_TYPE = "letta_v1_agent"
 
 
 class AgentRecord(BaseModel):

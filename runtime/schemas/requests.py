@@ -1,7 +1,8 @@
 """Request bodies of the Letta API, validated at the edge.
 
-Only what Convoy acts on is modelled strictly; fields the Letta SDK may send that Convoy does not
-implement yet are accepted and ignored (``extra="ignore"``) so an unchanged SDK keeps working.
+Each field the Letta SDK sends is honoured, or refused with a message that says why and what to
+do instead, or, only where it cannot change the answer, left unmodelled and ignored
+(``extra="ignore"``), so an unchanged SDK keeps working; ``docs/letta-compatibility.md`` lists which.
 
 Everything is bounded: strings, lists, integers, and free-form JSON (``JsonObject``: metadata, a
 client tool's parameter schema), whose depth and size are capped so that what is accepted can
@@ -29,8 +30,9 @@ from pydantic import (
 )
 
 from runtime.errors import InvalidRequestError
-from runtime.schemas.model_settings import ModelSettings
+from runtime.schemas.model_settings import ModelSettings, Reasoning, ResponseFormatIn
 
+AGENT_TYPE = "letta_v1_agent"  # the one agent loop Convoy runs, in Letta's words
 MAX_TEXT_CHARS = 1_000_000
 MAX_MESSAGES = 256
 MAX_PARTS = 256
@@ -386,7 +388,129 @@ class ToolRule(BaseModel):
         return self
 
 
+class LlmConfig(BaseModel):
+    """Letta's deprecated ``llm_config`` (what ``GET /v1/agents/{id}`` shows): read as the agent's
+    ``model`` (``handle``, else ``provider_name`` or ``model_endpoint_type`` with ``model``),
+    ``context_window_limit``, ``max_tokens`` and model settings (``CreateAgentRequest``). What would
+    change the answer and Convoy cannot honour is refused; the rest (``model_endpoint``,
+    ``model_wrapper``, ``provider_category``, ``put_inner_thoughts_in_kwargs``, ``tier``,
+    ``display_name``, ``compatibility_type``, ``tool_call_parser``) says how Letta's server reaches
+    and prompts the model, which the handle and Convoy's one agent loop decide here."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+    model_endpoint_type: Annotated[str, Field(min_length=1, max_length=64)]
+    context_window: int = Field(ge=1_000, le=MAX_CONTEXT_TOKENS)
+    handle: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)] | None = None
+    provider_name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatIn | None = None
+    enable_reasoner: bool | None = None
+    max_reasoning_tokens: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_TOKENS)
+    # Refused when they ask for something (_unheld).
+    frequency_penalty: float | None = None
+    return_logprobs: bool = False
+    top_logprobs: int | None = None
+    return_token_ids: bool = False
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _unheld(self) -> LlmConfig:
+        """What Convoy cannot honour, refused when asked for (``0``, ``false`` and null ask nothing)."""
+        refused = []
+        if self.frequency_penalty:
+            refused.append("frequency_penalty: Convoy sends the model no penalties; leave it out")
+        if self.return_logprobs or self.top_logprobs is not None or self.return_token_ids:
+            refused.append(
+                "return_logprobs, top_logprobs and return_token_ids: Convoy does not return log probabilities or token ids"
+            )
+        if self.strict:
+            refused.append("strict: strict tool schemas are not supported by Convoy; leave it out or false")
+        if self.max_reasoning_tokens and self.enable_reasoner is not False:
+            refused.append(f"max_reasoning_tokens: {_THINKING_BUDGET}")
+        if refused:
+            raise ValueError(". ".join(f"llm_config.{reason}" for reason in refused))
+        return self
+
+    def handle_of(self) -> str:
+        return self.handle or f"{self.provider_name or self.model_endpoint_type}/{self.model}"
+
+
+_THINKING_BUDGET = (
+    "set a thinking budget in model_settings instead: thinking {\"type\": \"enabled\", \"budget_tokens\": N} "
+    "(Anthropic) or thinking_config.thinking_budget (Gemini)"
+)
+# llm_config's fields that are model settings under the same name.
+LLM_CONFIG_SETTINGS = ("temperature", "effort", "verbosity", "parallel_tool_calls", "response_format")
+# Letta's deprecated top-level fields that are model settings under the same name.
+TOP_LEVEL_SETTINGS = ("parallel_tool_calls", "response_format")
+
+
+_NO_SECRETS = (
+    "Convoy's tools are functions registered on the server (CONVOY_TOOL_MODULES), configured by the server's "
+    "environment; values sent with an agent would never reach them"
+)
+_NO_FILES = "Convoy has no sources or folders (no file search); leave it out"
+# Fields of Letta's agent body that ask for what Convoy does not have: refused when they ask for
+# something (true, a non-empty list or mapping, a value); accepted when they ask for nothing.
+UNHELD_AGENT_FIELDS: dict[str, str] = {
+    "block_ids": "Convoy has no shared blocks; give the agent its own blocks in memory_blocks",
+    "source_ids": _NO_FILES,
+    "folder_ids": _NO_FILES,
+    "include_default_source": _NO_FILES,
+    "identity_ids": "Convoy has no identities; leave it out",
+    "from_template": "Convoy has no templates; create the agent from its fields",
+    "enable_sleeptime": "Convoy has no sleep-time agents (memory blocks change only through the API); leave it out or false",
+    "message_buffer_autoclear": (
+        "Convoy's agents always see their conversation's newest messages that fit the context window; for a turn "
+        "that remembers nothing, send it to a new conversation"
+    ),
+    "secrets": _NO_SECRETS,
+    "tool_exec_environment_variables": _NO_SECRETS,
+    "compaction_settings": (
+        "Convoy does not summarise history (each request holds the newest messages that fit the context window); "
+        "leave it out"
+    ),
+    "initial_message_sequence": (
+        "Convoy cannot start an agent's history with messages; leave it out or send [], and give the agent what "
+        "they said in its system prompt or memory_blocks"
+    ),
+}
+IdList = Annotated[list[Name], Field(max_length=MAX_TOOLS)]
+
+
+def _setting(settings: ModelSettings | None, field: str) -> Any:
+    """``settings``' value for ``field`` (a ``ModelSettings`` field), None when it sets none."""
+    if settings is None:
+        return None
+    if field == "reasoning":
+        return settings.reasoning if settings.reasoning and settings.reasoning.reasoning_effort is not None else None
+    if field == "response_format":
+        return settings.response_format or settings.response_schema  # Google's name for it
+    return getattr(settings, field)
+
+
 class CreateAgentRequest(BaseModel):
+    """Body of ``POST /v1/agents`` (Letta's ``CreateAgent``).
+
+    Each of Letta's fields is honoured, refused when it asks for what Convoy cannot do
+    (``UNHELD_AGENT_FIELDS``, ``agent_type`` other than Convoy's loop, the deprecated reasoning
+    switches), or, where it cannot change the answer, accepted and not modelled: ``embedding``,
+    ``embedding_config``, ``embedding_chunk_size`` (no archival memory), ``include_base_tools``,
+    ``include_base_tool_rules`` (Convoy has no base tools, whatever they say), ``timezone`` (the
+    model is shown no time), ``max_files_open``, ``per_file_view_window_char_limit`` (no files),
+    ``hidden``, ``template``, ``template_id``, ``base_template_id``, ``memory_variables``,
+    ``project``, ``project_id`` (bookkeeping of Letta Cloud's, unused by its agents). Letta's deprecated
+    ``llm_config`` is read as ``model``, ``context_window_limit``, ``max_tokens`` and model settings,
+    and the deprecated top-level ``parallel_tool_calls`` and ``response_format`` as model settings
+    (``settings_over``); two fields saying different things about one setting are refused."""
+
     model_config = ConfigDict(extra="ignore")
 
     name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)] | None = None
@@ -402,6 +526,76 @@ class CreateAgentRequest(BaseModel):
     context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     model_settings: ModelSettings | None = None
+    llm_config: LlmConfig | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatIn | None = None
+    agent_type: Name | None = None
+    # Refused when they ask for something (UNHELD_AGENT_FIELDS, _unheld).
+    block_ids: IdList | None = None
+    source_ids: IdList | None = None
+    folder_ids: IdList | None = None
+    identity_ids: IdList | None = None
+    include_default_source: bool = False
+    from_template: Name | None = None
+    enable_sleeptime: bool | None = None
+    message_buffer_autoclear: bool | None = None
+    secrets: JsonObject | None = None
+    tool_exec_environment_variables: JsonObject | None = None
+    compaction_settings: JsonObject | None = None
+    initial_message_sequence: Annotated[list[JsonObject], Field(max_length=MAX_MESSAGES)] | None = None
+    reasoning: bool | None = None
+    enable_reasoner: bool | None = None
+    max_reasoning_tokens: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_TOKENS)
+
+    @model_validator(mode="after")
+    def _read_llm_config(self) -> CreateAgentRequest:
+        """``llm_config``'s model, context window and output limit, where no other field gives them."""
+        llm = self.llm_config
+        if llm is None:
+            return self
+        for name, where, value in (
+            ("model", "llm_config.handle" if llm.handle else "llm_config.model", llm.handle_of()),
+            ("context_window_limit", "llm_config.context_window", llm.context_window),
+            ("max_tokens", "llm_config.max_tokens", llm.max_tokens),
+        ):
+            own = getattr(self, name)
+            if value is None or own == value:
+                continue
+            if own is not None:
+                raise ValueError(f"{name} ({own!r}) and {where} ({value!r}) say different things: send one of them")
+            setattr(self, name, value)
+        return self
+
+    @model_validator(mode="after")
+    def _unheld(self) -> CreateAgentRequest:
+        """What Convoy cannot honour, refused when asked for, each field named with what to do instead."""
+        refused = [f"{name}: {reason}" for name, reason in UNHELD_AGENT_FIELDS.items() if getattr(self, name)]
+        if self.agent_type is not None and self.agent_type != AGENT_TYPE:
+            refused.append(
+                f"agent_type {self.agent_type!r}: Convoy runs one agent loop, Letta's {AGENT_TYPE!r} (the model "
+                "answers in text and calls tools natively: no send_message tool, heartbeats or memory tools); "
+                f"leave agent_type out or send {AGENT_TYPE!r}"
+            )
+        if self.reasoning is not None:
+            refused.append(
+                "reasoning: deprecated in Letta; set the agent's model_settings instead (reasoning.reasoning_effort, "
+                "thinking or thinking_config)"
+            )
+        if self.max_reasoning_tokens and self.enable_reasoner is not False:
+            refused.append(f"max_reasoning_tokens: {_THINKING_BUDGET}")
+        if refused:
+            raise ValueError(". ".join(refused))
+        return self
+
+    @model_validator(mode="after")
+    def _settings_agree(self) -> CreateAgentRequest:
+        """A setting given in more than one place is given the same in each."""
+        for field, sources in self._settings_sources().items():
+            own = _setting(self.model_settings, field)
+            named = [*sources, *([(f"model_settings.{field}", own)] if own is not None else [])]
+            if any(value != named[0][1] for _, value in named):
+                raise ValueError(f"{' and '.join(where for where, _ in named)} say different things: send one of them")
+        return self
 
     @model_validator(mode="after")
     def _output_fits(self) -> CreateAgentRequest:
@@ -432,6 +626,34 @@ class CreateAgentRequest(BaseModel):
                 )
         return self
 
+    def _settings_sources(self) -> dict[str, list[tuple[str, Any]]]:
+        """Model settings given outside ``model_settings``: field -> [(where, value)], in
+        precedence order (``llm_config``'s, then the top-level field's)."""
+        sources: dict[str, list[tuple[str, Any]]] = {}
+        llm = self.llm_config
+        given: list[tuple[str, str, Any]] = []
+        if llm is not None:
+            given += [(name, f"llm_config.{name}", getattr(llm, name)) for name in LLM_CONFIG_SETTINGS]
+            if llm.reasoning_effort is not None:
+                given.append(("reasoning", "llm_config.reasoning_effort", Reasoning(reasoning_effort=llm.reasoning_effort)))
+        given += [(name, name, getattr(self, name)) for name in TOP_LEVEL_SETTINGS]
+        for field, where, value in given:
+            if value is not None:
+                sources.setdefault(field, []).append((where, value))
+        return sources
+
+    def implied_settings(self) -> dict[str, Any]:
+        """The model settings ``llm_config`` and the deprecated top-level fields set, by field."""
+        return {field: sources[0][1] for field, sources in self._settings_sources().items()}
+
+    def settings_over(self, base: ModelSettings | None) -> ModelSettings | None:
+        """``base`` with ``implied_settings`` set over it, field by field (its others kept)."""
+        implied = self.implied_settings()
+        if not implied:
+            return base
+        if "response_format" in implied:
+            implied["response_schema"] = None  # Google's name for the same setting: the new one replaces it
+        return (base or ModelSettings()).model_copy(update=implied)
 
     def tool_names(self) -> list[str] | None:
         """The tools asked for, by name (``tools``) and by id (``tool_ids``); None if neither was sent."""
