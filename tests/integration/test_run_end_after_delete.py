@@ -13,25 +13,19 @@ from runtime.ids import new_id
 from runtime.schemas.agents import ConversationRecord
 from runtime.schemas.messages import UsageStatistics, utcnow
 from runtime.schemas.runs import RunView
-from runtime.settings import Settings
 from runtime.store import keyspace
 from runtime.store.agents import AgentStore, ConversationStore
-from runtime.store.connection import connect
 from runtime.store.fencing import Fence
 from runtime.store.runs import PendingApproval, RunStore
 from runtime.stream import wire
+from tests.conftest import async_client
 
 EPOCH = 3
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, hosts=1)
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = connect(settings)
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = async_client(redis_url)
     yield client
     await client.aclose()
 
@@ -53,7 +47,7 @@ async def _accept(runs: RunStore, mailbox: Mailbox, conversation: ConversationRe
 
 
 async def test_a_run_ending_in_an_approval_request_after_its_conversation_was_deleted_opens_none(
-    settings: Settings, redis: aioredis.Redis
+    redis: aioredis.Redis,
 ) -> None:
     """Regression: the run's end wrote the conversation's pending-approval hash again, without a
     TTL, after the delete had removed everything else: a key kept for ever. And the agent's own
