@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeGuard
@@ -43,7 +44,7 @@ from runtime.agent.context import HISTORY_WINDOW
 from runtime.errors import ConflictError, InvalidRequestError, NotFoundError, OwnerLostError, UnavailableError
 from runtime.metrics import QUIET, Recorder
 from runtime.schemas.agents import AgentRecord, ConversationRecord, ConversationRef
-from runtime.schemas.messages import ApprovalRequestMessage, Ping
+from runtime.schemas.messages import ApprovalRequestMessage, HistoryMessage, Ping
 from runtime.schemas.model_settings import ModelSettings
 from runtime.schemas.requests import ApprovalCreate, OnBusy
 from runtime.schemas.runs import RunView
@@ -326,6 +327,18 @@ class ConversationClient:
         record = await self._conversations.create(
             agent, model=model, model_settings=model_settings, context_window_limit=context_window_limit, hidden=hidden
         )
+        try:
+            await self._history.seed(record.id, messages)
+        except BaseException:
+            await self._conversations.delete(record, epoch_ttl_s=1)
+            raise
+        return record
+
+    async def start_history(self, agent: AgentRecord, messages: Sequence[HistoryMessage]) -> ConversationRecord:
+        """Create the own (default) conversation of ``agent``, an agent just created, with ``messages``
+        as its history (Letta's ``initial_message_sequence``). Done before anyone knows the agent's
+        id, so no owner can be writing it; if seeding fails, the conversation is deleted again."""
+        record = await self._conversations.default_for(agent)
         try:
             await self._history.seed(record.id, messages)
         except BaseException:

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runtime.schemas.model_settings import ModelSettings, Reasoning, ResponseFormatIn
+from runtime.schemas.model_settings import ModelSettingsInput, Reasoning, ResponseFormatIn
 from runtime.schemas.requests import (
     MAX_CONTEXT_TOKENS,
     MAX_MESSAGES,
@@ -286,7 +286,7 @@ class ChatCompletionRequest(BaseModel):
             answer = [ToolReturnsCreate(type="tool_return", tool_returns=returns)]
         return [*answer, *(MessageCreate(role="user", content=m.text(), name=m.name) for m in self.new_messages())]
 
-    def model_settings(self) -> ModelSettings | None:
+    def model_settings(self) -> ModelSettingsInput | None:
         """This request's model settings, in Letta's shape (None when it sets none)."""
         given: dict[str, Any] = {
             "temperature": self.temperature,
@@ -297,7 +297,7 @@ class ChatCompletionRequest(BaseModel):
             "reasoning": None if self.reasoning_effort is None else Reasoning(reasoning_effort=self.reasoning_effort),
         }
         given = {name: value for name, value in given.items() if value is not None}
-        return ModelSettings(**given) if given else None
+        return ModelSettingsInput(**given) if given else None
 
 
 def _message_refusals(where: str, message: ChatMessage) -> Iterator[Refusal]:

@@ -66,7 +66,7 @@ class AgentMessageRequest(SendMessageRequest):
 # What an update stores as it comes (tools, tool rules and model settings are worked out first).
 STORED_FIELDS = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "memory_blocks", "context_window_limit", "max_tokens",
-     "model_settings"}
+     "model_settings", "timezone"}
 )  # fmt: skip
 RUN_FIELDS = ("last_run_completion", "last_run_duration_ms", "last_stop_reason")
 
@@ -74,9 +74,11 @@ RUN_FIELDS = ("last_run_completion", "last_run_duration_ms", "last_stop_reason")
 class UpdateAgentRequest(CreateAgentRequest):
     """Body of ``PATCH /v1/agents/{id}`` (Letta's ``UpdateAgent``): the fields of a create; only the
     fields sent change. ``null`` clears ``description`` and ``metadata``; for the other fields it
-    means "unchanged". Letta's update-only fields: ``message_ids`` only as the agent has them
-    (``update_agent``); the last run's fields and ``hidden: true`` are refused; ``project_id``,
-    ``template_id`` and ``base_template_id`` are Letta Cloud's bookkeeping, ignored."""
+    means "unchanged". ``initial_message_sequence`` (not in Letta's update) is refused unless
+    empty: a history is started only when the agent is created. Letta's update-only fields:
+    ``message_ids`` only as the agent has them (``update_agent``); the last run's fields and
+    ``hidden: true`` are refused; ``project_id``, ``template_id`` and ``base_template_id`` are
+    Letta Cloud's bookkeeping, ignored."""
 
     message_ids: Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], Field(max_length=HISTORY_WINDOW + 1)] | None = None
     hidden: bool | None = None
@@ -92,6 +94,11 @@ class UpdateAgentRequest(CreateAgentRequest):
             refused.append(f"{', '.join(kept)}: Convoy keeps the last run's fields from the agent's runs; they cannot be set")
         if self.hidden:
             refused.append("hidden: Convoy lists every agent; leave it out or false")
+        if self.initial_message_sequence:
+            refused.append(
+                "initial_message_sequence: an agent's history is started only when it is created; send the messages "
+                "to the agent instead (agents.messages.create)"
+            )
         if refused:
             raise ValueError(". ".join(refused))
         return self
@@ -108,6 +115,9 @@ class UpdateAgentRequest(CreateAgentRequest):
 @router.post("", summary="Create an agent")
 @router.post("/", include_in_schema=False)
 async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -> dict[str, Any]:
+    """``initial_message_sequence`` becomes the start of the agent's own history (its default
+    conversation, created here); if it cannot be written, the agent is deleted again and the
+    request fails, so no agent is left without the history asked for."""
     model = state.providers.validate(body.model) if body.model else state.settings.resolved_default_model()
     settings = body.settings_over(body.model_settings)
     check_agent(state.providers, model=model, settings=settings, max_tokens=body.max_tokens)
@@ -126,7 +136,14 @@ async def create_agent(body: CreateAgentRequest, state: State, caller: Caller) -
         context_window_limit=body.context_window_limit,
         max_tokens=body.max_tokens,
         model_settings=settings,
+        timezone=body.timezone,
     )
+    if body.initial_message_sequence:
+        try:
+            await state.client.start_history(record, [m.stored() for m in body.initial_message_sequence])
+        except BaseException:
+            await state.client.delete_agent(record.id)
+            raise
     return await agent_state(state, record)
 
 

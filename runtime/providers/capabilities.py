@@ -14,7 +14,7 @@ exists. The rules, by what the providers document:
   1,024 tokens, below the output limit, on Claude 3.7 Sonnet and every Claude 4; ``effort`` on Opus
   4.5 and later (``xhigh`` and ``max`` on Opus 4.6 and later); ``json_schema`` (structured outputs)
   on Sonnet and Haiku 4.5, Opus 4.1 and later; no ``json_object`` (Anthropic has no JSON mode
-  without a schema); no reasoning effort.
+  without a schema); no reasoning effort; no ``json_schema.description`` (OpenAI's, as on Gemini).
 - **Gemini**: a thinking budget on 2.5 and later (2.5 Pro cannot turn thinking off); JSON with or
   without a schema; no reasoning effort; no way to forbid parallel function calls.
 - **OpenAI-compatible servers** (``CONVOY_PROVIDERS``): the OpenAI parameters are passed on as
@@ -38,6 +38,10 @@ from runtime.providers.events import GenerationSettings
 Api = Literal["echo", "chat", "responses", "anthropic", "gemini"]
 Describe = Callable[[str], str]  # a GenerationSettings field -> how the caller named it
 
+_NO_DESCRIPTION = (
+    "json_schema.description is OpenAI's; {provider} takes the schema alone: leave it out, or say it in the "
+    "schema's own top-level description"
+)
 ANTHROPIC_MIN_THINKING_TOKENS = 1024
 ANTHROPIC_MAX_TEMPERATURE = 1.0
 
@@ -196,6 +200,8 @@ def _anthropic(family: str, s: GenerationSettings, max_tokens: int, describe: De
     rf = s.response_format
     if rf is not None and rf.kind == "json_object":
         raise _refuse(describe, "response_format", "Anthropic has no JSON mode without a schema; send a json_schema")
+    if rf is not None and rf.description is not None:
+        raise _refuse(describe, "response_format", _NO_DESCRIPTION.format(provider="Anthropic"))
     if rf is not None and rf.kind == "json_schema" and version:
         structured = {"opus": 4.1, "sonnet": 4.5, "haiku": 4.5}
         if number < structured.get(kind, 99.0):
@@ -224,6 +230,8 @@ def _gemini(family: str, s: GenerationSettings, describe: Describe) -> None:
     )
     if s.parallel_tool_calls is False:
         raise _refuse(describe, "parallel_tool_calls", "Gemini has no way to forbid parallel function calls")
+    if s.response_format is not None and s.response_format.description is not None:
+        raise _refuse(describe, "response_format", _NO_DESCRIPTION.format(provider="Gemini"))
     version = gemini_version(family)
     if s.thinking_budget_tokens is not None and version is not None:
         if version < 2.5:

@@ -143,12 +143,14 @@ ResponseKind = Literal["text", "json_object", "json_schema"]
 @dataclass(frozen=True, slots=True)
 class ResponseFormat:
     """The shape asked of the answer: plain text, any JSON object, or JSON valid against ``schema``
-    (``strict``: the provider must enforce it exactly, where it can be told so)."""
+    (``strict``: the provider must enforce it exactly, where it can be told so; ``description``: for
+    the model, on OpenAI's APIs only, refused elsewhere)."""
 
     kind: ResponseKind
     schema: dict[str, Any] | None = None
     name: str = "response"
     strict: bool | None = None
+    description: str | None = None  # what the answer is for (OpenAI's json_schema.description)
 
 
 @dataclass(frozen=True, slots=True)

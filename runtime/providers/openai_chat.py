@@ -104,6 +104,8 @@ def _settings(request: LLMRequest) -> dict[str, Any]:
             schema: dict[str, Any] = {"name": rf.name, "schema": rf.schema}
             if rf.strict is not None:
                 schema["strict"] = rf.strict
+            if rf.description is not None:
+                schema["description"] = rf.description
             params["response_format"] = {"type": "json_schema", "json_schema": schema}
         else:
             params["response_format"] = {"type": rf.kind}

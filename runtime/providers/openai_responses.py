@@ -63,6 +63,8 @@ def _settings(request: LLMRequest) -> dict[str, Any]:
             text["format"].update({"name": rf.name, "schema": rf.schema})
             if rf.strict is not None:
                 text["format"]["strict"] = rf.strict
+            if rf.description is not None:
+                text["format"]["description"] = rf.description
     if s.verbosity is not None:
         text["verbosity"] = s.verbosity
     if text:

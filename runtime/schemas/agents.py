@@ -32,6 +32,7 @@ class AgentRecord(BaseModel):
     context_window_limit: int | None = None
     max_tokens: int | None = None
     model_settings: ModelSettings | None = None
+    timezone: str | None = None  # an IANA name, stored and shown only: the model is shown no time
     # Which tools a person approves, as this agent chose (tool name -> approves; Letta's
     # requires_approval tool rules), over each tool's own default.
     tool_approvals: dict[str, bool] = Field(default_factory=dict)
@@ -53,9 +54,7 @@ class AgentRecord(BaseModel):
         fields only the caller can fill (from the tool registry, the runs, the history)."""
         provider, model_name = split_handle(self.model)
         blocks = [
-            {"id": f"block-{self.id[6:]}-{b.label}", "label": b.label, "value": b.value, "description": b.description,
-             "limit": b.limit}
-            for b in self.memory_blocks
+            {"id": f"block-{self.id[6:]}-{b.label}", **b.model_dump(mode="json")} for b in self.memory_blocks
         ]
         return {
             "id": self.id,
@@ -79,6 +78,7 @@ class AgentRecord(BaseModel):
             "tags": self.tags,
             "tools": [{"id": f"tool-{name}", "name": name, "tool_type": "custom"} for name in self.tools],
             "metadata": self.metadata,
+            "timezone": self.timezone,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             **extra,

@@ -20,8 +20,17 @@ Letta field                                   setting
 ``thinking_config.include_thoughts``          Gemini's thought summaries
 ``verbosity``                                 GPT-5's verbosity
 ``response_format``, ``response_schema``      text, ``json_object``, or ``json_schema``
-(Google)                                      (``{"name", "schema", "strict"}``, as OpenAI's)
+(Google)                                      (``{"name", "schema", "strict", "description"}``,
+                                              as OpenAI's)
 ============================================  =====================================
+
+**Unknown fields are refused at the request edge** (``ModelSettingsInput``, a 422 naming each
+one): a typo, a key of no Letta provider type, or a key of ``json_schema``'s OpenAI wrapper that
+OpenAI does not have would otherwise be dropped, and the model would run with other settings than
+asked. Letta's fields that Convoy cannot honour are refused likewise when they ask for something
+(``strict: true``, SGLang's ``tool_call_parser``, Z.ai's ``thinking.clear_thinking``); their defaults
+(``false``, null) are accepted. Stored records are read with ``ModelSettings``, which ignores what it
+does not know, so a record written by another version always loads.
 
 **Precedence, field by field:** a message's own settings, then its conversation's, then its
 agent's (and the agent's ``max_tokens`` for the output limit); a field one layer leaves out comes
@@ -46,6 +55,7 @@ MAX_TOKENS = 10_000_000  # a ceiling for token counts (requests.MAX_CONTEXT_TOKE
 ProviderType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_-]+$")]
 SCHEMA_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for a json_schema's name
 DEFAULT_SCHEMA_NAME = "response"
+WRAPPER_KEYS = frozenset({"name", "schema", "strict", "description"})  # OpenAI's json_schema object
 
 
 class TextFormat(BaseModel):
@@ -61,8 +71,8 @@ class JsonObjectFormat(BaseModel):
 
 
 class JsonSchemaFormat(BaseModel):
-    """``json_schema`` is OpenAI's ``{"name", "schema", "strict", "description"}``; a bare JSON Schema
-    (no ``schema`` key) is taken as the schema itself, named ``response``."""
+    """``json_schema`` is OpenAI's ``{"name", "schema", "strict", "description"}`` (``WRAPPER_KEYS``); a
+    bare JSON Schema (no ``schema`` key) is taken as the schema itself, named ``response``."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -93,11 +103,14 @@ class JsonSchemaFormat(BaseModel):
         return self.json_schema["schema"] if wrapped else self.json_schema
 
     def neutral(self) -> ResponseFormat:
+        wrapped = isinstance(self.json_schema.get("schema"), dict)
+        description = self.json_schema.get("description") if wrapped else None  # a bare schema's is its own
         return ResponseFormat(
             "json_schema",
             schema=self.schema_document(),
             name=self.json_schema.get("name", DEFAULT_SCHEMA_NAME),
             strict=self.json_schema.get("strict"),
+            description=description if isinstance(description, str) else None,
         )
 
 
@@ -135,7 +148,8 @@ class ThinkingConfig(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """Letta's ``model_settings`` (any provider type's fields); unknown fields are ignored."""
+    """Letta's ``model_settings`` (any provider type's fields) as stored: unknown fields are ignored,
+    so a record written by another version loads (requests use ``ModelSettingsInput``)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -184,6 +198,77 @@ class ModelSettings(BaseModel):
             if given is not None:
                 fmt = given.neutral() if isinstance(given, JsonSchemaFormat) else ResponseFormat(given.type)
                 yield "response_format", fmt, name
+
+
+# Every field of every Letta provider type's ``model_settings`` (letta_client's ``*ModelSettings``),
+# with the keys of those that are objects. ``json_schema`` is free-form (OpenAI's wrapper, or a bare
+# JSON Schema) and is not looked into.
+_FORMAT_KEYS = frozenset({"type", "json_schema"})
+LETTA_FIELDS: dict[str, frozenset[str] | None] = {
+    "provider_type": None, "temperature": None, "max_output_tokens": None, "parallel_tool_calls": None,
+    "reasoning": frozenset({"reasoning_effort"}), "effort": None, "verbosity": None, "strict": None,
+    "thinking": frozenset({"type", "budget_tokens", "clear_thinking"}),
+    "thinking_config": frozenset({"include_thoughts", "thinking_budget"}),
+    "response_format": _FORMAT_KEYS, "response_schema": _FORMAT_KEYS, "tool_call_parser": None,
+}  # fmt: skip
+# Letta's fields that Convoy cannot honour, refused when not null (null, their default, is dropped).
+UNHONOURED: dict[tuple[str, ...], str] = {
+    ("tool_call_parser",): "SGLang's tool-call parser is chosen where SGLang is started (--tool-call-parser); "
+    "Convoy reads the tool calls the server returns. Leave it out",
+    ("thinking", "clear_thinking"): "Z.ai's preserved-thinking switch; Convoy sends it to no provider. Leave it out",
+}
+
+
+class ModelSettingsInput(ModelSettings):
+    """``model_settings`` as a request sends them: any key that is not a Letta field (``LETTA_FIELDS``)
+    is a 422 naming it, as is a Letta field Convoy cannot honour (``UNHONOURED``) that asks for something."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, ModelSettings):  # built by Convoy (chat completions' fields): known fields only
+            return data.model_dump(exclude_unset=True)
+        if not isinstance(data, dict):
+            return data  # pydantic's own error for a non-object
+        unknown = [repr(key) for key in data if key not in LETTA_FIELDS]
+        for key, keys in LETTA_FIELDS.items():
+            value = data.get(key)
+            if keys is not None and isinstance(value, dict):
+                unknown += [f"'{key}.{inner}' ({key} has {', '.join(sorted(keys))})" for inner in value if inner not in keys]
+        unknown += [f"'{key}.json_schema.{inner}' (json_schema has {', '.join(sorted(WRAPPER_KEYS))})"
+                    for key in ("response_format", "response_schema") for inner in _wrapper(data.get(key)) if inner not in WRAPPER_KEYS]
+        if unknown:
+            raise ValueError(
+                f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: Letta's model_settings has "
+                f"{', '.join(LETTA_FIELDS)}; Convoy refuses a setting it does not know rather than run without it"
+            )
+        for key in ("response_format", "response_schema"):
+            if not isinstance(_wrapper(data.get(key)).get("description", ""), str):
+                raise ValueError(f"{key}.json_schema.description must be a string")
+        for path, why in UNHONOURED.items():
+            data = _without_null(data, path, path, why)
+        return data
+
+
+def _wrapper(response_format: Any) -> dict[str, Any]:
+    """A ``json_schema`` format's OpenAI wrapper (``{"name", "schema", ...}``); {} for anything else
+    (a bare schema's keys are the schema's own)."""
+    inner = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    return inner if isinstance(inner, dict) and isinstance(inner.get("schema"), dict) else {}
+
+
+def _without_null(data: dict[str, Any], path: tuple[str, ...], rest: tuple[str, ...], why: str) -> dict[str, Any]:
+    """``data`` without the key ``rest`` leads to when it is null (a copy: the caller's dict stays as
+    it was); a value there is refused with ``why``, naming ``path``."""
+    head, *below = rest
+    if head not in data:
+        return data
+    if below:
+        inner = data[head]
+        return {**data, head: _without_null(inner, path, tuple(below), why)} if isinstance(inner, dict) else data
+    if data[head] is not None:
+        raise ValueError(f"{'.'.join(path)}: {why}")
+    return {k: v for k, v in data.items() if k != head}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,10 @@ always be stored, read back and answered (Redis payloads are parsed with a nesti
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import zoneinfo
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,7 +32,9 @@ from pydantic import (
 )
 
 from runtime.errors import InvalidRequestError
-from runtime.schemas.model_settings import ModelSettings, Reasoning, ResponseFormatIn
+from runtime.ids import new_id
+from runtime.schemas.messages import AssistantMessage, UserMessage
+from runtime.schemas.model_settings import ModelSettings, ModelSettingsInput, Reasoning, ResponseFormatIn
 
 AGENT_TYPE = "letta_v1_agent"  # the one agent loop Convoy runs, in Letta's words
 MAX_TEXT_CHARS = 1_000_000
@@ -133,6 +137,55 @@ class MessageCreate(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class InitialMessage(BaseModel):
+    """One message of an agent's ``initial_message_sequence`` (Letta's ``MessageCreate``): stored at
+    the start of the agent's own history, as the user's (``user_message``) or the model's
+    (``assistant_message``) text, and shown to the model as such. ``system`` is refused: the model
+    is shown one system prompt, the agent's, and a system message in the history would never reach
+    it; text parts only (Convoy's histories hold text)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["message"] | None = None
+    role: Literal["user", "system", "assistant"]
+    content: Text | Annotated[list[JsonObject], Field(min_length=1, max_length=MAX_PARTS)]
+    otid: Name | None = None
+    name: Name | None = None
+    sender_id: Name | None = None
+    group_id: Name | None = None
+    batch_item_id: Name | None = None
+
+    @model_validator(mode="after")
+    def _storable(self) -> InitialMessage:
+        if self.role == "system":
+            raise ValueError(
+                "role 'system': the model is shown one system prompt, the agent's; put what this message says in "
+                "the agent's system (or a memory block), or send it as a user message"
+            )
+        if self.group_id is not None or self.batch_item_id is not None:
+            raise ValueError("group_id and batch_item_id name Letta groups and batches, which Convoy does not have")
+        parts = [] if isinstance(self.content, str) else self.content
+        kinds = sorted({str(p.get("type")) for p in parts if p.get("type", "text") != "text" or not isinstance(p.get("text"), str)})
+        if kinds:
+            raise ValueError(
+                f"content parts of type {', '.join(kinds)}: an initial message holds text only; send its content as a string "
+                'or as {"type": "text", "text": ...} parts'
+            )
+        if not self.text().strip():
+            raise ValueError(f"a {self.role} message needs text; its content is empty or only whitespace")
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(part["text"]) for part in self.content)
+
+    def stored(self) -> UserMessage | AssistantMessage:
+        """The message as the history stores it (a new id each time), as a turn stores its own."""
+        kind = UserMessage if self.role == "user" else AssistantMessage
+        return kind(id=new_id("message"), content=self.text(), otid=self.otid, name=self.name, sender_id=self.sender_id)
 
 
 class ApprovalReturn(BaseModel):
@@ -287,7 +340,7 @@ class SendMessageRequest(BaseModel):
     return_token_ids: bool = False
     # This request's own model settings (a Convoy extension: Letta's send has none), over the
     # conversation's and the agent's, field by field (runtime.schemas.model_settings).
-    model_settings: ModelSettings | None = None
+    model_settings: ModelSettingsInput | None = None
 
     @model_validator(mode="after")
     def _has_input(self) -> SendMessageRequest:
@@ -353,7 +406,16 @@ def _refused(body: SendMessageRequest) -> str | None:
 
 
 class MemoryBlock(BaseModel):
-    """A labelled block of text rendered into the agent's system prompt."""
+    """A labelled block of text rendered into the agent's system prompt (Letta's ``CreateBlock``).
+
+    ``label``, ``value`` and ``description`` are rendered; ``limit`` bounds ``value``; ``read_only``,
+    ``metadata``, ``tags`` and ``hidden`` are stored and shown as sent, and change nothing else
+    (Convoy's agents have no memory-editing tools: every block is read-only to the model; and
+    Convoy has no block listing to hide a block from). Letta Cloud's template bookkeeping
+    (``is_template``, ``template_name``, ``template_id``, ``base_template_id``, ``deployment_id``,
+    ``entity_id``, ``preserve_on_migration``, ``project_id``) is accepted and not modelled: Convoy
+    has no templates or projects, and these fields never reach Letta's model either. Every new
+    field has a default, so records stored before it still load."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -361,6 +423,10 @@ class MemoryBlock(BaseModel):
     value: Annotated[str, Field(max_length=MAX_SYSTEM_CHARS)]
     description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     limit: int | None = Field(default=None, ge=1, le=MAX_BLOCK_LIMIT_CHARS)
+    read_only: bool = False
+    metadata: JsonObject | None = None
+    tags: Annotated[list[Name], Field(max_length=MAX_TAGS)] | None = None
+    hidden: bool | None = None
 
 
 ToolName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -477,12 +543,23 @@ UNHELD_AGENT_FIELDS: dict[str, str] = {
         "Convoy does not summarise history (each request holds the newest messages that fit the context window); "
         "leave it out"
     ),
-    "initial_message_sequence": (
-        "Convoy cannot start an agent's history with messages; leave it out or send [], and give the agent what "
-        "they said in its system prompt or memory_blocks"
-    ),
 }
 IdList = Annotated[list[Name], Field(max_length=MAX_TOOLS)]
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    """The IANA time zone names of this machine's tz database (read once: it takes a while)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def iana_zone(name: str) -> str:
+    if name not in _iana_zones():
+        raise ValueError(f"{name!r} is not an IANA time zone name (such as 'UTC', 'Europe/Paris' or 'America/New_York')")
+    return name
+
+
+TimeZone = Annotated[str, Field(max_length=64), AfterValidator(iana_zone)]
 
 
 def _setting(settings: ModelSettings | None, field: str) -> Any:
@@ -503,13 +580,15 @@ class CreateAgentRequest(BaseModel):
     (``UNHELD_AGENT_FIELDS``, ``agent_type`` other than Convoy's loop, the deprecated reasoning
     switches), or, where it cannot change the answer, accepted and not modelled: ``embedding``,
     ``embedding_config``, ``embedding_chunk_size`` (no archival memory), ``include_base_tools``,
-    ``include_base_tool_rules`` (Convoy has no base tools, whatever they say), ``timezone`` (the
-    model is shown no time), ``max_files_open``, ``per_file_view_window_char_limit`` (no files),
-    ``hidden``, ``template``, ``template_id``, ``base_template_id``, ``memory_variables``,
-    ``project``, ``project_id`` (bookkeeping of Letta Cloud's, unused by its agents). Letta's deprecated
+    ``include_base_tool_rules`` (Convoy has no base tools, whatever they say), ``max_files_open``,
+    ``per_file_view_window_char_limit`` (no files), ``hidden``, ``template``, ``template_id``,
+    ``base_template_id``, ``memory_variables``, ``project``, ``project_id`` (bookkeeping of Letta
+    Cloud's, unused by its agents). Letta's deprecated
     ``llm_config`` is read as ``model``, ``context_window_limit``, ``max_tokens`` and model settings,
     and the deprecated top-level ``parallel_tool_calls`` and ``response_format`` as model settings
-    (``settings_over``); two fields saying different things about one setting are refused."""
+    (``settings_over``); two fields saying different things about one setting are refused.
+    ``timezone`` (an IANA name) is stored and shown, and changes nothing else: the model is shown no
+    time. ``initial_message_sequence`` starts the agent's own history (``InitialMessage``)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -525,11 +604,13 @@ class CreateAgentRequest(BaseModel):
     memory_blocks: Annotated[list[MemoryBlock], Field(max_length=MAX_MEMORY_BLOCKS)] | None = None
     context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    model_settings: ModelSettings | None = None
+    model_settings: ModelSettingsInput | None = None
     llm_config: LlmConfig | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormatIn | None = None
     agent_type: Name | None = None
+    initial_message_sequence: Annotated[list[InitialMessage], Field(max_length=MAX_MESSAGES)] | None = None
+    timezone: TimeZone | None = None
     # Refused when they ask for something (UNHELD_AGENT_FIELDS, _unheld).
     block_ids: IdList | None = None
     source_ids: IdList | None = None
@@ -542,7 +623,6 @@ class CreateAgentRequest(BaseModel):
     secrets: JsonObject | None = None
     tool_exec_environment_variables: JsonObject | None = None
     compaction_settings: JsonObject | None = None
-    initial_message_sequence: Annotated[list[JsonObject], Field(max_length=MAX_MESSAGES)] | None = None
     reasoning: bool | None = None
     enable_reasoner: bool | None = None
     max_reasoning_tokens: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_TOKENS)
@@ -682,7 +762,7 @@ class _ConversationFields(BaseModel):
     summary: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     description: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
-    model_settings: ModelSettings | None = None
+    model_settings: ModelSettingsInput | None = None
     context_window_limit: int | None = Field(default=None, ge=1_000, le=MAX_CONTEXT_TOKENS)
 
 

@@ -77,7 +77,7 @@ CONVERSATION_REFS_MAX = 100_000
 Owned = TypeVar("Owned", AgentRecord, ConversationRecord)
 UPDATABLE = frozenset(
     {"name", "model", "system", "description", "tags", "metadata", "tools", "memory_blocks", "context_window_limit", "max_tokens",
-     "model_settings", "tool_approvals"}
+     "model_settings", "tool_approvals", "timezone"}
 )  # fmt: skip
 CONVERSATION_UPDATABLE = frozenset(
     {"summary", "description", "model", "model_settings", "context_window_limit", "archived", "archived_at"}
@@ -97,6 +97,7 @@ class AgentOptions(TypedDict, total=False):
     max_tokens: int | None
     model_settings: ModelSettings | None
     tool_approvals: dict[str, bool]
+    timezone: str | None
 
 
 def default_conversation_id(agent_id: str) -> str:

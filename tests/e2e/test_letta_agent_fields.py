@@ -72,10 +72,20 @@ REFUSED_ON_CREATE = [
         "llm_config.temperature and model_settings.temperature",
         id="two_temperatures",
     ),
+    pytest.param({"timezone": "Mars/Olympus_Mons"}, "'Mars/Olympus_Mons' is not an IANA time zone name", id="timezone"),
     pytest.param(
-        {"initial_message_sequence": [{"role": "user", "content": "My name is Ada."}]},
-        "initial_message_sequence",
-        id="initial_message_sequence",
+        {"initial_message_sequence": [{"role": "system", "content": "Always answer in French."}]},
+        "role 'system'",
+        id="initial_system_message",
+    ),
+    pytest.param(
+        {
+            "initial_message_sequence": [
+                {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}]}
+            ]
+        },
+        "content parts of type image:",
+        id="initial_image_part",
     ),
 ]
 
@@ -96,6 +106,13 @@ REFUSED_ON_UPDATE = [
     pytest.param({"last_stop_reason": "end_turn"}, "last_stop_reason", UnprocessableEntityError, id="last_stop_reason"),
     pytest.param({"llm_config": llm_config("gpt-4o-mini", strict=True)}, "llm_config.strict", UnprocessableEntityError, id="llm_strict"),
     pytest.param({"message_ids": []}, "message_ids cannot be changed", BadRequestError, id="message_ids"),
+    pytest.param({"timezone": "Europe/Atlantis"}, "not an IANA time zone name", UnprocessableEntityError, id="timezone"),
+    pytest.param(
+        {"extra_body": {"initial_message_sequence": [{"role": "user", "content": "hi"}]}},  # not in Letta's update
+        "initial_message_sequence",
+        UnprocessableEntityError,
+        id="initial_message_sequence",
+    ),
 ]
 
 
@@ -172,3 +189,77 @@ def test_fields_that_cannot_change_the_answer_are_accepted(letta: Letta) -> None
     )
     after = letta.agents.retrieve(agent.id)
     assert (after.message_ids, after.llm_config.handle) == (current.message_ids, "echo/echo"), "as it read them back"
+
+
+def test_memory_blocks_read_back_as_letta_blocks(letta: Letta) -> None:
+    """A block's flags, metadata and tags come back as sent (Letta's ``Block``); Letta Cloud's
+    template bookkeeping is accepted."""
+    agent = letta.agents.create(
+        name=unique("blocks"),
+        memory_blocks=[
+            {
+                "label": "policy",
+                "value": "Refunds within 30 days.",
+                "description": "The store's refund policy",
+                "limit": 500,
+                "read_only": True,
+                "metadata": {"source": "handbook", "version": 3},
+                "tags": ["policy", "refunds"],
+                "hidden": False,
+                "is_template": False,
+                "preserve_on_migration": True,
+                "project_id": "project-1",
+            },
+            {"label": "human", "value": "The human's name is Ada."},
+        ],
+    )
+    retrieved = letta.agents.retrieve(agent.id)
+    for blocks in (retrieved.blocks, retrieved.memory.blocks):
+        policy, human = blocks
+        assert (policy.label, policy.value, policy.description, policy.limit) == (
+            "policy", "Refunds within 30 days.", "The store's refund policy", 500
+        )
+        assert (policy.read_only, policy.metadata, policy.tags, policy.hidden) == (
+            True, {"source": "handbook", "version": 3}, ["policy", "refunds"], False
+        )
+        assert (human.label, human.read_only, human.metadata, human.tags) == ("human", False, None, None)
+
+
+def test_timezone_is_stored_and_shown(letta: Letta) -> None:
+    agent = letta.agents.create(name=unique("tz"), timezone="Europe/Paris")
+    assert letta.agents.retrieve(agent.id).timezone == "Europe/Paris"
+    letta.agents.update(agent.id, timezone="America/New_York")
+    assert letta.agents.retrieve(agent.id).timezone == "America/New_York"
+    letta.agents.update(agent.id, name=unique("renamed"))
+    assert letta.agents.retrieve(agent.id).timezone == "America/New_York", "left as it was when not sent"
+    assert letta.agents.retrieve(letta.agents.create(name=unique("no-tz")).id).timezone is None
+
+
+def _texts(content: Any) -> str:
+    """A Chat Completions message's text, whether a string or parts."""
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def test_initial_message_sequence_starts_the_agents_history(letta: Letta, fake_provider: fp.FakeProvider) -> None:
+    model = unique("gpt")
+    fake_provider.script(model, fp.Stream(fp.chat_text(model, ["You are Ada."])))
+    agent = letta.agents.create(
+        name=unique("seeded"),
+        model=f"openai/{model}",
+        initial_message_sequence=[
+            {"role": "user", "content": "My name is Ada.", "otid": "otid-seed-1"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Nice to meet you, "}, {"type": "text", "text": "Ada."}]},
+        ],
+    )
+
+    listed = list(letta.agents.messages.list(agent.id, order="asc"))
+    kinds = [(m.message_type, getattr(m, "content", None)) for m in listed[1:]]
+    assert listed[0].message_type == "system_message"
+    assert kinds == [("user_message", "My name is Ada."), ("assistant_message", "Nice to meet you, Ada.")]
+    assert listed[1].otid == "otid-seed-1"
+    assert letta.agents.retrieve(agent.id).message_ids == [m.id for m in listed], "the agent's in-context messages"
+
+    letta.agents.messages.create(agent.id, messages=[{"role": "user", "content": "Who am I?"}])
+    (call,) = fake_provider.calls(model)
+    sent = [(m["role"], _texts(m["content"])) for m in call.body["messages"] if m["role"] != "system"]
+    assert sent == [("user", "My name is Ada."), ("assistant", "Nice to meet you, Ada."), ("user", "Who am I?")]

@@ -3,12 +3,14 @@
 Each provider's test sets every setting it has on an agent, sends a message through the real
 server, and reads what the fake provider received (``Call.body``): the provider's own parameters.
 The JSON-schema turns have the fake answer JSON, which must reach the client whole and validate.
-Refusals are 400s naming the setting, and leave Redis exactly as it was.
+Refusals are 400s naming the setting, and leave Redis exactly as it was; a key that is not one of
+Letta's settings, or one Convoy cannot honour, is a 422 naming it at every edge that takes settings.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -16,9 +18,10 @@ import jsonschema
 import openai
 import pytest
 import redis
-from letta_client import AsyncLetta, BadRequestError
+from letta_client import AsyncLetta, BadRequestError, UnprocessableEntityError
 
 from bench import upstream as fp
+from runtime.store import keyspace
 from tests.conftest import COMPAT_MODELS, LISTED_MODELS, Convoy, redis_snapshot, sync_client
 from tests.integration.test_providers import Turn, send, steps, unique
 
@@ -295,7 +298,6 @@ async def test_malformed_settings_are_422(client: httpx.AsyncClient, sync_store:
         ({"response_format": {"type": "yaml"}}, "model_settings.response_format"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "bad name!", "schema": SCHEMA}}}, "json_schema.name"),
         ({"thinking": {"type": "enabled"}}, "needs budget_tokens"),
-        ({"strict": True}, "strict tool schemas"),
     ]:
         reply = await client.post("/v1/agents", json={"model": "openai/gpt-4o", "model_settings": settings})
         assert reply.status_code == 422 and where in reply.text, (settings, reply.text)
@@ -336,6 +338,102 @@ async def test_letta_client_creates_and_updates_an_agent_with_model_settings(con
     with pytest.raises(BadRequestError) as refused:  # thinking is on (the agent's): no temperature
         await letta.conversations.update(conversation.id, model_settings={"provider_type": "anthropic", "temperature": 0.2})
     assert "model_settings.temperature (set on the conversation)" in str(refused.value)
+
+
+# Each a setting Convoy would otherwise drop: a typo, a key Letta does not have, or a Letta field
+# Convoy cannot honour that asks for something.
+UNKNOWN_SETTINGS = [
+    ({"provider_type": "openai", "tempreature": 0.2}, "unknown field 'tempreature'"),
+    ({"reasoning": {"effort": "low"}}, "unknown field 'reasoning.effort' (reasoning has reasoning_effort)"),
+    ({"thinking_config": {"thinking_budget": 0, "include_thought": True}}, "'thinking_config.include_thought'"),
+    ({"response_format": {"type": "json_object", "strict": True}}, "'response_format.strict'"),
+    ({"top_p": 0.5, "seed": 7}, "unknown fields 'top_p', 'seed'"),
+    ({"tool_call_parser": "hermes"}, "tool_call_parser: SGLang's tool-call parser is chosen where SGLang is started"),
+    ({"thinking": {"type": "disabled", "clear_thinking": False}}, "thinking.clear_thinking: Z.ai's preserved-thinking switch"),
+    ({"strict": True}, "strict: strict tool schemas are not supported"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA, "descripton": "a city"}}},
+     "unknown field 'response_format.json_schema.descripton' (json_schema has description, name, schema, strict)"),
+    ({"response_schema": {"type": "json_schema", "json_schema": {"schema": SCHEMA, "description": 7}}},
+     "response_schema.json_schema.description must be a string"),
+]
+SETTING_EDGES = ["agents.create", "agents.update", "conversations.create", "conversations.update", "send"]
+
+
+@pytest.mark.parametrize("edge", SETTING_EDGES)
+@pytest.mark.parametrize(("settings", "expected"), UNKNOWN_SETTINGS)
+async def test_a_setting_convoy_does_not_know_is_a_422_naming_it(
+    convoy: Convoy, sync_store: redis.Redis, edge: str, settings: dict[str, Any], expected: str
+) -> None:
+    """Bug: unknown model_settings keys were ignored, so the model ran with other settings than asked."""
+    letta = AsyncLetta(base_url=convoy.url, api_key="local", max_retries=0)
+    agent = await letta.agents.create(name="unknown-settings", model="openai/gpt-5")
+    conversation = await letta.conversations.create(agent_id=agent.id)
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "agents.create": lambda: letta.agents.create(name="s", model="openai/gpt-5", model_settings=settings),  # type: ignore[arg-type]
+        "agents.update": lambda: letta.agents.update(agent.id, model_settings=settings),  # type: ignore[arg-type]
+        "conversations.create": lambda: letta.conversations.create(agent_id=agent.id, model_settings=settings),  # type: ignore[arg-type]
+        "conversations.update": lambda: letta.conversations.update(conversation.id, model_settings=settings),  # type: ignore[arg-type]
+        "send": lambda: letta.conversations.messages.create(
+            conversation.id, messages=[{"role": "user", "content": "hi"}], streaming=False,
+            extra_body={"model_settings": settings},
+        ),
+    }  # fmt: skip
+    before = redis_snapshot(sync_store)
+    with pytest.raises(UnprocessableEntityError) as refused:
+        await calls[edge]()
+    assert expected in str(refused.value) and "model_settings" in str(refused.value)
+    assert redis_snapshot(sync_store) == before
+
+
+DESCRIBED = {"type": "json_schema", "json_schema": {"name": "ranking", "schema": SCHEMA, "description": "the best city, ranked"}}
+
+
+async def test_a_json_schema_description_reaches_openai(client: httpx.AsyncClient, fake_provider: fp.FakeProvider) -> None:
+    """Bug: ``json_schema.description`` (what the answer is for, read by the model) was dropped."""
+    chat, responses = unique("gpt-4.1"), unique("gpt-4.1")
+    fake_provider.script(chat, fp.Stream(fp.chat_text(chat, ANSWER)))
+    fake_provider.script(responses, fp.Stream(fp.responses_text(responses, ANSWER)))
+    await turn_on(client, f"openai/{chat}", {"response_format": DESCRIBED})
+    await turn_on(client, f"openai-responses/{responses}", {"response_format": DESCRIBED})
+    (call,) = fake_provider.calls(chat)
+    assert call.body["response_format"]["json_schema"]["description"] == "the best city, ranked"
+    (call,) = fake_provider.calls(responses)
+    assert call.body["text"]["format"]["description"] == "the best city, ranked"
+
+
+@pytest.mark.parametrize(("model", "provider"), [("anthropic/claude-sonnet-4-5", "Anthropic"), ("google/gemini-2.5-flash", "Gemini")])
+async def test_a_json_schema_description_elsewhere_is_a_400(convoy: Convoy, model: str, provider: str) -> None:
+    letta = AsyncLetta(base_url=convoy.url, api_key="local", max_retries=0)
+    with pytest.raises(BadRequestError) as refused:
+        await letta.agents.create(name="described", model=model, model_settings={"response_format": DESCRIBED})  # type: ignore[arg-type]
+    assert f"model_settings.response_format (set on the agent): json_schema.description is OpenAI's; {provider}" in str(refused.value)
+
+
+async def test_letta_fields_at_their_defaults_are_accepted(convoy: Convoy) -> None:
+    """Null ``tool_call_parser``/``clear_thinking`` and ``strict: false`` ask for nothing Convoy lacks."""
+    letta = AsyncLetta(base_url=convoy.url, api_key="local", max_retries=0)
+    agent = await letta.agents.create(
+        name="defaults",
+        model="openai/gpt-5",
+        model_settings={"provider_type": "openai", "strict": False, "max_output_tokens": 800, "tool_call_parser": None},  # type: ignore[arg-type]
+    )
+    assert agent.api_model_settings is not None and agent.api_model_settings.max_output_tokens == 800
+    claude = await letta.agents.create(
+        name="defaults", model="anthropic/claude-sonnet-4-5",
+        model_settings={"thinking": {"type": "disabled", "clear_thinking": None}},  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert claude.api_model_settings is not None and claude.api_model_settings.thinking.type == "disabled"  # type: ignore[union-attr]
+
+
+async def test_a_stored_record_with_a_field_this_version_lacks_still_loads(convoy: Convoy, sync_store: redis.Redis) -> None:
+    """Strictness is for requests only: a record written by another version reads as it can."""
+    letta = AsyncLetta(base_url=convoy.url, api_key="local", max_retries=0)
+    agent = await letta.agents.create(name="stored", model="openai/gpt-5", model_settings={"max_output_tokens": 900})
+    record = json.loads(sync_store.get(keyspace.agent(agent.id)))  # type: ignore[arg-type]
+    record["model_settings"]["setting_from_another_version"] = 1
+    sync_store.set(keyspace.agent(agent.id), json.dumps(record))
+    again = await letta.agents.retrieve(agent.id)
+    assert again.api_model_settings is not None and again.api_model_settings.max_output_tokens == 900
 
 
 # -- model listings --------------------------------------------------------------------------------
