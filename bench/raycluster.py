@@ -9,7 +9,10 @@ this user on the machine, including clusters other tests are running.
 Mechanics that matter on one machine (found empirically, Ray 2.60):
 
 - every node needs its own ports (node manager, object manager, agents, metrics); only the worker
-  ports may overlap, since a worker retries until it binds. A per-node ``--temp-dir`` is allowed
+  ports may overlap, since a worker retries until it binds. They are picked free before ``ray
+  start`` binds them, so another process can take one meanwhile (an agent then fails to start and
+  the node exits): a node that exits while it starts is started again on new ports, up to
+  ``NODE_START_ATTEMPTS`` times, each failure's logs kept. A per-node ``--temp-dir`` is allowed
   (``ray start --help``: "Can be specified per node") and keeps each node's sockets and logs apart;
   it must stay short, as Unix socket paths are limited to 107 bytes.
 - token authentication is on by default. The head turns it on by itself when it finds a token
@@ -42,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +53,7 @@ from bench import free_port, wait_until
 
 RAY = str(Path(sys.executable).parent / "ray")
 NODE_START_TIMEOUT_S = 90.0
+NODE_START_ATTEMPTS = 3  # a node that exits while it starts (a port taken meanwhile) is started again
 NODE_STOP_TIMEOUT_S = 45.0
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
@@ -106,6 +111,10 @@ def _ports() -> list[str]:
     return [f"--{name}={free_port()}" for name in names]
 
 
+class NodeExited(AssertionError):
+    """A node's ``ray start`` ended while it was to be running."""
+
+
 @dataclass
 class RayNode:
     name: str
@@ -133,7 +142,7 @@ class RayNode:
 
     def started(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"ray node {self.name} exited ({self.process.returncode}):\n{self.log()}")
+            raise NodeExited(f"ray node {self.name} exited ({self.process.returncode}):\n{self.log()}")
         return "Ray runtime started." in self.log()
 
     def raylet_pid(self) -> int:
@@ -208,10 +217,7 @@ class RayCluster:
         """Stop every node (workers first); the pids each one left behind, if any."""
         leftovers = {node.name: node.stop() for node in reversed(self.nodes)}
         for node in self.nodes:
-            logs = node.temp_dir / "session_latest" / "logs"
-            for name in ("gcs_server.out", "raylet.out"):  # kept next to the node's log, for failures
-                if (logs / name).exists():
-                    shutil.copy(logs / name, node.log_path.with_name(f"ray-{node.name}-{name}"))
+            _keep_logs(node)  # for failures
             shutil.rmtree(node.temp_dir, ignore_errors=True)
         return {name: pids for name, pids in leftovers.items() if pids}
 
@@ -243,20 +249,18 @@ def start_cluster(log_dir: Path, *, head_cpus: int = 1, dashboard: bool = False)
     """A head node; with ``dashboard``, Ray's dashboard too (on a free loopback port), which writes
     the Prometheus service discovery file (``RayCluster.service_discovery``)."""
     env = _env()
-    if dashboard:
-        env.update({"DASHBOARD_METRIC_PORT": str(free_port()), "AUTOSCALER_METRIC_PORT": str(free_port())})
-        ui = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
-    else:
-        ui = ["--include-dashboard=false"]
-    head = _start(
-        "head",
-        ["--head", f"--port={free_port()}", f"--num-cpus={head_cpus}", f"--object-store-memory={OBJECT_STORE_BYTES}", *ui, *_ports()],
-        env,
-        log_dir,
-    )
+
+    def head_args() -> list[str]:
+        if dashboard:
+            env.update({"DASHBOARD_METRIC_PORT": str(free_port()), "AUTOSCALER_METRIC_PORT": str(free_port())})
+            ui = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+        else:
+            ui = ["--include-dashboard=false"]
+        return ["--head", f"--port={free_port()}", f"--num-cpus={head_cpus}", f"--object-store-memory={OBJECT_STORE_BYTES}", *ui, *_ports()]
+
+    head = _start_node("head", head_args, env, log_dir)
     cluster = RayCluster(head=head, address="", env=env, nodes=[head])
     try:
-        wait_until(head.started, NODE_START_TIMEOUT_S, interval_s=0.1, message="the Ray head to start")
         # "Ray runtime started" can be in the log a moment before the lines that give the address.
         found = wait_until(
             lambda: re.search(r"ray start --address='([^']+)'", head.log()),
@@ -272,18 +276,50 @@ def start_cluster(log_dir: Path, *, head_cpus: int = 1, dashboard: bool = False)
 
 
 def add_node(cluster: RayCluster, name: str, log_dir: Path, *, cpus: int = 1, resources: dict[str, float] | None = None) -> RayNode:
-    node = _start(
-        name,
-        [
+    def node_args() -> list[str]:
+        return [
             f"--address={cluster.address}",
             f"--num-cpus={cpus}",
             f"--object-store-memory={OBJECT_STORE_BYTES}",
             f"--resources={json.dumps(resources or {})}",
             *_ports(),
-        ],
-        cluster.env,
-        log_dir,
-    )
+        ]
+
+    node = _start_node(name, node_args, cluster.env, log_dir)
     cluster.nodes.append(node)
-    wait_until(node.started, NODE_START_TIMEOUT_S, interval_s=0.1, message=f"Ray node {name} to join")
     return node
+
+
+def _start_node(name: str, args: Callable[[], list[str]], env: dict[str, str], log_dir: Path) -> RayNode:
+    """A started node (``args`` gives its ``ray start`` arguments, ports picked anew each time). One
+    that exits while it starts is started again, up to ``NODE_START_ATTEMPTS`` times (module
+    docstring); each failed attempt's logs are kept as ``ray-<name>-failed-<n>*``."""
+    for attempt in range(1, NODE_START_ATTEMPTS + 1):
+        node = _start(name, args(), env, log_dir)
+        try:
+            wait_until(node.started, NODE_START_TIMEOUT_S, interval_s=0.1, message=f"Ray node {name} to start")
+        except NodeExited:
+            node.stop()
+            _keep_logs(node, suffix=f"-failed-{attempt}")
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
+            if attempt == NODE_START_ATTEMPTS:
+                raise
+            print(f"ray node {name} exited while it started (attempt {attempt}); starting it again on new ports", file=sys.stderr)
+            continue
+        except BaseException:
+            node.stop()
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
+            raise
+        return node
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _keep_logs(node: RayNode, suffix: str = "") -> None:
+    """The node's GCS and raylet logs, copied next to its own log (its temp dir is then removed);
+    with ``suffix``, its own log too (a failed attempt's, which the next one's overwrites)."""
+    logs = node.temp_dir / "session_latest" / "logs"
+    for name in ("gcs_server.out", "raylet.out"):
+        if (logs / name).exists():
+            shutil.copy(logs / name, node.log_path.with_name(f"ray-{node.name}{suffix}-{name}"))
+    if suffix:
+        shutil.copy(node.log_path, node.log_path.with_name(f"ray-{node.name}{suffix}.log"))
