@@ -327,18 +327,17 @@ class ConversationClient:
         record = await self._conversations.create(
             agent, model=model, model_settings=model_settings, context_window_limit=context_window_limit, hidden=hidden
         )
-        try:
-            await self._history.seed(record.id, messages)
-        except BaseException:
-            await self._conversations.delete(record, epoch_ttl_s=1)
-            raise
-        return record
+        return await self._seeded(record, messages)
 
     async def start_history(self, agent: AgentRecord, messages: Sequence[HistoryMessage]) -> ConversationRecord:
         """Create the own (default) conversation of ``agent``, an agent just created, with ``messages``
         as its history (Letta's ``initial_message_sequence``). Done before anyone knows the agent's
         id, so no owner can be writing it; if seeding fails, the conversation is deleted again."""
-        record = await self._conversations.default_for(agent)
+        return await self._seeded(await self._conversations.default_for(agent), messages)
+
+    async def _seeded(self, record: ConversationRecord, messages: Sequence[HistoryMessage]) -> ConversationRecord:
+        """``record``, a conversation just created, with ``messages`` as its history; deleted again
+        if they cannot be written."""
         try:
             await self._history.seed(record.id, messages)
         except BaseException:

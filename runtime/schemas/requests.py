@@ -105,14 +105,12 @@ class TextPart(BaseModel):
     text: Text
 
 
-class MessageCreate(BaseModel):
-    """One input message (Letta's ``MessageCreate``)."""
+class _MessageFields(BaseModel):
+    """What every message of Letta's ``MessageCreate`` shape carries besides its role and content."""
 
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["message"] | None = None
-    role: Literal["user", "system", "assistant"] = "user"
-    content: Text | Annotated[list[TextPart], Field(min_length=1, max_length=MAX_PARTS)]
     otid: Name | None = None
     name: Name | None = None
     sender_id: Name | None = None
@@ -121,14 +119,25 @@ class MessageCreate(BaseModel):
     batch_item_id: Name | None = None
 
     @model_validator(mode="after")
+    def _no_groups(self) -> _MessageFields:
+        if self.group_id is not None or self.batch_item_id is not None:
+            raise ValueError("group_id and batch_item_id name Letta groups and batches, which Convoy does not have")
+        return self
+
+
+class MessageCreate(_MessageFields):
+    """One input message (Letta's ``MessageCreate``)."""
+
+    role: Literal["user", "system", "assistant"] = "user"
+    content: Text | Annotated[list[TextPart], Field(min_length=1, max_length=MAX_PARTS)]
+
+    @model_validator(mode="after")
     def _has_text(self) -> MessageCreate:
         if self.role != "user":
             raise ValueError(
                 f"role {self.role!r}: a message sent to an agent is the user's; to change what the model is told, "
                 "set the agent's system prompt (or override_system for one request)"
             )
-        if self.group_id is not None or self.batch_item_id is not None:
-            raise ValueError("group_id and batch_item_id name Letta groups and batches, which Convoy does not have")
         if not self.text().strip():  # whitespace alone is no message (Anthropic refuses it outright)
             raise ValueError("a message needs text; its content is empty or only whitespace")
         return self
@@ -139,23 +148,15 @@ class MessageCreate(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class InitialMessage(BaseModel):
+class InitialMessage(_MessageFields):
     """One message of an agent's ``initial_message_sequence`` (Letta's ``MessageCreate``): stored at
     the start of the agent's own history, as the user's (``user_message``) or the model's
     (``assistant_message``) text, and shown to the model as such. ``system`` is refused: the model
     is shown one system prompt, the agent's, and a system message in the history would never reach
     it; text parts only (Convoy's histories hold text)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    type: Literal["message"] | None = None
     role: Literal["user", "system", "assistant"]
     content: Text | Annotated[list[JsonObject], Field(min_length=1, max_length=MAX_PARTS)]
-    otid: Name | None = None
-    name: Name | None = None
-    sender_id: Name | None = None
-    group_id: Name | None = None
-    batch_item_id: Name | None = None
 
     @model_validator(mode="after")
     def _storable(self) -> InitialMessage:
@@ -164,8 +165,6 @@ class InitialMessage(BaseModel):
                 "role 'system': the model is shown one system prompt, the agent's; put what this message says in "
                 "the agent's system (or a memory block), or send it as a user message"
             )
-        if self.group_id is not None or self.batch_item_id is not None:
-            raise ValueError("group_id and batch_item_id name Letta groups and batches, which Convoy does not have")
         parts = [] if isinstance(self.content, str) else self.content
         kinds = sorted({str(p.get("type")) for p in parts if p.get("type", "text") != "text" or not isinstance(p.get("text"), str)})
         if kinds:
