@@ -7,14 +7,11 @@ through the API.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import sys
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 import pexpect
@@ -22,7 +19,7 @@ import pytest
 
 from bench import upstream as fp
 from tests.conftest import Convoy, KeyedConvoy, _clean_env
-from tests.fakes.proxy import SilencingProxy
+from tests.fakes.proxy import Outages
 from tests.integration.test_providers import unique
 
 CONVOY = str(Path(sys.executable).parent / "convoy")
@@ -33,7 +30,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DIM_ITALIC = "\x1b[2;3m"
 OUTAGE_S = 1.5  # how long the proxy refuses connections after cutting them: a server restarting
 RECONNECTING = "reconnecting…"
-T = TypeVar("T")
 
 
 def words(n: int, prefix: str = "w") -> list[str]:
@@ -104,53 +100,6 @@ def chat(terminals: list[Terminal], *args: str, key: str | None = None) -> Termi
 def runs_of(url: str, conversation: str, key: str | None = None) -> list[dict[str, object]]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.get(f"{url}/v1/runs", params={"conversation_id": conversation}, headers=headers, timeout=30).json()  # type: ignore[no-any-return]
-
-
-class Outages:
-    """A ``SilencingProxy`` in front of the server, on an event loop of its own thread, for a test
-    that talks to it synchronously: its connections cut and new ones refused (``cut``), then
-    accepted again (``restore``, or by itself ``outage_s`` later)."""
-
-    def __init__(self, upstream_url: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="outages", daemon=True)
-        self._thread.start()
-        self.proxy = self._run(SilencingProxy(int(upstream_url.rsplit(":", 1)[1])).__aenter__)
-        self.url = f"http://127.0.0.1:{self.proxy.port}"
-        self._back: asyncio.Task[None] | None = None
-
-    def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(TIMEOUT_S)
-
-    def cut(self, outage_s: float | None = None) -> None:
-        """Every open connection closed and new ones refused; with ``outage_s``, accepted again
-        that much later (the length of the outage, not a wait on anything)."""
-
-        def back() -> None:
-            self._back = self._loop.create_task(self.proxy.accept_again())  # held: a task only weakly held may vanish
-
-        async def cut() -> None:
-            self.proxy.refuse_new()
-            self.proxy.drop_all()
-            if outage_s is not None:
-                self._loop.call_later(outage_s, back)
-
-        self._run(cut)
-
-    def restore(self) -> None:
-        self._run(self.proxy.accept_again)
-
-    def close(self) -> None:
-        async def close() -> None:
-            self.proxy.refuse_new()
-            self.proxy.drop_all()
-            for task in asyncio.all_tasks() - {asyncio.current_task()}:
-                task.cancel()
-
-        self._run(close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(TIMEOUT_S)
-        self._loop.close()
 
 
 @pytest.fixture

@@ -9,15 +9,13 @@ the run's outcome through the API.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import subprocess
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -27,13 +25,12 @@ from bench import upstream as fp
 from bench import wait_until
 from tests.conftest import Convoy, KeyedConvoy
 from tests.e2e.conftest import CHROMIUM, Shot
-from tests.fakes.proxy import SilencingProxy
+from tests.fakes.proxy import Outages
 from tests.integration.test_providers import unique
 
 PIECE_PAUSE_S = 0.08  # between streamed pieces: under the tests' provider idle timeout (2 s)
 WAIT_MS = 30_000
 POLL_MS = 2000  # api/static/js/app.js: how often the page looks for turns sent elsewhere
-T = TypeVar("T")
 
 
 def words(n: int, prefix: str = "w") -> list[str]:
@@ -425,49 +422,10 @@ def test_a_turn_sent_elsewhere_that_ends_between_two_polls_shows_up(
     shot(page, "turn-from-elsewhere")
 
 
-class CuttableRoute:
-    """The page's only way to the API: a TCP proxy (``tests/fakes/proxy.py``, on an event loop of
-    its own: Playwright holds the test's thread) that the test cuts, its open connections closed and
-    new ones refused, as when the API is unreachable for a while, and then restores."""
-
-    def __init__(self, upstream_url: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._proxy = SilencingProxy(int(upstream_url.rsplit(":", 1)[1]))
-        self._run(self._proxy.__aenter__())
-        self.url = f"http://127.0.0.1:{self._proxy.port}"
-
-    def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=10)
-
-    async def _cut(self) -> None:
-        self._proxy.refuse_new()
-        self._proxy.drop_all()
-
-    def cut(self) -> None:
-        self._run(self._cut())
-
-    def restore(self) -> None:
-        self._run(self._proxy.accept_again())
-
-    async def _shut(self) -> None:
-        await self._cut()
-        pumps = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in pumps:
-            task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
-
-    def close(self) -> None:
-        self._run(self._shut())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-
 @pytest.fixture
-def route(convoy: Convoy) -> Iterator[CuttableRoute]:
-    cuttable = CuttableRoute(convoy.url)
+def route(convoy: Convoy) -> Iterator[Outages]:
+    """The page's only way to the API, which the test cuts (the API unreachable for a while) and restores."""
+    cuttable = Outages(convoy.url)
     yield cuttable
     cuttable.close()
 
@@ -490,7 +448,7 @@ def approval_requested(
 
 
 def test_an_approval_that_does_not_reach_the_server_is_not_shown_as_decided_and_can_be_sent_again(
-    page: Page, api: httpx.Client, route: CuttableRoute, fake_provider: fp.FakeProvider, shot: Shot
+    page: Page, api: httpx.Client, route: Outages, fake_provider: fp.FakeProvider, shot: Shot
 ) -> None:
     """The cards used to say "Approved" as soon as they were clicked, before the POST that carries
     the answers: with the API unreachable the person saw decisions the server never got, and had no

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+OUTAGES_TIMEOUT_S = 30.0  # for a step on the proxy's own loop (cut, restore, close)
 
 
 class SilencingProxy:
@@ -84,3 +90,51 @@ class SilencingProxy:
             await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
         writer.close()
         up_writer.close()
+
+
+class Outages:
+    """A ``SilencingProxy`` in front of an HTTP server (``url``: the proxy's), on an event loop of
+    its own thread, for a test that drives its client synchronously (a terminal, a browser): its
+    connections cut and new ones refused (``cut``), then accepted again (``restore``, or by itself
+    ``outage_s`` later)."""
+
+    def __init__(self, upstream_url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="outages", daemon=True)
+        self._thread.start()
+        self.proxy = self._run(SilencingProxy(int(upstream_url.rsplit(":", 1)[1])).__aenter__)
+        self.url = f"http://127.0.0.1:{self.proxy.port}"
+        self._back: asyncio.Task[None] | None = None
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(OUTAGES_TIMEOUT_S)
+
+    def cut(self, outage_s: float | None = None) -> None:
+        """Every open connection closed and new ones refused; with ``outage_s``, accepted again
+        that much later (the length of the outage, not a wait on anything)."""
+
+        def back() -> None:
+            self._back = self._loop.create_task(self.proxy.accept_again())  # held: a task only weakly held may vanish
+
+        async def cut() -> None:
+            self.proxy.refuse_new()
+            self.proxy.drop_all()
+            if outage_s is not None:
+                self._loop.call_later(outage_s, back)
+
+        self._run(cut)
+
+    def restore(self) -> None:
+        self._run(self.proxy.accept_again)
+
+    def close(self) -> None:
+        async def close() -> None:
+            self.proxy.refuse_new()
+            self.proxy.drop_all()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        self._run(close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(OUTAGES_TIMEOUT_S)
+        self._loop.close()
